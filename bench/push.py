@@ -1,0 +1,91 @@
+"""Push and pull throughput through the proxy vs Debian's distribution registry.
+
+Both registries run on this machine in the same run, on the same disk, driven by the same
+client (skopeo), with a fresh random image per repetition so no push is skipped by a HEAD hit
+or a cross-repo mount. The ratio is registry time / proxy time: 1.0 means as fast as
+distribution, above 1.0 faster.
+"""
+from __future__ import annotations
+
+import argparse
+import shutil
+import statistics
+import time
+import urllib.request
+from pathlib import Path
+
+from kraken.tools.ocigen import GeneratedImage, generate_oci_layout
+from tests.cluster import start_herd
+from tests.realclients import DistributionRegistry, Skopeo
+
+MiB = 1 << 20
+
+
+def _timed(fn) -> float:
+    start = time.perf_counter()
+    fn()
+    return time.perf_counter() - start
+
+
+def _curl_blob(host: str, repo: str, digest: str) -> float:
+    """Time a raw streamed GET of one blob (what a client with no unpacking sees)."""
+    start = time.perf_counter()
+    with urllib.request.urlopen(f"http://{host}/v2/{repo}/blobs/{digest}", timeout=300) as resp:
+        while resp.read(4 * MiB):
+            pass
+    return time.perf_counter() - start
+
+
+def run(args: argparse.Namespace) -> str:
+    workdir: Path = args.workdir / "push"
+    shutil.rmtree(workdir, ignore_errors=True)
+    workdir.mkdir(parents=True)
+    images: list[GeneratedImage] = [
+        generate_oci_layout(workdir / f"oci-{i}", "bench", [args.size_mb * MiB], seed=1000 + i)
+        for i in range(args.reps)
+    ]
+    size = images[0].total_size
+    times: dict[str, list[float]] = {k: [] for k in ("push_reg", "push_kr", "pull_reg", "pull_kr", "get_reg", "get_kr")}
+    herd = start_herd(workdir / "herd")
+    registry = DistributionRegistry(workdir / "registry").start()
+    try:
+        targets = {"reg": registry.host, "kr": herd.proxy.addr}
+        for i, image in enumerate(images):
+            repo = f"bench/push{i}"
+            order = ("reg", "kr") if i % 2 == 0 else ("kr", "reg")
+            for name in order:
+                with Skopeo() as skopeo:
+                    times[f"push_{name}"].append(
+                        _timed(lambda: skopeo.copy(image.oci_ref, f"docker://{targets[name]}/{repo}:v1"))
+                    )
+            for name in order:
+                dest = workdir / f"pull-{name}-{i}"
+                with Skopeo() as skopeo:
+                    times[f"pull_{name}"].append(
+                        _timed(lambda: skopeo.copy(f"docker://{targets[name]}/{repo}:v1", f"dir:{dest}"))
+                    )
+                shutil.rmtree(dest)
+                times[f"get_{name}"].append(_curl_blob(targets[name], repo, image.layer_digests[0]))
+    finally:
+        registry.stop()
+        herd.stop()
+    med = {k: statistics.median(v) for k, v in times.items()}
+    mbps = lambda t: size / MiB / t  # noqa: E731
+    rows = [
+        ("push (skopeo oci: -> docker://)", "push"),
+        ("pull (skopeo docker:// -> dir:)", "pull"),
+        ("blob GET (streamed, no unpack)", "get"),
+    ]
+    lines = [
+        f"### Push/pull through the proxy vs distribution 2.8 ({size / MiB:.0f} MiB single layer, "
+        f"{args.reps} reps, medians)",
+        "",
+        "| operation | distribution s (MiB/s) | kraken proxy s (MiB/s) | ratio (higher is better) |",
+        "|---|---|---|---|",
+    ]
+    for label, key in rows:
+        reg, kr = med[f"{key}_reg"], med[f"{key}_kr"]
+        lines.append(f"| {label} | {reg:.2f} ({mbps(reg):.0f}) | {kr:.2f} ({mbps(kr):.0f}) | {reg / kr:.2f} |")
+    lines.append("")
+    lines.append("raw seconds: " + ", ".join(f"{k}={['%.2f' % t for t in v]}" for k, v in times.items()))
+    return "\n".join(lines)

@@ -1,0 +1,6 @@
+"""``python -m kraken COMPONENT ...``"""
+import sys
+
+from kraken.cli import main
+
+sys.exit(main())

@@ -1,0 +1,68 @@
+"""The storage-backend interface every origin and build-index talks to.
+
+A backend stores named objects (blobs under their digest hex, tags under ``repo:tag``) in
+some external store. Callers see only names; where an object lands inside the store is the
+backend's business (see :mod:`kraken.backend.namepath`). Two exception types let callers tell
+"the object is not there" (final: report 404) from "the store failed" (retry later, e.g. the
+origin's write-back queue keeps the task).
+"""
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from dataclasses import dataclass
+from pathlib import Path
+
+
+@dataclass(frozen=True)
+class BlobInfo:
+    """What a backend knows about a stored object."""
+
+    size: int
+
+
+class BackendNotFound(Exception):
+    """The backend does not hold an object with this name."""
+
+
+class BackendError(Exception):
+    """The backend is unreachable or failed; the same call may succeed later."""
+
+
+class InvalidName(ValueError):
+    """A name cannot be mapped to an object path (empty, ``..``, wrong shape for the layout).
+
+    Raised before any I/O, identically by every backend, so a bad name is a caller bug that
+    never reaches (or escapes) the store.
+    """
+
+
+class Backend(ABC):
+    """One configured storage backend; created inside a running event loop, closed with close()."""
+
+    @abstractmethod
+    async def stat(self, namespace: str, name: str) -> BlobInfo | None:
+        """Size of the object, or None if it does not exist."""
+
+    @abstractmethod
+    async def upload(self, namespace: str, name: str, src: Path) -> None:
+        """Store the contents of file ``src`` (streamed, never read whole into memory)."""
+
+    @abstractmethod
+    async def upload_bytes(self, namespace: str, name: str, data: bytes) -> None:
+        """Store small in-memory data (tags, manifests)."""
+
+    @abstractmethod
+    async def download(self, namespace: str, name: str, dst: Path) -> None:
+        """Write the object to ``dst`` atomically; raises :class:`BackendNotFound`."""
+
+    @abstractmethod
+    async def download_bytes(self, namespace: str, name: str) -> bytes:
+        """Read a small object into memory; raises :class:`BackendNotFound`."""
+
+    @abstractmethod
+    async def list(self, prefix: str) -> list[str]:
+        """Names (not paths) of stored objects whose name starts with ``prefix``, sorted."""
+
+    @abstractmethod
+    async def close(self) -> None:
+        """Release connections; the backend must not be used afterwards."""

@@ -1,0 +1,56 @@
+"""Pick a backend per namespace: regexes tried in config order, first full match wins.
+
+Blobs of ``library/.*`` can live in one bucket and everything else in another; a namespace no
+entry matches is a configuration gap, reported as BackendError so the caller's retry/alert
+path handles it instead of a silent fallback.
+"""
+from __future__ import annotations
+
+import re
+
+from kraken.backend.base import Backend, BackendError
+from kraken.backend.config import BackendConfig, NamespaceBackendConfig
+from kraken.backend.file import FileBackend
+from kraken.backend.testfs import TestfsBackend
+from kraken.log import get_logger
+
+log = get_logger("kraken.backend")
+
+
+def create_backend(config: BackendConfig) -> Backend:
+    """Build the backend ``config`` describes (inside a running loop: it may open a client)."""
+    if config.testfs is not None:
+        return TestfsBackend(config.testfs)
+    if config.file is not None:
+        return FileBackend(config.file)
+    raise BackendError("backend config names no backend kind")
+
+
+class BackendRouter:
+    """Owns one backend per config entry and closes them all."""
+
+    def __init__(self, routes: list[tuple[re.Pattern[str], Backend]]) -> None:
+        self._routes = routes
+
+    @property
+    def backends(self) -> list[Backend]:
+        """Every configured backend in config order (e.g. for readiness probes)."""
+        return [backend for _, backend in self._routes]
+
+    def for_namespace(self, namespace: str) -> Backend:
+        for pattern, backend in self._routes:
+            if pattern.fullmatch(namespace):
+                return backend
+        raise BackendError(f"no backend configured for namespace {namespace!r}")
+
+    async def close(self) -> None:
+        for _, backend in self._routes:
+            await backend.close()
+
+
+def build_router(configs: list[NamespaceBackendConfig]) -> BackendRouter:
+    routes = []
+    for entry in configs:
+        routes.append((re.compile(entry.namespace), create_backend(entry.backend)))
+        log.info("backend configured", namespace=entry.namespace, kind=entry.backend.kind)
+    return BackendRouter(routes)

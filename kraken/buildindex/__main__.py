@@ -1,0 +1,26 @@
+"""``python -m kraken build-index --config FILE [--port N]``"""
+from __future__ import annotations
+
+import argparse
+
+from kraken.buildindex.config import BuildIndexConfig
+from kraken.buildindex.server import COMPONENT, create_buildindex_app
+from kraken.cli import run_component
+from kraken.config import ConfigError, apply_listen_overrides, load_config
+from kraken.http.app import serve
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """build-index needs no flags beyond the common ones (--config, --port, --host)."""
+
+
+async def run(args: argparse.Namespace) -> None:
+    if not args.config:
+        raise ConfigError("--config is required (e.g. config/build-index/development.yaml)")
+    config = load_config(BuildIndexConfig, args.config)
+    apply_listen_overrides(config.listen, args.host, args.port)
+    await serve(create_buildindex_app(config), config.listen.host, config.listen.port, COMPONENT)
+
+
+if __name__ == "__main__":
+    run_component("build-index")

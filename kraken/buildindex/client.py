@@ -1,0 +1,69 @@
+"""Client of the build-index HTTP API (used by the proxy, agents and replication)."""
+from __future__ import annotations
+
+import json
+from urllib.parse import quote
+
+from kraken.core.digest import Digest
+from kraken.http.client import HTTPStatusError, HttpClient
+
+
+class TagReferenceError(Exception):
+    """build-index refused a tag (HTTP 400): the manifest references content the origins lack
+    (``missing`` lists it), or the tag, digest or manifest is invalid (``missing`` is empty)."""
+
+    def __init__(self, message: str, missing: list[Digest]) -> None:
+        super().__init__(message)
+        self.missing = missing
+
+
+class BuildIndexClient:
+    def __init__(self, addr: str, http: HttpClient) -> None:
+        self.base = f"http://{addr}"
+        self.http = http
+
+    async def put_tag(self, tag: str, digest: Digest) -> None:
+        """Point ``tag`` (``repo:tag``) at manifest ``digest``; returns once it is durable."""
+        url = f"{self.base}/tags/{quote(tag, safe=':')}/digest/{digest}"
+        try:
+            resp = await self.http.request("PUT", url)
+        except HTTPStatusError as e:
+            if e.status != 400:
+                raise
+            raise _reference_error(e.body) from None
+        resp.release()
+
+    async def get_tag(self, tag: str) -> Digest | None:
+        """The digest ``tag`` points at, or ``None`` if there is no such tag."""
+        resp = await self.http.request("GET", f"{self.base}/tags/{quote(tag, safe=':')}", ok=(200, 404))
+        try:
+            if resp.status == 404:
+                return None
+            return Digest.parse((await resp.text()).strip())
+        finally:
+            resp.release()
+
+    async def list_repository(self, repo: str) -> list[str]:
+        """Tag names (without ``repo:``) of ``repo``, sorted."""
+        return await self._get_result(f"{self.base}/repositories/{quote(repo, safe='')}/tags")
+
+    async def list(self, prefix: str) -> list[str]:
+        """Every ``repo:tag`` whose name starts with ``prefix``, sorted."""
+        return await self._get_result(f"{self.base}/list/{quote(prefix, safe=':')}")
+
+    async def _get_result(self, url: str) -> list[str]:
+        resp = await self.http.request("GET", url)
+        try:
+            return list((await resp.json())["result"])
+        finally:
+            resp.release()
+
+
+def _reference_error(body: str) -> TagReferenceError:
+    try:
+        doc = json.loads(body)
+        message = str(doc["error"])
+        missing = [Digest.parse(d) for d in doc.get("missing", [])]
+    except (ValueError, KeyError, TypeError):
+        return TagReferenceError(body.strip() or "tag refused", [])
+    return TagReferenceError(message, missing)

@@ -1,0 +1,45 @@
+"""build-index configuration (``config/build-index/*.yaml``)."""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from kraken.backend.config import NamespaceBackendConfig
+from kraken.config import ByteSize, ConfigError, Duration, ListenConfig
+from kraken.ring import RingConfig
+
+DEFAULT_PORT = 15004
+
+
+@dataclass
+class StoreConfig:
+    """Where the local tag cache lives.
+
+    The cache is a fallback, not the source of truth: tags are always written through to the
+    backend, and the cache answers reads only within ``cache_ttl`` or while the backend is
+    unreachable.
+    """
+
+    root: str
+
+
+@dataclass
+class BuildIndexConfig:
+    store: StoreConfig
+    origins: RingConfig
+    # Matched against the tag's repository name (re.fullmatch, first match wins).
+    backends: list[NamespaceBackendConfig]
+    listen: ListenConfig = field(default_factory=lambda: ListenConfig(port=DEFAULT_PORT))
+    # How long a digest read from the backend (or written through this node) may be served
+    # from memory without asking the backend again. 0 = every read asks the backend, which is
+    # what several nodes sharing one backend need to never serve another node's stale tag.
+    cache_ttl: Duration = 0.0
+    # Manifests are read into memory to check their references; bigger ones are refused.
+    max_manifest_size: ByteSize = 4 << 20
+    # Origin requests in flight at once while checking one manifest's references.
+    verify_concurrency: int = 16
+
+    def __post_init__(self) -> None:
+        if self.cache_ttl < 0:
+            raise ConfigError(f"cache_ttl must be >= 0, got {self.cache_ttl}")
+        if self.verify_concurrency < 1:
+            raise ConfigError(f"verify_concurrency must be >= 1, got {self.verify_concurrency}")

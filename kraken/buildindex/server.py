@@ -1,0 +1,195 @@
+"""The build-index HTTP server.
+
+Endpoints (tags are ``repo:tag``, percent-encoded in paths, e.g. ``test%2Fx:latest``):
+
+* ``PUT /tags/{tag}/digest/{d}``: 200 once every reference of manifest ``d`` exists on the
+  origins and the tag is in the backend; 400 ``{"error", "missing": [...]}`` otherwise.
+* ``GET|HEAD /tags/{tag}``: 200 with body ``sha256:...``; 404.
+* ``GET /repositories/{repo}/tags?limit=&offset=``: ``{"result": [tag names, sorted]}``.
+* ``GET /list/{prefix}``: ``{"result": ["repo:tag", ...]}``; ``/list/`` lists every tag.
+
+aiohttp decodes ``%2F`` in the path before routing, so the routes use ``.+`` patterns that
+accept the repository's slashes whether or not the client encoded them.
+"""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import AsyncIterator, Awaitable, Callable
+
+import aiohttp
+from aiohttp import web
+
+from kraken.backend import Backend, BackendError, build_router
+from kraken.buildindex.config import BuildIndexConfig
+from kraken.buildindex.references import InvalidManifest, find_missing
+from kraken.buildindex.tags import Tag, TagError, parse_tag, validate_repo
+from kraken.buildindex.tagstore import TagStore
+from kraken.core.digest import Digest, DigestError
+from kraken.http.app import create_app
+from kraken.http.client import HTTPStatusError, HttpClient
+from kraken.log import get_logger
+from kraken.metrics import Metrics
+from kraken.origin.client import OriginCluster
+
+COMPONENT = "build-index"
+# A name that no tag can have (a tag part never starts with "."), used to probe backends.
+READINESS_PROBE = "kraken-readiness:.probe"
+
+log = get_logger(COMPONENT)
+
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+
+def _json_error(status: int, message: str, **extra: object) -> web.HTTPException:
+    cls = {400: web.HTTPBadRequest, 503: web.HTTPServiceUnavailable}[status]
+    return cls(text=json.dumps({"error": message, **extra}), content_type="application/json")
+
+
+@web.middleware
+async def _unavailable_on_dependency_errors(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """Answer 503 when the backend or the origins fail, so clients know to retry.
+
+    The only outgoing calls build-index makes go to backends (which raise BackendError) and
+    to origins (HTTP client errors), so anything else still surfaces as a 500.
+    """
+    try:
+        return await handler(request)
+    except BackendError as e:
+        log.warning("backend unavailable", path=request.path, error=e)
+        raise _json_error(503, f"storage backend unavailable: {e}") from None
+    except (aiohttp.ClientError, TimeoutError, ConnectionError, HTTPStatusError) as e:
+        log.warning("origins unavailable", path=request.path, error=e)
+        raise _json_error(503, f"origins unavailable: {e}") from None
+
+
+def _parse_tag(value: str) -> Tag:
+    try:
+        return parse_tag(value)
+    except TagError as e:
+        raise _json_error(400, str(e)) from None
+
+
+def _query_int(request: web.Request, name: str, minimum: int) -> int | None:
+    raw = request.query.get(name)
+    if raw is None:
+        return None
+    try:
+        value = int(raw)
+    except ValueError:
+        value = minimum - 1
+    if value < minimum:
+        raise _json_error(400, f"{name} must be an integer >= {minimum}, got {raw!r}")
+    return value
+
+
+class BuildIndex:
+    """Request handlers plus the dependencies they share (created on app startup)."""
+
+    def __init__(self, config: BuildIndexConfig, metrics: Metrics) -> None:
+        self.config = config
+        self.puts = metrics.counter(
+            "kraken_buildindex_tag_puts_total", "Tag PUTs by result", ["result"]
+        )
+        self.gets = metrics.counter(
+            "kraken_buildindex_tag_gets_total",
+            "Tag lookups by result (backend, cache, fallback = backend down, not_found)",
+            ["result"],
+        )
+        self._backends: list[Backend] = []
+        self._store: TagStore | None = None
+        self._origins: OriginCluster | None = None
+
+    @property
+    def store(self) -> TagStore:
+        assert self._store is not None, "build-index app not started"
+        return self._store
+
+    @property
+    def origins(self) -> OriginCluster:
+        assert self._origins is not None, "build-index app not started"
+        return self._origins
+
+    async def lifecycle(self, _: web.Application) -> AsyncIterator[None]:
+        """aiohttp cleanup context: clients need a running loop, so they start with the app."""
+        router = build_router(self.config.backends)
+        self._backends = router.backends
+        http = HttpClient()
+        try:
+            self._origins = OriginCluster(self.config.origins, http)
+            self._store = TagStore(Path(self.config.store.root), router, self.config.cache_ttl)
+            log.info("build-index started", origins=",".join(self.config.origins.hosts),
+                     backends=len(self._backends), cache_ttl=self.config.cache_ttl)
+            yield
+        finally:
+            await router.close()
+            await http.close()
+
+    async def readiness(self) -> None:
+        """Ready when every backend answers (a probe name that is never a real tag)."""
+        for backend in self._backends:
+            await backend.stat("kraken-readiness", READINESS_PROBE)
+
+    async def put_tag(self, request: web.Request) -> web.Response:
+        try:
+            tag = parse_tag(request.match_info["tag"])
+            digest = Digest.parse(request.match_info["digest"])
+        except (TagError, DigestError) as e:
+            self.puts.labels("invalid").inc()
+            raise _json_error(400, str(e)) from None
+        try:
+            missing = await find_missing(
+                self.origins, tag.repo, digest, self.config.max_manifest_size, self.config.verify_concurrency
+            )
+        except InvalidManifest as e:
+            self.puts.labels("invalid").inc()
+            raise _json_error(400, str(e), missing=[]) from None
+        if missing:
+            self.puts.labels("missing").inc()
+            log.warning("tag refused: references missing from origins", tag=tag, digest=digest,
+                        missing=",".join(map(str, missing)))
+            raise _json_error(
+                400, f"manifest {digest} references content missing from the origins",
+                missing=[str(d) for d in missing],
+            )
+        await self.store.put(tag, digest)
+        self.puts.labels("ok").inc()
+        return web.Response(status=200)
+
+    async def get_tag(self, request: web.Request) -> web.Response:
+        tag = _parse_tag(request.match_info["tag"])
+        lookup = await self.store.get(tag)
+        if lookup.digest is None:
+            self.gets.labels("not_found").inc()
+            raise web.HTTPNotFound(text=f"tag {tag} not found\n")
+        self.gets.labels(lookup.source).inc()
+        return web.Response(text=str(lookup.digest), content_type="text/plain")
+
+    async def list_repository(self, request: web.Request) -> web.Response:
+        repo = request.match_info["repo"]
+        try:
+            validate_repo(repo)
+        except TagError as e:
+            raise _json_error(400, str(e)) from None
+        limit = _query_int(request, "limit", 1)
+        offset = _query_int(request, "offset", 0) or 0
+        prefix = f"{repo}:"
+        names = sorted(name[len(prefix):] for name in await self.store.list(prefix))
+        end = None if limit is None else offset + limit
+        return web.json_response({"result": names[offset:end]})
+
+    async def list_prefix(self, request: web.Request) -> web.Response:
+        return web.json_response({"result": await self.store.list(request.match_info["prefix"])})
+
+
+def create_buildindex_app(config: BuildIndexConfig) -> web.Application:
+    metrics = Metrics(COMPONENT)
+    server = BuildIndex(config, metrics)
+    app = create_app(COMPONENT, metrics, readiness=server.readiness)
+    app.middlewares.append(_unavailable_on_dependency_errors)
+    app.cleanup_ctx.append(server.lifecycle)
+    app.router.add_put(r"/tags/{tag:.+}/digest/{digest}", server.put_tag)
+    app.router.add_get(r"/tags/{tag:.+}", server.get_tag)
+    app.router.add_get(r"/repositories/{repo:.+}/tags", server.list_repository)
+    app.router.add_get(r"/list/{prefix:.*}", server.list_prefix)
+    return app

@@ -1,0 +1,1 @@
+"""Value types with no I/O: digests and size parsing."""

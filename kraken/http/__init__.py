@@ -1,0 +1,1 @@
+"""HTTP plumbing shared by every component: app factory, middleware, client, serving."""

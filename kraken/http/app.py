@@ -1,0 +1,119 @@
+"""The aiohttp application factory every component uses.
+
+It gives each component the same operational surface: ``/health``, ``/metrics``, an access
+log, per-route request metrics, and an error middleware. An exception that knows how to
+render itself (``to_response()``, e.g. a registry error) is rendered by it; any other
+uncaught exception becomes a logged 500 with a JSON body, never a stack trace to the client.
+"""
+from __future__ import annotations
+
+import asyncio
+import signal
+import time
+from typing import Awaitable, Callable
+
+from aiohttp import web
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+
+from kraken.log import get_logger
+from kraken.metrics import Metrics
+
+METRICS: web.AppKey[Metrics] = web.AppKey("metrics", Metrics)
+COMPONENT: web.AppKey[str] = web.AppKey("component", str)
+
+ReadinessCheck = Callable[[], Awaitable[None]]
+
+access_log = get_logger("kraken.access")
+
+
+def _route_label(request: web.Request) -> str:
+    info = request.match_info
+    resource = info.route.resource if info is not None and info.route is not None else None
+    return resource.canonical if resource is not None else "unmatched"
+
+
+def create_app(
+    component: str,
+    metrics: Metrics | None = None,
+    readiness: ReadinessCheck | None = None,
+    client_max_size: int = 1 << 20,
+) -> web.Application:
+    metrics = metrics or Metrics(component)
+    log = get_logger(component)
+
+    @web.middleware
+    async def observe(request: web.Request, handler):
+        start = time.perf_counter()
+        status = 500
+        try:
+            response = await handler(request)
+            status = response.status
+            return response
+        except web.HTTPException as e:
+            status = e.status
+            raise
+        except asyncio.CancelledError:
+            status = 499
+            raise
+        except Exception as e:  # noqa: BLE001 - the last line of defence for a request
+            render = getattr(e, "to_response", None)
+            if render is not None:
+                response = render()
+                status = response.status
+                return response
+            log.exception("unhandled error", method=request.method, path=request.path)
+            return web.json_response({"error": f"internal error: {type(e).__name__}: {e}"}, status=500)
+        finally:
+            elapsed = time.perf_counter() - start
+            route = _route_label(request)
+            metrics.http_requests.labels(request.method, route, str(status)).inc()
+            metrics.http_latency.labels(request.method, route).observe(elapsed)
+            if route not in ("/health", "/metrics"):
+                access_log.info(
+                    "request", component=component, method=request.method, path=request.path_qs,
+                    status=status, ms=round(elapsed * 1000, 1), remote=request.remote,
+                    agent=request.headers.get("User-Agent", "-"),
+                )
+
+    app = web.Application(middlewares=[observe], client_max_size=client_max_size)
+    app[METRICS] = metrics
+    app[COMPONENT] = component
+
+    async def health(_: web.Request) -> web.Response:
+        return web.Response(text="OK\n")
+
+    async def ready(_: web.Request) -> web.Response:
+        if readiness is not None:
+            try:
+                await readiness()
+            except Exception as e:  # noqa: BLE001 - any failing dependency means not ready
+                return web.Response(status=503, text=f"not ready: {e}\n")
+        return web.Response(text="OK\n")
+
+    async def metrics_handler(_: web.Request) -> web.Response:
+        body = generate_latest(metrics.registry)
+        return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE_LATEST})
+
+    app.router.add_get("/health", health)
+    app.router.add_get("/readiness", ready)
+    app.router.add_get("/metrics", metrics_handler)
+    return app
+
+
+async def serve(app: web.Application, host: str, port: int, component: str) -> None:
+    """Run ``app`` until SIGINT/SIGTERM, then shut down cleanly (cleanup hooks run)."""
+    log = get_logger(component)
+    runner = web.AppRunner(app, access_log=None, handle_signals=False)
+    await runner.setup()
+    site = web.TCPSite(runner, host, port, reuse_address=True)
+    await site.start()
+    log.info("listening", host=host, port=port)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    try:
+        await stop.wait()
+    finally:
+        log.info("shutting down")
+        await runner.cleanup()

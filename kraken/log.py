@@ -1,0 +1,56 @@
+"""Structured logging: one line per event, ``key=value`` fields after the message.
+
+``get_logger("origin").info("blob committed", digest=d, size=n)`` prints
+``2026-11-23T08:00:00.123Z INFO origin blob committed digest=sha256:... size=42``,
+which a person can grep and a log shipper can parse.
+"""
+from __future__ import annotations
+
+import logging
+import sys
+import time
+from typing import Any
+
+_STD_KWARGS = {"exc_info", "stack_info", "stacklevel", "extra"}
+
+
+class KrakenLogger(logging.LoggerAdapter):
+    """A logger adapter that accepts arbitrary keyword fields."""
+
+    def process(self, msg: Any, kwargs: dict) -> tuple[Any, dict]:
+        fields = {k: kwargs.pop(k) for k in list(kwargs) if k not in _STD_KWARGS}
+        extra = dict(kwargs.get("extra") or {})
+        extra["kraken_fields"] = {**(self.extra or {}), **fields}
+        kwargs["extra"] = extra
+        return msg, kwargs
+
+
+class KeyValueFormatter(logging.Formatter):
+    def format(self, record: logging.LogRecord) -> str:
+        ts = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(record.created))
+        line = f"{ts}.{int(record.msecs):03d}Z {record.levelname} {record.name} {record.getMessage()}"
+        fields = getattr(record, "kraken_fields", None)
+        if fields:
+            line += " " + " ".join(f"{k}={_fmt(v)}" for k, v in fields.items())
+        if record.exc_info:
+            line += "\n" + self.formatException(record.exc_info)
+        return line
+
+
+def _fmt(value: Any) -> str:
+    text = str(value)
+    return f'"{text}"' if (" " in text or not text) else text
+
+
+def get_logger(name: str, **context: Any) -> KrakenLogger:
+    return KrakenLogger(logging.getLogger(name), context)
+
+
+def setup_logging(level: str = "INFO") -> None:
+    """Log to stderr in key=value form; called once by each component's entry point."""
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(KeyValueFormatter())
+    root = logging.getLogger()
+    root.handlers[:] = [handler]
+    root.setLevel(level.upper())
+    logging.getLogger("aiohttp.access").setLevel(logging.WARNING)

@@ -1,0 +1,1 @@
+"""The origin: dedicated seeder owning a shard of blobs on the hash ring, with write-back to storage."""

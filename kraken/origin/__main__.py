@@ -1,0 +1,33 @@
+"""``kraken origin --config FILE [--port N] [--advertise host:port]``."""
+from __future__ import annotations
+
+import argparse
+
+from kraken.config import apply_listen_overrides, load_config
+from kraken.http.app import serve
+from kraken.origin.config import OriginConfig
+from kraken.origin.server import create_origin_app
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--advertise", help="host:port naming this origin on the hash ring (overrides the config)")
+
+
+def load(args: argparse.Namespace) -> OriginConfig:
+    """The effective config: file (or defaults), then command-line overrides."""
+    config = load_config(OriginConfig, args.config) if args.config else OriginConfig()
+    apply_listen_overrides(config.listen, args.host, args.port)
+    if args.advertise:
+        config.advertise = args.advertise
+    return config
+
+
+async def run(args: argparse.Namespace) -> None:
+    config = load(args)
+    await serve(create_origin_app(config), config.listen.host, config.listen.port, "origin")
+
+
+if __name__ == "__main__":
+    from kraken.cli import run_component
+
+    run_component("origin")

@@ -1,0 +1,207 @@
+"""Clients of the origin's HTTP API: one origin (:class:`OriginClient`) or the cluster
+(:class:`OriginCluster`, which picks the origin that owns a digest on the hash ring).
+
+An origin answers 202 while it fetches a blob from its storage backend; the read methods poll
+with backoff until the blob is ready or ``poll_timeout`` passes.
+"""
+from __future__ import annotations
+
+import asyncio
+import time
+from pathlib import Path
+from typing import AsyncIterator, Awaitable, Callable, TypeVar
+from urllib.parse import quote
+
+import aiohttp
+
+from kraken.core.digest import Digest
+from kraken.http.client import HttpClient
+from kraken.log import get_logger
+from kraken.ring import HashRing, RingConfig
+
+T = TypeVar("T")
+
+log = get_logger("kraken.origin.client")
+
+UPLOAD_CHUNK = 1 << 20
+
+
+class BlobNotFound(Exception):
+    """Neither the origin nor its storage backend has the blob."""
+
+
+class BlobNotReady(Exception):
+    """The origin was still fetching the blob from its backend when the poll deadline passed.
+
+    Deliberately not a TimeoutError: the origin answered, so it must not be taken for down.
+    """
+
+
+class OriginClient:
+    """Talks to one origin at ``addr`` (``host:port``)."""
+
+    def __init__(self, addr: str, http: HttpClient, poll_timeout: float = 300.0) -> None:
+        self.addr = addr
+        self._http = http
+        self._base = f"http://{addr}"
+        self._poll_timeout = poll_timeout
+
+    def _blob_url(self, namespace: str, digest: Digest, prefix: str = "") -> str:
+        return f"{self._base}{prefix}/namespace/{quote(namespace, safe='')}/blobs/{digest}"
+
+    async def _poll(self, method: str, url: str, headers: dict[str, str] | None = None) -> aiohttp.ClientResponse:
+        """Send until the answer is not 202; raise BlobNotFound on 404. The caller releases it."""
+        deadline = time.monotonic() + self._poll_timeout
+        delay = 0.05
+        while True:
+            resp = await self._http.request(method, url, ok=(200, 202, 206, 404), headers=headers)
+            if resp.status == 404:
+                resp.release()
+                raise BlobNotFound(url)
+            if resp.status != 202:
+                return resp
+            resp.release()
+            if time.monotonic() + delay > deadline:
+                raise BlobNotReady(f"{method} {url}: still 202 (being fetched) after {self._poll_timeout}s")
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, 2.0)
+
+    async def stat(self, namespace: str, digest: Digest) -> int | None:
+        """The blob's size, or None if neither the origin nor its backend has it."""
+        try:
+            resp = await self._poll("HEAD", self._blob_url(namespace, digest))
+        except BlobNotFound:
+            return None
+        resp.release()
+        return int(resp.headers["Content-Length"])
+
+    async def upload_file(self, namespace: str, digest: Digest, path: Path, *, replica: bool = False) -> None:
+        """Upload a file: one POST, one PATCH streaming the whole file, one PUT.
+
+        A blob the origin already has is a success. ``replica`` marks a copy between ring
+        owners (the receiver neither replicates it further nor writes it back at once).
+        """
+        size = (await asyncio.to_thread(path.stat)).st_size
+        await self._upload(namespace, digest, _file_chunks(path), size, replica)
+
+    async def upload_bytes(self, namespace: str, digest: Digest, data: bytes) -> None:
+        await self._upload(namespace, digest, data, len(data), replica=False)
+
+    async def _upload(
+        self, namespace: str, digest: Digest, body: bytes | AsyncIterator[bytes], size: int, replica: bool
+    ) -> None:
+        uploads = f"{self._blob_url(namespace, digest)}/uploads"
+        params = {"replica": "true"} if replica else None
+        resp = await self._http.request("POST", uploads, ok=(200, 409), params=params)
+        resp.release()
+        if resp.status == 409:
+            return
+        upload = f"{uploads}/{resp.headers['Location']}"
+        headers = {"Content-Range": f"0-{size}", "Content-Length": str(size)}
+        (await self._http.request("PATCH", upload, ok=(200,), data=body, headers=headers)).release()
+        (await self._http.request("PUT", upload, ok=(201, 409), params=params)).release()
+
+    async def open(
+        self, namespace: str, digest: Digest, range_header: str | None = None
+    ) -> aiohttp.ClientResponse:
+        """GET the blob (200, or 206 for a range); the caller reads and releases the response."""
+        headers = {"Range": range_header} if range_header else None
+        return await self._poll("GET", self._blob_url(namespace, digest), headers)
+
+    async def read_bytes(self, namespace: str, digest: Digest) -> bytes:
+        resp = await self.open(namespace, digest)
+        try:
+            return await resp.read()
+        finally:
+            resp.release()
+
+    async def locations(self, digest: Digest) -> list[str]:
+        """The origins that own ``digest`` according to this origin's ring."""
+        resp = await self._http.request("GET", f"{self._base}/blobs/{digest}/locations")
+        resp.release()
+        return [h.strip() for h in resp.headers.get("Origin-Locations", "").split(",") if h.strip()]
+
+    async def get_metainfo(self, namespace: str, digest: Digest) -> bytes:
+        """The blob's bencoded v1 torrent; waits while the origin fetches the blob."""
+        resp = await self._poll("GET", f"{self._blob_url(namespace, digest, '/internal')}/metainfo")
+        try:
+            return await resp.read()
+        finally:
+            resp.release()
+
+
+async def _file_chunks(path: Path) -> AsyncIterator[bytes]:
+    """A file's bytes in chunks read in a worker thread (disk reads never block the loop)."""
+    f = await asyncio.to_thread(open, path, "rb")
+    try:
+        while chunk := await asyncio.to_thread(f.read, UPLOAD_CHUNK):
+            yield chunk
+    finally:
+        f.close()
+
+
+# A host that fails like this is taken for down; aiohttp's read timeouts are connection errors.
+_UNREACHABLE = (aiohttp.ClientConnectionError, asyncio.TimeoutError)
+
+
+class OriginCluster:
+    """The origin cluster seen through the hash ring: each call goes to the digest's owner.
+
+    An origin that cannot be reached (connection failure or timeout) is taken off the ring
+    for ``down_for`` seconds and the call moves on to the next owner; that owner fetches the
+    blob from the storage backend if it lacks it.
+    """
+
+    def __init__(self, config: RingConfig, http: HttpClient, down_for: float = 30.0, poll_timeout: float = 300.0) -> None:
+        self._ring = HashRing.from_config(config)
+        self._clients = {host: OriginClient(host, http, poll_timeout) for host in self._ring.hosts}
+        self._down_for = down_for
+        self._down_until: dict[str, float] = {}
+
+    def _mark_down(self, host: str, error: BaseException) -> None:
+        log.warning("origin unreachable, routing around it", origin=host, error=f"{type(error).__name__}: {error}")
+        self._down_until[host] = time.monotonic() + self._down_for
+        self._update_ring()
+
+    def _update_ring(self) -> None:
+        now = time.monotonic()
+        self._down_until = {h: t for h, t in self._down_until.items() if t > now}
+        self._ring.set_healthy([h for h in self._ring.hosts if h not in self._down_until])
+
+    async def _route(self, digest: Digest, op: Callable[[OriginClient], Awaitable[T]]) -> T:
+        self._update_ring()
+        tried: set[str] = set()
+        while True:
+            host = next((h for h in self._ring.owners(digest) if h not in tried), None)
+            if host is None:
+                raise ConnectionError(f"no origin reachable for {digest} (tried {', '.join(sorted(tried))})")
+            tried.add(host)
+            try:
+                return await op(self._clients[host])
+            except _UNREACHABLE as e:
+                self._mark_down(host, e)
+
+    async def stat(self, namespace: str, digest: Digest) -> int | None:
+        return await self._route(digest, lambda c: c.stat(namespace, digest))
+
+    async def upload_file(self, namespace: str, digest: Digest, path: Path) -> None:
+        await self._route(digest, lambda c: c.upload_file(namespace, digest, path))
+
+    async def upload_bytes(self, namespace: str, digest: Digest, data: bytes) -> None:
+        await self._route(digest, lambda c: c.upload_bytes(namespace, digest, data))
+
+    async def open(
+        self, namespace: str, digest: Digest, range_header: str | None = None
+    ) -> aiohttp.ClientResponse:
+        return await self._route(digest, lambda c: c.open(namespace, digest, range_header))
+
+    async def read_bytes(self, namespace: str, digest: Digest) -> bytes:
+        return await self._route(digest, lambda c: c.read_bytes(namespace, digest))
+
+    async def locations(self, digest: Digest) -> list[str]:
+        """The reachable owners of ``digest`` (computed locally: the ring is configured alike everywhere)."""
+        self._update_ring()
+        return self._ring.owners(digest)
+
+    async def get_metainfo(self, namespace: str, digest: Digest) -> bytes:
+        return await self._route(digest, lambda c: c.get_metainfo(namespace, digest))

@@ -1,0 +1,95 @@
+"""Lazy fetches of blobs the cache lacks from the namespace's storage backend.
+
+A request for a missing blob asks the backend whether it has it: if not, the answer is 404;
+if so, a fetch starts in the background and the request is answered 202 (the client polls).
+Concurrent requests for the same digest share that one fetch. The download goes to a
+temporary file beside the cache and enters the cache only after its sha256 matches.
+"""
+from __future__ import annotations
+
+import asyncio
+import shutil
+import uuid
+from pathlib import Path
+from typing import Callable
+
+from kraken.backend import BackendError, BackendNotFound, BackendRouter
+from kraken.core.digest import Digest
+from kraken.log import get_logger
+from kraken.metrics import Metrics
+from kraken.store.cas import CAStore, DigestMismatch
+from kraken.tasks import TaskOwner
+
+log = get_logger("origin")
+
+
+class BackendFetcher:
+    def __init__(
+        self,
+        store: CAStore,
+        router: BackendRouter,
+        owner: TaskOwner,
+        metrics: Metrics,
+        concurrency: int,
+        on_fetched: Callable[[Digest], None],
+    ) -> None:
+        self._store = store
+        self._router = router
+        self._owner = owner
+        self._on_fetched = on_fetched
+        self._limit = asyncio.Semaphore(concurrency)
+        self._inflight: dict[Digest, asyncio.Task] = {}
+        self._tmp_dir = store.root / "fetch"
+        self._fetches = metrics.counter(
+            "kraken_origin_backend_fetches_total", "Blob fetches from a storage backend", ["result"]
+        )
+
+    async def start(self) -> None:
+        """Forget downloads a previous process left half-done."""
+        await asyncio.to_thread(shutil.rmtree, self._tmp_dir, True)
+        await asyncio.to_thread(self._tmp_dir.mkdir, parents=True, exist_ok=True)
+
+    async def request(self, namespace: str, digest: Digest) -> bool:
+        """Make sure a fetch of ``digest`` is under way; False if no backend has the blob.
+
+        Raises :class:`BackendError` when the backend cannot be asked.
+        """
+        if digest in self._inflight:
+            return True
+        try:
+            backend = self._router.for_namespace(namespace)
+        except BackendError:
+            return False  # no backend serves this namespace: nothing could have the blob
+        if await backend.stat(namespace, digest.hex) is None:
+            return False
+        if digest not in self._inflight and not self._store.exists(digest):
+            task = self._owner.spawn(self._fetch(namespace, digest), f"fetch:{digest}")
+            self._inflight[digest] = task
+            task.add_done_callback(lambda _: self._inflight.pop(digest, None))
+        return True
+
+    async def _fetch(self, namespace: str, digest: Digest) -> None:
+        tmp = self._tmp_dir / f"{digest.hex}.{uuid.uuid4().hex}"
+        result = "error"
+        try:
+            async with self._limit:
+                await self._router.for_namespace(namespace).download(namespace, digest.hex, tmp)
+                await self._store.import_file(tmp, digest)
+            self._on_fetched(digest)
+            result = "ok"
+            log.info("blob fetched from backend", namespace=namespace, digest=digest)
+        except BackendNotFound:
+            result = "not_found"
+            log.warning("blob vanished from backend during fetch", namespace=namespace, digest=digest)
+        except DigestMismatch as e:
+            result = "corrupt"
+            log.error("backend blob failed verification", namespace=namespace, digest=digest, error=str(e))
+        except Exception as e:  # noqa: BLE001 - the next request retries; say why this one failed
+            log.error("backend fetch failed", namespace=namespace, digest=digest, error=f"{type(e).__name__}: {e}")
+        finally:
+            self._fetches.labels(result).inc()
+            await asyncio.to_thread(_unlink, tmp)
+
+
+def _unlink(path: Path) -> None:
+    path.unlink(missing_ok=True)

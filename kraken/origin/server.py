@@ -1,0 +1,177 @@
+"""The origin's HTTP API (see docs/CONTRACTS.md, "origin"): routes mapped onto OriginService."""
+from __future__ import annotations
+
+import re
+from typing import Awaitable, Callable
+
+import aiohttp
+from aiohttp import web
+
+from kraken.backend import BackendError
+from kraken.core.digest import Digest, DigestError
+from kraken.core.metainfo import EmptyBlobError
+from kraken.http.app import METRICS, create_app
+from kraken.log import get_logger
+from kraken.metrics import Metrics
+from kraken.origin.config import OriginConfig
+from kraken.origin.service import Fetching, NotFound, OriginService
+from kraken.store.cas import DigestMismatch, UploadOffsetMismatch, UploadUnknown
+
+log = get_logger("origin")
+
+SERVICE: web.AppKey[OriginService] = web.AppKey("origin_service", OriginService)
+
+BODY_CHUNK = 1 << 20
+FILE_CHUNK = 256 << 10
+
+# "start-end" (end exclusive); a "bytes " prefix and a "/total" suffix are tolerated.
+_CONTENT_RANGE = re.compile(r"^\s*(?:bytes[ =])?(\d+)-(\d+)(?:/(?:\d+|\*))?\s*$")
+
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+
+def _errors(handler: Handler) -> Handler:
+    """Map the service's exceptions onto HTTP answers, in one place for every route."""
+
+    async def wrapped(request: web.Request) -> web.StreamResponse:
+        try:
+            return await handler(request)
+        except DigestError as e:
+            return web.Response(status=400, text=f"{e}\n")
+        except Fetching:
+            return web.Response(status=202, text="blob is being fetched from the storage backend\n")
+        except NotFound as e:
+            return web.Response(status=404, text=f"{e}\n")
+        except UploadUnknown as e:
+            return web.Response(status=404, text=f"unknown upload {e}\n")
+        except UploadOffsetMismatch as e:
+            return web.Response(status=416, text=f"{e}\n")
+        except DigestMismatch as e:
+            return web.Response(status=400, text=f"digest mismatch: {e}\n")
+        except EmptyBlobError as e:
+            return web.Response(status=422, text=f"no metainfo for an empty blob: {e}\n")
+        except BackendError as e:
+            return web.Response(status=503, text=f"storage backend unavailable: {e}\n")
+
+    return wrapped
+
+
+def _svc(request: web.Request) -> OriginService:
+    return request.app[SERVICE]
+
+
+def _digest(request: web.Request) -> Digest:
+    return Digest.parse(request.match_info["digest"])
+
+
+def _is_replica(request: web.Request) -> bool:
+    return request.query.get("replica") == "true"
+
+
+@_errors
+async def start_upload(request: web.Request) -> web.Response:
+    ns, digest = request.match_info["ns"], _digest(request)
+    uid = await _svc(request).start_upload(ns, digest, _is_replica(request))
+    if uid is None:
+        return web.Response(status=409, text="blob exists\n")
+    return web.Response(status=200, headers={"Location": uid})
+
+
+@_errors
+async def patch_upload(request: web.Request) -> web.Response:
+    _digest(request)
+    uid = request.match_info["uid"]
+    header = request.headers.get("Content-Range")
+    start = end = None
+    if header is not None:
+        m = _CONTENT_RANGE.match(header)
+        if m is None:
+            return web.Response(status=400, text=f"bad Content-Range {header!r} (want start-end)\n")
+        start, end = int(m.group(1)), int(m.group(2))
+        if end < start:
+            return web.Response(status=400, text=f"bad Content-Range {header!r}: end before start\n")
+    try:
+        size = await _svc(request).write(uid, request.content.iter_chunked(BODY_CHUNK), start)
+    except (aiohttp.ClientPayloadError, ConnectionError) as e:
+        log.info("upload interrupted", upload=uid, error=f"{type(e).__name__}: {e}")
+        return web.Response(status=400, text="upload body interrupted\n")
+    if end is not None and size != end:
+        return web.Response(status=400, text=f"body ended at {size}, Content-Range said {end}\n")
+    return web.Response(status=200, headers={"Range": f"0-{size}"})
+
+
+@_errors
+async def commit_upload(request: web.Request) -> web.Response:
+    ns, digest = request.match_info["ns"], _digest(request)
+    created = await _svc(request).commit(ns, digest, request.match_info["uid"], _is_replica(request))
+    if not created:
+        return web.Response(status=409, text="blob exists\n")
+    return web.Response(status=201)
+
+
+@_errors
+async def get_blob(request: web.Request) -> web.StreamResponse:
+    """GET (and HEAD): the blob, with Range support; 202 while it is fetched from the backend."""
+    svc, digest = _svc(request), _digest(request)
+    path = await svc.find(request.match_info["ns"], digest)
+    svc.store.touch(digest)
+    return web.FileResponse(path, chunk_size=FILE_CHUNK)
+
+
+@_errors
+async def head_local_blob(request: web.Request) -> web.Response:
+    """HEAD from the local cache only: never starts a backend fetch."""
+    size = _svc(request).store.size(_digest(request))
+    if size is None:
+        return web.Response(status=404)
+    return web.Response(status=200, headers={"Content-Length": str(size)})
+
+
+@_errors
+async def get_metainfo(request: web.Request) -> web.Response:
+    data = await _svc(request).metainfo(request.match_info["ns"], _digest(request))
+    return web.Response(body=data, content_type="application/x-bittorrent")
+
+
+@_errors
+async def locations(request: web.Request) -> web.Response:
+    owners = _svc(request).owners(_digest(request))
+    return web.Response(status=200, headers={"Origin-Locations": ",".join(owners)})
+
+
+async def force_cleanup(request: web.Request) -> web.Response:
+    """Evict blobs idle for ``ttl_hr`` hours (0: all) whose write-back has succeeded."""
+    try:
+        ttl_hr = float(request.query.get("ttl_hr", "0"))
+    except ValueError:
+        return web.Response(status=400, text="ttl_hr must be a number of hours\n")
+    if ttl_hr < 0:
+        return web.Response(status=400, text="ttl_hr must not be negative\n")
+    evicted = await _svc(request).evict(ttl_hr * 3600)
+    return web.json_response({"evicted": [str(d) for d in evicted]})
+
+
+def create_origin_app(config: OriginConfig) -> web.Application:
+    app = create_app("origin", Metrics("origin"))
+
+    async def start(app: web.Application) -> None:
+        app[SERVICE] = await OriginService.create(config, app[METRICS])
+        await app[SERVICE].start()
+
+    async def stop(app: web.Application) -> None:
+        if SERVICE in app:
+            await app[SERVICE].close()
+
+    app.on_startup.append(start)
+    app.on_cleanup.append(stop)
+
+    blob = "/namespace/{ns:.+}/blobs/{digest}"
+    app.router.add_post(f"{blob}/uploads", start_upload)
+    app.router.add_patch(f"{blob}/uploads/{{uid}}", patch_upload)
+    app.router.add_put(f"{blob}/uploads/{{uid}}", commit_upload)
+    app.router.add_get(blob, get_blob)  # also HEAD
+    app.router.add_head(f"/internal{blob}", head_local_blob)
+    app.router.add_get(f"/internal{blob}/metainfo", get_metainfo)
+    app.router.add_get("/blobs/{digest}/locations", locations)
+    app.router.add_post("/forcecleanup", force_cleanup)
+    return app

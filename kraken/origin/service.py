@@ -1,0 +1,219 @@
+"""What stands behind the origin's HTTP API: the blob cache and the work around it.
+
+A pushed blob is committed to the content-addressed store (digest verified), a durable
+write-back to its namespace's backend is queued, copies to the other ring owners are queued,
+and its torrent metainfo is generated once, in the background, and kept beside the blob. A
+blob the cache lacks is fetched lazily from the backend. A periodic sweep evicts idle blobs,
+but never one whose write-back or replication is still pending.
+"""
+from __future__ import annotations
+
+import asyncio
+import time
+from collections import Counter
+from pathlib import Path
+from typing import AsyncIterable
+
+from kraken.backend import BackendRouter, build_router
+from kraken.core.digest import Digest
+from kraken.core.metainfo import EmptyBlobError, generate_metainfo, piece_length_for
+from kraken.http.client import HttpClient
+from kraken.log import get_logger
+from kraken.metrics import Metrics
+from kraken.origin import cleanup
+from kraken.origin.config import OriginConfig
+from kraken.origin.fetch import BackendFetcher
+from kraken.origin.replication import Replicator
+from kraken.origin.writeback import WriteBack
+from kraken.persisted import PersistedQueue
+from kraken.ring import HashRing
+from kraken.store.cas import CAStore
+from kraken.tasks import TaskOwner
+
+log = get_logger("origin")
+
+METAINFO = "metainfo"
+
+
+class Fetching(Exception):
+    """The blob is being fetched from the backend: ask again shortly (HTTP 202)."""
+
+
+class NotFound(Exception):
+    """Neither the cache nor the backend has the blob (HTTP 404)."""
+
+
+class OriginService:
+    """Create with :meth:`create` inside the running loop; :meth:`close` on shutdown."""
+
+    def __init__(
+        self,
+        config: OriginConfig,
+        metrics: Metrics,
+        store: CAStore,
+        router: BackendRouter,
+        http: HttpClient,
+        writeback_queue: PersistedQueue,
+        replication_queue: PersistedQueue,
+    ) -> None:
+        self.config = config
+        self.identity = config.identity()
+        self.ring = HashRing.from_config(config.ring)
+        self.store = store
+        self.owner = TaskOwner("origin")
+        self._router = router
+        self._http = http
+        # Digests between "commit started" and "write-back queued": protected from eviction.
+        self._committing: Counter[Digest] = Counter()
+        self._metainfo_jobs: dict[Digest, asyncio.Task[bytes]] = {}
+        self.writeback = WriteBack(writeback_queue, store, router, config.writeback, metrics)
+        self.replicator = Replicator(
+            replication_queue, store, self.ring, self.identity, http, config.replication, metrics
+        )
+        self.fetcher = BackendFetcher(
+            store, router, self.owner, metrics, config.fetch.concurrency, on_fetched=self._start_metainfo
+        )
+        self._uploads = metrics.counter("kraken_origin_uploads_total", "Blobs committed by upload", ["source"])
+        self._evictions = metrics.counter("kraken_origin_evictions_total", "Blobs evicted from the cache")
+
+    @classmethod
+    async def create(cls, config: OriginConfig, metrics: Metrics) -> "OriginService":
+        root = Path(config.store.root)
+        store = await asyncio.to_thread(CAStore, root)
+        writeback_queue = await PersistedQueue.open(root / "writeback.db")
+        replication_queue = await PersistedQueue.open(root / "replication.db")
+        return cls(config, metrics, store, build_router(config.backends), HttpClient(), writeback_queue, replication_queue)
+
+    async def start(self) -> None:
+        await self.fetcher.start()
+        self.writeback.worker.start(self.owner)
+        self.replicator.worker.start(self.owner)
+        self.owner.spawn(self._cleanup_loop(), "cleanup")
+        log.info("origin started", identity=self.identity, root=str(self.store.root), ring=",".join(self.ring.hosts))
+
+    async def close(self) -> None:
+        await self.owner.close()
+        await self.writeback.worker.queue.close()
+        await self.replicator.worker.queue.close()
+        await self._http.close()
+        await self._router.close()
+
+    # ---- uploads -------------------------------------------------------------------------
+
+    async def start_upload(self, namespace: str, digest: Digest, replica: bool) -> str | None:
+        """A new upload id, or None if the blob is already cached (HTTP 409).
+
+        A client pushing a cached blob to another namespace still expects it in that
+        namespace's backend, so the write-back is queued anyway (it is cheap when the backend
+        already has the blob).
+        """
+        if self.store.exists(digest):
+            await self._queue_writeback(namespace, digest, replica)
+            return None
+        return self.store.create_upload()
+
+    async def write(self, uid: str, chunks: AsyncIterable[bytes], offset: int | None) -> int:
+        return await self.store.write(uid, chunks, offset)
+
+    async def commit(self, namespace: str, digest: Digest, uid: str, replica: bool) -> bool:
+        """Verify and cache the upload; False if the blob was cached already (HTTP 409)."""
+        if self.store.exists(digest):
+            await self.store.abort(uid)
+            await self._queue_writeback(namespace, digest, replica)
+            return False
+        self._committing[digest] += 1
+        try:
+            await self.store.commit(uid, digest)
+            await self._queue_writeback(namespace, digest, replica)
+        finally:
+            self._committing[digest] -= 1
+            if self._committing[digest] <= 0:
+                del self._committing[digest]
+        if not replica:
+            await self.replicator.enqueue(namespace, digest)
+        self._start_metainfo(digest)
+        self._uploads.labels("replica" if replica else "push").inc()
+        log.info("blob committed", namespace=namespace, digest=digest, replica=replica)
+        return True
+
+    async def _queue_writeback(self, namespace: str, digest: Digest, replica: bool) -> None:
+        delay = self.config.replication.writeback_delay if replica else 0.0
+        await self.writeback.enqueue(namespace, digest, delay)
+
+    # ---- reads ---------------------------------------------------------------------------
+
+    async def find(self, namespace: str, digest: Digest) -> Path:
+        """The cached blob's path; fetches it from the backend if the cache lacks it.
+
+        Raises :class:`Fetching` while a fetch runs, :class:`NotFound` if the backend lacks
+        the blob, and ``BackendError`` if the backend cannot be asked.
+        """
+        if self.store.exists(digest):
+            return self.store.path(digest)
+        if not await self.fetcher.request(namespace, digest):
+            raise NotFound(f"{digest} is not in namespace {namespace!r}")
+        raise Fetching(str(digest))
+
+    async def metainfo(self, namespace: str, digest: Digest) -> bytes:
+        """The blob's torrent; raises like :meth:`find`, and EmptyBlobError for a zero-byte blob."""
+        path = await self.find(namespace, digest)
+        cached = await self.store.read_meta(digest, METAINFO)
+        if cached is not None:
+            return cached
+        if (await asyncio.to_thread(path.stat)).st_size == 0:
+            raise EmptyBlobError(f"{digest} is empty")
+        return await asyncio.shield(self._metainfo_job(digest))
+
+    def _start_metainfo(self, digest: Digest) -> None:
+        """Generate a new blob's metainfo in the background, so it is ready when peers ask."""
+        if self.store.size(digest):
+            self._metainfo_job(digest)
+
+    def _metainfo_job(self, digest: Digest) -> asyncio.Task[bytes]:
+        """The one generation of ``digest``'s metainfo, started if none is running."""
+        job = self._metainfo_jobs.get(digest)
+        if job is None:
+            job = self.owner.spawn(self._generate_metainfo(digest), f"metainfo:{digest}")
+            self._metainfo_jobs[digest] = job
+            job.add_done_callback(lambda _: self._metainfo_jobs.pop(digest, None))
+        return job
+
+    async def _generate_metainfo(self, digest: Digest) -> bytes:
+        cached = await self.store.read_meta(digest, METAINFO)
+        if cached is not None:
+            return cached
+        path = self.store.path(digest)
+        size = (await asyncio.to_thread(path.stat)).st_size
+        piece_length = piece_length_for(size, self.config.metainfo.piece_lengths)
+        data = await asyncio.to_thread(generate_metainfo, path, digest.hex, piece_length)
+        await self.store.write_meta(digest, METAINFO, data)
+        log.info("metainfo generated", digest=digest, size=size, piece_length=piece_length)
+        return data
+
+    def owners(self, digest: Digest) -> list[str]:
+        return self.ring.owners(digest)
+
+    # ---- eviction ------------------------------------------------------------------------
+
+    async def evict(self, idle_for: float, max_usage: int = 0) -> list[Digest]:
+        """Evict blobs idle for ``idle_for`` seconds (and LRU ones above ``max_usage`` bytes)."""
+        idle_before = time.time() - idle_for
+        entries = await asyncio.to_thread(cleanup.scan, self.store)
+        # Order matters (see kraken.origin.cleanup): the committing set is read before the queues.
+        protected = set(self._committing)
+        protected |= await self.writeback.pending_digests()
+        protected |= await self.replicator.pending_digests()
+        evicted = await asyncio.to_thread(cleanup.evict, self.store, entries, protected, idle_before, max_usage)
+        if evicted:
+            self._evictions.inc(len(evicted))
+            log.info("blobs evicted", count=len(evicted), kept_pending=len(protected))
+        return evicted
+
+    async def _cleanup_loop(self) -> None:
+        settings = self.config.cleanup
+        while True:
+            await asyncio.sleep(settings.interval)
+            removed = await asyncio.to_thread(self.store.cleanup_uploads, settings.upload_ttl)
+            if removed:
+                log.info("stale uploads removed", count=removed)
+            await self.evict(settings.tti, settings.disk_usage_threshold)

@@ -1,0 +1,55 @@
+"""The proxy's HTTP server: the shared registry protocol, read-write, over origins and build-index."""
+from __future__ import annotations
+
+import asyncio
+
+from aiohttp import web
+
+from kraken.http.app import create_app
+from kraken.log import get_logger
+from kraken.metrics import Metrics
+from kraken.proxy.config import ProxyConfig
+from kraken.proxy.storage import ProxyMetrics, ProxyStorage
+from kraken.registry.app import add_registry_routes
+from kraken.store.cas import CAStore
+
+COMPONENT = "proxy"
+
+log = get_logger(COMPONENT)
+
+
+def create_proxy_app(config: ProxyConfig) -> web.Application:
+    metrics = Metrics(COMPONENT)
+    storage = ProxyStorage(config.origins, config.build_index.addr, ProxyMetrics(metrics))
+    staging = CAStore(config.store.root)
+    app = create_app(COMPONENT, metrics, readiness=storage.readiness)
+    app.cleanup_ctx.append(storage.lifecycle)
+
+    async def clear_staging(_: web.Application) -> None:
+        await _clear_staging(staging)
+
+    app.on_startup.append(clear_staging)
+    add_registry_routes(
+        app, storage, read_only=False, uploads=staging,
+        max_manifest_size=config.max_manifest_size, upload_ttl=config.upload_ttl,
+    )
+    log.info("proxy configured", origins=",".join(config.origins.hosts), build_index=config.build_index.addr,
+             store=config.store.root)
+    return app
+
+
+async def _clear_staging(staging: CAStore) -> None:
+    """Start with an empty staging store. Upload sessions live in memory, so files in the
+    upload dir belong to a previous run; a crash between verifying a blob and handing it to
+    its origin leaves it in the cache, where nothing reads it again."""
+
+    def clear() -> int:
+        removed = sum(staging.delete(d) for d in list(staging.digests()))
+        for path in list(staging.upload_dir.iterdir()):
+            path.unlink(missing_ok=True)
+            removed += 1
+        return removed
+
+    removed = await asyncio.to_thread(clear)
+    if removed:
+        log.info("cleared staging files left by a previous run", count=removed)

@@ -1,0 +1,190 @@
+"""The proxy's registry storage: blobs and manifests on the origins, tags in build-index.
+
+Blobs go to the origin that owns their digest on the hash ring, under the repository name as
+namespace (the origin writes them back to the backend chosen for that namespace). Manifests
+are blobs too. Tags are ``repo:tag`` in build-index, which re-checks that every reference is on
+the origins before it stores one. Blob bytes are streamed both ways, never held whole.
+"""
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+from typing import AsyncIterator, Awaitable, Callable
+
+import aiohttp
+from aiohttp import web
+from prometheus_client import Counter
+
+from kraken.buildindex.client import BuildIndexClient, TagReferenceError
+from kraken.core.digest import Digest
+from kraken.http.client import HTTPStatusError, HttpClient
+from kraken.log import get_logger
+from kraken.metrics import Metrics
+from kraken.origin.client import BlobNotFound, OriginCluster
+from kraken.registry.errors import RegistryError
+from kraken.registry.ranges import ByteRange
+from kraken.registry.storage import BlobReader, RegistryStorage, StreamBlobReader
+from kraken.ring import RingConfig
+
+log = get_logger("proxy")
+
+STREAM_CHUNK = 1 << 20
+
+
+class ProxyMetrics:
+    def __init__(self, metrics: Metrics) -> None:
+        self.bytes_uploaded: Counter = metrics.counter(
+            "kraken_proxy_blob_bytes_uploaded_total", "Blob bytes pushed to the origins")
+        self.blobs_uploaded: Counter = metrics.counter(
+            "kraken_proxy_blobs_uploaded_total", "Blobs (layers, configs, manifests) pushed to the origins")
+        self.bytes_downloaded: Counter = metrics.counter(
+            "kraken_proxy_blob_bytes_downloaded_total", "Blob bytes served to clients from the origins")
+        self.tags_pushed: Counter = metrics.counter(
+            "kraken_proxy_tags_pushed_total", "Tags put to build-index")
+        self.mounts: Counter = metrics.counter(
+            "kraken_proxy_blob_mounts_total", "Cross-repository mount requests by result", ["result"])
+
+
+class ProxyStorage(RegistryStorage):
+    """Its HTTP clients need a running event loop, so :meth:`lifecycle` (an aiohttp cleanup
+    context) creates them when the app starts and closes them when it stops."""
+
+    def __init__(self, origins: RingConfig, build_index_addr: str, metrics: ProxyMetrics) -> None:
+        self._origins_config = origins
+        self._build_index_addr = build_index_addr
+        self.metrics = metrics
+        self._http: HttpClient | None = None
+        self._origins: OriginCluster | None = None
+        self._build_index: BuildIndexClient | None = None
+
+    async def lifecycle(self, _: web.Application) -> AsyncIterator[None]:
+        self._http = HttpClient()
+        try:
+            self._origins = OriginCluster(self._origins_config, self._http)
+            self._build_index = BuildIndexClient(self._build_index_addr, self._http)
+            yield
+        finally:
+            await self._http.close()
+
+    @property
+    def http(self) -> HttpClient:
+        assert self._http is not None, "proxy app not started"
+        return self._http
+
+    @property
+    def origins(self) -> OriginCluster:
+        assert self._origins is not None, "proxy app not started"
+        return self._origins
+
+    @property
+    def build_index(self) -> BuildIndexClient:
+        assert self._build_index is not None, "proxy app not started"
+        return self._build_index
+
+    async def readiness(self) -> None:
+        """Ready when build-index and at least one origin answer (the ring routes around the rest)."""
+        await self._health(self._build_index_addr)
+        errors = []
+        for host in self._origins_config.hosts:
+            try:
+                await self._health(host)
+                return
+            except (aiohttp.ClientError, asyncio.TimeoutError, HTTPStatusError) as e:
+                errors.append(f"{host}: {e}")
+        raise ConnectionError(f"no origin is healthy ({'; '.join(errors) or 'none configured'})")
+
+    async def _health(self, addr: str) -> None:
+        (await self.http.request("GET", f"http://{addr}/health", retry=False)).release()
+
+    # ---- tags ------------------------------------------------------------------------------
+
+    async def get_tag(self, repo: str, tag: str) -> Digest | None:
+        return await self.build_index.get_tag(f"{repo}:{tag}")
+
+    async def list_tags(self, repo: str) -> list[str]:
+        return sorted(await self.build_index.list_repository(repo))
+
+    async def catalog(self) -> list[str]:
+        """Repositories are not stored anywhere by themselves: they are the repos of the tags."""
+        return sorted({name.rpartition(":")[0] for name in await self.build_index.list("")})
+
+    async def put_tag(self, repo: str, tag: str, digest: Digest) -> None:
+        try:
+            await self.build_index.put_tag(f"{repo}:{tag}", digest)
+        except TagReferenceError as e:
+            if not e.missing:
+                raise RegistryError("MANIFEST_INVALID", detail=str(e)) from None
+            raise RegistryError.combine(
+                RegistryError("MANIFEST_BLOB_UNKNOWN", detail={"digest": str(d)}) for d in e.missing
+            ) from None
+        self.metrics.tags_pushed.inc()
+        log.info("tag pushed", repo=repo, tag=tag, digest=digest)
+
+    # ---- blobs -----------------------------------------------------------------------------
+
+    async def stat_blob(self, repo: str, digest: Digest) -> int | None:
+        return await self.origins.stat(repo, digest)
+
+    async def open_blob(self, repo: str, digest: Digest, byte_range: ByteRange | None) -> BlobReader | None:
+        try:
+            resp = await self.origins.open(repo, digest, byte_range.range_header() if byte_range else None)
+        except BlobNotFound:
+            return None
+        if byte_range is not None and resp.status != 206:
+            resp.release()
+            raise RuntimeError(f"origin answered {resp.status} to a Range request for {digest}")
+        return StreamBlobReader(self._count_downloaded(resp), _releaser(resp))
+
+    async def _count_downloaded(self, resp: aiohttp.ClientResponse) -> AsyncIterator[bytes]:
+        async for chunk in resp.content.iter_chunked(STREAM_CHUNK):
+            self.metrics.bytes_downloaded.inc(len(chunk))
+            yield chunk
+
+    async def read_manifest(self, repo: str, digest: Digest, max_size: int) -> bytes | None:
+        try:
+            resp = await self.origins.open(repo, digest)
+        except BlobNotFound:
+            return None
+        try:
+            if resp.content_length is not None and resp.content_length > max_size:
+                return None
+            data = bytearray()
+            async for chunk in resp.content.iter_chunked(STREAM_CHUNK):
+                data += chunk
+                if len(data) > max_size:
+                    return None
+            return bytes(data)
+        finally:
+            resp.release()
+
+    async def put_blob_from_file(self, repo: str, digest: Digest, path: Path) -> None:
+        size = (await asyncio.to_thread(path.stat)).st_size
+        await self.origins.upload_file(repo, digest, path)
+        self._uploaded(repo, digest, size)
+
+    async def put_blob_bytes(self, repo: str, digest: Digest, data: bytes) -> None:
+        await self.origins.upload_bytes(repo, digest, data)
+        self._uploaded(repo, digest, len(data))
+
+    def _uploaded(self, repo: str, digest: Digest, size: int) -> None:
+        self.metrics.blobs_uploaded.inc()
+        self.metrics.bytes_uploaded.inc(size)
+        log.info("blob pushed to origin", repo=repo, digest=digest, size=size)
+
+    async def mount_blob(self, from_repo: str, to_repo: str, digest: Digest) -> bool:
+        """Origins keep one copy per digest whatever the namespace, so a blob the source
+        repository has is already there for the target; the stat under the target confirms
+        the origin serves it in that namespace."""
+        mounted = (
+            await self.origins.stat(from_repo, digest) is not None
+            and await self.origins.stat(to_repo, digest) is not None
+        )
+        self.metrics.mounts.labels("mounted" if mounted else "missing").inc()
+        return mounted
+
+
+def _releaser(resp: aiohttp.ClientResponse) -> Callable[[], Awaitable[None]]:
+    async def release() -> None:
+        resp.release()
+
+    return release

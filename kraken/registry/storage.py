@@ -1,0 +1,142 @@
+"""Where a registry keeps blobs, manifests and tags: the one interface the routes call.
+
+The proxy implements it over origins and build-index; the agent over its P2P cache. Write
+methods default to UNSUPPORTED so a read-only storage implements only reads. Manifests are
+blobs (content-addressed by their digest); the interface keeps ``read_manifest`` separate
+only because a manifest is small and read whole while a blob is streamed.
+"""
+from __future__ import annotations
+
+import asyncio
+from abc import ABC, abstractmethod
+from pathlib import Path
+from typing import AsyncIterator, Awaitable, Callable
+
+from kraken.core.digest import Digest
+from kraken.registry.errors import RegistryError
+from kraken.registry.ranges import ByteRange
+
+READ_CHUNK = 1 << 20
+
+
+class BlobReader(ABC):
+    """An open blob body. The route iterates it at most once and always calls :meth:`aclose`
+    (also when the client goes away), so upstream connections and files are released."""
+
+    @abstractmethod
+    def __aiter__(self) -> AsyncIterator[bytes]: ...
+
+    @abstractmethod
+    async def aclose(self) -> None: ...
+
+
+class StreamBlobReader(BlobReader):
+    """Chunks from an async iterator (e.g. an upstream response) plus what releases it."""
+
+    def __init__(
+        self, chunks: AsyncIterator[bytes], on_close: Callable[[], Awaitable[None]] | None = None
+    ) -> None:
+        self._chunks = chunks
+        self._on_close = on_close
+
+    def __aiter__(self) -> AsyncIterator[bytes]:
+        return self._chunks
+
+    async def aclose(self) -> None:
+        if self._on_close is not None:
+            on_close, self._on_close = self._on_close, None
+            await on_close()
+
+
+class FileBlobReader(BlobReader):
+    """A local file (or a range of it), read in a worker thread so the loop never blocks."""
+
+    def __init__(self, path: Path, byte_range: ByteRange | None = None, chunk_size: int = READ_CHUNK) -> None:
+        self._path = path
+        self._range = byte_range
+        self._chunk_size = chunk_size
+        self._file = None
+
+    async def _chunks(self) -> AsyncIterator[bytes]:
+        self._file = await asyncio.to_thread(open, self._path, "rb")
+        remaining = None
+        if self._range is not None:
+            await asyncio.to_thread(self._file.seek, self._range.start)
+            remaining = self._range.length
+        while remaining is None or remaining > 0:
+            want = self._chunk_size if remaining is None else min(self._chunk_size, remaining)
+            chunk = await asyncio.to_thread(self._file.read, want)
+            if not chunk:
+                break
+            if remaining is not None:
+                remaining -= len(chunk)
+            yield chunk
+
+    def __aiter__(self) -> AsyncIterator[bytes]:
+        return self._chunks()
+
+    async def aclose(self) -> None:
+        if self._file is not None:
+            f, self._file = self._file, None
+            await asyncio.to_thread(f.close)
+
+
+class RegistryStorage(ABC):
+    """Blobs, manifests and tags of repositories. ``repo`` is always a validated name.
+
+    Reads return ``None`` for "not there". An upstream failure propagates as an exception:
+    ``aiohttp.ClientError``, ``TimeoutError``, ``ConnectionError`` and a 5xx ``HTTPStatusError``
+    become ``UNAVAILABLE`` (503), which clients retry; a :class:`RegistryError` is sent as is.
+    """
+
+    # ---- reads (every storage) -------------------------------------------------------------
+
+    @abstractmethod
+    async def get_tag(self, repo: str, tag: str) -> Digest | None:
+        """The manifest digest a tag points to."""
+
+    @abstractmethod
+    async def list_tags(self, repo: str) -> list[str]:
+        """Every tag of ``repo``, sorted; empty when the repository is unknown."""
+
+    async def catalog(self) -> list[str]:
+        """Every repository name, sorted."""
+        raise RegistryError("UNSUPPORTED", message="catalog is not supported here")
+
+    @abstractmethod
+    async def stat_blob(self, repo: str, digest: Digest) -> int | None:
+        """The blob's size. Called once per blob request, before :meth:`open_blob`."""
+
+    @abstractmethod
+    async def open_blob(self, repo: str, digest: Digest, byte_range: ByteRange | None) -> BlobReader | None:
+        """The blob's bytes (only ``byte_range`` when given), streamed; never read whole."""
+
+    @abstractmethod
+    async def read_manifest(self, repo: str, digest: Digest, max_size: int) -> bytes | None:
+        """A manifest's raw bytes (the routes verify them against ``digest``); ``None`` also
+        for a blob bigger than ``max_size``, so asking for a layer by its digest as a manifest
+        never pulls it into memory."""
+
+    # ---- writes (read-write storages override) ---------------------------------------------
+
+    async def put_blob_from_file(self, repo: str, digest: Digest, path: Path) -> None:
+        """Store a verified blob. ``path`` belongs to the caller and is deleted after the call,
+        so the storage must copy (or stream) it before returning."""
+        raise _read_only()
+
+    async def put_blob_bytes(self, repo: str, digest: Digest, data: bytes) -> None:
+        """Store a small verified blob (a manifest)."""
+        raise _read_only()
+
+    async def put_tag(self, repo: str, tag: str, digest: Digest) -> None:
+        """Point ``tag`` at manifest ``digest``; raise MANIFEST_BLOB_UNKNOWN if the storage finds
+        references missing."""
+        raise _read_only()
+
+    async def mount_blob(self, from_repo: str, to_repo: str, digest: Digest) -> bool:
+        """Make a blob of ``from_repo`` available in ``to_repo``; False when it cannot."""
+        return False
+
+
+def _read_only() -> RegistryError:
+    return RegistryError("UNSUPPORTED", message="this registry is read-only")

@@ -1,0 +1,4 @@
+"""The content-addressed blob store on disk."""
+from kraken.store.cas import CAStore, DigestMismatch, UploadUnknown, UploadOffsetMismatch, SizeMismatch
+
+__all__ = ["CAStore", "DigestMismatch", "UploadUnknown", "UploadOffsetMismatch", "SizeMismatch"]

@@ -1,0 +1,1 @@
+"""testfs: a toy HTTP file store used as the storage backend in development and tests."""

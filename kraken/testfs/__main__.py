@@ -1,0 +1,33 @@
+"""``kraken testfs [--config FILE] [--port N] [--root DIR]``: runs with no config file too."""
+from __future__ import annotations
+
+import argparse
+
+from kraken.config import apply_listen_overrides, load_config
+from kraken.http.app import serve
+from kraken.testfs.config import TestfsConfig
+from kraken.testfs.server import create_testfs_app
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--root", help="directory holding the files (overrides the config)")
+
+
+def load(args: argparse.Namespace) -> TestfsConfig:
+    """The effective config: file (or defaults), then command-line overrides."""
+    config = load_config(TestfsConfig, args.config) if args.config else TestfsConfig()
+    apply_listen_overrides(config.listen, args.host, args.port)
+    if args.root:
+        config.root = args.root
+    return config
+
+
+async def run(args: argparse.Namespace) -> None:
+    config = load(args)
+    await serve(create_testfs_app(config), config.listen.host, config.listen.port, "testfs")
+
+
+if __name__ == "__main__":
+    from kraken.cli import run_component
+
+    run_component("testfs")

@@ -1,0 +1,28 @@
+"""testfs configuration: where to listen and which directory holds the files."""
+from __future__ import annotations
+
+import os
+import tempfile
+from dataclasses import dataclass, field
+
+from kraken.config import ListenConfig
+
+DEFAULT_PORT = 14000
+
+
+def _default_root() -> str:
+    return os.path.join(tempfile.gettempdir(), "kraken-testfs")
+
+
+@dataclass
+class TestfsConfig:
+    """Defaults let ``kraken testfs`` run with no config file (port 14000, a temp-dir root).
+
+    A YAML ``listen:`` mapping is built with ListenConfig's own defaults, so config files
+    state the port explicitly (config/testfs/base.yaml does).
+    """
+
+    __test__ = False  # not a pytest test class despite the name
+
+    listen: ListenConfig = field(default_factory=lambda: ListenConfig(port=DEFAULT_PORT))
+    root: str = field(default_factory=_default_root)

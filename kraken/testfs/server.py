@@ -1,0 +1,158 @@
+"""testfs: a toy HTTP file store used as the storage backend in development and tests.
+
+Files live under ``config.root`` (a :class:`~kraken.testfs.filetree.FileTree`, the same
+storage the ``file`` backend uses), addressed by the path after ``/files/`` with ``:`` read as
+``/``. Paths that would leave the root (``..``, absolute, symlinks pointing out) get 400.
+Request bodies are streamed to a temp file and renamed into place, so a reader sees the old
+file or the new one, never a partial one; downloads are streamed from disk with Range support.
+"""
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+from pathlib import Path
+from stat import S_ISREG
+
+from aiohttp import web
+
+from kraken.http.app import create_app
+from kraken.log import get_logger
+from kraken.testfs.config import TestfsConfig
+from kraken.testfs.filetree import READ_CHUNK, FileTree, UnsafePath
+
+log = get_logger("testfs")
+
+TREE: web.AppKey[FileTree] = web.AppKey("testfs_tree", FileTree)
+
+# Opening a path fails with these when there is no file there.
+_MISSING = (FileNotFoundError, IsADirectoryError, NotADirectoryError)
+
+
+def _json_error(exc: type[web.HTTPError], message: str) -> web.HTTPError:
+    return exc(text=json.dumps({"error": message}), content_type="application/json")
+
+
+def _resolve(request: web.Request) -> Path:
+    try:
+        return request.app[TREE].resolve(request.match_info["path"])
+    except UnsafePath as e:
+        raise _json_error(web.HTTPBadRequest, str(e)) from None
+
+
+def _byte_range(request: web.Request, size: int) -> tuple[int, int] | None:
+    """``(start, stop)`` to serve, or None to serve everything with 200.
+
+    A malformed Range header is ignored (RFC 9110 section 14.2); an unsatisfiable one raises 416.
+    """
+    if "Range" not in request.headers:
+        return None
+    try:
+        rng = request.http_range
+    except ValueError:
+        return None
+    start, stop = rng.start, rng.stop
+    if start < 0:  # suffix range: the last -start bytes
+        start, stop = max(0, size + start), size
+    else:
+        stop = size if stop is None else min(stop, size)
+    if start >= size:
+        raise web.HTTPRequestRangeNotSatisfiable(headers={"Content-Range": f"bytes */{size}"})
+    return start, stop
+
+
+async def head_file(request: web.Request) -> web.Response:
+    path = _resolve(request)
+    try:
+        st = await asyncio.to_thread(os.stat, path)
+    except _MISSING:
+        raise web.HTTPNotFound() from None
+    if not S_ISREG(st.st_mode):
+        raise web.HTTPNotFound()
+    size = str(st.st_size)
+    return web.Response(headers={"Size": size, "Content-Length": size, "Accept-Ranges": "bytes"})
+
+
+async def get_file(request: web.Request) -> web.StreamResponse:
+    path = _resolve(request)
+    try:
+        # Inline: opening is a metadata call, and a thread could leak the descriptor if the
+        # request were cancelled while it ran.
+        fd = os.open(path, os.O_RDONLY)
+    except _MISSING:
+        raise web.HTTPNotFound() from None
+    try:
+        st = os.fstat(fd)
+        if not S_ISREG(st.st_mode):
+            raise web.HTTPNotFound()
+        size = st.st_size
+        rng = _byte_range(request, size)
+        start, stop = rng or (0, size)
+        resp = web.StreamResponse(status=200 if rng is None else 206)
+        resp.content_type = "application/octet-stream"
+        resp.content_length = stop - start
+        resp.headers["Accept-Ranges"] = "bytes"
+        if rng is not None:
+            resp.headers["Content-Range"] = f"bytes {start}-{stop - 1}/{size}"
+        await resp.prepare(request)
+        # Files are only ever replaced by rename, so the open descriptor's content is fixed.
+        offset = start
+        while offset < stop:
+            chunk = await asyncio.to_thread(os.pread, fd, min(READ_CHUNK, stop - offset), offset)
+            if not chunk:
+                raise RuntimeError(f"{path}: file shrank while being served")
+            await resp.write(chunk)
+            offset += len(chunk)
+        await resp.write_eof()
+        return resp
+    finally:
+        os.close(fd)
+
+
+async def put_file(request: web.Request) -> web.Response:
+    """POST/PUT: stream the body into place atomically; 201 with the stored size."""
+    tree = request.app[TREE]
+    try:
+        writer = tree.writer(request.match_info["path"])
+    except UnsafePath as e:
+        raise _json_error(web.HTTPBadRequest, str(e)) from None
+    try:
+        async with writer:
+            async for chunk in request.content.iter_any():
+                await writer.write(chunk)
+    except (IsADirectoryError, NotADirectoryError, FileExistsError) as e:
+        raise _json_error(web.HTTPConflict, f"cannot store {request.match_info['path']!r}: {e.strerror}") from None
+    return web.json_response({"size": writer.size}, status=201)
+
+
+async def list_files(request: web.Request) -> web.Response:
+    tree = request.app[TREE]
+    prefix = request.match_info["prefix"]
+    try:
+        paths = await asyncio.to_thread(tree.files_under, prefix)
+    except UnsafePath as e:
+        raise _json_error(web.HTTPBadRequest, str(e)) from None
+    return web.json_response(paths)
+
+
+def create_testfs_app(config: TestfsConfig) -> web.Application:
+    tree = FileTree(config.root)
+
+    async def readiness() -> None:
+        if not await asyncio.to_thread(os.access, tree.root, os.W_OK):
+            raise RuntimeError(f"root {tree.root} is not a writable directory")
+
+    async def prepare_root(_: web.Application) -> None:
+        await asyncio.to_thread(tree.root.mkdir, parents=True, exist_ok=True)
+        await asyncio.to_thread(tree.clear_tmp)
+        log.info("serving files", root=tree.root)
+
+    app = create_app("testfs", readiness=readiness)
+    app[TREE] = tree
+    app.on_startup.append(prepare_root)
+    app.router.add_route("HEAD", "/files/{path:.*}", head_file)
+    app.router.add_route("GET", "/files/{path:.*}", get_file)
+    app.router.add_route("POST", "/files/{path:.*}", put_file)
+    app.router.add_route("PUT", "/files/{path:.*}", put_file)
+    app.router.add_route("GET", "/list/{prefix:.*}", list_files)
+    return app

@@ -1,0 +1,84 @@
+"""Test clusters of real Kraken processes on free ports (built on kraken.devcluster)."""
+from __future__ import annotations
+
+import json
+import re
+import urllib.request
+from dataclasses import dataclass
+from pathlib import Path
+
+from kraken.devcluster import HerdPorts, Process, Supervisor, free_port, herd_processes
+
+
+@dataclass
+class Herd:
+    """testfs, origin, build-index and proxy as real processes, wired to each other."""
+
+    supervisor: Supervisor
+    workdir: Path
+
+    def __getitem__(self, name: str) -> Process:
+        return self.supervisor.processes[name]
+
+    @property
+    def proxy(self) -> Process:
+        return self["proxy"]
+
+    @property
+    def origin(self) -> Process:
+        return self["origin"]
+
+    @property
+    def build_index(self) -> Process:
+        return self["build-index"]
+
+    @property
+    def testfs(self) -> Process:
+        return self["testfs"]
+
+    def stop(self) -> None:
+        self.supervisor.stop_all()
+
+    def registry(self) -> "ProxyRegistry":
+        return ProxyRegistry(self.proxy)
+
+
+_ACCESS_RE = re.compile(
+    r" request component=\S+ method=(\S+) path=(\S+) status=(\d+) .*?agent=(\"[^\"]*\"|\S+)"
+)
+
+
+@dataclass
+class ProxyRegistry:
+    """The proxy seen as a registry, with the same helpers tests use on the reference one."""
+
+    process: Process
+
+    @property
+    def host(self) -> str:
+        return self.process.addr
+
+    @property
+    def url(self) -> str:
+        return self.process.url
+
+    def access_log(self) -> str:
+        """The proxy's access log as ``METHOD path status user-agent`` lines."""
+        text = self.process.log_path.read_text(errors="replace")
+        return "\n".join(" ".join(m.groups()) for m in _ACCESS_RE.finditer(text))
+
+    def catalog(self) -> list[str]:
+        with urllib.request.urlopen(f"{self.url}/v2/_catalog", timeout=30) as resp:
+            return list(json.load(resp).get("repositories", []))
+
+
+def start_herd(workdir: Path) -> Herd:
+    ports = HerdPorts(testfs=free_port(), proxy=free_port(), origin=free_port(), build_index=free_port())
+    sup = Supervisor(workdir)
+    try:
+        for proc in herd_processes(workdir, ports):
+            sup.start(proc)
+    except BaseException:
+        sup.stop_all()
+        raise
+    return Herd(sup, workdir)

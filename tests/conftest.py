@@ -1,0 +1,25 @@
+"""Fixtures shared by the whole suite."""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Iterator
+
+import pytest
+
+# The real-client helpers assert on bytes and digests: have pytest rewrite them for readable
+# failures (this must happen before their first import).
+pytest.register_assert_rewrite("tests.realclients")
+
+from tests.cluster import Herd, start_herd
+
+from tests.realclients import containerd, distribution_registry, dockerd, podman  # noqa: F401 - shared fixtures
+
+
+@pytest.fixture(scope="module")
+def herd(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Herd]:
+    """A running herd (testfs, origin, build-index, proxy) shared by one test module."""
+    h = start_herd(Path(tmp_path_factory.mktemp("herd")))
+    try:
+        yield h
+    finally:
+        h.stop()

@@ -1,0 +1,128 @@
+"""CAStore: what enters the cache is verified, and failed or aborted uploads leave nothing."""
+from __future__ import annotations
+
+import asyncio
+import os
+import time
+from pathlib import Path
+from typing import AsyncIterator
+
+import pytest
+
+from kraken.core.digest import Digest
+from kraken.store.cas import CAStore, DigestMismatch, UploadOffsetMismatch, UploadUnknown
+
+
+async def chunks(*parts: bytes) -> AsyncIterator[bytes]:
+    for part in parts:
+        yield part
+
+
+def cache_files(store: CAStore) -> list[Path]:
+    return [p for p in store.cache_dir.rglob("*") if p.is_file()]
+
+
+@pytest.fixture
+def store(tmp_path: Path) -> CAStore:
+    return CAStore(tmp_path / "cas")
+
+
+async def test_upload_in_chunks_and_commit(store: CAStore) -> None:
+    data = os.urandom(100_000)
+    digest = Digest.of_bytes(data)
+    uid = store.create_upload()
+    assert await store.write(uid, chunks(data[:40_000]), offset=0) == 40_000
+    assert await store.write(uid, chunks(data[40_000:70_000], data[70_000:]), offset=40_000) == 100_000
+    path = await store.commit(uid, digest)
+    assert path == store.path(digest) and path.read_bytes() == data
+    assert store.size(digest) == len(data) and list(store.digests()) == [digest]
+    assert list(store.upload_dir.iterdir()) == []
+    assert not store.has_upload(uid)
+
+
+async def test_chunk_at_the_wrong_offset_is_refused(store: CAStore) -> None:
+    uid = store.create_upload()
+    await store.write(uid, chunks(b"abc"))
+    with pytest.raises(UploadOffsetMismatch):
+        await store.write(uid, chunks(b"x"), offset=5)
+    assert store.upload_size(uid) == 3
+
+
+async def test_digest_mismatch_leaves_nothing(store: CAStore) -> None:
+    uid = store.create_upload()
+    await store.write(uid, chunks(b"not what was promised"))
+    claimed = Digest.of_bytes(b"something else")
+    with pytest.raises(DigestMismatch):
+        await store.commit(uid, claimed)
+    assert cache_files(store) == [] and list(store.upload_dir.iterdir()) == []
+    assert not store.exists(claimed) and not store.has_upload(uid)
+
+
+async def test_concurrent_commits_of_the_same_digest_both_succeed(store: CAStore) -> None:
+    data = os.urandom(3 * (4 << 20) + 7)  # several write batches per upload
+    digest = Digest.of_bytes(data)
+    uids = [store.create_upload() for _ in range(4)]
+    await asyncio.gather(*(store.write(uid, chunks(data[:5_000_000], data[5_000_000:])) for uid in uids))
+    paths = await asyncio.gather(*(store.commit(uid, digest) for uid in uids))
+    assert set(paths) == {store.path(digest)}
+    assert store.path(digest).read_bytes() == data
+    assert cache_files(store) == [store.path(digest)] and list(store.upload_dir.iterdir()) == []
+
+
+async def test_aborted_upload_leaves_nothing_and_is_gone(store: CAStore) -> None:
+    uid = store.create_upload()
+    await store.write(uid, chunks(b"partial"))
+    await store.abort(uid)
+    assert list(store.upload_dir.iterdir()) == [] and cache_files(store) == []
+    with pytest.raises(UploadUnknown):
+        await store.write(uid, chunks(b"more"))
+    with pytest.raises(UploadUnknown):
+        await store.commit(uid, Digest.of_bytes(b"partial"))
+    with pytest.raises(UploadUnknown):
+        await store.abort(uid)
+
+
+async def test_write_queued_behind_a_commit_does_not_resurrect_the_upload(store: CAStore) -> None:
+    uid = store.create_upload()
+    release = asyncio.Event()
+
+    async def slow() -> AsyncIterator[bytes]:
+        yield b"first"
+        await release.wait()
+        yield b"second"
+
+    # Tasks take their first step in creation order, so the commit and then the late write
+    # queue on the upload's lock while the first write holds it; release.set runs after them.
+    writing = asyncio.create_task(store.write(uid, slow()))
+    committing = asyncio.create_task(store.commit(uid, Digest.of_bytes(b"firstsecond")))
+    late = asyncio.create_task(store.write(uid, chunks(b"late")))
+    asyncio.get_running_loop().call_soon(release.set)
+    assert await writing == len(b"firstsecond")
+    assert (await committing).read_bytes() == b"firstsecond"
+    with pytest.raises(UploadUnknown):
+        await late
+    assert list(store.upload_dir.iterdir()) == []
+
+
+async def test_failed_stream_keeps_received_bytes_out_of_the_cache(store: CAStore) -> None:
+    async def broken() -> AsyncIterator[bytes]:
+        yield b"some bytes"
+        raise ConnectionResetError("client went away")
+
+    uid = store.create_upload()
+    with pytest.raises(ConnectionResetError):
+        await store.write(uid, broken())
+    assert store.upload_size(uid) == len(b"some bytes")
+    assert cache_files(store) == []
+
+
+async def test_cleanup_spares_fresh_strays_and_removes_old_ones(store: CAStore) -> None:
+    live = store.create_upload()
+    fresh = store.upload_dir / "fresh-stray"
+    old = store.upload_dir / "old-stray"
+    fresh.touch()
+    old.touch()
+    an_hour_ago = time.time() - 3600
+    os.utime(old, (an_hour_ago, an_hour_ago))
+    assert store.cleanup_uploads(max_age=60) == 1
+    assert sorted(p.name for p in store.upload_dir.iterdir()) == sorted([live, "fresh-stray"])

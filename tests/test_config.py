@@ -1,0 +1,77 @@
+from dataclasses import dataclass, field
+from typing import Literal
+
+import pytest
+
+from kraken.config import ByteSize, ConfigError, Duration, ListenConfig, load_config
+
+
+@dataclass
+class Inner:
+    size: ByteSize = 1
+    ttl: Duration = 1.0
+    mode: Literal["a", "b"] = "a"
+
+
+@dataclass
+class Sample:
+    name: str
+    listen: ListenConfig = field(default_factory=ListenConfig)
+    inner: Inner = field(default_factory=Inner)
+    hosts: list[str] = field(default_factory=list)
+    sizes: dict[ByteSize, ByteSize] = field(default_factory=dict)
+    optional: int | None = None
+
+
+def write(path, text):
+    path.write_text(text)
+    return path
+
+
+def test_extends_chain_merges_key_by_key(tmp_path):
+    write(tmp_path / "base.yaml", "name: base\nlisten: {host: 0.0.0.0, port: 1}\ninner: {size: 4MB, ttl: 5m}\n")
+    write(tmp_path / "mid.yaml", "extends: base.yaml\nlisten: {port: 2}\n")
+    sub = tmp_path / "sub"
+    sub.mkdir()
+    dev = write(sub / "dev.yaml", "extends: ../mid.yaml\ninner: {mode: b}\nsizes: {0: 4MB, 1GB: 16MB}\n")
+    cfg = load_config(Sample, dev)
+    assert cfg.name == "base"
+    assert cfg.listen == ListenConfig(host="0.0.0.0", port=2)
+    assert cfg.inner == Inner(size=4 << 20, ttl=300.0, mode="b")
+    assert cfg.sizes == {0: 4 << 20, 1 << 30: 16 << 20}
+
+
+@pytest.mark.parametrize("text,message", [
+    ("name: x\ninner: {sise: 1}\n", "inner.sise: unknown key"),
+    ("name: x\nhosts: [a, [b]]\n", "hosts[1]: expected str"),
+    ("listen: {port: 1}\n", "name: required key is missing"),
+    ("name: x\nlisten: {port: eighty}\n", "listen.port: expected int"),
+    ("name: x\ninner: {ttl: soon}\n", "inner.ttl: not a duration"),
+    ("name: x\ninner: {size: 4XB}\n", "inner.size: not a size"),
+    ("name: x\ninner: {mode: c}\n", "inner.mode: expected one of"),
+    ("name: x\noptional: nope\n", "optional: expected int"),
+    ("name: x\nlisten: {port: true}\n", "listen.port: expected int"),
+    ("- a\n- b\n", "top level must be a mapping"),
+    ("name: [unclosed\n", "invalid YAML"),
+])
+def test_errors_name_file_and_key_path(tmp_path, text, message):
+    path = write(tmp_path / "bad.yaml", text)
+    with pytest.raises(ConfigError) as err:
+        load_config(Sample, path)
+    assert str(path) in str(err.value)
+    assert message in str(err.value)
+
+
+def test_missing_file_and_extends_cycle(tmp_path):
+    with pytest.raises(ConfigError, match="not found"):
+        load_config(Sample, tmp_path / "nope.yaml")
+    write(tmp_path / "a.yaml", "extends: b.yaml\nname: a\n")
+    write(tmp_path / "b.yaml", "extends: a.yaml\n")
+    with pytest.raises(ConfigError, match="cycle"):
+        load_config(Sample, tmp_path / "a.yaml")
+
+
+def test_overrides_win(tmp_path):
+    path = write(tmp_path / "c.yaml", "name: x\nlisten: {port: 1}\n")
+    cfg = load_config(Sample, path, overrides={"listen": {"port": 9}})
+    assert cfg.listen.port == 9 and cfg.name == "x"

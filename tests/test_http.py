@@ -1,0 +1,118 @@
+import aiohttp
+import pytest
+from aiohttp import web
+from aiohttp.test_utils import TestServer
+
+from kraken.devcluster import free_port
+from kraken.http.app import create_app
+from kraken.http.client import ClientConfig, HttpClient, HTTPStatusError
+
+
+class Teapot(Exception):
+    def to_response(self) -> web.Response:
+        return web.json_response({"errors": [{"code": "TEAPOT"}]}, status=418)
+
+
+async def boom(_):
+    raise RuntimeError("kaboom")
+
+
+async def teapot(_):
+    raise Teapot()
+
+
+async def item(request):
+    return web.Response(text=request.match_info["name"])
+
+
+@pytest.fixture
+async def server():
+    async def not_ready():
+        raise ConnectionError("tracker down")
+
+    app = create_app("unit", readiness=not_ready)
+    app.router.add_get("/boom", boom)
+    app.router.add_get("/teapot", teapot)
+    app.router.add_get("/items/{name}", item)
+    srv = TestServer(app)
+    await srv.start_server()
+    yield srv
+    await srv.close()
+
+
+async def test_health_metrics_and_errors(server):
+    async with aiohttp.ClientSession() as s:
+        async with s.get(server.make_url("/health")) as r:
+            assert r.status == 200
+        async with s.get(server.make_url("/readiness")) as r:
+            assert r.status == 503 and "tracker down" in await r.text()
+        async with s.get(server.make_url("/boom")) as r:
+            assert r.status == 500
+            body = await r.json()
+            assert "kaboom" in body["error"] and "Traceback" not in body["error"]
+        async with s.get(server.make_url("/teapot")) as r:
+            assert r.status == 418 and (await r.json())["errors"][0]["code"] == "TEAPOT"
+        for name in ("a", "b"):
+            async with s.get(server.make_url(f"/items/{name}")) as r:
+                assert await r.text() == name
+        async with s.get(server.make_url("/metrics")) as r:
+            text = await r.text()
+    assert 'kraken_http_requests_total{method="GET",route="/items/{name}",status="200"} 2.0' in text
+    assert 'kraken_http_requests_total{method="GET",route="/boom",status="500"} 1.0' in text
+    assert 'kraken_http_request_duration_seconds_count{method="GET",route="/teapot"} 1.0' in text
+
+
+async def test_client_retries_transient_statuses_then_succeeds():
+    calls = []
+
+    async def flaky(request):
+        calls.append(await request.read())
+        return web.Response(status=503 if len(calls) < 3 else 200, text=str(len(calls)))
+
+    app = web.Application()
+    app.router.add_put("/x", flaky)
+    async with TestServer(app) as srv:
+        client = HttpClient(ClientConfig(retries=3, backoff=0.01))
+        try:
+            resp = await client.request("PUT", str(srv.make_url("/x")), data=b"payload")
+            assert await resp.text() == "3"
+            resp.release()
+        finally:
+            await client.close()
+    assert calls == [b"payload"] * 3
+
+
+async def test_client_does_not_retry_client_errors_or_streams():
+    calls = []
+
+    async def handler(request):
+        calls.append(await request.read())
+        return web.Response(status=503 if request.path == "/stream" else 404, text="nope")
+
+    app = web.Application()
+    app.router.add_route("*", "/{p}", handler)
+
+    async def body():
+        yield b"chunk"
+
+    async with TestServer(app) as srv:
+        client = HttpClient(ClientConfig(retries=3, backoff=0.01))
+        try:
+            with pytest.raises(HTTPStatusError) as err:
+                await client.request("GET", str(srv.make_url("/missing")))
+            assert err.value.status == 404
+            with pytest.raises(HTTPStatusError) as err:
+                await client.request("POST", str(srv.make_url("/stream")), data=body())
+            assert err.value.status == 503
+        finally:
+            await client.close()
+    assert len(calls) == 2
+
+
+async def test_client_gives_up_on_refused_connection():
+    client = HttpClient(ClientConfig(retries=2, backoff=0.01))
+    try:
+        with pytest.raises(aiohttp.ClientConnectionError):
+            await client.request("GET", f"http://127.0.0.1:{free_port()}/")
+    finally:
+        await client.close()

@@ -229,15 +229,16 @@ async def origin(start_origin: OriginFactory, testfs_port: int) -> Origin:
     return await start_origin(testfs_port)
 
 
-async def upload_raw(origin: Origin, digest: Digest, data: bytes, ns: str = "test%2Fx") -> int:
-    """POST + one PATCH + PUT by hand; returns the PUT status."""
+async def upload_raw(origin: Origin, digest: Digest, data: bytes, ns: str = "test%2Fx") -> tuple[int, str]:
+    """POST + one PATCH + PUT by hand; returns the PUT's status and body."""
     uploads = f"{origin.blob_url(digest, ns)}/uploads"
     async with origin.session.post(uploads) as resp:
         assert resp.status == 200
         uid = resp.headers["Location"]
     headers = {"Content-Range": f"0-{len(data)}"}
     assert await origin.status("PATCH", f"{uploads}/{uid}", data=data, headers=headers) == 200
-    return await origin.status("PUT", f"{uploads}/{uid}")
+    async with origin.session.put(f"{uploads}/{uid}") as resp:
+        return resp.status, await resp.text()
 
 
 # ---- uploads -------------------------------------------------------------------------------
@@ -283,7 +284,8 @@ async def test_chunked_upload_and_range_reads(origin: Origin) -> None:
 async def test_wrong_digest_is_refused_and_leaves_nothing(origin: Origin) -> None:
     data, _ = random_blob(10_000)
     claimed = Digest.of_bytes(b"something else")
-    assert await upload_raw(origin, claimed, data) == 400
+    status, body = await upload_raw(origin, claimed, data)
+    assert status == 400 and body.startswith("digest mismatch")
     store = origin.service.store
     assert not store.exists(claimed)
     assert list(store.upload_dir.iterdir()) == []
@@ -469,10 +471,11 @@ async def test_namespace_without_a_backend_is_404_not_an_error(start_origin: Ori
     assert await origin.client.stat("elsewhere", digest) is None
 
 
-async def test_backend_down_on_a_miss_is_503(start_origin: OriginFactory) -> None:
+async def test_backend_down_on_a_miss_is_503_for_get_and_404_for_head(start_origin: OriginFactory) -> None:
     origin = await start_origin(free_port())
     _, digest = random_blob(10)
     assert await origin.status("GET", origin.blob_url(digest)) == 503
+    assert await origin.client.stat(NS, digest) is None  # a push's existence check goes ahead
 
 
 # ---- metainfo ------------------------------------------------------------------------------
@@ -510,7 +513,7 @@ async def test_large_blob_uses_the_larger_piece_length(origin: Origin) -> None:
 
 async def test_namespace_with_a_slash_encoded_or_not(origin: Origin, testfs: Testfs) -> None:
     data, digest = random_blob(1234)
-    assert await upload_raw(origin, digest, data, ns="library/ubuntu") == 201
+    assert (await upload_raw(origin, digest, data, ns="library/ubuntu"))[0] == 201
     for ns in ("library%2Fubuntu", "library/ubuntu"):
         async with origin.session.get(origin.blob_url(digest, ns)) as resp:
             assert resp.status == 200 and await resp.read() == data
@@ -574,3 +577,13 @@ async def test_cluster_routes_to_the_owner_and_around_a_dead_one(
     assert await cluster.locations(blobs[0][1]) == [live]  # the dead origin is off the ring
     assert await cluster.stat(NS, blobs[0][1]) == 100
     assert lt.torrent_info(await cluster.get_metainfo(NS, blobs[0][1])).total_size() == 100
+
+
+async def test_periodic_cleanup_evicts_idle_written_back_blobs_only(
+    start_origin: OriginFactory, testfs_port: int
+) -> None:
+    origin = await start_origin(testfs_port, cleanup={"interval": "50ms", "tti": "0s"})
+    data, digest = random_blob(1000)
+    await origin.client.upload_bytes(NS, digest, data)
+    await until(lambda: not origin.cached(digest), what="eviction by the cleanup loop")
+    assert await Testfs(testfs_port, origin.session).read(digest) == data  # written back first

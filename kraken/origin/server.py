@@ -1,6 +1,7 @@
 """The origin's HTTP API (see docs/CONTRACTS.md, "origin"): routes mapped onto OriginService."""
 from __future__ import annotations
 
+import functools
 import re
 from typing import Awaitable, Callable
 
@@ -33,6 +34,7 @@ Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 def _errors(handler: Handler) -> Handler:
     """Map the service's exceptions onto HTTP answers, in one place for every route."""
 
+    @functools.wraps(handler)
     async def wrapped(request: web.Request) -> web.StreamResponse:
         try:
             return await handler(request)
@@ -47,7 +49,7 @@ def _errors(handler: Handler) -> Handler:
         except UploadOffsetMismatch as e:
             return web.Response(status=416, text=f"{e}\n")
         except DigestMismatch as e:
-            return web.Response(status=400, text=f"digest mismatch: {e}\n")
+            return web.Response(status=400, text=f"{e}\n")  # "digest mismatch: claimed ..., content is ..."
         except EmptyBlobError as e:
             return web.Response(status=422, text=f"no metainfo for an empty blob: {e}\n")
         except BackendError as e:
@@ -111,9 +113,20 @@ async def commit_upload(request: web.Request) -> web.Response:
 
 @_errors
 async def get_blob(request: web.Request) -> web.StreamResponse:
-    """GET (and HEAD): the blob, with Range support; 202 while it is fetched from the backend."""
+    """GET (and HEAD): the blob, with Range support; 202 while it is fetched from the backend.
+
+    When the blob is not cached and the backend cannot be asked, GET answers 503 (readers
+    retry) but HEAD answers 404: HEAD is the existence check before a push, and a push must
+    go ahead while the backend is down.
+    """
     svc, digest = _svc(request), _digest(request)
-    path = await svc.find(request.match_info["ns"], digest)
+    try:
+        path = await svc.find(request.match_info["ns"], digest)
+    except BackendError as e:
+        if request.method != "HEAD":
+            raise
+        log.warning("blob not cached and backend unavailable", digest=digest, error=str(e))
+        return web.Response(status=404)
     svc.store.touch(digest)
     return web.FileResponse(path, chunk_size=FILE_CHUNK)
 

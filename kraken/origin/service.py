@@ -156,11 +156,11 @@ class OriginService:
 
     async def metainfo(self, namespace: str, digest: Digest) -> bytes:
         """The blob's torrent; raises like :meth:`find`, and EmptyBlobError for a zero-byte blob."""
-        path = await self.find(namespace, digest)
+        await self.find(namespace, digest)
         cached = await self.store.read_meta(digest, METAINFO)
         if cached is not None:
             return cached
-        if (await asyncio.to_thread(path.stat)).st_size == 0:
+        if self.store.size(digest) == 0:
             raise EmptyBlobError(f"{digest} is empty")
         return await asyncio.shield(self._metainfo_job(digest))
 
@@ -213,7 +213,10 @@ class OriginService:
         settings = self.config.cleanup
         while True:
             await asyncio.sleep(settings.interval)
-            removed = await asyncio.to_thread(self.store.cleanup_uploads, settings.upload_ttl)
-            if removed:
-                log.info("stale uploads removed", count=removed)
-            await self.evict(settings.tti, settings.disk_usage_threshold)
+            try:
+                removed = await asyncio.to_thread(self.store.cleanup_uploads, settings.upload_ttl)
+                if removed:
+                    log.info("stale uploads removed", count=removed)
+                await self.evict(settings.tti, settings.disk_usage_threshold)
+            except Exception:  # noqa: BLE001 - a failed sweep must not end cleanup for good
+                log.exception("cleanup sweep failed")

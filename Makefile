@@ -1,35 +1,63 @@
 # Kraken: P2P Docker/OCI registry. `make devcluster` starts the cluster; `make test` runs every test.
+#
+#   make install          .venv with the project and its test extra (re-run only when pyproject.toml changes)
+#   make system-deps      the Debian packages the real-client tests drive (as root; apt-get only if missing)
+#   make test             both of the above, then the whole suite (PYTEST_ARGS="-k foo" to narrow it)
+#   make unit-test        the suite without the real-client end-to-end tests
+#   make devcluster       testfs, origin, build-index and proxy as local processes (Ctrl-C stops them)
+#   make devcluster-stop  stop it from another shell
 PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 DEVCLUSTER_DIR ?= /tmp/kraken-devcluster
+PYTEST_ARGS ?=
+
+# bash with pipefail: a pipeline fails when any part of it fails (the pip output filter below).
+SHELL := /bin/bash
+.SHELLFLAGS := -o pipefail -ec
+
+# The machine's pip config lists local package directories that hold only some projects; pip
+# warns once for each project missing there. Those lines are noise: drop them, keep the rest.
+PIP_NOISE := is ignored: it is neither a file nor a directory
+PIP := PIP_DISABLE_PIP_VERSION_CHECK=1 $(PY) -m pip
 
 .PHONY: install system-deps test unit-test devcluster devcluster-stop bench clean
 
 $(STAMP): pyproject.toml
-	$(PYTHON) -m venv $(VENV)
-	$(PY) -m pip install -q --upgrade pip
-	$(PY) -m pip install -q -e '.[test]'
-	touch $(STAMP)
+	@$(PYTHON) -c 'import sys; sys.exit(sys.version_info < (3, 11))' 2>/dev/null || { \
+	  echo "make: $(PYTHON) is not Python >= 3.11 (found: $$($(PYTHON) --version 2>&1)); run make PYTHON=python3.11 ..." >&2; exit 1; }
+	@$(PYTHON) -c 'import venv, ensurepip' 2>/dev/null || { \
+	  echo "make: $(PYTHON) cannot create virtual environments (no venv/ensurepip module)." >&2; \
+	  echo "      On Debian: apt-get install python3-venv (or use a pyenv Python: make PYTHON=...)" >&2; exit 1; }
+	@[ -x $(PY) ] && $(PY) -c '' 2>/dev/null || { echo "creating $(VENV) with $$($(PYTHON) --version)"; \
+	  rm -rf $(VENV); $(PYTHON) -m venv $(VENV); }
+	@echo "installing the project and its test dependencies into $(VENV)"
+	@$(PIP) install -q -e '.[test]' 2>&1 | { grep -v -- '$(PIP_NOISE)' || true; }
+	@touch $(STAMP)
 
 install: $(STAMP)
 
-# System packages the end-to-end tests drive (docker.io, skopeo, docker-registry, ...); needs root.
+# System packages the end-to-end tests drive (docker.io, skopeo, docker-registry, ...): installs
+# only what is missing, so it takes well under a second when everything is there.
 system-deps:
-	bash scripts/install-system-deps.sh
+	@bash scripts/install-system-deps.sh
 
+# pytest exits 5 when it collected no test (e.g. PYTEST_ARGS="-k nomatch"): report it, don't fail.
 test: install system-deps
-	$(PY) -m pytest -q -p no:cacheprovider --durations=15
+	@rc=0; $(PY) -m pytest -q -p no:cacheprovider --durations=15 $(PYTEST_ARGS) || rc=$$?; \
+	if [ $$rc -eq 5 ]; then echo "make test: pytest collected no tests"; rc=0; fi; exit $$rc
 
 unit-test: install
-	$(PY) -m pytest -q -p no:cacheprovider -m "not realclients"
+	@rc=0; $(PY) -m pytest -q -p no:cacheprovider -m "not realclients" $(PYTEST_ARGS) || rc=$$?; \
+	if [ $$rc -eq 5 ]; then echo "make unit-test: pytest collected no tests"; rc=0; fi; exit $$rc
 
 devcluster: install
 	$(PY) -m kraken.devcluster start --workdir $(DEVCLUSTER_DIR)
 
+# Needs no installed dependency: works with the system python3 too.
 devcluster-stop:
-	$(PY) -m kraken.devcluster stop --workdir $(DEVCLUSTER_DIR)
+	@$(if $(wildcard $(PY)),$(PY),$(PYTHON)) -m kraken.devcluster stop --workdir $(DEVCLUSTER_DIR)
 
 bench: install system-deps
 	$(PY) -m bench

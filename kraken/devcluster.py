@@ -6,12 +6,29 @@ its log in ``<workdir>/logs/<name>.log``. Configs are small overlay files that `
 the component's YAML and override what differs (data directories, peers' addresses), so the
 checked-in configs stay the single description of each component.
 
+``python -m kraken.devcluster start|stop [--workdir DIR]`` is what ``make devcluster`` and
+``make devcluster-stop`` run:
+
+* ``start`` checks that the four fixed ports are free (naming the component and the process
+  that holds a busy one), starts testfs, origin, build-index and proxy, prints the endpoint
+  table and a line beginning with ``ready:``, and then supervises them until SIGINT (Ctrl-C),
+  SIGTERM or SIGHUP, when it stops them all and exits 0. If a component dies on its own it
+  stops the rest and exits 1. Its state (its own PID and its children's) is in
+  ``<workdir>/devcluster.json``.
+* ``stop`` (from any shell) signals that supervisor and waits for it; children whose
+  supervisor had died (SIGKILL) are stopped by PID. A PID is only signalled when its command
+  line shows it is one of ours, so a stale state file never hits an unrelated process.
+
+``KRAKEN_DEVCLUSTER`` picks the mode: ``native`` (processes, the default) or ``docker``
+(containers: not available yet, so asking for it is an error). The mode chosen is printed.
+
 This is a synchronous supervisor: it is a command-line tool and a test fixture helper, not
 part of any server's event loop.
 """
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import signal
 import socket
@@ -22,12 +39,15 @@ import urllib.error
 import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
-
-import yaml
+from typing import Any, Callable
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 CONFIG_ROOT = REPO_ROOT / "config"
+DEFAULT_WORKDIR = Path("/tmp/kraken-devcluster")
+STATE_FILE = "devcluster.json"
+MODE_ENV = "KRAKEN_DEVCLUSTER"
+#: The devcluster's modes, as the start banner names them.
+MODES = {"native": "native processes", "docker": "Docker containers"}
 
 
 def free_port() -> int:
@@ -36,8 +56,26 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+def port_free(port: int, host: str = "0.0.0.0") -> bool:
+    """True if a server could listen on ``host:port`` now.
+
+    Binds the way the components do (``SO_REUSEADDR``, as aiohttp's ``reuse_address``), so
+    connections left in TIME_WAIT by an earlier run don't count as "in use", but any listener
+    on the port (on 0.0.0.0, 127.0.0.1 or dual-stack ::) does.
+    """
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            s.bind((host, port))
+        except OSError:
+            return False
+    return True
+
+
 def write_overlay(path: Path, extends: Path, overrides: dict[str, Any]) -> Path:
     """Write a config file that extends ``extends`` (absolute) and overrides some keys."""
+    import yaml  # here, not at the top: ``stop`` must work without the project's dependencies
+
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(yaml.safe_dump({"extends": str(extends.resolve()), **overrides}, sort_keys=False))
     return path
@@ -79,30 +117,61 @@ class StartupError(RuntimeError):
     pass
 
 
-class Supervisor:
-    """Starts processes, waits for their ``/health``, stops them all (also on failure)."""
+class Interrupted(StartupError):
+    """A stop was requested (signal) while a component was still starting."""
 
-    def __init__(self, workdir: Path) -> None:
+
+def _die_with_parent(parent_pid: int) -> Callable[[], None]:
+    """A ``preexec_fn`` that has the kernel SIGTERM the child when its parent dies."""
+    import ctypes
+
+    libc = ctypes.CDLL(None, use_errno=True)  # loaded before fork: nothing to load in the child
+
+    def preexec() -> None:
+        libc.prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+        if os.getppid() != parent_pid:  # the parent died before prctl took effect
+            os.kill(os.getpid(), signal.SIGTERM)
+
+    return preexec
+
+
+class Supervisor:
+    """Starts processes, waits for their ``/health``, stops them all (also on failure).
+
+    ``should_stop``, if given, is polled while waiting for a process to become healthy; when
+    it returns true the wait ends with ``Interrupted`` (how Ctrl-C during startup stays
+    prompt). ``die_with_parent`` makes the kernel stop the children if this process dies
+    without stopping them (even by SIGKILL); the command-line supervisor uses it.
+    """
+
+    def __init__(self, workdir: Path, *, should_stop: Callable[[], bool] | None = None,
+                 die_with_parent: bool = False) -> None:
         self.workdir = Path(workdir)
         self.log_dir = self.workdir / "logs"
         self.log_dir.mkdir(parents=True, exist_ok=True)
         self.processes: dict[str, Process] = {}
+        self.should_stop = should_stop
+        self.die_with_parent = die_with_parent
 
     def start(self, proc: Process, timeout: float = 30.0) -> Process:
         env = dict(os.environ, PYTHONUNBUFFERED="1")
         env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO_ROOT), env.get("PYTHONPATH")]))
+        proc.log_path.parent.mkdir(parents=True, exist_ok=True)
+        preexec = _die_with_parent(os.getpid()) if self.die_with_parent else None
+        self.processes[proc.name] = proc
         with open(proc.log_path, "ab") as log:
             proc.popen = subprocess.Popen(
-                proc.command(), stdout=log, stderr=subprocess.STDOUT, env=env,
-                start_new_session=True, cwd=self.workdir,
+                proc.command(), stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
+                env=env, start_new_session=True, cwd=self.workdir, preexec_fn=preexec,
             )
-        self.processes[proc.name] = proc
         self.wait_healthy(proc, timeout)
         return proc
 
     def wait_healthy(self, proc: Process, timeout: float) -> None:
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
+            if self.should_stop is not None and self.should_stop():
+                raise Interrupted(f"stop requested while {proc.name} was starting")
             if not proc.alive():
                 raise StartupError(f"{proc.name} exited with {proc.popen.returncode}:\n{proc.log_tail()}")
             if http_ok(f"{proc.url}/health"):
@@ -110,17 +179,29 @@ class Supervisor:
             time.sleep(0.05)
         raise StartupError(f"{proc.name} not healthy on {proc.url} within {timeout}s:\n{proc.log_tail()}")
 
+    def _signal(self, proc: Process, sig: int) -> None:
+        if proc.alive():
+            try:
+                proc.popen.send_signal(sig)
+            except ProcessLookupError:
+                pass
+
+    def _reap(self, proc: Process, timeout: float) -> None:
+        if proc.popen is None:
+            return
+        try:
+            proc.popen.wait(timeout)
+        except subprocess.TimeoutExpired:
+            proc.popen.kill()
+            proc.popen.wait()
+
     def stop(self, name: str, timeout: float = 10.0) -> None:
+        """SIGTERM (a clean shutdown), SIGKILL after ``timeout`` seconds."""
         proc = self.processes.get(name)
         if proc is None or proc.popen is None:
             return
-        if proc.alive():
-            proc.popen.send_signal(signal.SIGTERM)
-            try:
-                proc.popen.wait(timeout)
-            except subprocess.TimeoutExpired:
-                proc.popen.kill()
-                proc.popen.wait()
+        self._signal(proc, signal.SIGTERM)
+        self._reap(proc, timeout)
 
     def kill(self, name: str) -> None:
         """SIGKILL: a crash, for tests of what survives one."""
@@ -133,14 +214,23 @@ class Supervisor:
         self.stop(name)
         return self.start(self.processes[name], timeout)
 
-    def stop_all(self) -> None:
-        for name in reversed(list(self.processes)):
-            self.stop(name)
+    def stop_all(self, timeout: float = 10.0) -> None:
+        """Stop every process: SIGTERM to all (last started first), then wait for each."""
+        procs = [p for p in reversed(list(self.processes.values())) if p.popen is not None]
+        for proc in procs:
+            self._signal(proc, signal.SIGTERM)
+        deadline = time.monotonic() + timeout
+        for proc in procs:
+            self._reap(proc, max(0.1, deadline - time.monotonic()))
+
+
+_NO_PROXY_OPENER = urllib.request.build_opener(urllib.request.ProxyHandler({}))
 
 
 def http_ok(url: str, timeout: float = 1.0) -> bool:
+    """GET ``url`` directly (never through an ``http_proxy`` from the environment): 200?"""
     try:
-        with urllib.request.urlopen(url, timeout=timeout) as resp:
+        with _NO_PROXY_OPENER.open(url, timeout=timeout) as resp:
             return resp.status == 200
     except (urllib.error.URLError, ConnectionError, TimeoutError, OSError):
         return False
@@ -187,76 +277,273 @@ def herd_processes(workdir: Path, ports: HerdPorts, config_name: str = "developm
     ]
 
 
-def _pidfile(workdir: Path) -> Path:
-    return workdir / "devcluster.pids"
+# --------------------------------------------------------------------------------------------
+# the command line: python -m kraken.devcluster start|stop
+# --------------------------------------------------------------------------------------------
+
+#: What answers on each component's port, for the endpoint table.
+_PROBES = {"testfs": "/health", "origin": "/health", "build-index": "/health", "proxy": "/v2/"}
 
 
-def cmd_start(workdir: Path) -> int:
-    sup = Supervisor(workdir)
-    procs = herd_processes(workdir, HerdPorts())
-    print(f"kraken devcluster (native processes); data and logs in {workdir}")
+def _out(msg: str = "", file: Any = None) -> None:
+    """Print and flush; a terminal that went away (SIGHUP, closed pipe) must not stop a shutdown."""
+    try:
+        print(msg, file=file or sys.stdout, flush=True)
+    except (OSError, ValueError):
+        pass
+
+
+def _err(msg: str) -> None:
+    _out(msg, sys.stderr)
+
+
+def _cmdline(pid: int) -> str:
+    try:
+        with open(f"/proc/{pid}/cmdline", "rb") as f:
+            return f.read().replace(b"\0", b" ").decode(errors="replace").strip()
+    except OSError:
+        return ""
+
+
+def _pid_alive(pid: int) -> bool:
+    """True if ``pid`` exists and is not a zombie."""
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as f:
+            stat = f.read()
+    except OSError:
+        return False
+    return stat[stat.rfind(b")") + 2: stat.rfind(b")") + 3] not in (b"Z", b"X")
+
+
+def port_holder(port: int) -> tuple[int, str] | None:
+    """(pid, command line) of the process listening on TCP ``port``, if this user can see it."""
+    inodes: set[str] = set()
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        try:
+            lines = Path(table).read_text().splitlines()[1:]
+        except OSError:
+            continue
+        for line in lines:
+            cols = line.split()
+            # local_address is HEXIP:HEXPORT; state 0A is LISTEN; column 9 is the inode.
+            if len(cols) > 9 and cols[3] == "0A" and int(cols[1].rsplit(":", 1)[1], 16) == port:
+                inodes.add(cols[9])
+    if not inodes:
+        return None
+    wanted = {f"socket:[{i}]" for i in inodes}
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            fds = os.listdir(f"/proc/{entry}/fd")
+        except OSError:
+            continue
+        for fd in fds:
+            try:
+                if os.readlink(f"/proc/{entry}/fd/{fd}") in wanted:
+                    return int(entry), _cmdline(int(entry))
+            except OSError:
+                continue
+    return None
+
+
+def _holder_workdir(cmdline: str) -> Path | None:
+    """The devcluster work dir of a ``python -m kraken ... --config DIR/config/X.yaml`` process."""
+    args = cmdline.split()
+    if "kraken" not in args or "--config" not in args[:-1]:
+        return None
+    config = Path(args[args.index("--config") + 1])
+    return config.parent.parent if config.parent.name == "config" else None
+
+
+def _stop_hint(workdir: Path) -> str:
+    arg = "" if workdir == DEFAULT_WORKDIR else f" DEVCLUSTER_DIR={workdir}"
+    return f"`make devcluster-stop{arg}` (or: python -m kraken.devcluster stop --workdir {workdir})"
+
+
+def _busy_ports_message(busy: list[Process], workdir: Path) -> str:
+    lines = []
+    pids: set[int] = set()
+    stale_dirs: set[Path] = set()
+    for proc in busy:
+        holder = port_holder(proc.port)
+        if holder:
+            pids.add(holder[0])
+            if (d := _holder_workdir(holder[1])) is not None:
+                stale_dirs.add(d)
+        who = f"pid {holder[0]} ({holder[1][:160]})" if holder else "another process"
+        lines.append(f"devcluster: port {proc.port} ({proc.name}) is already in use by {who}")
+    lines.append("devcluster: not started. To free the port(s):")
+    for d in sorted(stale_dirs or {workdir}):
+        what = f"it is a devcluster's (work dir {d})" if stale_dirs else "if it is an earlier devcluster"
+        lines.append(f"  - {what}: stop it with {_stop_hint(d)}")
+    kill = f": kill {' '.join(map(str, sorted(pids)))}" if pids else ""
+    lines.append(f"  - otherwise stop the process holding it{kill}   "
+                 f"(see who: ss -ltnp 'sport = :{busy[0].port}')")
+    return "\n".join(lines)
+
+
+def _state_path(workdir: Path) -> Path:
+    return workdir / STATE_FILE
+
+
+def _read_state(workdir: Path) -> dict[str, Any] | None:
+    try:
+        return json.loads(_state_path(workdir).read_text())
+    except (OSError, ValueError):
+        return None
+
+
+def _write_state(workdir: Path, state: dict[str, Any]) -> None:
+    tmp = _state_path(workdir).with_suffix(".tmp")
+    tmp.write_text(json.dumps(state, indent=2))
+    tmp.replace(_state_path(workdir))
+
+
+def _is_our_supervisor(pid: int) -> bool:
+    return _pid_alive(pid) and "kraken.devcluster" in _cmdline(pid)
+
+
+def _is_our_child(pid: int, workdir: Path) -> bool:
+    cmd = _cmdline(pid)
+    return _pid_alive(pid) and " -m kraken " in f" {cmd} " and str(workdir / "config") in cmd
+
+
+def choose_mode() -> tuple[str, str]:
+    """(mode, why) from ``KRAKEN_DEVCLUSTER``; raises ``SystemExit`` for an unknown one."""
+    asked = os.environ.get(MODE_ENV, "").strip().lower()
+    if asked in ("", "auto"):
+        return "native", f"{MODE_ENV} unset: native is the only mode so far"
+    if asked == "native":
+        return "native", f"{MODE_ENV}=native"
+    if asked == "docker":
+        raise SystemExit(f"devcluster: {MODE_ENV}=docker: the Docker mode is not available yet; "
+                         f"use {MODE_ENV}=native (or leave it unset)")
+    raise SystemExit(f"devcluster: {MODE_ENV}={asked!r} is not a mode: use native (or docker, later)")
+
+
+class _StopFlag:
+    """Set from a signal handler, read by the main loop (no locks: nothing to deadlock on)."""
+
+    def __init__(self) -> None:
+        self.signum: int | None = None
+
+    def set(self, signum: int, _frame: Any = None) -> None:
+        if self.signum is None:
+            self.signum = signum
+
+    def __call__(self) -> bool:
+        return self.signum is not None
+
+
+def cmd_start(workdir: Path, ports: HerdPorts | None = None) -> int:
+    mode, why = choose_mode()
+    workdir = workdir.resolve()
+    _out(f"kraken devcluster: {MODES[mode]} ({why})")
+    state = _read_state(workdir)
+    if state and _is_our_supervisor(state.get("supervisor", -1)) and state["supervisor"] != os.getpid():
+        _err(f"devcluster: already running from {workdir} (supervisor pid {state['supervisor']}); "
+             f"stop it with {_stop_hint(workdir)}")
+        return 1
+
+    procs = herd_processes(workdir, ports or HerdPorts())
+    busy = [p for p in procs if not port_free(p.port)]
+    if busy:
+        _err(_busy_ports_message(busy, workdir))
+        return 1
+
+    stop = _StopFlag()
+    for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
+        signal.signal(sig, stop.set)
+    sup = Supervisor(workdir, should_stop=stop, die_with_parent=True)
+    state = {"mode": mode, "supervisor": os.getpid(), "workdir": str(workdir), "processes": {}}
+    _write_state(workdir, state)
+
+    _out(f"  work dir  {workdir}")
+    _out(f"  logs      {sup.log_dir}/<component>.log")
+    code = 0
     try:
         for proc in procs:
+            with open(proc.log_path, "a") as log:
+                log.write(f"=== devcluster: starting {proc.name} at "
+                          f"{time.strftime('%Y-%m-%dT%H:%M:%S')}: {' '.join(proc.command())}\n")
             sup.start(proc)
-            print(f"  {proc.name:<12} {proc.url:<24} log {proc.log_path}")
-        _pidfile(workdir).write_text("\n".join(str(pid) for pid in [os.getpid(), *(p.popen.pid for p in procs)]))
-        print("ready: docker push localhost:15000/<repo>:<tag>   (Ctrl-C or `make devcluster-stop` to stop)")
-        stop = {"now": False}
-
-        def on_signal(*_: Any) -> None:
-            stop["now"] = True
-
-        signal.signal(signal.SIGINT, on_signal)
-        signal.signal(signal.SIGTERM, on_signal)
-        while not stop["now"]:
+            state["processes"][proc.name] = {"pid": proc.popen.pid, "port": proc.port, "component": proc.component}
+            _write_state(workdir, state)
+            _out(f"  started   {proc.name} (pid {proc.popen.pid})")
+        _out("")
+        _out(f"  {'component':<12} {'endpoint':<32} {'pid':<8} log")
+        for proc in procs:
+            _out(f"  {proc.name:<12} {proc.url + _PROBES[proc.name]:<32} {proc.popen.pid:<8} {proc.log_path}")
+        _out("")
+        _out(f"ready: push and pull through localhost:{procs[-1].port}, e.g. docker push localhost:"
+             f"{procs[-1].port}/<repo>:<tag>   (Ctrl-C or `make devcluster-stop` stops the devcluster)")
+        while not stop():
             dead = [p for p in procs if not p.alive()]
             if dead:
-                print(f"{dead[0].name} exited unexpectedly:\n{dead[0].log_tail()}", file=sys.stderr)
-                return 1
-            time.sleep(0.5)
-        return 0
+                _err(f"devcluster: {dead[0].name} exited unexpectedly with {dead[0].popen.returncode}; "
+                     f"the end of {dead[0].log_path}:\n{dead[0].log_tail()}")
+                code = 1
+                break
+            time.sleep(0.2)
+    except Interrupted:
+        _out("devcluster: stop requested during startup")
     except StartupError as e:
-        print(f"devcluster failed to start: {e}", file=sys.stderr)
-        return 1
+        _err(f"devcluster: failed to start: {e}")
+        code = 1
     finally:
-        print("stopping devcluster")
+        why_stop = f" ({signal.Signals(stop.signum).name})" if stop.signum else ""
+        _out(f"devcluster: stopping{why_stop}")
         sup.stop_all()
-        _pidfile(workdir).unlink(missing_ok=True)
+        if (_read_state(workdir) or {}).get("supervisor") == os.getpid():
+            _state_path(workdir).unlink(missing_ok=True)
+    _out(f"devcluster: stopped{'' if code == 0 else ' (after a failure)'}")
+    return code
 
 
-def cmd_stop(workdir: Path) -> int:
-    pidfile = _pidfile(workdir)
-    if not pidfile.exists():
-        print(f"no devcluster running from {workdir}")
+def cmd_stop(workdir: Path, timeout: float = 60.0) -> int:
+    workdir = workdir.resolve()
+    state = _read_state(workdir)
+    if state is None:
+        _out(f"devcluster: none running from {workdir} (no {_state_path(workdir)})")
         return 0
-    supervisor, *children = map(int, pidfile.read_text().split())
-    _terminate(supervisor, timeout=20.0)
-    for pid in children:  # only still alive if the supervisor itself had died
-        _terminate(pid, timeout=10.0)
-    pidfile.unlink(missing_ok=True)
-    print("devcluster stopped")
+    supervisor = int(state.get("supervisor", -1))
+    if _is_our_supervisor(supervisor):
+        _out(f"devcluster: stopping supervisor pid {supervisor}")
+        _terminate(supervisor, timeout)
+    children = {name: int(info["pid"]) for name, info in state.get("processes", {}).items()}
+    for name, pid in children.items():  # only still alive if the supervisor itself had died
+        if _is_our_child(pid, workdir):
+            _out(f"devcluster: stopping leftover {name} (pid {pid})")
+            _terminate(pid, 10.0)
+    _state_path(workdir).unlink(missing_ok=True)
+    _out("devcluster: stopped")
     return 0
 
 
 def _terminate(pid: int, timeout: float) -> None:
+    """SIGTERM ``pid`` (not our child), wait for it to go, SIGKILL after ``timeout``."""
     try:
         os.kill(pid, signal.SIGTERM)
     except ProcessLookupError:
         return
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        try:
-            os.kill(pid, 0)
-        except ProcessLookupError:
+        if not _pid_alive(pid):
             return
-        time.sleep(0.1)
-    os.kill(pid, signal.SIGKILL)
+        time.sleep(0.05)
+    try:
+        os.kill(pid, signal.SIGKILL)
+    except ProcessLookupError:
+        pass
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m kraken.devcluster")
+    parser = argparse.ArgumentParser(prog="python -m kraken.devcluster",
+                                     description="Start or stop the native devcluster.")
     parser.add_argument("action", choices=["start", "stop"])
-    parser.add_argument("--workdir", default=os.environ.get("DEVCLUSTER_DIR", "/tmp/kraken-devcluster"))
+    parser.add_argument("--workdir", default=os.environ.get("DEVCLUSTER_DIR") or str(DEFAULT_WORKDIR),
+                        help="data, configs, logs and state (default: $DEVCLUSTER_DIR or %(default)s)")
     args = parser.parse_args(argv)
     workdir = Path(args.workdir)
     workdir.mkdir(parents=True, exist_ok=True)

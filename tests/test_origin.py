@@ -22,11 +22,12 @@ from kraken.config import build
 from kraken.core.digest import Digest
 from kraken.core.metainfo import info_hash
 from kraken.devcluster import CONFIG_ROOT, Process, Supervisor, free_port
-from kraken.http.client import ClientConfig, HttpClient
+from kraken.http.client import ClientConfig, HttpClient, HTTPStatusError
 from kraken.origin.client import BlobNotFound, BlobNotReady, OriginClient, OriginCluster
 from kraken.origin.config import OriginConfig
 from kraken.origin.server import SERVICE, create_origin_app
 from kraken.origin.service import OriginService
+from kraken.origin.stream import StreamBroken
 from kraken.persisted import PersistedQueue
 from kraken.ring import HashRing, RingConfig
 
@@ -587,3 +588,49 @@ async def test_periodic_cleanup_evicts_idle_written_back_blobs_only(
     await origin.client.upload_bytes(NS, digest, data)
     await until(lambda: not origin.cached(digest), what="eviction by the cleanup loop")
     assert await Testfs(testfs_port, origin.session).read(digest) == data  # written back first
+
+
+# ---- uploads streamed before their digest is known (what the proxy does) ------------------------
+
+
+async def test_streamed_upload_commits_under_the_digest_named_last(origin: Origin, testfs: Testfs) -> None:
+    data, digest = random_blob(3 * MB + 11)
+    stream = await origin.client.start_stream(NS)
+    for start in range(0, len(data), 256 * 1024):
+        await stream.write(data[start:start + 256 * 1024])
+    await stream.commit(digest)
+    assert await origin.client.read_bytes(NS, digest) == data
+    assert list(origin.service.store.upload_dir.iterdir()) == []
+    await until(lambda: testfs.exists(digest), what="write-back of the streamed blob")
+    assert metric(await origin.metrics(), "kraken_origin_uploads_total", source="push") == 1
+
+
+async def test_streamed_upload_with_a_wrong_digest_leaves_nothing(origin: Origin) -> None:
+    data, _ = random_blob(100_000)
+    claimed = Digest.of_bytes(b"not these bytes")
+    stream = await origin.client.start_stream(NS)
+    await stream.write(data)
+    with pytest.raises(HTTPStatusError) as err:
+        await stream.commit(claimed)
+    assert err.value.status == 400 and "digest mismatch" in err.value.body
+    store = origin.service.store
+    assert not store.exists(claimed) and not store.exists(Digest.of_bytes(data))
+    assert list(store.upload_dir.iterdir()) == []
+
+
+async def test_aborted_stream_is_dropped_by_the_origin(origin: Origin) -> None:
+    stream = await origin.client.start_stream(NS)
+    await stream.write(os.urandom(50_000))
+    assert len(list(origin.service.store.upload_dir.iterdir())) == 1
+    await stream.abort()
+    await until(lambda: not list(origin.service.store.upload_dir.iterdir()), what="the upload to be dropped")
+
+
+async def test_stream_to_an_origin_that_went_away_breaks(origin: Origin) -> None:
+    data, digest = random_blob(MB)
+    stream = await origin.client.start_stream(NS)
+    await stream.write(data[: MB // 2])
+    await origin.server.close()
+    with pytest.raises(StreamBroken):
+        await stream.write(data[MB // 2:])
+        await stream.commit(digest)

@@ -107,6 +107,10 @@ class Proxy:
         """Ids of upload sessions with bytes on the proxy's disk (other tests may leave some open)."""
         return {p.name for p in (self.herd.workdir / "proxy" / "uploads").iterdir()}
 
+    def origin_uploads(self) -> set[str]:
+        """Ids of uploads in flight on the origin (the proxy streams session bytes ahead to it)."""
+        return {p.name for p in (self.herd.workdir / "origin" / "uploads").iterdir()}
+
     async def origin_has(self, repo: str, digest: Digest) -> bool:
         """Asks the origin (which also looks in its storage backend, testfs)."""
         url = f"{self.herd.origin.url}/namespace/{quote(repo, safe='')}/blobs/{digest}"
@@ -288,6 +292,7 @@ async def test_second_push_hits_and_mounts(proxy: Proxy) -> None:
 async def test_wrong_digest_is_refused_and_stored_nowhere(proxy: Proxy) -> None:
     data = b"content that does not match"
     claimed = Digest.of_bytes(b"what the client claims")
+    origin_uploads_before = proxy.origin_uploads()
     location = await proxy.start_upload("bad/digest")
     async with proxy.request("PATCH", location, data=data) as r:
         assert r.status == 202
@@ -299,6 +304,7 @@ async def test_wrong_digest_is_refused_and_stored_nowhere(proxy: Proxy) -> None:
             assert r.status == 404
     assert proxy.staged_blobs() == []
     assert URL(location).name not in proxy.upload_sessions()
+    assert proxy.origin_uploads() == origin_uploads_before  # the bytes streamed ahead are dropped too
     async with proxy.request("GET", location) as r:
         assert r.status == 404 and await error_codes(r) == ["BLOB_UPLOAD_UNKNOWN"]
 
@@ -346,6 +352,7 @@ async def test_unknown_upload_ids(proxy: Proxy) -> None:
 async def test_client_disconnect_leaves_no_partial_blob(proxy: Proxy) -> None:
     data = b"disconnect me" * 200_000
     digest = Digest.of_bytes(data)
+    origin_uploads_before = proxy.origin_uploads()
     location = URL(await proxy.start_upload("cut/off"))
     sessions_before = proxy.upload_sessions()
     assert location.name in sessions_before
@@ -367,6 +374,11 @@ async def test_client_disconnect_leaves_no_partial_blob(proxy: Proxy) -> None:
         assert r.status == 400 and await error_codes(r) == ["DIGEST_INVALID"]
     assert not await proxy.origin_has("cut/off", digest)
     assert proxy.staged_blobs() == [] and location.name not in proxy.upload_sessions()
+
+    async def origin_uploads_dropped() -> bool:
+        return proxy.origin_uploads() == origin_uploads_before
+
+    await wait_until(origin_uploads_dropped, "the origin to drop the cut-off streams")
 
 
 async def test_readiness_and_base(proxy: Proxy) -> None:

@@ -21,7 +21,6 @@ from kraken.tools.ocigen import GeneratedImage, generate_oci_layout
 from tests.cluster import Herd
 from tests.realclients import (
     Containerd,
-    DistributionRegistry,
     Dockerd,
     Podman,
     Skopeo,

@@ -8,7 +8,6 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import json
-import shutil
 from pathlib import Path
 from typing import AsyncIterator
 
@@ -22,69 +21,8 @@ from kraken.core.digest import Digest
 from kraken.http.app import create_app
 from kraken.registry.app import add_registry_routes
 from kraken.registry.manifest import DOCKER_MANIFEST, OCI_INDEX, OCI_MANIFEST
-from kraken.registry.ranges import ByteRange
-from kraken.registry.storage import BlobReader, FileBlobReader, RegistryStorage
 from kraken.store.cas import CAStore
-
-
-class LocalStorage(RegistryStorage):
-    """Blobs as files named by digest, with per-repository membership; tags in a dict."""
-
-    def __init__(self, root: Path) -> None:
-        self.root = root
-        root.mkdir(parents=True, exist_ok=True)
-        self.members: dict[str, set[Digest]] = {}
-        self.tags: dict[tuple[str, str], Digest] = {}
-        self.fail_with: Exception | None = None
-
-    def _path(self, digest: Digest) -> Path:
-        return self.root / digest.hex
-
-    def has(self, digest: Digest) -> bool:
-        return self._path(digest).exists()
-
-    async def get_tag(self, repo: str, tag: str) -> Digest | None:
-        return self.tags.get((repo, tag))
-
-    async def list_tags(self, repo: str) -> list[str]:
-        return sorted(t for r, t in self.tags if r == repo)
-
-    async def catalog(self) -> list[str]:
-        return sorted({r for r, _ in self.tags})
-
-    async def stat_blob(self, repo: str, digest: Digest) -> int | None:
-        if self.fail_with is not None:
-            raise self.fail_with
-        if digest not in self.members.get(repo, set()):
-            return None
-        return self._path(digest).stat().st_size
-
-    async def open_blob(self, repo: str, digest: Digest, byte_range: ByteRange | None) -> BlobReader | None:
-        if digest not in self.members.get(repo, set()):
-            return None
-        return FileBlobReader(self._path(digest), byte_range, chunk_size=4096)
-
-    async def read_manifest(self, repo: str, digest: Digest, max_size: int) -> bytes | None:
-        if digest not in self.members.get(repo, set()) or self._path(digest).stat().st_size > max_size:
-            return None
-        return self._path(digest).read_bytes()
-
-    async def put_blob_from_file(self, repo: str, digest: Digest, path: Path) -> None:
-        await asyncio.to_thread(shutil.copyfile, path, self._path(digest))
-        self.members.setdefault(repo, set()).add(digest)
-
-    async def put_blob_bytes(self, repo: str, digest: Digest, data: bytes) -> None:
-        self._path(digest).write_bytes(data)
-        self.members.setdefault(repo, set()).add(digest)
-
-    async def put_tag(self, repo: str, tag: str, digest: Digest) -> None:
-        self.tags[(repo, tag)] = digest
-
-    async def mount_blob(self, from_repo: str, to_repo: str, digest: Digest) -> bool:
-        if digest not in self.members.get(from_repo, set()):
-            return False
-        self.members.setdefault(to_repo, set()).add(digest)
-        return True
+from tests.localstorage import LocalStorage
 
 
 class Registry:

@@ -15,6 +15,7 @@ from kraken.registry.names import is_valid_name, is_valid_tag, parse_reference, 
 from kraken.registry.ranges import parse_read_range, parse_upload_range, upload_range_header
 from kraken.registry.uploads import UploadSessions
 from kraken.store.cas import CAStore
+from tests.localstorage import LocalStorage
 
 
 @pytest.mark.parametrize("name", [
@@ -122,7 +123,7 @@ async def _chunks(*parts: bytes) -> AsyncIterator[bytes]:
 
 
 async def test_sessions_are_bound_to_their_repository(tmp_path: Path) -> None:
-    sessions = UploadSessions(CAStore(tmp_path), ttl=3600)
+    sessions = UploadSessions(CAStore(tmp_path), LocalStorage(tmp_path / "blobs"), ttl=3600)
     uid = sessions.start("a/b")
     assert await sessions.append("a/b", uid, _chunks(b"12", b"34"), None) == 4
     with pytest.raises(RegistryError) as e:
@@ -135,7 +136,7 @@ async def test_sessions_are_bound_to_their_repository(tmp_path: Path) -> None:
 
 async def test_cleanup_removes_abandoned_sessions(tmp_path: Path) -> None:
     cas = CAStore(tmp_path)
-    sessions = UploadSessions(cas, ttl=0)
+    sessions = UploadSessions(cas, LocalStorage(tmp_path / "blobs"), ttl=0)
     uid = sessions.start("r")
     await sessions.append("r", uid, _chunks(b"data"), None)
     (cas.upload_dir / "stray-from-a-crash").write_bytes(b"x")
@@ -148,7 +149,49 @@ async def test_cleanup_removes_abandoned_sessions(tmp_path: Path) -> None:
 
 
 async def test_cleanup_keeps_young_sessions(tmp_path: Path) -> None:
-    sessions = UploadSessions(CAStore(tmp_path), ttl=3600)
+    sessions = UploadSessions(CAStore(tmp_path), LocalStorage(tmp_path / "blobs"), ttl=3600)
     uid = sessions.start("r")
     assert await sessions.cleanup() == 0
     assert sessions.is_open(uid)
+
+
+async def test_streaming_writer_gets_every_byte_and_replaces_the_whole_file_put(tmp_path: Path) -> None:
+    storage = LocalStorage(tmp_path / "blobs", writer_fails_after=-1)
+    sessions = UploadSessions(CAStore(tmp_path / "cas"), storage, ttl=3600)
+    data = [b"a" * 70_000, b"b" * 5, b"c" * 100_000]
+    digest = Digest.of_bytes(b"".join(data))
+    uid = sessions.start("r")
+    await sessions.append("r", uid, _chunks(*data[:2]), None)
+    await sessions.append("r", uid, _chunks(data[2]), 70_005)
+    await sessions.finish("r", uid, digest)
+    assert [w.state for w in storage.writers] == ["committed"]
+    assert storage.whole_file_puts == 0
+    assert (storage.root / digest.hex).read_bytes() == b"".join(data)
+    assert list((tmp_path / "cas" / "uploads").iterdir()) == []
+
+
+async def test_failing_writer_falls_back_to_the_verified_file(tmp_path: Path) -> None:
+    storage = LocalStorage(tmp_path / "blobs", writer_fails_after=50_000)
+    sessions = UploadSessions(CAStore(tmp_path / "cas"), storage, ttl=3600)
+    data = bytes(range(256)) * 1000
+    uid = sessions.start("r")
+    await sessions.append("r", uid, _chunks(data[:40_000], data[40_000:]), None)
+    await sessions.finish("r", uid, Digest.of_bytes(data))
+    assert [w.state for w in storage.writers] == ["aborted"]
+    assert storage.whole_file_puts == 1
+    assert (storage.root / Digest.of_bytes(data).hex).read_bytes() == data
+    assert not list(storage.root.glob(".stream-*"))
+
+
+async def test_wrong_digest_aborts_the_writer_and_stores_nothing(tmp_path: Path) -> None:
+    storage = LocalStorage(tmp_path / "blobs", writer_fails_after=-1)
+    sessions = UploadSessions(CAStore(tmp_path / "cas"), storage, ttl=3600)
+    uid = sessions.start("r")
+    await sessions.append("r", uid, _chunks(b"payload"), None)
+    claimed = Digest.of_bytes(b"something else")
+    with pytest.raises(RegistryError) as e:
+        await sessions.finish("r", uid, claimed)
+    assert e.value.code == "DIGEST_INVALID"
+    assert [w.state for w in storage.writers] == ["aborted"]
+    assert list(storage.root.iterdir()) == []
+    assert storage.whole_file_puts == 0

@@ -7,6 +7,7 @@ with backoff until the blob is ready or ``poll_timeout`` passes.
 from __future__ import annotations
 
 import asyncio
+import random
 import time
 from pathlib import Path
 from typing import AsyncIterator, Awaitable, Callable, TypeVar
@@ -17,6 +18,7 @@ import aiohttp
 from kraken.core.digest import Digest
 from kraken.http.client import HttpClient
 from kraken.log import get_logger
+from kraken.origin.stream import UploadStream
 from kraken.ring import HashRing, RingConfig
 
 T = TypeVar("T")
@@ -115,6 +117,13 @@ class OriginClient:
         finally:
             resp.release()
 
+    async def start_stream(self, namespace: str) -> UploadStream:
+        """A digest-less upload fed while its bytes arrive (see kraken.origin.stream)."""
+        url = f"{self._base}/namespace/{quote(namespace, safe='')}/uploads"
+        resp = await self._http.request("POST", url)
+        resp.release()
+        return UploadStream(self._http, self.addr, f"{url}/{resp.headers['Location']}")
+
     async def locations(self, digest: Digest) -> list[str]:
         """The origins that own ``digest`` according to this origin's ring."""
         resp = await self._http.request("GET", f"{self._base}/blobs/{digest}/locations")
@@ -197,6 +206,19 @@ class OriginCluster:
 
     async def read_bytes(self, namespace: str, digest: Digest) -> bytes:
         return await self._route(digest, lambda c: c.read_bytes(namespace, digest))
+
+    async def start_stream(self, namespace: str) -> UploadStream:
+        """Stream an upload of unknown digest to a reachable origin, picked at random: with one
+        origin (or ``max_replica`` equal to the ring size) it always owns the blob; otherwise
+        the caller checks :meth:`locations` at commit and falls back when it does not."""
+        self._update_ring()
+        hosts = [h for h in self._ring.hosts if h not in self._down_until] or list(self._ring.hosts)
+        host = random.choice(hosts)
+        try:
+            return await self._clients[host].start_stream(namespace)
+        except _UNREACHABLE as e:
+            self._mark_down(host, e)
+            raise
 
     async def locations(self, digest: Digest) -> list[str]:
         """The reachable owners of ``digest`` (computed locally: the ring is configured alike everywhere)."""

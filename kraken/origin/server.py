@@ -25,8 +25,9 @@ SERVICE: web.AppKey[OriginService] = web.AppKey("origin_service", OriginService)
 BODY_CHUNK = 1 << 20
 FILE_CHUNK = 256 << 10
 
-# "start-end" (end exclusive); a "bytes " prefix and a "/total" suffix are tolerated.
-_CONTENT_RANGE = re.compile(r"^\s*(?:bytes[ =])?(\d+)-(\d+)(?:/(?:\d+|\*))?\s*$")
+# "start-end" (end exclusive) or "start-" (a stream of unknown length); a "bytes " prefix
+# and a "/total" suffix are tolerated.
+_CONTENT_RANGE = re.compile(r"^\s*(?:bytes[ =])?(\d+)-(\d*)(?:/(?:\d+|\*))?\s*$")
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
@@ -80,8 +81,17 @@ async def start_upload(request: web.Request) -> web.Response:
 
 
 @_errors
+async def start_stream(request: web.Request) -> web.Response:
+    """An upload whose digest is not known yet (it is named at commit): lets a proxy stream a
+    client's bytes here while they arrive instead of after the client's last byte."""
+    uid = await _svc(request).start_stream()
+    return web.Response(status=200, headers={"Location": uid})
+
+
+@_errors
 async def patch_upload(request: web.Request) -> web.Response:
-    _digest(request)
+    if "digest" in request.match_info:
+        _digest(request)
     uid = request.match_info["uid"]
     header = request.headers.get("Content-Range")
     start = end = None
@@ -89,8 +99,8 @@ async def patch_upload(request: web.Request) -> web.Response:
         m = _CONTENT_RANGE.match(header)
         if m is None:
             return web.Response(status=400, text=f"bad Content-Range {header!r} (want start-end)\n")
-        start, end = int(m.group(1)), int(m.group(2))
-        if end < start:
+        start, end = int(m.group(1)), int(m.group(2)) if m.group(2) else None
+        if end is not None and end < start:
             return web.Response(status=400, text=f"bad Content-Range {header!r}: end before start\n")
     try:
         size = await _svc(request).write(uid, request.content.iter_chunked(BODY_CHUNK), start)
@@ -109,6 +119,20 @@ async def commit_upload(request: web.Request) -> web.Response:
     if not created:
         return web.Response(status=409, text="blob exists\n")
     return web.Response(status=201)
+
+
+@_errors
+async def commit_stream(request: web.Request) -> web.Response:
+    ns = request.match_info["ns"]
+    digest = Digest.parse(request.query.get("digest", ""))
+    created = await _svc(request).commit(ns, digest, request.match_info["uid"], replica=False)
+    return web.Response(status=201 if created else 409)
+
+
+@_errors
+async def abort_stream(request: web.Request) -> web.Response:
+    await _svc(request).store.abort(request.match_info["uid"])
+    return web.Response(status=204)
 
 
 @_errors
@@ -183,6 +207,11 @@ def create_origin_app(config: OriginConfig) -> web.Application:
     app.router.add_patch(f"{blob}/uploads/{{uid}}", patch_upload)
     app.router.add_put(f"{blob}/uploads/{{uid}}", commit_upload)
     app.router.add_get(blob, get_blob)  # also HEAD
+    stream = "/namespace/{ns:.+}/uploads"
+    app.router.add_post(stream, start_stream)
+    app.router.add_patch(f"{stream}/{{uid}}", patch_upload)
+    app.router.add_put(f"{stream}/{{uid}}", commit_stream)
+    app.router.add_delete(f"{stream}/{{uid}}", abort_stream)
     app.router.add_head(f"/internal{blob}", head_local_blob)
     app.router.add_get(f"/internal{blob}/metainfo", get_metainfo)
     app.router.add_get("/blobs/{digest}/locations", locations)

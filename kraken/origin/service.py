@@ -112,6 +112,10 @@ class OriginService:
             return None
         return self.store.create_upload()
 
+    async def start_stream(self) -> str:
+        """An upload whose digest is named only at commit (see the origin's stream routes)."""
+        return self.store.create_upload()
+
     async def write(self, uid: str, chunks: AsyncIterable[bytes], offset: int | None) -> int:
         return await self.store.write(uid, chunks, offset)
 

@@ -21,7 +21,7 @@ log = get_logger(COMPONENT)
 def create_proxy_app(config: ProxyConfig) -> web.Application:
     metrics = Metrics(COMPONENT)
     storage = ProxyStorage(config.origins, config.build_index.addr, ProxyMetrics(metrics))
-    staging = CAStore(config.store.root)
+    staging = CAStore(config.store.root, durable=False)  # the origin keeps the durable copy
     app = create_app(COMPONENT, metrics, readiness=storage.readiness)
     app.cleanup_ctx.append(storage.lifecycle)
 

@@ -21,9 +21,10 @@ from kraken.http.client import HTTPStatusError, HttpClient
 from kraken.log import get_logger
 from kraken.metrics import Metrics
 from kraken.origin.client import BlobNotFound, OriginCluster
+from kraken.origin.stream import UploadStream
 from kraken.registry.errors import RegistryError
 from kraken.registry.ranges import ByteRange
-from kraken.registry.storage import BlobReader, RegistryStorage, StreamBlobReader
+from kraken.registry.storage import BlobReader, BlobWriter, RegistryStorage, StreamBlobReader
 from kraken.ring import RingConfig
 
 log = get_logger("proxy")
@@ -160,13 +161,16 @@ class ProxyStorage(RegistryStorage):
     async def put_blob_from_file(self, repo: str, digest: Digest, path: Path) -> None:
         size = (await asyncio.to_thread(path.stat)).st_size
         await self.origins.upload_file(repo, digest, path)
-        self._uploaded(repo, digest, size)
+        self.uploaded(repo, digest, size)
+
+    async def start_blob_writer(self, repo: str) -> BlobWriter | None:
+        return OriginBlobWriter(self, repo, await self.origins.start_stream(repo))
 
     async def put_blob_bytes(self, repo: str, digest: Digest, data: bytes) -> None:
         await self.origins.upload_bytes(repo, digest, data)
-        self._uploaded(repo, digest, len(data))
+        self.uploaded(repo, digest, len(data))
 
-    def _uploaded(self, repo: str, digest: Digest, size: int) -> None:
+    def uploaded(self, repo: str, digest: Digest, size: int) -> None:
         self.metrics.blobs_uploaded.inc()
         self.metrics.bytes_uploaded.inc(size)
         log.info("blob pushed to origin", repo=repo, digest=digest, size=size)
@@ -188,3 +192,27 @@ def _releaser(resp: aiohttp.ClientResponse) -> Callable[[], Awaitable[None]]:
         resp.release()
 
     return release
+
+
+class OriginBlobWriter(BlobWriter):
+    """Streams a client's upload to an origin as it arrives (kraken.origin.stream), so the
+    client's final PUT costs one commit instead of a second transfer of the whole blob."""
+
+    def __init__(self, storage: ProxyStorage, repo: str, stream: UploadStream) -> None:
+        self._storage = storage
+        self._repo = repo
+        self._stream = stream
+
+    async def write(self, chunk: bytes) -> None:
+        await self._stream.write(chunk)
+
+    async def commit(self, digest: Digest) -> bool:
+        """Commit on the origin if it owns ``digest``; False sends the blob to the owner."""
+        if self._stream.origin not in await self._storage.origins.locations(digest):
+            return False
+        await self._stream.commit(digest)
+        self._storage.uploaded(self._repo, digest, self._stream.sent)
+        return True
+
+    async def abort(self) -> None:
+        await self._stream.abort()

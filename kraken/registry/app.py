@@ -58,7 +58,7 @@ def add_registry_routes(
     """
     if not read_only and uploads is None:
         raise ValueError("a writable registry needs an uploads store")
-    sessions = UploadSessions(uploads, upload_ttl) if uploads is not None and not read_only else None
+    sessions = UploadSessions(uploads, storage, upload_ttl) if uploads is not None and not read_only else None
     ctx = RegistryContext(storage, read_only, sessions, max_manifest_size)
 
     async def dispatch(request: web.Request) -> web.StreamResponse:

@@ -110,7 +110,7 @@ async def start_upload(ctx: RegistryContext, request: web.Request, name: str) ->
         uid = sessions.start(name)
         try:
             await sessions.append(name, uid, request.content.iter_any(), None)
-            await sessions.finish(name, uid, digest, ctx.storage)
+            await sessions.finish(name, uid, digest)
         finally:
             if sessions.is_open(uid):
                 await sessions.cancel(name, uid)
@@ -162,7 +162,7 @@ async def finish_upload(ctx: RegistryContext, request: web.Request, name: str, u
     digest = parse_digest(digest_text)
     if request.body_exists:
         await sessions.append(name, uid, request.content.iter_any(), _chunk_start(request))
-    await sessions.finish(name, uid, digest, ctx.storage)
+    await sessions.finish(name, uid, digest)
     return _created(request, name, digest)
 
 

@@ -81,6 +81,26 @@ class FileBlobReader(BlobReader):
             await asyncio.to_thread(f.close)
 
 
+class BlobWriter(ABC):
+    """Receives an upload's bytes while they arrive, so the storage may already hold the blob
+    when the client commits it (the proxy streams them on to an origin). Best effort: the
+    sessions stage and verify every upload locally anyway and fall back to
+    :meth:`RegistryStorage.put_blob_from_file` whenever a writer fails or declines."""
+
+    @abstractmethod
+    async def write(self, chunk: bytes) -> None:
+        """Take the next chunk; raise to give up (the upload itself goes on)."""
+
+    @abstractmethod
+    async def commit(self, digest: Digest) -> bool:
+        """Store the bytes written as the (already verified) blob ``digest``; False (or an
+        exception) sends the caller to its fallback."""
+
+    @abstractmethod
+    async def abort(self) -> None:
+        """Drop what was written."""
+
+
 class RegistryStorage(ABC):
     """Blobs, manifests and tags of repositories. ``repo`` is always a validated name.
 
@@ -123,6 +143,11 @@ class RegistryStorage(ABC):
         """Store a verified blob. ``path`` belongs to the caller and is deleted after the call,
         so the storage must copy (or stream) it before returning."""
         raise _read_only()
+
+    async def start_blob_writer(self, repo: str) -> BlobWriter | None:
+        """A writer to receive an upload to ``repo`` as it arrives; None to take blobs only
+        whole, at commit, through :meth:`put_blob_from_file`."""
+        return None
 
     async def put_blob_bytes(self, repo: str, digest: Digest, data: bytes) -> None:
         """Store a small verified blob (a manifest)."""

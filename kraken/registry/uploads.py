@@ -2,9 +2,12 @@
 
 The bytes of a session live in the store's upload dir (streamed to disk, hashed as they
 arrive); each session is bound to the repository it was started in, so a session id is no
-key to another repository. Finishing verifies the digest through ``CAStore.commit`` (a
-mismatch deletes the upload: no blob anywhere), hands the verified file to the storage and
-then deletes the local copy. Sessions are in memory: a restart forgets them (their owner
+key to another repository. When the storage offers a :class:`BlobWriter`, every chunk is also
+passed to it as it arrives (the proxy streams it on to an origin), so that finishing is a
+short commit rather than a second transfer. Finishing verifies the digest through
+``CAStore.commit`` (a mismatch deletes the upload and aborts the writer: no blob anywhere),
+then commits the writer or, if there is none or it failed, hands the verified file to the
+storage; then it deletes the local copy. Sessions are in memory: a restart forgets them (their owner
 clears the files at start), and clients restart such uploads on BLOB_UPLOAD_UNKNOWN.
 """
 from __future__ import annotations
@@ -17,17 +20,19 @@ from kraken.core.digest import Digest
 from kraken.log import get_logger
 from kraken.registry.errors import RegistryError
 from kraken.registry.ranges import upload_range_header
-from kraken.registry.storage import RegistryStorage
+from kraken.registry.storage import BlobWriter, RegistryStorage
 from kraken.store.cas import CAStore, DigestMismatch, SizeMismatch, UploadOffsetMismatch, UploadUnknown
 
 log = get_logger("kraken.registry.uploads")
 
 
 class UploadSessions:
-    def __init__(self, cas: CAStore, ttl: float) -> None:
+    def __init__(self, cas: CAStore, storage: RegistryStorage, ttl: float) -> None:
         self.cas = cas
+        self.storage = storage
         self.ttl = ttl
         self._repos: dict[str, str] = {}
+        self._writers: dict[str, BlobWriter] = {}
         # One commit per digest at a time: the verified file sits at the digest's cache path
         # until the storage has it, so a second commit of the same digest must not replace or
         # delete it under the first.
@@ -57,36 +62,91 @@ class UploadSessions:
     async def append(self, repo: str, uid: str, chunks: AsyncIterable[bytes], start: int | None) -> int:
         """Stream ``chunks`` onto the session; ``start`` (from Content-Range) must be its size."""
         self.check(repo, uid)
+        if start in (None, 0) and self.cas.upload_size(uid) == 0 and uid not in self._writers:
+            await self._start_writer(repo, uid)
+        if uid in self._writers:
+            chunks = self._tee(uid, chunks)
         try:
             return await self.cas.write(uid, chunks, offset=start)
         except UploadUnknown:
+            await self._drop_writer(uid)
             raise _unknown(uid) from None
         except UploadOffsetMismatch as e:
             raise RegistryError(
                 "RANGE_INVALID", detail=str(e),
                 headers={"Range": upload_range_header(e.expected), "Docker-Upload-UUID": uid},
             ) from None
+        except BaseException:
+            # The client went away mid-body: whatever it resumes with is sent at commit from
+            # the local copy, so the stream (an open connection to an origin) ends now.
+            await asyncio.shield(self._drop_writer(uid))
+            raise
 
-    async def finish(self, repo: str, uid: str, digest: Digest, storage: RegistryStorage) -> None:
-        """Verify the session against ``digest`` and store the blob in ``storage``."""
+    async def _start_writer(self, repo: str, uid: str) -> None:
+        try:
+            writer = await self.storage.start_blob_writer(repo)
+        except Exception as e:  # noqa: BLE001 - the writer is an optimisation; the upload goes on
+            log.warning("could not start streaming the upload", repo=repo, upload=uid, error=f"{type(e).__name__}: {e}")
+            return
+        if writer is not None:
+            self._writers[uid] = writer
+
+    async def _tee(self, uid: str, chunks: AsyncIterable[bytes]) -> AsyncIterator[bytes]:
+        """Yield ``chunks`` to the store, passing each to the session's writer first; a writer
+        that fails is dropped and the upload goes on without it."""
+        async for chunk in chunks:
+            writer = self._writers.get(uid)
+            if writer is not None:
+                try:
+                    await writer.write(chunk)
+                except Exception as e:  # noqa: BLE001 - see _start_writer
+                    log.warning("streaming the upload failed, will send it at commit", upload=uid,
+                                error=f"{type(e).__name__}: {e}")
+                    await self._drop_writer(uid)
+            yield chunk
+
+    async def _drop_writer(self, uid: str) -> None:
+        writer = self._writers.pop(uid, None)
+        if writer is not None:
+            await writer.abort()
+
+    async def finish(self, repo: str, uid: str, digest: Digest) -> None:
+        """Verify the session against ``digest`` and store the blob."""
         self.check(repo, uid)
         async with self._digest_locks.hold(digest):
             try:
                 path = await self.cas.commit(uid, digest)
             except UploadUnknown:
+                await self._drop_writer(uid)
                 raise _unknown(uid) from None
             except (DigestMismatch, SizeMismatch) as e:
+                await self._drop_writer(uid)
                 raise RegistryError("DIGEST_INVALID", detail=str(e)) from None
             finally:
                 self._repos.pop(uid, None)
             try:
-                await storage.put_blob_from_file(repo, digest, path)
+                if not await self._commit_writer(uid, digest):
+                    await self.storage.put_blob_from_file(repo, digest, path)
             finally:
                 await asyncio.to_thread(self.cas.delete, digest)
+
+    async def _commit_writer(self, uid: str, digest: Digest) -> bool:
+        writer = self._writers.pop(uid, None)
+        if writer is None:
+            return False
+        try:
+            if await writer.commit(digest):
+                return True
+        except Exception as e:  # noqa: BLE001 - see _start_writer
+            log.warning("streamed upload could not be committed, sending it again", digest=digest,
+                        error=f"{type(e).__name__}: {e}")
+        await writer.abort()
+        return False
 
     async def cancel(self, repo: str, uid: str) -> None:
         self.check(repo, uid)
         self._repos.pop(uid, None)
+        await self._drop_writer(uid)
         try:
             await self.cas.abort(uid)
         except UploadUnknown:
@@ -97,6 +157,7 @@ class UploadSessions:
         removed = await asyncio.to_thread(self.cas.cleanup_uploads, self.ttl)
         for uid in [u for u in self._repos if not self.cas.has_upload(u)]:
             del self._repos[uid]
+            await self._drop_writer(uid)
         return removed
 
     async def run_cleanup(self) -> None:

@@ -67,8 +67,12 @@ class _Upload:
 
 
 class CAStore:
-    def __init__(self, root: str | Path) -> None:
+    """``durable=False`` skips the fsyncs, for a staging store whose blobs are durable
+    elsewhere (the proxy's uploads, which the origin keeps); digests are verified either way."""
+
+    def __init__(self, root: str | Path, durable: bool = True) -> None:
         self.root = Path(root)
+        self.durable = durable
         self.upload_dir = self.root / "uploads"
         self.cache_dir = self.root / "cache"
         self.upload_dir.mkdir(parents=True, exist_ok=True)
@@ -273,13 +277,15 @@ class CAStore:
     def _install(self, src: Path, digest: Digest) -> Path:
         dst = self.path(digest)
         dst.parent.mkdir(parents=True, exist_ok=True)
-        fd = os.open(src, os.O_RDONLY)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
+        if self.durable:
+            fd = os.open(src, os.O_RDONLY)
+            try:
+                os.fsync(fd)
+            finally:
+                os.close(fd)
         os.replace(src, dst)
-        _fsync_dir(dst.parent)
+        if self.durable:
+            _fsync_dir(dst.parent)
         return dst
 
 

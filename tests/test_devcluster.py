@@ -1,0 +1,213 @@
+"""``make devcluster``: the real ``python -m kraken.devcluster start`` command, end to end.
+
+The command uses the fixed default ports (testfs 14000, proxy 15000, origin 15002, build-index
+15004), so every test here skips, saying which port is taken, when one of them is in use
+(a developer's own ``make devcluster``, say). Each test stops what it started in ``finally``.
+No sleeps: readiness and exits are awaited on events (a line read, a process exit) or polled
+against a deadline.
+"""
+from __future__ import annotations
+
+import os
+import queue
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+from typing import Iterator
+
+import pytest
+
+from kraken.devcluster import REPO_ROOT, HerdPorts, port_free
+from kraken.tools.ocigen import generate_oci_layout
+from tests.realclients import assert_dir_matches_image, skopeo_copy, skopeo_pull_dir, wait_until
+
+PORTS = {"testfs": HerdPorts.testfs, "proxy": HerdPorts.proxy, "origin": HerdPorts.origin,
+         "build-index": HerdPorts.build_index}
+READY_TIMEOUT = 90.0
+EXIT_TIMEOUT = 60.0
+
+
+def _env() -> dict[str, str]:
+    env = dict(os.environ, PYTHONUNBUFFERED="1")
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO_ROOT), env.get("PYTHONPATH")]))
+    env.pop("KRAKEN_DEVCLUSTER", None)
+    return env
+
+
+def _busy_ports() -> list[str]:
+    return [f"{port} ({name})" for name, port in PORTS.items() if not port_free(port)]
+
+
+@pytest.fixture
+def default_ports_free() -> None:
+    busy = _busy_ports()
+    if busy:
+        pytest.skip(f"the devcluster's fixed ports are in use: {', '.join(busy)} "
+                    f"(a devcluster running? `make devcluster-stop`)")
+
+
+class Devcluster:
+    """``python -m kraken.devcluster start`` in a subprocess, its output read line by line."""
+
+    def __init__(self, workdir: Path) -> None:
+        self.workdir = workdir
+        self.lines: list[str] = []
+        self._queue: queue.Queue[str | None] = queue.Queue()
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "kraken.devcluster", "start", "--workdir", str(workdir)],
+            stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+            text=True, env=_env(), cwd=REPO_ROOT,
+        )
+        self._reader = threading.Thread(target=self._read, daemon=True)
+        self._reader.start()
+
+    def _read(self) -> None:
+        assert self.proc.stdout is not None
+        for line in self.proc.stdout:
+            self._queue.put(line.rstrip("\n"))
+        self._queue.put(None)
+
+    @property
+    def output(self) -> str:
+        return "\n".join(self.lines)
+
+    def wait_for_line(self, prefix: str, timeout: float) -> str:
+        """Block until a line starting with ``prefix`` is printed; fail on exit or timeout."""
+        deadline = time.monotonic() + timeout
+        while True:
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                pytest.fail(f"no {prefix!r} line within {timeout}s; output so far:\n{self.output}")
+            try:
+                line = self._queue.get(timeout=remaining)
+            except queue.Empty:
+                continue
+            if line is None:
+                self.proc.wait(EXIT_TIMEOUT)
+                if "is already in use" in self.output:  # taken between the fixture's check and the start
+                    pytest.skip(f"another process took a devcluster port meanwhile:\n{self.output}")
+                pytest.fail(f"devcluster exited ({self.proc.returncode}) before {prefix!r}:\n{self.output}")
+            self.lines.append(line)
+            if line.startswith(prefix):
+                return line
+
+    def wait_exit(self, timeout: float = EXIT_TIMEOUT) -> int:
+        code = self.proc.wait(timeout)
+        self._reader.join(timeout)
+        while True:  # collect what was printed after the last line waited for
+            try:
+                line = self._queue.get_nowait()
+            except queue.Empty:
+                break
+            if line is not None:
+                self.lines.append(line)
+        return code
+
+    def cleanup(self) -> None:
+        """Whatever happened: no supervisor and no component left running."""
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(EXIT_TIMEOUT)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        # Components whose supervisor died are stopped by PID from the state file.
+        subprocess.run([sys.executable, "-m", "kraken.devcluster", "stop", "--workdir", str(self.workdir)],
+                       env=_env(), cwd=REPO_ROOT, capture_output=True, timeout=EXIT_TIMEOUT, check=False)
+        if self.proc.stdout is not None:
+            self.proc.stdout.close()
+
+
+@pytest.fixture
+def devcluster(tmp_path: Path, default_ports_free: None) -> Iterator[Devcluster]:
+    dc = Devcluster(tmp_path / "dc")
+    try:
+        yield dc
+    finally:
+        dc.cleanup()
+
+
+def _assert_ports_free() -> None:
+    # The supervisor exits only after its children did, so the ports are free by now; the short
+    # deadline only absorbs the kernel's closing of the listening sockets.
+    wait_until(lambda: not _busy_ports(), 10.0, message="the devcluster's ports to be free")
+
+
+@pytest.mark.realclients
+def test_start_push_pull_and_ctrl_c(devcluster: Devcluster, tmp_path: Path) -> None:
+    devcluster.wait_for_line("ready:", READY_TIMEOUT)
+    out = devcluster.output
+    assert "native processes" in out, out  # the mode it chose
+    assert str(devcluster.workdir / "logs") in out, out  # where the logs are
+    for name, port in PORTS.items():  # the endpoint table
+        assert any(line.split()[:2] == [name, f"http://127.0.0.1:{port}{'/v2/' if name == 'proxy' else '/health'}"]
+                   for line in devcluster.lines), f"no endpoint line for {name}:\n{out}"
+
+    image = generate_oci_layout(tmp_path / "oci", "v1", [64 * 1024, 3 * 1024], seed=15000)
+    ref = f"docker://127.0.0.1:{PORTS['proxy']}/test/dev:1"
+    skopeo_copy(image.oci_ref, ref)
+    pulled = skopeo_pull_dir(ref, tmp_path / "pulled")
+    assert_dir_matches_image(pulled, image)
+
+    logs = {p.stem: p.read_text(errors="replace") for p in (devcluster.workdir / "logs").glob("*.log")}
+    assert set(logs) == set(PORTS), sorted(logs)
+    assert "/v2/test/dev/manifests/1" in logs["proxy"], logs["proxy"][-3000:]
+    assert image.layer_digests[0] in logs["proxy"] or image.layer_digests[0] in logs["origin"]
+
+    devcluster.proc.send_signal(signal.SIGINT)  # what Ctrl-C sends
+    assert devcluster.wait_exit() == 0, devcluster.output
+    assert "devcluster: stopped" in devcluster.output
+    _assert_ports_free()
+    assert not (devcluster.workdir / "devcluster.json").exists()
+
+
+def test_stop_from_another_process(devcluster: Devcluster) -> None:
+    devcluster.wait_for_line("ready:", READY_TIMEOUT)
+    stop = subprocess.run(
+        [sys.executable, "-m", "kraken.devcluster", "stop", "--workdir", str(devcluster.workdir)],
+        env=_env(), cwd=REPO_ROOT, capture_output=True, text=True, timeout=EXIT_TIMEOUT, check=False,
+    )
+    assert stop.returncode == 0, stop.stdout + stop.stderr
+    assert "stopped" in stop.stdout
+    assert devcluster.wait_exit() == 0, devcluster.output
+    _assert_ports_free()
+
+    again = subprocess.run(
+        [sys.executable, "-m", "kraken.devcluster", "stop", "--workdir", str(devcluster.workdir)],
+        env=_env(), cwd=REPO_ROOT, capture_output=True, text=True, timeout=EXIT_TIMEOUT, check=False,
+    )
+    assert again.returncode == 0 and "none running" in again.stdout, again.stdout + again.stderr
+
+
+def test_port_in_use_is_a_clear_error(tmp_path: Path, default_ports_free: None) -> None:
+    with socket.socket() as blocker:
+        blocker.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        blocker.bind(("127.0.0.1", PORTS["origin"]))
+        blocker.listen()
+        dc = Devcluster(tmp_path / "dc")
+        try:
+            code = dc.wait_exit()
+            out = dc.output
+        finally:
+            dc.cleanup()
+    assert code == 1, out
+    assert f"port {PORTS['origin']} (origin) is already in use by pid {os.getpid()}" in out, out
+    assert "devcluster-stop" in out and "kill" in out, out  # how to free it
+    # Nothing was started: every other port stayed free, and no log was written.
+    assert not _busy_ports(), _busy_ports()
+    assert not list((tmp_path / "dc" / "logs").glob("*.log"))
+
+
+def test_docker_mode_is_not_there_yet(tmp_path: Path) -> None:
+    r = subprocess.run(
+        [sys.executable, "-m", "kraken.devcluster", "start", "--workdir", str(tmp_path / "dc")],
+        env=dict(_env(), KRAKEN_DEVCLUSTER="docker"), cwd=REPO_ROOT, capture_output=True, text=True,
+        timeout=EXIT_TIMEOUT, check=False,
+    )
+    assert r.returncode != 0
+    assert "KRAKEN_DEVCLUSTER=docker" in r.stderr and "native" in r.stderr, r.stderr

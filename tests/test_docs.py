@@ -1,0 +1,108 @@
+"""The documentation stays true to the code: every config key documented with its default,
+the checked-in configs load, and the files, metrics and make targets the docs name exist."""
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import pytest
+
+from kraken.config import load_config
+from kraken.tools import configdoc
+
+ROOT = Path(__file__).resolve().parent.parent
+DOCS = ROOT / "docs"
+CONFIGURATION = DOCS / "CONFIGURATION.md"
+CONFIG_COMPONENTS = ["testfs", "origin", "build-index", "proxy"]
+
+# base.yaml leaves out what only a deployment can say (its directories, its origins, its
+# backends); these stand in for it when base.yaml is loaded on its own.
+SITE_KEYS: dict[str, dict] = {
+    "testfs": {},
+    "origin": {},
+    "build-index": {"store": {"root": "/srv/kraken/build-index"}, "origins": {"hosts": []}, "backends": []},
+    "proxy": {"store": {"root": "/srv/kraken/proxy"}, "origins": {"hosts": []}},
+}
+
+PORTS = {"testfs": 14000, "proxy": 15000, "origin": 15002, "build-index": 15004}
+
+
+@pytest.mark.parametrize("component", list(configdoc.COMPONENTS))
+def test_configuration_documents_every_key_with_its_default(component: str) -> None:
+    problems = configdoc.check_doc(CONFIGURATION.read_text(), [component])
+    assert problems == [], "\n".join(problems)
+
+
+def test_every_component_config_has_a_table() -> None:
+    tables = configdoc.doc_tables(CONFIGURATION.read_text())
+    assert set(configdoc.COMPONENTS) <= set(tables)
+
+
+def test_check_doc_catches_a_missing_key_a_wrong_default_and_a_stale_key() -> None:
+    doc = CONFIGURATION.read_text()
+    assert "| `cleanup.tti` | duration | `24h` |" in doc
+    wrong = doc.replace("| `cleanup.tti` | duration | `24h` |", "| `cleanup.tti` | duration | `12h` |")
+    assert any("cleanup.tti" in p for p in configdoc.check_doc(wrong, ["origin"]))
+    missing = "\n".join(line for line in doc.splitlines() if not line.startswith("| `fetch.concurrency`"))
+    assert any("fetch.concurrency" in p for p in configdoc.check_doc(missing, ["origin"]))
+    stale = doc.replace("| `fetch.concurrency`", "| `fetch.no_such_key` | int | `1` | x |\n| `fetch.concurrency`")
+    assert any("fetch.no_such_key" in p for p in configdoc.check_doc(stale, ["origin"]))
+    required = doc.replace("| `store.root` | string | required | Directory where uploads", "| `store.root` | string | `x` | D")
+    assert any("required" in p for p in configdoc.check_doc(required, ["proxy"]))
+
+
+@pytest.mark.parametrize("name", ["base", "development"])
+@pytest.mark.parametrize("component", CONFIG_COMPONENTS)
+def test_checked_in_configs_load(component: str, name: str) -> None:
+    cls = configdoc.config_class(component)
+    overrides = SITE_KEYS[component] if name == "base" else None
+    config = load_config(cls, ROOT / "config" / component / f"{name}.yaml", overrides)
+    assert isinstance(config, cls)
+    assert config.listen.port == PORTS[component]
+
+
+@pytest.mark.parametrize("component", CONFIG_COMPONENTS)
+def test_default_ports_match_the_docs(component: str) -> None:
+    row = next(r for r in configdoc.rows(component) if r.path == "listen.port")
+    assert row.section_default == str(PORTS[component])
+    assert f"| {component} | {PORTS[component]} |" in (DOCS / "ARCHITECTURE.md").read_text()
+
+
+def test_readme_mentions_make_targets() -> None:
+    readme = (ROOT / "README.md").read_text()
+    assert "make devcluster" in readme
+    assert "make test" in readme
+
+
+@pytest.mark.parametrize("doc", ["ARCHITECTURE.md", "CONFIGURATION.md", "CONTRACTS.md"])
+def test_files_named_in_docs_exist(doc: str) -> None:
+    text = (DOCS / doc).read_text()
+    paths = set(re.findall(r"`((?:kraken|config|tests)/[\w./-]+)`", text))
+    paths |= {m.group(1) for m in re.finditer(r"\((\w+\.md)\)", text)}
+    missing = sorted(p for p in paths if not ((ROOT / p).exists() or (DOCS / p).exists()))
+    assert missing == []
+
+
+def test_metrics_named_in_docs_exist_in_code() -> None:
+    code = "\n".join(p.read_text() for p in (ROOT / "kraken").rglob("*.py"))
+    named = set(re.findall(r"\bkraken_[a-z_]+_(?:total|seconds|pending)\b", (DOCS / "ARCHITECTURE.md").read_text()))
+    assert named, "ARCHITECTURE.md names no metrics"
+    assert sorted(m for m in named if f'"{m}"' not in code) == []
+
+
+def test_configdoc_formats_values_as_config_files_write_them() -> None:
+    assert [configdoc.format_duration(s) for s in (0, 0.5, 1, 90, 300, 86400)] == ["0s", "500ms", "1s", "90s", "5m", "24h"]
+    assert [configdoc.format_size(n) for n in (0, 1000, 4 << 20, 1 << 30)] == ["0", "1000", "4MB", "1GB"]
+
+
+def test_configdoc_reads_help_from_yaml_comments(tmp_path: Path) -> None:
+    path = tmp_path / "c.yaml"
+    path.write_text("# file header\nlisten:\n  port: 1\n\n# the thing\nsection:\n  # inner\n  key: 2  # more\n")
+    assert configdoc.yaml_comments(path) == {"section": "the thing", "section.key": "inner more"}
+
+
+def test_configdoc_cli_prints_a_table(capsys: pytest.CaptureFixture[str]) -> None:
+    assert configdoc.main(["origin"]) == 0
+    out = capsys.readouterr().out
+    assert out.startswith("<!-- configdoc: origin -->\n| key | type | default | meaning |")
+    assert "| `writeback.retry_interval` | duration | `1s` |" in out

@@ -11,8 +11,12 @@ import asyncio
 import importlib
 import sys
 
-from kraken.config import ConfigError
+from typing import Any, TypeVar
+
+from kraken.config import ConfigError, apply_listen_overrides, load_config
 from kraken.log import setup_logging
+
+T = TypeVar("T")
 
 COMPONENTS = {
     "testfs": ("kraken.testfs.__main__", "simple HTTP file store used as a storage backend"),
@@ -52,6 +56,19 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         return 130
     return 0
+
+
+def load_component_config(cls: type[T], args: argparse.Namespace, example: str | None = None) -> T:
+    """The effective config: the ``--config`` file, then ``--host``/``--port``. Without a file,
+    the dataclass defaults when ``example`` is None, else an error that shows the example."""
+    if args.config:
+        config: Any = load_config(cls, args.config)
+    elif example is None:
+        config = cls()
+    else:
+        raise ConfigError(f"--config is required (e.g. {example})")
+    apply_listen_overrides(config.listen, args.host, args.port)
+    return config
 
 
 def run_component(name: str) -> None:

@@ -186,7 +186,13 @@ def _build_dataclass(cls: type, value: Any, source: str, keypath: str) -> Any:
             kwargs[name] = _convert(hints[name], value[name], source, sub)
         elif field.default is dataclasses.MISSING and field.default_factory is dataclasses.MISSING:
             raise ConfigError(f"{_where(source, sub)}: required key is missing")
-    return cls(**kwargs)
+    try:
+        return cls(**kwargs)
+    except ConfigError as e:
+        raise ConfigError(f"{_where(source, keypath)}: {e}") from None
+    except (ValueError, TypeError) as e:
+        # A dataclass's own checks (__post_init__) name the rule; this names the place.
+        raise ConfigError(f"{_where(source, keypath)}: {e}") from None
 
 
 @dataclass

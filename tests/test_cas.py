@@ -126,3 +126,15 @@ async def test_cleanup_spares_fresh_strays_and_removes_old_ones(store: CAStore) 
     os.utime(old, (an_hour_ago, an_hour_ago))
     assert store.cleanup_uploads(max_age=60) == 1
     assert sorted(p.name for p in store.upload_dir.iterdir()) == sorted([live, "fresh-stray"])
+
+
+async def test_uploads_expire_by_idle_time_not_age(store: CAStore, monkeypatch: pytest.MonkeyPatch) -> None:
+    now = [1_000_000.0]
+    monkeypatch.setattr(time, "time", lambda: now[0])
+    uid = store.create_upload()
+    now[0] += 3500  # a long, slow chunked upload: still sending an hour later
+    await store.write(uid, chunks(b"late chunk"))
+    now[0] += 100
+    assert store.cleanup_uploads(max_age=3000) == 0 and store.has_upload(uid)
+    now[0] += 3000
+    assert store.cleanup_uploads(max_age=3000) == 1 and not store.has_upload(uid)

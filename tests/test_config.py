@@ -75,3 +75,33 @@ def test_overrides_win(tmp_path):
     path = write(tmp_path / "c.yaml", "name: x\nlisten: {port: 1}\n")
     cfg = load_config(Sample, path, overrides={"listen": {"port": 9}})
     assert cfg.listen.port == 9 and cfg.name == "x"
+
+
+@dataclass
+class Checked:
+    low: int = 0
+    high: int = 1
+
+    def __post_init__(self) -> None:
+        if self.low > self.high:
+            raise ValueError("low must not exceed high")
+
+
+@dataclass
+class WithChecked:
+    range: Checked = field(default_factory=Checked)
+
+
+def test_a_dataclass_own_check_is_reported_with_file_and_key(tmp_path):
+    path = write(tmp_path / "r.yaml", "range: {low: 5, high: 2}\n")
+    with pytest.raises(ConfigError) as err:
+        load_config(WithChecked, path)
+    assert str(err.value) == f"{path}: range: low must not exceed high"
+
+
+def test_origin_piece_lengths_need_a_zero_threshold(tmp_path):
+    from kraken.origin.config import OriginConfig
+
+    path = write(tmp_path / "o.yaml", "store: {root: /tmp/x}\nmetainfo: {piece_lengths: {1GB: 16MB}}\n")
+    with pytest.raises(ConfigError, match=r"metainfo: piece_lengths needs a 0 threshold"):
+        load_config(OriginConfig, path)

@@ -21,6 +21,7 @@ from kraken.tools.ocigen import GeneratedImage, generate_oci_layout
 from tests.cluster import Herd
 from tests.realclients import (
     Containerd,
+    DistributionRegistry,
     Dockerd,
     Podman,
     Skopeo,
@@ -258,3 +259,19 @@ def test_docker_hub_mirror_configs_for_ctr_podman_skopeo(
     log = registry.access_log()
     assert "/v2/library/mirror-all/manifests/1?ns=docker.io" in log  # containerd tags mirror requests
     assert "containers/5.23.1" in log or "skopeo/" in log
+
+
+def test_second_push_of_an_image_uploads_no_blob_again(
+    small_image: GeneratedImage, pushed_ref: str, registry: Registry
+) -> None:
+    """Kraken's origins are content-addressed across repositories, so pushing an image the
+    herd already has (here under another repository) needs only HEADs: no blob is sent again.
+    (Distribution scopes blobs by repository and re-uploads; the claim is Kraken's.)"""
+    if isinstance(registry, DistributionRegistry):
+        pytest.skip("distribution links blobs per repository: a push to a new repository uploads them")
+    before = registry.access_log().count("PATCH ")
+    skopeo_copy(small_image.oci_ref, f"docker://{registry.host}/test/again:1")
+    log = registry.access_log()
+    assert log.count("PATCH ") == before, "a blob was uploaded again"
+    assert all(f"HEAD /v2/test/again/blobs/{d} 200" in log for d in small_image.blob_digests)
+    assert fetch_manifest(registry.host, "test/again", "1")[1] == small_image.manifest_digest

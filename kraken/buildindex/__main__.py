@@ -5,8 +5,7 @@ import argparse
 
 from kraken.buildindex.config import BuildIndexConfig
 from kraken.buildindex.server import COMPONENT, create_buildindex_app
-from kraken.cli import run_component
-from kraken.config import ConfigError, apply_listen_overrides, load_config
+from kraken.cli import load_component_config, run_component
 from kraken.http.app import serve
 
 
@@ -15,10 +14,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 async def run(args: argparse.Namespace) -> None:
-    if not args.config:
-        raise ConfigError("--config is required (e.g. config/build-index/development.yaml)")
-    config = load_config(BuildIndexConfig, args.config)
-    apply_listen_overrides(config.listen, args.host, args.port)
+    config = load_component_config(BuildIndexConfig, args, example="config/build-index/development.yaml")
     await serve(create_buildindex_app(config), config.listen.host, config.listen.port, COMPONENT)
 
 

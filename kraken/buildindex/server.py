@@ -30,7 +30,7 @@ from kraken.http.app import create_app
 from kraken.http.client import HTTPStatusError, HttpClient
 from kraken.log import get_logger
 from kraken.metrics import Metrics
-from kraken.origin.client import OriginCluster
+from kraken.origin.client import BlobNotReady, OriginCluster
 
 COMPONENT = "build-index"
 # A name that no tag can have (a tag part never starts with "."), used to probe backends.
@@ -58,7 +58,7 @@ async def _unavailable_on_dependency_errors(request: web.Request, handler: Handl
     except BackendError as e:
         log.warning("backend unavailable", path=request.path, error=e)
         raise _json_error(503, f"storage backend unavailable: {e}") from None
-    except (aiohttp.ClientError, TimeoutError, ConnectionError, HTTPStatusError) as e:
+    except (aiohttp.ClientError, TimeoutError, ConnectionError, HTTPStatusError, BlobNotReady) as e:
         log.warning("origins unavailable", path=request.path, error=e)
         raise _json_error(503, f"origins unavailable: {e}") from None
 

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import argparse
 
-from kraken.config import apply_listen_overrides, load_config
+from kraken.cli import load_component_config, run_component
 from kraken.http.app import serve
 from kraken.origin.config import OriginConfig
 from kraken.origin.server import create_origin_app
@@ -15,8 +15,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def load(args: argparse.Namespace) -> OriginConfig:
     """The effective config: file (or defaults), then command-line overrides."""
-    config = load_config(OriginConfig, args.config) if args.config else OriginConfig()
-    apply_listen_overrides(config.listen, args.host, args.port)
+    config = load_component_config(OriginConfig, args)
     if args.advertise:
         config.advertise = args.advertise
     return config
@@ -28,6 +27,4 @@ async def run(args: argparse.Namespace) -> None:
 
 
 if __name__ == "__main__":
-    from kraken.cli import run_component
-
     run_component("origin")

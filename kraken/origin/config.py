@@ -48,6 +48,12 @@ class MetainfoConfig:
 
     piece_lengths: dict[ByteSize, ByteSize] = field(default_factory=lambda: dict(DEFAULT_PIECE_LENGTHS))
 
+    def __post_init__(self) -> None:
+        if 0 not in self.piece_lengths:
+            raise ValueError("piece_lengths needs a 0 threshold (the piece length of the smallest blobs)")
+        if any(length <= 0 for length in self.piece_lengths.values()):
+            raise ValueError("piece lengths must be positive")
+
 
 @dataclass
 class CleanupConfig:

@@ -63,7 +63,7 @@ class _Upload:
     size: int = 0
     hashers: dict = field(default_factory=dict)
     lock: asyncio.Lock = field(default_factory=asyncio.Lock)
-    created: float = field(default_factory=time.time)
+    last_active: float = field(default_factory=lambda: time.time())
 
 
 class CAStore:
@@ -127,11 +127,13 @@ class CAStore:
                         if pending >= WRITE_BATCH:
                             await asyncio.to_thread(_write_and_hash, f, batch, upload.hashers)
                             upload.size += pending
+                            upload.last_active = time.time()
                             batch, pending = [], 0
                 finally:
                     if batch:
                         await asyncio.to_thread(_write_and_hash, f, batch, upload.hashers)
                         upload.size += pending
+                    upload.last_active = time.time()
         return upload.size
 
     async def commit(self, uid: str, digest: Digest, size: int | None = None) -> Path:
@@ -166,7 +168,8 @@ class CAStore:
             upload.path.unlink(missing_ok=True)
 
     def cleanup_uploads(self, max_age: float) -> int:
-        """Delete uploads older than ``max_age`` seconds and stray files left by a crash.
+        """Delete uploads idle (no bytes written) for ``max_age`` seconds, and stray files left
+        by a crash.
 
         A stray file (no upload of this process knows it) is deleted only once it too is
         older than ``max_age``: between :meth:`create_upload` creating a file and registering
@@ -175,7 +178,7 @@ class CAStore:
         now = time.time()
         removed = 0
         for uid, upload in list(self._uploads.items()):
-            if now - upload.created > max_age and not upload.lock.locked():
+            if now - upload.last_active > max_age and not upload.lock.locked():
                 self._uploads.pop(uid, None)
                 upload.path.unlink(missing_ok=True)
                 removed += 1

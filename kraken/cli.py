@@ -23,6 +23,7 @@ COMPONENTS = {
     "origin": ("kraken.origin.__main__", "seeder: owns blobs on the hash ring, writes back to storage"),
     "build-index": ("kraken.buildindex.__main__", "tag -> digest index"),
     "proxy": ("kraken.proxy.__main__", "Docker Registry v2 for push (and pull)"),
+    "tracker": ("kraken.tracker.__main__", "peer lists (origins included) and metainfo for agents"),
 }
 
 

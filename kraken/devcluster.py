@@ -242,30 +242,48 @@ class HerdPorts:
     proxy: int = 15000
     origin: int = 15002
     build_index: int = 15004
+    #: Further origins on the same ring as ``origin`` (which stays the first, and the only one
+    #: ``make devcluster`` runs); tests of routing and replication across origins use them.
+    extra_origins: list[int] = field(default_factory=list)
+
+    @property
+    def origins(self) -> list[int]:
+        return [self.origin, *self.extra_origins]
 
 
-def herd_processes(workdir: Path, ports: HerdPorts, config_name: str = "development") -> list[Process]:
-    """The herd (testfs, origin, build-index, proxy) wired to each other on 127.0.0.1."""
+def herd_processes(
+    workdir: Path, ports: HerdPorts, config_name: str = "development", max_replica: int = 1
+) -> list[Process]:
+    """The herd (testfs, the origins, build-index, proxy) wired to each other on 127.0.0.1.
+
+    Every origin is on one ring (each blob owned by ``max_replica`` of them) and the proxy and
+    build-index route over that ring. The origins are named ``origin``, ``origin-2``, ...,
+    each with its store in ``workdir/<name>``; all write back to the one testfs.
+    """
     workdir = Path(workdir)
     cfg = workdir / "config"
-    origin_addr = f"127.0.0.1:{ports.origin}"
-    ring = {"hosts": [origin_addr], "max_replica": 1}
+    origin_addrs = [f"127.0.0.1:{port}" for port in ports.origins]
+    ring = {"hosts": origin_addrs, "max_replica": max_replica}
     testfs_backend = lambda name_path: [  # noqa: E731 - a two-line table, not a function worth naming
         {"namespace": ".*", "backend": {"testfs": {"addr": f"127.0.0.1:{ports.testfs}", "name_path": name_path}}}
     ]
 
-    def overlay(component: str, overrides: dict) -> Path:
-        return write_overlay(cfg / f"{component}.yaml", CONFIG_ROOT / component / f"{config_name}.yaml", overrides)
+    def overlay(name: str, component: str, overrides: dict) -> Path:
+        return write_overlay(cfg / f"{name}.yaml", CONFIG_ROOT / component / f"{config_name}.yaml", overrides)
 
     def proc(name: str, component: str, port: int, overrides: dict) -> Process:
-        return Process(name, component, port, overlay(name, overrides), workdir / "logs" / f"{name}.log")
+        return Process(name, component, port, overlay(name, component, overrides), workdir / "logs" / f"{name}.log")
 
+    origins: list[Process] = []
+    for i, (port, addr) in enumerate(zip(ports.origins, origin_addrs)):
+        name = "origin" if i == 0 else f"origin-{i + 1}"
+        origins.append(proc(name, "origin", port, {
+            "store": {"root": str(workdir / name)}, "advertise": addr, "ring": ring,
+            "backends": testfs_backend("sharded_docker_blob"),
+        }))
     return [
         proc("testfs", "testfs", ports.testfs, {"root": str(workdir / "testfs")}),
-        proc("origin", "origin", ports.origin, {
-            "store": {"root": str(workdir / "origin")}, "advertise": origin_addr, "ring": ring,
-            "backends": testfs_backend("sharded_docker_blob"),
-        }),
+        *origins,
         proc("build-index", "build-index", ports.build_index, {
             "store": {"root": str(workdir / "build-index")}, "origins": ring,
             "backends": testfs_backend("docker_tag"),

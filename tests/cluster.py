@@ -12,7 +12,7 @@ from kraken.devcluster import HerdPorts, Process, Supervisor, free_port, herd_pr
 
 @dataclass
 class Herd:
-    """testfs, origin, build-index and proxy as real processes, wired to each other."""
+    """testfs, the origins, build-index and proxy as real processes, wired to each other."""
 
     supervisor: Supervisor
     workdir: Path
@@ -26,7 +26,13 @@ class Herd:
 
     @property
     def origin(self) -> Process:
+        """The first origin (the only one unless the herd was started with more)."""
         return self["origin"]
+
+    @property
+    def origins(self) -> list[Process]:
+        """Every origin, in ring order (``origin``, ``origin-2``, ...)."""
+        return [p for p in self.supervisor.processes.values() if p.component == "origin"]
 
     @property
     def build_index(self) -> Process:
@@ -72,11 +78,13 @@ class ProxyRegistry:
             return list(json.load(resp).get("repositories", []))
 
 
-def start_herd(workdir: Path) -> Herd:
-    ports = HerdPorts(testfs=free_port(), proxy=free_port(), origin=free_port(), build_index=free_port())
+def start_herd(workdir: Path, origins: int = 1, max_replica: int = 1) -> Herd:
+    """A herd on free ports with ``origins`` origins on one ring, ``max_replica`` owners per blob."""
+    ports = HerdPorts(testfs=free_port(), proxy=free_port(), origin=free_port(), build_index=free_port(),
+                      extra_origins=[free_port() for _ in range(origins - 1)])
     sup = Supervisor(workdir)
     try:
-        for proc in herd_processes(workdir, ports):
+        for proc in herd_processes(workdir, ports, max_replica=max_replica):
             sup.start(proc)
     except BaseException:
         sup.stop_all()

@@ -141,11 +141,12 @@ async def get_blob(request: web.Request) -> web.StreamResponse:
 
     When the blob is not cached and the backend cannot be asked, GET answers 503 (readers
     retry) but HEAD answers 404: HEAD is the existence check before a push, and a push must
-    go ahead while the backend is down.
+    go ahead while the backend is down. A HEAD's 200 for a cached blob means a write-back to
+    the namespace's backend is queued, as for an upload: the client will not upload it there.
     """
     svc, digest = _svc(request), _digest(request)
     try:
-        path = await svc.find(request.match_info["ns"], digest)
+        path = await svc.find(request.match_info["ns"], digest, existence_check=request.method == "HEAD")
     except BackendError as e:
         if request.method != "HEAD":
             raise

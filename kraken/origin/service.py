@@ -5,14 +5,20 @@ write-back to its namespace's backend is queued, copies to the other ring owners
 and its torrent metainfo is generated once, in the background, and kept beside the blob. A
 blob the cache lacks is fetched lazily from the backend. A periodic sweep evicts idle blobs,
 but never one whose write-back or replication is still pending.
+
+A blob also becomes part of a namespace without being uploaded to it: a client told by a HEAD
+that the namespace has it (the check before a push, a cross-repository mount, a manifest's
+references) skips the upload. Since backends are chosen per namespace, such an answer from the
+cache queues a write-back to that namespace's backend as an upload would
+(:meth:`OriginService.find`).
 """
 from __future__ import annotations
 
 import asyncio
 import time
-from collections import Counter
+from collections import Counter, OrderedDict
 from pathlib import Path
-from typing import AsyncIterable
+from typing import AsyncIterable, Generic, Hashable, TypeVar
 
 from kraken.backend import BackendRouter, build_router
 from kraken.core.digest import Digest
@@ -34,6 +40,14 @@ log = get_logger("origin")
 
 METAINFO = "metainfo"
 
+#: How many (namespace, digest) pairs the origin remembers having queued a write-back for, so
+#: that repeated reads of a blob in a namespace skip the SQLite insert. Forgetting a pair (a
+#: restart, or more pairs than this) only costs one redundant task: the write-back worker
+#: stats the backend first and stops there when it has the blob.
+NAMESPACE_MEMO_SIZE = 100_000
+
+K = TypeVar("K", bound=Hashable)
+
 
 class Fetching(Exception):
     """The blob is being fetched from the backend: ask again shortly (HTTP 202)."""
@@ -41,6 +55,30 @@ class Fetching(Exception):
 
 class NotFound(Exception):
     """Neither the cache nor the backend has the blob (HTTP 404)."""
+
+
+class RecentSet(Generic[K]):
+    """A set keeping only its ``size`` most recently used members (a bounded memo)."""
+
+    def __init__(self, size: int) -> None:
+        self._size = size
+        self._items: OrderedDict[K, None] = OrderedDict()
+
+    def hit(self, key: K) -> bool:
+        """Whether ``key`` is a member; a member becomes the most recently used."""
+        if key not in self._items:
+            return False
+        self._items.move_to_end(key)
+        return True
+
+    def add(self, key: K) -> None:
+        self._items[key] = None
+        self._items.move_to_end(key)
+        if len(self._items) > self._size:
+            self._items.popitem(last=False)
+
+    def discard(self, key: K) -> None:
+        self._items.pop(key, None)
 
 
 class OriginService:
@@ -66,6 +104,10 @@ class OriginService:
         # Digests between "commit started" and "write-back queued": protected from eviction.
         self._committing: Counter[Digest] = Counter()
         self._metainfo_jobs: dict[Digest, asyncio.Task[bytes]] = {}
+        # (namespace, digest) pairs whose write-back is queued (or done), and the insert of
+        # each pair under way, which concurrent requests for the same pair share.
+        self._in_namespace: RecentSet[tuple[str, Digest]] = RecentSet(NAMESPACE_MEMO_SIZE)
+        self._queueing: dict[tuple[str, Digest], asyncio.Task[None]] = {}
         self.writeback = WriteBack(writeback_queue, store, router, config.writeback, metrics)
         self.replicator = Replicator(
             replication_queue, store, self.ring, self.identity, http, config.replication, metrics
@@ -107,8 +149,7 @@ class OriginService:
         namespace's backend, so the write-back is queued anyway (it is cheap when the backend
         already has the blob).
         """
-        if self.store.exists(digest):
-            await self._queue_writeback(namespace, digest, replica)
+        if await self._cached_in_namespace(namespace, digest, replica):
             return None
         return self.store.create_upload()
 
@@ -121,9 +162,8 @@ class OriginService:
 
     async def commit(self, namespace: str, digest: Digest, uid: str, replica: bool) -> bool:
         """Verify and cache the upload; False if the blob was cached already (HTTP 409)."""
-        if self.store.exists(digest):
+        if await self._cached_in_namespace(namespace, digest, replica):
             await self.store.abort(uid)
-            await self._queue_writeback(namespace, digest, replica)
             return False
         self._committing[digest] += 1
         try:
@@ -140,19 +180,74 @@ class OriginService:
         log.info("blob committed", namespace=namespace, digest=digest, replica=replica)
         return True
 
-    async def _queue_writeback(self, namespace: str, digest: Digest, replica: bool) -> None:
-        delay = self.config.replication.writeback_delay if replica else 0.0
-        await self.writeback.enqueue(namespace, digest, delay)
+    async def _cached_in_namespace(self, namespace: str, digest: Digest, replica: bool = False) -> bool:
+        """Whether the cache has ``digest`` and may answer for it in ``namespace``.
+
+        An answer saying the namespace has the blob (a HEAD's 200, an upload's 409) makes it
+        part of the namespace (the client will not upload it there), so the first such answer
+        per (namespace, digest) queues a write-back to the namespace's backend before it goes
+        out; the memo keeps later ones off SQLite.
+
+        A sweep that read the queues just before that task was added may still evict the
+        blob: touching it makes a sweep still to come keep it (a sweep skips blobs read since
+        its scan), and looking again catches one that already deleted it, which is then
+        answered as a blob the cache lacks.
+        """
+        if not self.store.exists(digest):
+            return False
+        key = (namespace, digest)
+        if self._in_namespace.hit(key):
+            return True
+        started = await self._queue_writeback(namespace, digest, replica)
+        self.store.touch(digest)
+        if self.store.exists(digest):
+            if started:
+                log.info("cached blob joined a namespace, write-back queued", namespace=namespace, digest=digest)
+            return True
+        self._in_namespace.discard(key)
+        return False
+
+    async def _queue_writeback(self, namespace: str, digest: Digest, replica: bool) -> bool:
+        """Durably queue the write-back of ``digest`` to ``namespace``'s backend and remember
+        the pair. Concurrent callers share one insert (and its delay); True for the caller
+        that started it."""
+        key = (namespace, digest)
+        job = self._queueing.get(key)
+        started = job is None
+        if job is None:
+            delay = self.config.replication.writeback_delay if replica else 0.0
+            job = self.owner.spawn(self._add_writeback(key, delay), f"queue-writeback:{namespace}:{digest}")
+            self._queueing[key] = job
+        await asyncio.shield(job)
+        return started
+
+    async def _add_writeback(self, key: tuple[str, Digest], delay: float) -> None:
+        try:
+            await self.writeback.enqueue(*key, delay)
+            self._in_namespace.add(key)
+        finally:
+            self._queueing.pop(key, None)
 
     # ---- reads ---------------------------------------------------------------------------
 
-    async def find(self, namespace: str, digest: Digest) -> Path:
+    async def find(self, namespace: str, digest: Digest, *, existence_check: bool = False) -> Path:
         """The cached blob's path; fetches it from the backend if the cache lacks it.
+
+        ``existence_check`` marks a HEAD, the check that makes clients skip an upload: a
+        cached blob found that way is added to ``namespace`` (its write-back queued, see
+        :meth:`_cached_in_namespace`), since only the namespace's backend can serve it there
+        once the cache has evicted it. Reads need not: every path that puts a blob into a
+        namespace (a push's check, a mount, a manifest's references, a client's GET through
+        the proxy) HEADs it first, and a GET stays free of any queue work.
 
         Raises :class:`Fetching` while a fetch runs, :class:`NotFound` if the backend lacks
         the blob, and ``BackendError`` if the backend cannot be asked.
         """
-        if self.store.exists(digest):
+        if existence_check:
+            cached = await self._cached_in_namespace(namespace, digest)
+        else:
+            cached = self.store.exists(digest)
+        if cached:
             return self.store.path(digest)
         if not await self.fetcher.request(namespace, digest):
             raise NotFound(f"{digest} is not in namespace {namespace!r}")

@@ -31,13 +31,24 @@ log = get_logger("proxy")
 
 STREAM_CHUNK = 1 << 20
 
+#: How a blob reached its origin (the ``path`` label of ``kraken_proxy_blobs_uploaded_total``):
+#: committed on the origin the client's bytes were streamed to while they arrived, or sent whole
+#: to the ring owner at commit (no stream, a broken one, or one to an origin that does not own
+#: the digest; manifests always). Their ratio shows how often the stream saved a second transfer.
+STREAMED = "streamed"
+SENT_AT_COMMIT = "sent_at_commit"
+
 
 class ProxyMetrics:
     def __init__(self, metrics: Metrics) -> None:
         self.bytes_uploaded: Counter = metrics.counter(
             "kraken_proxy_blob_bytes_uploaded_total", "Blob bytes pushed to the origins")
         self.blobs_uploaded: Counter = metrics.counter(
-            "kraken_proxy_blobs_uploaded_total", "Blobs (layers, configs, manifests) pushed to the origins")
+            "kraken_proxy_blobs_uploaded_total",
+            "Blobs (layers, configs, manifests) pushed to the origins, by path (streamed, sent_at_commit)",
+            ["path"])
+        for path in (STREAMED, SENT_AT_COMMIT):
+            self.blobs_uploaded.labels(path)  # both series exist from the start, at 0
         self.bytes_downloaded: Counter = metrics.counter(
             "kraken_proxy_blob_bytes_downloaded_total", "Blob bytes served to clients from the origins")
         self.tags_pushed: Counter = metrics.counter(
@@ -161,24 +172,26 @@ class ProxyStorage(RegistryStorage):
     async def put_blob_from_file(self, repo: str, digest: Digest, path: Path) -> None:
         size = (await asyncio.to_thread(path.stat)).st_size
         await self.origins.upload_file(repo, digest, path)
-        self.uploaded(repo, digest, size)
+        self.uploaded(repo, digest, size, SENT_AT_COMMIT)
 
     async def start_blob_writer(self, repo: str) -> BlobWriter | None:
         return OriginBlobWriter(self, repo, await self.origins.start_stream(repo))
 
     async def put_blob_bytes(self, repo: str, digest: Digest, data: bytes) -> None:
         await self.origins.upload_bytes(repo, digest, data)
-        self.uploaded(repo, digest, len(data))
+        self.uploaded(repo, digest, len(data), SENT_AT_COMMIT)
 
-    def uploaded(self, repo: str, digest: Digest, size: int) -> None:
-        self.metrics.blobs_uploaded.inc()
+    def uploaded(self, repo: str, digest: Digest, size: int, path: str) -> None:
+        self.metrics.blobs_uploaded.labels(path).inc()
         self.metrics.bytes_uploaded.inc(size)
-        log.info("blob pushed to origin", repo=repo, digest=digest, size=size)
+        log.info("blob pushed to origin", repo=repo, digest=digest, size=size, path=path)
 
     async def mount_blob(self, from_repo: str, to_repo: str, digest: Digest) -> bool:
         """Origins keep one copy per digest whatever the namespace, so a blob the source
-        repository has is already there for the target; the stat under the target confirms
-        the origin serves it in that namespace."""
+        repository has is already there for the target. The stat under the source brings it
+        into the owner's cache (from the source's backend if need be); the stat under the
+        target is what adds it to the target: an origin that answers it from its cache queues
+        the blob's write-back to the target's backend, which may differ from the source's."""
         mounted = (
             await self.origins.stat(from_repo, digest) is not None
             and await self.origins.stat(to_repo, digest) is not None
@@ -211,7 +224,7 @@ class OriginBlobWriter(BlobWriter):
         if self._stream.origin not in await self._storage.origins.locations(digest):
             return False
         await self._stream.commit(digest)
-        self._storage.uploaded(self._repo, digest, self._stream.sent)
+        self._storage.uploaded(self._repo, digest, self._stream.sent, STREAMED)
         return True
 
     async def abort(self) -> None:

@@ -54,7 +54,7 @@ def add_registry_routes(
 
     ``read_only`` refuses every write with UNSUPPORTED (the agent). Otherwise ``uploads`` is
     the CAStore whose upload dir stages blob uploads (verified there, then handed to
-    ``storage``); sessions older than ``upload_ttl`` seconds are deleted by a background task.
+    ``storage``); sessions idle for ``upload_ttl`` seconds are deleted by a background task.
     """
     if not read_only and uploads is None:
         raise ValueError("a writable registry needs an uploads store")

@@ -153,7 +153,7 @@ class UploadSessions:
             raise _unknown(uid) from None
 
     async def cleanup(self) -> int:
-        """Delete sessions older than the TTL (and their files), and stray files as old."""
+        """Delete sessions idle for the TTL (and their files), and stray files as old."""
         removed = await asyncio.to_thread(self.cas.cleanup_uploads, self.ttl)
         for uid in [u for u in self._repos if not self.cas.has_upload(u)]:
             del self._repos[uid]

@@ -1,0 +1,93 @@
+"""The tracker's configuration (``config/tracker/*.yaml``).
+
+Origins are known twice over: by their HTTP address (``origins.hosts``, the hash ring that
+says which origins own a blob, spelled exactly as in the origins' own ``ring.hosts`` so both
+sides agree on owners) and by the address they seed on (``origin_p2p``). The tracker hands
+the latter to agents, so every ring host must have an ``origin_p2p`` entry: an explicit map
+rather than a port convention, because origins may seed on any port or interface. Entries for
+hosts not on the ring are ignored: config files are deep-merged, so an overlay that replaces
+``origins.hosts`` cannot remove the entries its base file had.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Literal
+
+from kraken.config import ByteSize, Duration, ListenConfig
+from kraken.ring import RingConfig
+
+DEFAULT_PORT = 15003
+
+
+def split_host_port(addr: str) -> tuple[str, int]:
+    """``host:port`` (``[v6]:port`` for IPv6 literals) -> (host, port); ValueError if malformed."""
+    host, sep, port = addr.rpartition(":")
+    if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
+        raise ValueError(f"{addr!r} is not host:port")
+    return host.removeprefix("[").removesuffix("]"), int(port)
+
+
+@dataclass
+class RedisConfig:
+    """Where the shared peer store lives when ``store: redis`` (several trackers share it)."""
+
+    addr: str = "127.0.0.1:14001"
+    db: int = 0
+    password: str = ""
+    # Connect and per-command timeout.
+    timeout: Duration = 2.0
+    # Every key starts with this, so several clusters can share one Redis.
+    key_prefix: str = "kraken:tracker:"
+
+    def __post_init__(self) -> None:
+        split_host_port(self.addr)
+        if self.timeout <= 0:
+            raise ValueError("redis.timeout must be positive")
+
+
+@dataclass
+class MetainfoConfig:
+    """The metainfo proxied from origins and its cache."""
+
+    # The cache holds at most this many bytes of metainfo (least recently used out first).
+    cache_size: ByteSize = 64 << 20
+    # A cached metainfo is asked from the origins again after this long.
+    cache_ttl: Duration = 3600.0
+    # While the origin answers 202 (fetching from its backend), wait this long before passing
+    # the 202 on; agents poll anyway, so this only saves them a round trip for quick fetches.
+    poll_timeout: Duration = 1.0
+    # Read timeout of origin calls (an origin generates a big blob's metainfo before answering).
+    origin_timeout: Duration = 60.0
+
+    def __post_init__(self) -> None:
+        if self.cache_ttl < 0 or self.poll_timeout < 0 or self.origin_timeout <= 0:
+            raise ValueError("metainfo durations must not be negative (origin_timeout positive)")
+
+
+@dataclass
+class TrackerConfig:
+    """Every key, with its meaning, is in ``config/tracker/base.yaml``."""
+
+    listen: ListenConfig = field(default_factory=lambda: ListenConfig(port=DEFAULT_PORT))
+    origins: RingConfig = field(default_factory=RingConfig)
+    origin_p2p: dict[str, str] = field(default_factory=dict)
+    announce_interval: Duration = 5.0
+    peer_ttl: Duration = 3600.0
+    max_peers_returned: int = 50
+    trust_ip_param: bool = False
+    store: Literal["memory", "redis"] = "memory"
+    redis: RedisConfig = field(default_factory=RedisConfig)
+    metainfo: MetainfoConfig = field(default_factory=MetainfoConfig)
+
+    def __post_init__(self) -> None:
+        if self.announce_interval <= 0:
+            raise ValueError("announce_interval must be positive")
+        if self.peer_ttl <= self.announce_interval:
+            raise ValueError("peer_ttl must be longer than announce_interval, or peers expire between announces")
+        if self.max_peers_returned < 1:
+            raise ValueError("max_peers_returned must be >= 1")
+        missing = [h for h in self.origins.hosts if h not in self.origin_p2p]
+        if missing:
+            raise ValueError(f"origin_p2p has no P2P address for origin(s) {', '.join(missing)}")
+        for addr in self.origin_p2p.values():
+            split_host_port(addr)

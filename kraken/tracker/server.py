@@ -1,0 +1,66 @@
+"""The tracker's HTTP API (see docs/CONTRACTS.md, "tracker"): routes mapped onto TrackerService.
+
+``GET /announce`` (any path under ``/announce`` too: libtorrent's SSRF mitigation only lets
+loopback trackers use such paths) speaks the BitTorrent tracker protocol; its errors are
+bencoded ``failure reason`` dictionaries (400 for a malformed announce, 503 when the peer
+store is down, which clients retry). ``GET /namespace/{ns}/blobs/{d}/metainfo`` answers like
+the origin's internal metainfo endpoint, with plain-text error bodies.
+"""
+from __future__ import annotations
+
+from aiohttp import web
+
+from kraken.core.digest import Digest, DigestError
+from kraken.http.app import create_app
+from kraken.metrics import Metrics
+from kraken.tracker.announce import AnnounceError, encode_failure, parse_announce, peer_ip
+from kraken.tracker.config import TrackerConfig
+from kraken.tracker.metrics import TrackerMetrics
+from kraken.tracker.peerstore import PeerStoreError
+from kraken.tracker.service import TrackerService
+
+COMPONENT = "tracker"
+
+BENCODED = "text/plain"  # what BitTorrent trackers customarily send; clients ignore it
+TORRENT = "application/x-bittorrent"
+
+
+def create_tracker_app(config: TrackerConfig) -> web.Application:
+    metrics = Metrics(COMPONENT)
+    tracker_metrics = TrackerMetrics(metrics)
+    service = TrackerService(config, tracker_metrics)
+    app = create_app(COMPONENT, metrics, readiness=service.readiness)
+    app.cleanup_ctx.append(service.lifecycle)
+
+    async def announce(request: web.Request) -> web.Response:
+        try:
+            parsed = parse_announce(request.query_string)
+            ip = peer_ip(request.remote, parsed.ip, config.trust_ip_param)
+        except AnnounceError as e:
+            tracker_metrics.announce_failures.labels("invalid").inc()
+            return web.Response(status=400, body=encode_failure(str(e)), content_type=BENCODED)
+        try:
+            body = await service.announce(parsed, ip)
+        except PeerStoreError as e:
+            tracker_metrics.announce_failures.labels("store").inc()
+            return web.Response(status=503, body=encode_failure(f"peer store unavailable: {e}"),
+                                content_type=BENCODED)
+        return web.Response(body=body, content_type=BENCODED)
+
+    async def metainfo(request: web.Request) -> web.Response:
+        try:
+            digest = Digest.parse(request.match_info["digest"])
+        except DigestError as e:
+            return web.Response(status=400, text=f"{e}\n")
+        try:
+            answer = await service.metainfo(request.match_info["ns"], digest)
+        except PeerStoreError as e:
+            return web.Response(status=503, text=f"peer store unavailable: {e}\n")
+        if answer.status == 200:
+            return web.Response(body=answer.body, content_type=TORRENT)
+        return web.Response(status=answer.status, body=answer.body, content_type="text/plain")
+
+    app.router.add_get("/announce", announce)
+    app.router.add_get("/announce/{tail:.*}", announce)
+    app.router.add_get("/namespace/{ns:.+}/blobs/{digest}/metainfo", metainfo)
+    return app

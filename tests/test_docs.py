@@ -13,7 +13,7 @@ from kraken.tools import configdoc
 ROOT = Path(__file__).resolve().parent.parent
 DOCS = ROOT / "docs"
 CONFIGURATION = DOCS / "CONFIGURATION.md"
-CONFIG_COMPONENTS = ["testfs", "origin", "build-index", "proxy"]
+CONFIG_COMPONENTS = ["testfs", "origin", "build-index", "proxy", "tracker"]
 
 # base.yaml leaves out what only a deployment can say (its directories, its origins, its
 # backends); these stand in for it when base.yaml is loaded on its own.
@@ -22,9 +22,10 @@ SITE_KEYS: dict[str, dict] = {
     "origin": {},
     "build-index": {"store": {"root": "/srv/kraken/build-index"}, "origins": {"hosts": []}, "backends": []},
     "proxy": {"store": {"root": "/srv/kraken/proxy"}, "origins": {"hosts": []}},
+    "tracker": {},
 }
 
-PORTS = {"testfs": 14000, "proxy": 15000, "origin": 15002, "build-index": 15004}
+PORTS = {"testfs": 14000, "proxy": 15000, "origin": 15002, "tracker": 15003, "build-index": 15004}
 
 
 @pytest.mark.parametrize("component", list(configdoc.COMPONENTS))

@@ -8,6 +8,7 @@ uncaught exception becomes a logged 500 with a JSON body, never a stack trace to
 from __future__ import annotations
 
 import asyncio
+import logging
 import signal
 import time
 from typing import Awaitable, Callable
@@ -37,8 +38,12 @@ def create_app(
     metrics: Metrics | None = None,
     readiness: ReadinessCheck | None = None,
     client_max_size: int = 1 << 20,
+    quiet_routes: tuple[str, ...] = (),
 ) -> web.Application:
+    """``quiet_routes`` (route patterns such as ``/announce``) are access-logged at DEBUG:
+    requests every host repeats every few seconds would drown everything else at INFO."""
     metrics = metrics or Metrics(component)
+    quiet = {"/health", "/metrics", *quiet_routes}
     log = get_logger(component)
 
     @web.middleware
@@ -68,12 +73,12 @@ def create_app(
             route = _route_label(request)
             metrics.http_requests.labels(request.method, route, str(status)).inc()
             metrics.http_latency.labels(request.method, route).observe(elapsed)
-            if route not in ("/health", "/metrics"):
-                access_log.info(
-                    "request", component=component, method=request.method, path=request.path_qs,
-                    status=status, ms=round(elapsed * 1000, 1), remote=request.remote,
-                    agent=request.headers.get("User-Agent", "-"),
-                )
+            access_log.log(
+                    logging.DEBUG if route in quiet else logging.INFO,
+                "request", component=component, method=request.method, path=request.path_qs,
+                status=status, ms=round(elapsed * 1000, 1), remote=request.remote,
+                agent=request.headers.get("User-Agent", "-"),
+            )
 
     app = web.Application(middlewares=[observe], client_max_size=client_max_size)
     app[METRICS] = metrics

@@ -36,6 +36,7 @@ COMPONENTS: dict[str, tuple[str, str, str | None]] = {
     "origin": ("kraken.origin.config", "OriginConfig", "origin"),
     "build-index": ("kraken.buildindex.config", "BuildIndexConfig", "build-index"),
     "proxy": ("kraken.proxy.config", "ProxyConfig", "proxy"),
+    "tracker": ("kraken.tracker.config", "TrackerConfig", "tracker"),
     # One entry of a ``backends:`` list (origin, build-index); paths are relative to the entry.
     "backends": ("kraken.backend.config", "NamespaceBackendConfig", None),
 }

@@ -29,7 +29,9 @@ def create_tracker_app(config: TrackerConfig) -> web.Application:
     metrics = Metrics(COMPONENT)
     tracker_metrics = TrackerMetrics(metrics)
     service = TrackerService(config, tracker_metrics)
-    app = create_app(COMPONENT, metrics, readiness=service.readiness)
+    app = create_app(
+        COMPONENT, metrics, readiness=service.readiness, quiet_routes=("/announce", "/announce/{tail}")
+    )
     app.cleanup_ctx.append(service.lifecycle)
 
     async def announce(request: web.Request) -> web.Response:

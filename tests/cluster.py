@@ -7,7 +7,7 @@ import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
 
-from kraken.devcluster import HerdPorts, Process, Supervisor, free_port, herd_processes
+from kraken.devcluster import HerdPorts, Process, StartupError, Supervisor, free_port, herd_processes
 
 
 @dataclass
@@ -78,15 +78,27 @@ class ProxyRegistry:
             return list(json.load(resp).get("repositories", []))
 
 
-def start_herd(workdir: Path, origins: int = 1, max_replica: int = 1) -> Herd:
-    """A herd on free ports with ``origins`` origins on one ring, ``max_replica`` owners per blob."""
-    ports = HerdPorts(testfs=free_port(), proxy=free_port(), origin=free_port(), build_index=free_port(),
-                      extra_origins=[free_port() for _ in range(origins - 1)])
-    sup = Supervisor(workdir)
-    try:
-        for proc in herd_processes(workdir, ports, max_replica=max_replica):
-            sup.start(proc)
-    except BaseException:
-        sup.stop_all()
-        raise
-    return Herd(sup, workdir)
+def start_herd(workdir: Path, origins: int = 1, max_replica: int = 1, attempts: int = 3) -> Herd:
+    """A herd on free ports with ``origins`` origins on one ring, ``max_replica`` owners per blob.
+
+    A port found free can be taken by someone else before the component binds it (the ports
+    are chosen up front because every component's config names the others'); such a start is
+    retried on fresh ports.
+    """
+    for attempt in range(1, attempts + 1):
+        ports = HerdPorts(testfs=free_port(), proxy=free_port(), origin=free_port(), build_index=free_port(),
+                          extra_origins=[free_port() for _ in range(origins - 1)])
+        sup = Supervisor(workdir / f"attempt-{attempt}" if attempt > 1 else workdir)
+        try:
+            for proc in herd_processes(sup.workdir, ports, max_replica=max_replica):
+                sup.start(proc)
+        except StartupError as e:
+            sup.stop_all()
+            if "address already in use" not in str(e) or attempt == attempts:
+                raise
+            continue
+        except BaseException:
+            sup.stop_all()
+            raise
+        return Herd(sup, sup.workdir)
+    raise AssertionError("unreachable")

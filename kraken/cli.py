@@ -24,6 +24,7 @@ COMPONENTS = {
     "build-index": ("kraken.buildindex.__main__", "tag -> digest index"),
     "proxy": ("kraken.proxy.__main__", "Docker Registry v2 for push (and pull)"),
     "tracker": ("kraken.tracker.__main__", "peer lists (origins included) and metainfo for agents"),
+    "agent": ("kraken.agent.__main__", "per-host read-only registry backed by a P2P blob cache"),
 }
 
 

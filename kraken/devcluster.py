@@ -9,9 +9,10 @@ checked-in configs stay the single description of each component.
 ``python -m kraken.devcluster start|stop [--workdir DIR]`` is what ``make devcluster`` and
 ``make devcluster-stop`` run:
 
-* ``start`` checks that the four fixed ports are free (naming the component and the process
-  that holds a busy one), starts testfs, origin, build-index and proxy, prints the endpoint
-  table and a line beginning with ``ready:``, and then supervises them until SIGINT (Ctrl-C),
+* ``start`` checks that the fixed ports are free (naming the component and the process
+  that holds a busy one), starts the herd (testfs, origin, tracker, build-index, proxy) and
+  then two agents (``agent-one`` on 16000/16001/16002 and ``agent-two`` on 17000/17001/17002:
+  registry, P2P, server), prints the endpoint table and a line beginning with ``ready:``, and then supervises them until SIGINT (Ctrl-C),
   SIGTERM or SIGHUP, when it stops them all and exits 0. If a component dies on its own it
   stops the rest and exits 1. Its state (its own PID and its children's) is in
   ``<workdir>/devcluster.json``.
@@ -83,6 +84,11 @@ def write_overlay(path: Path, extends: Path, overrides: dict[str, Any]) -> Path:
 
 @dataclass
 class Process:
+    """One component process. ``port`` is its main port (``--port``); ``other_ports`` are the
+    further ports it listens on (P2P, an agent's server), which a start needs free as well;
+    ``health_port`` is where ``/health`` answers when that is not ``port`` (an agent's
+    server port: its main port is the registry)."""
+
     name: str
     component: str
     port: int
@@ -90,6 +96,8 @@ class Process:
     log_path: Path
     extra_args: list[str] = field(default_factory=list)
     popen: subprocess.Popen | None = None
+    other_ports: list[int] = field(default_factory=list)
+    health_port: int | None = None
 
     @property
     def addr(self) -> str:
@@ -98,6 +106,14 @@ class Process:
     @property
     def url(self) -> str:
         return f"http://{self.addr}"
+
+    @property
+    def health_url(self) -> str:
+        return f"http://127.0.0.1:{self.health_port or self.port}/health"
+
+    @property
+    def ports(self) -> list[int]:
+        return [self.port, *self.other_ports]
 
     def command(self) -> list[str]:
         return [sys.executable, "-m", "kraken", self.component, "--config", str(self.config),
@@ -174,10 +190,10 @@ class Supervisor:
                 raise Interrupted(f"stop requested while {proc.name} was starting")
             if not proc.alive():
                 raise StartupError(f"{proc.name} exited with {proc.popen.returncode}:\n{proc.log_tail()}")
-            if http_ok(f"{proc.url}/health"):
+            if http_ok(proc.health_url):
                 return
             time.sleep(0.05)
-        raise StartupError(f"{proc.name} not healthy on {proc.url} within {timeout}s:\n{proc.log_tail()}")
+        raise StartupError(f"{proc.name} not healthy on {proc.health_url} within {timeout}s:\n{proc.log_tail()}")
 
     def _signal(self, proc: Process, sig: int) -> None:
         if proc.alive():
@@ -242,48 +258,98 @@ class HerdPorts:
     proxy: int = 15000
     origin: int = 15002
     build_index: int = 15004
+    tracker: int = 15003
+    #: Where ``origin`` seeds (BitTorrent); the tracker's ``origin_p2p`` maps it.
+    origin_p2p: int = 15001
     #: Further origins on the same ring as ``origin`` (which stays the first, and the only one
     #: ``make devcluster`` runs); tests of routing and replication across origins use them.
     extra_origins: list[int] = field(default_factory=list)
+    #: The P2P ports of ``extra_origins``, in order; free ports are picked for any not given.
+    extra_origins_p2p: list[int] = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        missing = len(self.extra_origins) - len(self.extra_origins_p2p)
+        self.extra_origins_p2p = [*self.extra_origins_p2p, *(free_port() for _ in range(missing))]
+
+    @classmethod
+    def free(cls, origins: int = 1) -> HerdPorts:
+        """Every port free (tests run herds beside each other and beside ``make devcluster``)."""
+        return cls(testfs=free_port(), proxy=free_port(), origin=free_port(), build_index=free_port(),
+                   tracker=free_port(), origin_p2p=free_port(),
+                   extra_origins=[free_port() for _ in range(origins - 1)])
 
     @property
     def origins(self) -> list[int]:
         return [self.origin, *self.extra_origins]
 
+    @property
+    def origins_p2p(self) -> list[int]:
+        return [self.origin_p2p, *self.extra_origins_p2p[:len(self.extra_origins)]]
+
+
+@dataclass
+class AgentPorts:
+    """An agent's three ports: its registry (``docker pull`` from it), P2P and agent server."""
+
+    registry: int
+    p2p: int
+    server: int
+
+    @classmethod
+    def free(cls) -> AgentPorts:
+        return cls(registry=free_port(), p2p=free_port(), server=free_port())
+
+
+#: ``make devcluster``'s agents: name -> ports.
+DEV_AGENTS = {"agent-one": AgentPorts(16000, 16001, 16002), "agent-two": AgentPorts(17000, 17001, 17002)}
+
 
 def herd_processes(
-    workdir: Path, ports: HerdPorts, config_name: str = "development", max_replica: int = 1
+    workdir: Path, ports: HerdPorts, config_name: str = "development", max_replica: int = 1,
+    overrides: dict[str, dict[str, Any]] | None = None,
 ) -> list[Process]:
-    """The herd (testfs, the origins, build-index, proxy) wired to each other on 127.0.0.1.
+    """The herd (testfs, the origins, tracker, build-index, proxy) wired to each other on 127.0.0.1.
 
-    Every origin is on one ring (each blob owned by ``max_replica`` of them) and the proxy and
-    build-index route over that ring. The origins are named ``origin``, ``origin-2``, ...,
-    each with its store in ``workdir/<name>``; all write back to the one testfs.
+    Every origin is on one ring (each blob owned by ``max_replica`` of them) and the proxy,
+    build-index and tracker route over that ring. The origins are named ``origin``,
+    ``origin-2``, ..., each with its store in ``workdir/<name>`` and its own P2P port, which
+    the tracker's ``origin_p2p`` maps; all write back to the one testfs. ``overrides`` (by
+    component) is merged into each process's overlay, e.g. shorter intervals for a test.
     """
+    from kraken.config import deep_merge  # here, not at the top: ``stop`` must work without PyYAML
+
     workdir = Path(workdir)
     cfg = workdir / "config"
     origin_addrs = [f"127.0.0.1:{port}" for port in ports.origins]
     ring = {"hosts": origin_addrs, "max_replica": max_replica}
+    extra = overrides or {}
     testfs_backend = lambda name_path: [  # noqa: E731 - a two-line table, not a function worth naming
         {"namespace": ".*", "backend": {"testfs": {"addr": f"127.0.0.1:{ports.testfs}", "name_path": name_path}}}
     ]
 
-    def overlay(name: str, component: str, overrides: dict) -> Path:
-        return write_overlay(cfg / f"{name}.yaml", CONFIG_ROOT / component / f"{config_name}.yaml", overrides)
+    def overlay(name: str, component: str, settings: dict) -> Path:
+        return write_overlay(cfg / f"{name}.yaml", CONFIG_ROOT / component / f"{config_name}.yaml",
+                             deep_merge(settings, extra.get(component, {})))
 
-    def proc(name: str, component: str, port: int, overrides: dict) -> Process:
-        return Process(name, component, port, overlay(name, component, overrides), workdir / "logs" / f"{name}.log")
+    def proc(name: str, component: str, port: int, settings: dict, other_ports: tuple[int, ...] = ()) -> Process:
+        return Process(name, component, port, overlay(name, component, settings), workdir / "logs" / f"{name}.log",
+                       other_ports=list(other_ports))
 
     origins: list[Process] = []
-    for i, (port, addr) in enumerate(zip(ports.origins, origin_addrs)):
+    for i, (port, p2p_port, addr) in enumerate(zip(ports.origins, ports.origins_p2p, origin_addrs)):
         name = "origin" if i == 0 else f"origin-{i + 1}"
         origins.append(proc(name, "origin", port, {
             "store": {"root": str(workdir / name)}, "advertise": addr, "ring": ring,
             "backends": testfs_backend("sharded_docker_blob"),
-        }))
+            "p2p": {"listen": {"port": p2p_port}},
+        }, (p2p_port,)))
     return [
         proc("testfs", "testfs", ports.testfs, {"root": str(workdir / "testfs")}),
         *origins,
+        proc("tracker", "tracker", ports.tracker, {
+            "origins": ring,
+            "origin_p2p": {addr: f"127.0.0.1:{p2p}" for addr, p2p in zip(origin_addrs, ports.origins_p2p)},
+        }),
         proc("build-index", "build-index", ports.build_index, {
             "store": {"root": str(workdir / "build-index")}, "origins": ring,
             "backends": testfs_backend("docker_tag"),
@@ -295,12 +361,48 @@ def herd_processes(
     ]
 
 
+def agent_processes(
+    workdir: Path, ports: HerdPorts, agents: dict[str, AgentPorts], config_name: str = "development",
+    overrides: dict[str, Any] | None = None,
+) -> list[Process]:
+    """Agents (one per entry of ``agents``, by name) pulling from the herd on ``ports``.
+
+    Each has its store in ``workdir/<name>`` and talks to the herd's tracker and build-index.
+    The ports are given as the agent's flags (``--port``, ``--server-port``, ``--peer-port``)
+    rather than in the overlay, so its log shows them; its ``/health`` is on the server port.
+    ``overrides`` is merged into every agent's overlay.
+    """
+    from kraken.config import deep_merge  # here, not at the top: ``stop`` must work without PyYAML
+
+    workdir = Path(workdir)
+    procs = []
+    for name, agent in agents.items():
+        config = write_overlay(workdir / "config" / f"{name}.yaml", CONFIG_ROOT / "agent" / f"{config_name}.yaml",
+                               deep_merge({
+                                   "store": {"root": str(workdir / name)},
+                                   "tracker": {"addr": f"127.0.0.1:{ports.tracker}"},
+                                   "build_index": {"addr": f"127.0.0.1:{ports.build_index}"},
+                               }, overrides or {}))
+        procs.append(Process(
+            name, "agent", agent.registry, config, workdir / "logs" / f"{name}.log",
+            extra_args=["--server-port", str(agent.server), "--peer-port", str(agent.p2p)],
+            other_ports=[agent.p2p, agent.server], health_port=agent.server,
+        ))
+    return procs
+
+
 # --------------------------------------------------------------------------------------------
 # the command line: python -m kraken.devcluster start|stop
 # --------------------------------------------------------------------------------------------
 
-#: What answers on each component's port, for the endpoint table.
-_PROBES = {"testfs": "/health", "origin": "/health", "build-index": "/health", "proxy": "/v2/"}
+#: What answers on each process's probe port (an agent's server port, else its port), for
+#: the endpoint table.
+_PROBES = {"testfs": "/health", "origin": "/health", "tracker": "/health", "build-index": "/health",
+           "proxy": "/v2/", "agent-one": "/health", "agent-two": "/health"}
+
+
+def _endpoint(proc: Process) -> str:
+    return f"http://127.0.0.1:{proc.health_port or proc.port}{_PROBES[proc.name]}"
 
 
 def _out(msg: str = "", file: Any = None) -> None:
@@ -379,25 +481,25 @@ def _stop_hint(workdir: Path) -> str:
     return f"`make devcluster-stop{arg}` (or: python -m kraken.devcluster stop --workdir {workdir})"
 
 
-def _busy_ports_message(busy: list[Process], workdir: Path) -> str:
+def _busy_ports_message(busy: list[tuple[Process, int]], workdir: Path) -> str:
     lines = []
     pids: set[int] = set()
     stale_dirs: set[Path] = set()
-    for proc in busy:
-        holder = port_holder(proc.port)
+    for proc, port in busy:
+        holder = port_holder(port)
         if holder:
             pids.add(holder[0])
             if (d := _holder_workdir(holder[1])) is not None:
                 stale_dirs.add(d)
         who = f"pid {holder[0]} ({holder[1][:160]})" if holder else "another process"
-        lines.append(f"devcluster: port {proc.port} ({proc.name}) is already in use by {who}")
+        lines.append(f"devcluster: port {port} ({proc.name}) is already in use by {who}")
     lines.append("devcluster: not started. To free the port(s):")
     for d in sorted(stale_dirs or {workdir}):
         what = f"it is a devcluster's (work dir {d})" if stale_dirs else "if it is an earlier devcluster"
         lines.append(f"  - {what}: stop it with {_stop_hint(d)}")
     kill = f": kill {' '.join(map(str, sorted(pids)))}" if pids else ""
     lines.append(f"  - otherwise stop the process holding it{kill}   "
-                 f"(see who: ss -ltnp 'sport = :{busy[0].port}')")
+                 f"(see who: ss -ltnp 'sport = :{busy[0][1]}')")
     return "\n".join(lines)
 
 
@@ -454,7 +556,8 @@ class _StopFlag:
         return self.signum is not None
 
 
-def cmd_start(workdir: Path, ports: HerdPorts | None = None) -> int:
+def cmd_start(workdir: Path, ports: HerdPorts | None = None, agents: dict[str, AgentPorts] | None = None) -> int:
+    """The herd, then the agents (``DEV_AGENTS`` unless given), supervised until a stop."""
     mode, why = choose_mode()
     workdir = workdir.resolve()
     _out(f"kraken devcluster: {MODES[mode]} ({why})")
@@ -464,8 +567,9 @@ def cmd_start(workdir: Path, ports: HerdPorts | None = None) -> int:
              f"stop it with {_stop_hint(workdir)}")
         return 1
 
-    procs = herd_processes(workdir, ports or HerdPorts())
-    busy = [p for p in procs if not port_free(p.port)]
+    ports = ports or HerdPorts()
+    procs = [*herd_processes(workdir, ports), *agent_processes(workdir, ports, DEV_AGENTS if agents is None else agents)]
+    busy = [(p, port) for p in procs for port in p.ports if not port_free(port)]
     if busy:
         _err(_busy_ports_message(busy, workdir))
         return 1
@@ -492,10 +596,14 @@ def cmd_start(workdir: Path, ports: HerdPorts | None = None) -> int:
         _out("")
         _out(f"  {'component':<12} {'endpoint':<32} {'pid':<8} log")
         for proc in procs:
-            _out(f"  {proc.name:<12} {proc.url + _PROBES[proc.name]:<32} {proc.popen.pid:<8} {proc.log_path}")
+            _out(f"  {proc.name:<12} {_endpoint(proc):<32} {proc.popen.pid:<8} {proc.log_path}")
         _out("")
-        _out(f"ready: push and pull through localhost:{procs[-1].port}, e.g. docker push localhost:"
-             f"{procs[-1].port}/<repo>:<tag>   (Ctrl-C or `make devcluster-stop` stops the devcluster)")
+        for proc in procs:
+            if proc.component == "agent":
+                _out(f"  {proc.name} pulls on localhost:{proc.port} (P2P port {proc.other_ports[0]})")
+        _out(f"  origin seeds on P2P port {ports.origin_p2p}")
+        _out(f"ready: push and pull through localhost:{ports.proxy}, e.g. docker push localhost:"
+             f"{ports.proxy}/<repo>:<tag>   (Ctrl-C or `make devcluster-stop` stops the devcluster)")
         while not stop():
             dead = [p for p in procs if not p.alive()]
             if dead:

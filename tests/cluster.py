@@ -6,16 +6,19 @@ import re
 import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
-from kraken.devcluster import HerdPorts, Process, StartupError, Supervisor, free_port, herd_processes
+from kraken.devcluster import AgentPorts, HerdPorts, Process, StartupError, Supervisor, agent_processes, herd_processes
 
 
 @dataclass
 class Herd:
-    """testfs, the origins, build-index and proxy as real processes, wired to each other."""
+    """testfs, the origins, tracker, build-index, proxy and any agents as real processes,
+    wired to each other."""
 
     supervisor: Supervisor
     workdir: Path
+    ports: HerdPorts
 
     def __getitem__(self, name: str) -> Process:
         return self.supervisor.processes[name]
@@ -33,6 +36,15 @@ class Herd:
     def origins(self) -> list[Process]:
         """Every origin, in ring order (``origin``, ``origin-2``, ...)."""
         return [p for p in self.supervisor.processes.values() if p.component == "origin"]
+
+    @property
+    def tracker(self) -> Process:
+        return self["tracker"]
+
+    @property
+    def agents(self) -> list[Process]:
+        """Every agent, in start order (``agent-1``, ``agent-2``, ...)."""
+        return [p for p in self.supervisor.processes.values() if p.component == "agent"]
 
     @property
     def build_index(self) -> Process:
@@ -78,27 +90,40 @@ class ProxyRegistry:
             return list(json.load(resp).get("repositories", []))
 
 
-def start_herd(workdir: Path, origins: int = 1, max_replica: int = 1, attempts: int = 3) -> Herd:
-    """A herd on free ports with ``origins`` origins on one ring, ``max_replica`` owners per blob.
+def start_herd(
+    workdir: Path, origins: int = 1, max_replica: int = 1, attempts: int = 3, agents: int = 0,
+    overrides: dict[str, dict[str, Any]] | None = None,
+) -> Herd:
+    """A herd on free ports with ``origins`` origins on one ring, ``max_replica`` owners per
+    blob, and ``agents`` agents (``agent-1``, ...) pulling from it.
 
+    ``overrides`` (by component, ``agent`` included) is merged into each process's config.
     A port found free can be taken by someone else before the component binds it (the ports
     are chosen up front because every component's config names the others'); such a start is
     retried on fresh ports.
     """
+    extra = overrides or {}
     for attempt in range(1, attempts + 1):
-        ports = HerdPorts(testfs=free_port(), proxy=free_port(), origin=free_port(), build_index=free_port(),
-                          extra_origins=[free_port() for _ in range(origins - 1)])
+        ports = HerdPorts.free(origins)
+        agent_ports = {f"agent-{i + 1}": AgentPorts.free() for i in range(agents)}
         sup = Supervisor(workdir / f"attempt-{attempt}" if attempt > 1 else workdir)
+        procs = [*herd_processes(sup.workdir, ports, max_replica=max_replica, overrides=extra),
+                 *agent_processes(sup.workdir, ports, agent_ports, overrides=extra.get("agent"))]
         try:
-            for proc in herd_processes(sup.workdir, ports, max_replica=max_replica):
+            for proc in procs:
                 sup.start(proc)
         except StartupError as e:
             sup.stop_all()
-            if "address already in use" not in str(e) or attempt == attempts:
+            if not _port_taken(str(e)) or attempt == attempts:
                 raise
             continue
         except BaseException:
             sup.stop_all()
             raise
-        return Herd(sup, sup.workdir)
+        return Herd(sup, sup.workdir, ports)
     raise AssertionError("unreachable")
+
+
+def _port_taken(error: str) -> bool:
+    """Whether a start failed on a port taken meanwhile (an HTTP or a P2P listen port)."""
+    return "address already in use" in error or "cannot listen on" in error

@@ -98,6 +98,9 @@ def origin_settings(root: Path, port: int, testfs_port: int, **overrides: Any) -
         "replication": {"retry_interval": "50ms", "max_retry_interval": "200ms"},
         "metainfo": {"piece_lengths": {0: "1MB", "8MB": "2MB"}},
         "cleanup": {"interval": "1h"},
+        # Every in-process origin seeds on a port of its own; idle torrents go quickly, so a
+        # test's forcecleanup is not held back by a blob seeded for an earlier request.
+        "p2p": {"listen": {"host": "127.0.0.1", "port": 0}, "seed_idle_time": "1s", "stats_interval": "100ms"},
     }
     settings.update(overrides)
     return settings

@@ -51,7 +51,7 @@ class Cluster:
 def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
     """testfs, origin and build-index processes wired as in the devcluster (no proxy)."""
     workdir = tmp_path_factory.mktemp("buildindex")
-    ports = HerdPorts(testfs=free_port(), proxy=free_port(), origin=free_port(), build_index=free_port())
+    ports = HerdPorts.free()
     supervisor = Supervisor(workdir)
     try:
         for proc in herd_processes(workdir, ports):

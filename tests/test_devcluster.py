@@ -26,7 +26,8 @@ from kraken.tools.ocigen import generate_oci_layout
 from tests.realclients import assert_dir_matches_image, skopeo_copy, skopeo_pull_dir, wait_until
 
 PORTS = {"testfs": HerdPorts.testfs, "proxy": HerdPorts.proxy, "origin": HerdPorts.origin,
-         "build-index": HerdPorts.build_index}
+         "build-index": HerdPorts.build_index, "tracker": HerdPorts.tracker,
+         "agent-one": 16002, "agent-two": 17002}
 READY_TIMEOUT = 90.0
 EXIT_TIMEOUT = 60.0
 

@@ -7,6 +7,7 @@ from dataclasses import dataclass, field
 from kraken.backend.config import NamespaceBackendConfig
 from kraken.config import ByteSize, Duration, ListenConfig
 from kraken.core.metainfo import DEFAULT_PIECE_LENGTHS
+from kraken.p2p.config import ORIGIN_P2P_PORT, P2PConfig
 from kraken.ring import RingConfig
 
 DEFAULT_PORT = 15002
@@ -78,6 +79,48 @@ class FetchConfig:
 
 
 @dataclass
+class TrackerConfig:
+    """The tracker this origin announces the blobs it seeds to (``addr: host:port``).
+
+    Empty (the default): the origin announces nothing and only answers the peers that connect
+    to it. Announcing is not needed for agents to find an origin: the tracker always hands out
+    a blob's owning origins itself, at their ``origin_p2p`` address. When set, the address
+    the tracker sees (the announce's source IP and ``p2p.listen.port``) must be this origin's
+    ``origin_p2p`` entry, or agents are handed the origin twice.
+    """
+
+    addr: str = ""
+
+    def __post_init__(self) -> None:
+        host, sep, port = self.addr.rpartition(":")
+        if self.addr and not (sep and host and port.isdigit()):
+            raise ValueError(f"tracker.addr {self.addr!r} is not host:port")
+
+    def announce_url(self) -> str:
+        """The URL libtorrent announces to; empty when the origin does not announce."""
+        return f"http://{self.addr}/announce" if self.addr else ""
+
+
+#: How long an origin keeps seeding a blob that uploads nothing. It must be longer than the
+#: tracker's ``metainfo.cache_ttl`` (1h by default): the tracker's metainfo request is what
+#: makes the origin seed a blob, and the tracker asks only once per ``cache_ttl``, so a torrent
+#: dropped sooner would leave agents handed an origin that no longer serves the blob.
+ORIGIN_SEED_IDLE_TIME = 2 * 3600.0
+
+
+@dataclass
+class OriginP2PConfig(P2PConfig):
+    """:class:`~kraken.p2p.P2PConfig` with an origin's defaults: its own port, longer seeding.
+
+    A subclass rather than a default instance, so a config that gives only some ``p2p`` keys
+    still gets the origin's defaults for the others, not an agent's.
+    """
+
+    listen: ListenConfig = field(default_factory=lambda: ListenConfig(host="0.0.0.0", port=ORIGIN_P2P_PORT))
+    seed_idle_time: Duration = ORIGIN_SEED_IDLE_TIME
+
+
+@dataclass
 class OriginConfig:
     listen: ListenConfig = field(default_factory=lambda: ListenConfig(port=DEFAULT_PORT))
     store: StoreConfig = field(default_factory=StoreConfig)
@@ -90,6 +133,13 @@ class OriginConfig:
     metainfo: MetainfoConfig = field(default_factory=MetainfoConfig)
     cleanup: CleanupConfig = field(default_factory=CleanupConfig)
     fetch: FetchConfig = field(default_factory=FetchConfig)
+    # Where this origin seeds blobs to agents (BitTorrent). The tracker hands agents this
+    # address from its ``origin_p2p`` map, so the port must match that entry.
+    p2p: OriginP2PConfig = field(default_factory=OriginP2PConfig)
+    tracker: TrackerConfig = field(default_factory=TrackerConfig)
+    # Also seed every blob as soon as it is committed, not only once the tracker asks for its
+    # metainfo (which it does when an agent is about to download it).
+    seed_on_commit: bool = False
 
     def identity(self) -> str:
         """The ``host:port`` other components know this origin by."""

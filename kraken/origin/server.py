@@ -15,7 +15,7 @@ from kraken.http.app import METRICS, create_app
 from kraken.log import get_logger
 from kraken.metrics import Metrics
 from kraken.origin.config import OriginConfig
-from kraken.origin.service import Fetching, NotFound, OriginService
+from kraken.origin.service import Fetching, NotFound, OriginService, SeedError
 from kraken.store.cas import DigestMismatch, UploadOffsetMismatch, UploadUnknown
 
 log = get_logger("origin")
@@ -55,6 +55,8 @@ def _errors(handler: Handler) -> Handler:
             return web.Response(status=422, text=f"no metainfo for an empty blob: {e}\n")
         except BackendError as e:
             return web.Response(status=503, text=f"storage backend unavailable: {e}\n")
+        except SeedError as e:
+            return web.Response(status=503, text=f"{e}\n")
 
     return wrapped
 
@@ -167,6 +169,7 @@ async def head_local_blob(request: web.Request) -> web.Response:
 
 @_errors
 async def get_metainfo(request: web.Request) -> web.Response:
+    """The blob's torrent; answering it starts seeding the blob (see OriginService.metainfo)."""
     data = await _svc(request).metainfo(request.match_info["ns"], _digest(request))
     return web.Response(body=data, content_type="application/x-bittorrent")
 

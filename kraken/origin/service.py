@@ -11,14 +11,25 @@ that the namespace has it (the check before a push, a cross-repository mount, a 
 references) skips the upload. Since backends are chosen per namespace, such an answer from the
 cache queues a write-back to that namespace's backend as an upload would
 (:meth:`OriginService.find`).
+
+The origin seeds blobs to agents over BitTorrent (one :class:`~kraken.p2p.P2PSession`,
+listening on ``p2p.listen``). A blob is seeded once its metainfo is asked for: the tracker
+asks when an agent is about to download the blob, and agents learn this origin's P2P address
+from the tracker's ``origin_p2p`` map, so the origin need not announce (``tracker.addr``
+optional). With ``seed_on_commit`` a pushed blob is seeded at once. Seeding is in seed mode
+from the cache file itself (no copy, no up-front hashing) and ends when the torrent has
+uploaded nothing for ``p2p.seed_idle_time``. A seeded blob is never evicted: the sweep
+counts it as protected, like a pending write-back, since deleting the file under libtorrent
+would make it fail the agents downloading it.
 """
 from __future__ import annotations
 
 import asyncio
 import time
 from collections import Counter, OrderedDict
+from contextlib import contextmanager
 from pathlib import Path
-from typing import AsyncIterable, Generic, Hashable, TypeVar
+from typing import AsyncIterable, Generic, Hashable, Iterator, TypeVar
 
 from kraken.backend import BackendRouter, build_router
 from kraken.core.digest import Digest
@@ -31,6 +42,7 @@ from kraken.origin.config import OriginConfig
 from kraken.origin.fetch import BackendFetcher
 from kraken.origin.replication import Replicator
 from kraken.origin.writeback import WriteBack
+from kraken.p2p import P2PError, P2PSession
 from kraken.persisted import PersistedQueue
 from kraken.ring import HashRing
 from kraken.store.cas import CAStore
@@ -55,6 +67,11 @@ class Fetching(Exception):
 
 class NotFound(Exception):
     """Neither the cache nor the backend has the blob (HTTP 404)."""
+
+
+class SeedError(Exception):
+    """The blob cannot be seeded (HTTP 503): its metainfo is withheld, so that the tracker
+    does not send agents to an origin that will not serve them."""
 
 
 class RecentSet(Generic[K]):
@@ -99,11 +116,19 @@ class OriginService:
         self.ring = HashRing.from_config(config.ring)
         self.store = store
         self.owner = TaskOwner("origin")
+        self._metrics = metrics
         self._router = router
         self._http = http
         # Digests between "commit started" and "write-back queued": protected from eviction.
         self._committing: Counter[Digest] = Counter()
         self._metainfo_jobs: dict[Digest, asyncio.Task[bytes]] = {}
+        # Started in start(); None before and in tests of the HTTP API that need no P2P.
+        self.p2p: P2PSession | None = None
+        # Digests on their way into the P2P session, and the info-hash -> digest of each blob
+        # handed to it (stale once the session dropped the torrent as idle): both protected
+        # from eviction.
+        self._seed_starting: Counter[Digest] = Counter()
+        self._seeded: dict[str, Digest] = {}
         # (namespace, digest) pairs whose write-back is queued (or done), and the insert of
         # each pair under way, which concurrent requests for the same pair share.
         self._in_namespace: RecentSet[tuple[str, Digest]] = RecentSet(NAMESPACE_MEMO_SIZE)
@@ -127,14 +152,26 @@ class OriginService:
         return cls(config, metrics, store, build_router(config.backends), HttpClient(), writeback_queue, replication_queue)
 
     async def start(self) -> None:
+        # First: an origin that cannot listen for peers fails to start (agents are sent to
+        # that port by the tracker) before it has started any other work.
+        self.p2p = await P2PSession.start(self.config.p2p, self._metrics, role="origin")
         await self.fetcher.start()
         self.writeback.worker.start(self.owner)
         self.replicator.worker.start(self.owner)
         self.owner.spawn(self._cleanup_loop(), "cleanup")
-        log.info("origin started", identity=self.identity, root=str(self.store.root), ring=",".join(self.ring.hosts))
+        log.info(
+            "origin started",
+            identity=self.identity,
+            root=str(self.store.root),
+            ring=",".join(self.ring.hosts),
+            p2p_port=self.p2p.listen_port,
+            tracker=self.config.tracker.addr or "-",
+        )
 
     async def close(self) -> None:
         await self.owner.close()
+        if self.p2p is not None:
+            await self.p2p.close()
         await self.writeback.worker.queue.close()
         await self.replicator.worker.queue.close()
         await self._http.close()
@@ -176,6 +213,8 @@ class OriginService:
         if not replica:
             await self.replicator.enqueue(namespace, digest)
         self._start_metainfo(digest)
+        if self.config.seed_on_commit and self.store.size(digest):
+            self.owner.spawn(self._seed_committed(digest), f"seed:{digest}")
         self._uploads.labels("replica" if replica else "push").inc()
         log.info("blob committed", namespace=namespace, digest=digest, replica=replica)
         return True
@@ -254,14 +293,77 @@ class OriginService:
         raise Fetching(str(digest))
 
     async def metainfo(self, namespace: str, digest: Digest) -> bytes:
-        """The blob's torrent; raises like :meth:`find`, and EmptyBlobError for a zero-byte blob."""
+        """The blob's torrent, once the blob is being seeded.
+
+        The tracker asks for a blob's metainfo when an agent is about to download it, which
+        makes this the moment to start seeding. Raises like :meth:`find`, EmptyBlobError for
+        a zero-byte blob and :class:`SeedError` when the blob cannot be seeded.
+        """
+        with self._seed_guard(digest):
+            await self._find_protected(namespace, digest)
+            data = await self.store.read_meta(digest, METAINFO)
+            if data is None:
+                if self.store.size(digest) == 0:
+                    raise EmptyBlobError(f"{digest} is empty")
+                data = await asyncio.shield(self._metainfo_job(digest))
+            await self._seed(digest, data)
+        return data
+
+    async def _find_protected(self, namespace: str, digest: Digest) -> None:
+        """:meth:`find` for a caller that marked ``digest`` with :meth:`_seed_guard`.
+
+        A sweep that read the protected set before the mark may still evict the blob:
+        touching it makes a sweep that listed the cache earlier skip it (a sweep keeps blobs
+        read since its scan), and looking again catches one that already deleted it, which
+        is then fetched like any blob the cache lacks.
+        """
         await self.find(namespace, digest)
-        cached = await self.store.read_meta(digest, METAINFO)
-        if cached is not None:
-            return cached
-        if self.store.size(digest) == 0:
-            raise EmptyBlobError(f"{digest} is empty")
-        return await asyncio.shield(self._metainfo_job(digest))
+        self.store.touch(digest)
+        if not self.store.exists(digest):
+            await self.find(namespace, digest)
+
+    @contextmanager
+    def _seed_guard(self, digest: Digest) -> Iterator[None]:
+        """Protect ``digest`` from eviction while it is being handed to the P2P session."""
+        self._seed_starting[digest] += 1
+        try:
+            yield
+        finally:
+            self._seed_starting[digest] -= 1
+            if self._seed_starting[digest] <= 0:
+                del self._seed_starting[digest]
+
+    async def _seed(self, digest: Digest, metainfo: bytes) -> None:
+        """Seed the cached blob (idempotent; again counts as activity for idle removal)."""
+        if self.p2p is None:
+            raise SeedError("the P2P session is not running")
+        try:
+            info_hash = await self.p2p.seed(metainfo, self.store.path(digest), self.config.tracker.announce_url())
+        except (P2PError, ValueError, OSError) as e:
+            log.error("cannot seed blob", digest=digest, error=f"{type(e).__name__}: {e}")
+            raise SeedError(f"cannot seed {digest}: {e}") from e
+        if self._seeded.get(info_hash) != digest:
+            self._seeded[info_hash] = digest
+            log.info("seeding blob", digest=digest, info_hash=info_hash)
+
+    async def _seed_committed(self, digest: Digest) -> None:
+        """``seed_on_commit``: seed a blob just pushed, once its metainfo is generated."""
+        with self._seed_guard(digest):
+            self.store.touch(digest)  # see _find_protected
+            if not self.store.exists(digest):
+                return
+            data = await asyncio.shield(self._metainfo_job(digest))
+            try:
+                await self._seed(digest, data)
+            except SeedError:
+                pass  # logged; the tracker's metainfo request tries again
+
+    def _seeded_digests(self) -> set[Digest]:
+        """Digests being seeded or about to be; forgets torrents the session dropped as idle."""
+        torrents = self.p2p.torrents() if self.p2p is not None else {}
+        for info_hash in [ih for ih in self._seeded if ih not in torrents]:
+            del self._seeded[info_hash]
+        return set(self._seed_starting) | set(self._seeded.values())
 
     def _start_metainfo(self, digest: Digest) -> None:
         """Generate a new blob's metainfo in the background, so it is ready when peers ask."""
@@ -299,7 +401,7 @@ class OriginService:
         idle_before = time.time() - idle_for
         entries = await asyncio.to_thread(cleanup.scan, self.store)
         # Order matters (see kraken.origin.cleanup): the committing set is read before the queues.
-        protected = set(self._committing)
+        protected = set(self._committing) | self._seeded_digests()
         protected |= await self.writeback.pending_digests()
         protected |= await self.replicator.pending_digests()
         evicted = await asyncio.to_thread(cleanup.evict, self.store, entries, protected, idle_before, max_usage)

@@ -1,0 +1,52 @@
+"""``python -m kraken agent --config FILE [--port N] [--server-port N] [--peer-ip IP] [--peer-port N]``
+
+``--port`` is the registry's port, ``--server-port`` the agent server's, ``--peer-port`` the
+P2P listen port. ``--peer-ip`` only labels log lines: the tracker takes every peer's address
+from the announce's source IP, so an agent never announces ``localhost`` to other hosts.
+"""
+from __future__ import annotations
+
+import argparse
+
+from kraken.agent.config import AgentConfig
+from kraken.agent.server import COMPONENT, Agent
+from kraken.agent.serving import serve_many
+from kraken.cli import load_component_config, run_component
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--server-port", type=int, help="agent server port (overrides server.port)")
+    parser.add_argument("--peer-ip", help="this host's address as peers see it, for logs (overrides p2p.peer_ip)")
+    parser.add_argument("--peer-port", type=int, help="P2P listen port (overrides p2p.listen.port)")
+
+
+def apply_arguments(config: AgentConfig, args: argparse.Namespace) -> AgentConfig:
+    """The agent's own flags on top of the config (``--host``/``--port`` are applied already)."""
+    if args.host:
+        config.server.host = args.host
+    if args.server_port:
+        config.server.port = args.server_port
+    if args.peer_ip:
+        config.p2p.peer_ip = args.peer_ip
+    if args.peer_port:
+        config.p2p.listen.port = args.peer_port
+    return config
+
+
+async def run(args: argparse.Namespace) -> None:
+    config = apply_arguments(load_component_config(AgentConfig, args, example="config/agent/development.yaml"), args)
+    agent = await Agent.start(config)
+    try:
+        await serve_many(
+            [
+                (agent.registry_app(), config.listen.host, config.listen.port),
+                (agent.server_app(), config.server.host, config.server.port),
+            ],
+            COMPONENT,
+        )
+    finally:
+        await agent.close()
+
+
+if __name__ == "__main__":
+    run_component("agent")

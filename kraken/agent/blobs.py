@@ -1,0 +1,230 @@
+"""The agent's blobs: a verified cache on disk, filled by P2P downloads.
+
+A blob the cache lacks is downloaded like this (one download per digest however many ask:
+concurrent callers share it):
+
+1. its metainfo comes from the tracker (``namespace`` = repository), which also tells the
+   tracker which origins own the torrent, so the announce that follows gets them as seeders;
+2. libtorrent downloads it into ``<store.root>/download/<hex>`` (each piece SHA-1 checked);
+3. the whole file's sha256 is computed in a worker thread and must equal the digest (the
+   torrent only proves the bytes match the metainfo, and the metainfo could belong to other
+   bytes): a mismatch removes the torrent and its file, so nothing of it reaches the cache;
+4. libtorrent moves the file into the cache (``cache/sha256/ab/cd/<hex>``, a rename: the
+   torrent is named after the digest hex) and keeps seeding it from there, with no window
+   without a seed and no re-hashing of pieces.
+
+Zero-byte blobs have no torrent (the origin answers 422 for their metainfo): the agent writes
+the empty blob itself, which it can because its content is known from the digest.
+"""
+from __future__ import annotations
+
+import asyncio
+import shutil
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import libtorrent as lt
+
+from kraken.agent.tracker import EmptyBlob, TrackerClient
+from kraken.core.digest import Digest, hash_file
+from kraken.core.metainfo import info_hash as metainfo_info_hash
+from kraken.log import get_logger
+from kraken.metrics import Metrics
+from kraken.p2p import P2PError, P2PSession
+from kraken.store.cas import CAStore
+from kraken.tasks import TaskOwner
+
+log = get_logger("agent")
+
+EMPTY_SHA256 = Digest.of_bytes(b"")
+METAINFO_META = "metainfo"
+
+
+class BlobUnavailable(Exception):
+    """The blob exists but could not be brought into the cache (download failed or timed out,
+    the bytes did not match the digest, unusable metainfo). Retrying later may work."""
+
+
+class CorruptBlob(BlobUnavailable):
+    """The downloaded bytes do not hash to the digest (they never enter the cache)."""
+
+
+@dataclass(frozen=True)
+class TorrentFacts:
+    info_hash: str
+    size: int
+
+
+def parse_metainfo(metainfo: bytes, digest: Digest) -> TorrentFacts:
+    """Check that the torrent is one file named after the digest hex (where the cache expects
+    it, and no path tricks) and return its info-hash and size. Run in a worker thread."""
+    try:
+        ti = lt.torrent_info(metainfo)
+    except RuntimeError as e:
+        raise BlobUnavailable(f"metainfo of {digest} does not parse: {e}") from None
+    if ti.num_files() != 1 or ti.name() != digest.hex:
+        raise BlobUnavailable(f"metainfo of {digest} is not one file named {digest.hex}")
+    return TorrentFacts(str(ti.info_hashes().v1), ti.total_size())
+
+
+class AgentBlobs:
+    """Cache lookups, single-flight P2P downloads into the cache, and removals."""
+
+    def __init__(
+        self,
+        cas: CAStore,
+        staging: Path,
+        session: P2PSession,
+        tracker: TrackerClient,
+        download_timeout: float,
+        metrics: Metrics,
+    ) -> None:
+        self.cas = cas
+        self.staging = staging
+        self.session = session
+        self.tracker = tracker
+        self.download_timeout = download_timeout
+        self._tasks = TaskOwner("agent-downloads")
+        self._inflight: dict[Digest, asyncio.Future[Path | None]] = {}
+        self._fetches = metrics.counter(
+            "kraken_agent_blob_fetches_total",
+            "Blob reads by outcome: cache (hit), downloaded, not_found, corrupt (failed sha256), error",
+            ["result"],
+        )
+        for result in ("cache", "downloaded", "not_found", "corrupt", "error"):
+            self._fetches.labels(result)
+
+    @staticmethod
+    async def create(
+        cas: CAStore, staging: Path, session: P2PSession, tracker: TrackerClient, download_timeout: float,
+        metrics: Metrics,
+    ) -> AgentBlobs:
+        """Empty the staging dir first: files there are partial downloads of a previous run."""
+        await asyncio.to_thread(_reset_dir, staging)
+        return AgentBlobs(cas, staging, session, tracker, download_timeout, metrics)
+
+    async def close(self) -> None:
+        """Cancel downloads in flight (the session removes their torrents and partial files)."""
+        await self._tasks.close()
+
+    def cached_size(self, digest: Digest) -> int | None:
+        """Size from the cache (a stat); the read counts for idle-time eviction."""
+        size = self.cas.size(digest)
+        if size is not None:
+            self.cas.touch(digest)
+        return size
+
+    async def size(self, namespace: str, digest: Digest) -> int | None:
+        """The blob's size without downloading it: from the cache, else from its metainfo."""
+        size = self.cached_size(digest)
+        if size is not None:
+            return size
+        try:
+            metainfo = await self.tracker.get_metainfo(namespace, digest)
+        except EmptyBlob:
+            return 0 if digest == EMPTY_SHA256 else None
+        if metainfo is None:
+            return None
+        return (await asyncio.to_thread(parse_metainfo, metainfo, digest)).size
+
+    async def fetch(self, namespace: str, digest: Digest) -> Path | None:
+        """The cached blob's path, downloading it first if needed; ``None`` if no origin has it.
+
+        Raises :class:`BlobUnavailable`, or the tracker's errors (``ConnectionError``,
+        ``TimeoutError``). A caller that goes away does not stop a download others share.
+        """
+        if self.cached_size(digest) is not None:
+            self._fetches.labels("cache").inc()
+            return self.cas.path(digest)
+        fut = self._inflight.get(digest)
+        if fut is None:
+            fut = asyncio.get_running_loop().create_future()
+            fut.add_done_callback(_consume)
+            self._inflight[digest] = fut
+            self._tasks.spawn(self._run(namespace, digest, fut), f"download:{digest.hex[:12]}")
+        return await asyncio.shield(fut)
+
+    async def _run(self, namespace: str, digest: Digest, fut: asyncio.Future[Path | None]) -> None:
+        """Settle ``fut`` with the download's outcome (the task itself never fails, so errors
+        are reported once, by the callers, not again by the task owner)."""
+        try:
+            path = await self._download(namespace, digest)
+        except asyncio.CancelledError:
+            fut.cancel()
+            raise
+        except Exception as e:  # noqa: BLE001 - handed to every waiting caller
+            self._fetches.labels("corrupt" if isinstance(e, CorruptBlob) else "error").inc()
+            fut.set_exception(e)
+        else:
+            self._fetches.labels("not_found" if path is None else "downloaded").inc()
+            fut.set_result(path)
+        finally:
+            self._inflight.pop(digest, None)
+
+    async def _download(self, namespace: str, digest: Digest) -> Path | None:
+        start = time.monotonic()
+        try:
+            metainfo = await self.tracker.get_metainfo(namespace, digest)
+        except EmptyBlob:
+            if digest != EMPTY_SHA256:
+                raise BlobUnavailable(f"the origin says {digest} is empty, but that is not the digest of no bytes") from None
+            return await self.cas.put_bytes(digest, b"")
+        if metainfo is None:
+            log.info("blob not found", namespace=namespace, digest=digest)
+            return None
+        facts = await asyncio.to_thread(parse_metainfo, metainfo, digest)
+        try:
+            result = await self.session.download(
+                metainfo, self.staging, self.tracker.announce_url, timeout=self.download_timeout
+            )
+        except P2PError as e:  # DownloadTimeout included
+            log.error("blob download failed", namespace=namespace, digest=digest, error=str(e))
+            raise BlobUnavailable(f"download of {digest} failed: {e}") from None
+        try:
+            path = await self._verify_and_cache(namespace, digest, facts, result.path, metainfo)
+        except OSError as e:
+            await self.session.remove(facts.info_hash, delete_files=True)
+            raise BlobUnavailable(f"could not verify or cache {digest}: {e}") from None
+        log.info("blob cached", namespace=namespace, digest=digest, size=facts.size,
+                 seconds=round(time.monotonic() - start, 3), path=path)
+        return path
+
+    async def _verify_and_cache(
+        self, namespace: str, digest: Digest, facts: TorrentFacts, downloaded: Path, metainfo: bytes
+    ) -> Path:
+        """sha256 of the whole file, then the move into the cache (the torrent keeps seeding)."""
+        actual = await hash_file(downloaded, digest.algorithm)
+        if actual != digest:
+            log.error("downloaded blob does not match its digest; discarded", namespace=namespace,
+                      digest=digest, actual=actual, size=facts.size)
+            await self.session.remove(facts.info_hash, delete_files=True)
+            downloaded.unlink(missing_ok=True)
+            raise CorruptBlob(f"downloaded bytes of {digest} hash to {actual}")
+        target = self.cas.path(digest)
+        await asyncio.to_thread(target.parent.mkdir, parents=True, exist_ok=True)
+        try:
+            path = await self.session.move_storage(facts.info_hash, target.parent)
+        except P2PError as e:
+            await self.session.remove(facts.info_hash, delete_files=True)
+            raise BlobUnavailable(f"could not move {digest} into the cache: {e}") from None
+        await self.cas.write_meta(digest, METAINFO_META, metainfo)
+        return path
+
+    async def delete(self, digest: Digest) -> bool:
+        """Stop seeding the blob and remove it from the cache; False if it was not cached."""
+        metainfo = await self.cas.read_meta(digest, METAINFO_META)
+        if metainfo is not None:
+            await self.session.remove(await asyncio.to_thread(metainfo_info_hash, metainfo))
+        return await asyncio.to_thread(self.cas.delete, digest)
+
+
+def _consume(fut: asyncio.Future) -> None:
+    """Mark a shared download's failure as seen, even if every caller went away."""
+    if not fut.cancelled():
+        fut.exception()
+
+
+def _reset_dir(path: Path) -> None:
+    shutil.rmtree(path, ignore_errors=True)
+    path.mkdir(parents=True, exist_ok=True)

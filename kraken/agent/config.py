@@ -1,0 +1,77 @@
+"""The agent's configuration (``config/agent/*.yaml``).
+
+One process serves two HTTP ports and one P2P port: the read-only registry (``listen``,
+16000, what docker pulls from), the agent server (``server``, 16002: health, tags, generic
+blobs, deletes, metrics) and the BitTorrent session (``p2p.listen``, 16001).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from kraken.config import ByteSize, Duration, ListenConfig
+from kraken.p2p.config import P2PConfig
+
+DEFAULT_REGISTRY_PORT = 16000
+DEFAULT_SERVER_PORT = 16002
+
+
+@dataclass
+class AddrConfig:
+    """A ``host:port`` of a herd component."""
+
+    addr: str
+
+
+@dataclass
+class StoreConfig:
+    """``<root>/cache`` holds verified blobs (a CAStore, kept across restarts);
+    ``<root>/download`` holds torrents being downloaded (emptied at start)."""
+
+    root: str
+
+
+@dataclass
+class DownloadConfig:
+    # A P2P download not complete within this long fails (the registry answers 503).
+    timeout: Duration = 900.0
+    # How long to keep asking the tracker for metainfo while the origin fetches the blob
+    # from its backend (202).
+    metainfo_timeout: Duration = 300.0
+
+    def __post_init__(self) -> None:
+        if self.timeout <= 0 or self.metainfo_timeout <= 0:
+            raise ValueError("download timeouts must be positive")
+
+
+@dataclass
+class CleanupConfig:
+    """Eviction from the cache; only the agent's own cache files count."""
+
+    # How often the sweep runs.
+    interval: Duration = 60.0
+    # Blobs not read for this long are evicted (0: never by idle time).
+    tti: Duration = 6 * 3600.0
+    # Above this many bytes in the cache the least recently read blobs go (0: no limit).
+    disk_usage_threshold: ByteSize = 0
+
+    def __post_init__(self) -> None:
+        if self.interval <= 0:
+            raise ValueError("cleanup.interval must be positive")
+        if self.tti < 0 or self.disk_usage_threshold < 0:
+            raise ValueError("cleanup.tti and cleanup.disk_usage_threshold must be >= 0 (0 = off)")
+
+
+@dataclass
+class AgentConfig:
+    """Every key, with its meaning, is in ``config/agent/base.yaml``."""
+
+    store: StoreConfig
+    listen: ListenConfig = field(default_factory=lambda: ListenConfig(port=DEFAULT_REGISTRY_PORT))
+    server: ListenConfig = field(default_factory=lambda: ListenConfig(port=DEFAULT_SERVER_PORT))
+    p2p: P2PConfig = field(default_factory=P2PConfig)
+    tracker: AddrConfig = field(default_factory=lambda: AddrConfig("localhost:15003"))
+    build_index: AddrConfig = field(default_factory=lambda: AddrConfig("localhost:15004"))
+    download: DownloadConfig = field(default_factory=DownloadConfig)
+    cleanup: CleanupConfig = field(default_factory=CleanupConfig)
+    # Manifests are read into memory; a bigger blob asked for as a manifest is MANIFEST_UNKNOWN.
+    max_manifest_size: ByteSize = 4 << 20

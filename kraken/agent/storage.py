@@ -1,0 +1,54 @@
+"""The agent's registry storage: tags from build-index, blobs and manifests from the P2P cache.
+
+Read-only: the shared registry routes answer every write with UNSUPPORTED. Manifests are
+blobs of the repository on the origins, so they come through the same P2P path as layers.
+"""
+from __future__ import annotations
+
+import asyncio
+from typing import Awaitable, TypeVar
+
+from kraken.agent.blobs import AgentBlobs, BlobUnavailable
+from kraken.buildindex.client import BuildIndexClient
+from kraken.core.digest import Digest
+from kraken.registry.errors import RegistryError
+from kraken.registry.ranges import ByteRange
+from kraken.registry.storage import BlobReader, FileBlobReader, RegistryStorage
+
+T = TypeVar("T")
+
+
+class AgentStorage(RegistryStorage):
+    def __init__(self, blobs: AgentBlobs, build_index: BuildIndexClient) -> None:
+        self.blobs = blobs
+        self.build_index = build_index
+
+    async def get_tag(self, repo: str, tag: str) -> Digest | None:
+        return await self.build_index.get_tag(f"{repo}:{tag}")
+
+    async def list_tags(self, repo: str) -> list[str]:
+        return await self.build_index.list_repository(repo)
+
+    async def stat_blob(self, repo: str, digest: Digest) -> int | None:
+        """From the cache, else the torrent's size from the tracker: a HEAD downloads nothing."""
+        return await self._unavailable_as_503(self.blobs.size(repo, digest))
+
+    async def open_blob(self, repo: str, digest: Digest, byte_range: ByteRange | None) -> BlobReader | None:
+        path = await self._unavailable_as_503(self.blobs.fetch(repo, digest))
+        return None if path is None else FileBlobReader(path, byte_range)
+
+    async def read_manifest(self, repo: str, digest: Digest, max_size: int) -> bytes | None:
+        """Stat first, so a layer asked for as a manifest is refused without a download."""
+        size = await self.stat_blob(repo, digest)
+        if size is None or size > max_size:
+            return None
+        path = await self._unavailable_as_503(self.blobs.fetch(repo, digest))
+        return None if path is None else await asyncio.to_thread(path.read_bytes)
+
+    @staticmethod
+    async def _unavailable_as_503(call: Awaitable[T]) -> T:
+        """A failed download is UNAVAILABLE (clients retry), never a 500."""
+        try:
+            return await call
+        except BlobUnavailable as e:
+            raise RegistryError("UNAVAILABLE", message=str(e)) from None

@@ -1,0 +1,94 @@
+"""What the agent asks the tracker over HTTP, besides the announces libtorrent sends itself:
+a blob's torrent metainfo (``GET /namespace/{ns}/blobs/{d}/metainfo``).
+
+The tracker answers 202 while the owning origin fetches the blob from its backend, so the
+agent polls with backoff up to a deadline. A tracker that cannot be reached is logged as
+``tracker unreachable`` (the line to grep for when pulls answer 503) and raised as a
+:class:`TrackerUnavailable`, a ``ConnectionError``, which the registry answers with 503
+UNAVAILABLE; the next pull asks again, so pulls work as soon as the tracker is back.
+"""
+from __future__ import annotations
+
+import asyncio
+import time
+from urllib.parse import quote
+
+import aiohttp
+
+from kraken.core.digest import Digest
+from kraken.http.client import HTTPStatusError, HttpClient
+from kraken.log import get_logger
+
+log = get_logger("agent")
+
+POLL_START = 0.05
+POLL_MAX = 2.0
+PING_TIMEOUT = aiohttp.ClientTimeout(total=2.0)
+
+
+class TrackerUnavailable(ConnectionError):
+    """The tracker could not be reached or answered 5xx."""
+
+
+class EmptyBlob(Exception):
+    """The tracker (origin) says the blob has zero bytes: it has no torrent."""
+
+
+class MetainfoNotReady(TimeoutError):
+    """Still 202 (the origin is fetching the blob) when the deadline passed."""
+
+
+class TrackerClient:
+    def __init__(self, addr: str, http: HttpClient, poll_timeout: float) -> None:
+        self.addr = addr
+        self.base = f"http://{addr}"
+        self.http = http
+        self.poll_timeout = poll_timeout
+
+    @property
+    def announce_url(self) -> str:
+        """The URL libtorrent announces to (its SSRF check wants a path starting /announce)."""
+        return f"{self.base}/announce"
+
+    async def get_metainfo(self, namespace: str, digest: Digest) -> bytes | None:
+        """The blob's bencoded torrent; ``None`` if no origin has the blob.
+
+        Raises :class:`EmptyBlob` for a zero-byte blob, :class:`MetainfoNotReady` after
+        ``poll_timeout`` of 202s, :class:`TrackerUnavailable` if the tracker is down.
+        """
+        url = f"{self.base}/namespace/{quote(namespace, safe='')}/blobs/{digest}/metainfo"
+        deadline = time.monotonic() + self.poll_timeout
+        delay = POLL_START
+        while True:
+            status, body = await self._get(url, digest)
+            if status == 200:
+                return body
+            if status == 404:
+                return None
+            if status == 422:
+                raise EmptyBlob(str(digest))
+            if time.monotonic() + delay > deadline:
+                raise MetainfoNotReady(f"metainfo of {digest} not ready after {self.poll_timeout:g}s")
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, POLL_MAX)
+
+    async def _get(self, url: str, digest: Digest) -> tuple[int, bytes]:
+        try:
+            resp = await self.http.request("GET", url, ok=(200, 202, 404, 422))
+        except (aiohttp.ClientError, asyncio.TimeoutError) as e:
+            log.warning("tracker unreachable", tracker=self.addr, digest=digest, error=repr(e))
+            raise TrackerUnavailable(f"tracker {self.addr} unreachable: {e!r}") from None
+        except HTTPStatusError as e:
+            if e.status < 500:
+                raise
+            log.warning("tracker unreachable", tracker=self.addr, digest=digest, status=e.status, error=e.body[:200])
+            raise TrackerUnavailable(f"tracker {self.addr} answered {e.status}: {e.body[:200]}") from None
+        try:
+            return resp.status, await resp.read()
+        finally:
+            resp.release()
+
+    async def ping(self) -> None:
+        """Raise unless the tracker answers ``/health`` (readiness)."""
+        resp = await self.http.request("GET", f"{self.base}/health", retry=False, timeout=PING_TIMEOUT)
+        resp.release()

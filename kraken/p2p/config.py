@@ -1,0 +1,86 @@
+"""Configuration of a process's BitTorrent session (``p2p:`` in the agent and origin configs).
+
+Every setting here maps onto one libtorrent setting or one behaviour of
+:class:`kraken.p2p.session.P2PSession`; the reasons for the values libtorrent needs that are
+not configurable (TCP only, one peer class, ...) are in that module's docstring.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from kraken.config import ByteSize, Duration, ListenConfig
+
+AGENT_P2P_PORT = 16001
+ORIGIN_P2P_PORT = 15001
+
+
+@dataclass
+class P2PConfig:
+    """One process's P2P session.
+
+    ``listen``: where peers connect (``{host: 0.0.0.0, port: 16001}``; port 0 picks a free
+    port, which the tracker learns from the announce). A taken port fails at start instead
+    of libtorrent's default of silently binding another one, because origins are known to
+    agents by their P2P address.
+
+    ``peer_ip``: this host's address as other peers see it. The tracker takes the address
+    from the announce's source IP, so this only labels log lines (``local=``).
+
+    ``upload_rate_limit`` / ``download_rate_limit``: bytes per second for the whole session,
+    0 = unlimited. They apply to every peer, loopback and private ranges included.
+
+    ``connections_per_torrent``: peer connections per torrent (Kraken uses about 10).
+
+    ``seed_idle_time``: a complete torrent that has uploaded nothing for this long is removed
+    from the session (its file is left alone); 0 keeps seeding until ``remove()``.
+
+    ``min_announce_interval``: floor on the tracker's re-announce interval (libtorrent's
+    default floor is 300 s, which would hide the tracker's few-second interval).
+
+    ``stats_interval``: how often upload counters, idle seeding and per-source download
+    attribution are refreshed.
+
+    ``max_queued_disk_bytes``: received bytes waiting to be written per session; it caps a
+    downloader's memory (16 MiB measured as fast as libtorrent's 100 MiB default).
+
+    ``alert_queue_size``: libtorrent's alert queue. Alerts are drained as soon as libtorrent
+    signals them, so this only needs headroom for event-loop stalls; an overflow is logged
+    and pending downloads are re-checked, never lost.
+    """
+
+    listen: ListenConfig = field(default_factory=lambda: ListenConfig(host="0.0.0.0", port=AGENT_P2P_PORT))
+    peer_ip: str = ""
+    upload_rate_limit: ByteSize = 0
+    download_rate_limit: ByteSize = 0
+    connections_per_torrent: int = 10
+    seed_idle_time: Duration = 300.0
+    min_announce_interval: Duration = 2.0
+    stats_interval: Duration = 1.0
+    max_queued_disk_bytes: ByteSize = 16 << 20
+    alert_queue_size: int = 10000
+
+    def __post_init__(self) -> None:
+        for limit in (self.upload_rate_limit, self.download_rate_limit):
+            if not 0 <= limit < 1 << 31:
+                raise ValueError("rate limits must be >= 0 (0 = unlimited) and below 2GiB/s (libtorrent's int)")
+        if self.connections_per_torrent < 2:
+            raise ValueError("connections_per_torrent must be at least 2")
+        if self.seed_idle_time < 0:
+            raise ValueError("seed_idle_time must be >= 0 (0 = seed until removed)")
+        if self.min_announce_interval < 1:
+            raise ValueError("min_announce_interval must be at least 1s (libtorrent counts whole seconds)")
+        if self.stats_interval <= 0:
+            raise ValueError("stats_interval must be > 0")
+        if self.max_queued_disk_bytes < 1 << 20:
+            raise ValueError("max_queued_disk_bytes must be at least 1MiB")
+        if self.alert_queue_size < 1:
+            raise ValueError("alert_queue_size must be >= 1")
+        if not 0 <= self.listen.port < 65536:
+            raise ValueError(f"listen.port {self.listen.port} is not a TCP port")
+
+    def listen_interfaces(self) -> str:
+        """libtorrent's ``listen_interfaces`` value (IPv6 hosts in brackets)."""
+        host = self.listen.host
+        if ":" in host and not host.startswith("["):
+            host = f"[{host}]"
+        return f"{host}:{self.listen.port}"

@@ -2,7 +2,9 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Iterator
+from typing import AsyncIterator, Iterator
+
+import aiohttp
 
 import pytest
 
@@ -23,3 +25,10 @@ def herd(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Herd]:
         yield h
     finally:
         h.stop()
+
+
+@pytest.fixture
+async def session() -> AsyncIterator[aiohttp.ClientSession]:
+    """A plain HTTP client for tests that talk to real processes (modules may define their own)."""
+    async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=60)) as s:
+        yield s

@@ -44,11 +44,6 @@ def herd(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Herd]:
         h.stop()
 
 
-@pytest.fixture
-async def session() -> AsyncIterator[aiohttp.ClientSession]:
-    async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=30)) as s:
-        yield s
-
 
 @pytest.fixture
 async def downloader() -> AsyncIterator[P2PSession]:

@@ -11,7 +11,7 @@ import asyncio
 import os
 from functools import partial
 from pathlib import Path
-from typing import AsyncIterator, Iterator
+from typing import Iterator
 from urllib.parse import quote
 
 import aiohttp
@@ -48,11 +48,6 @@ def replicated_herd(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Herd]:
     finally:
         h.stop()
 
-
-@pytest.fixture
-async def session() -> AsyncIterator[aiohttp.ClientSession]:
-    async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=60)) as s:
-        yield s
 
 
 def random_blobs(count: int) -> list[tuple[bytes, Digest]]:

@@ -1,24 +1,30 @@
-"""``python -m bench [push] [--size-mb N] [--reps N]``: run the benchmarks and print their tables."""
+"""``python -m bench [push] [fanout] [agentpull] [options]``: run the benchmarks and print their tables."""
 from __future__ import annotations
 
 import argparse
 import sys
 from pathlib import Path
 
-from bench import push
+from bench import agentpull, fanout, push
 
-BENCHMARKS = {"push": push.run}
+BENCHMARKS = {"push": push.run, "fanout": fanout.run, "agentpull": agentpull.run}
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m bench")
     parser.add_argument("names", nargs="*", default=list(BENCHMARKS), choices=list(BENCHMARKS))
-    parser.add_argument("--size-mb", type=int, default=500, help="layer size of the pushed image")
-    parser.add_argument("--reps", type=int, default=3, help="repetitions of each measurement")
+    parser.add_argument("--size-mb", type=int, default=500, help="push: layer size of the pushed image")
+    parser.add_argument("--reps", type=int, default=3, help="push, agentpull: repetitions of each measurement")
+    parser.add_argument("--agents", type=int, default=8, help="fanout: agent processes pulling at once")
+    parser.add_argument("--fanout-size-mb", type=int, default=1024, help="fanout, agentpull: blob size")
+    parser.add_argument("--rate-mb", type=int, default=20, help="fanout: upload cap of the origin and of each agent, MiB/s")
+    parser.add_argument("--piece-mb", type=int, default=0, help="fanout: torrent piece length (0: the origin's table)")
+    parser.add_argument("--no-baseline", dest="baseline", action="store_false",
+                        help="fanout: skip the capped distribution registry (N*S/R seconds)")
     parser.add_argument("--workdir", type=Path, default=Path("/tmp/kraken-bench"))
     args = parser.parse_args(argv)
     for name in args.names:
-        print(BENCHMARKS[name](args))
+        print(BENCHMARKS[name](args), flush=True)
     return 0
 
 

@@ -20,8 +20,9 @@ import time
 import urllib.request
 from pathlib import Path
 
+from bench.common import wait_idle
 from kraken.tools.ocigen import GeneratedImage, generate_oci_layout
-from tests.cluster import Herd, start_herd
+from tests.cluster import start_herd
 from tests.realclients import DistributionRegistry, Skopeo
 
 MiB = 1 << 20
@@ -31,19 +32,6 @@ def _timed(fn) -> float:
     start = time.perf_counter()
     fn()
     return time.perf_counter() - start
-
-
-def _wait_idle(herd: Herd, timeout: float = 300.0) -> None:
-    """Until the origin has no write-back pending (read from its /metrics)."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        with urllib.request.urlopen(f"{herd.origin.url}/metrics", timeout=10) as resp:
-            text = resp.read().decode()
-        pending = [line for line in text.splitlines() if line.startswith("kraken_origin_writeback_pending ")]
-        if pending and float(pending[0].split()[-1]) == 0:
-            return
-        time.sleep(0.2)
-    raise TimeoutError("the origin's write-back did not drain")
 
 
 def _curl_blob(host: str, repo: str, digest: str) -> float:
@@ -73,13 +61,13 @@ def run(args: argparse.Namespace) -> str:
             repo = f"bench/push{i}"
             order = ("reg", "kr") if i % 2 == 0 else ("kr", "reg")
             for name in order:
-                _wait_idle(herd)
+                wait_idle(herd)
                 with Skopeo() as skopeo:
                     times[f"push_{name}"].append(
                         _timed(lambda: skopeo.copy(image.oci_ref, f"docker://{targets[name]}/{repo}:v1"))
                     )
             for name in order:
-                _wait_idle(herd)
+                wait_idle(herd)
                 dest = workdir / f"pull-{name}-{i}"
                 with Skopeo() as skopeo:
                     times[f"pull_{name}"].append(

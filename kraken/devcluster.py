@@ -31,6 +31,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import random
 import signal
 import socket
 import subprocess
@@ -51,10 +52,34 @@ MODE_ENV = "KRAKEN_DEVCLUSTER"
 MODES = {"native": "native processes", "docker": "Docker containers"}
 
 
+#: Where :func:`free_port` looks: above the dev ports (14000-17002), below the kernel's
+#: ephemeral range.
+_TEST_PORTS_FROM = 20000
+
+
+def _ephemeral_ports_from() -> int:
+    try:
+        return int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        return 49152  # IANA's range, macOS's default
+
+
 def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+    """A port nothing listens on now, for a process started in a moment.
+
+    Chosen below the kernel's ephemeral range: a port from that range can become the source
+    port of any outgoing connection as soon as its server stops, and then restarting that
+    server on its port fails.
+    """
+    top = _ephemeral_ports_from()
+    if top - _TEST_PORTS_FROM < 1000:
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            return s.getsockname()[1]
+    while True:
+        port = random.randrange(_TEST_PORTS_FROM, top)
+        if port_free(port) and port_free(port, "127.0.0.1"):
+            return port
 
 
 def port_free(port: int, host: str = "0.0.0.0") -> bool:
@@ -191,9 +216,22 @@ class Supervisor:
             if not proc.alive():
                 raise StartupError(f"{proc.name} exited with {proc.popen.returncode}:\n{proc.log_tail()}")
             if http_ok(proc.health_url):
+                self._check_listener(proc)
                 return
             time.sleep(0.05)
         raise StartupError(f"{proc.name} not healthy on {proc.health_url} within {timeout}s:\n{proc.log_tail()}")
+
+    @staticmethod
+    def _check_listener(proc: Process) -> None:
+        """The health answer came from ``proc``, not from another process that holds the port
+        (then ``proc`` is about to exit with "address already in use")."""
+        port = proc.health_port or proc.port
+        holder = port_holder(port)
+        if holder is not None and proc.popen is not None and holder[0] != proc.popen.pid:
+            proc.popen.kill()
+            proc.popen.wait()
+            raise StartupError(f"{proc.name}: address already in use: port {port} is held by pid {holder[0]} "
+                               f"({holder[1]})")
 
     def _signal(self, proc: Process, sig: int) -> None:
         if proc.alive():

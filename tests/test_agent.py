@@ -1,10 +1,12 @@
 """The agent as a real process: pulls by raw HTTP through its registry and agent server.
 
 The herd (testfs, origin, build-index, proxy) and a tracker run as real processes; images are
-pushed through the proxy and pulled through agents. Origins do not seed over P2P yet, so a
+pushed through the proxy and pulled through agents. Instead of the origin's own seeding, a
 P2P session in this test process seeds the origin's cached files, and the tracker is told
 that it is the origin's P2P address (``origin_p2p``): the agents meet it exactly where they
-will meet the real origin. Waits poll with deadlines; nothing sleeps to synchronise.
+meet a real origin, and a test can stop it seeding to prove bytes came from another agent.
+(tests/test_devcluster_p2p.py pulls with the origin seeding itself.) Waits poll with
+deadlines; nothing sleeps to synchronise.
 """
 from __future__ import annotations
 
@@ -403,3 +405,42 @@ async def test_two_agents_pulling_one_blob_at_once_both_get_it(cluster: Cluster)
         *(get(cluster.http, f"{a.registry}/v2/{repo}/blobs/{digest}") for a in cluster.agents)
     )
     assert [(status, body == data) for status, body, _ in answers] == [(200, True), (200, True)]
+
+
+async def test_a_restarted_agent_seeds_a_cached_blob_again_once_it_is_pulled(cluster: Cluster) -> None:
+    repo = "test/agent-reseed"
+    data = os.urandom(3 * MiB)
+    digest = await cluster.push_blob(repo, data)
+    ih = await cluster.seed(repo, digest)
+    one, two = cluster.agents
+    url = lambda a: f"{a.server}/namespace/{quote(repo, safe='')}/blobs/{digest}"  # noqa: E731
+    assert (await get(cluster.http, url(one)))[0] == 200
+
+    await asyncio.to_thread(cluster.supervisor.restart, one.process.name)
+    # A restart leaves the torrent out of the session; the next pull (a cache hit) brings it back.
+    status, body, _ = await get(cluster.http, url(one))
+    assert status == 200 and body == data
+
+    async def reseeded() -> bool:
+        return f"seeding cached blob again digest={digest}" in one.log()
+
+    await wait_for(reseeded, "the restarted agent to seed its cached copy")
+    # With the origin's seed gone, the second agent can only get the bytes from the first.
+    await cluster.seeder.remove(ih)
+    status, body, _ = await get(cluster.http, url(two))
+    assert status == 200 and body == data
+    assert await cluster.metric(two, "kraken_p2p_download_bytes_total", source="peer") >= len(data)
+
+
+async def test_head_on_the_agent_server_downloads_nothing(cluster: Cluster) -> None:
+    repo = "test/agent-head"
+    data = os.urandom(100_000)
+    digest = await cluster.push_blob(repo, data)
+    await cluster.seed(repo, digest)
+    agent = cluster.agents[1]
+    async with cluster.http.head(f"{agent.server}/namespace/{quote(repo, safe='')}/blobs/{digest}") as r:
+        assert r.status == 200 and r.headers["Content-Length"] == str(len(data))
+    assert not agent.cached(digest).exists()
+    missing = Digest.of_bytes(b"never pushed")
+    async with cluster.http.head(f"{agent.server}/namespace/{quote(repo, safe='')}/blobs/{missing}") as r:
+        assert r.status == 404

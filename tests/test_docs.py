@@ -13,7 +13,7 @@ from kraken.tools import configdoc
 ROOT = Path(__file__).resolve().parent.parent
 DOCS = ROOT / "docs"
 CONFIGURATION = DOCS / "CONFIGURATION.md"
-CONFIG_COMPONENTS = ["testfs", "origin", "build-index", "proxy", "tracker"]
+CONFIG_COMPONENTS = ["testfs", "origin", "build-index", "proxy", "tracker", "agent"]
 
 # base.yaml leaves out what only a deployment can say (its directories, its origins, its
 # backends); these stand in for it when base.yaml is loaded on its own.
@@ -23,9 +23,13 @@ SITE_KEYS: dict[str, dict] = {
     "build-index": {"store": {"root": "/srv/kraken/build-index"}, "origins": {"hosts": []}, "backends": []},
     "proxy": {"store": {"root": "/srv/kraken/proxy"}, "origins": {"hosts": []}},
     "tracker": {},
+    "agent": {"store": {"root": "/var/cache/kraken/agent"}},
 }
 
-PORTS = {"testfs": 14000, "proxy": 15000, "origin": 15002, "tracker": 15003, "build-index": 15004}
+PORTS = {"testfs": 14000, "proxy": 15000, "origin": 15002, "tracker": 15003, "build-index": 15004, "agent": 16000}
+
+# The agent's other ports (registry, P2P, agent server) and the second dev agent's.
+AGENT_PORTS = {"development": (16000, 16001, 16002), "development-two": (17000, 17001, 17002)}
 
 
 @pytest.mark.parametrize("component", list(configdoc.COMPONENTS))
@@ -60,6 +64,21 @@ def test_checked_in_configs_load(component: str, name: str) -> None:
     config = load_config(cls, ROOT / "config" / component / f"{name}.yaml", overrides)
     assert isinstance(config, cls)
     assert config.listen.port == PORTS[component]
+
+
+@pytest.mark.parametrize("name", list(AGENT_PORTS))
+def test_dev_agent_configs_use_the_documented_ports(name: str) -> None:
+    config = load_config(configdoc.config_class("agent"), ROOT / "config" / "agent" / f"{name}.yaml")
+    assert (config.listen.port, config.p2p.listen.port, config.server.port) == AGENT_PORTS[name]
+    rows = {r.path: r.section_default for r in configdoc.rows("agent")}
+    assert (rows["listen.port"], rows["p2p.listen.port"], rows["server.port"]) == tuple(map(str, AGENT_PORTS["development"]))
+
+
+def test_readme_ports_table_lists_every_dev_port() -> None:
+    readme = (ROOT / "README.md").read_text()
+    table = {m.group(1) for m in re.finditer(r"^\|[^|\n]*\|\s*(\d+)\s*\|", readme, re.MULTILINE)}
+    expected = {str(p) for p in PORTS.values()} | {"15001"} | {str(p) for ports in AGENT_PORTS.values() for p in ports}
+    assert sorted(expected - table) == []
 
 
 @pytest.mark.parametrize("component", CONFIG_COMPONENTS)
@@ -100,6 +119,20 @@ def test_configdoc_reads_help_from_yaml_comments(tmp_path: Path) -> None:
     path = tmp_path / "c.yaml"
     path.write_text("# file header\nlisten:\n  port: 1\n\n# the thing\nsection:\n  # inner\n  key: 2  # more\n")
     assert configdoc.yaml_comments(path) == {"section": "the thing", "section.key": "inner more"}
+    # A block after the header (a blank line between them) belongs to the first key.
+    path.write_text("# file header\n\n# first\nlisten:\n  port: 1\n")
+    assert configdoc.yaml_comments(path) == {"listen": "first"}
+
+
+def test_configdoc_shows_the_section_default_of_a_required_key() -> None:
+    row = next(r for r in configdoc.rows("agent") if r.path == "tracker.addr")
+    assert row.required and row.section_default == "localhost:15003"
+    assert configdoc.default_cell(row) == "`localhost:15003` if `tracker` is absent, else required"
+    doc = CONFIGURATION.read_text()
+    cell = "| `tracker.addr` | string | `localhost:15003` if `tracker` is absent, else required |"
+    assert cell in doc
+    wrong = doc.replace(cell, "| `tracker.addr` | string | required |")
+    assert any("tracker.addr" in p for p in configdoc.check_doc(wrong, ["agent"]))
 
 
 def test_configdoc_cli_prints_a_table(capsys: pytest.CaptureFixture[str]) -> None:

@@ -550,6 +550,25 @@ async def test_concurrent_metainfo_requests_share_one_origin_call(
     assert origin.requests == [(NS, str(blob.digest))]
 
 
+async def test_agents_asking_for_one_blob_get_successive_swarm_slots(
+    start_tracker: TrackerFactory, fake_origins: Callable[[int], Awaitable[list[FakeOrigin]]], tmp_path: Path,
+) -> None:
+    (origin,) = await fake_origins(1)
+    first, second = make_blob(tmp_path), make_blob(tmp_path)
+    for blob in (first, second):
+        origin.metainfo[str(blob.digest)] = blob.metainfo
+    tracker = await start_tracker([origin])
+
+    async def slot(digest: Digest) -> str:
+        async with tracker.session.get(f"{tracker.url}/namespace/test%2Fx/blobs/{digest}/metainfo") as resp:
+            assert resp.status == 200
+            return resp.headers["Kraken-Swarm-Slot"]
+
+    # Cached or not, every request numbers the asker; each blob counts on its own.
+    assert [await slot(first.digest) for _ in range(3)] == ["0", "1", "2"]
+    assert await slot(second.digest) == "0"
+
+
 async def test_metainfo_is_cached_and_the_cache_is_bounded(
     start_tracker: TrackerFactory, fake_origins: Callable[[int], Awaitable[list[FakeOrigin]]], tmp_path: Path,
 ) -> None:

@@ -32,6 +32,7 @@ from kraken.core.metainfo import info_hash as metainfo_info_hash
 from kraken.log import get_logger
 from kraken.metrics import Metrics
 from kraken.p2p import P2PError, P2PSession
+from kraken.p2p.pieces import staggered_priorities
 from kraken.store.cas import CAStore
 from kraken.tasks import TaskOwner
 
@@ -54,6 +55,7 @@ class CorruptBlob(BlobUnavailable):
 class TorrentFacts:
     info_hash: str
     size: int
+    num_pieces: int
 
 
 def parse_metainfo(metainfo: bytes, digest: Digest) -> TorrentFacts:
@@ -65,7 +67,7 @@ def parse_metainfo(metainfo: bytes, digest: Digest) -> TorrentFacts:
         raise BlobUnavailable(f"metainfo of {digest} does not parse: {e}") from None
     if ti.num_files() != 1 or ti.name() != digest.hex:
         raise BlobUnavailable(f"metainfo of {digest} is not one file named {digest.hex}")
-    return TorrentFacts(str(ti.info_hashes().v1), ti.total_size())
+    return TorrentFacts(str(ti.info_hashes().v1), ti.total_size(), ti.num_pieces())
 
 
 class AgentBlobs:
@@ -87,6 +89,7 @@ class AgentBlobs:
         self.download_timeout = download_timeout
         self._tasks = TaskOwner("agent-downloads")
         self._inflight: dict[Digest, asyncio.Future[Path | None]] = {}
+        self._reseeding: set[Digest] = set()
         self._fetches = metrics.counter(
             "kraken_agent_blob_fetches_total",
             "Blob reads by outcome: cache (hit), downloaded, not_found, corrupt (failed sha256), error",
@@ -126,7 +129,7 @@ class AgentBlobs:
             return 0 if digest == EMPTY_SHA256 else None
         if metainfo is None:
             return None
-        return (await asyncio.to_thread(parse_metainfo, metainfo, digest)).size
+        return (await asyncio.to_thread(parse_metainfo, metainfo.data, digest)).size
 
     async def fetch(self, namespace: str, digest: Digest) -> Path | None:
         """The cached blob's path, downloading it first if needed; ``None`` if no origin has it.
@@ -136,6 +139,7 @@ class AgentBlobs:
         """
         if self.cached_size(digest) is not None:
             self._fetches.labels("cache").inc()
+            self._seed_again(digest)
             return self.cas.path(digest)
         fut = self._inflight.get(digest)
         if fut is None:
@@ -173,16 +177,19 @@ class AgentBlobs:
         if metainfo is None:
             log.info("blob not found", namespace=namespace, digest=digest)
             return None
-        facts = await asyncio.to_thread(parse_metainfo, metainfo, digest)
+        facts = await asyncio.to_thread(parse_metainfo, metainfo.data, digest)
+        log.info("blob download started", namespace=namespace, digest=digest, size=facts.size,
+                 pieces=facts.num_pieces, swarm_slot=metainfo.slot)
         try:
             result = await self.session.download(
-                metainfo, self.staging, self.tracker.announce_url, timeout=self.download_timeout
+                metainfo.data, self.staging, self.tracker.announce_url, timeout=self.download_timeout,
+                piece_priorities=staggered_priorities(facts.num_pieces, metainfo.slot),
             )
         except P2PError as e:  # DownloadTimeout included
             log.error("blob download failed", namespace=namespace, digest=digest, error=str(e))
             raise BlobUnavailable(f"download of {digest} failed: {e}") from None
         try:
-            path = await self._verify_and_cache(namespace, digest, facts, result.path, metainfo)
+            path = await self._verify_and_cache(namespace, digest, facts, result.path, metainfo.data)
         except OSError as e:
             await self.session.remove(facts.info_hash, delete_files=True)
             raise BlobUnavailable(f"could not verify or cache {digest}: {e}") from None
@@ -203,13 +210,39 @@ class AgentBlobs:
             raise CorruptBlob(f"downloaded bytes of {digest} hash to {actual}")
         target = self.cas.path(digest)
         await asyncio.to_thread(target.parent.mkdir, parents=True, exist_ok=True)
+        # The metainfo first: from the moment the blob is in the cache, a delete or an
+        # eviction must be able to find its torrent.
+        await self.cas.write_meta(digest, METAINFO_META, metainfo)
         try:
             path = await self.session.move_storage(facts.info_hash, target.parent)
         except P2PError as e:
             await self.session.remove(facts.info_hash, delete_files=True)
+            await asyncio.to_thread(self.cas.delete, digest)
             raise BlobUnavailable(f"could not move {digest} into the cache: {e}") from None
-        await self.cas.write_meta(digest, METAINFO_META, metainfo)
         return path
+
+    def _seed_again(self, digest: Digest) -> None:
+        """Seed a cached blob whose torrent left the session (idle, or an agent restart), in
+        the background: a blob being pulled here is wanted, and its peers may need it too."""
+        if digest in self._reseeding:
+            return
+        self._reseeding.add(digest)
+        task = self._tasks.spawn(self._reseed(digest), f"reseed:{digest.hex[:12]}")
+        task.add_done_callback(lambda _: self._reseeding.discard(digest))
+
+    async def _reseed(self, digest: Digest) -> None:
+        metainfo = await self.cas.read_meta(digest, METAINFO_META)
+        if metainfo is None:
+            return
+        info_hash = await asyncio.to_thread(metainfo_info_hash, metainfo)
+        if info_hash in self.session.torrents():
+            return
+        try:
+            await self.session.seed(metainfo, self.cas.path(digest), self.tracker.announce_url)
+        except (P2PError, OSError, ValueError) as e:
+            log.warning("cannot seed cached blob", digest=digest, error=str(e))
+            return
+        log.info("seeding cached blob again", digest=digest, info_hash=info_hash)
 
     async def delete(self, digest: Digest) -> bool:
         """Stop seeding the blob and remove it from the cache; False if it was not cached."""

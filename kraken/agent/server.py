@@ -16,6 +16,7 @@ from __future__ import annotations
 import asyncio
 from pathlib import Path
 
+import aiohttp
 from aiohttp import web
 
 from kraken.agent.blobs import AgentBlobs, BlobUnavailable
@@ -88,7 +89,8 @@ class Agent:
     def server_app(self) -> web.Application:
         app = create_app(COMPONENT, self.metrics, self.readiness)
         app.router.add_get("/tags/{tag:.+}", self._get_tag)
-        app.router.add_get("/namespace/{ns:.+}/blobs/{digest}", self._get_blob)
+        app.router.add_get("/namespace/{ns:.+}/blobs/{digest}", self._get_blob, allow_head=False)
+        app.router.add_head("/namespace/{ns:.+}/blobs/{digest}", self._head_blob)
         app.router.add_delete("/blobs/{digest}", self._delete_blob)
         return app
 
@@ -98,17 +100,32 @@ class Agent:
             return web.Response(status=400, text="tag must be repo:tag\n")
         try:
             digest = await self.build_index.get_tag(tag)
-        except (ConnectionError, TimeoutError, HTTPStatusError, OSError) as e:
+        except HTTPStatusError as e:
+            if e.status < 500:
+                return web.Response(status=e.status, text=f"build-index: {e.body}\n")
+            return _unavailable("build-index", e)
+        except (ConnectionError, TimeoutError, OSError, aiohttp.ClientError, DigestError) as e:
             return _unavailable("build-index", e)
         if digest is None:
             return web.Response(status=404, text=f"tag {tag} not found\n")
         return web.Response(text=str(digest))
 
+    async def _head_blob(self, request: web.Request) -> web.Response:
+        """The size, from the cache or the metainfo: a HEAD downloads nothing."""
+        digest = _digest(request)
+        try:
+            size = await self.blobs.size(request.match_info["ns"], digest)
+        except (BlobUnavailable, ConnectionError, TimeoutError, HTTPStatusError, OSError, aiohttp.ClientError) as e:
+            return _unavailable("blob", e)
+        if size is None:
+            return web.Response(status=404)
+        return web.Response(headers={"Content-Length": str(size), "Content-Type": "application/octet-stream"})
+
     async def _get_blob(self, request: web.Request) -> web.StreamResponse:
         digest = _digest(request)
         try:
             path = await self.blobs.fetch(request.match_info["ns"], digest)
-        except (BlobUnavailable, ConnectionError, TimeoutError, HTTPStatusError, OSError) as e:
+        except (BlobUnavailable, ConnectionError, TimeoutError, HTTPStatusError, OSError, aiohttp.ClientError) as e:
             return _unavailable("blob", e)
         if path is None:
             return web.Response(status=404, text=f"blob {digest} not found\n")

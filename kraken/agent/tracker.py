@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+from dataclasses import dataclass
 from urllib.parse import quote
 
 import aiohttp
@@ -18,6 +19,7 @@ import aiohttp
 from kraken.core.digest import Digest
 from kraken.http.client import HTTPStatusError, HttpClient
 from kraken.log import get_logger
+from kraken.tracker.slots import HEADER as SLOT_HEADER
 
 log = get_logger("agent")
 
@@ -38,6 +40,15 @@ class MetainfoNotReady(TimeoutError):
     """Still 202 (the origin is fetching the blob) when the deadline passed."""
 
 
+@dataclass(frozen=True)
+class Metainfo:
+    """A blob's torrent, and this agent's swarm slot for it (which pieces it asks for first:
+    :mod:`kraken.p2p.pieces`; 0 when the tracker gives none)."""
+
+    data: bytes
+    slot: int = 0
+
+
 class TrackerClient:
     def __init__(self, addr: str, http: HttpClient, poll_timeout: float) -> None:
         self.addr = addr
@@ -50,7 +61,7 @@ class TrackerClient:
         """The URL libtorrent announces to (its SSRF check wants a path starting /announce)."""
         return f"{self.base}/announce"
 
-    async def get_metainfo(self, namespace: str, digest: Digest) -> bytes | None:
+    async def get_metainfo(self, namespace: str, digest: Digest) -> Metainfo | None:
         """The blob's bencoded torrent; ``None`` if no origin has the blob.
 
         Raises :class:`EmptyBlob` for a zero-byte blob, :class:`MetainfoNotReady` after
@@ -60,9 +71,9 @@ class TrackerClient:
         deadline = time.monotonic() + self.poll_timeout
         delay = POLL_START
         while True:
-            status, body = await self._get(url, digest)
+            status, body, slot = await self._get(url, digest)
             if status == 200:
-                return body
+                return Metainfo(body, slot)
             if status == 404:
                 return None
             if status == 422:
@@ -72,7 +83,7 @@ class TrackerClient:
             await asyncio.sleep(delay)
             delay = min(delay * 2, POLL_MAX)
 
-    async def _get(self, url: str, digest: Digest) -> tuple[int, bytes]:
+    async def _get(self, url: str, digest: Digest) -> tuple[int, bytes, int]:
         try:
             resp = await self.http.request("GET", url, ok=(200, 202, 404, 422))
         except (aiohttp.ClientError, asyncio.TimeoutError) as e:
@@ -83,8 +94,9 @@ class TrackerClient:
                 raise
             log.warning("tracker unreachable", tracker=self.addr, digest=digest, status=e.status, error=e.body[:200])
             raise TrackerUnavailable(f"tracker {self.addr} answered {e.status}: {e.body[:200]}") from None
+        slot = resp.headers.get(SLOT_HEADER, "0")
         try:
-            return resp.status, await resp.read()
+            return resp.status, await resp.read(), int(slot) if slot.isdigit() else 0
         finally:
             resp.release()
 

@@ -43,6 +43,12 @@ class P2PConfig:
     ``max_queued_disk_bytes``: received bytes waiting to be written per session; it caps a
     downloader's memory (16 MiB measured as fast as libtorrent's 100 MiB default).
 
+    ``request_queue_time``: how many seconds of transfer (at the rate a peer has been sending)
+    a downloader keeps requested from that peer. libtorrent's default is 3 s; 1 s keeps agents
+    from reserving pieces at a rate-limited origin long before it can send them, which in the
+    fan-out benchmark cut the origin's duplicate uploads (1.36 -> 1.27 copies) and the time
+    (1.45 -> 1.36 x T_min). Whole seconds, at least 1.
+
     ``alert_queue_size``: libtorrent's alert queue. Alerts are drained as soon as libtorrent
     signals them, so this only needs headroom for event-loop stalls; an overflow is logged
     and pending downloads are re-checked, never lost.
@@ -58,6 +64,7 @@ class P2PConfig:
     stats_interval: Duration = 1.0
     max_queued_disk_bytes: ByteSize = 16 << 20
     alert_queue_size: int = 10000
+    request_queue_time: Duration = 1.0
 
     def __post_init__(self) -> None:
         for limit in (self.upload_rate_limit, self.download_rate_limit):
@@ -73,6 +80,8 @@ class P2PConfig:
             raise ValueError("stats_interval must be > 0")
         if self.max_queued_disk_bytes < 1 << 20:
             raise ValueError("max_queued_disk_bytes must be at least 1MiB")
+        if self.request_queue_time < 1:
+            raise ValueError("request_queue_time must be at least 1s (libtorrent counts whole seconds)")
         if self.alert_queue_size < 1:
             raise ValueError("alert_queue_size must be >= 1")
         if not 0 <= self.listen.port < 65536:

@@ -234,6 +234,7 @@ def _session_settings(config: P2PConfig, role: Role) -> dict[str, Any]:
         "peer_fingerprint": _PEER_FINGERPRINTS[role],
         "stop_tracker_timeout": _STOP_TRACKER_TIMEOUT,
         "tick_interval": _TICK_INTERVAL_MS,
+        "request_queue_time": max(1, round(config.request_queue_time)),
     }
 
 
@@ -448,15 +449,21 @@ class P2PSession:
 
     # ---------------------------------------------------------------- operations
 
-    async def download(self, metainfo: bytes, save_dir: Path, tracker_url: str, *, timeout: float) -> DownloadResult:
-        """Download the torrent into ``save_dir`` and keep seeding it (see the module docstring)."""
+    async def download(
+        self, metainfo: bytes, save_dir: Path, tracker_url: str, *, timeout: float,
+        piece_priorities: list[int] | None = None,
+    ) -> DownloadResult:
+        """Download the torrent into ``save_dir`` and keep seeding it (see the module docstring).
+
+        ``piece_priorities`` (libtorrent's 1..7, one per piece) orders which pieces are asked
+        for first (:mod:`kraken.p2p.pieces`); a torrent already downloading keeps its order."""
         self._check_open()
         ti = await asyncio.to_thread(_parse_metainfo, metainfo)
         self._check_open()
         info_hash = str(ti.info_hashes().v1)
         rec = self._torrents.get(info_hash)
         if rec is None:
-            rec = self._add(ti, save_dir, tracker_url, seed=False)
+            rec = self._add(ti, save_dir, tracker_url, seed=False, piece_priorities=piece_priorities)
         elif rec.seeding:
             rec.last_activity = time.monotonic()
             return DownloadResult(info_hash, rec.path, rec.size, 0.0, 0, 0, dict.fromkeys(SOURCES, 0), 0)
@@ -544,10 +551,13 @@ class P2PSession:
         return self._ses
 
     def _add(
-        self, ti: lt.torrent_info, save_dir: Path, tracker_url: str, *, seed: bool, file_name: str | None = None
+        self, ti: lt.torrent_info, save_dir: Path, tracker_url: str, *, seed: bool, file_name: str | None = None,
+        piece_priorities: list[int] | None = None,
     ) -> _Torrent:
         atp = lt.add_torrent_params()
         atp.ti = ti
+        if piece_priorities is not None:
+            atp.piece_priorities = piece_priorities
         atp.save_path = str(save_dir)
         atp.trackers = [tracker_url]
         atp.max_connections = self.config.connections_per_torrent

@@ -20,10 +20,10 @@ import re
 import sys
 import tempfile
 import types
-import typing
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Annotated, Any, Iterator, Literal, Union, get_args, get_origin, get_type_hints
+from typing import Annotated, Any, Literal, Union, get_args, get_origin, get_type_hints
 
 from kraken.config import _ByteSizeTag, _DurationTag
 
@@ -37,6 +37,7 @@ COMPONENTS: dict[str, tuple[str, str, str | None]] = {
     "build-index": ("kraken.buildindex.config", "BuildIndexConfig", "build-index"),
     "proxy": ("kraken.proxy.config", "ProxyConfig", "proxy"),
     "tracker": ("kraken.tracker.config", "TrackerConfig", "tracker"),
+    "agent": ("kraken.agent.config", "AgentConfig", "agent"),
     # One entry of a ``backends:`` list (origin, build-index); paths are relative to the entry.
     "backends": ("kraken.backend.config", "NamespaceBackendConfig", None),
 }
@@ -99,12 +100,12 @@ def describe_type(tp: Any) -> str:
     origin = get_origin(tp)
     if origin is Literal:
         return "one of " + ", ".join(str(a) for a in get_args(tp))
-    if origin in (list, typing.List):
+    if origin is list:  # typing.List[...] too: get_origin gives list
         (item,) = get_args(tp) or (Any,)
         if dataclasses.is_dataclass(item):
             return "list of mappings"
         return f"list of {_plural(describe_type(item))}"
-    if origin in (dict, typing.Dict):
+    if origin is dict:
         key, value = get_args(tp) or (Any, Any)
         return f"mapping {describe_type(key)} -> {describe_type(value)}"
     if dataclasses.is_dataclass(tp):
@@ -148,10 +149,10 @@ def format_value(tp: Any, value: Any) -> str:
         return "unset"
     inner, _ = _strip_optional(tp)
     origin = get_origin(inner)
-    if origin in (list, typing.List):
+    if origin is list:
         (item,) = get_args(inner) or (Any,)
         return "[" + ", ".join(format_value(item, v) for v in value) + "]"
-    if origin in (dict, typing.Dict):
+    if origin is dict:
         key_tp, value_tp = get_args(inner) or (Any, Any)
         items = ", ".join(f"{format_value(key_tp, k)}: {format_value(value_tp, v)}" for k, v in value.items())
         return "{" + items + "}"
@@ -230,8 +231,9 @@ _KEY_RE = re.compile(r"^(?P<indent>\s*)(?P<key>[A-Za-z_][\w-]*)\s*:(?P<rest>.*)$
 def yaml_comments(path: Path) -> dict[str, str]:
     """Dotted key path -> the comment block right above the key (and its inline comment).
 
-    The file's opening comment (before the first key) describes the file, not a key; a blank
-    line ends a comment block.
+    The file's opening comment block describes the file, not a key; a blank line ends a
+    comment block, so a further block between the opening one and the first key is that
+    key's.
     """
     try:
         lines = path.read_text().splitlines()
@@ -240,10 +242,12 @@ def yaml_comments(path: Path) -> dict[str, str]:
     out: dict[str, str] = {}
     stack: list[tuple[int, str]] = []
     block: list[str] = []
-    seen_key = False
+    in_header = True  # until the opening comment block has ended (blank line or first key)
     for line in lines:
         stripped = line.strip()
         if not stripped:
+            if block:
+                in_header = False
             block = []
             continue
         if stripped.startswith("#"):
@@ -258,14 +262,14 @@ def yaml_comments(path: Path) -> dict[str, str]:
             stack.pop()
         stack.append((indent, m.group("key")))
         key_path = ".".join(k for _, k in stack)
-        text = list(block) if seen_key else []
+        text = [] if in_header else list(block)
         rest = m.group("rest")
         if " #" in rest:
             text.append(rest.split(" #", 1)[1].strip())
         if text:
             out[key_path] = " ".join(text)
         block = []
-        seen_key = True
+        in_header = False
     return out
 
 
@@ -277,6 +281,9 @@ def _cell(text: str) -> str:
 
 def default_cell(row: Row) -> str:
     if row.required:
+        if row.section_default is not None:  # required in the section, which has a default
+            section = row.path.rpartition(".")[0]
+            return f"`{row.section_default}` if `{section}` is absent, else {REQUIRED}"
         return REQUIRED
     if row.default is None:
         return ""

@@ -18,6 +18,7 @@ from kraken.tracker.config import TrackerConfig
 from kraken.tracker.metrics import TrackerMetrics
 from kraken.tracker.peerstore import PeerStoreError
 from kraken.tracker.service import TrackerService
+from kraken.tracker.slots import HEADER as SLOT_HEADER
 
 COMPONENT = "tracker"
 
@@ -59,7 +60,8 @@ def create_tracker_app(config: TrackerConfig) -> web.Application:
         except PeerStoreError as e:
             return web.Response(status=503, text=f"peer store unavailable: {e}\n")
         if answer.status == 200:
-            return web.Response(body=answer.body, content_type=TORRENT)
+            return web.Response(body=answer.body, content_type=TORRENT,
+                                headers={SLOT_HEADER: str(service.swarm_slots.next(digest))})
         return web.Response(status=answer.status, body=answer.body, content_type="text/plain")
 
     app.router.add_get("/announce", announce)

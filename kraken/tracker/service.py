@@ -27,6 +27,7 @@ from kraken.tracker.metrics import TrackerMetrics
 from kraken.tracker.origins import OriginPeers
 from kraken.tracker.peerstore import Peer, PeerAddr, PeerStore
 from kraken.tracker.redisstore import RedisPeerStore
+from kraken.tracker.slots import SwarmSlots
 
 log = get_logger("tracker")
 
@@ -51,6 +52,7 @@ class TrackerService:
         self._http: HttpClient | None = None
         self._origins: OriginCluster | None = None
         self._metainfo: MetainfoProxy | None = None
+        self.swarm_slots = SwarmSlots()
 
     async def lifecycle(self, _: web.Application) -> AsyncIterator[None]:
         owner = TaskOwner("tracker")

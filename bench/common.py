@@ -1,0 +1,162 @@
+"""What the benchmarks share: blobs on disk, pushes, metrics scraping, timed curl fetches."""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import subprocess
+import time
+import urllib.request
+from dataclasses import dataclass
+from pathlib import Path
+
+from prometheus_client.parser import text_string_to_metric_families
+
+from kraken.core.digest import Digest
+from kraken.registry.manifest import OCI_MANIFEST
+from tests.cluster import Herd
+
+MiB = 1 << 20
+
+
+def random_blob_file(path: Path, size: int, chunk: int = 16 * MiB) -> Digest:
+    """Write ``size`` random bytes to ``path`` in chunks (a GiB never sits in memory)."""
+    h = hashlib.sha256()
+    with open(path, "wb") as f:
+        left = size
+        while left:
+            block = os.urandom(min(chunk, left))
+            h.update(block)
+            f.write(block)
+            left -= len(block)
+    return Digest("sha256", h.hexdigest())
+
+
+def _upload_location(registry_url: str, repo: str) -> str:
+    req = urllib.request.Request(f"{registry_url}/v2/{repo}/blobs/uploads/", data=b"", method="POST")
+    with urllib.request.urlopen(req, timeout=60) as resp:
+        location = resp.headers["Location"]
+    if location.startswith("/"):
+        location = registry_url + location
+    return location + ("&" if "?" in location else "?")
+
+
+def push_blob_file(registry_url: str, repo: str, path: Path, digest: Digest) -> None:
+    """A monolithic upload (POST, then PUT of the whole file streamed from disk)."""
+    location = _upload_location(registry_url, repo)
+    with open(path, "rb") as f:
+        req = urllib.request.Request(f"{location}digest={digest}", data=f, method="PUT",
+                                     headers={"Content-Length": str(path.stat().st_size),
+                                              "Content-Type": "application/octet-stream"})
+        with urllib.request.urlopen(req, timeout=600) as resp:
+            assert resp.status == 201, resp.status
+
+
+def push_blob_bytes(registry_url: str, repo: str, data: bytes) -> Digest:
+    digest = Digest.of_bytes(data)
+    req = urllib.request.Request(f"{_upload_location(registry_url, repo)}digest={digest}", data=data, method="PUT",
+                                 headers={"Content-Type": "application/octet-stream"})
+    with urllib.request.urlopen(req, timeout=60) as resp:
+        assert resp.status == 201, resp.status
+    return digest
+
+
+def push_manifest(registry_url: str, repo: str, tag: str, config: Digest, config_size: int,
+                  layer: Digest, layer_size: int) -> Digest:
+    """An OCI image manifest naming ``config`` and one layer, tagged ``tag``."""
+    body = json.dumps({
+        "schemaVersion": 2, "mediaType": OCI_MANIFEST,
+        "config": {"mediaType": "application/vnd.oci.image.config.v1+json", "digest": str(config),
+                   "size": config_size},
+        "layers": [{"mediaType": "application/vnd.oci.image.layer.v1.tar", "digest": str(layer),
+                    "size": layer_size}],
+    }).encode()
+    req = urllib.request.Request(f"{registry_url}/v2/{repo}/manifests/{tag}", data=body, method="PUT",
+                                 headers={"Content-Type": OCI_MANIFEST})
+    with urllib.request.urlopen(req, timeout=60) as resp:
+        assert resp.status == 201, resp.status
+    return Digest.of_bytes(body)
+
+
+def place_in_distribution(data_dir: Path, repo: str, path: Path, digest: Digest) -> None:
+    """Put ``path`` into a distribution registry's filesystem storage as blob ``digest`` of
+    ``repo``, as a push would have left it (a hard link: no copy, no upload)."""
+    v2 = data_dir / "docker" / "registry" / "v2"
+    blob = v2 / "blobs" / digest.algorithm / digest.hex[:2] / digest.hex / "data"
+    blob.parent.mkdir(parents=True, exist_ok=True)
+    os.link(path, blob)
+    link = v2 / "repositories" / repo / "_layers" / digest.algorithm / digest.hex / "link"
+    link.parent.mkdir(parents=True, exist_ok=True)
+    link.write_text(str(digest))
+
+
+def scrape(url: str) -> str:
+    with urllib.request.urlopen(f"{url}/metrics", timeout=10) as resp:
+        return resp.read().decode()
+
+
+def metric(text: str, name: str, **labels: str) -> float:
+    """The sum of the samples of ``name`` that carry ``labels`` (0 when there are none)."""
+    total = 0.0
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            if sample.name == name and all(sample.labels.get(k) == v for k, v in labels.items()):
+                total += sample.value
+    return total
+
+
+def wait_idle(herd: Herd, timeout: float = 300.0) -> None:
+    """Until the origin has no write-back pending, so one step's background work is not
+    billed to the next."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        text = scrape(herd.origin.url)
+        if metric(text, "kraken_origin_writeback_pending") == 0 and "kraken_origin_writeback_pending" in text:
+            return
+        time.sleep(0.2)
+    raise TimeoutError("the origin's write-back did not drain")
+
+
+def wait_metainfo(base: str, repo: str, digest: Digest, timeout: float = 300.0) -> None:
+    """Until ``base`` (an origin's /internal) serves the blob's metainfo; the origin then seeds it."""
+    deadline = time.monotonic() + timeout
+    url = f"{base}/namespace/{repo.replace('/', '%2F')}/blobs/{digest}/metainfo"
+    while time.monotonic() < deadline:
+        with urllib.request.urlopen(url, timeout=30) as resp:
+            if resp.status == 200:
+                return
+        time.sleep(0.2)
+    raise TimeoutError(f"no metainfo for {digest}")
+
+
+@dataclass
+class CurlTiming:
+    """One ``curl`` GET: seconds to the first body byte (the server has the whole blob ready)
+    and to the last, and the bytes received."""
+
+    first_byte: float
+    total: float
+    size: int
+
+
+def start_curl(url: str, netns: str | None = None) -> subprocess.Popen:
+    """Start a GET of ``url`` that discards the body (in network namespace ``netns``)."""
+    argv = ["curl", "-sS", "-f", "-o", "/dev/null", "-w", "%{time_starttransfer} %{time_total} %{size_download}", url]
+    if netns:
+        argv = ["ip", "netns", "exec", netns, *argv]
+    return subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+
+def finish_curl(proc: subprocess.Popen, timeout: float = 3600.0) -> CurlTiming:
+    out, err = proc.communicate(timeout=timeout)
+    if proc.returncode != 0:
+        raise RuntimeError(f"curl failed ({proc.returncode}): {err.strip()}")
+    first, total, size = out.split()
+    return CurlTiming(float(first), float(total), int(size))
+
+
+def percentile(values: list[float], p: float) -> float:
+    """Nearest-rank percentile (p99 of 8 samples is the slowest one)."""
+    ordered = sorted(values)
+    rank = max(1, -(-len(ordered) * p // 100))
+    return ordered[int(rank) - 1]

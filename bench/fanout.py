@@ -21,6 +21,7 @@ import shutil
 import statistics
 import threading
 import time
+import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -97,24 +98,35 @@ class Timeline(threading.Thread):
         self.join()
 
 
+def _agent_counters(herd: Herd) -> list[tuple[float, float, float]]:
+    """Per agent: bytes downloaded from origins, from peers, and uploaded (all time)."""
+    rows = []
+    for agent in herd.agents:
+        text = scrape(f"http://127.0.0.1:{agent.health_port}")
+        rows.append((metric(text, "kraken_p2p_download_bytes_total", source="origin"),
+                     metric(text, "kraken_p2p_download_bytes_total", source="peer"),
+                     metric(text, "kraken_p2p_upload_bytes_total")))
+    return rows
+
+
 def pull_everywhere(herd: Herd, digest: Digest, stats_interval: float) -> FanoutRun:
-    before = _origin_upload(herd)
-    url = lambda agent: f"http://127.0.0.1:{agent.health_port}/namespace/{REPO.replace('/', '%2F')}/blobs/{digest}"
-    procs = [start_curl(url(agent)) for agent in herd.agents]
+    """Every agent pulls the blob at once; afterwards each drops it again (cold for the next run)."""
+    origin_before, agents_before = _origin_upload(herd), _agent_counters(herd)
+    ns = REPO.replace("/", "%2F")
+    procs = [start_curl(f"http://127.0.0.1:{a.health_port}/namespace/{ns}/blobs/{digest}") for a in herd.agents]
     timeline = Timeline(herd)
     timeline.start()
     timings = [finish_curl(p) for p in procs]
     timeline.stop()
-    origin_uploaded = _settled_origin_upload(herd, 2 * stats_interval) - before
-    texts = [scrape(f"http://127.0.0.1:{a.health_port}") for a in herd.agents]
-    print("timeline (s: origin MiB/s, agents MiB/s): " + " ".join(f"{t:.0f}:{o:.0f}/{a:.0f}" for t, o, a in timeline.rows))
-    return FanoutRun(
-        timings,
-        origin_uploaded,
-        [metric(t, "kraken_p2p_download_bytes_total", source="origin") for t in texts],
-        [metric(t, "kraken_p2p_download_bytes_total", source="peer") for t in texts],
-        [metric(t, "kraken_p2p_upload_bytes_total") for t in texts],
-    )
+    origin_uploaded = _settled_origin_upload(herd, 2 * stats_interval) - origin_before
+    deltas = [tuple(a - b for a, b in zip(after, before))
+              for after, before in zip(_agent_counters(herd), agents_before)]
+    for agent in herd.agents:
+        req = urllib.request.Request(f"http://127.0.0.1:{agent.health_port}/blobs/{digest}", method="DELETE")
+        urllib.request.urlopen(req, timeout=30).close()
+    print("timeline (s: origin MiB/s, agents MiB/s): " + " ".join(f"{t:.0f}:{o:.0f}/{a:.0f}" for t, o, a in timeline.rows),
+          flush=True)
+    return FanoutRun(timings, origin_uploaded, [d[0] for d in deltas], [d[1] for d in deltas], [d[2] for d in deltas])
 
 
 def run(args: argparse.Namespace) -> str:
@@ -134,7 +146,7 @@ def run(args: argparse.Namespace) -> str:
         push_blob_file(herd.proxy.url, REPO, blob, digest)
         wait_idle(herd)
         wait_metainfo(herd.origin.url + "/internal", REPO, digest)
-        kraken = pull_everywhere(herd, digest, stats_interval)
+        runs = [pull_everywhere(herd, digest, stats_interval) for _ in range(args.fanout_reps)]
     finally:
         herd.stop()
     baseline: list[CurlTiming] = []
@@ -148,37 +160,46 @@ def run(args: argparse.Namespace) -> str:
         finally:
             registry.stop()
     blob.unlink()
-    return _report(args, n, size, rate, kraken, baseline)
+    return _report(n, size, rate, runs, baseline)
 
 
-def _report(args: argparse.Namespace, n: int, size: int, rate: int, run: FanoutRun, baseline: list[CurlTiming]) -> str:
+def _report(n: int, size: int, rate: int, runs: list[FanoutRun], baseline: list[CurlTiming]) -> str:
     t_min = max(size / rate, n * size / (rate + n * rate))
-    ready = [t.first_byte for t in run.timings]
-    done = [t.total for t in run.timings]
-    assert all(t.size == size for t in run.timings), [t.size for t in run.timings]
+    for run in runs:
+        assert all(t.size == size for t in run.timings), [t.size for t in run.timings]
+    ready = [[t.first_byte for t in run.timings] for run in runs]
+    done = [[t.total for t in run.timings] for run in runs]
+
+    def across(values: list[float], fmt: str) -> str:
+        """The median over the runs, then every run's value."""
+        return f"{fmt.format(statistics.median(values))} ({', '.join(fmt.format(v) for v in values)})"
+
+    from_origin = statistics.median(sum(r.from_origin) / size for r in runs)
+    from_peers = statistics.median(sum(r.from_peers) / size for r in runs)
+    p50_ready, p99_ready = [percentile(r, 50) for r in ready], [percentile(r, 99) for r in ready]
+    p50_done, p99_done = [percentile(d, 50) for d in done], [percentile(d, 99) for d in done]
     lines = [
         f"### Fan-out: {n} agents pull one {size / MiB:.0f} MiB blob at once, uploads capped at {rate / MiB:.0f} MiB/s",
         "",
-        f"T_min = max(S/R, N*S/(R + N*R)) = {t_min:.1f} s",
+        f"T_min = max(S/R, N*S/(R + N*R)) = {t_min:.1f} s; {len(runs)} runs: median (each run)",
         "",
         "| measure | value | / T_min |",
         "|---|---|---|",
-        f"| p50 blob ready (verified, in the cache) | {percentile(ready, 50):.1f} s | {percentile(ready, 50) / t_min:.2f} |",
-        f"| p99 blob ready | {percentile(ready, 99):.1f} s | {percentile(ready, 99) / t_min:.2f} |",
-        f"| p50 last byte read by curl | {percentile(done, 50):.1f} s | {percentile(done, 50) / t_min:.2f} |",
-        f"| p99 last byte read by curl | {percentile(done, 99):.1f} s | {percentile(done, 99) / t_min:.2f} |",
-        f"| origin egress | {run.origin_uploaded / size:.2f} copies of S | |",
-        f"| agents' download from origin / peers | {sum(run.from_origin) / size:.2f} / {sum(run.from_peers) / size:.2f} copies | |",
-        f"| agents' upload | {sum(run.peers_uploaded) / size:.2f} copies | |",
+        *(f"| {label} | {across(values, '{:.1f}')} s | {across([v / t_min for v in values], '{:.2f}')} |"
+          for label, values in (("p50 blob ready (verified, in the cache)", p50_ready), ("p99 blob ready", p99_ready),
+                                ("p50 last byte read by curl", p50_done), ("p99 last byte read by curl", p99_done))),
+        f"| origin egress, copies of S | {across([r.origin_uploaded / size for r in runs], '{:.2f}')} | |",
+        f"| agents' download from origin / peers, copies | {from_origin:.2f} / {from_peers:.2f} | |",
     ]
     if baseline:
         base = [t.total for t in baseline]
         lines.append(
             f"| distribution, egress capped at R: p50 / p99 | {percentile(base, 50):.1f} / {percentile(base, 99):.1f} s "
-            f"| speedup {percentile(base, 50) / percentile(done, 50):.1f}x / "
-            f"{percentile(base, 99) / percentile(done, 99):.1f}x |"
+            f"| speedup {percentile(base, 50) / statistics.median(p50_done):.1f}x / "
+            f"{percentile(base, 99) / statistics.median(p99_done):.1f}x |"
         )
-    lines += ["", f"mean ready {statistics.mean(ready):.1f} s; per agent: ready s, MiB from origin / peers, MiB uploaded:"]
+    last = runs[-1]
+    lines += ["", "last run, per agent: ready s, MiB from origin / peers, MiB uploaded:"]
     lines += [f"  {t.first_byte:.1f} s, {o / MiB:.0f} / {p / MiB:.0f}, {u / MiB:.0f}"
-              for t, o, p, u in zip(run.timings, run.from_origin, run.from_peers, run.peers_uploaded)]
+              for t, o, p, u in zip(last.timings, last.from_origin, last.from_peers, last.peers_uploaded)]
     return "\n".join(lines)

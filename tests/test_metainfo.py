@@ -22,8 +22,9 @@ GB = 1 << 30
 
 def test_piece_length_picks_the_largest_threshold_reached() -> None:
     assert piece_length_for(0, DEFAULT_PIECE_LENGTHS) == 4 * MB
-    assert piece_length_for(GB - 1, DEFAULT_PIECE_LENGTHS) == 4 * MB
-    assert piece_length_for(GB, DEFAULT_PIECE_LENGTHS) == 16 * MB
+    assert piece_length_for(2 * GB - 1, DEFAULT_PIECE_LENGTHS) == 4 * MB
+    assert piece_length_for(2 * GB, DEFAULT_PIECE_LENGTHS) == 8 * MB
+    assert piece_length_for(8 * GB, DEFAULT_PIECE_LENGTHS) == 16 * MB
     assert piece_length_for(100 * GB, {0: MB, 10 * MB: 2 * MB, GB: 8 * MB}) == 8 * MB
     assert piece_length_for(20 * MB, {GB: 8 * MB, 10 * MB: 2 * MB, 0: MB}) == 2 * MB
     with pytest.raises(ValueError):

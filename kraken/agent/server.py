@@ -35,6 +35,8 @@ from kraken.store.cas import CAStore
 from kraken.tasks import TaskOwner
 
 COMPONENT = "agent"
+# Why a blob cannot be had right now (the download, the tracker, the disk): 503, try again.
+_BLOB_ERRORS = (BlobUnavailable, ConnectionError, TimeoutError, HTTPStatusError, OSError, aiohttp.ClientError)
 READINESS_TIMEOUT = 2.0
 
 
@@ -115,7 +117,7 @@ class Agent:
         digest = _digest(request)
         try:
             size = await self.blobs.size(request.match_info["ns"], digest)
-        except (BlobUnavailable, ConnectionError, TimeoutError, HTTPStatusError, OSError, aiohttp.ClientError) as e:
+        except _BLOB_ERRORS as e:
             return _unavailable("blob", e)
         if size is None:
             return web.Response(status=404)
@@ -125,7 +127,7 @@ class Agent:
         digest = _digest(request)
         try:
             path = await self.blobs.fetch(request.match_info["ns"], digest)
-        except (BlobUnavailable, ConnectionError, TimeoutError, HTTPStatusError, OSError, aiohttp.ClientError) as e:
+        except _BLOB_ERRORS as e:
             return _unavailable("blob", e)
         if path is None:
             return web.Response(status=404, text=f"blob {digest} not found\n")

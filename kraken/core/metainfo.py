@@ -18,7 +18,9 @@ from pathlib import Path
 
 import libtorrent as lt
 
-DEFAULT_PIECE_LENGTHS: dict[int, int] = {0: 4 << 20, 1 << 30: 16 << 20}
+# 4 MiB up to 2 GiB (256-512 pieces: 16 MiB pieces made a 1 GiB fan-out slower, see
+# docs/BENCHMARKS.md), then larger so a torrent stays at a few hundred to a thousand pieces.
+DEFAULT_PIECE_LENGTHS: dict[int, int] = {0: 4 << 20, 2 << 30: 8 << 20, 8 << 30: 16 << 20}
 
 
 class EmptyBlobError(ValueError):

@@ -34,7 +34,7 @@ import aiohttp
 import pytest
 
 from kraken.core.digest import Digest
-from kraken.devcluster import Process, StartupError, port_free
+from kraken.devcluster import Process
 from tests.cluster import Herd, start_herd
 from tests.origin_helpers import metric, until
 from tests.test_proxy_integration import Proxy
@@ -71,7 +71,7 @@ def herd(swarm_herd: Herd) -> Herd:
     victim dead)."""
     for agent in swarm_herd.agents:
         if not agent.alive():
-            restart(swarm_herd, agent)
+            swarm_herd.supervisor.restart(agent.name)
     return swarm_herd
 
 
@@ -150,22 +150,6 @@ async def pull(http: aiohttp.ClientSession, agent: Process, digest: Digest) -> t
             hasher.update(chunk)
             size += len(chunk)
     return Digest.parse(f"sha256:{hasher.hexdigest()}"), size
-
-
-def restart(herd: Herd, proc: Process, timeout: float = 30.0) -> Process:
-    """Start a dead process again on its ports (blocking). The ports came from the kernel's
-    ephemeral range, so once the process died any connection on the host may have taken one
-    as its source port: wait for them to be free again and retry, up to ``timeout``."""
-    deadline = time.monotonic() + timeout
-    while True:
-        while not all(map(port_free, proc.ports)) and time.monotonic() < deadline:
-            time.sleep(0.1)
-        try:
-            return herd.supervisor.restart(proc.name)
-        except StartupError as e:
-            taken = "address already in use" in str(e) or "cannot listen on" in str(e)
-            if not taken or time.monotonic() >= deadline:
-                raise
 
 
 def store_root(herd: Herd, agent: Process) -> Path:
@@ -281,7 +265,7 @@ async def test_an_agent_killed_mid_download_does_not_stall_the_others(
 
     # Restarted, the victim drops its partial download (staging is emptied at start) and pulls
     # the blob whole, now from the two complete agents as well.
-    await asyncio.to_thread(restart, herd, victim)
+    await asyncio.to_thread(herd.supervisor.restart, victim.name)
     assert list((store_root(herd, victim) / "download").iterdir()) == []
     assert await asyncio.wait_for(pull(http, victim, digest), timeout=30) == (digest, BLOB_SIZE)
     assert cached_files(herd, victim, digest) != []

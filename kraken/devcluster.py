@@ -420,6 +420,7 @@ def agent_processes(
                                    "store": {"root": str(workdir / name)},
                                    "tracker": {"addr": f"127.0.0.1:{ports.tracker}"},
                                    "build_index": {"addr": f"127.0.0.1:{ports.build_index}"},
+                                   "origins": {"hosts": [f"127.0.0.1:{port}" for port in ports.origins]},
                                }, overrides or {}))
         procs.append(Process(
             name, "agent", agent.registry, config, workdir / "logs" / f"{name}.log",

@@ -25,7 +25,7 @@ import pytest
 import pytest_asyncio
 from aiohttp import web
 
-from kraken.config import ListenConfig
+from kraken.config import ListenConfig, deep_merge
 from kraken.core.digest import Digest
 from kraken.core.metainfo import generate_metainfo, info_hash
 from kraken.devcluster import CONFIG_ROOT, Process, Supervisor, free_port, write_overlay
@@ -79,15 +79,16 @@ class Cluster:
     def announce_url(self) -> str:
         return f"{self.tracker.url}/announce"
 
-    def start_agent(self, name: str, tracker_addr: str) -> Agent:
+    def start_agent(self, name: str, tracker_addr: str, extra: dict | None = None) -> Agent:
         workdir = self.supervisor.workdir
         store = workdir / name
-        config = write_overlay(workdir / "config" / f"{name}.yaml", CONFIG_ROOT / "agent" / "development.yaml", {
+        config = write_overlay(workdir / "config" / f"{name}.yaml", CONFIG_ROOT / "agent" / "development.yaml", deep_merge({
             "store": {"root": str(store)},
             "tracker": {"addr": tracker_addr},
             "build_index": {"addr": self.herd.build_index.addr},
+            "origins": {"hosts": []},
             "p2p": {"stats_interval": "100ms", "min_announce_interval": "1s"},
-        })
+        }, extra or {}))
         server_port = free_port()
         proc = Process(name, "agent", free_port(), config, workdir / "logs" / f"{name}.log",
                        ["--server-port", str(server_port), "--peer-port", str(free_port()), "--peer-ip", "127.0.0.1"])
@@ -444,3 +445,31 @@ async def test_head_on_the_agent_server_downloads_nothing(cluster: Cluster) -> N
     missing = Digest.of_bytes(b"never pushed")
     async with cluster.http.head(f"{agent.server}/namespace/{quote(repo, safe='')}/blobs/{missing}") as r:
         assert r.status == 404
+
+
+async def test_a_download_that_makes_no_progress_falls_back_to_http_from_the_origin(cluster: Cluster) -> None:
+    """The tracker hands out the origin's P2P address (the test seeder), but nothing seeds this
+    blob there: P2P receives nothing, and after download.fallback_after the agent reads the
+    blob from its origin over HTTP."""
+    repo = "test/agent-fallback"
+    data = os.urandom(2 * MiB + 5)
+    digest = await cluster.push_blob(repo, data)  # pushed, never seeded
+    agent = await asyncio.to_thread(cluster.start_agent, "agent-fallback", cluster.tracker.addr, {
+        "origins": {"hosts": [cluster.herd.origin.addr]},
+        "download": {"fallback_after": "1s"},
+    })
+    try:
+        status, body, _ = await get(cluster.http, f"{agent.registry}/v2/{repo}/blobs/{digest}")
+        assert status == 200 and body == data
+        assert agent.cached(digest).read_bytes() == data
+        assert list((agent.store / "download").iterdir()) == []
+        assert "P2P download made no progress" in agent.log()
+        assert await cluster.metric(agent, "kraken_agent_http_fallbacks_total", result="ok") == 1
+        assert await cluster.metric(agent, "kraken_p2p_download_bytes_total", source="origin") == 0
+
+        async def seeding() -> bool:  # fetched over HTTP, then offered to peers like a download
+            return f"seeding cached blob again digest={digest}" in agent.log()
+
+        await wait_for(seeding, "the fallen-back blob to be seeded")
+    finally:
+        await asyncio.to_thread(cluster.supervisor.stop, "agent-fallback")

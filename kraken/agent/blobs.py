@@ -6,6 +6,8 @@ concurrent callers share it):
 1. its metainfo comes from the tracker (``namespace`` = repository), which also tells the
    tracker which origins own the torrent, so the announce that follows gets them as seeders;
 2. libtorrent downloads it into ``<store.root>/download/<hex>`` (each piece SHA-1 checked);
+   A download that receives nothing for ``download.fallback_after`` is dropped and the blob
+   read over HTTP from its owning origin instead (:mod:`kraken.agent.fallback`);
 3. the whole file's sha256 is computed in a worker thread and must equal the digest (the
    torrent only proves the bytes match the metainfo, and the metainfo could belong to other
    bytes): a mismatch removes the torrent and its file, so nothing of it reaches the cache;
@@ -24,14 +26,16 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+import aiohttp
 import libtorrent as lt
 
-from kraken.agent.tracker import EmptyBlob, TrackerClient
+from kraken.agent.fallback import FallbackFailed, HttpFallback
+from kraken.agent.tracker import EmptyBlob, Metainfo, TrackerClient
 from kraken.core.digest import Digest, hash_file
 from kraken.core.metainfo import info_hash as metainfo_info_hash
 from kraken.log import get_logger
 from kraken.metrics import Metrics
-from kraken.p2p import P2PError, P2PSession
+from kraken.p2p import DownloadResult, P2PError, P2PSession
 from kraken.p2p.pieces import staggered_priorities
 from kraken.store.cas import CAStore
 from kraken.tasks import TaskOwner
@@ -81,8 +85,10 @@ class AgentBlobs:
         tracker: TrackerClient,
         download_timeout: float,
         metrics: Metrics,
+        fallback: HttpFallback | None = None,
     ) -> None:
         self.cas = cas
+        self.fallback = fallback
         self.staging = staging
         self.session = session
         self.tracker = tracker
@@ -101,11 +107,11 @@ class AgentBlobs:
     @staticmethod
     async def create(
         cas: CAStore, staging: Path, session: P2PSession, tracker: TrackerClient, download_timeout: float,
-        metrics: Metrics,
+        metrics: Metrics, fallback: HttpFallback | None = None,
     ) -> AgentBlobs:
         """Empty the staging dir first: files there are partial downloads of a previous run."""
         await asyncio.to_thread(_reset_dir, staging)
-        return AgentBlobs(cas, staging, session, tracker, download_timeout, metrics)
+        return AgentBlobs(cas, staging, session, tracker, download_timeout, metrics, fallback)
 
     async def close(self) -> None:
         """Cancel downloads in flight (the session removes their torrents and partial files)."""
@@ -181,19 +187,60 @@ class AgentBlobs:
         log.info("blob download started", namespace=namespace, digest=digest, size=facts.size,
                  pieces=facts.num_pieces, swarm_slot=metainfo.slot)
         try:
-            result = await self.session.download(
-                metainfo.data, self.staging, self.tracker.announce_url, timeout=self.download_timeout,
-                piece_priorities=staggered_priorities(facts.num_pieces, metainfo.slot),
-            )
+            result = await self._p2p(metainfo, facts)
         except P2PError as e:  # DownloadTimeout included
             log.error("blob download failed", namespace=namespace, digest=digest, error=str(e))
             raise BlobUnavailable(f"download of {digest} failed: {e}") from None
+        if result is None:
+            return await self._over_http(namespace, digest, metainfo.data, start)
         try:
             path = await self._verify_and_cache(namespace, digest, facts, result.path, metainfo.data)
         except OSError as e:
             await self.session.remove(facts.info_hash, delete_files=True)
             raise BlobUnavailable(f"could not verify or cache {digest}: {e}") from None
-        log.info("blob cached", namespace=namespace, digest=digest, size=facts.size,
+        log.info("blob cached", namespace=namespace, digest=digest, size=facts.size, via="p2p",
+                 seconds=round(time.monotonic() - start, 3), path=path)
+        return path
+
+    async def _p2p(self, metainfo: Metainfo, facts: TorrentFacts) -> DownloadResult | None:
+        """The P2P download; ``None`` if it received nothing for ``fallback.after`` (then it is
+        dropped, its partial file removed)."""
+        download = asyncio.ensure_future(self.session.download(
+            metainfo.data, self.staging, self.tracker.announce_url, timeout=self.download_timeout,
+            piece_priorities=staggered_priorities(facts.num_pieces, metainfo.slot),
+        ))
+        if self.fallback is None or self.fallback.after <= 0:
+            return await download
+        try:
+            received, since = -1, time.monotonic()
+            while True:
+                done, _ = await asyncio.wait({download}, timeout=min(1.0, self.fallback.after / 4))
+                if done:
+                    return download.result()
+                now = self.session.downloaded(facts.info_hash) or 0
+                if now > received:
+                    received, since = now, time.monotonic()
+                elif time.monotonic() - since >= self.fallback.after:
+                    download.cancel()
+                    await asyncio.gather(download, return_exceptions=True)
+                    return None
+        except asyncio.CancelledError:
+            download.cancel()
+            raise
+
+    async def _over_http(self, namespace: str, digest: Digest, metainfo: bytes, start: float) -> Path:
+        """The fallback: the blob from its owning origin over HTTP, then seeded like a download."""
+        assert self.fallback is not None
+        log.warning("P2P download made no progress; fetching the blob from its origin over HTTP",
+                    namespace=namespace, digest=digest, after=self.fallback.after)
+        try:
+            path = await self.fallback.fetch(namespace, digest)
+        except (FallbackFailed, ConnectionError, TimeoutError, aiohttp.ClientError, OSError) as e:
+            log.error("HTTP fallback failed", namespace=namespace, digest=digest, error=str(e))
+            raise BlobUnavailable(f"{digest}: P2P made no progress and the origin failed too: {e}") from None
+        await self.cas.write_meta(digest, METAINFO_META, metainfo)
+        self._seed_again(digest)
+        log.info("blob cached", namespace=namespace, digest=digest, size=path.stat().st_size, via="http",
                  seconds=round(time.monotonic() - start, 3), path=path)
         return path
 

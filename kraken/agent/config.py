@@ -10,6 +10,7 @@ from dataclasses import dataclass, field
 
 from kraken.config import ByteSize, Duration, ListenConfig
 from kraken.p2p.config import P2PConfig
+from kraken.ring import RingConfig
 
 DEFAULT_REGISTRY_PORT = 16000
 DEFAULT_SERVER_PORT = 16002
@@ -37,10 +38,15 @@ class DownloadConfig:
     # How long to keep asking the tracker for metainfo while the origin fetches the blob
     # from its backend (202).
     metainfo_timeout: Duration = 300.0
+    # A P2P download that receives nothing for this long is dropped and the blob fetched over
+    # HTTP from its owning origin instead (needs `origins`; 0: never).
+    fallback_after: Duration = 30.0
 
     def __post_init__(self) -> None:
         if self.timeout <= 0 or self.metainfo_timeout <= 0:
             raise ValueError("download timeouts must be positive")
+        if self.fallback_after < 0:
+            raise ValueError("download.fallback_after must be >= 0 (0 = never)")
 
 
 @dataclass
@@ -71,6 +77,9 @@ class AgentConfig:
     p2p: P2PConfig = field(default_factory=P2PConfig)
     tracker: AddrConfig = field(default_factory=lambda: AddrConfig("localhost:15003"))
     build_index: AddrConfig = field(default_factory=lambda: AddrConfig("localhost:15004"))
+    # The origins' ring, for fetching a blob over HTTP when P2P makes no progress
+    # (`download.fallback_after`); empty hosts: no fallback.
+    origins: RingConfig = field(default_factory=RingConfig)
     download: DownloadConfig = field(default_factory=DownloadConfig)
     cleanup: CleanupConfig = field(default_factory=CleanupConfig)
     # Manifests are read into memory; a bigger blob asked for as a manifest is MANIFEST_UNKNOWN.

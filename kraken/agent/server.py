@@ -22,6 +22,7 @@ from aiohttp import web
 from kraken.agent.blobs import AgentBlobs, BlobUnavailable
 from kraken.agent.cleanup import CacheCleanup
 from kraken.agent.config import AgentConfig
+from kraken.agent.fallback import HttpFallback
 from kraken.agent.storage import AgentStorage
 from kraken.agent.tracker import TrackerClient
 from kraken.buildindex.client import BuildIndexClient
@@ -29,6 +30,7 @@ from kraken.core.digest import Digest, DigestError
 from kraken.http.app import create_app
 from kraken.http.client import ClientConfig, HTTPStatusError, HttpClient
 from kraken.metrics import Metrics
+from kraken.origin.client import OriginCluster
 from kraken.p2p import P2PSession
 from kraken.registry.app import add_registry_routes
 from kraken.store.cas import CAStore
@@ -64,7 +66,11 @@ class Agent:
         # Fewer retries than the default: a pull waiting on a dead tracker should get its 503 soon.
         http = HttpClient(ClientConfig(connect_timeout=3.0, read_timeout=60.0, retries=2))
         tracker = TrackerClient(config.tracker.addr, http, config.download.metainfo_timeout)
-        blobs = await AgentBlobs.create(cas, root / "download", session, tracker, config.download.timeout, metrics)
+        fallback = None
+        if config.origins.hosts and config.download.fallback_after > 0:
+            fallback = HttpFallback(OriginCluster(config.origins, http), cas, config.download.fallback_after, metrics)
+        blobs = await AgentBlobs.create(cas, root / "download", session, tracker, config.download.timeout, metrics,
+                                        fallback)
         agent = cls(config, metrics, http, session, blobs, tracker, BuildIndexClient(config.build_index.addr, http))
         agent._tasks.spawn(agent.cleanup.run(), "cleanup")
         return agent

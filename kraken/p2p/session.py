@@ -443,6 +443,14 @@ class P2PSession:
         """P2P ``ip:port`` addresses of the origins, for attributing downloaded bytes."""
         self._origin_addresses = frozenset(addresses)
 
+    def downloaded(self, info_hash: str) -> int | None:
+        """Payload bytes a download in progress has received (as last sampled, so it moves in
+        steps of ``stats_interval`` at most); ``None`` if it is not downloading here."""
+        rec = self._torrents.get(info_hash)
+        if rec is None or rec.seeding:
+            return None
+        return sum(rec.attribution.by_source.values())
+
     def torrents(self) -> dict[str, Path]:
         """Info-hash -> file path of every torrent in the session."""
         return {ih: rec.path for ih, rec in self._torrents.items()}

@@ -9,6 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from kraken.config import ByteSize, Duration, ListenConfig
+from kraken.agent.preload import PreloadConfig
 from kraken.p2p.config import P2PConfig
 from kraken.ring import RingConfig
 
@@ -82,5 +83,6 @@ class AgentConfig:
     origins: RingConfig = field(default_factory=RingConfig)
     download: DownloadConfig = field(default_factory=DownloadConfig)
     cleanup: CleanupConfig = field(default_factory=CleanupConfig)
+    preload: PreloadConfig = field(default_factory=PreloadConfig)
     # Manifests are read into memory; a bigger blob asked for as a manifest is MANIFEST_UNKNOWN.
     max_manifest_size: ByteSize = 4 << 20

@@ -23,12 +23,14 @@ from kraken.agent.blobs import AgentBlobs, BlobUnavailable
 from kraken.agent.cleanup import CacheCleanup
 from kraken.agent.config import AgentConfig
 from kraken.agent.fallback import HttpFallback
+from kraken.agent.preload import RUNTIMES, PreloadError, Preloader
 from kraken.agent.storage import AgentStorage
 from kraken.agent.tracker import TrackerClient
 from kraken.buildindex.client import BuildIndexClient
 from kraken.core.digest import Digest, DigestError
 from kraken.http.app import create_app
 from kraken.http.client import ClientConfig, HTTPStatusError, HttpClient
+from kraken.log import get_logger
 from kraken.metrics import Metrics
 from kraken.origin.client import OriginCluster
 from kraken.p2p import P2PSession
@@ -37,6 +39,7 @@ from kraken.store.cas import CAStore
 from kraken.tasks import TaskOwner
 
 COMPONENT = "agent"
+log = get_logger(COMPONENT)
 # Why a blob cannot be had right now (the download, the tracker, the disk): 503, try again.
 _BLOB_ERRORS = (BlobUnavailable, ConnectionError, TimeoutError, HTTPStatusError, OSError, aiohttp.ClientError)
 READINESS_TIMEOUT = 2.0
@@ -55,6 +58,7 @@ class Agent:
         self.tracker = tracker
         self.build_index = build_index
         self.cleanup = CacheCleanup(blobs, config.cleanup, metrics)
+        self.preloader = Preloader(config.preload, config.preload.registry or f"localhost:{config.listen.port}")
         self._tasks = TaskOwner("agent")
 
     @classmethod
@@ -100,6 +104,7 @@ class Agent:
         app.router.add_get("/namespace/{ns:.+}/blobs/{digest}", self._get_blob, allow_head=False)
         app.router.add_head("/namespace/{ns:.+}/blobs/{digest}", self._head_blob)
         app.router.add_delete("/blobs/{digest}", self._delete_blob)
+        app.router.add_get("/preload/tags/{tag:.+}", self._preload)
         return app
 
     async def _get_tag(self, request: web.Request) -> web.Response:
@@ -138,6 +143,20 @@ class Agent:
         if path is None:
             return web.Response(status=404, text=f"blob {digest} not found\n")
         return web.FileResponse(path, headers={"Content-Type": "application/octet-stream"})
+
+    async def _preload(self, request: web.Request) -> web.Response:
+        tag = request.match_info["tag"]
+        runtime = request.query.get("runtime", "docker")
+        if runtime not in RUNTIMES:
+            return web.Response(status=400, text=f"runtime must be one of {', '.join(RUNTIMES)}\n")
+        if ":" not in tag.rsplit("/", 1)[-1]:
+            return web.Response(status=400, text="tag must be repo:tag\n")
+        try:
+            ref = await self.preloader.pull(tag, runtime)
+        except PreloadError as e:
+            log.warning("preload failed", tag=tag, runtime=runtime, error=str(e))
+            return web.Response(status=e.status, text=f"{e}\n")
+        return web.Response(text=f"{runtime} pulled {ref}\n")
 
     async def _delete_blob(self, request: web.Request) -> web.Response:
         if await self.blobs.delete(_digest(request)):

@@ -344,9 +344,10 @@ DEV_AGENTS = {"agent-one": AgentPorts(16000, 16001, 16002), "agent-two": AgentPo
 
 def herd_processes(
     workdir: Path, ports: HerdPorts, config_name: str = "development", max_replica: int = 1,
-    overrides: dict[str, dict[str, Any]] | None = None,
+    overrides: dict[str, dict[str, Any]] | None = None, host: str = "127.0.0.1",
 ) -> list[Process]:
-    """The herd (testfs, the origins, tracker, build-index, proxy) wired to each other on 127.0.0.1.
+    """The herd (testfs, the origins, tracker, build-index, proxy) wired to each other at
+    ``host``: the address they advertise, and the one agents on other hosts reach them at.
 
     Every origin is on one ring (each blob owned by ``max_replica`` of them) and the proxy,
     build-index and tracker route over that ring. The origins are named ``origin``,
@@ -358,11 +359,11 @@ def herd_processes(
 
     workdir = Path(workdir)
     cfg = workdir / "config"
-    origin_addrs = [f"127.0.0.1:{port}" for port in ports.origins]
+    origin_addrs = [f"{host}:{port}" for port in ports.origins]
     ring = {"hosts": origin_addrs, "max_replica": max_replica}
     extra = overrides or {}
     testfs_backend = lambda name_path: [  # noqa: E731 - a two-line table, not a function worth naming
-        {"namespace": ".*", "backend": {"testfs": {"addr": f"127.0.0.1:{ports.testfs}", "name_path": name_path}}}
+        {"namespace": ".*", "backend": {"testfs": {"addr": f"{host}:{ports.testfs}", "name_path": name_path}}}
     ]
 
     def overlay(name: str, component: str, settings: dict) -> Path:
@@ -386,7 +387,7 @@ def herd_processes(
         *origins,
         proc("tracker", "tracker", ports.tracker, {
             "origins": ring,
-            "origin_p2p": {addr: f"127.0.0.1:{p2p}" for addr, p2p in zip(origin_addrs, ports.origins_p2p)},
+            "origin_p2p": {addr: f"{host}:{p2p}" for addr, p2p in zip(origin_addrs, ports.origins_p2p)},
         }),
         proc("build-index", "build-index", ports.build_index, {
             "store": {"root": str(workdir / "build-index")}, "origins": ring,
@@ -394,16 +395,16 @@ def herd_processes(
         }),
         proc("proxy", "proxy", ports.proxy, {
             "store": {"root": str(workdir / "proxy")}, "origins": ring,
-            "build_index": {"addr": f"127.0.0.1:{ports.build_index}"},
+            "build_index": {"addr": f"{host}:{ports.build_index}"},
         }),
     ]
 
 
 def agent_processes(
     workdir: Path, ports: HerdPorts, agents: dict[str, AgentPorts], config_name: str = "development",
-    overrides: dict[str, Any] | None = None,
+    overrides: dict[str, Any] | None = None, herd_host: str = "127.0.0.1", peer_ip: str = "",
 ) -> list[Process]:
-    """Agents (one per entry of ``agents``, by name) pulling from the herd on ``ports``.
+    """Agents (one per entry of ``agents``, by name) pulling from the herd at ``herd_host``, ``ports``.
 
     Each has its store in ``workdir/<name>`` and talks to the herd's tracker and build-index.
     The ports are given as the agent's flags (``--port``, ``--server-port``, ``--peer-port``)
@@ -418,13 +419,14 @@ def agent_processes(
         config = write_overlay(workdir / "config" / f"{name}.yaml", CONFIG_ROOT / "agent" / f"{config_name}.yaml",
                                deep_merge({
                                    "store": {"root": str(workdir / name)},
-                                   "tracker": {"addr": f"127.0.0.1:{ports.tracker}"},
-                                   "build_index": {"addr": f"127.0.0.1:{ports.build_index}"},
-                                   "origins": {"hosts": [f"127.0.0.1:{port}" for port in ports.origins]},
+                                   "tracker": {"addr": f"{herd_host}:{ports.tracker}"},
+                                   "build_index": {"addr": f"{herd_host}:{ports.build_index}"},
+                                   "origins": {"hosts": [f"{herd_host}:{port}" for port in ports.origins]},
                                }, overrides or {}))
         procs.append(Process(
             name, "agent", agent.registry, config, workdir / "logs" / f"{name}.log",
-            extra_args=["--server-port", str(agent.server), "--peer-port", str(agent.p2p)],
+            extra_args=["--server-port", str(agent.server), "--peer-port", str(agent.p2p),
+                        *(["--peer-ip", peer_ip] if peer_ip else [])],
             other_ports=[agent.p2p, agent.server], health_port=agent.server,
         ))
     return procs
@@ -436,12 +438,11 @@ def agent_processes(
 
 #: What answers on each process's probe port (an agent's server port, else its port), for
 #: the endpoint table.
-_PROBES = {"testfs": "/health", "origin": "/health", "tracker": "/health", "build-index": "/health",
-           "proxy": "/v2/", "agent-one": "/health", "agent-two": "/health"}
+_PROBES = {"proxy": "/v2/"}
 
 
 def _endpoint(proc: Process) -> str:
-    return f"http://127.0.0.1:{proc.health_port or proc.port}{_PROBES[proc.name]}"
+    return f"http://127.0.0.1:{proc.health_port or proc.port}{_PROBES.get(proc.component, '/health')}"
 
 
 def _out(msg: str = "", file: Any = None) -> None:
@@ -595,8 +596,19 @@ class _StopFlag:
         return self.signum is not None
 
 
-def cmd_start(workdir: Path, ports: HerdPorts | None = None, agents: dict[str, AgentPorts] | None = None) -> int:
-    """The herd, then the agents (``DEV_AGENTS`` unless given), supervised until a stop."""
+#: What ``start --role`` runs: the whole devcluster, or one host's share of a multi-host cluster.
+ROLES = ("all", "herd", "agent")
+
+
+def cmd_start(workdir: Path, ports: HerdPorts | None = None, agents: dict[str, AgentPorts] | None = None,
+              role: str = "all", herd_host: str = "127.0.0.1", config_name: str = "development",
+              peer_ip: str = "") -> int:
+    """The herd, then the agents (``DEV_AGENTS`` unless given), supervised until a stop.
+
+    ``role`` ``herd`` or ``agent`` starts only that part, for a multi-host cluster: the herd
+    advertises ``herd_host`` (its address on the network), the agent (one, named ``agent``,
+    on 16000-16002 unless ``agents`` says otherwise) pulls from the herd at ``herd_host``.
+    """
     mode, why = choose_mode()
     workdir = workdir.resolve()
     _out(f"kraken devcluster: {MODES[mode]} ({why})")
@@ -607,7 +619,13 @@ def cmd_start(workdir: Path, ports: HerdPorts | None = None, agents: dict[str, A
         return 1
 
     ports = ports or HerdPorts()
-    procs = [*herd_processes(workdir, ports), *agent_processes(workdir, ports, DEV_AGENTS if agents is None else agents)]
+    if agents is None:
+        agents = DEV_AGENTS if role == "all" else {"agent": DEV_AGENTS["agent-one"]}
+    procs = []
+    if role in ("all", "herd"):
+        procs += herd_processes(workdir, ports, config_name, host=herd_host)
+    if role in ("all", "agent"):
+        procs += agent_processes(workdir, ports, agents, config_name, herd_host=herd_host, peer_ip=peer_ip)
     busy = [(p, port) for p in procs for port in p.ports if not port_free(port)]
     if busy:
         _err(_busy_ports_message(busy, workdir))
@@ -640,9 +658,12 @@ def cmd_start(workdir: Path, ports: HerdPorts | None = None, agents: dict[str, A
         for proc in procs:
             if proc.component == "agent":
                 _out(f"  {proc.name} pulls on localhost:{proc.port} (P2P port {proc.other_ports[0]})")
-        _out(f"  origin seeds on P2P port {ports.origin_p2p}")
-        _out(f"ready: push and pull through localhost:{ports.proxy}, e.g. docker push localhost:"
-             f"{ports.proxy}/<repo>:<tag>   (Ctrl-C or `make devcluster-stop` stops the devcluster)")
+        if role != "agent":
+            _out(f"  origin seeds on P2P port {ports.origin_p2p}, announced as {herd_host}:{ports.origin_p2p}")
+            _out(f"ready: push through {herd_host if role == 'herd' else 'localhost'}:{ports.proxy}, e.g. docker push "
+                 f"localhost:{ports.proxy}/<repo>:<tag>   (Ctrl-C or `make devcluster-stop` stops it)")
+        else:
+            _out(f"ready: pull through localhost:{procs[0].port} (herd at {herd_host})")
         while not stop():
             dead = [p for p in procs if not p.alive()]
             if dead:
@@ -707,12 +728,21 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m kraken.devcluster",
                                      description="Start or stop the native devcluster.")
     parser.add_argument("action", choices=["start", "stop"])
+    parser.add_argument("--role", choices=ROLES, default="all",
+                        help="all: the devcluster; herd or agent: this host's share of a multi-host cluster")
+    parser.add_argument("--herd-host", default="127.0.0.1",
+                        help="the herd's address as other hosts reach it (advertised by the herd, dialled by agents)")
+    parser.add_argument("--config-name", default="development", help="config/<component>/<name>.yaml to extend")
+    parser.add_argument("--peer-ip", default="", help="an agent host's own address (labels its P2P log lines)")
     parser.add_argument("--workdir", default=os.environ.get("DEVCLUSTER_DIR") or str(DEFAULT_WORKDIR),
                         help="data, configs, logs and state (default: $DEVCLUSTER_DIR or %(default)s)")
     args = parser.parse_args(argv)
     workdir = Path(args.workdir)
     workdir.mkdir(parents=True, exist_ok=True)
-    return cmd_start(workdir) if args.action == "start" else cmd_stop(workdir)
+    if args.action == "stop":
+        return cmd_stop(workdir)
+    return cmd_start(workdir, role=args.role, herd_host=args.herd_host, config_name=args.config_name,
+                     peer_ip=args.peer_ip)
 
 
 if __name__ == "__main__":

@@ -33,6 +33,7 @@ from kraken.metrics import Metrics
 from kraken.p2p import P2PConfig, P2PSession
 from kraken.registry.manifest import OCI_MANIFEST
 from tests.cluster import Herd
+from tests.origin_helpers import until
 from tests.test_p2p_support import AnnounceTrackerForTests, running_tracker
 
 pytestmark = pytest.mark.asyncio(loop_scope="module")
@@ -194,13 +195,6 @@ def error_codes(body: bytes) -> list[str]:
     return [e["code"] for e in json.loads(body)["errors"]]
 
 
-async def wait_for(predicate, what: str, timeout: float = DEADLINE) -> None:
-    deadline = time.monotonic() + timeout
-    while not await predicate():
-        assert time.monotonic() < deadline, f"timed out waiting for {what}"
-        await asyncio.sleep(0.05)
-
-
 # ---------------------------------------------------------------------------- tests
 
 
@@ -297,7 +291,7 @@ async def test_second_agent_gets_the_blob_from_the_first(cluster: Cluster) -> No
     async def uploaded() -> bool:  # the session refreshes upload counters every stats_interval
         return await cluster.metric(one, "kraken_p2p_upload_bytes_total") >= len(data)
 
-    await wait_for(uploaded, "the first agent to count its upload")
+    await until(uploaded, DEADLINE, what="the first agent to count its upload")
 
 
 async def test_delete_removes_the_blob_from_the_cache(cluster: Cluster) -> None:
@@ -425,7 +419,7 @@ async def test_a_restarted_agent_seeds_a_cached_blob_again_once_it_is_pulled(clu
     async def reseeded() -> bool:
         return f"seeding cached blob again digest={digest}" in one.log()
 
-    await wait_for(reseeded, "the restarted agent to seed its cached copy")
+    await until(reseeded, DEADLINE, what="the restarted agent to seed its cached copy")
     # With the origin's seed gone, the second agent can only get the bytes from the first.
     await cluster.seeder.remove(ih)
     status, body, _ = await get(cluster.http, url(two))
@@ -470,6 +464,6 @@ async def test_a_download_that_makes_no_progress_falls_back_to_http_from_the_ori
         async def seeding() -> bool:  # fetched over HTTP, then offered to peers like a download
             return f"seeding cached blob again digest={digest}" in agent.log()
 
-        await wait_for(seeding, "the fallen-back blob to be seeded")
+        await until(seeding, DEADLINE, what="the fallen-back blob to be seeded")
     finally:
         await asyncio.to_thread(cluster.supervisor.stop, "agent-fallback")

@@ -44,7 +44,11 @@ from pathlib import Path
 from typing import Any, Callable
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
-CONFIG_ROOT = REPO_ROOT / "config"
+#: Where ``config/`` and ``examples/`` are: the repository, or ``KRAKEN_ROOT`` where the
+#: project is installed without its source tree (the images put them in /etc/kraken).
+FILES_ROOT = Path(os.environ.get("KRAKEN_ROOT") or REPO_ROOT)
+CONFIG_ROOT = FILES_ROOT / "config"
+EXAMPLES_ROOT = FILES_ROOT / "examples"
 DEFAULT_WORKDIR = Path("/tmp/kraken-devcluster")
 STATE_FILE = "devcluster.json"
 MODE_ENV = "KRAKEN_DEVCLUSTER"
@@ -345,6 +349,7 @@ DEV_AGENTS = {"agent-one": AgentPorts(16000, 16001, 16002), "agent-two": AgentPo
 def herd_processes(
     workdir: Path, ports: HerdPorts, config_name: str = "development", max_replica: int = 1,
     overrides: dict[str, dict[str, Any]] | None = None, host: str = "127.0.0.1",
+    config_dir: Path = CONFIG_ROOT,
 ) -> list[Process]:
     """The herd (testfs, the origins, tracker, build-index, proxy) wired to each other at
     ``host``: the address they advertise, and the one agents on other hosts reach them at.
@@ -367,7 +372,7 @@ def herd_processes(
     ]
 
     def overlay(name: str, component: str, settings: dict) -> Path:
-        return write_overlay(cfg / f"{name}.yaml", CONFIG_ROOT / component / f"{config_name}.yaml",
+        return write_overlay(cfg / f"{name}.yaml", config_dir / component / f"{config_name}.yaml",
                              deep_merge(settings, extra.get(component, {})))
 
     def proc(name: str, component: str, port: int, settings: dict, other_ports: tuple[int, ...] = ()) -> Process:
@@ -403,6 +408,7 @@ def herd_processes(
 def agent_processes(
     workdir: Path, ports: HerdPorts, agents: dict[str, AgentPorts], config_name: str = "development",
     overrides: dict[str, Any] | None = None, herd_host: str = "127.0.0.1", peer_ip: str = "",
+    config_dir: Path = CONFIG_ROOT,
 ) -> list[Process]:
     """Agents (one per entry of ``agents``, by name) pulling from the herd at ``herd_host``, ``ports``.
 
@@ -416,7 +422,7 @@ def agent_processes(
     workdir = Path(workdir)
     procs = []
     for name, agent in agents.items():
-        config = write_overlay(workdir / "config" / f"{name}.yaml", CONFIG_ROOT / "agent" / f"{config_name}.yaml",
+        config = write_overlay(workdir / "config" / f"{name}.yaml", config_dir / "agent" / f"{config_name}.yaml",
                                deep_merge({
                                    "store": {"root": str(workdir / name)},
                                    "tracker": {"addr": f"{herd_host}:{ports.tracker}"},
@@ -602,7 +608,7 @@ ROLES = ("all", "herd", "agent")
 
 def cmd_start(workdir: Path, ports: HerdPorts | None = None, agents: dict[str, AgentPorts] | None = None,
               role: str = "all", herd_host: str = "127.0.0.1", config_name: str = "development",
-              peer_ip: str = "") -> int:
+              peer_ip: str = "", config_dir: Path = CONFIG_ROOT) -> int:
     """The herd, then the agents (``DEV_AGENTS`` unless given), supervised until a stop.
 
     ``role`` ``herd`` or ``agent`` starts only that part, for a multi-host cluster: the herd
@@ -623,9 +629,10 @@ def cmd_start(workdir: Path, ports: HerdPorts | None = None, agents: dict[str, A
         agents = DEV_AGENTS if role == "all" else {"agent": DEV_AGENTS["agent-one"]}
     procs = []
     if role in ("all", "herd"):
-        procs += herd_processes(workdir, ports, config_name, host=herd_host)
+        procs += herd_processes(workdir, ports, config_name, host=herd_host, config_dir=config_dir)
     if role in ("all", "agent"):
-        procs += agent_processes(workdir, ports, agents, config_name, herd_host=herd_host, peer_ip=peer_ip)
+        procs += agent_processes(workdir, ports, agents, config_name, herd_host=herd_host, peer_ip=peer_ip,
+                                 config_dir=config_dir)
     busy = [(p, port) for p in procs for port in p.ports if not port_free(port)]
     if busy:
         _err(_busy_ports_message(busy, workdir))
@@ -732,7 +739,10 @@ def main(argv: list[str] | None = None) -> int:
                         help="all: the devcluster; herd or agent: this host's share of a multi-host cluster")
     parser.add_argument("--herd-host", default="127.0.0.1",
                         help="the herd's address as other hosts reach it (advertised by the herd, dialled by agents)")
-    parser.add_argument("--config-name", default="development", help="config/<component>/<name>.yaml to extend")
+    parser.add_argument("--config-name", default="development", help="<config-dir>/<component>/<name>.yaml to extend")
+    parser.add_argument("--config-dir", type=Path, default=CONFIG_ROOT,
+                        help="where the component configs are (default %(default)s; the multi-host "
+                             "deployment's: examples/multihost/config)")
     parser.add_argument("--peer-ip", default="", help="an agent host's own address (labels its P2P log lines)")
     parser.add_argument("--workdir", default=os.environ.get("DEVCLUSTER_DIR") or str(DEFAULT_WORKDIR),
                         help="data, configs, logs and state (default: $DEVCLUSTER_DIR or %(default)s)")
@@ -742,7 +752,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.action == "stop":
         return cmd_stop(workdir)
     return cmd_start(workdir, role=args.role, herd_host=args.herd_host, config_name=args.config_name,
-                     peer_ip=args.peer_ip)
+                     peer_ip=args.peer_ip, config_dir=args.config_dir.resolve())
 
 
 if __name__ == "__main__":

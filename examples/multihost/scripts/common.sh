@@ -41,7 +41,7 @@ wait_http() {  # URL LOG [SECONDS]
 start_supervisor() {  # ROLE ARGS...
   local role=$1; shift
   mkdir -p "$KRAKEN_HOME/$role"
-  nohup "$KRAKEN_PYTHON" -m kraken.devcluster start --role "$role" --config-name multihost \
+  nohup "$KRAKEN_PYTHON" -m kraken.devcluster start --role "$role" --config-name multihost --config-dir "$KRAKEN_ROOT/examples/multihost/config" \
     --workdir "$KRAKEN_HOME/$role" "$@" >"$KRAKEN_HOME/$role.log" 2>&1 </dev/null &
   echo $! >"$KRAKEN_HOME/$role.pid"
 }

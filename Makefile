@@ -4,8 +4,12 @@
 #   make system-deps      the Debian packages the real-client tests drive (as root; apt-get only if missing)
 #   make test             both of the above, then the whole suite (PYTEST_ARGS="-k foo" to narrow it)
 #   make unit-test        the suite without the real-client end-to-end tests
-#   make devcluster       testfs, origin, build-index and proxy as local processes (Ctrl-C stops them)
-#   make devcluster-stop  stop it from another shell
+#   make devcluster       the devcluster: Docker containers when a daemon answers (make docker_stop
+#                         removes them), else local processes (Ctrl-C stops them)
+#   make devcluster-stop  stop it from another shell (either mode)
+#   make images           the kraken-herd and kraken-agent images (BASE_IMAGE=... to pick the base)
+#   make base-image       kraken-base:bookworm from Debian packages alone (root, debootstrap; offline hosts)
+#   make docker_stop      remove the devcluster's containers
 PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
@@ -22,7 +26,7 @@ SHELL := /bin/bash
 PIP_NOISE := is ignored: it is neither a file nor a directory
 PIP := PIP_DISABLE_PIP_VERSION_CHECK=1 $(PY) -m pip
 
-.PHONY: install system-deps test unit-test devcluster devcluster-stop bench clean
+.PHONY: install system-deps test unit-test devcluster devcluster-stop images base-image docker_stop bench clean
 
 $(STAMP): pyproject.toml
 	@$(PYTHON) -c 'import sys; sys.exit(sys.version_info < (3, 11))' 2>/dev/null || { \
@@ -58,6 +62,16 @@ devcluster: install
 # Needs no installed dependency: works with the system python3 too.
 devcluster-stop:
 	@$(if $(wildcard $(PY)),$(PY),$(PYTHON)) -m kraken.devcluster stop --workdir $(DEVCLUSTER_DIR)
+
+# The images install the project from wheels built here (docker/build-images.sh).
+images: install
+	PYTHON=$(PY) bash docker/build-images.sh
+
+base-image:
+	bash docker/base-image.sh
+
+docker_stop:
+	@$(if $(wildcard $(PY)),$(PY),$(PYTHON)) -m kraken.devcluster stop --docker --workdir $(DEVCLUSTER_DIR)
 
 bench: install system-deps
 	$(PY) -m bench

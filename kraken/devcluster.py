@@ -29,9 +29,11 @@ part of any server's event loop.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import random
+import shutil
 import signal
 import socket
 import subprocess
@@ -116,17 +118,19 @@ class Process:
     """One component process. ``port`` is its main port (``--port``); ``other_ports`` are the
     further ports it listens on (P2P, an agent's server), which a start needs free as well;
     ``health_port`` is where ``/health`` answers when that is not ``port`` (an agent's
-    server port: its main port is the registry)."""
+    server port: its main port is the registry). ``argv`` replaces the Kraken command line for
+    a process that is not a Kraken component (the herd's redis-server, component ``redis``)."""
 
     name: str
     component: str
     port: int
-    config: Path
+    config: Path | None
     log_path: Path
     extra_args: list[str] = field(default_factory=list)
     popen: subprocess.Popen | None = None
     other_ports: list[int] = field(default_factory=list)
     health_port: int | None = None
+    argv: list[str] | None = None
 
     @property
     def addr(self) -> str:
@@ -144,7 +148,17 @@ class Process:
     def ports(self) -> list[int]:
         return [self.port, *self.other_ports]
 
+    @property
+    def probe(self) -> str:
+        """What tells that it works: its ``/health`` URL (redis: ``redis://`` and PING)."""
+        return f"redis://127.0.0.1:{self.port}" if self.component == "redis" else self.health_url
+
+    def healthy(self) -> bool:
+        return probe_ok(self.probe)
+
     def command(self) -> list[str]:
+        if self.argv is not None:
+            return list(self.argv)
         return [sys.executable, "-m", "kraken", self.component, "--config", str(self.config),
                 "--port", str(self.port), *self.extra_args]
 
@@ -187,16 +201,19 @@ class Supervisor:
     it returns true the wait ends with ``Interrupted`` (how Ctrl-C during startup stays
     prompt). ``die_with_parent`` makes the kernel stop the children if this process dies
     without stopping them (even by SIGKILL); the command-line supervisor uses it.
+    ``logs_to_stdout`` sends the children's output to this process's stdout instead of
+    ``logs/<name>.log`` (in a container, where ``docker logs`` collects stdout).
     """
 
     def __init__(self, workdir: Path, *, should_stop: Callable[[], bool] | None = None,
-                 die_with_parent: bool = False) -> None:
+                 die_with_parent: bool = False, logs_to_stdout: bool = False) -> None:
         self.workdir = Path(workdir)
         self.log_dir = self.workdir / "logs"
         self.log_dir.mkdir(parents=True, exist_ok=True)
         self.processes: dict[str, Process] = {}
         self.should_stop = should_stop
         self.die_with_parent = die_with_parent
+        self.logs_to_stdout = logs_to_stdout
 
     def start(self, proc: Process, timeout: float = 30.0) -> Process:
         env = dict(os.environ, PYTHONUNBUFFERED="1")
@@ -204,7 +221,8 @@ class Supervisor:
         proc.log_path.parent.mkdir(parents=True, exist_ok=True)
         preexec = _die_with_parent(os.getpid()) if self.die_with_parent else None
         self.processes[proc.name] = proc
-        with open(proc.log_path, "ab") as log:
+        with contextlib.ExitStack() as files:
+            log = None if self.logs_to_stdout else files.enter_context(open(proc.log_path, "ab"))
             proc.popen = subprocess.Popen(
                 proc.command(), stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
                 env=env, start_new_session=True, cwd=self.workdir, preexec_fn=preexec,
@@ -219,7 +237,7 @@ class Supervisor:
                 raise Interrupted(f"stop requested while {proc.name} was starting")
             if not proc.alive():
                 raise StartupError(f"{proc.name} exited with {proc.popen.returncode}:\n{proc.log_tail()}")
-            if http_ok(proc.health_url):
+            if proc.healthy():
                 self._check_listener(proc)
                 return
             time.sleep(0.05)
@@ -285,6 +303,24 @@ class Supervisor:
 _NO_PROXY_OPENER = urllib.request.build_opener(urllib.request.ProxyHandler({}))
 
 
+def redis_ok(port: int, timeout: float = 1.0) -> bool:
+    """A redis-server on 127.0.0.1:``port`` answers PING."""
+    try:
+        with socket.create_connection(("127.0.0.1", port), timeout=timeout) as s:
+            s.sendall(b"PING\r\n")
+            return s.recv(16).startswith(b"+PONG")
+    except OSError:
+        return False
+
+
+def probe_ok(probe: str) -> bool:
+    """A process's probe (:attr:`Process.probe`): an HTTP URL that must answer 200, or
+    ``redis://127.0.0.1:<port>``."""
+    if probe.startswith("redis://"):
+        return redis_ok(int(probe.rsplit(":", 1)[1]))
+    return http_ok(probe)
+
+
 def http_ok(url: str, timeout: float = 1.0) -> bool:
     """GET ``url`` directly (never through an ``http_proxy`` from the environment): 200?"""
     try:
@@ -292,6 +328,29 @@ def http_ok(url: str, timeout: float = 1.0) -> bool:
             return resp.status == 200
     except (urllib.error.URLError, ConnectionError, TimeoutError, OSError):
         return False
+
+
+class ParamsError(ValueError):
+    """A parameter file (``examples/devcluster/*_param.sh``) is unreadable or lacks a port."""
+
+
+def load_params(path: Path) -> dict[str, str]:
+    """The variables a ``*_param.sh`` file sets, read by sourcing it with bash (the files are
+    shell, for the containers' entrypoints too), so ``${VAR:-default}`` lets the environment
+    override a value."""
+    r = subprocess.run(["bash", "-c", 'set -a; . "$1" >&2; env -0', "params", str(path)],
+                       capture_output=True, timeout=10)
+    if r.returncode != 0:
+        raise ParamsError(f"{path}: {r.stderr.decode(errors='replace').strip() or 'cannot be read'}")
+    pairs = (item.split(b"=", 1) for item in r.stdout.split(b"\0") if b"=" in item)
+    return {k.decode(): v.decode() for k, v in pairs}
+
+
+def param_port(params: dict[str, str], name: str, source: Path) -> int:
+    value = params.get(name, "")
+    if not value.isdigit() or not 0 < int(value) < 65536:
+        raise ParamsError(f"{source}: {name}={value!r} is not a port")
+    return int(value)
 
 
 @dataclass
@@ -308,6 +367,8 @@ class HerdPorts:
     extra_origins: list[int] = field(default_factory=list)
     #: The P2P ports of ``extra_origins``, in order; free ports are picked for any not given.
     extra_origins_p2p: list[int] = field(default_factory=list)
+    #: The herd's redis-server (the tracker's peer store), when it runs one.
+    redis: int = 14001
 
     def __post_init__(self) -> None:
         missing = len(self.extra_origins) - len(self.extra_origins_p2p)
@@ -318,7 +379,16 @@ class HerdPorts:
         """Every port free (tests run herds beside each other and beside ``make devcluster``)."""
         return cls(testfs=free_port(), proxy=free_port(), origin=free_port(), build_index=free_port(),
                    tracker=free_port(), origin_p2p=free_port(),
-                   extra_origins=[free_port() for _ in range(origins - 1)])
+                   extra_origins=[free_port() for _ in range(origins - 1)], redis=free_port())
+
+    @classmethod
+    def from_params(cls, path: Path) -> HerdPorts:
+        """The ports ``herd_param.sh`` sets (the seed's variable names)."""
+        params = load_params(path)
+        port = lambda name: param_port(params, name, path)  # noqa: E731
+        return cls(testfs=port("TESTFS_PORT"), redis=port("REDIS_PORT"), proxy=port("PROXY_PORT"),
+                   origin=port("ORIGIN_SERVER_PORT"), origin_p2p=port("ORIGIN_PEER_PORT"),
+                   tracker=port("TRACKER_PORT"), build_index=port("BUILD_INDEX_PORT"))
 
     @property
     def origins(self) -> list[int]:
@@ -341,6 +411,14 @@ class AgentPorts:
     def free(cls) -> AgentPorts:
         return cls(registry=free_port(), p2p=free_port(), server=free_port())
 
+    @classmethod
+    def from_params(cls, path: Path) -> AgentPorts:
+        """The ports an ``agent_*_param.sh`` sets."""
+        params = load_params(path)
+        return cls(registry=param_port(params, "AGENT_REGISTRY_PORT", path),
+                   p2p=param_port(params, "AGENT_PEER_PORT", path),
+                   server=param_port(params, "AGENT_SERVER_PORT", path))
+
 
 #: ``make devcluster``'s agents: name -> ports.
 DEV_AGENTS = {"agent-one": AgentPorts(16000, 16001, 16002), "agent-two": AgentPorts(17000, 17001, 17002)}
@@ -349,7 +427,7 @@ DEV_AGENTS = {"agent-one": AgentPorts(16000, 16001, 16002), "agent-two": AgentPo
 def herd_processes(
     workdir: Path, ports: HerdPorts, config_name: str = "development", max_replica: int = 1,
     overrides: dict[str, dict[str, Any]] | None = None, host: str = "127.0.0.1",
-    config_dir: Path = CONFIG_ROOT,
+    config_dir: Path = CONFIG_ROOT, redis: bool = False,
 ) -> list[Process]:
     """The herd (testfs, the origins, tracker, build-index, proxy) wired to each other at
     ``host``: the address they advertise, and the one agents on other hosts reach them at.
@@ -359,6 +437,8 @@ def herd_processes(
     ``origin-2``, ..., each with its store in ``workdir/<name>`` and its own P2P port, which
     the tracker's ``origin_p2p`` maps; all write back to the one testfs. ``overrides`` (by
     component) is merged into each process's overlay, e.g. shorter intervals for a test.
+    ``redis`` runs a redis-server on ``ports.redis`` (local to the herd) as the tracker's peer
+    store, as the seed's herd does.
     """
     from kraken.config import deep_merge  # here, not at the top: ``stop`` must work without PyYAML
 
@@ -387,12 +467,15 @@ def herd_processes(
             "backends": testfs_backend("sharded_docker_blob"),
             "p2p": {"listen": {"port": p2p_port}},
         }, (p2p_port,)))
+    tracker_store = {"store": "redis", "redis": {"addr": f"127.0.0.1:{ports.redis}"}} if redis else {}
     return [
+        *([redis_process(workdir, ports.redis)] if redis else []),
         proc("testfs", "testfs", ports.testfs, {"root": str(workdir / "testfs")}),
         *origins,
         proc("tracker", "tracker", ports.tracker, {
             "origins": ring,
             "origin_p2p": {addr: f"{host}:{p2p}" for addr, p2p in zip(origin_addrs, ports.origins_p2p)},
+            **tracker_store,
         }),
         proc("build-index", "build-index", ports.build_index, {
             "store": {"root": str(workdir / "build-index")}, "origins": ring,
@@ -403,6 +486,16 @@ def herd_processes(
             "build_index": {"addr": f"{host}:{ports.build_index}"},
         }),
     ]
+
+
+def redis_process(workdir: Path, port: int) -> Process:
+    """A redis-server for the tracker, on loopback only, keeping nothing on disk: peers
+    re-announce every few seconds, so a restarted store refills itself."""
+    data = Path(workdir) / "redis"
+    data.mkdir(parents=True, exist_ok=True)
+    argv = [shutil.which("redis-server") or "redis-server", "--port", str(port), "--bind", "127.0.0.1",
+            "--save", "", "--appendonly", "no", "--dir", str(data), "--daemonize", "no"]
+    return Process("redis", "redis", port, None, Path(workdir) / "logs" / "redis.log", argv=argv)
 
 
 def agent_processes(
@@ -448,6 +541,8 @@ _PROBES = {"proxy": "/v2/"}
 
 
 def _endpoint(proc: Process) -> str:
+    if proc.component == "redis":
+        return proc.probe
     return f"http://127.0.0.1:{proc.health_port or proc.port}{_PROBES.get(proc.component, '/health')}"
 
 
@@ -527,7 +622,8 @@ def _stop_hint(workdir: Path) -> str:
     return f"`make devcluster-stop{arg}` (or: python -m kraken.devcluster stop --workdir {workdir})"
 
 
-def _busy_ports_message(busy: list[tuple[Process, int]], workdir: Path) -> str:
+def _busy_ports_message(busy: list[tuple[Any, int]], workdir: Path) -> str:
+    """What holds each busy port of (process or container: anything with a ``name``, port)."""
     lines = []
     pids: set[int] = set()
     stale_dirs: set[Path] = set()
@@ -576,16 +672,18 @@ def _is_our_child(pid: int, workdir: Path) -> bool:
 
 
 def choose_mode() -> tuple[str, str]:
-    """(mode, why) from ``KRAKEN_DEVCLUSTER``; raises ``SystemExit`` for an unknown one."""
+    """(mode, why): ``KRAKEN_DEVCLUSTER`` if set, else Docker when a daemon answers, else
+    native processes. Raises ``SystemExit`` for an unknown mode."""
+    from kraken import dockercluster
+
     asked = os.environ.get(MODE_ENV, "").strip().lower()
     if asked in ("", "auto"):
-        return "native", f"{MODE_ENV} unset: native is the only mode so far"
-    if asked == "native":
-        return "native", f"{MODE_ENV}=native"
-    if asked == "docker":
-        raise SystemExit(f"devcluster: {MODE_ENV}=docker: the Docker mode is not available yet; "
-                         f"use {MODE_ENV}=native (or leave it unset)")
-    raise SystemExit(f"devcluster: {MODE_ENV}={asked!r} is not a mode: use native (or docker, later)")
+        if dockercluster.daemon_answers():
+            return "docker", f"a Docker daemon answers; {MODE_ENV}=native runs local processes instead"
+        return "native", f"no Docker daemon answers; {MODE_ENV}=docker insists on containers"
+    if asked in MODES:
+        return asked, f"{MODE_ENV}={asked}"
+    raise SystemExit(f"devcluster: {MODE_ENV}={asked!r} is not a mode: use docker or native")
 
 
 class _StopFlag:
@@ -608,16 +706,17 @@ ROLES = ("all", "herd", "agent")
 
 def cmd_start(workdir: Path, ports: HerdPorts | None = None, agents: dict[str, AgentPorts] | None = None,
               role: str = "all", herd_host: str = "127.0.0.1", config_name: str = "development",
-              peer_ip: str = "", config_dir: Path = CONFIG_ROOT) -> int:
+              peer_ip: str = "", config_dir: Path = CONFIG_ROOT, redis: bool = False,
+              logs_to_stdout: bool = False) -> int:
     """The herd, then the agents (``DEV_AGENTS`` unless given), supervised until a stop.
 
     ``role`` ``herd`` or ``agent`` starts only that part, for a multi-host cluster: the herd
     advertises ``herd_host`` (its address on the network), the agent (one, named ``agent``,
     on 16000-16002 unless ``agents`` says otherwise) pulls from the herd at ``herd_host``.
+    ``redis`` gives the herd a redis-server as the tracker's store; ``logs_to_stdout`` prints
+    every process's log instead of writing ``logs/<name>.log`` (in a container).
     """
-    mode, why = choose_mode()
     workdir = workdir.resolve()
-    _out(f"kraken devcluster: {MODES[mode]} ({why})")
     state = _read_state(workdir)
     if state and _is_our_supervisor(state.get("supervisor", -1)) and state["supervisor"] != os.getpid():
         _err(f"devcluster: already running from {workdir} (supervisor pid {state['supervisor']}); "
@@ -629,7 +728,7 @@ def cmd_start(workdir: Path, ports: HerdPorts | None = None, agents: dict[str, A
         agents = DEV_AGENTS if role == "all" else {"agent": DEV_AGENTS["agent-one"]}
     procs = []
     if role in ("all", "herd"):
-        procs += herd_processes(workdir, ports, config_name, host=herd_host, config_dir=config_dir)
+        procs += herd_processes(workdir, ports, config_name, host=herd_host, config_dir=config_dir, redis=redis)
     if role in ("all", "agent"):
         procs += agent_processes(workdir, ports, agents, config_name, herd_host=herd_host, peer_ip=peer_ip,
                                  config_dir=config_dir)
@@ -641,26 +740,32 @@ def cmd_start(workdir: Path, ports: HerdPorts | None = None, agents: dict[str, A
     stop = _StopFlag()
     for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
         signal.signal(sig, stop.set)
-    sup = Supervisor(workdir, should_stop=stop, die_with_parent=True)
-    state = {"mode": mode, "supervisor": os.getpid(), "workdir": str(workdir), "processes": {}}
+    sup = Supervisor(workdir, should_stop=stop, die_with_parent=True, logs_to_stdout=logs_to_stdout)
+    state = {"mode": "native", "supervisor": os.getpid(), "workdir": str(workdir), "processes": {}}
     _write_state(workdir, state)
 
     _out(f"  work dir  {workdir}")
-    _out(f"  logs      {sup.log_dir}/<component>.log")
+    _out(f"  logs      {'stdout' if logs_to_stdout else f'{sup.log_dir}/<component>.log'}")
     code = 0
     try:
         for proc in procs:
-            with open(proc.log_path, "a") as log:
-                log.write(f"=== devcluster: starting {proc.name} at "
-                          f"{time.strftime('%Y-%m-%dT%H:%M:%S')}: {' '.join(proc.command())}\n")
+            banner = (f"=== devcluster: starting {proc.name} at "
+                      f"{time.strftime('%Y-%m-%dT%H:%M:%S')}: {' '.join(proc.command())}")
+            if logs_to_stdout:
+                _out(banner)
+            else:
+                with open(proc.log_path, "a") as log:
+                    log.write(banner + "\n")
             sup.start(proc)
-            state["processes"][proc.name] = {"pid": proc.popen.pid, "port": proc.port, "component": proc.component}
+            state["processes"][proc.name] = {"pid": proc.popen.pid, "port": proc.port,
+                                             "component": proc.component, "probe": proc.probe}
             _write_state(workdir, state)
             _out(f"  started   {proc.name} (pid {proc.popen.pid})")
         _out("")
         _out(f"  {'component':<12} {'endpoint':<32} {'pid':<8} log")
         for proc in procs:
-            _out(f"  {proc.name:<12} {_endpoint(proc):<32} {proc.popen.pid:<8} {proc.log_path}")
+            _out(f"  {proc.name:<12} {_endpoint(proc):<32} {proc.popen.pid:<8} "
+                 f"{'stdout' if logs_to_stdout else proc.log_path}")
         _out("")
         for proc in procs:
             if proc.component == "agent":
@@ -700,6 +805,12 @@ def cmd_stop(workdir: Path, timeout: float = 60.0) -> int:
     if state is None:
         _out(f"devcluster: none running from {workdir} (no {_state_path(workdir)})")
         return 0
+    if state.get("mode") == "docker":
+        from kraken import dockercluster
+
+        code = dockercluster.stop(state.get("containers", []))
+        _state_path(workdir).unlink(missing_ok=True)
+        return code
     supervisor = int(state.get("supervisor", -1))
     if _is_our_supervisor(supervisor):
         _out(f"devcluster: stopping supervisor pid {supervisor}")
@@ -731,10 +842,36 @@ def _terminate(pid: int, timeout: float) -> None:
         pass
 
 
+def cmd_health(workdir: Path) -> int:
+    """Exit 0 if the supervisor from ``workdir`` runs and every process it started answers its
+    probe; else name what does not (the containers' health check)."""
+    state = _read_state(workdir.resolve())
+    if state is None or not _pid_alive(int(state.get("supervisor", -1))):
+        _err(f"devcluster: no supervisor running from {workdir}")
+        return 1
+    failing = [name for name, info in state.get("processes", {}).items() if not probe_ok(info["probe"])]
+    for name in failing:
+        _err(f"devcluster: {name} does not answer at {state['processes'][name]['probe']}")
+    if not state.get("processes"):
+        _err("devcluster: still starting")
+    return 1 if failing or not state.get("processes") else 0
+
+
+#: The devcluster's parameter files (ports a user may change): one for the herd, one per agent.
+DEVCLUSTER_PARAMS = EXAMPLES_ROOT / "devcluster"
+
+
+def agent_name(params: Path) -> str:
+    """``agent_two_param.sh`` -> ``agent-two``."""
+    return params.name.removesuffix(".sh").removesuffix("_param").replace("_", "-")
+
+
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m kraken.devcluster",
-                                     description="Start or stop the native devcluster.")
-    parser.add_argument("action", choices=["start", "stop"])
+    parser = argparse.ArgumentParser(
+        prog="python -m kraken.devcluster",
+        description="Start, stop or probe the devcluster (Docker containers when a daemon answers, "
+                    "else local processes), or one host's share of a multi-host cluster.")
+    parser.add_argument("action", choices=["start", "stop", "health"])
     parser.add_argument("--role", choices=ROLES, default="all",
                         help="all: the devcluster; herd or agent: this host's share of a multi-host cluster")
     parser.add_argument("--herd-host", default="127.0.0.1",
@@ -743,16 +880,51 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--config-dir", type=Path, default=CONFIG_ROOT,
                         help="where the component configs are (default %(default)s; the multi-host "
                              "deployment's: examples/multihost/config)")
+    parser.add_argument("--herd-params", type=Path, default=DEVCLUSTER_PARAMS / "herd_param.sh",
+                        help="the herd's ports (default %(default)s)")
+    parser.add_argument("--agent-params", type=Path, action="append",
+                        help="an agent's ports, once per agent (default: agent_one_param.sh and "
+                             "agent_two_param.sh beside the herd's; with --role agent, agent_one_param.sh)")
     parser.add_argument("--peer-ip", default="", help="an agent host's own address (labels its P2P log lines)")
+    parser.add_argument("--redis", action="store_true", help="run a redis-server as the tracker's peer store")
+    parser.add_argument("--logs", default="", help="'-': every process's log to stdout, not <workdir>/logs/")
+    parser.add_argument("--docker", action="store_true",
+                        help="with stop: remove the devcluster's containers whatever the work dir says "
+                             "(make docker_stop)")
     parser.add_argument("--workdir", default=os.environ.get("DEVCLUSTER_DIR") or str(DEFAULT_WORKDIR),
                         help="data, configs, logs and state (default: $DEVCLUSTER_DIR or %(default)s)")
     args = parser.parse_args(argv)
     workdir = Path(args.workdir)
+    if args.action == "health":
+        return cmd_health(workdir)
     workdir.mkdir(parents=True, exist_ok=True)
     if args.action == "stop":
+        if args.docker:
+            from kraken import dockercluster
+
+            _state_path(workdir.resolve()).unlink(missing_ok=True)
+            return dockercluster.stop()
         return cmd_stop(workdir)
-    return cmd_start(workdir, role=args.role, herd_host=args.herd_host, config_name=args.config_name,
-                     peer_ip=args.peer_ip, config_dir=args.config_dir.resolve())
+
+    agent_files = args.agent_params or [args.herd_params.parent / "agent_one_param.sh",
+                                        *([args.herd_params.parent / "agent_two_param.sh"] if args.role == "all" else [])]
+    try:
+        ports = HerdPorts.from_params(args.herd_params)
+        agents = {("agent" if args.role == "agent" else agent_name(f)): AgentPorts.from_params(f) for f in agent_files}
+    except ParamsError as e:
+        _err(f"devcluster: {e}")
+        return 1
+    mode, why = choose_mode()
+    _out(f"kraken devcluster: {MODES[mode]} ({why})")
+    if mode == "docker":
+        from kraken import dockercluster
+
+        return dockercluster.start(
+            workdir.resolve(), ports, agents, role=args.role, herd_host=args.herd_host,
+            config_name=args.config_name, config_dir=args.config_dir.resolve(), peer_ip=args.peer_ip)
+    return cmd_start(workdir, ports, agents, role=args.role, herd_host=args.herd_host, config_name=args.config_name,
+                     peer_ip=args.peer_ip, config_dir=args.config_dir.resolve(), redis=args.redis,
+                     logs_to_stdout=args.logs == "-")
 
 
 if __name__ == "__main__":

@@ -32,6 +32,8 @@ PACKAGES=(
   umoci
   iproute2         # ip netns / veth / tc for multi-host tests
   iptables         # partitions in network namespaces
+  debootstrap      # make base-image: a Debian base image without a public image registry
+  iputils-ping     # ping between test hosts in network namespaces
 )
 
 log() { printf 'install-system-deps: %s\n' "$*"; }

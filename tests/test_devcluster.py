@@ -32,8 +32,12 @@ READY_TIMEOUT = 90.0
 EXIT_TIMEOUT = 60.0
 
 
+#: A Docker socket nothing listens on: the devcluster's own choice must then be native processes.
+NO_DAEMON = "unix:///nonexistent/kraken-test/docker.sock"
+
+
 def _env() -> dict[str, str]:
-    env = dict(os.environ, PYTHONUNBUFFERED="1")
+    env = dict(os.environ, PYTHONUNBUFFERED="1", DOCKER_HOST=NO_DAEMON)
     env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO_ROOT), env.get("PYTHONPATH")]))
     env.pop("KRAKEN_DEVCLUSTER", None)
     return env
@@ -143,7 +147,7 @@ def _assert_ports_free() -> None:
 def test_start_push_pull_and_ctrl_c(devcluster: Devcluster, tmp_path: Path) -> None:
     devcluster.wait_for_line("ready:", READY_TIMEOUT)
     out = devcluster.output
-    assert "native processes" in out, out  # the mode it chose
+    assert "native processes (no Docker daemon answers" in out, out  # the mode it chose, and why
     assert str(devcluster.workdir / "logs") in out, out  # where the logs are
     for name, port in PORTS.items():  # the endpoint table
         assert any(line.split()[:2] == [name, f"http://127.0.0.1:{port}{'/v2/' if name == 'proxy' else '/health'}"]
@@ -204,11 +208,16 @@ def test_port_in_use_is_a_clear_error(tmp_path: Path, default_ports_free: None) 
     assert not list((tmp_path / "dc" / "logs").glob("*.log"))
 
 
-def test_docker_mode_is_not_there_yet(tmp_path: Path) -> None:
+@pytest.mark.parametrize("mode, message", [
+    ("docker", "no Docker daemon answers (DOCKER_HOST=" + NO_DAEMON),
+    ("podman", "KRAKEN_DEVCLUSTER='podman' is not a mode: use docker or native"),
+])
+def test_a_mode_that_cannot_run_is_a_clear_error(tmp_path: Path, mode: str, message: str) -> None:
     r = subprocess.run(
         [sys.executable, "-m", "kraken.devcluster", "start", "--workdir", str(tmp_path / "dc")],
-        env=dict(_env(), KRAKEN_DEVCLUSTER="docker"), cwd=REPO_ROOT, capture_output=True, text=True,
+        env=dict(_env(), KRAKEN_DEVCLUSTER=mode), cwd=REPO_ROOT, capture_output=True, text=True,
         timeout=EXIT_TIMEOUT, check=False,
     )
     assert r.returncode != 0
-    assert "KRAKEN_DEVCLUSTER=docker" in r.stderr and "native" in r.stderr, r.stderr
+    assert message in r.stderr, r.stderr
+    assert "KRAKEN_DEVCLUSTER=native" in r.stderr or "native" in r.stderr, r.stderr

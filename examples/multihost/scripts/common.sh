@@ -30,6 +30,10 @@ pick_mode() {  # the script's arguments
 wait_http() {  # URL LOG [SECONDS]
   local deadline=$(( $(date +%s) + ${3:-60} ))
   until curl -fsS -o /dev/null --noproxy '*' "$1" 2>/dev/null; do
+    # A supervisor that died at start (bad config, busy port) will never answer: say so now.
+    if [ -n "${supervisor_pid:-}" ] && ! kill -0 "$supervisor_pid" 2>/dev/null; then
+      echo "$(basename "$0"): the supervisor exited before $1 answered; the end of $2:" >&2; tail -n 40 "$2" >&2; exit 1
+    fi
     if [ "$(date +%s)" -ge "$deadline" ]; then
       echo "$(basename "$0"): $1 did not answer; the end of $2:" >&2; tail -n 40 "$2" >&2; exit 1
     fi
@@ -43,7 +47,8 @@ start_supervisor() {  # ROLE ARGS...
   mkdir -p "$KRAKEN_HOME/$role"
   nohup "$KRAKEN_PYTHON" -m kraken.devcluster start --role "$role" --config-name multihost --config-dir "$KRAKEN_ROOT/examples/multihost/config" \
     --workdir "$KRAKEN_HOME/$role" "$@" >"$KRAKEN_HOME/$role.log" 2>&1 </dev/null &
-  echo $! >"$KRAKEN_HOME/$role.pid"
+  supervisor_pid=$!
+  echo "$supervisor_pid" >"$KRAKEN_HOME/$role.pid"
 }
 
 stop_supervisor() {  # ROLE

@@ -13,6 +13,7 @@ HERD_HOST=$1 AGENT_HOST_IP=$2; shift 2
 refuse_loopback HERD_HOST "$HERD_HOST"
 refuse_loopback AGENT_HOST_IP "$AGENT_HOST_IP"
 mode=$(pick_mode "$@")
+export KRAKEN_DEVCLUSTER=$mode  # the supervisor runs the mode asked for, not the one it would detect
 curl -fsS -o /dev/null --noproxy '*' "http://$HERD_HOST:15003/health" \
   || die "the herd's tracker does not answer at $HERD_HOST:15003 (is the herd up, is the port open?)"
 

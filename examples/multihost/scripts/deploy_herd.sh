@@ -12,6 +12,7 @@ if [ "${1:-}" = --stop ]; then stop_supervisor herd; exit 0; fi
 HERD_HOST_IP=$1; shift
 refuse_loopback HERD_HOST_IP "$HERD_HOST_IP"
 mode=$(pick_mode "$@")
+export KRAKEN_DEVCLUSTER=$mode  # the supervisor runs the mode asked for, not the one it would detect
 
 start_supervisor herd --herd-host "$HERD_HOST_IP"
 wait_http "http://127.0.0.1:15000/v2/" "$KRAKEN_HOME/herd.log"

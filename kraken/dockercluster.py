@@ -1,0 +1,278 @@
+"""The devcluster (and a multi-host role) as Docker containers: ``make devcluster`` when a
+Docker daemon answers.
+
+``kraken-herd`` runs the herd's processes under the devcluster supervisor
+(``examples/devcluster/herd_start_processes.sh``), ``kraken-agent-one`` and
+``kraken-agent-two`` one agent each, from the images ``make images`` builds
+(``docker/build-images.sh``, run here when an image is missing). The ports are the ones the
+parameter files give (``examples/devcluster/*_param.sh``), passed into the containers as
+environment variables, so a port changed there changes everywhere.
+
+Networking, so that every announced peer address is reachable from every container:
+
+* ``host`` (Linux): the containers share the host's network, exactly as the native processes
+  do; peers are announced as 127.0.0.1 and the host pushes and pulls on localhost.
+* ``bridge`` (Docker Desktop on a Mac, where host networking does not reach the Mac): a
+  user-defined network (``kraken``, ``KRAKEN_DOCKER_SUBNET``) with a fixed address per
+  container; the herd announces its address there, agents announce theirs (the tracker takes
+  the source address), and every port a user calls is published on the host's 127.0.0.1.
+
+``KRAKEN_DOCKER_NETWORK=host|bridge`` overrides the choice. The containers are started
+detached (``docker ps --filter name=kraken``); ``make docker_stop`` (or ``make
+devcluster-stop``) removes them. Like ``kraken.devcluster``, this is a synchronous
+command-line tool.
+"""
+from __future__ import annotations
+
+import ipaddress
+import os
+import shutil
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path, PurePosixPath
+
+from kraken.devcluster import (
+    CONFIG_ROOT, FILES_ROOT, REPO_ROOT, AgentPorts, HerdPorts, _busy_ports_message, _err, _out, _write_state,
+    http_ok, port_free,
+)
+
+#: Where the images keep ``config/`` and ``examples/`` (their ``KRAKEN_ROOT``).
+IMAGE_FILES_ROOT = PurePosixPath("/etc/kraken")
+#: Marks every container this module starts, so a stop finds them all.
+LABEL = "org.kraken.devcluster"
+NETWORK = "kraken"
+NETWORK_ENV = "KRAKEN_DOCKER_NETWORK"
+SUBNET_ENV = "KRAKEN_DOCKER_SUBNET"
+DEFAULT_SUBNET = "172.30.77.0/24"
+START_TIMEOUT = 180.0
+STOP_TIMEOUT = 20
+
+
+def image(role: str) -> str:
+    return f"kraken-{role}:{os.environ.get('KRAKEN_IMAGE_TAG', 'dev')}"
+
+
+def docker(*args: str, timeout: float = 120.0) -> subprocess.CompletedProcess[str]:
+    """Run the docker CLI (``DOCKER_HOST`` as in the environment); never raises on its exit code."""
+    return subprocess.run(["docker", *args], capture_output=True, text=True, timeout=timeout,
+                          stdin=subprocess.DEVNULL)
+
+
+def daemon_answers(timeout: float = 5.0) -> bool:
+    """A Docker daemon answers the docker CLI (how ``make devcluster`` picks its mode)."""
+    if shutil.which("docker") is None:
+        return False
+    try:
+        return docker("info", "--format", "{{.ServerVersion}}", timeout=timeout).returncode == 0
+    except subprocess.TimeoutExpired:
+        return False
+
+
+def network_mode() -> tuple[str, str]:
+    """(``host`` or ``bridge``, why)."""
+    asked = os.environ.get(NETWORK_ENV, "").strip().lower()
+    if asked in ("host", "bridge"):
+        return asked, f"{NETWORK_ENV}={asked}"
+    if asked:
+        raise SystemExit(f"devcluster: {NETWORK_ENV}={asked!r}: use host or bridge")
+    system = docker("info", "--format", "{{.OperatingSystem}}").stdout
+    if "Docker Desktop" in system or sys.platform == "darwin":
+        return "bridge", (f"Docker Desktop: a '{NETWORK}' network, ports published on 127.0.0.1 "
+                          f"({NETWORK_ENV}=host to share the host's network instead)")
+    return "host", f"Linux: the containers share the host's network ({NETWORK_ENV}=bridge for a network of their own)"
+
+
+@dataclass
+class Container:
+    """One container to run: ``ports`` are the ones it listens on (free on the host for host
+    networking, published for bridge), ``probe`` a URL on the host that answers when it is up."""
+
+    name: str
+    role: str
+    env: dict[str, str]
+    args: list[str]
+    ports: list[int]
+    probe: str
+    ip: str | None = None
+    published: list[int] = field(default_factory=list)
+
+    def run_command(self, network: str) -> list[str]:
+        cmd = ["run", "-d", "--name", self.name, "--label", f"{LABEL}={self.role}",
+               "--restart", "on-failure:3", "--stop-timeout", str(STOP_TIMEOUT)]
+        if network == "host":
+            cmd += ["--network", "host"]
+        else:
+            cmd += ["--network", NETWORK, "--ip", str(self.ip)]
+            for port in self.published:
+                cmd += ["-p", f"127.0.0.1:{port}:{port}"]
+        for key, value in self.env.items():
+            cmd += ["-e", f"{key}={value}"]
+        return [*cmd, image(self.role), *self.args]
+
+
+def herd_env(ports: HerdPorts, herd_host: str) -> dict[str, str]:
+    """``herd_param.sh``'s variables, as the containers' entrypoints read them."""
+    return {"TESTFS_PORT": str(ports.testfs), "REDIS_PORT": str(ports.redis), "PROXY_PORT": str(ports.proxy),
+            "ORIGIN_PEER_PORT": str(ports.origin_p2p), "ORIGIN_SERVER_PORT": str(ports.origin),
+            "TRACKER_PORT": str(ports.tracker), "BUILD_INDEX_PORT": str(ports.build_index), "HERD_HOST": herd_host}
+
+
+def agent_env(ports: AgentPorts) -> dict[str, str]:
+    return {"AGENT_REGISTRY_PORT": str(ports.registry), "AGENT_PEER_PORT": str(ports.p2p),
+            "AGENT_SERVER_PORT": str(ports.server)}
+
+
+def config_args(config_name: str, config_dir: Path) -> list[str]:
+    """The entrypoints' ``--config-name/--config-dir``, the directory as the image holds it."""
+    if config_dir == CONFIG_ROOT and config_name == "development":
+        return []
+    try:
+        inside = IMAGE_FILES_ROOT / config_dir.relative_to(FILES_ROOT).as_posix()
+    except ValueError:
+        raise SystemExit(f"devcluster: {config_dir} is not in {FILES_ROOT}, so the images do not have it")
+    return ["--config-name", config_name, "--config-dir", str(inside)]
+
+
+def plan(ports: HerdPorts, agents: dict[str, AgentPorts], role: str, network: str, herd_host: str,
+         config: list[str], peer_ip: str) -> list[Container]:
+    """The containers of ``role``, in start order."""
+    subnet = ipaddress.ip_network(os.environ.get(SUBNET_ENV, DEFAULT_SUBNET))
+    address = lambda i: str(subnet.network_address + 10 + i) if network == "bridge" else None  # noqa: E731
+    if network == "bridge":
+        herd_host = str(address(0))
+    herd = herd_env(ports, herd_host)
+    containers = []
+    if role in ("all", "herd"):
+        herd_ports = [ports.testfs, ports.origin_p2p, ports.origin, ports.tracker, ports.build_index, ports.proxy]
+        containers.append(Container("kraken-herd", "herd", herd, config, [*herd_ports, ports.redis],
+                                    f"http://127.0.0.1:{ports.proxy}/v2/", address(0), herd_ports))
+    if role in ("all", "agent"):
+        for i, (name, agent) in enumerate(agents.items(), start=1):
+            args = [*config, *(["--peer-ip", peer_ip] if peer_ip else [])]
+            containers.append(Container(f"kraken-{name}", "agent", {**herd, **agent_env(agent)}, args,
+                                        [agent.registry, agent.p2p, agent.server],
+                                        f"http://127.0.0.1:{agent.server}/health", address(i),
+                                        [agent.registry, agent.server]))
+    return containers
+
+
+def ensure_images(roles: set[str]) -> None:
+    """Build the images (``docker/build-images.sh``) if one of ``roles`` has none yet."""
+    missing = [image(r) for r in sorted(roles) if docker("image", "inspect", image(r)).returncode != 0]
+    if not missing:
+        return
+    script = REPO_ROOT / "docker" / "build-images.sh"
+    if not script.exists():
+        raise SystemExit(f"devcluster: no image {', '.join(missing)}, and no {script} to build it")
+    _out(f"devcluster: building {', '.join(missing)} (make images)")
+    if subprocess.run(["bash", str(script)], stdin=subprocess.DEVNULL).returncode != 0:
+        raise SystemExit("devcluster: building the images failed (see above)")
+
+
+def _state(name: str) -> str:
+    """``running``, ``restarting``, ``exited``, ... or ``missing``."""
+    r = docker("inspect", "-f", "{{.State.Status}}", name)
+    return r.stdout.strip() if r.returncode == 0 else "missing"
+
+
+def _wait_up(container: Container, timeout: float = START_TIMEOUT) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        state = _state(container.name)
+        if state not in ("running", "created", "restarting"):
+            raise RuntimeError(f"{container.name} is {state}; its log ends:\n{_logs(container.name)}")
+        if state == "running" and http_ok(container.probe):
+            return
+        time.sleep(0.25)
+    raise RuntimeError(f"{container.name} did not answer at {container.probe} within {timeout:.0f}s; "
+                       f"its log ends:\n{_logs(container.name)}")
+
+
+def _logs(name: str, lines: int = 40) -> str:
+    r = docker("logs", "--tail", str(lines), name)
+    return (r.stdout + r.stderr).rstrip() or "(empty)"
+
+
+def start(workdir: Path, ports: HerdPorts, agents: dict[str, AgentPorts], *, role: str = "all",
+          herd_host: str = "127.0.0.1", config_name: str = "development", config_dir: Path = CONFIG_ROOT,
+          peer_ip: str = "") -> int:
+    """Start ``role``'s containers detached and wait until each answers; 0 when all do.
+
+    A multi-host role (``herd``, ``agent``) always uses host networking: its peers are other
+    hosts, which reach it at ``herd_host`` / its own address.
+    """
+    if not daemon_answers():
+        _err(f"devcluster: no Docker daemon answers (DOCKER_HOST={os.environ.get('DOCKER_HOST', 'unset')}): "
+             f"start one, or run local processes with KRAKEN_DEVCLUSTER=native")
+        return 1
+    network, why = network_mode() if role == "all" else ("host", "a multi-host role: host networking")
+    _out(f"  network   {network} ({why})")
+    containers = plan(ports, agents, role, network, herd_host, config_args(config_name, config_dir), peer_ip)
+    running = [c.name for c in containers if _state(c.name) in ("running", "restarting")]
+    if running:
+        _err(f"devcluster: {', '.join(running)} already running (docker ps --filter name=kraken); "
+             f"stop with `make docker_stop`")
+        return 1
+    busy = [(c, port) for c in containers for port in (c.ports if network == "host" else c.published)
+            if not port_free(port)]
+    if busy:
+        _err(_busy_ports_message(busy, workdir))
+        _err("  - or change the ports in examples/devcluster/*_param.sh")
+        return 1
+    ensure_images({c.role for c in containers})
+    for c in containers:
+        docker("rm", "-f", c.name)  # a stopped one from an earlier run
+    if network == "bridge" and docker("network", "inspect", NETWORK).returncode != 0:
+        subnet = os.environ.get(SUBNET_ENV, DEFAULT_SUBNET)
+        r = docker("network", "create", "--subnet", subnet, "--label", f"{LABEL}=network", NETWORK)
+        if r.returncode != 0:
+            _err(f"devcluster: cannot create network {NETWORK} ({subnet}; {SUBNET_ENV} picks another): {r.stderr}")
+            return 1
+    _write_state(workdir, {"mode": "docker", "containers": [c.name for c in containers], "workdir": str(workdir)})
+    try:
+        for c in containers:
+            r = docker(*c.run_command(network))
+            if r.returncode != 0:
+                raise RuntimeError(f"docker run {c.name}: {r.stderr.strip()}")
+            _wait_up(c)
+            _out(f"  started   {c.name} ({image(c.role)})")
+    except RuntimeError as e:
+        _err(f"devcluster: failed to start: {e}")
+        stop([c.name for c in containers])
+        return 1
+    _print_endpoints(containers, ports, agents, role)
+    return 0
+
+
+def _print_endpoints(containers: list[Container], ports: HerdPorts, agents: dict[str, AgentPorts], role: str) -> None:
+    _out("")
+    _out(f"  {'container':<18} {'answers at':<36} logs")
+    for c in containers:
+        _out(f"  {c.name:<18} {c.probe:<36} docker logs -f {c.name}")
+    _out("")
+    for name, agent in agents.items():
+        if role != "herd":
+            _out(f"  {name} pulls on localhost:{agent.registry} (P2P port {agent.p2p}, server {agent.server})")
+    _out("  docker ps --filter name=kraken    shows them; `make docker_stop` removes them")
+    if role != "agent":
+        _out(f"ready: push through localhost:{ports.proxy}, e.g. docker push localhost:{ports.proxy}/<repo>:<tag>")
+    else:
+        _out(f"ready: pull through localhost:{next(iter(agents.values())).registry}")
+
+
+def stop(names: list[str] | None = None) -> int:
+    """Stop and remove ``names`` (default: every container this module started) and the
+    bridge network if nothing uses it any more."""
+    if names is None:
+        names = docker("ps", "-a", "--filter", f"label={LABEL}", "--format", "{{.Names}}").stdout.split()
+    present = [n for n in names if _state(n) != "missing"]
+    if present:
+        _out(f"devcluster: stopping {', '.join(present)}")
+        docker("stop", "-t", str(STOP_TIMEOUT), *present, timeout=STOP_TIMEOUT * len(present) + 30)
+        docker("rm", "-f", *present)
+    if docker("network", "inspect", NETWORK, "--format", f"{{{{index .Labels \"{LABEL}\"}}}}").stdout.strip():
+        docker("network", "rm", NETWORK)
+    _out("devcluster: stopped" if present else "devcluster: no kraken containers")
+    return 0

@@ -1,27 +1,31 @@
-"""Run a set of Kraken components as local processes: the native ``make devcluster``, and the
-clusters that integration tests and benchmarks start.
+"""Run a set of Kraken components as local processes: the native ``make devcluster``, one
+host's share of a multi-host cluster, the inside of the Docker images, and the clusters that
+integration tests and benchmarks start.
 
 Each component runs as ``python -m kraken <component> --config <file> --port <port>``, with
-its log in ``<workdir>/logs/<name>.log``. Configs are small overlay files that ``extends:``
-the component's YAML and override what differs (data directories, peers' addresses), so the
-checked-in configs stay the single description of each component.
+its log in ``<workdir>/logs/<name>.log`` (or on stdout: ``--logs -``). Configs are small
+overlay files that ``extends:`` the component's YAML and override what differs (data
+directories, peers' addresses), so the checked-in configs stay the single description of each
+component. Ports come from the parameter files ``examples/devcluster/*_param.sh``.
 
-``python -m kraken.devcluster start|stop [--workdir DIR]`` is what ``make devcluster`` and
-``make devcluster-stop`` run:
+``python -m kraken.devcluster start|stop|health [--workdir DIR]`` is what ``make devcluster``,
+``make devcluster-stop``, the deploy scripts and the images' health checks run:
 
-* ``start`` checks that the fixed ports are free (naming the component and the process
-  that holds a busy one), starts the herd (testfs, origin, tracker, build-index, proxy) and
-  then two agents (``agent-one`` on 16000/16001/16002 and ``agent-two`` on 17000/17001/17002:
-  registry, P2P, server), prints the endpoint table and a line beginning with ``ready:``, and then supervises them until SIGINT (Ctrl-C),
-  SIGTERM or SIGHUP, when it stops them all and exits 0. If a component dies on its own it
-  stops the rest and exits 1. Its state (its own PID and its children's) is in
-  ``<workdir>/devcluster.json``.
-* ``stop`` (from any shell) signals that supervisor and waits for it; children whose
-  supervisor had died (SIGKILL) are stopped by PID. A PID is only signalled when its command
-  line shows it is one of ours, so a stale state file never hits an unrelated process.
-
-``KRAKEN_DEVCLUSTER`` picks the mode: ``native`` (processes, the default) or ``docker``
-(containers: not available yet, so asking for it is an error). The mode chosen is printed.
+* ``start`` picks the mode (``KRAKEN_DEVCLUSTER``: ``docker`` or ``native``; unset: Docker
+  when a daemon answers), and for Docker hands over to :mod:`kraken.dockercluster`. Native:
+  it checks that the ports are free (naming the component and the process that holds a busy
+  one), starts the herd (testfs, origin, tracker, build-index, proxy; redis-server with
+  ``--redis``) and then the agents (``agent-one`` on 16000/16001/16002 and ``agent-two`` on
+  17000/17001/17002: registry, P2P, server), prints the endpoint table and a line beginning
+  with ``ready:``, and then supervises them until SIGINT (Ctrl-C), SIGTERM or SIGHUP, when it
+  stops them all and exits 0. If a component dies on its own it stops the rest and exits 1.
+  Its state (its own PID and its children's, with their probes) is in
+  ``<workdir>/devcluster.json``. ``--role herd|agent`` starts one host's share.
+* ``stop`` (from any shell) signals that supervisor and waits for it (or removes the
+  containers of a Docker devcluster); children whose supervisor had died (SIGKILL) are
+  stopped by PID. A PID is only signalled when its command line shows it is one of ours, so
+  a stale state file never hits an unrelated process.
+* ``health`` exits 0 when the supervisor runs and every process answers its probe.
 
 This is a synchronous supervisor: it is a command-line tool and a test fixture helper, not
 part of any server's event loop.
@@ -54,7 +58,7 @@ EXAMPLES_ROOT = FILES_ROOT / "examples"
 DEFAULT_WORKDIR = Path("/tmp/kraken-devcluster")
 STATE_FILE = "devcluster.json"
 MODE_ENV = "KRAKEN_DEVCLUSTER"
-#: The devcluster's modes, as the start banner names them.
+#: The devcluster's modes (``KRAKEN_DEVCLUSTER``), as the start banner names them.
 MODES = {"native": "native processes", "docker": "Docker containers"}
 
 
@@ -131,10 +135,18 @@ class Process:
     other_ports: list[int] = field(default_factory=list)
     health_port: int | None = None
     argv: list[str] | None = None
+    #: Where it answers: loopback, unless it listens on one address only (``bind``).
+    host: str = "127.0.0.1"
+
+    def bind(self, address: str) -> None:
+        """Listen on ``address`` only (``--host``; ``0.0.0.0``: every interface, the default)."""
+        self.extra_args += ["--host", address]
+        if address not in ("0.0.0.0", "::"):
+            self.host = address
 
     @property
     def addr(self) -> str:
-        return f"127.0.0.1:{self.port}"
+        return f"{self.host}:{self.port}"
 
     @property
     def url(self) -> str:
@@ -142,7 +154,7 @@ class Process:
 
     @property
     def health_url(self) -> str:
-        return f"http://127.0.0.1:{self.health_port or self.port}/health"
+        return f"http://{self.host}:{self.health_port or self.port}/health"
 
     @property
     def ports(self) -> list[int]:
@@ -543,7 +555,7 @@ _PROBES = {"proxy": "/v2/"}
 def _endpoint(proc: Process) -> str:
     if proc.component == "redis":
         return proc.probe
-    return f"http://127.0.0.1:{proc.health_port or proc.port}{_PROBES.get(proc.component, '/health')}"
+    return f"http://{proc.host}:{proc.health_port or proc.port}{_PROBES.get(proc.component, '/health')}"
 
 
 def _out(msg: str = "", file: Any = None) -> None:
@@ -707,14 +719,15 @@ ROLES = ("all", "herd", "agent")
 def cmd_start(workdir: Path, ports: HerdPorts | None = None, agents: dict[str, AgentPorts] | None = None,
               role: str = "all", herd_host: str = "127.0.0.1", config_name: str = "development",
               peer_ip: str = "", config_dir: Path = CONFIG_ROOT, redis: bool = False,
-              logs_to_stdout: bool = False) -> int:
+              logs_to_stdout: bool = False, bind_address: str = "") -> int:
     """The herd, then the agents (``DEV_AGENTS`` unless given), supervised until a stop.
 
     ``role`` ``herd`` or ``agent`` starts only that part, for a multi-host cluster: the herd
     advertises ``herd_host`` (its address on the network), the agent (one, named ``agent``,
     on 16000-16002 unless ``agents`` says otherwise) pulls from the herd at ``herd_host``.
     ``redis`` gives the herd a redis-server as the tracker's store; ``logs_to_stdout`` prints
-    every process's log instead of writing ``logs/<name>.log`` (in a container).
+    every process's log instead of writing ``logs/<name>.log`` (in a container);
+    ``bind_address`` is where the herd's servers listen (default every interface).
     """
     workdir = workdir.resolve()
     state = _read_state(workdir)
@@ -729,6 +742,10 @@ def cmd_start(workdir: Path, ports: HerdPorts | None = None, agents: dict[str, A
     procs = []
     if role in ("all", "herd"):
         procs += herd_processes(workdir, ports, config_name, host=herd_host, config_dir=config_dir, redis=redis)
+    if bind_address:
+        for proc in procs:
+            if proc.component != "redis":
+                proc.bind(bind_address)
     if role in ("all", "agent"):
         procs += agent_processes(workdir, ports, agents, config_name, herd_host=herd_host, peer_ip=peer_ip,
                                  config_dir=config_dir)
@@ -887,6 +904,8 @@ def main(argv: list[str] | None = None) -> int:
                              "agent_two_param.sh beside the herd's; with --role agent, agent_one_param.sh)")
     parser.add_argument("--peer-ip", default="", help="an agent host's own address (labels its P2P log lines)")
     parser.add_argument("--redis", action="store_true", help="run a redis-server as the tracker's peer store")
+    parser.add_argument("--bind-address", default="",
+                        help="where the herd's servers listen (default 0.0.0.0: every interface)")
     parser.add_argument("--logs", default="", help="'-': every process's log to stdout, not <workdir>/logs/")
     parser.add_argument("--docker", action="store_true",
                         help="with stop: remove the devcluster's containers whatever the work dir says "
@@ -921,10 +940,11 @@ def main(argv: list[str] | None = None) -> int:
 
         return dockercluster.start(
             workdir.resolve(), ports, agents, role=args.role, herd_host=args.herd_host,
-            config_name=args.config_name, config_dir=args.config_dir.resolve(), peer_ip=args.peer_ip)
+            config_name=args.config_name, config_dir=args.config_dir.resolve(), peer_ip=args.peer_ip,
+            bind_address=args.bind_address)
     return cmd_start(workdir, ports, agents, role=args.role, herd_host=args.herd_host, config_name=args.config_name,
                      peer_ip=args.peer_ip, config_dir=args.config_dir.resolve(), redis=args.redis,
-                     logs_to_stdout=args.logs == "-")
+                     logs_to_stdout=args.logs == "-", bind_address=args.bind_address)
 
 
 if __name__ == "__main__":

@@ -136,8 +136,9 @@ def config_args(config_name: str, config_dir: Path) -> list[str]:
 
 
 def plan(ports: HerdPorts, agents: dict[str, AgentPorts], role: str, network: str, herd_host: str,
-         config: list[str], peer_ip: str) -> list[Container]:
-    """The containers of ``role``, in start order."""
+         config: list[str], peer_ip: str, bind_address: str = "") -> list[Container]:
+    """The containers of ``role``, in start order. ``bind_address``: where the herd's servers
+    listen (host networking), when not every interface."""
     subnet = ipaddress.ip_network(os.environ.get(SUBNET_ENV, DEFAULT_SUBNET))
     address = lambda i: str(subnet.network_address + 10 + i) if network == "bridge" else None  # noqa: E731
     if network == "bridge":
@@ -146,8 +147,10 @@ def plan(ports: HerdPorts, agents: dict[str, AgentPorts], role: str, network: st
     containers = []
     if role in ("all", "herd"):
         herd_ports = [ports.testfs, ports.origin_p2p, ports.origin, ports.tracker, ports.build_index, ports.proxy]
-        containers.append(Container("kraken-herd", "herd", herd, config, [*herd_ports, ports.redis],
-                                    f"http://127.0.0.1:{ports.proxy}/v2/", address(0), herd_ports))
+        local = bind_address if bind_address not in ("", "0.0.0.0", "::") else "127.0.0.1"
+        bind = ["--bind-address", bind_address] if bind_address else []
+        containers.append(Container("kraken-herd", "herd", herd, [*config, *bind], [*herd_ports, ports.redis],
+                                    f"http://{local}:{ports.proxy}/v2/", address(0), herd_ports))
     if role in ("all", "agent"):
         for i, (name, agent) in enumerate(agents.items(), start=1):
             args = [*config, *(["--peer-ip", peer_ip] if peer_ip else [])]
@@ -197,7 +200,7 @@ def _logs(name: str, lines: int = 40) -> str:
 
 def start(workdir: Path, ports: HerdPorts, agents: dict[str, AgentPorts], *, role: str = "all",
           herd_host: str = "127.0.0.1", config_name: str = "development", config_dir: Path = CONFIG_ROOT,
-          peer_ip: str = "") -> int:
+          peer_ip: str = "", bind_address: str = "") -> int:
     """Start ``role``'s containers detached and wait until each answers; 0 when all do.
 
     A multi-host role (``herd``, ``agent``) always uses host networking: its peers are other
@@ -209,7 +212,8 @@ def start(workdir: Path, ports: HerdPorts, agents: dict[str, AgentPorts], *, rol
         return 1
     network, why = network_mode() if role == "all" else ("host", "a multi-host role: host networking")
     _out(f"  network   {network} ({why})")
-    containers = plan(ports, agents, role, network, herd_host, config_args(config_name, config_dir), peer_ip)
+    containers = plan(ports, agents, role, network, herd_host, config_args(config_name, config_dir), peer_ip,
+                      bind_address)
     running = [c.name for c in containers if _state(c.name) in ("running", "restarting")]
     if running:
         _err(f"devcluster: {', '.join(running)} already running (docker ps --filter name=kraken); "

@@ -10,10 +10,11 @@ import pytest
 
 # The real-client helpers assert on bytes and digests: have pytest rewrite them for readable
 # failures (this must happen before their first import).
-pytest.register_assert_rewrite("tests.realclients")
+pytest.register_assert_rewrite("tests.realclients", "tests.kraken_images")
 
 from tests.cluster import Herd, start_herd
 
+from tests.kraken_images import docker_env, kraken_images  # noqa: F401 - shared fixtures
 from tests.realclients import containerd, distribution_registry, dockerd, podman  # noqa: F401 - shared fixtures
 
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import os
 import queue
+import re
 import signal
 import socket
 import subprocess
@@ -21,7 +22,7 @@ from typing import Iterator
 
 import pytest
 
-from kraken.devcluster import REPO_ROOT, HerdPorts, port_free
+from kraken.devcluster import REPO_ROOT, HerdPorts, free_port, http_ok, port_free
 from kraken.tools.ocigen import generate_oci_layout
 from tests.realclients import assert_dir_matches_image, skopeo_copy, skopeo_pull_dir, wait_until
 
@@ -58,12 +59,12 @@ def default_ports_free() -> None:
 class Devcluster:
     """``python -m kraken.devcluster start`` in a subprocess, its output read line by line."""
 
-    def __init__(self, workdir: Path) -> None:
+    def __init__(self, workdir: Path, *args: str) -> None:
         self.workdir = workdir
         self.lines: list[str] = []
         self._queue: queue.Queue[str | None] = queue.Queue()
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "kraken.devcluster", "start", "--workdir", str(workdir)],
+            [sys.executable, "-m", "kraken.devcluster", "start", "--workdir", str(workdir), *args],
             stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
             text=True, env=_env(), cwd=REPO_ROOT,
         )
@@ -221,3 +222,47 @@ def test_a_mode_that_cannot_run_is_a_clear_error(tmp_path: Path, mode: str, mess
     assert r.returncode != 0
     assert message in r.stderr, r.stderr
     assert "KRAKEN_DEVCLUSTER=native" in r.stderr or "native" in r.stderr, r.stderr
+
+
+def _params_with_free_ports(tmp_path: Path) -> tuple[Path, dict[int, int]]:
+    """A copy of examples/devcluster's parameter files with every port moved to a free one, as
+    a user edits them (the seed's "16000 is taken: use 8080")."""
+    params = tmp_path / "params"
+    params.mkdir()
+    moved: dict[int, int] = {}
+    for src in (REPO_ROOT / "examples" / "devcluster").glob("*_param.sh"):
+        text = src.read_text()
+        for default in sorted({int(w) for w in re.findall(r":-(\d{5})}", text)}):
+            moved[default] = free_port()
+            text = text.replace(f":-{default}}}", f":-{moved[default]}}}")
+        (params / src.name).write_text(text)
+    return params, moved
+
+
+def test_ports_come_from_the_parameter_files(tmp_path: Path) -> None:
+    params, moved = _params_with_free_ports(tmp_path)
+    assert {16000, 17000, 15000, 15003}.issubset(moved), moved
+    dc = Devcluster(tmp_path / "dc", "--herd-params", str(params / "herd_param.sh"))
+    try:
+        dc.wait_for_line("ready:", READY_TIMEOUT)
+        assert f"agent-one pulls on localhost:{moved[16000]}" in dc.output, dc.output
+        assert f"agent-two pulls on localhost:{moved[17000]}" in dc.output, dc.output
+        for default in (15000, 16000, 17000):  # the registries, on the ports the files now give
+            assert http_ok(f"http://127.0.0.1:{moved[default]}/v2/"), (default, moved[default])
+        for default in (15003, 16002, 17002):
+            assert http_ok(f"http://127.0.0.1:{moved[default]}/health"), (default, moved[default])
+    finally:
+        dc.cleanup()
+
+
+def test_a_bad_parameter_file_is_a_clear_error(tmp_path: Path) -> None:
+    params, _ = _params_with_free_ports(tmp_path)
+    agent_two = params / "agent_two_param.sh"
+    agent_two.write_text(agent_two.read_text().replace("AGENT_PEER_PORT=", "AGENT_PEER_PORT=x"))
+    dc = Devcluster(tmp_path / "dc", "--herd-params", str(params / "herd_param.sh"))
+    try:
+        assert dc.wait_exit() == 1, dc.output
+    finally:
+        dc.cleanup()
+    assert re.search(rf"devcluster: {re.escape(str(agent_two))}: AGENT_PEER_PORT='x\d+' is not a port", dc.output), dc.output
+    assert "ready:" not in dc.output and not list((tmp_path / "dc" / "logs").glob("*.log")), dc.output

@@ -12,7 +12,6 @@ host ports, so the test skips, naming them, when one is taken (a developer's dev
 """
 from __future__ import annotations
 
-import os
 import subprocess
 import urllib.request
 from pathlib import Path
@@ -23,7 +22,8 @@ import pytest
 from kraken.devcluster import REPO_ROOT, port_free
 from kraken.tools.ocigen import GeneratedImage, generate_oci_layout
 from tests.origin_helpers import metric
-from tests.realclients import Dockerd, client_env, wait_until
+from tests.kraken_images import make
+from tests.realclients import Dockerd, wait_until
 
 pytestmark = pytest.mark.realclients
 
@@ -32,46 +32,14 @@ HOST_PORTS = [14000, 14001, 15000, 15001, 15002, 15003, 15004, 16000, 16001, 160
 MB = 1 << 20
 
 
-@pytest.fixture(scope="module")
-def docker_env(dockerd: Dockerd) -> dict[str, str]:
-    """What a user's shell has: the docker CLI pointed at the daemon, no mode forced."""
-    if os.geteuid() != 0:
-        pytest.skip("make base-image runs debootstrap, which needs root")
-    env = client_env({"DOCKER_HOST": dockerd.host, "DOCKER_CONFIG": str(dockerd.docker_config_dir)})
-    env.pop("KRAKEN_DEVCLUSTER", None)
-    env.pop("KRAKEN_DOCKER_NETWORK", None)
-    return env
-
-
-def make(env: dict[str, str], *args: str, timeout: float = 600) -> subprocess.CompletedProcess[str]:
-    r = subprocess.run(["make", *args], cwd=REPO_ROOT, env=env, capture_output=True, text=True,
-                       timeout=timeout, stdin=subprocess.DEVNULL)
-    assert r.returncode == 0, f"make {' '.join(args)} failed ({r.returncode}):\n{r.stdout}\n{r.stderr}"
-    return r
-
-
-@pytest.fixture(scope="module")
-def images(docker_env: dict[str, str], dockerd: Dockerd) -> None:
-    """``make base-image`` then ``make images`` on it, as an offline host does.
-
-    Only the host reaches out, to the package registries: debootstrap to the Debian archive apt
-    uses, pip for the wheels (the suite's proxy trap, which keeps clients off the network, would
-    stop them). Inside the image builds, nothing is fetched."""
-    host_env = {k: v for k, v in docker_env.items() if k.lower() not in ("http_proxy", "https_proxy")}
-    out = make(host_env, "base-image").stdout
-    assert "built kraken-base:bookworm" in out, out
-    out = make(host_env, "images", "BASE_IMAGE=kraken-base:bookworm").stdout
-    assert "built kraken-herd:dev and kraken-agent:dev" in out, out
-
-
-def test_base_image_is_debian_with_python_and_redis(images: None, dockerd: Dockerd) -> None:
+def test_base_image_is_debian_with_python_and_redis(kraken_images: None, dockerd: Dockerd) -> None:
     r = dockerd.run("run", "--rm", "--network", "none", "kraken-base:bookworm", "sh", "-c",
                     "python3 -c 'import sys, venv; print(sys.version_info[:2])' && redis-server --version "
                     "&& . /etc/os-release && echo $VERSION_CODENAME")
     assert "(3, 11)" in r.stdout and "Redis server v=7" in r.stdout and "bookworm" in r.stdout, r.stdout
 
 
-def test_images_run_unprivileged_with_health_checks(images: None, dockerd: Dockerd) -> None:
+def test_images_run_unprivileged_with_health_checks(kraken_images: None, dockerd: Dockerd) -> None:
     for name in ("kraken-herd:dev", "kraken-agent:dev"):
         config = dockerd.inspect_image(name)["Config"]
         assert config["User"] == "kraken", config
@@ -93,7 +61,7 @@ def _health(dockerd: Dockerd) -> dict[str, str]:
 
 
 @pytest.fixture
-def devcluster(images: None, docker_env: dict[str, str]) -> Iterator[subprocess.CompletedProcess[str]]:
+def devcluster(kraken_images: None, docker_env: dict[str, str]) -> Iterator[subprocess.CompletedProcess[str]]:
     busy = [p for p in HOST_PORTS if not port_free(p)]
     if busy:
         pytest.skip(f"the devcluster's fixed ports are in use: {busy} (a devcluster running? make devcluster-stop)")

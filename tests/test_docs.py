@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 
 from kraken.config import load_config
+from kraken.devcluster import AgentPorts, HerdPorts
 from kraken.tools import configdoc
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -88,16 +89,35 @@ def test_default_ports_match_the_docs(component: str) -> None:
     assert f"| {component} | {PORTS[component]} |" in (DOCS / "ARCHITECTURE.md").read_text()
 
 
+@pytest.mark.parametrize("component", CONFIG_COMPONENTS)
+def test_multihost_configs_load(component: str) -> None:
+    path = ROOT / "examples" / "multihost" / "config" / component / "multihost.yaml"
+    config = load_config(configdoc.config_class(component), path)
+    assert config.listen.port == PORTS[component]
+
+
+def test_devcluster_parameter_files_give_the_documented_ports() -> None:
+    params = ROOT / "examples" / "devcluster"
+    herd = HerdPorts.from_params(params / "herd_param.sh")
+    assert (herd.testfs, herd.proxy, herd.origin, herd.tracker, herd.build_index) == (
+        PORTS["testfs"], PORTS["proxy"], PORTS["origin"], PORTS["tracker"], PORTS["build-index"])
+    assert (herd.origin_p2p, herd.redis) == (15001, 14001)
+    for name, config in (("one", "development"), ("two", "development-two")):
+        agent = AgentPorts.from_params(params / f"agent_{name}_param.sh")
+        assert (agent.registry, agent.p2p, agent.server) == AGENT_PORTS[config]
+
+
 def test_readme_mentions_make_targets() -> None:
     readme = (ROOT / "README.md").read_text()
-    assert "make devcluster" in readme
-    assert "make test" in readme
+    for target in ("make devcluster", "make test", "make images", "make base-image", "make docker_stop",
+                   "docker ps --filter name=kraken"):
+        assert target in readme, target
 
 
-@pytest.mark.parametrize("doc", ["ARCHITECTURE.md", "CONFIGURATION.md", "CONTRACTS.md"])
+@pytest.mark.parametrize("doc", ["ARCHITECTURE.md", "CONFIGURATION.md", "CONTRACTS.md", "OPERATIONS.md"])
 def test_files_named_in_docs_exist(doc: str) -> None:
     text = (DOCS / doc).read_text()
-    paths = set(re.findall(r"`((?:kraken|config|tests)/[\w./-]+)`", text))
+    paths = set(re.findall(r"`((?:kraken|config|tests|docker|examples)/[\w./-]+)`", text))
     paths |= {m.group(1) for m in re.finditer(r"\((\w+\.md)\)", text)}
     missing = sorted(p for p in paths if not ((ROOT / p).exists() or (DOCS / p).exists()))
     assert missing == []

@@ -34,17 +34,18 @@ from pathlib import Path
 
 import pytest
 
-from kraken.tools.ocigen import GeneratedImage, generate_oci_layout
+from kraken.tools.ocigen import generate_oci_layout
 from tests import realclients
-from tests.netns import NetnsHost, Network, netns_available
-from tests.origin_helpers import metric
+from tests.multihost_helpers import (
+    AGENT_REGISTRY, CHECKS, SCRIPTS, AgentHost, MiB, Pushed, assert_image, peer_and_origin_bytes, run_on, skip_reason,
+)
+from tests.netns import NetnsHost, Network
 from tests.realclients import (
     Dockerd,
     _kill_pid,
     _pids_mentioning,
     client_env,
     http_request,
-    run_client,
     sha256_bytes,
     skopeo_copy,
     wait_until,
@@ -52,15 +53,9 @@ from tests.realclients import (
 
 pytestmark = pytest.mark.realclients
 
-REPO_ROOT = Path(__file__).resolve().parent.parent
-SCRIPTS = REPO_ROOT / "examples" / "multihost" / "scripts"
-CHECKS = REPO_ROOT / "examples" / "multihost" / "test"
 SUBNET = "10.201.0"
 HERD_IP = f"{SUBNET}.1"
 PROXY = f"{HERD_IP}:15000"
-#: Every agent host pulls from its own agent here (its own loopback).
-AGENT_REGISTRY = "127.0.0.1:16000"
-MiB = 1 << 20
 #: The big layer all agents pull at once; the origin sends it at HERD_RATE, so a copy takes
 #: ~8 s from the origin alone: plenty of time for agents to swap the pieces they already have.
 BIG_LAYER = 48 * MiB
@@ -72,36 +67,7 @@ CUT_AFTER = 8 * MiB
 OBSERVED: dict[str, str] = {}
 
 
-def _skip_reason() -> str | None:
-    reason = netns_available()
-    if reason is None and shutil.which("dockerd") is None:
-        reason = "dockerd is not installed (run scripts/install-system-deps.sh)"
-    return reason
-
-
 # ---- the cluster ---------------------------------------------------------------------------
-
-
-@dataclass
-class AgentHost:
-    """One agent host: its namespace, its KRAKEN_HOME and its dockerd."""
-
-    host: NetnsHost
-    home: Path
-    dockerd: Dockerd | None = None
-
-    @property
-    def name(self) -> str:
-        return self.host.name
-
-    @property
-    def metrics_url(self) -> str:
-        """The agent server's metrics, reached from the test (host namespace) over the bridge."""
-        return f"http://{self.host.address}:16002/metrics"
-
-    def docker(self) -> Dockerd:
-        assert self.dockerd is not None, f"{self.name} has no dockerd"
-        return self.dockerd
 
 
 @dataclass
@@ -118,7 +84,7 @@ class Cluster:
     def run_on(self, host: NetnsHost, argv: list[str], env: Mapping[str, str],
                timeout: float = 180.0, check: bool = True) -> subprocess.CompletedProcess[str]:
         """Run ``argv`` on ``host`` (inside its network namespace)."""
-        return run_client(host.exec_argv(argv), env=env, timeout=timeout, check=check)
+        return run_on(host, argv, env, timeout, check)
 
     def deploy_agent(self, agent: AgentHost) -> None:
         self.run_on(agent.host, [str(SCRIPTS / "deploy_agent.sh"), HERD_IP, agent.host.address, "--native"],
@@ -126,15 +92,6 @@ class Cluster:
 
     def stop_agent(self, agent: AgentHost) -> None:
         self.run_on(agent.host, [str(SCRIPTS / "deploy_agent.sh"), "--stop"], self.script_env(agent.home), check=False)
-
-
-def _peer_and_origin_bytes(agent: AgentHost) -> tuple[float, float]:
-    """(bytes from peers, bytes from origins) the agent has downloaded over P2P so far."""
-    r = http_request(agent.metrics_url, timeout=10)
-    assert r.status == 200, f"{agent.name} metrics -> {r.status}"
-    text = r.body.decode()
-    return (metric(text, "kraken_p2p_download_bytes_total", 0.0, source="peer"),
-            metric(text, "kraken_p2p_download_bytes_total", 0.0, source="origin"))
 
 
 def _kill_leftovers(marker: str) -> None:
@@ -152,17 +109,14 @@ def cluster() -> Iterator[Cluster]:
     left), dockerds by ``Dockerd.stop`` (which unmounts their nsfs leftovers), then the
     namespaces, the bridge and the FORWARD rule.
     """
-    reason = _skip_reason()
+    reason = skip_reason("dockerd")
     if reason:
         pytest.skip(reason)
     base = Path(tempfile.mkdtemp(prefix="kmh-", dir="/tmp"))
     net = Network("kmh-", SUBNET)
     herd_home = base / "herd"
-    mp = pytest.MonkeyPatch()
     # Daemons and clients reach the test subnet directly; everything else hits the proxy trap.
-    no_proxy = f"{realclients.PROXY_TRAP_ENV['NO_PROXY']},{net.cidr}"
-    mp.setitem(realclients.PROXY_TRAP_ENV, "NO_PROXY", no_proxy)
-    mp.setitem(realclients.PROXY_TRAP_ENV, "no_proxy", no_proxy)
+    assert net.cidr in realclients.NO_PROXY_HOSTS, realclients.NO_PROXY_HOSTS
     c: Cluster | None = None
     try:
         net.create()
@@ -170,7 +124,9 @@ def cluster() -> Iterator[Cluster]:
         c = Cluster(net, herd, herd_home)
         for i in (1, 2, 3):
             c.agents.append(AgentHost(net.add_host(f"agent{i}", i + 1), base / f"agent{i}"))
-        r = c.run_on(herd, [str(SCRIPTS / "deploy_herd.sh"), HERD_IP, "--native"], c.script_env(herd_home))
+        # BIND_ADDRESS: the herd listens on its network address only (herd_param.sh).
+        r = c.run_on(herd, [str(SCRIPTS / "deploy_herd.sh"), HERD_IP, "--native"],
+                     c.script_env(herd_home, {"BIND_ADDRESS": HERD_IP}))
         assert f"herd up on {HERD_IP}" in r.stdout, r.stdout
         for agent in c.agents:
             c.deploy_agent(agent)
@@ -193,18 +149,10 @@ def cluster() -> Iterator[Cluster]:
                         agent.dockerd.stop()
         finally:
             problems = net.destroy()
-            mp.undo()
             shutil.rmtree(base, ignore_errors=True)
             if OBSERVED:
                 print("\nmultihost observed:\n  " + "\n  ".join(f"{k}: {v}" for k, v in OBSERVED.items()))
             assert not problems, f"cleanup left: {problems}"
-
-
-@dataclass
-class Pushed:
-    image: GeneratedImage
-    ref: str  # repo:tag on the herd's proxy
-    digest: str  # the manifest digest skopeo reported for the push
 
 
 @pytest.fixture(scope="module")
@@ -228,16 +176,6 @@ def images(cluster: Cluster, tmp_path_factory: pytest.TempPathFactory) -> dict[s
     return pushed
 
 
-def _assert_image(agent: AgentHost, ref: str, pushed: Pushed) -> None:
-    """What a user checks after a pull: the image ID is the config digest and the pulled
-    manifest is the one the push reported."""
-    d = agent.docker()
-    assert d.image_id(ref) == pushed.image.config_digest, f"{agent.name}: {ref} has another image ID"
-    repo = ref.rsplit(":", 1)[0]
-    digests = [entry.partition("@")[2] for entry in d.repo_digests(ref) if entry.partition("@")[0] == repo]
-    assert digests == [pushed.digest], f"{agent.name}: {ref} RepoDigests {d.repo_digests(ref)}, pushed {pushed.digest}"
-
-
 # ---- tests -------------------------------------------------------------------------------
 
 
@@ -249,10 +187,12 @@ def test_hosts_are_separate_and_deployed(cluster: Cluster) -> None:
                            client_env())
         assert r.stdout.strip() == "{}"
     assert http_request(f"http://{HERD_IP}:15003/health").body.strip() == b"OK"
-    # The herd's loopback is not an agent host's: nothing listens on 16000 there.
-    r = cluster.run_on(cluster.herd, ["curl", "-sS", "--noproxy", "*", f"http://{AGENT_REGISTRY}/v2/"],
-                       client_env(), check=False)
-    assert r.returncode != 0, "the herd namespace unexpectedly answers on 127.0.0.1:16000"
+    # The herd's loopback is not an agent host's: nothing listens on 16000 there; and the herd,
+    # deployed with BIND_ADDRESS=HERD_IP, listens on that address only.
+    for port in (16000, 15000, 15003):
+        r = cluster.run_on(cluster.herd, ["curl", "-sS", "--noproxy", "*", f"http://127.0.0.1:{port}/v2/"],
+                           client_env(), check=False)
+        assert r.returncode == 7, f"the herd namespace answers on 127.0.0.1:{port}: {r.stdout}{r.stderr}"
 
 
 def test_docker_pulls_through_local_agent_and_mirror(cluster: Cluster, images: dict[str, Pushed]) -> None:
@@ -263,11 +203,11 @@ def test_docker_pulls_through_local_agent_and_mirror(cluster: Cluster, images: d
         t0 = time.monotonic()
         d.pull(f"{AGENT_REGISTRY}/{myapp.ref}")
         OBSERVED[f"{agent.name} pull {AGENT_REGISTRY}/{myapp.ref}"] = f"{time.monotonic() - t0:.2f}s"
-        _assert_image(agent, f"{AGENT_REGISTRY}/{myapp.ref}", myapp)
+        assert_image(agent, f"{AGENT_REGISTRY}/{myapp.ref}", myapp)
         d.pull(myapp.ref)  # company/myapp:v1 -> docker.io -> the mirror, i.e. this host's agent
-        _assert_image(agent, myapp.ref, myapp)
+        assert_image(agent, myapp.ref, myapp)
         d.pull("kmhbox")  # library/kmhbox:latest through the mirror
-        _assert_image(agent, "kmhbox:latest", box)
+        assert_image(agent, "kmhbox:latest", box)
 
 
 def test_example_check_scripts(cluster: Cluster, images: dict[str, Pushed]) -> None:
@@ -281,7 +221,7 @@ def test_example_check_scripts(cluster: Cluster, images: dict[str, Pushed]) -> N
     env = client_env({"DOCKER_HOST": a2.docker().host})
     r = cluster.run_on(a2.host, [str(CHECKS / "kraken-pull.sh"), other.ref, AGENT_REGISTRY], env)
     assert f"pulled {other.ref} through the agent at {AGENT_REGISTRY}" in r.stdout, r.stdout
-    _assert_image(a2, f"{AGENT_REGISTRY}/{other.ref}", other)
+    assert_image(a2, f"{AGENT_REGISTRY}/{other.ref}", other)
     # ... and tagged under its plain name, as if pulled directly.
     assert a2.docker().image_id(other.ref) == other.image.config_digest
 
@@ -289,7 +229,7 @@ def test_example_check_scripts(cluster: Cluster, images: dict[str, Pushed]) -> N
 def test_agents_swap_pieces_across_hosts(cluster: Cluster, images: dict[str, Pushed]) -> None:
     """Three hosts pull a 48 MiB layer at once through a slow herd: they serve each other."""
     big = images["big"]
-    before = {a.name: _peer_and_origin_bytes(a) for a in cluster.agents}
+    before = {a.name: peer_and_origin_bytes(a) for a in cluster.agents}
     cluster.herd.limit_egress(HERD_RATE)
     try:
         def pull(agent: AgentHost) -> float:
@@ -302,14 +242,14 @@ def test_agents_swap_pieces_across_hosts(cluster: Cluster, images: dict[str, Pus
     finally:
         cluster.herd.clear_egress_limit()
     for agent in cluster.agents:
-        _assert_image(agent, f"{AGENT_REGISTRY}/{big.ref}", big)
+        assert_image(agent, f"{AGENT_REGISTRY}/{big.ref}", big)
 
     layer = big.image.layer_digests[0]
     size = big.image.layer_sizes[0]
 
     def whole_layer_counted() -> dict[str, tuple[float, float]] | None:
         """Per agent (from peers, from origins) since the pull, once each counts a whole layer."""
-        now = {a.name: _peer_and_origin_bytes(a) for a in cluster.agents}
+        now = {a.name: peer_and_origin_bytes(a) for a in cluster.agents}
         delta = {n: (now[n][0] - before[n][0], now[n][1] - before[n][1]) for n in now}
         return delta if all(p + o >= size for p, o in delta.values()) else None
 
@@ -332,7 +272,7 @@ def test_host_cut_off_mid_pull(cluster: Cluster, images: dict[str, Pushed]) -> N
     a1, a2, a3 = cluster.agents
     ref = f"{AGENT_REGISTRY}/{cut.ref}"
     size = cut.image.layer_sizes[0]
-    a3_before = sum(_peer_and_origin_bytes(a3))
+    a3_before = sum(peer_and_origin_bytes(a3))
     cluster.herd.limit_egress(HERD_RATE)
     # agent3's pull never finishes: a process of ours, killed by its handle below.
     victim = subprocess.Popen([a3.docker().docker_binary, "-H", a3.docker().host, "pull", "-q", ref],
@@ -344,7 +284,7 @@ def test_host_cut_off_mid_pull(cluster: Cluster, images: dict[str, Pushed]) -> N
             survivors = [pool.submit(a.docker().pull, ref) for a in (a1, a2)]
             # Cut once agent3 holds pieces the others may be fetching from it (so they must
             # give up on a peer that vanished), well before it could have the whole layer.
-            got = wait_until(lambda: (n := sum(_peer_and_origin_bytes(a3)) - a3_before) >= CUT_AFTER and n,
+            got = wait_until(lambda: (n := sum(peer_and_origin_bytes(a3)) - a3_before) >= CUT_AFTER and n,
                              60, 0.1, message=f"agent3 to receive {CUT_AFTER // MiB} MiB of the big layer")
             assert got < size, "agent3 finished before it could be cut off"
             a3.host.link(up=False)
@@ -363,7 +303,7 @@ def test_host_cut_off_mid_pull(cluster: Cluster, images: dict[str, Pushed]) -> N
                            f"agent1+agent2 done at {done_at:.1f}s")
     assert victim.returncode != 0, "agent3's pull succeeded although its host was cut off"
     for agent in (a1, a2):
-        _assert_image(agent, ref, cut)
+        assert_image(agent, ref, cut)
         # The agent's cache holds the exact bytes (not only what docker kept).
         body = http_request(f"http://{agent.host.address}:16000/v2/{cut.ref.split(':')[0]}/blobs/"
                             f"{cut.image.layer_digests[0]}", timeout=60).body
@@ -386,5 +326,5 @@ def test_kraken_pull_falls_back_to_herd(cluster: Cluster, images: dict[str, Push
     r = cluster.run_on(a2.host, [str(CHECKS / "kraken-pull.sh"), name, AGENT_REGISTRY], env)
     assert f"pulled {name} from the herd at {HERD_IP}:15000 (agent fallback)" in r.stdout, r.stdout
     assert "falling back to the herd" in r.stderr, r.stderr
-    _assert_image(a2, f"{PROXY}/{name}", box)
+    assert_image(a2, f"{PROXY}/{name}", box)
     assert a2.docker().image_id(name) == box.image.config_digest

@@ -6,7 +6,8 @@
 # 127.0.0.1: the origin announces this address to agents on other hosts, which would dial
 # their own loopback instead ("P2P connection timeouts").
 HERD_HOST_IP=${HERD_HOST_IP:-}
-# Where the herd's processes listen (0.0.0.0: every interface).
+# Where the herd's processes listen: 0.0.0.0 (every interface) or HERD_HOST_IP (that one only;
+# the herd's components reach each other at HERD_HOST_IP).
 BIND_ADDRESS=${BIND_ADDRESS:-0.0.0.0}
 # Data, configs, logs and state of the herd on this host.
 KRAKEN_HOME=${KRAKEN_HOME:-/var/lib/kraken}

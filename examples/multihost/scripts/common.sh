@@ -17,13 +17,34 @@ host's IP on the network the agents share, e.g. $(hostname -I 2>/dev/null | awk 
   esac
 }
 
-# Which way to run. The Docker mode (containers from `make images`) is not built yet, so every
-# deploy runs local processes; --docker says so and stops.
+# The herd's address for herd_start_*.sh and deploy_herd.sh: the argument, else HERD_HOST_IP
+# from herd_param.sh; never a loopback address. Where its processes answer: BIND_ADDRESS, or
+# loopback when that is every interface.
+herd_address() {  # [HERD_IP]
+  HERD_HOST_IP=${1:-$HERD_HOST_IP}
+  refuse_loopback HERD_HOST_IP "$HERD_HOST_IP"
+  case "$BIND_ADDRESS" in 0.0.0.0|::) herd_local=127.0.0.1 ;; *) herd_local=$BIND_ADDRESS ;; esac
+}
+
+# The herd's and this agent's addresses for agent_start_*.sh and deploy_agent.sh: the
+# arguments, else HERD_HOST and AGENT_HOST_IP from agent_param.sh; never loopback.
+agent_addresses() {  # [HERD_IP] [AGENT_IP]
+  HERD_HOST=${1:-$HERD_HOST} AGENT_HOST_IP=${2:-$AGENT_HOST_IP}
+  refuse_loopback HERD_HOST "$HERD_HOST"
+  refuse_loopback AGENT_HOST_IP "$AGENT_HOST_IP"
+}
+
+# Which way to run: --docker (the kraken-herd/kraken-agent images, `make images`, host
+# networking) or --native (local processes); neither: Docker when a daemon answers.
 pick_mode() {  # the script's arguments
   for a in "$@"; do
-    [ "$a" = --docker ] && die "the Docker mode needs the kraken images, which are not built yet; run with --native"
+    case "$a" in
+      --docker) echo docker; return ;;
+      --native) echo native; return ;;
+      *) die "unknown option $a (--docker or --native)" ;;
+    esac
   done
-  echo native
+  if command -v docker >/dev/null 2>&1 && docker info >/dev/null 2>&1; then echo docker; else echo native; fi
 }
 
 # Wait until URL answers 200, or fail with the end of LOG.
@@ -41,16 +62,36 @@ wait_http() {  # URL LOG [SECONDS]
   done
 }
 
-# Start `python -m kraken.devcluster start ARGS...` in the background for ROLE, logging to KRAKEN_HOME.
-start_supervisor() {  # ROLE ARGS...
-  local role=$1; shift
-  mkdir -p "$KRAKEN_HOME/$role"
-  nohup "$KRAKEN_PYTHON" -m kraken.devcluster start --role "$role" --config-name multihost --config-dir "$KRAKEN_ROOT/examples/multihost/config" \
-    --workdir "$KRAKEN_HOME/$role" "$@" >"$KRAKEN_HOME/$role.log" 2>&1 </dev/null &
-  supervisor_pid=$!
-  echo "$supervisor_pid" >"$KRAKEN_HOME/$role.pid"
+# The devcluster supervisor's arguments for ROLE of the multi-host deployment, in $role_args.
+set_role_args() {  # ROLE
+  role_args=(--role "$1" --config-name multihost --config-dir "$KRAKEN_ROOT/examples/multihost/config"
+             --workdir "$KRAKEN_HOME/$1")
 }
 
-stop_supervisor() {  # ROLE
+# Start ROLE as local processes: `python -m kraken.devcluster start` in the background, its
+# output in $KRAKEN_HOME/ROLE.log, the components' logs in $KRAKEN_HOME/ROLE/logs/; wait until
+# HEALTH_URL answers.
+start_processes() {  # ROLE HEALTH_URL ARGS...
+  local role=$1 url=$2; shift 2
+  mkdir -p "$KRAKEN_HOME/$role"
+  set_role_args "$role"
+  KRAKEN_DEVCLUSTER=native nohup "$KRAKEN_PYTHON" -m kraken.devcluster start "${role_args[@]}" "$@" \
+    >"$KRAKEN_HOME/$role.log" 2>&1 </dev/null &
+  supervisor_pid=$!
+  echo "$supervisor_pid" >"$KRAKEN_HOME/$role.pid"
+  wait_http "$url" "$KRAKEN_HOME/$role.log"
+}
+
+# Start ROLE as a container (kraken-herd or kraken-agent, host networking, restarted on
+# failure); returns once it answers. Its logs: docker logs kraken-ROLE.
+start_container() {  # ROLE ARGS...
+  local role=$1; shift
+  mkdir -p "$KRAKEN_HOME/$role"
+  set_role_args "$role"
+  KRAKEN_DEVCLUSTER=docker "$KRAKEN_PYTHON" -m kraken.devcluster start "${role_args[@]}" "$@"
+}
+
+# Stop ROLE, whichever way it was started (the work dir records it).
+stop_role() {  # ROLE
   "$KRAKEN_PYTHON" -m kraken.devcluster stop --workdir "$KRAKEN_HOME/$1"
 }

@@ -47,7 +47,7 @@ import urllib.error
 import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, ClassVar, Self
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 #: Where ``config/`` and ``examples/`` are: the repository, or ``KRAKEN_ROOT`` where the
@@ -231,7 +231,9 @@ class Supervisor:
         env = dict(os.environ, PYTHONUNBUFFERED="1")
         env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO_ROOT), env.get("PYTHONPATH")]))
         proc.log_path.parent.mkdir(parents=True, exist_ok=True)
-        preexec = _die_with_parent(os.getpid()) if self.die_with_parent else None
+        # prctl is Linux's; elsewhere (macOS) children outlive a SIGKILLed supervisor, and
+        # ``stop`` finds them by PID.
+        preexec = _die_with_parent(os.getpid()) if self.die_with_parent and sys.platform == "linux" else None
         self.processes[proc.name] = proc
         with contextlib.ExitStack() as files:
             log = None if self.logs_to_stdout else files.enter_context(open(proc.log_path, "ab"))
@@ -350,12 +352,13 @@ def load_params(path: Path) -> dict[str, str]:
     """The variables a ``*_param.sh`` file sets, read by sourcing it with bash (the files are
     shell, for the containers' entrypoints too), so ``${VAR:-default}`` lets the environment
     override a value."""
-    r = subprocess.run(["bash", "-c", 'set -a; . "$1" >&2; env -0', "params", str(path)],
-                       capture_output=True, timeout=10)
+    # The environment comes back through this Python as JSON: macOS's env(1) has no -0.
+    dump = "import json, os; print(json.dumps(dict(os.environ)))"
+    r = subprocess.run(["bash", "-c", 'set -a; . "$1" >&2 && exec "$2" -c "$3"', "params", str(path),
+                        sys.executable, dump], capture_output=True, timeout=10)
     if r.returncode != 0:
         raise ParamsError(f"{path}: {r.stderr.decode(errors='replace').strip() or 'cannot be read'}")
-    pairs = (item.split(b"=", 1) for item in r.stdout.split(b"\0") if b"=" in item)
-    return {k.decode(): v.decode() for k, v in pairs}
+    return dict(json.loads(r.stdout))
 
 
 def param_port(params: dict[str, str], name: str, source: Path) -> int:
@@ -365,8 +368,29 @@ def param_port(params: dict[str, str], name: str, source: Path) -> int:
     return int(value)
 
 
+class PortParams:
+    """Ports named by a parameter file's variables: ``PARAMS`` maps each variable to a field.
+    Read from a file (``from_params``), and handed to a container's entrypoint as the same
+    variables (``params``)."""
+
+    PARAMS: ClassVar[dict[str, str]] = {}
+
+    @classmethod
+    def from_params(cls, path: Path) -> Self:
+        params = load_params(path)
+        return cls(**{field_name: param_port(params, var, path) for var, field_name in cls.PARAMS.items()})
+
+    def params(self) -> dict[str, str]:
+        return {var: str(getattr(self, field_name)) for var, field_name in self.PARAMS.items()}
+
+
 @dataclass
-class HerdPorts:
+class HerdPorts(PortParams):
+    #: ``herd_param.sh``'s variables (the seed's names).
+    PARAMS: ClassVar[dict[str, str]] = {
+        "TESTFS_PORT": "testfs", "REDIS_PORT": "redis", "PROXY_PORT": "proxy", "ORIGIN_PEER_PORT": "origin_p2p",
+        "ORIGIN_SERVER_PORT": "origin", "TRACKER_PORT": "tracker", "BUILD_INDEX_PORT": "build_index"}
+
     testfs: int = 14000
     proxy: int = 15000
     origin: int = 15002
@@ -393,15 +417,6 @@ class HerdPorts:
                    tracker=free_port(), origin_p2p=free_port(),
                    extra_origins=[free_port() for _ in range(origins - 1)], redis=free_port())
 
-    @classmethod
-    def from_params(cls, path: Path) -> HerdPorts:
-        """The ports ``herd_param.sh`` sets (the seed's variable names)."""
-        params = load_params(path)
-        port = lambda name: param_port(params, name, path)  # noqa: E731
-        return cls(testfs=port("TESTFS_PORT"), redis=port("REDIS_PORT"), proxy=port("PROXY_PORT"),
-                   origin=port("ORIGIN_SERVER_PORT"), origin_p2p=port("ORIGIN_PEER_PORT"),
-                   tracker=port("TRACKER_PORT"), build_index=port("BUILD_INDEX_PORT"))
-
     @property
     def origins(self) -> list[int]:
         return [self.origin, *self.extra_origins]
@@ -412,8 +427,12 @@ class HerdPorts:
 
 
 @dataclass
-class AgentPorts:
+class AgentPorts(PortParams):
     """An agent's three ports: its registry (``docker pull`` from it), P2P and agent server."""
+
+    #: ``agent_*_param.sh``'s variables.
+    PARAMS: ClassVar[dict[str, str]] = {
+        "AGENT_REGISTRY_PORT": "registry", "AGENT_PEER_PORT": "p2p", "AGENT_SERVER_PORT": "server"}
 
     registry: int
     p2p: int
@@ -422,14 +441,6 @@ class AgentPorts:
     @classmethod
     def free(cls) -> AgentPorts:
         return cls(registry=free_port(), p2p=free_port(), server=free_port())
-
-    @classmethod
-    def from_params(cls, path: Path) -> AgentPorts:
-        """The ports an ``agent_*_param.sh`` sets."""
-        params = load_params(path)
-        return cls(registry=param_port(params, "AGENT_REGISTRY_PORT", path),
-                   p2p=param_port(params, "AGENT_PEER_PORT", path),
-                   server=param_port(params, "AGENT_SERVER_PORT", path))
 
 
 #: ``make devcluster``'s agents: name -> ports.

@@ -114,14 +114,7 @@ class Container:
 
 def herd_env(ports: HerdPorts, herd_host: str) -> dict[str, str]:
     """``herd_param.sh``'s variables, as the containers' entrypoints read them."""
-    return {"TESTFS_PORT": str(ports.testfs), "REDIS_PORT": str(ports.redis), "PROXY_PORT": str(ports.proxy),
-            "ORIGIN_PEER_PORT": str(ports.origin_p2p), "ORIGIN_SERVER_PORT": str(ports.origin),
-            "TRACKER_PORT": str(ports.tracker), "BUILD_INDEX_PORT": str(ports.build_index), "HERD_HOST": herd_host}
-
-
-def agent_env(ports: AgentPorts) -> dict[str, str]:
-    return {"AGENT_REGISTRY_PORT": str(ports.registry), "AGENT_PEER_PORT": str(ports.p2p),
-            "AGENT_SERVER_PORT": str(ports.server)}
+    return {**ports.params(), "HERD_HOST": herd_host}
 
 
 def config_args(config_name: str, config_dir: Path) -> list[str]:
@@ -154,7 +147,7 @@ def plan(ports: HerdPorts, agents: dict[str, AgentPorts], role: str, network: st
     if role in ("all", "agent"):
         for i, (name, agent) in enumerate(agents.items(), start=1):
             args = [*config, *(["--peer-ip", peer_ip] if peer_ip else [])]
-            containers.append(Container(f"kraken-{name}", "agent", {**herd, **agent_env(agent)}, args,
+            containers.append(Container(f"kraken-{name}", "agent", {**herd, **agent.params()}, args,
                                         [agent.registry, agent.p2p, agent.server],
                                         f"http://127.0.0.1:{agent.server}/health", address(i),
                                         [agent.registry, agent.server]))

@@ -9,10 +9,10 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
-from kraken.tools.ocigen import GeneratedImage
+from kraken.tools.ocigen import GeneratedImage, generate_oci_layout
 from tests.netns import NetnsHost, netns_available
 from tests.origin_helpers import metric
-from tests.realclients import Dockerd, http_request, run_client
+from tests.realclients import Dockerd, http_request, run_client, skopeo_copy
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 SCRIPTS = REPO_ROOT / "examples" / "multihost" / "scripts"
@@ -64,6 +64,20 @@ class Pushed:
     image: GeneratedImage
     ref: str  # repo:tag on the herd's proxy
     digest: str  # the manifest digest skopeo reported for the push
+
+
+def push_images(layout: Path, proxy: str, wanted: Mapping[str, tuple[str, list[int], int]]) -> dict[str, Pushed]:
+    """Generate each image of ``wanted`` (key -> (repo:tag, layer sizes, seed)) into ``layout``
+    and push it with skopeo to the herd's ``proxy``; the digest skopeo reports must be the
+    manifest's."""
+    pushed = {}
+    for key, (ref, sizes, seed) in wanted.items():
+        image = generate_oci_layout(layout, key, sizes, seed=seed)
+        digest_file = layout.parent / f"{key}.digest"
+        skopeo_copy(image.oci_ref, f"docker://{proxy}/{ref}", extra_args=["--digestfile", str(digest_file)])
+        pushed[key] = Pushed(image, ref, digest_file.read_text().strip())
+        assert pushed[key].digest == image.manifest_digest, f"push of {ref} reported another manifest digest"
+    return pushed
 
 
 def peer_and_origin_bytes(agent: AgentHost) -> tuple[float, float]:

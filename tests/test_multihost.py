@@ -34,10 +34,10 @@ from pathlib import Path
 
 import pytest
 
-from kraken.tools.ocigen import generate_oci_layout
 from tests import realclients
 from tests.multihost_helpers import (
-    AGENT_REGISTRY, CHECKS, SCRIPTS, AgentHost, MiB, Pushed, assert_image, peer_and_origin_bytes, run_on, skip_reason,
+    AGENT_REGISTRY, CHECKS, SCRIPTS, AgentHost, MiB, Pushed, assert_image, peer_and_origin_bytes, push_images, run_on,
+    skip_reason,
 )
 from tests.netns import NetnsHost, Network
 from tests.realclients import (
@@ -166,14 +166,7 @@ def images(cluster: Cluster, tmp_path_factory: pytest.TempPathFactory) -> dict[s
         "big": ("test/big:v1", [BIG_LAYER], 104),
         "cut": ("test/cut:v1", [BIG_LAYER], 105),
     }
-    pushed = {}
-    for key, (ref, sizes, seed) in wanted.items():
-        image = generate_oci_layout(layout, key, sizes, seed=seed)
-        digest_file = layout.parent / f"{key}.digest"
-        skopeo_copy(image.oci_ref, f"docker://{PROXY}/{ref}", extra_args=["--digestfile", str(digest_file)])
-        pushed[key] = Pushed(image, ref, digest_file.read_text().strip())
-        assert pushed[key].digest == image.manifest_digest, f"push of {ref} reported another manifest digest"
-    return pushed
+    return push_images(layout, PROXY, wanted)
 
 
 # ---- tests -------------------------------------------------------------------------------

@@ -44,11 +44,12 @@ from kraken.tools.ocigen import GeneratedImage, generate_oci_layout
 from tests import realclients
 from tests.kraken_images import save_images
 from tests.multihost_helpers import (
-    AGENT_REGISTRY, CHECKS, SCRIPTS, AgentHost, MiB, Pushed, assert_image, peer_and_origin_bytes, run_on, skip_reason,
+    AGENT_REGISTRY, CHECKS, SCRIPTS, AgentHost, MiB, Pushed, assert_image, peer_and_origin_bytes, push_images, run_on,
+    skip_reason,
 )
 from tests.netns import NetnsHost, Network
 from tests.origin_helpers import metric
-from tests.realclients import Dockerd, client_env, http_request, skopeo_copy, wait_until
+from tests.realclients import Dockerd, client_env, http_request, wait_until
 
 pytestmark = pytest.mark.realclients
 
@@ -204,14 +205,7 @@ def pushed(docker_cluster: DockerCluster, tmp_path_factory: pytest.TempPathFacto
         "app": ("company/kmdapp:v1", [1 * MiB, 2 * MiB], 201),
         "big": ("test/kmdbig:v1", [BIG_LAYER], 202),
     }
-    result = {}
-    for key, (ref, sizes, seed) in wanted.items():
-        image = generate_oci_layout(layout, key, sizes, seed=seed)
-        digest_file = layout.parent / f"{key}.digest"
-        skopeo_copy(image.oci_ref, f"docker://{PROXY}/{ref}", extra_args=["--digestfile", str(digest_file)])
-        result[key] = Pushed(image, ref, digest_file.read_text().strip())
-        assert result[key].digest == image.manifest_digest, f"push of {ref} reported another manifest digest"
-    return result
+    return push_images(layout, PROXY, wanted)
 
 
 def test_containers_run_as_kraken_and_become_healthy(docker_cluster: DockerCluster) -> None:

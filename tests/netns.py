@@ -3,8 +3,7 @@
 Why: a multi-host Kraken deployment (one herd host, many agent hosts, each pulling from its own
 agent on ``localhost:16000``) can only be exercised honestly if every "host" has its own
 loopback and its own address, and the hosts really talk over a network that can be slowed
-down or cut. Network namespaces joined by a bridge give exactly that on one machine, as
-shared/reference/real-clients.md section 7 shows.
+down or cut. Network namespaces joined by a bridge give exactly that on one machine.
 
 Every name this module creates starts with the caller's prefix (``kmh-`` in the multi-host
 test), so nothing collides with other tests, and ``Network.destroy`` removes all of it (tc

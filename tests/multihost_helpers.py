@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import shutil
 import subprocess
+import time
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -78,6 +79,20 @@ def push_images(layout: Path, proxy: str, wanted: Mapping[str, tuple[str, list[i
         pushed[key] = Pushed(image, ref, digest_file.read_text().strip())
         assert pushed[key].digest == image.manifest_digest, f"push of {ref} reported another manifest digest"
     return pushed
+
+
+def pull_by_address_and_mirror(agent: AgentHost, pushed: Pushed) -> float:
+    """The host's dockerd pulls ``pushed`` from its agent by address (``127.0.0.1:16000/...``),
+    then by its Docker Hub name through ``registry-mirrors`` (the same agent), checking each;
+    returns the seconds the first pull took."""
+    d = agent.docker()
+    t0 = time.monotonic()
+    d.pull(f"{AGENT_REGISTRY}/{pushed.ref}")
+    seconds = time.monotonic() - t0
+    assert_image(agent, f"{AGENT_REGISTRY}/{pushed.ref}", pushed)
+    d.pull(pushed.ref)  # company/app:v1 -> docker.io -> registry-mirrors: this host's agent
+    assert_image(agent, pushed.ref, pushed)
+    return seconds
 
 
 def peer_and_origin_bytes(agent: AgentHost) -> tuple[float, float]:

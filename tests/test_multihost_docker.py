@@ -44,8 +44,8 @@ from kraken.tools.ocigen import GeneratedImage, generate_oci_layout
 from tests import realclients
 from tests.kraken_images import save_images
 from tests.multihost_helpers import (
-    AGENT_REGISTRY, CHECKS, SCRIPTS, AgentHost, MiB, Pushed, assert_image, peer_and_origin_bytes, push_images, run_on,
-    skip_reason,
+    AGENT_REGISTRY, CHECKS, SCRIPTS, AgentHost, MiB, Pushed, assert_image, peer_and_origin_bytes,
+    pull_by_address_and_mirror, push_images, run_on, skip_reason,
 )
 from tests.netns import NetnsHost, Network
 from tests.origin_helpers import metric
@@ -230,13 +230,8 @@ def test_agent_hosts_pull_by_agent_address_and_mirror(docker_cluster: DockerClus
     """Each agent host's dockerd pulls from its agent, by address and as a Docker Hub name."""
     app = pushed["app"]
     for agent in docker_cluster.agents:
-        d = agent.docker()
-        t0 = time.monotonic()
-        d.pull(f"{AGENT_REGISTRY}/{app.ref}")
-        OBSERVED[f"{agent.name} pull {AGENT_REGISTRY}/{app.ref}"] = f"{time.monotonic() - t0:.2f}s"
-        assert_image(agent, f"{AGENT_REGISTRY}/{app.ref}", app)
-        d.pull(app.ref)  # company/kmdapp:v1 -> docker.io -> registry-mirrors: this host's agent
-        assert_image(agent, app.ref, app)
+        seconds = pull_by_address_and_mirror(agent, app)
+        OBSERVED[f"{agent.name} pull {AGENT_REGISTRY}/{app.ref}"] = f"{seconds:.2f}s"
 
 
 def test_example_check_script_on_agent_host(docker_cluster: DockerCluster) -> None:

@@ -141,8 +141,7 @@ class Process:
     def bind(self, address: str) -> None:
         """Listen on ``address`` only (``--host``; ``0.0.0.0``: every interface, the default)."""
         self.extra_args += ["--host", address]
-        if address not in ("0.0.0.0", "::"):
-            self.host = address
+        self.host = local_address(address)
 
     @property
     def addr(self) -> str:
@@ -317,6 +316,12 @@ class Supervisor:
 _NO_PROXY_OPENER = urllib.request.build_opener(urllib.request.ProxyHandler({}))
 
 
+def local_address(bind_address: str) -> str:
+    """Where a server listening on ``bind_address`` answers this host: loopback when it
+    listens on every interface (or nothing was said), else that address."""
+    return "127.0.0.1" if bind_address in ("", "0.0.0.0", "::") else bind_address
+
+
 def redis_ok(port: int, timeout: float = 1.0) -> bool:
     """A redis-server on 127.0.0.1:``port`` answers PING."""
     try:
@@ -441,10 +446,6 @@ class AgentPorts(PortParams):
     @classmethod
     def free(cls) -> AgentPorts:
         return cls(registry=free_port(), p2p=free_port(), server=free_port())
-
-
-#: ``make devcluster``'s agents: name -> ports.
-DEV_AGENTS = {"agent-one": AgentPorts(16000, 16001, 16002), "agent-two": AgentPorts(17000, 17001, 17002)}
 
 
 def herd_processes(
@@ -727,15 +728,15 @@ class _StopFlag:
 ROLES = ("all", "herd", "agent")
 
 
-def cmd_start(workdir: Path, ports: HerdPorts | None = None, agents: dict[str, AgentPorts] | None = None,
+def cmd_start(workdir: Path, ports: HerdPorts, agents: dict[str, AgentPorts],
               role: str = "all", herd_host: str = "127.0.0.1", config_name: str = "development",
               peer_ip: str = "", config_dir: Path = CONFIG_ROOT, redis: bool = False,
               logs_to_stdout: bool = False, bind_address: str = "") -> int:
-    """The herd, then the agents (``DEV_AGENTS`` unless given), supervised until a stop.
+    """The herd on ``ports``, then ``agents`` (name -> ports), supervised until a stop.
 
     ``role`` ``herd`` or ``agent`` starts only that part, for a multi-host cluster: the herd
-    advertises ``herd_host`` (its address on the network), the agent (one, named ``agent``,
-    on 16000-16002 unless ``agents`` says otherwise) pulls from the herd at ``herd_host``.
+    advertises ``herd_host`` (its address on the network), the agent (one, named ``agent``)
+    pulls from the herd at ``herd_host``.
     ``redis`` gives the herd a redis-server as the tracker's store; ``logs_to_stdout`` prints
     every process's log instead of writing ``logs/<name>.log`` (in a container);
     ``bind_address`` is where the herd's servers listen (default every interface).
@@ -747,9 +748,6 @@ def cmd_start(workdir: Path, ports: HerdPorts | None = None, agents: dict[str, A
              f"stop it with {_stop_hint(workdir)}")
         return 1
 
-    ports = ports or HerdPorts()
-    if agents is None:
-        agents = DEV_AGENTS if role == "all" else {"agent": DEV_AGENTS["agent-one"]}
     procs = []
     if role in ("all", "herd"):
         procs += herd_processes(workdir, ports, config_name, host=herd_host, config_dir=config_dir, redis=redis)

@@ -35,7 +35,7 @@ from pathlib import Path, PurePosixPath
 
 from kraken.devcluster import (
     CONFIG_ROOT, FILES_ROOT, REPO_ROOT, AgentPorts, HerdPorts, _busy_ports_message, _err, _out, _write_state,
-    http_ok, port_free,
+    http_ok, local_address, port_free,
 )
 
 #: Where the images keep ``config/`` and ``examples/`` (their ``KRAKEN_ROOT``).
@@ -140,10 +140,10 @@ def plan(ports: HerdPorts, agents: dict[str, AgentPorts], role: str, network: st
     containers = []
     if role in ("all", "herd"):
         herd_ports = [ports.testfs, ports.origin_p2p, ports.origin, ports.tracker, ports.build_index, ports.proxy]
-        local = bind_address if bind_address not in ("", "0.0.0.0", "::") else "127.0.0.1"
         bind = ["--bind-address", bind_address] if bind_address else []
         containers.append(Container("kraken-herd", "herd", herd, [*config, *bind], [*herd_ports, ports.redis],
-                                    f"http://{local}:{ports.proxy}/v2/", address(0), herd_ports))
+                                    f"http://{local_address(bind_address)}:{ports.proxy}/v2/", address(0),
+                                    herd_ports))
     if role in ("all", "agent"):
         for i, (name, agent) in enumerate(agents.items(), start=1):
             args = [*config, *(["--peer-ip", peer_ip] if peer_ip else [])]
@@ -249,8 +249,8 @@ def _print_endpoints(containers: list[Container], ports: HerdPorts, agents: dict
     for c in containers:
         _out(f"  {c.name:<18} {c.probe:<36} docker logs -f {c.name}")
     _out("")
-    for name, agent in agents.items():
-        if role != "herd":
+    if role != "herd":
+        for name, agent in agents.items():
             _out(f"  {name} pulls on localhost:{agent.registry} (P2P port {agent.p2p}, server {agent.server})")
     _out("  docker ps --filter name=kraken    shows them; `make docker_stop` removes them")
     if role != "agent":

@@ -315,6 +315,9 @@ async def test_invalid_manifest_is_refused(origins: OriginCluster, node: BuildIn
     ("test%2Fx:latest", "sha256:" + "z" * 64),           # not hex
     ("test%2Fx:latest", "sha256:abc"),                   # too short
     ("test%2Fx:latest", "md5:" + "a" * 32),              # unsupported algorithm
+    ("test%2Fx:latest", "sha256:" + "a" * 63 + "%0A"),   # "$" matched before a trailing newline
+    ("x" * 5000 + ":latest", "sha256:" + "a" * 64),      # repository over 255 characters
+    ("test%00x:latest", "sha256:" + "a" * 64),           # NUL
 ])
 async def test_bad_tag_or_digest_is_400(cluster: Cluster, http: HttpClient, tag: str, digest: str) -> None:
     status, body = await status_and_body(http, "PUT", f"http://{cluster.build_index}/tags/{tag}/digest/{digest}")

@@ -16,6 +16,7 @@ def test_parse_roundtrip_sha256_and_sha512():
 @pytest.mark.parametrize("bad", [
     "", "sha256", "sha256:", "md5:" + "a" * 32, "sha256:" + "A" * 64, "sha256:" + "a" * 63,
     "sha256:" + "g" * 64, "sha512:" + "a" * 64, "SHA256:" + "a" * 64, "sha256:" + "a" * 64 + "\n",
+    "sha256:" + "a" * 63 + "\n", "sha512:" + "a" * 127 + "\n",
 ])
 def test_parse_rejects_malformed(bad):
     with pytest.raises(DigestError):

@@ -261,3 +261,15 @@ async def test_startup_clears_leftover_temp_files(tmp_path: Path) -> None:
         assert not (root / TMP_DIR / "crashed.tmp").exists()
     finally:
         await server.close()
+
+
+async def test_over_long_names_are_400_not_500(testfs: Harness) -> None:
+    """Names the file system would refuse (ENAMETOOLONG) get a clear 400 and store nothing."""
+    await testfs.put("a/" + "n" * 255, b"longest component")
+    for path in ("a/" + "n" * 300, "/".join(["d" * 200] * 25)):
+        for method in ("POST", "GET", "HEAD"):
+            async with testfs.request(method, f"/files/{path}", data=b"x" if method == "POST" else None) as resp:
+                assert resp.status == 400, (method, len(path))
+                if method != "HEAD":
+                    assert "limit" in (await resp.json())["error"]
+    assert files_under(testfs.root) == ["a/" + "n" * 255]

@@ -27,9 +27,11 @@ from kraken.agent.preload import RUNTIMES, PreloadError, Preloader
 from kraken.agent.storage import AgentStorage
 from kraken.agent.tracker import TrackerClient
 from kraken.buildindex.client import BuildIndexClient
+from kraken.buildindex.tags import TagError, parse_tag
 from kraken.core.digest import Digest, DigestError
 from kraken.http.app import create_app
 from kraken.http.client import ClientConfig, HTTPStatusError, HttpClient
+from kraken.http.names import check_namespace
 from kraken.log import get_logger
 from kraken.metrics import Metrics
 from kraken.origin.client import OriginCluster
@@ -100,6 +102,7 @@ class Agent:
 
     def server_app(self) -> web.Application:
         app = create_app(COMPONENT, self.metrics, self.readiness)
+        app.middlewares.append(check_namespace)
         app.router.add_get("/tags/{tag:.+}", self._get_tag)
         app.router.add_get("/namespace/{ns:.+}/blobs/{digest}", self._get_blob, allow_head=False)
         app.router.add_head("/namespace/{ns:.+}/blobs/{digest}", self._head_blob)
@@ -109,8 +112,10 @@ class Agent:
 
     async def _get_tag(self, request: web.Request) -> web.Response:
         tag = request.match_info["tag"]
-        if ":" not in tag:
-            return web.Response(status=400, text="tag must be repo:tag\n")
+        try:
+            parse_tag(tag)
+        except TagError as e:
+            return web.Response(status=400, text=f"{e}\n")
         try:
             digest = await self.build_index.get_tag(tag)
         except HTTPStatusError as e:

@@ -5,15 +5,9 @@ reaches a storage backend, where a name like ``../x`` could address the wrong ob
 """
 from __future__ import annotations
 
-import re
 from dataclasses import dataclass
 
-# The OCI distribution spec's repository name grammar: lowercase path components separated by
-# "/", each made of alphanumerics joined by ".", "_", "__" or runs of "-".
-_COMPONENT = r"[a-z0-9]+(?:(?:\.|_|__|-+)[a-z0-9]+)*"
-REPO_RE = re.compile(rf"{_COMPONENT}(?:/{_COMPONENT})*")
-TAG_RE = re.compile(r"[A-Za-z0-9_][A-Za-z0-9._-]{0,127}")
-MAX_REPO_LENGTH = 255
+from kraken.core.names import InvalidName, check_name, is_valid_tag
 
 
 class TagError(ValueError):
@@ -22,9 +16,10 @@ class TagError(ValueError):
 
 def validate_repo(repo: str) -> str:
     """Return ``repo`` if it is a valid repository name, else raise :class:`TagError`."""
-    if len(repo) > MAX_REPO_LENGTH or not REPO_RE.fullmatch(repo):
-        raise TagError(f"invalid repository name {repo!r}")
-    return repo
+    try:
+        return check_name(repo)
+    except InvalidName as e:
+        raise TagError(str(e)) from None
 
 
 @dataclass(frozen=True, order=True)
@@ -40,8 +35,8 @@ def parse_tag(value: str) -> Tag:
     """Parse ``repo:tag``; the repository may contain ``/`` but never ``:``."""
     repo, sep, name = value.rpartition(":")
     if not sep:
-        raise TagError(f"invalid tag {value!r}: expected <repo>:<tag>")
+        raise TagError(f"invalid tag {value[:300]!r}: expected <repo>:<tag>")
     validate_repo(repo)
-    if not TAG_RE.fullmatch(name):
-        raise TagError(f"invalid tag {value!r}: tag part must match {TAG_RE.pattern}")
+    if not is_valid_tag(name):
+        raise TagError(f"invalid tag part {name[:200]!r}: want [A-Za-z0-9_][A-Za-z0-9._-]{{0,127}}")
     return Tag(repo, name)

@@ -15,7 +15,9 @@ from pathlib import Path
 CHUNK = 4 << 20
 
 _HEX_LEN = {"sha256": 64, "sha512": 128}
-_HEX_RE = re.compile(r"^[a-f0-9]+$")
+# fullmatch, never "$": "$" also matches before a trailing newline, which would let
+# "sha256:<63 hex>\n" through as a digest that names no content and breaks every path it enters.
+_HEX_RE = re.compile(r"[a-f0-9]+")
 
 
 class DigestError(ValueError):
@@ -35,7 +37,7 @@ class Digest:
         expected = _HEX_LEN.get(algorithm)
         if expected is None:
             raise DigestError(f"unsupported digest algorithm {algorithm!r} in {value!r}")
-        if len(hexpart) != expected or not _HEX_RE.match(hexpart):
+        if len(hexpart) != expected or not _HEX_RE.fullmatch(hexpart):
             raise DigestError(f"invalid {algorithm} hex in digest {value!r}")
         return cls(algorithm, hexpart)
 

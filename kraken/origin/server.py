@@ -12,6 +12,7 @@ from kraken.backend import BackendError
 from kraken.core.digest import Digest, DigestError
 from kraken.core.metainfo import EmptyBlobError
 from kraken.http.app import METRICS, create_app
+from kraken.http.names import check_namespace
 from kraken.log import get_logger
 from kraken.metrics import Metrics
 from kraken.origin.config import OriginConfig
@@ -194,6 +195,7 @@ async def force_cleanup(request: web.Request) -> web.Response:
 
 def create_origin_app(config: OriginConfig) -> web.Application:
     app = create_app("origin", Metrics("origin"))
+    app.middlewares.append(check_namespace)
 
     async def start(app: web.Application) -> None:
         app[SERVICE] = await OriginService.create(config, app[METRICS])
@@ -206,12 +208,13 @@ def create_origin_app(config: OriginConfig) -> web.Application:
     app.on_startup.append(start)
     app.on_cleanup.append(stop)
 
-    blob = "/namespace/{ns:.+}/blobs/{digest}"
+    # [\s\S], not ".": a namespace with a newline must reach check_namespace (400), not miss (404).
+    blob = r"/namespace/{ns:[\s\S]+}/blobs/{digest}"
     app.router.add_post(f"{blob}/uploads", start_upload)
     app.router.add_patch(f"{blob}/uploads/{{uid}}", patch_upload)
     app.router.add_put(f"{blob}/uploads/{{uid}}", commit_upload)
     app.router.add_get(blob, get_blob)  # also HEAD
-    stream = "/namespace/{ns:.+}/uploads"
+    stream = r"/namespace/{ns:[\s\S]+}/uploads"
     app.router.add_post(stream, start_stream)
     app.router.add_patch(f"{stream}/{{uid}}", patch_upload)
     app.router.add_put(f"{stream}/{{uid}}", commit_stream)

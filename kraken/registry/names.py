@@ -1,37 +1,24 @@
-"""Repository names, tags and references, validated before anything touches storage.
-
-Names become storage namespaces and backend paths, so a strict grammar (the distribution
-spec's: lowercase components joined by ``.``, ``_``, ``__`` or dashes, separated by ``/``)
-is what keeps ``..``, absolute paths and odd bytes out of every store.
+"""Repository names, tags and references of the registry protocol, validated before anything
+touches storage. The grammar itself is :mod:`kraken.core.names`, shared with every component;
+this module maps its failures onto the registry's error codes.
 """
 from __future__ import annotations
 
-import re
 from dataclasses import dataclass
 
 from kraken.core.digest import Digest, DigestError
+from kraken.core.names import MAX_NAME_LENGTH, is_valid_name, is_valid_tag
 from kraken.registry.errors import RegistryError
 
-MAX_NAME_LENGTH = 255
-
-_COMPONENT = r"[a-z0-9]+(?:(?:[._]|__|-+)[a-z0-9]+)*"
-_NAME_RE = re.compile(rf"{_COMPONENT}(?:/{_COMPONENT})*")
-_TAG_RE = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}")
-
-
-def is_valid_name(name: str) -> bool:
-    return len(name) <= MAX_NAME_LENGTH and _NAME_RE.fullmatch(name) is not None
+__all__ = ["MAX_NAME_LENGTH", "Reference", "is_valid_name", "is_valid_tag", "parse_digest", "parse_reference",
+           "validate_name"]
 
 
 def validate_name(name: str) -> str:
     """Return ``name`` or raise NAME_INVALID."""
     if not is_valid_name(name):
-        raise RegistryError("NAME_INVALID", detail={"name": name})
+        raise RegistryError("NAME_INVALID", detail={"name": name[:MAX_NAME_LENGTH]})
     return name
-
-
-def is_valid_tag(tag: str) -> bool:
-    return _TAG_RE.fullmatch(tag) is not None
 
 
 def parse_digest(value: str) -> Digest:

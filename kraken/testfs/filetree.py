@@ -24,13 +24,16 @@ from pathlib import Path
 from types import TracebackType
 from typing import BinaryIO, Callable
 
+from kraken.core.names import InvalidName, check_path_lengths
+
 WRITE_BATCH = 1 << 20
 READ_CHUNK = 1 << 20
 TMP_DIR = ".kraken-tmp"
 
 
 class UnsafePath(ValueError):
-    """A path that is empty, absolute, contains ``..``, or leads outside the root."""
+    """A path that is empty, absolute, contains ``..``, leads outside the root, or is longer
+    than a file system takes (a clear refusal instead of ENAMETOOLONG surfacing as a 500)."""
 
 
 class _TempFile:
@@ -176,7 +179,11 @@ class FileTree:
             raise UnsafePath(f"path {path!r} is inside the reserved {TMP_DIR}/ directory")
         if not parts and not allow_root:
             raise UnsafePath("empty path")
-        return "/".join(parts)
+        normalized = "/".join(parts)
+        try:
+            return check_path_lengths(normalized)
+        except InvalidName as e:
+            raise UnsafePath(str(e)) from None
 
     def resolve(self, path: str, allow_root: bool = False) -> Path:
         """The file system path of ``path``, guaranteed to lie inside the root.

@@ -12,6 +12,7 @@ from aiohttp import web
 
 from kraken.core.digest import Digest, DigestError
 from kraken.http.app import create_app
+from kraken.http.names import check_namespace
 from kraken.metrics import Metrics
 from kraken.tracker.announce import AnnounceError, encode_failure, parse_announce, peer_ip
 from kraken.tracker.config import TrackerConfig
@@ -33,6 +34,7 @@ def create_tracker_app(config: TrackerConfig) -> web.Application:
     app = create_app(
         COMPONENT, metrics, readiness=service.readiness, quiet_routes=("/announce", "/announce/{tail}")
     )
+    app.middlewares.append(check_namespace)
     app.cleanup_ctx.append(service.lifecycle)
 
     async def announce(request: web.Request) -> web.Response:

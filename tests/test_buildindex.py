@@ -15,6 +15,7 @@ from urllib.parse import quote
 
 import pytest
 from aiohttp.test_utils import TestServer
+from prometheus_client.parser import text_string_to_metric_families
 
 from kraken.buildindex.client import BuildIndexClient, TagReferenceError
 from kraken.buildindex.config import BuildIndexConfig
@@ -252,12 +253,13 @@ async def test_manifest_with_missing_layer_is_refused(
 
     with pytest.raises(TagReferenceError) as excinfo:
         await node.put_tag(f"{repo}:v1", manifest)
-    assert excinfo.value.missing == gone
+    assert len(excinfo.value.missing) == 1 and excinfo.value.missing[0] in gone  # the first one found
 
     status, body = await status_and_body(
         http, "PUT", f"http://{cluster.build_index}/tags/{quote(repo, safe='')}:v1/digest/{manifest}")
     assert status == 400
-    assert json.loads(body)["missing"] == [str(d) for d in gone]
+    missing = json.loads(body)["missing"]
+    assert len(missing) == 1 and missing[0] in [str(d) for d in gone]
     assert await node.get_tag(f"{repo}:v1") is None
     assert await tag_link(http, cluster, repo, "v1") is None
 
@@ -296,6 +298,40 @@ async def test_index_is_checked_recursively(
     good = await push(origins, repo, index_manifest([amd64, arm64], index_type))
     await node.put_tag(f"{repo}:good", good)
     assert await node.get_tag(f"{repo}:good") == good
+
+
+async def origin_blob_heads(http: HttpClient, cluster: Cluster) -> float:
+    """Blob HEADs the origin has answered so far (its request counter, any status)."""
+    resp = await http.request("GET", f"http://{cluster.origin}/metrics")
+    try:
+        text = await resp.text()
+    finally:
+        resp.release()
+    return sum(s.value for f in text_string_to_metric_families(text) for s in f.samples
+               if s.name == "kraken_http_requests_total" and s.labels.get("method") == "HEAD"
+               and s.labels.get("route") == "/namespace/{ns}/blobs/{digest}")
+
+
+async def test_reference_checks_are_capped_and_stop_at_the_first_missing_blob(
+    cluster: Cluster, http: HttpClient, origins: OriginCluster, node: BuildIndexClient
+) -> None:
+    repo = "test/amplified"
+    config = await push(origins, repo, b'{"amplified": true}')
+    layers = [absent(f"amplified layer {i}") for i in range(2000)]
+    huge = await push(origins, repo, image_manifest(config, layers, OCI_MANIFEST))
+    before = await origin_blob_heads(http, cluster)
+    with pytest.raises(TagReferenceError) as excinfo:
+        await node.put_tag(f"{repo}:huge", huge)
+    assert excinfo.value.missing == [] and "2001 references, over the limit of 200" in str(excinfo.value)
+    assert await origin_blob_heads(http, cluster) - before <= 1  # the manifest's own; none of its layers
+
+    within_cap = await push(origins, repo, image_manifest(config, layers[:199], OCI_MANIFEST))
+    before = await origin_blob_heads(http, cluster)
+    with pytest.raises(TagReferenceError) as excinfo:
+        await node.put_tag(f"{repo}:many", within_cap)
+    assert len(excinfo.value.missing) == 1 and excinfo.value.missing[0] in layers
+    assert await origin_blob_heads(http, cluster) - before <= 1 + 2 * 16  # not 200: at most two rounds in flight
+    assert await node.get_tag(f"{repo}:many") is None
 
 
 async def test_invalid_manifest_is_refused(origins: OriginCluster, node: BuildIndexClient) -> None:

@@ -2,6 +2,7 @@
 against small in-memory fakes of the origins and the storage backend."""
 from __future__ import annotations
 
+import asyncio
 import json
 import re
 from pathlib import Path
@@ -11,21 +12,20 @@ import pytest
 from kraken.backend import BackendError, BackendNotFound, BackendRouter, BlobInfo
 from kraken.buildindex.client import _reference_error
 from kraken.buildindex.config import BuildIndexConfig
-from kraken.buildindex.references import InvalidManifest, find_missing
 from kraken.buildindex.tags import Tag, TagError, parse_tag, validate_repo
 from kraken.buildindex.tagstore import TagStore
 from kraken.config import ConfigError, load_config
 from kraken.core.digest import Digest
 from kraken.devcluster import CONFIG_ROOT
-from kraken.origin.client import BlobNotFound
 from kraken.registry.manifest import DOCKER_MANIFEST, OCI_INDEX, OCI_MANIFEST
+from kraken.registry.references import InvalidManifest, find_missing
 
 
 # ---------------------------------------------------------------- fakes
 
 
 class FakeOrigins:
-    """Blobs by digest, as the origins would hold them."""
+    """Blobs by digest, as one namespace on the origins would hold them."""
 
     def __init__(self) -> None:
         self.blobs: dict[Digest, bytes] = {}
@@ -36,16 +36,14 @@ class FakeOrigins:
         self.blobs[digest] = data
         return digest
 
-    async def stat(self, namespace: str, digest: Digest) -> int | None:
+    async def stat(self, digest: Digest) -> int | None:
         self.stats.append(digest)
+        await asyncio.sleep(0)  # a request: other checks run meanwhile
         data = self.blobs.get(digest)
         return None if data is None else len(data)
 
-    async def read_bytes(self, namespace: str, digest: Digest) -> bytes:
-        try:
-            return self.blobs[digest]
-        except KeyError:
-            raise BlobNotFound(str(digest)) from None
+    async def read(self, digest: Digest, max_size: int) -> bytes | None:
+        return self.blobs.get(digest)
 
 
 class FakeBackend:
@@ -142,25 +140,32 @@ def test_validate_repo() -> None:
 # ---------------------------------------------------------------- reference checking
 
 
+async def check(origins: FakeOrigins, root: Digest, max_size: int = 1 << 20, concurrency: int = 4,
+                max_references: int = 200) -> Digest | None:
+    return await find_missing(origins, root, max_manifest_size=max_size, concurrency=concurrency,
+                              max_references=max_references)
+
+
 async def test_find_missing_all_present() -> None:
     origins = FakeOrigins()
     config, layer = origins.add(b"{}"), origins.add(b"layer")
     manifest = origins.add(image_manifest(config, [layer]))
-    assert await find_missing(origins, "test/x", manifest, 1 << 20, 4) == []
+    assert await check(origins, manifest) is None
     assert set(origins.stats) == {manifest, config, layer}
 
 
-async def test_find_missing_reports_every_missing_blob_sorted() -> None:
+async def test_find_missing_reports_the_first_missing_blob_and_stops() -> None:
     origins = FakeOrigins()
     config = origins.add(b"{}")
-    gone = sorted([digest_of("gone-1"), digest_of("gone-2")])
-    manifest = origins.add(image_manifest(config, [gone[1], origins.add(b"ok"), gone[0]]))
-    assert await find_missing(origins, "test/x", manifest, 1 << 20, 4) == gone
+    gone = [digest_of(f"gone-{i}") for i in range(100)]
+    manifest = origins.add(image_manifest(config, gone))
+    assert await check(origins, manifest, concurrency=1) == gone[0]
+    assert len(origins.stats) <= 4  # the manifest, then one at a time until the first miss
 
 
 async def test_find_missing_root_manifest_missing() -> None:
     root = digest_of("nothing")
-    assert await find_missing(FakeOrigins(), "test/x", root, 1 << 20, 4) == [root]
+    assert await check(FakeOrigins(), root) == root
 
 
 async def test_find_missing_walks_nested_indexes() -> None:
@@ -169,23 +174,32 @@ async def test_find_missing_walks_nested_indexes() -> None:
     present_child = origins.add(image_manifest(config, [origins.add(b"layer-a")], OCI_MANIFEST))
     missing_layer = digest_of("layer-b")
     child_missing_layer = origins.add(image_manifest(config, [missing_layer], OCI_MANIFEST))
-    absent_child = digest_of("absent child")
-    inner_index = origins.add(index_manifest([child_missing_layer, absent_child]))
+    inner_index = origins.add(index_manifest([child_missing_layer]))
     root = origins.add(index_manifest([present_child, inner_index]))
-    assert await find_missing(origins, "test/x", root, 1 << 20, 2) == sorted([missing_layer, absent_child])
+    assert await check(origins, root, concurrency=2) == missing_layer
+    absent_child = digest_of("absent child")
+    assert await check(origins, origins.add(index_manifest([present_child, absent_child]))) == absent_child
 
 
 async def test_find_missing_rejects_invalid_manifests() -> None:
     origins = FakeOrigins()
     not_json = origins.add(b"not json")
     with pytest.raises(InvalidManifest, match="not valid JSON"):
-        await find_missing(origins, "test/x", not_json, 1 << 20, 4)
+        await check(origins, not_json)
     big = origins.add(image_manifest(origins.add(b"{}"), []))
     with pytest.raises(InvalidManifest, match="limit"):
-        await find_missing(origins, "test/x", big, 10, 4)
+        await check(origins, big, max_size=10)
     bad_child = origins.add(b'{"schemaVersion": 1}')
     with pytest.raises(InvalidManifest, match=str(bad_child)):
-        await find_missing(origins, "test/x", origins.add(index_manifest([bad_child])), 1 << 20, 4)
+        await check(origins, origins.add(index_manifest([bad_child])))
+
+
+async def test_find_missing_refuses_too_many_references_before_any_stat() -> None:
+    origins = FakeOrigins()
+    manifest = origins.add(image_manifest(origins.add(b"{}"), [digest_of(f"l{i}") for i in range(10)]))
+    with pytest.raises(InvalidManifest, match="11 references, over the limit of 5"):
+        await check(origins, manifest, max_references=5)
+    assert origins.stats == [manifest]
 
 
 async def test_find_missing_rejects_content_not_matching_digest() -> None:
@@ -194,7 +208,7 @@ async def test_find_missing_rejects_content_not_matching_digest() -> None:
     claimed = digest_of("something else")
     origins.blobs[claimed] = real
     with pytest.raises(InvalidManifest, match="does not match"):
-        await find_missing(origins, "test/x", claimed, 1 << 20, 4)
+        await check(origins, claimed)
 
 
 # ---------------------------------------------------------------- tag store
@@ -333,6 +347,7 @@ def test_development_config_loads() -> None:
 
 @pytest.mark.parametrize("override, message", [
     ({"verify_concurrency": 0}, "verify_concurrency"),
+    ({"max_manifest_references": 0}, "max_manifest_references"),
     ({"cache_ttl": "soon"}, "cache_ttl"),
     ({"cache_tll": "5s"}, "unknown key"),
 ])

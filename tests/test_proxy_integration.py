@@ -18,9 +18,11 @@ import pytest
 from aiohttp import web
 from aiohttp.test_utils import TestServer
 from multidict import CIMultiDict
+from prometheus_client.parser import text_string_to_metric_families
 from yarl import URL
 
 from kraken.core.digest import Digest
+from kraken.devcluster import free_port
 from kraken.proxy.config import BuildIndexConfig, ProxyConfig, StoreConfig
 from kraken.proxy.server import create_proxy_app
 from kraken.registry.manifest import DOCKER_MANIFEST, DOCKER_MANIFEST_LIST, OCI_INDEX, OCI_MANIFEST
@@ -452,5 +454,77 @@ async def test_start_clears_what_a_crashed_run_left_in_staging(herd: Herd, tmp_p
             return not any(p.is_file() for p in root.rglob("*"))
 
         await wait_until(staging_empty, "the proxy to clear its staging store")
+    finally:
+        await server.close()
+
+
+# ---- a refused push stores nothing; reference checks are bounded ---------------------------------
+
+async def origin_blob_heads(proxy: Proxy) -> float:
+    """Blob HEADs the origin has answered so far (its request counter, any status)."""
+    async with proxy.http.get(f"{proxy.herd.origin.url}/metrics") as r:
+        text = await r.text()
+    return sum(s.value for f in text_string_to_metric_families(text) for s in f.samples
+               if s.name == "kraken_http_requests_total" and s.labels.get("method") == "HEAD"
+               and s.labels.get("route") == "/namespace/{ns}/blobs/{digest}")
+
+
+async def test_an_index_refused_for_its_children_is_not_stored(proxy: Proxy) -> None:
+    repo = "refused/index"
+    layer = await proxy.push_monolithic(repo, b"a layer, not a manifest")
+    index = json.dumps({"schemaVersion": 2, "mediaType": OCI_INDEX, "manifests": [
+        {"mediaType": OCI_MANIFEST, "digest": str(layer), "size": 23}]}).encode()
+    r = await proxy.put_manifest(repo, "latest", index, OCI_INDEX)
+    assert r.status == 400 and await error_codes(r) == ["MANIFEST_INVALID"]
+    async with proxy.request("GET", f"/v2/{repo}/manifests/{Digest.of_bytes(index)}") as r:
+        assert r.status == 404 and await error_codes(r) == ["MANIFEST_UNKNOWN"]
+    assert not await proxy.origin_has(repo, Digest.of_bytes(index))
+    assert await proxy.build_index_tag(repo, "latest") is None
+
+
+async def test_reference_checks_are_capped_and_stop_at_the_first_missing_blob(proxy: Proxy) -> None:
+    repo = "amplified/refs"
+    cd = await proxy.push_monolithic(repo, b'{"amplified": true}')
+    layers = [(Digest.of_bytes(f"never pushed {i}".encode()), 10) for i in range(2000)]
+    huge = manifest_for((cd, 19), layers, OCI_MANIFEST)
+    before = await origin_blob_heads(proxy)
+    r = await proxy.put_manifest(repo, "huge", huge, OCI_MANIFEST)
+    assert r.status == 400 and await error_codes(r) == ["MANIFEST_INVALID"]
+    assert "2001 references, over the limit of 200" in (await r.json())["errors"][0]["detail"]
+    assert int(r.headers["Content-Length"]) < 1000
+    assert await origin_blob_heads(proxy) == before  # refused before any origin was asked
+
+    within_cap = manifest_for((cd, 19), layers[:199], OCI_MANIFEST)
+    r = await proxy.put_manifest(repo, "many", within_cap, OCI_MANIFEST)
+    assert r.status == 400 and await error_codes(r) == ["MANIFEST_BLOB_UNKNOWN"]  # one entry: the first found
+    assert int(r.headers["Content-Length"]) < 1000
+    assert await origin_blob_heads(proxy) - before <= 2 * 16  # not 200: at most two rounds in flight
+    for raw in (huge, within_cap):
+        assert not await proxy.origin_has(repo, Digest.of_bytes(raw))
+
+
+async def test_a_tagged_push_while_build_index_is_down_stores_nothing(
+    herd: Herd, http: aiohttp.ClientSession, tmp_path: Path
+) -> None:
+    config = ProxyConfig(
+        store=StoreConfig(str(tmp_path / "proxy")), origins=RingConfig([herd.origin.addr]),
+        build_index=BuildIndexConfig(f"127.0.0.1:{free_port()}"),  # nothing listens there
+    )
+    server = TestServer(create_proxy_app(config))
+    await server.start_server()
+    try:
+        base = str(server.make_url(""))
+        config_blob = b'{"pushed while build-index is down": true}'  # a manifest no other test pushes
+        cd = Digest.of_bytes(config_blob)
+        async with http.post(f"{base}/v2/no/tags/blobs/uploads/?digest={cd}", data=config_blob) as r:
+            assert r.status == 201
+        raw = manifest_for((cd, len(config_blob)), [], OCI_MANIFEST)
+        async with http.put(f"{base}/v2/no/tags/manifests/v1", data=raw, headers={"Content-Type": OCI_MANIFEST}) as r:
+            assert r.status == 503 and await error_codes(r) == ["UNAVAILABLE"]
+        async with http.get(f"{base}/v2/no/tags/manifests/{Digest.of_bytes(raw)}") as r:
+            assert r.status == 404 and await error_codes(r) == ["MANIFEST_UNKNOWN"]
+        async with http.put(f"{base}/v2/no/tags/manifests/{Digest.of_bytes(raw)}", data=raw,
+                            headers={"Content-Type": OCI_MANIFEST}) as r:
+            assert r.status == 201  # by digest, no tag is involved
     finally:
         await server.close()

@@ -5,6 +5,7 @@ from dataclasses import dataclass, field
 
 from kraken.backend.config import NamespaceBackendConfig
 from kraken.config import ByteSize, ConfigError, Duration, ListenConfig
+from kraken.registry.references import DEFAULT_MAX_REFERENCES
 from kraken.ring import RingConfig
 
 DEFAULT_PORT = 15004
@@ -37,9 +38,15 @@ class BuildIndexConfig:
     max_manifest_size: ByteSize = 4 << 20
     # Origin requests in flight at once while checking one manifest's references.
     verify_concurrency: int = 16
+    # Most blobs and child manifests one manifest may reference (more: the tag is refused
+    # before any origin is asked). distribution calls this validation.manifests.referencelimit;
+    # see kraken.registry.references.
+    max_manifest_references: int = DEFAULT_MAX_REFERENCES
 
     def __post_init__(self) -> None:
         if self.cache_ttl < 0:
             raise ConfigError(f"cache_ttl must be >= 0, got {self.cache_ttl}")
         if self.verify_concurrency < 1:
             raise ConfigError(f"verify_concurrency must be >= 1, got {self.verify_concurrency}")
+        if self.max_manifest_references < 1:
+            raise ConfigError(f"max_manifest_references must be >= 1, got {self.max_manifest_references}")

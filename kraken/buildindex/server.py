@@ -3,7 +3,9 @@
 Endpoints (tags are ``repo:tag``, percent-encoded in paths, e.g. ``test%2Fx:latest``):
 
 * ``PUT /tags/{tag}/digest/{d}``: 200 once every reference of manifest ``d`` exists on the
-  origins and the tag is in the backend; 400 ``{"error", "missing": [...]}`` otherwise.
+  origins and the tag is in the backend; 400 ``{"error", "missing": [...]}`` otherwise
+  (the first missing digest found; empty for an invalid manifest or one over
+  ``max_manifest_references``).
 * ``GET|HEAD /tags/{tag}``: 200 with body ``sha256:...``; 404.
 * ``GET /repositories/{repo}/tags?limit=&offset=``: ``{"result": [tag names, sorted]}``.
 * ``GET /list/{prefix}``: ``{"result": ["repo:tag", ...]}``; ``/list/`` lists every tag.
@@ -22,7 +24,6 @@ from aiohttp import web
 
 from kraken.backend import Backend, BackendError, build_router
 from kraken.buildindex.config import BuildIndexConfig
-from kraken.buildindex.references import InvalidManifest, find_missing
 from kraken.buildindex.tags import Tag, TagError, parse_tag, validate_repo
 from kraken.buildindex.tagstore import TagStore
 from kraken.core.digest import Digest, DigestError
@@ -30,7 +31,8 @@ from kraken.http.app import create_app
 from kraken.http.client import HTTPStatusError, HttpClient
 from kraken.log import get_logger
 from kraken.metrics import Metrics
-from kraken.origin.client import BlobNotReady, OriginCluster
+from kraken.origin.client import BlobNotFound, BlobNotReady, OriginCluster
+from kraken.registry.references import InvalidManifest, find_missing
 
 COMPONENT = "build-index"
 # A name that no tag can have (a tag part never starts with "."), used to probe backends.
@@ -81,6 +83,23 @@ def _query_int(request: web.Request, name: str, minimum: int) -> int | None:
     if value < minimum:
         raise _json_error(400, f"{name} must be an integer >= {minimum}, got {raw!r}")
     return value
+
+
+class _OriginSource:
+    """One namespace on the origins, as the source reference checks read."""
+
+    def __init__(self, origins: OriginCluster, namespace: str) -> None:
+        self._origins = origins
+        self._namespace = namespace
+
+    async def stat(self, digest: Digest) -> int | None:
+        return await self._origins.stat(self._namespace, digest)
+
+    async def read(self, digest: Digest, max_size: int) -> bytes | None:
+        try:
+            return await self._origins.read_bytes(self._namespace, digest)
+        except BlobNotFound:
+            return None
 
 
 class BuildIndex:
@@ -139,18 +158,17 @@ class BuildIndex:
             raise _json_error(400, str(e)) from None
         try:
             missing = await find_missing(
-                self.origins, tag.repo, digest, self.config.max_manifest_size, self.config.verify_concurrency
+                _OriginSource(self.origins, tag.repo), digest, max_manifest_size=self.config.max_manifest_size,
+                max_references=self.config.max_manifest_references, concurrency=self.config.verify_concurrency,
             )
         except InvalidManifest as e:
             self.puts.labels("invalid").inc()
             raise _json_error(400, str(e), missing=[]) from None
-        if missing:
+        if missing is not None:
             self.puts.labels("missing").inc()
-            log.warning("tag refused: references missing from origins", tag=tag, digest=digest,
-                        missing=",".join(map(str, missing)))
+            log.warning("tag refused: reference missing from origins", tag=tag, digest=digest, missing=missing)
             raise _json_error(
-                400, f"manifest {digest} references content missing from the origins",
-                missing=[str(d) for d in missing],
+                400, f"manifest {digest} references content missing from the origins", missing=[str(missing)],
             )
         await self.store.put(tag, digest)
         self.puts.labels("ok").inc()

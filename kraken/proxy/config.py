@@ -3,7 +3,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from kraken.config import ByteSize, Duration, ListenConfig
+from kraken.config import ByteSize, ConfigError, Duration, ListenConfig
+from kraken.registry.references import DEFAULT_MAX_REFERENCES
 from kraken.ring import RingConfig
 
 DEFAULT_PORT = 15000
@@ -31,5 +32,13 @@ class ProxyConfig:
     listen: ListenConfig = field(default_factory=lambda: ListenConfig(port=DEFAULT_PORT))
     # Manifests are read into memory to validate them; bigger ones are refused with 413.
     max_manifest_size: ByteSize = 4 << 20
+    # Most blobs and child manifests one pushed manifest may reference (more: 400
+    # MANIFEST_INVALID before any origin is asked). distribution calls this
+    # validation.manifests.referencelimit; see kraken.registry.references.
+    max_manifest_references: int = DEFAULT_MAX_REFERENCES
     # Upload sessions not finished within this time are deleted with their bytes.
     upload_ttl: Duration = 3600.0
+
+    def __post_init__(self) -> None:
+        if self.max_manifest_references < 1:
+            raise ConfigError(f"max_manifest_references must be >= 1, got {self.max_manifest_references}")

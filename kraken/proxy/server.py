@@ -32,6 +32,7 @@ def create_proxy_app(config: ProxyConfig) -> web.Application:
     add_registry_routes(
         app, storage, read_only=False, uploads=staging,
         max_manifest_size=config.max_manifest_size, upload_ttl=config.upload_ttl,
+        max_manifest_references=config.max_manifest_references,
     )
     log.info("proxy configured", origins=",".join(config.origins.hosts), build_index=config.build_index.addr,
              store=config.store.root)

@@ -120,6 +120,12 @@ class ProxyStorage(RegistryStorage):
         """Repositories are not stored anywhere by themselves: they are the repos of the tags."""
         return sorted({name.rpartition(":")[0] for name in await self.build_index.list("")})
 
+    async def check_tags_writable(self) -> None:
+        """build-index answers: asked before a tagged manifest is stored, so a push refused
+        with 503 while build-index is down stores nothing. (build-index failing between this
+        check and the tag PUT still leaves the manifest stored, untagged.)"""
+        await self._health(self._build_index_addr)
+
     async def put_tag(self, repo: str, tag: str, digest: Digest) -> None:
         try:
             await self.build_index.put_tag(f"{repo}:{tag}", digest)

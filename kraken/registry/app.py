@@ -21,6 +21,7 @@ from kraken.registry import blob_routes, manifest_routes
 from kraken.registry.context import RegistryContext
 from kraken.registry.errors import API_VERSION, API_VERSION_HEADER, RegistryError
 from kraken.registry.names import validate_name
+from kraken.registry.references import DEFAULT_MAX_REFERENCES
 from kraken.registry.storage import RegistryStorage
 from kraken.registry.uploads import UploadSessions
 from kraken.store.cas import CAStore
@@ -49,17 +50,19 @@ def add_registry_routes(
     uploads: CAStore | None = None,
     max_manifest_size: int = DEFAULT_MAX_MANIFEST_SIZE,
     upload_ttl: float = DEFAULT_UPLOAD_TTL,
+    max_manifest_references: int = DEFAULT_MAX_REFERENCES,
 ) -> None:
     """Serve ``/v2/`` from ``storage``.
 
     ``read_only`` refuses every write with UNSUPPORTED (the agent). Otherwise ``uploads`` is
     the CAStore whose upload dir stages blob uploads (verified there, then handed to
     ``storage``); sessions idle for ``upload_ttl`` seconds are deleted by a background task.
+    A pushed manifest may reference at most ``max_manifest_references`` blobs and manifests.
     """
     if not read_only and uploads is None:
         raise ValueError("a writable registry needs an uploads store")
     sessions = UploadSessions(uploads, storage, upload_ttl) if uploads is not None and not read_only else None
-    ctx = RegistryContext(storage, read_only, sessions, max_manifest_size)
+    ctx = RegistryContext(storage, read_only, sessions, max_manifest_size, max_manifest_references)
 
     async def dispatch(request: web.Request) -> web.StreamResponse:
         try:

@@ -17,6 +17,7 @@ class RegistryContext:
     read_only: bool
     sessions: UploadSessions | None
     max_manifest_size: int
+    max_references: int
 
     def writable_sessions(self) -> UploadSessions:
         """The upload sessions, or UNSUPPORTED when this registry does not take pushes."""

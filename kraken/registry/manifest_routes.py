@@ -1,13 +1,13 @@
 """Manifests (``/v2/<name>/manifests/<tag|digest>``): read, and push with full validation.
 
-A pushed manifest is stored only if it parses, matches the digest in the URL, and every blob
-and child manifest it references is already in the repository; only then is it stored (as a
-blob of the repository) and the tag pointed at it. So a tag never names an image that cannot
-be pulled.
+A pushed manifest is stored only if the whole push can succeed: it parses, matches the digest
+in the URL, has no more references than allowed, every blob and child manifest it references
+is in the repository (checked recursively, kraken.registry.references, with the pushed bytes
+standing in for the manifest itself), and, for a push by tag, the tag store answers. Only then
+is it stored (as a blob of the repository) and the tag pointed at it. So a refused push leaves
+nothing pullable behind, and a tag never names an image that cannot be pulled.
 """
 from __future__ import annotations
-
-import asyncio
 
 from aiohttp import web
 
@@ -18,10 +18,10 @@ from kraken.registry.context import RegistryContext, absolute_url
 from kraken.registry.errors import RegistryError
 from kraken.registry.manifest import Manifest, ManifestError, parse_manifest
 from kraken.registry.names import parse_reference
+from kraken.registry.references import InvalidManifest, PushedRoot, find_missing
+from kraken.registry.storage import RegistryStorage
 
 log = get_logger("kraken.registry")
-
-STAT_CONCURRENCY = 16
 
 
 async def read_manifest(ctx: RegistryContext, request: web.Request, name: str, reference: str) -> web.Response:
@@ -73,11 +73,18 @@ async def put_manifest(ctx: RegistryContext, request: web.Request, name: str, re
         if Digest.of_bytes(raw, ref.digest.algorithm) != ref.digest:
             raise RegistryError("DIGEST_INVALID", detail=f"manifest content is {digest}, URL says {ref.digest}")
         digest = ref.digest
-    missing = await _missing_references(ctx, name, manifest)
-    if missing:
-        raise RegistryError.combine(
-            RegistryError("MANIFEST_BLOB_UNKNOWN", detail={"digest": str(d)}) for d in missing
+    source = PushedRoot(_RepositorySource(ctx.storage, name), digest, raw)
+    try:
+        missing = await find_missing(
+            source, digest, max_manifest_size=ctx.max_manifest_size, max_references=ctx.max_references,
+            root_media_type=manifest.media_type,
         )
+    except InvalidManifest as e:
+        raise RegistryError("MANIFEST_INVALID", detail=str(e)) from None
+    if missing is not None:
+        raise RegistryError("MANIFEST_BLOB_UNKNOWN", detail={"digest": str(missing)})
+    if ref.tag is not None:
+        await ctx.storage.check_tags_writable()
     await ctx.storage.put_blob_bytes(name, digest, raw)
     if ref.tag is not None:
         await ctx.storage.put_tag(name, ref.tag, digest)
@@ -103,14 +110,15 @@ async def _read_limited(request: web.Request, limit: int) -> bytes:
     return bytes(body)
 
 
-async def _missing_references(ctx: RegistryContext, name: str, manifest: Manifest) -> list[Digest]:
-    """Referenced blobs and child manifests the repository does not have, in manifest order."""
-    digests = list(dict.fromkeys(d.digest for d in manifest.references))
-    limit = asyncio.Semaphore(STAT_CONCURRENCY)
+class _RepositorySource:
+    """A repository of a registry storage as the source reference checks read."""
 
-    async def present(digest: Digest) -> bool:
-        async with limit:
-            return await ctx.storage.stat_blob(name, digest) is not None
+    def __init__(self, storage: RegistryStorage, repo: str) -> None:
+        self._storage = storage
+        self._repo = repo
 
-    found = await asyncio.gather(*(present(d) for d in digests))
-    return [d for d, ok in zip(digests, found) if not ok]
+    async def stat(self, digest: Digest) -> int | None:
+        return await self._storage.stat_blob(self._repo, digest)
+
+    async def read(self, digest: Digest, max_size: int) -> bytes | None:
+        return await self._storage.read_manifest(self._repo, digest, max_size)

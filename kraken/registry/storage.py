@@ -153,6 +153,10 @@ class RegistryStorage(ABC):
         """Store a small verified blob (a manifest)."""
         raise _read_only()
 
+    async def check_tags_writable(self) -> None:
+        """Raise (e.g. a connection error: UNAVAILABLE) when a tag could not be written now, so
+        a push by tag is refused before its manifest is stored."""
+
     async def put_tag(self, repo: str, tag: str, digest: Digest) -> None:
         """Point ``tag`` at manifest ``digest``; raise MANIFEST_BLOB_UNKNOWN if the storage finds
         references missing."""

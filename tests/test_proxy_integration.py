@@ -8,7 +8,10 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 import re
+import shutil
+import subprocess
 from pathlib import Path
 from typing import AsyncIterator
 from urllib.parse import quote
@@ -528,3 +531,34 @@ async def test_a_tagged_push_while_build_index_is_down_stores_nothing(
             assert r.status == 201  # by digest, no tag is involved
     finally:
         await server.close()
+
+
+async def test_a_full_or_broken_staging_disk_answers_registry_json(
+    herd: Herd, http: aiohttp.ClientSession, tmp_path: Path
+) -> None:
+    """A full disk (a 1 MB tmpfs: needs root) is 507, a broken staging dir 500, both as
+    registry error JSON (it was ``{"error": ...}``, which clients cannot parse)."""
+    root = tmp_path / "tiny"
+    root.mkdir()
+    mounted = await asyncio.to_thread(
+        subprocess.run, ["mount", "-t", "tmpfs", "-o", "size=1m", "tmpfs", str(root)], capture_output=True)
+    if mounted.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs: {mounted.stderr.decode().strip()}")
+    config = ProxyConfig(store=StoreConfig(str(root)), origins=RingConfig([herd.origin.addr]),
+                         build_index=BuildIndexConfig(herd.build_index.addr))
+    server = TestServer(create_proxy_app(config))
+    await server.start_server()
+    try:
+        base = str(server.make_url(""))
+        data = os.urandom(2 << 20)
+        async with http.post(f"{base}/v2/full/disk/blobs/uploads/?digest={Digest.of_bytes(data)}", data=data) as r:
+            assert r.status == 507 and await error_codes(r) == ["UNKNOWN"]
+            assert r.headers["Docker-Distribution-API-Version"] == "registry/2.0"
+        uploads = root / "uploads"
+        await asyncio.to_thread(shutil.rmtree, uploads)
+        uploads.write_bytes(b"not a directory")
+        async with http.post(f"{base}/v2/full/disk/blobs/uploads/") as r:
+            assert r.status == 500 and await error_codes(r) == ["UNKNOWN"]
+    finally:
+        await server.close()
+        await asyncio.to_thread(subprocess.run, ["umount", str(root)], check=True)

@@ -6,6 +6,7 @@ upload variants); the proxy's own tests check the same protocol over origins and
 from __future__ import annotations
 
 import asyncio
+import errno
 import hashlib
 import json
 from pathlib import Path
@@ -464,10 +465,14 @@ async def test_read_only_registry_refuses_writes(tmp_path: Path) -> None:
     await storage.put_blob_bytes("r", digest, blob)
     try:
         async with aiohttp.ClientSession() as s:
-            for method, path in [("POST", "/v2/r/blobs/uploads/"), ("PUT", "/v2/r/manifests/v1"),
-                                 ("PATCH", "/v2/r/blobs/uploads/abc"), ("PUT", f"/v2/r/blobs/uploads/abc?digest={digest}")]:
+            for method, path, allow in [
+                ("POST", "/v2/r/blobs/uploads/", ""), ("PUT", "/v2/r/manifests/v1", "GET, HEAD"),
+                ("PATCH", "/v2/r/blobs/uploads/abc", "GET"), ("PUT", f"/v2/r/blobs/uploads/abc?digest={digest}", "GET"),
+                ("DELETE", f"/v2/r/blobs/{digest}", "GET, HEAD"),
+            ]:
                 async with s.request(method, server.make_url(path), data=b"{}") as r:
                     assert r.status == 405 and await error_code(r) == "UNSUPPORTED", (method, path)
+                    assert r.headers["Allow"] == allow, (method, path)  # RFC 9110: every 405 has one
             async with s.get(server.make_url(f"/v2/r/blobs/{digest}")) as r:
                 assert r.status == 200 and await r.read() == blob
     finally:
@@ -477,3 +482,48 @@ async def test_read_only_registry_refuses_writes(tmp_path: Path) -> None:
 def test_writable_registry_needs_an_upload_store(tmp_path: Path) -> None:
     with pytest.raises(ValueError):
         add_registry_routes(create_app("x"), LocalStorage(tmp_path), read_only=False)
+
+
+# ---- every /v2 answer is registry error JSON; the spec's status tables ----------------------------
+
+async def test_405_answers_carry_allow(registry: Registry) -> None:
+    for method, path, allow in [
+        ("DELETE", "/v2/r/manifests/v1", "GET, HEAD, PUT"),
+        ("POST", "/v2/", "GET, HEAD"),
+        ("DELETE", "/v2/_catalog", "GET, HEAD"),
+        ("PUT", "/v2/r/tags/list", "GET, HEAD"),
+        ("GET", "/v2/r/blobs/uploads/", "POST"),
+        ("POST", "/v2/r/blobs/uploads/abc", "GET, PATCH, PUT, DELETE"),
+    ]:
+        async with registry.request(method, path) as r:
+            assert r.status == 405 and await error_code(r) == "UNSUPPORTED", (method, path)
+            assert r.headers["Allow"] == allow, (method, path)
+
+
+async def test_reading_a_manifest_by_an_invalid_reference_is_404(registry: Registry) -> None:
+    """The spec allows only 200 or 404 for GET/HEAD of a manifest; a PUT is still refused with
+    TAG_INVALID (the conformance suite's ``.INVALID_MANIFEST_validation``)."""
+    for reference in (".INVALID_MANIFEST_validation", "sha256:nothex", "bad%0Atag"):
+        for method in ("GET", "HEAD"):
+            async with registry.session.request(method, URL(registry.url(f"/v2/r/manifests/{reference}"), encoded=True)) as r:
+                assert r.status == 404, (method, reference)
+                if method == "GET":
+                    assert await error_code(r) == "MANIFEST_UNKNOWN"
+    async with registry.request("PUT", "/v2/r/manifests/.INVALID_MANIFEST_validation", data=b"{}") as r:
+        assert r.status == 400 and await error_code(r) == "TAG_INVALID"
+
+
+async def test_paths_with_newlines_and_unexpected_failures_are_registry_json(registry: Registry) -> None:
+    for path in ("/v2/foo%0Abar/tags/list", "/v2/foo%0A/manifests/latest", f"/v2/a%0Ab/blobs/{Digest.of_bytes(b'x')}"):
+        async with registry.session.get(URL(registry.url(path), encoded=True)) as r:
+            assert r.status == 400 and await error_code(r) == "NAME_INVALID", path
+            assert r.headers["Docker-Distribution-API-Version"] == "registry/2.0"
+    registry.storage.fail_with = RuntimeError("disk controller on fire")
+    async with registry.request("GET", f"/v2/r/blobs/{Digest.of_bytes(b'x')}") as r:
+        assert r.status == 500 and r.content_type == "application/json"
+        assert (await r.json())["errors"] == [{"code": "UNKNOWN", "message": "unknown error", "detail": "RuntimeError"}]
+    registry.storage.fail_with = OSError(errno.ENOSPC, "No space left on device")
+    async with registry.request("HEAD", f"/v2/r/blobs/{Digest.of_bytes(b'x')}") as r:
+        assert r.status == 507
+    async with registry.request("GET", f"/v2/r/blobs/{Digest.of_bytes(b'x')}") as r:
+        assert r.status == 507 and await error_code(r) == "UNKNOWN"

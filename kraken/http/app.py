@@ -3,7 +3,9 @@
 It gives each component the same operational surface: ``/health``, ``/metrics``, an access
 log, per-route request metrics, and an error middleware. An exception that knows how to
 render itself (``to_response()``, e.g. a registry error) is rendered by it; any other
-uncaught exception becomes a logged 500 with a JSON body, never a stack trace to the client.
+uncaught exception becomes a logged 500 with a JSON body, never a stack trace to the client:
+the first of the app's :data:`ERROR_RENDERERS` that answers for the request renders it (the
+registry installs one, so every ``/v2`` answer is registry error JSON), else ``{"error"}``.
 """
 from __future__ import annotations
 
@@ -23,6 +25,9 @@ METRICS: web.AppKey[Metrics] = web.AppKey("metrics", Metrics)
 COMPONENT: web.AppKey[str] = web.AppKey("component", str)
 
 ReadinessCheck = Callable[[], Awaitable[None]]
+#: Renders an unhandled exception of a request it is responsible for; None passes it on.
+ErrorRenderer = Callable[[web.Request, Exception], "web.StreamResponse | None"]
+ERROR_RENDERERS: web.AppKey[list[ErrorRenderer]] = web.AppKey("error_renderers", list)
 
 access_log = get_logger("kraken.access")
 
@@ -67,6 +72,11 @@ def create_app(
                 status = response.status
                 return response
             log.exception("unhandled error", method=request.method, path=request.path)
+            for renderer in request.app[ERROR_RENDERERS]:
+                response = renderer(request, e)
+                if response is not None:
+                    status = response.status
+                    return response
             return web.json_response({"error": f"internal error: {type(e).__name__}: {e}"}, status=500)
         finally:
             elapsed = time.perf_counter() - start
@@ -83,6 +93,7 @@ def create_app(
     app = web.Application(middlewares=[observe], client_max_size=client_max_size)
     app[METRICS] = metrics
     app[COMPONENT] = component
+    app[ERROR_RENDERERS] = []
 
     async def health(_: web.Request) -> web.Response:
         return web.Response(text="OK\n")

@@ -8,6 +8,7 @@ Query parameters no handler reads (containerd's ``?ns=docker.io``) are ignored.
 from __future__ import annotations
 
 import asyncio
+import errno
 import re
 from typing import Awaitable, Callable
 from urllib.parse import quote
@@ -15,12 +16,13 @@ from urllib.parse import quote
 import aiohttp
 from aiohttp import web
 
+from kraken.http.app import ERROR_RENDERERS
 from kraken.http.client import HTTPStatusError
 from kraken.log import get_logger
 from kraken.registry import blob_routes, manifest_routes
 from kraken.registry.context import RegistryContext
 from kraken.registry.errors import API_VERSION, API_VERSION_HEADER, RegistryError
-from kraken.registry.names import validate_name
+from kraken.registry.names import parse_reference, validate_name
 from kraken.registry.references import DEFAULT_MAX_REFERENCES
 from kraken.registry.storage import RegistryStorage
 from kraken.registry.uploads import UploadSessions
@@ -34,13 +36,27 @@ DEFAULT_UPLOAD_TTL = 3600.0
 
 Handler = Callable[[RegistryContext, web.Request, str, dict[str, str]], Awaitable[web.StreamResponse]]
 
+# DOTALL: a name with a newline is matched (and refused as NAME_INVALID), not "unknown endpoint".
 _PATHS: list[tuple[re.Pattern[str], str]] = [
-    (re.compile(r"(?P<name>.+)/tags/list"), "tags"),
-    (re.compile(r"(?P<name>.+)/manifests/(?P<reference>[^/]+)"), "manifest"),
-    (re.compile(r"(?P<name>.+)/blobs/uploads/?"), "uploads"),
-    (re.compile(r"(?P<name>.+)/blobs/uploads/(?P<uid>[^/]+)"), "upload"),
-    (re.compile(r"(?P<name>.+)/blobs/(?P<digest>[^/]+)"), "blob"),
+    (re.compile(r"(?P<name>.+)/tags/list", re.DOTALL), "tags"),
+    (re.compile(r"(?P<name>.+)/manifests/(?P<reference>[^/]+)", re.DOTALL), "manifest"),
+    (re.compile(r"(?P<name>.+)/blobs/uploads/?", re.DOTALL), "uploads"),
+    (re.compile(r"(?P<name>.+)/blobs/uploads/(?P<uid>[^/]+)", re.DOTALL), "upload"),
+    (re.compile(r"(?P<name>.+)/blobs/(?P<digest>[^/]+)", re.DOTALL), "blob"),
 ]
+
+#: The methods each endpoint serves when writable; a 405 names them in ``Allow`` (RFC 9110).
+_METHODS: dict[str, tuple[str, ...]] = {
+    "base": ("GET", "HEAD"),
+    "catalog": ("GET", "HEAD"),
+    "tags": ("GET", "HEAD"),
+    "manifest": ("GET", "HEAD", "PUT"),
+    "uploads": ("POST",),
+    "upload": ("GET", "PATCH", "PUT", "DELETE"),
+    "blob": ("GET", "HEAD"),
+}
+_READ_METHODS = frozenset({"GET", "HEAD"})
+
 
 def add_registry_routes(
     app: web.Application,
@@ -75,8 +91,11 @@ def add_registry_routes(
             raise _unavailable(request, e) from None
 
     app.router.add_route("*", "/v2", dispatch)
-    app.router.add_route("*", "/v2/{tail:.*}", dispatch)
+    # [\s\S], not ".": a path with a newline (%0A) must reach the dispatcher (NAME_INVALID...),
+    # not fall through to aiohttp's plain-text 404.
+    app.router.add_route("*", r"/v2/{tail:[\s\S]*}", dispatch)
     app.on_response_prepare.append(_add_api_version)
+    app[ERROR_RENDERERS].append(_render_unexpected)
     if sessions is not None:
         _run_cleanup(app, sessions)
 
@@ -94,9 +113,23 @@ def _run_cleanup(app: web.Application, sessions: UploadSessions) -> None:
     app.on_cleanup.append(stop)
 
 
+def _is_registry_path(path: str) -> bool:
+    return path == "/v2" or path.startswith("/v2/")
+
+
 async def _add_api_version(request: web.Request, response: web.StreamResponse) -> None:
-    if request.path == "/v2" or request.path.startswith("/v2/"):
+    if _is_registry_path(request.path):
         response.headers[API_VERSION_HEADER] = API_VERSION
+
+
+def _render_unexpected(request: web.Request, error: Exception) -> web.Response | None:
+    """Any failure nothing else mapped (logged by the app middleware) is still registry error
+    JSON under ``/v2``, which clients parse: ``UNKNOWN`` 500, or 507 for a full disk."""
+    if not _is_registry_path(request.path):
+        return None
+    if isinstance(error, OSError) and error.errno in (errno.ENOSPC, errno.EDQUOT):
+        return RegistryError("UNKNOWN", status=507, message="insufficient storage").to_response()
+    return RegistryError("UNKNOWN", detail=type(error).__name__).to_response()
 
 
 def _unavailable(request: web.Request, error: Exception) -> RegistryError:
@@ -107,18 +140,40 @@ def _unavailable(request: web.Request, error: Exception) -> RegistryError:
 async def _dispatch(ctx: RegistryContext, request: web.Request) -> web.StreamResponse:
     tail = request.match_info.get("tail", "")
     if tail.strip("/") == "":
-        _allow(request, "GET", "HEAD")
-        return web.json_response({})
-    if tail == "_catalog":
-        _allow(request, "GET", "HEAD")
-        return await _catalog(ctx, request)
+        kind, name, params = "base", "", {}
+    elif tail == "_catalog":
+        kind, name, params = "catalog", "", {}
+    else:
+        kind, name, params = _route(tail, request)
+    try:
+        if kind == "base":
+            _allow(request, "GET", "HEAD")
+            return web.json_response({})
+        if kind == "catalog":
+            _allow(request, "GET", "HEAD")
+            return await _catalog(ctx, request)
+        return await _HANDLERS[kind](ctx, request, validate_name(name), params)
+    except RegistryError as e:
+        if e.status == 405:
+            e.headers.setdefault("Allow", _allowed(ctx, kind, request.method))
+        raise
+
+
+def _route(tail: str, request: web.Request) -> tuple[str, str, dict[str, str]]:
     for pattern, kind in _PATHS:
         m = pattern.fullmatch(tail)
         if m is not None:
             params = m.groupdict()
-            name = validate_name(params.pop("name"))
-            return await _HANDLERS[kind](ctx, request, name, params)
-    raise RegistryError("UNSUPPORTED", status=404, message="unknown registry endpoint", detail={"path": request.path})
+            return kind, params.pop("name"), params
+    raise RegistryError("UNSUPPORTED", status=404, message="unknown registry endpoint",
+                        detail={"path": request.path[:300]})
+
+
+def _allowed(ctx: RegistryContext, kind: str, refused: str) -> str:
+    """The ``Allow`` value of a 405: the endpoint's methods (reads only when read-only), or
+    none when the method refused was one of them (the storage does not offer the endpoint)."""
+    methods = [m for m in _METHODS[kind] if not ctx.read_only or m in _READ_METHODS]
+    return "" if refused in methods else ", ".join(methods)
 
 
 def _allow(request: web.Request, *methods: str) -> None:
@@ -163,10 +218,22 @@ def _paginate(request: web.Request, items: list[str], path: str) -> tuple[list[s
 
 async def _manifest(ctx: RegistryContext, request: web.Request, name: str, p: dict[str, str]) -> web.StreamResponse:
     if request.method in ("GET", "HEAD"):
+        _readable_reference(name, p["reference"])
         return await manifest_routes.read_manifest(ctx, request, name, p["reference"])
     if request.method == "PUT":
         return await manifest_routes.put_manifest(ctx, request, name, p["reference"])
     raise RegistryError("UNSUPPORTED", detail={"method": request.method})
+
+
+def _readable_reference(name: str, reference: str) -> None:
+    """A GET/HEAD of a manifest answers 200 or 404 only (the distribution spec's table): a
+    reference that cannot name a manifest is MANIFEST_UNKNOWN, not TAG_INVALID (a PUT with
+    it stays TAG_INVALID / DIGEST_INVALID)."""
+    try:
+        parse_reference(reference)
+    except RegistryError as e:
+        raise RegistryError("MANIFEST_UNKNOWN", detail={"name": name, "reference": reference[:200],
+                                                        "reason": e.message}) from None
 
 
 async def _blob(ctx: RegistryContext, request: web.Request, name: str, p: dict[str, str]) -> web.StreamResponse:

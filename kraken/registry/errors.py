@@ -33,6 +33,8 @@ CODES: dict[str, tuple[int, str]] = {
     "UNSUPPORTED": (405, "The operation is unsupported."),
     "DENIED": (403, "requested access to the resource is denied"),
     "UNAVAILABLE": (503, "service unavailable"),
+    "TOOMANYREQUESTS": (429, "too many requests"),
+    "UNKNOWN": (500, "unknown error"),
 }
 
 

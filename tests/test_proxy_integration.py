@@ -562,3 +562,23 @@ async def test_a_full_or_broken_staging_disk_answers_registry_json(
     finally:
         await server.close()
         await asyncio.to_thread(subprocess.run, ["umount", str(root)], check=True)
+
+
+async def test_upload_posts_over_the_configured_cap_get_429(
+    herd: Herd, http: aiohttp.ClientSession, tmp_path: Path
+) -> None:
+    config = ProxyConfig(store=StoreConfig(str(tmp_path / "proxy")), origins=RingConfig([herd.origin.addr]),
+                         build_index=BuildIndexConfig(herd.build_index.addr), max_uploads_per_client=5)
+    server = TestServer(create_proxy_app(config))
+    await server.start_server()
+    try:
+        url = server.make_url("/v2/capped/blobs/uploads/")
+        for _ in range(5):
+            async with http.post(url) as r:
+                assert r.status == 202
+        async with http.post(url) as r:
+            assert r.status == 429 and await error_codes(r) == ["TOOMANYREQUESTS"]
+            assert r.headers["Docker-Distribution-API-Version"] == "registry/2.0"
+        assert len(list((tmp_path / "proxy" / "uploads").iterdir())) == 5
+    finally:
+        await server.close()

@@ -22,6 +22,7 @@ from kraken.core.digest import Digest
 from kraken.http.app import create_app
 from kraken.registry.app import add_registry_routes
 from kraken.registry.manifest import DOCKER_MANIFEST, OCI_INDEX, OCI_MANIFEST
+from kraken.registry.uploads import UploadLimits
 from kraken.store.cas import CAStore
 from tests.localstorage import LocalStorage
 
@@ -527,3 +528,37 @@ async def test_paths_with_newlines_and_unexpected_failures_are_registry_json(reg
         assert r.status == 507
     async with registry.request("GET", f"/v2/r/blobs/{Digest.of_bytes(b'x')}") as r:
         assert r.status == 507 and await error_code(r) == "UNKNOWN"
+
+
+# ---- upload session limits ----------------------------------------------------------------------
+
+async def test_upload_sessions_are_capped_per_client_and_in_total(tmp_path: Path) -> None:
+    server, storage, cas = await _start(tmp_path, read_only=False, upload_limits=UploadLimits(per_client=3, total=4))
+    other_host = aiohttp.TCPConnector(local_addr=("127.0.0.2", 0))  # a second client address
+    try:
+        async with aiohttp.ClientSession() as a, aiohttp.ClientSession(connector=other_host) as b:
+            async def post(s: aiohttp.ClientSession, **kwargs) -> aiohttp.ClientResponse:
+                async with s.post(server.make_url("/v2/r/blobs/uploads/"), **kwargs) as r:
+                    await r.read()
+                    return r
+
+            locations = []
+            for _ in range(3):
+                r = await post(a)
+                assert r.status == 202
+                locations.append(r.headers["Location"])
+            r = await post(a)
+            assert r.status == 429 and (await r.json())["errors"][0]["code"] == "TOOMANYREQUESTS"
+            assert r.headers["Retry-After"] == "10"
+            assert len(list(cas.upload_dir.iterdir())) == 3  # the refused one left no file
+            assert (await post(b)).status == 202  # another address has its own quota...
+            r = await post(b)
+            assert r.status == 503 and (await r.json())["errors"][0]["code"] == "UNAVAILABLE"  # ...within the total
+            async with a.delete(locations[0]) as r:
+                assert r.status == 204
+            data = b"monolithic after a slot was freed"
+            assert (await post(a, params={"digest": str(Digest.of_bytes(data))}, data=data)).status == 201
+            assert (await post(a)).status == 202  # the monolithic upload's session ended with it
+            assert len(list(cas.upload_dir.iterdir())) == 4
+    finally:
+        await server.close()

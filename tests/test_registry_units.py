@@ -124,7 +124,7 @@ async def _chunks(*parts: bytes) -> AsyncIterator[bytes]:
 
 async def test_sessions_are_bound_to_their_repository(tmp_path: Path) -> None:
     sessions = UploadSessions(CAStore(tmp_path), LocalStorage(tmp_path / "blobs"), ttl=3600)
-    uid = sessions.start("a/b")
+    uid = sessions.start("a/b", "127.0.0.1")
     assert await sessions.append("a/b", uid, _chunks(b"12", b"34"), None) == 4
     with pytest.raises(RegistryError) as e:
         sessions.size("other", uid)
@@ -137,7 +137,7 @@ async def test_sessions_are_bound_to_their_repository(tmp_path: Path) -> None:
 async def test_cleanup_removes_abandoned_sessions(tmp_path: Path) -> None:
     cas = CAStore(tmp_path)
     sessions = UploadSessions(cas, LocalStorage(tmp_path / "blobs"), ttl=0)
-    uid = sessions.start("r")
+    uid = sessions.start("r", "127.0.0.1")
     await sessions.append("r", uid, _chunks(b"data"), None)
     (cas.upload_dir / "stray-from-a-crash").write_bytes(b"x")
     assert await sessions.cleanup() == 2
@@ -150,7 +150,7 @@ async def test_cleanup_removes_abandoned_sessions(tmp_path: Path) -> None:
 
 async def test_cleanup_keeps_young_sessions(tmp_path: Path) -> None:
     sessions = UploadSessions(CAStore(tmp_path), LocalStorage(tmp_path / "blobs"), ttl=3600)
-    uid = sessions.start("r")
+    uid = sessions.start("r", "127.0.0.1")
     assert await sessions.cleanup() == 0
     assert sessions.is_open(uid)
 
@@ -160,7 +160,7 @@ async def test_streaming_writer_gets_every_byte_and_replaces_the_whole_file_put(
     sessions = UploadSessions(CAStore(tmp_path / "cas"), storage, ttl=3600)
     data = [b"a" * 70_000, b"b" * 5, b"c" * 100_000]
     digest = Digest.of_bytes(b"".join(data))
-    uid = sessions.start("r")
+    uid = sessions.start("r", "127.0.0.1")
     await sessions.append("r", uid, _chunks(*data[:2]), None)
     await sessions.append("r", uid, _chunks(data[2]), 70_005)
     await sessions.finish("r", uid, digest)
@@ -174,7 +174,7 @@ async def test_failing_writer_falls_back_to_the_verified_file(tmp_path: Path) ->
     storage = LocalStorage(tmp_path / "blobs", writer_fails_after=50_000)
     sessions = UploadSessions(CAStore(tmp_path / "cas"), storage, ttl=3600)
     data = bytes(range(256)) * 1000
-    uid = sessions.start("r")
+    uid = sessions.start("r", "127.0.0.1")
     await sessions.append("r", uid, _chunks(data[:40_000], data[40_000:]), None)
     await sessions.finish("r", uid, Digest.of_bytes(data))
     assert [w.state for w in storage.writers] == ["aborted"]
@@ -186,7 +186,7 @@ async def test_failing_writer_falls_back_to_the_verified_file(tmp_path: Path) ->
 async def test_wrong_digest_aborts_the_writer_and_stores_nothing(tmp_path: Path) -> None:
     storage = LocalStorage(tmp_path / "blobs", writer_fails_after=-1)
     sessions = UploadSessions(CAStore(tmp_path / "cas"), storage, ttl=3600)
-    uid = sessions.start("r")
+    uid = sessions.start("r", "127.0.0.1")
     await sessions.append("r", uid, _chunks(b"payload"), None)
     claimed = Digest.of_bytes(b"something else")
     with pytest.raises(RegistryError) as e:

@@ -38,7 +38,14 @@ class ProxyConfig:
     max_manifest_references: int = DEFAULT_MAX_REFERENCES
     # Upload sessions not finished within this time are deleted with their bytes.
     upload_ttl: Duration = 3600.0
+    # Upload sessions open at once from one client address (more: 429 TOOMANYREQUESTS) and
+    # in total (more: 503 UNAVAILABLE). Each holds a file until it ends or upload_ttl passes.
+    max_uploads_per_client: int = 100
+    max_uploads: int = 1000
 
     def __post_init__(self) -> None:
+        for key in ("max_uploads_per_client", "max_uploads"):
+            if getattr(self, key) < 1:
+                raise ConfigError(f"{key} must be >= 1, got {getattr(self, key)}")
         if self.max_manifest_references < 1:
             raise ConfigError(f"max_manifest_references must be >= 1, got {self.max_manifest_references}")

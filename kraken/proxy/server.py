@@ -11,6 +11,7 @@ from kraken.metrics import Metrics
 from kraken.proxy.config import ProxyConfig
 from kraken.proxy.storage import ProxyMetrics, ProxyStorage
 from kraken.registry.app import add_registry_routes
+from kraken.registry.uploads import UploadLimits
 from kraken.store.cas import CAStore
 
 COMPONENT = "proxy"
@@ -33,6 +34,7 @@ def create_proxy_app(config: ProxyConfig) -> web.Application:
         app, storage, read_only=False, uploads=staging,
         max_manifest_size=config.max_manifest_size, upload_ttl=config.upload_ttl,
         max_manifest_references=config.max_manifest_references,
+        upload_limits=UploadLimits(config.max_uploads_per_client, config.max_uploads),
     )
     log.info("proxy configured", origins=",".join(config.origins.hosts), build_index=config.build_index.addr,
              store=config.store.root)

@@ -25,7 +25,7 @@ from kraken.registry.errors import API_VERSION, API_VERSION_HEADER, RegistryErro
 from kraken.registry.names import parse_reference, validate_name
 from kraken.registry.references import DEFAULT_MAX_REFERENCES
 from kraken.registry.storage import RegistryStorage
-from kraken.registry.uploads import UploadSessions
+from kraken.registry.uploads import UploadLimits, UploadSessions
 from kraken.store.cas import CAStore
 from kraken.tasks import TaskOwner
 
@@ -67,17 +67,20 @@ def add_registry_routes(
     max_manifest_size: int = DEFAULT_MAX_MANIFEST_SIZE,
     upload_ttl: float = DEFAULT_UPLOAD_TTL,
     max_manifest_references: int = DEFAULT_MAX_REFERENCES,
+    upload_limits: UploadLimits = UploadLimits(),
 ) -> None:
     """Serve ``/v2/`` from ``storage``.
 
     ``read_only`` refuses every write with UNSUPPORTED (the agent). Otherwise ``uploads`` is
     the CAStore whose upload dir stages blob uploads (verified there, then handed to
     ``storage``); sessions idle for ``upload_ttl`` seconds are deleted by a background task.
-    A pushed manifest may reference at most ``max_manifest_references`` blobs and manifests.
+    ``upload_limits`` caps the sessions open at once (per client address, in total). A pushed
+    manifest may reference at most ``max_manifest_references`` blobs and manifests.
     """
     if not read_only and uploads is None:
         raise ValueError("a writable registry needs an uploads store")
-    sessions = UploadSessions(uploads, storage, upload_ttl) if uploads is not None and not read_only else None
+    sessions = (UploadSessions(uploads, storage, upload_ttl, upload_limits)
+                if uploads is not None and not read_only else None)
     ctx = RegistryContext(storage, read_only, sessions, max_manifest_size, max_manifest_references)
 
     async def dispatch(request: web.Request) -> web.StreamResponse:

@@ -107,7 +107,7 @@ async def start_upload(ctx: RegistryContext, request: web.Request, name: str) ->
     digest_text = request.query.get("digest")
     if digest_text is not None:
         digest = parse_digest(digest_text)
-        uid = sessions.start(name)
+        uid = sessions.start(name, request.remote or "")
         try:
             await sessions.append(name, uid, request.content.iter_any(), None)
             await sessions.finish(name, uid, digest)
@@ -115,7 +115,7 @@ async def start_upload(ctx: RegistryContext, request: web.Request, name: str) ->
             if sessions.is_open(uid):
                 await sessions.cancel(name, uid)
         return _created(request, name, digest)
-    uid = sessions.start(name)
+    uid = sessions.start(name, request.remote or "")
     return _upload_response(request, 202, name, uid, 0)
 
 

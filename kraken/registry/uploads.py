@@ -9,11 +9,16 @@ short commit rather than a second transfer. Finishing verifies the digest throug
 then commits the writer or, if there is none or it failed, hands the verified file to the
 storage; then it deletes the local copy. Sessions are in memory: a restart forgets them (their owner
 clears the files at start), and clients restart such uploads on BLOB_UPLOAD_UNKNOWN.
+
+Each open session is a file on disk until it ends or its TTL passes, and anyone may open one,
+so their number is capped (:class:`UploadLimits`): per client address (429 TOOMANYREQUESTS,
+one client cannot take every slot) and in total (503 UNAVAILABLE), both with ``Retry-After``.
 """
 from __future__ import annotations
 
 import asyncio
 import contextlib
+from dataclasses import dataclass
 from typing import AsyncIterable, AsyncIterator
 
 from kraken.core.digest import Digest
@@ -25,23 +30,61 @@ from kraken.store.cas import CAStore, DigestMismatch, SizeMismatch, UploadOffset
 
 log = get_logger("kraken.registry.uploads")
 
+#: What a refused client is told to wait: sessions end as uploads finish, or at the TTL.
+RETRY_AFTER_SECONDS = 10
+
+
+@dataclass(frozen=True)
+class UploadLimits:
+    """Most upload sessions open at once from one client address, and in total."""
+
+    per_client: int = 100
+    total: int = 1000
+
 
 class UploadSessions:
-    def __init__(self, cas: CAStore, storage: RegistryStorage, ttl: float) -> None:
+    def __init__(self, cas: CAStore, storage: RegistryStorage, ttl: float,
+                 limits: UploadLimits = UploadLimits()) -> None:
         self.cas = cas
         self.storage = storage
         self.ttl = ttl
+        self.limits = limits
         self._repos: dict[str, str] = {}
+        self._clients: dict[str, str] = {}
+        self._per_client: dict[str, int] = {}
         self._writers: dict[str, BlobWriter] = {}
         # One commit per digest at a time: the verified file sits at the digest's cache path
         # until the storage has it, so a second commit of the same digest must not replace or
         # delete it under the first.
         self._digest_locks = _KeyedLocks()
 
-    def start(self, repo: str) -> str:
+    def start(self, repo: str, client: str) -> str:
+        """Open a session of ``repo`` for ``client`` (its address), within the limits."""
+        retry = {"Retry-After": str(RETRY_AFTER_SECONDS)}
+        if self._per_client.get(client, 0) >= self.limits.per_client:
+            log.warning("upload refused: client at its session limit", client=client, limit=self.limits.per_client)
+            raise RegistryError("TOOMANYREQUESTS", message="too many upload sessions open from this address",
+                                detail={"limit": self.limits.per_client}, headers=retry)
+        if len(self._repos) >= self.limits.total:
+            log.warning("upload refused: session limit reached", limit=self.limits.total)
+            raise RegistryError("UNAVAILABLE", message="too many upload sessions open",
+                                detail={"limit": self.limits.total}, headers=retry)
         uid = self.cas.create_upload()
         self._repos[uid] = repo
+        self._clients[uid] = client
+        self._per_client[client] = self._per_client.get(client, 0) + 1
         return uid
+
+    def _forget(self, uid: str) -> None:
+        """The session no longer counts against any limit."""
+        self._repos.pop(uid, None)
+        client = self._clients.pop(uid, None)
+        if client is not None:
+            remaining = self._per_client[client] - 1
+            if remaining:
+                self._per_client[client] = remaining
+            else:
+                del self._per_client[client]
 
     def is_open(self, uid: str) -> bool:
         return uid in self._repos and self.cas.has_upload(uid)
@@ -123,7 +166,7 @@ class UploadSessions:
                 await self._drop_writer(uid)
                 raise RegistryError("DIGEST_INVALID", detail=str(e)) from None
             finally:
-                self._repos.pop(uid, None)
+                self._forget(uid)
             try:
                 if not await self._commit_writer(uid, digest):
                     await self.storage.put_blob_from_file(repo, digest, path)
@@ -145,7 +188,7 @@ class UploadSessions:
 
     async def cancel(self, repo: str, uid: str) -> None:
         self.check(repo, uid)
-        self._repos.pop(uid, None)
+        self._forget(uid)
         await self._drop_writer(uid)
         try:
             await self.cas.abort(uid)
@@ -156,7 +199,7 @@ class UploadSessions:
         """Delete sessions idle for the TTL (and their files), and stray files as old."""
         removed = await asyncio.to_thread(self.cas.cleanup_uploads, self.ttl)
         for uid in [u for u in self._repos if not self.cas.has_upload(u)]:
-            del self._repos[uid]
+            self._forget(uid)
             await self._drop_writer(uid)
         return removed
 

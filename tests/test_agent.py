@@ -256,6 +256,27 @@ async def test_unknown_tag_and_blob_are_404_not_500(cluster: Cluster) -> None:
     assert status == 404
 
 
+async def test_invalid_digests_namespaces_and_tags_are_400(cluster: Cluster) -> None:
+    """Strict digests (``sha256:<63 hex>\\n`` used to pass and answer 503) and one name grammar
+    on the agent server and the tracker, as on the origin."""
+    agent, http = cluster.agents[0], cluster.http
+    newline, digest = "sha256:" + "a" * 63 + "%0A", Digest.of_bytes(b"never pushed")
+    for url in (
+        f"{agent.server}/namespace/test%2Fx/blobs/{newline}",
+        f"{agent.server}/namespace/..%2F..%2Fetc/blobs/{digest}",
+        f"{agent.server}/namespace/a%00b/blobs/{digest}",
+        f"{agent.server}/namespace/{'x' * 5000}/blobs/{digest}",
+        f"{agent.server}/tags/test%2Fx:.hidden",
+        f"{agent.server}/tags/Upper%2Fcase:latest",
+        f"http://{cluster.tracker.addr}/namespace/..%2F..%2Fetc/blobs/{digest}/metainfo",
+        f"http://{cluster.tracker.addr}/namespace/test%2Fx/blobs/{newline}/metainfo",
+    ):
+        status, _, _ = await get(http, url)
+        assert status == 400, url
+    status, body, _ = await get(http, f"{agent.registry}/v2/test/x/blobs/{newline}")
+    assert status == 400 and error_codes(body) == ["DIGEST_INVALID"]
+
+
 async def test_empty_blob_is_served_without_a_torrent(cluster: Cluster) -> None:
     repo = "test/agent-empty"
     digest = await cluster.push_blob(repo, b"")

@@ -468,7 +468,8 @@ async def test_read_only_registry_refuses_writes(tmp_path: Path) -> None:
         async with aiohttp.ClientSession() as s:
             for method, path, allow in [
                 ("POST", "/v2/r/blobs/uploads/", ""), ("PUT", "/v2/r/manifests/v1", "GET, HEAD"),
-                ("PATCH", "/v2/r/blobs/uploads/abc", "GET"), ("PUT", f"/v2/r/blobs/uploads/abc?digest={digest}", "GET"),
+                ("PATCH", "/v2/r/blobs/uploads/abc", ""), ("PUT", f"/v2/r/blobs/uploads/abc?digest={digest}", ""),
+                ("GET", "/v2/r/blobs/uploads/abc", ""),
                 ("DELETE", f"/v2/r/blobs/{digest}", "GET, HEAD"),
             ]:
                 async with s.request(method, server.make_url(path), data=b"{}") as r:

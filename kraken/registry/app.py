@@ -173,9 +173,12 @@ def _route(tail: str, request: web.Request) -> tuple[str, str, dict[str, str]]:
 
 
 def _allowed(ctx: RegistryContext, kind: str, refused: str) -> str:
-    """The ``Allow`` value of a 405: the endpoint's methods (reads only when read-only), or
-    none when the method refused was one of them (the storage does not offer the endpoint)."""
-    methods = [m for m in _METHODS[kind] if not ctx.read_only or m in _READ_METHODS]
+    """The ``Allow`` value of a 405: the endpoint's methods (when read-only: its reads, and
+    nothing of uploads), or none when the method refused was one of them (the storage does
+    not offer the endpoint)."""
+    methods = list(_METHODS[kind])
+    if ctx.read_only:
+        methods = [] if kind in ("uploads", "upload") else [m for m in methods if m in _READ_METHODS]
     return "" if refused in methods else ", ".join(methods)
 
 

@@ -237,6 +237,9 @@ async def test_pull_image_through_the_agent_registry(cluster: Cluster) -> None:
 
     async with http.post(f"{base}/blobs/uploads/", data=b"") as r:
         assert r.status == 405 and error_codes(await r.read()) == ["UNSUPPORTED"]
+        assert r.headers["Allow"] == ""  # RFC 9110: a 405 names what is allowed, here nothing
+    async with http.put(f"{base}/manifests/{image.tag}", data=image.manifest) as r:
+        assert r.status == 405 and r.headers["Allow"] == "GET, HEAD"
     log = agent.log()
     assert "Added new torrent" in log and "peer connected" in log and "Torrent complete" in log
 

@@ -70,6 +70,7 @@ def test_combined_errors_list_every_error() -> None:
 @pytest.mark.parametrize("code,status", [
     ("BLOB_UPLOAD_UNKNOWN", 404), ("DIGEST_INVALID", 400), ("MANIFEST_UNKNOWN", 404), ("NAME_UNKNOWN", 404),
     ("RANGE_INVALID", 416), ("UNSUPPORTED", 405), ("UNAVAILABLE", 503), ("SIZE_INVALID", 400),
+    ("TOOMANYREQUESTS", 429), ("UNKNOWN", 500),
 ])
 def test_error_statuses(code: str, status: int) -> None:
     assert RegistryError(code).status == status

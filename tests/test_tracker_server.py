@@ -508,6 +508,15 @@ async def test_malformed_announces_get_a_failure_reason(start_tracker: TrackerFa
     assert metric(await tracker.metrics(), "kraken_tracker_announce_failures_total", reason="invalid") == 2
 
 
+async def test_hash_bytes_that_look_percent_encoded_are_decoded_once(start_tracker: TrackerFactory) -> None:
+    # '%' then two hex digits: libtorrent sends "%2541", which a second decoding turns into "A".
+    ih = b"%41%7e" + bytes(range(200, 214))
+    tracker = await start_tracker()
+    first = await tracker.announce(ih, 7001, peer_id=b"-LT2110-%25%41bcdefg")
+    assert first.status == 200, first.body
+    assert (await tracker.announce(ih, 7002)).peers == [PeerAddr("127.0.0.1", 7001)]
+
+
 async def test_any_path_under_announce_is_the_announce(start_tracker: TrackerFactory) -> None:
     tracker = await start_tracker()
     ih = random_hash()

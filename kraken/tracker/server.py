@@ -37,7 +37,7 @@ def create_tracker_app(config: TrackerConfig) -> web.Application:
 
     async def announce(request: web.Request) -> web.Response:
         try:
-            parsed = parse_announce(request.query_string)
+            parsed = parse_announce(request.rel_url.raw_query_string)
             ip = peer_ip(request.remote, parsed.ip, config.trust_ip_param)
         except AnnounceError as e:
             tracker_metrics.announce_failures.labels("invalid").inc()

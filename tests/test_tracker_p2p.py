@@ -1,0 +1,101 @@
+"""The tracker in a real herd (testfs, origin, tracker, build-index, proxy, two agents, all
+real processes): pulls that depend on the tracker getting the protocol right.
+
+The agents' HTTP fallback is off (``download.fallback_after: 0``), so every byte they return
+came over P2P, and a swarm the tracker fails to form shows up as a pull that does not finish
+within its deadline (well below the 30 s fallback the defaults would hide it behind).
+"""
+from __future__ import annotations
+
+import asyncio
+import os
+import re
+import time
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+from urllib.parse import quote_from_bytes
+
+import aiohttp
+import pytest
+
+from kraken.core.digest import Digest
+from kraken.devcluster import Process
+from kraken.core.metainfo import DEFAULT_PIECE_LENGTHS, generate_metainfo, info_hash, piece_length_for
+from tests.cluster import Herd, start_herd
+from tests.test_agent_swarm import REPO, Counters, counters, pull, settled
+from tests.test_proxy_integration import Proxy
+
+PULL_DEADLINE = 15.0  # seconds; the fallback this module turns off would start at 30
+
+OVERRIDES = {
+    "origin": {"p2p": {"stats_interval": "200ms"}},
+    "agent": {"download": {"fallback_after": 0}, "p2p": {"stats_interval": "200ms"}},
+}
+
+
+@pytest.fixture(scope="module")
+def herd(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Herd]:
+    h = start_herd(Path(tmp_path_factory.mktemp("tracker-p2p")), agents=2, overrides=OVERRIDES)
+    try:
+        yield h
+    finally:
+        h.stop()
+
+
+@pytest.fixture
+async def http() -> AsyncIterator[aiohttp.ClientSession]:
+    async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=60)) as s:
+        yield s
+
+
+def blob_info_hash(data: bytes, workdir: Path) -> bytes:
+    """The info-hash of ``data``'s torrent, generated exactly as the origin does."""
+    digest = Digest.of_bytes(data)
+    path = workdir / digest.hex
+    path.write_bytes(data)
+    try:
+        metainfo = generate_metainfo(path, digest.hex, piece_length_for(len(data), DEFAULT_PIECE_LENGTHS))
+    finally:
+        path.unlink()
+    return bytes.fromhex(info_hash(metainfo))
+
+
+# '%' then two hex digits, as raw bytes: percent-encoded by libtorrent as "%25" + the digits.
+PERCENT_HEX = re.compile(rb"%[0-9A-Fa-f]{2}")
+
+
+def blob_whose_info_hash_looks_percent_encoded(workdir: Path) -> tuple[bytes, bytes]:
+    """(blob, info_hash), searched offline: about 1 random blob in 2,000 has such a hash."""
+    for _ in range(100_000):
+        data = os.urandom(1000)
+        ih = blob_info_hash(data, workdir)
+        if PERCENT_HEX.search(ih):
+            return data, ih
+    raise AssertionError("no blob found whose info_hash holds '%' and two hex digits")
+
+
+async def timed_pull(http: aiohttp.ClientSession, herd: Herd, agent_index: int, digest: Digest) -> float:
+    """Pull ``digest`` through an agent; the seconds it took (failing past the deadline)."""
+    started = time.monotonic()
+    got = await asyncio.wait_for(pull(http, herd.agents[agent_index], digest), PULL_DEADLINE)
+    assert got[0] == digest
+    return time.monotonic() - started
+
+
+async def since(http: aiohttp.ClientSession, agent: Process, before: Counters) -> Counters:
+    """An agent's P2P byte counters now, minus ``before``."""
+    return await counters(http, agent) - before
+
+
+async def test_a_blob_whose_info_hash_holds_percent_and_hex_digits_arrives_over_p2p(
+    herd: Herd, http: aiohttp.ClientSession, tmp_path: Path,
+) -> None:
+    data, ih = blob_whose_info_hash_looks_percent_encoded(tmp_path)
+    assert quote_from_bytes(ih, safe="").count("%25") >= 1
+    digest = await Proxy(herd, http).push_monolithic(REPO, data)
+    agent = herd.agents[0]
+    before = await counters(http, agent)
+    elapsed = await timed_pull(http, herd, 0, digest)
+    delta = await settled(lambda: since(http, agent, before))
+    print(f"info_hash {ih.hex()} pulled in {elapsed:.2f}s: {delta}")
+    assert delta.from_origin == len(data)

@@ -99,3 +99,18 @@ async def test_a_blob_whose_info_hash_holds_percent_and_hex_digits_arrives_over_
     delta = await settled(lambda: since(http, agent, before))
     print(f"info_hash {ih.hex()} pulled in {elapsed:.2f}s: {delta}")
     assert delta.from_origin == len(data)
+
+
+async def test_a_single_piece_blob_offered_by_two_seeders_is_downloaded_once(
+    herd: Herd, http: aiohttp.ClientSession,
+) -> None:
+    first, second = herd.agents
+    for size in (289, 40_000):  # one block (a manifest) and several blocks of one piece
+        data = os.urandom(size)
+        digest = await Proxy(herd, http).push_monolithic(REPO, data)
+        await timed_pull(http, herd, 0, digest)  # the first agent now seeds it, like the origin
+        before = await counters(http, second)
+        await timed_pull(http, herd, 1, digest)
+        delta = await settled(lambda: since(http, second, before))
+        print(f"{size} bytes from two seeders: {delta}")
+        assert delta.downloaded == size, delta

@@ -29,7 +29,7 @@ from kraken.devcluster import free_port
 from kraken.ring import HashRing
 from kraken.tracker.config import TrackerConfig
 from kraken.tracker.memstore import MemoryPeerStore
-from kraken.tracker.peerstore import Peer, PeerAddr, PeerStore, PeerStoreError
+from kraken.tracker.peerstore import AnnounceRefused, Peer, PeerAddr, PeerStore, PeerStoreError
 from kraken.tracker.server import create_tracker_app
 from kraken.tracker.service import open_store
 from tests.origin_helpers import metric, until
@@ -101,8 +101,9 @@ def agent(n: int, complete: bool = False, ip: str = "127.0.0.1") -> Peer:
 async def make_store(store_settings: dict[str, Any]) -> AsyncIterator[Callable[[float], Awaitable[PeerStore]]]:
     stores: list[PeerStore] = []
 
-    async def make(ttl: float = 3600.0) -> PeerStore:
-        config = build(TrackerConfig, {**store_settings, "announce_interval": ttl / 10, "peer_ttl": ttl})
+    async def make(ttl: float = 3600.0, **limits: int) -> PeerStore:
+        config = build(TrackerConfig, {**store_settings, "announce_interval": ttl / 10, "peer_ttl": ttl,
+                                       "limits": limits})
         store = open_store(config)
         await store.start()
         stores.append(store)
@@ -208,13 +209,66 @@ async def test_store_keeps_ipv6_peers(make_store: Callable[..., Awaitable[PeerSt
     assert (await store.announce(ih, agent(2), 10)).seeders == [v6]
 
 
+async def test_store_keeps_the_latest_peers_of_an_address(make_store: Callable[..., Awaitable[PeerStore]]) -> None:
+    store = await make_store(peers_per_ip=3)
+    ih = random_hash()
+    for n in range(10):
+        await store.announce(ih, agent(n, True), 0)
+    other = agent(20, True, ip="127.0.0.2")
+    await store.announce(ih, other, 0)
+    swarm = await store.announce(ih, agent(99, ip="127.0.0.3"), 20)
+    assert (swarm.num_seeders, swarm.num_leechers) == (4, 1)
+    assert {p.addr for p in swarm.seeders} == {agent(n).addr for n in (7, 8, 9)} | {other.addr}
+    # An origin's address is not held to it.
+    for n in range(5):
+        await store.announce(ih, agent(40 + n, True, ip="127.0.0.4"), 0, exempt=True)
+    assert (await store.announce(ih, agent(99, ip="127.0.0.3"), 0)).num_seeders == 4 + 5
+
+
+async def test_store_refuses_torrents_beyond_the_address_and_total_limits(
+    make_store: Callable[..., Awaitable[PeerStore]],
+) -> None:
+    store = await make_store(torrents_per_ip=3, torrents=5)
+    hashes = [random_hash() for _ in range(6)]
+    for ih in hashes[:3]:
+        await store.announce(ih, agent(1), 0)
+    with pytest.raises(AnnounceRefused) as refused:
+        await store.announce(hashes[3], agent(2), 0)  # another port, the same address
+    assert refused.value.scope == "ip" and "limit 3" in str(refused.value)
+    await store.announce(hashes[0], agent(3, True), 0)  # torrents it already counts are fine
+    await store.announce(hashes[3], agent(1, ip="127.0.0.2"), 0)
+    await store.announce(hashes[3], agent(1), 0, exempt=True)  # an origin
+    await store.announce(hashes[4], agent(1, ip="127.0.0.3"), 0)
+    with pytest.raises(AnnounceRefused) as refused:
+        await store.announce(hashes[5], agent(1, ip="127.0.0.4"), 0)
+    assert refused.value.scope == "total" and "limit 5" in str(refused.value)
+    assert (await store.announce(hashes[4], agent(2, ip="127.0.0.4"), 0)).num_leechers == 2
+
+
+async def test_store_limits_count_only_live_torrents(make_store: Callable[..., Awaitable[PeerStore]]) -> None:
+    store = await make_store(ttl=0.5, torrents_per_ip=1, torrents=1)
+    await store.announce(random_hash(), agent(1), 0)
+    with pytest.raises(AnnounceRefused):
+        await store.announce(random_hash(), agent(1), 0)
+
+    async def admitted() -> bool:
+        try:
+            await store.announce(random_hash(), agent(1), 0)
+        except AnnounceRefused:
+            return False
+        return True
+
+    await until(admitted, timeout=10, what="the first torrent to expire")
+
+
 async def test_memory_store_sweeps_silent_torrents_away() -> None:
     store = MemoryPeerStore(ttl=0.1)
     await store.start()
     try:
         await store.announce(random_hash(), agent(1), 10)
         await store.set_digest(random_hash(), Digest.of_bytes(b"x"))
-        await until(lambda: not store._torrents and not store._digests, timeout=10, what="the sweep")
+        await until(lambda: not store._torrents and not store._digests and not store._recent_by_ip,
+                    timeout=10, what="the sweep")
     finally:
         await store.close()
 
@@ -430,7 +484,7 @@ async def test_events_started_completed_stopped(start_tracker: TrackerFactory, s
 
 
 async def test_numwant_and_the_cap_of_50(start_tracker: TrackerFactory, store_settings: dict[str, Any]) -> None:
-    tracker = await start_tracker(**store_settings)
+    tracker = await start_tracker(limits={"peers_per_ip": 100}, **store_settings)
     ih = random_hash()
     await asyncio.gather(*(tracker.announce(ih, 8000 + n, left=1) for n in range(60)))
     me = 9000
@@ -441,7 +495,7 @@ async def test_numwant_and_the_cap_of_50(start_tracker: TrackerFactory, store_se
     assert (await tracker.announce(ih, me, left=1, numwant=0)).peers == []
 
 
-async def test_handout_order_seeders_then_origins_then_leechers(
+async def test_handout_order_confirmed_seeders_origins_leechers_unconfirmed_seeders(
     start_tracker: TrackerFactory, fake_origins: Callable[[int], Awaitable[list[FakeOrigin]]],
     store_settings: dict[str, Any], tmp_path: Path,
 ) -> None:
@@ -456,23 +510,40 @@ async def test_handout_order_seeders_then_origins_then_leechers(
     owner_p2p = {p2p_of(hosts.index(h)) for h in owners}
 
     ih = blob.info_hash
-    seeders = {PeerAddr("127.0.0.1", 7100 + n) for n in range(3)}
-    leechers = {PeerAddr("127.0.0.1", 7200 + n) for n in range(3)}
-    for p in seeders:
-        await tracker.announce(ih, p.port, left=0, event="started")
-    for p in leechers:
-        await tracker.announce(ih, p.port, left=1, event="started")
-    me = 7300
-    before = metric(await tracker.metrics(), "kraken_tracker_peers_returned_total", **{"class": "origin"})
-    answer = await tracker.announce(ih, me, left=1, event="started")
+    listening = [socket.create_server(("127.0.0.1", 0)) for _ in range(3)]  # seeders that accept connections
+    try:
+        seeders = {PeerAddr("127.0.0.1", s.getsockname()[1]) for s in listening}
+        fake = PeerAddr("127.0.0.1", free_port())  # a seeder announced from a closed port
+        leechers = {PeerAddr("127.0.0.1", 7200 + n) for n in range(3)}
+        for p in [*seeders, fake]:
+            await tracker.announce(ih, p.port, left=0, event="started")
+        for p in leechers:
+            await tracker.announce(ih, p.port, left=1, event="started")
+        me = 7300
+
+        async def probed() -> Answer | None:
+            answer = await tracker.announce(ih, me, left=1, event="started")
+            return answer if set(answer.peers[:3]) == seeders else None
+
+        answer = await until(probed, what="the listening seeders to be confirmed")
+    finally:
+        for s in listening:
+            s.close()
     peers = answer.peers
-    assert len(peers) == 8 and PeerAddr("127.0.0.1", me) not in peers
-    assert set(peers[:3]) == seeders and set(peers[3:5]) == owner_p2p and set(peers[5:]) == leechers
-    assert (answer.body[b"complete"], answer.body[b"incomplete"]) == (3 + 2, 4)
-    limited = (await tracker.announce(ih, me, left=1, numwant=4)).peers
-    assert set(limited[:3]) == seeders and limited[3] in owner_p2p
+    assert len(peers) == 9 and PeerAddr("127.0.0.1", me) not in peers
+    assert set(peers[3:5]) == owner_p2p and set(peers[5:8]) == leechers and peers[8] == fake
+    assert (answer.body[b"complete"], answer.body[b"incomplete"]) == (4 + 2, 4)
+    before = metric(await tracker.metrics(), "kraken_tracker_peers_returned_total", **{"class": "origin"})
+    # The origins' room is reserved: however few peers are asked for, they are in the answer.
+    limited = (await tracker.announce(ih, me, left=1, numwant=3)).peers
+    assert limited[0] in seeders and set(limited[1:]) == owner_p2p
+    assert set((await tracker.announce(ih, me, left=1, numwant=2)).peers) == owner_p2p
     after = metric(await tracker.metrics(), "kraken_tracker_peers_returned_total", **{"class": "origin"})
-    assert after - before == 2 + 1
+    assert after - before == 2 + 2
+    # A seeder's own announce gets the seeders first; the origins only fill the room left.
+    # (numwant=4: the store's sample, one more than asked for, holds all 5 seeders, 7400 included.)
+    given = (await tracker.announce(ih, 7400, left=0, numwant=4)).peers
+    assert set(given[:3]) == seeders and given[3] in owner_p2p
 
 
 async def test_silent_peers_expire(start_tracker: TrackerFactory, store_settings: dict[str, Any]) -> None:

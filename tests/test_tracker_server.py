@@ -371,6 +371,20 @@ def p2p_of(index: int) -> PeerAddr:
 # ---- the tracker ---------------------------------------------------------------------------
 
 
+def announce_query(ih: bytes, port: int, *, left: int = 0, event: str = "", numwant: int | None = None,
+                   peer_id: bytes | None = None) -> str:
+    """An announce's query string as libtorrent sends it (raw bytes percent-encoded, compact=1)."""
+    peer_id = peer_id or f"-LT2110-{port:012d}".encode()
+    qs = (f"info_hash={quote_from_bytes(ih, safe='')}&peer_id={quote_from_bytes(peer_id, safe='')}"
+          f"&port={port}&uploaded=0&downloaded=0&left={left}&corrupt=0&key=1a2b3c4d"
+          f"&compact=1&no_peer_id=1&supportcrypto=1&redundant=0")
+    if event:
+        qs += f"&event={event}"
+    if numwant is not None:
+        qs += f"&numwant={numwant}"
+    return qs
+
+
 @dataclass
 class Answer:
     status: int
@@ -394,15 +408,8 @@ class Tracker:
 
     async def announce(self, ih: bytes, port: int, *, left: int = 0, event: str = "", numwant: int | None = None,
                        peer_id: bytes | None = None, path: str = "/announce", extra: str = "") -> Answer:
-        """An announce as libtorrent sends it (raw bytes percent-encoded, compact=1)."""
-        peer_id = peer_id or f"-LT2110-{port:012d}".encode()
-        qs = (f"info_hash={quote_from_bytes(ih, safe='')}&peer_id={quote_from_bytes(peer_id, safe='')}"
-              f"&port={port}&uploaded=0&downloaded=0&left={left}&corrupt=0&key=1a2b3c4d"
-              f"&compact=1&no_peer_id=1&supportcrypto=1&redundant=0")
-        if event:
-            qs += f"&event={event}"
-        if numwant is not None:
-            qs += f"&numwant={numwant}"
+        """An announce as libtorrent sends it (see :func:`announce_query`)."""
+        qs = announce_query(ih, port, left=left, event=event, numwant=numwant, peer_id=peer_id)
         async with self.session.get(URL(f"{self.url}{path}?{qs}{extra}", encoded=True)) as resp:
             return Answer(resp.status, lt.bdecode(await resp.read()))
 
@@ -586,6 +593,21 @@ async def test_hash_bytes_that_look_percent_encoded_are_decoded_once(start_track
     first = await tracker.announce(ih, 7001, peer_id=b"-LT2110-%25%41bcdefg")
     assert first.status == 200, first.body
     assert (await tracker.announce(ih, 7002)).peers == [PeerAddr("127.0.0.1", 7001)]
+
+
+async def test_announces_beyond_the_limits_are_refused_with_a_reason(start_tracker: TrackerFactory) -> None:
+    tracker = await start_tracker(limits={"torrents_per_ip": 2, "torrents": 3}, trust_ip_param=True)
+    for _ in range(2):
+        assert (await tracker.announce(random_hash(), 7001)).status == 200
+    refused = await tracker.announce(random_hash(), 7001)
+    assert refused.status == 429
+    assert refused.body == {b"failure reason": b"too many torrents announced from this address (limit 2)"}
+    assert (await tracker.announce(random_hash(), 7001, extra="&ip=10.0.0.2")).status == 200
+    full = await tracker.announce(random_hash(), 7001, extra="&ip=10.0.0.3")
+    assert full.status == 503 and full.body == {b"failure reason": b"too many torrents tracked (limit 3)"}
+    text = await tracker.metrics()
+    assert metric(text, "kraken_tracker_announce_failures_total", reason="limit_ip") == 1
+    assert metric(text, "kraken_tracker_announce_failures_total", reason="limit_total") == 1
 
 
 async def test_any_path_under_announce_is_the_announce(start_tracker: TrackerFactory) -> None:

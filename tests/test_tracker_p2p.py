@@ -2,9 +2,10 @@
 real processes): pulls that depend on the tracker getting the protocol right.
 
 Announces from other addresses (fake seeders, a flood of random info-hashes) come from
-127.0.0.x sources, while the herd and its agents use 127.0.0.1. The agents' HTTP fallback is off (``download.fallback_after: 0``), so every byte they return
-came over P2P, and a swarm the tracker fails to form shows up as a pull that does not finish
-within its deadline (well below the 30 s fallback the defaults would hide it behind).
+127.0.0.x sources, while the herd and its agents use 127.0.0.1. The agents' HTTP fallback is
+off (``download.fallback_after: 0``), so every byte they return came over P2P, and a swarm the
+tracker fails to form shows up as a pull that does not finish within its deadline (well below
+the 30 s fallback the defaults would hide it behind).
 """
 from __future__ import annotations
 

@@ -4,8 +4,9 @@
 loopback trackers use such paths) speaks the BitTorrent tracker protocol; its errors are
 bencoded ``failure reason`` dictionaries (400 for a malformed announce, 503 when the peer
 store is down, which clients retry, 429 beyond the announcing address's torrent limit and
-503 beyond the tracker's total, see :mod:`kraken.tracker.peerstore`). ``GET /namespace/{ns}/blobs/{d}/metainfo`` answers like
-the origin's internal metainfo endpoint, with plain-text error bodies.
+503 beyond the tracker's total, see :mod:`kraken.tracker.peerstore`).
+``GET /namespace/{ns}/blobs/{d}/metainfo`` answers like the origin's internal metainfo
+endpoint, with plain-text error bodies.
 """
 from __future__ import annotations
 

@@ -3,9 +3,10 @@
 An announce records the peer in the peer store (within its limits: origins, known by their
 ``origin_p2p`` address, are exempt from the per-address ones) and answers with the handout:
 confirmed seeders, the blob's owning origins, leechers, seeders not confirmed by a probe (see
-:mod:`kraken.tracker.handout`). A seeder's announce starts a probe of its address. The origins are known only once the tracker has served the
-torrent's metainfo (that is where it learns info-hash -> digest); agents always fetch it from
-the tracker before they announce, so in practice every swarm has its origins.
+:mod:`kraken.tracker.handout`). A seeder's announce starts a probe of its address. The
+origins are known only once the tracker has served the torrent's metainfo (that is where it
+learns info-hash -> digest); agents always fetch it from the tracker before they announce, so
+in practice every swarm has its origins.
 """
 from __future__ import annotations
 

@@ -23,12 +23,11 @@ import pytest
 from yarl import URL
 
 from kraken.core.digest import Digest
-from kraken.devcluster import Process
 from kraken.core.metainfo import DEFAULT_PIECE_LENGTHS, generate_metainfo, info_hash, piece_length_for
+from kraken.devcluster import Process, free_port
 from tests.cluster import Herd, start_herd
-from tests.test_agent_swarm import REPO, Counters, counters, pull, settled
-from kraken.devcluster import free_port
 from tests.origin_helpers import metric
+from tests.test_agent_swarm import REPO, Counters, counters, pull, settled
 from tests.test_proxy_integration import Proxy
 from tests.test_tracker_server import Answer, announce_query
 
@@ -114,7 +113,7 @@ async def test_a_blob_whose_info_hash_holds_percent_and_hex_digits_arrives_over_
 async def test_a_single_piece_blob_offered_by_two_seeders_is_downloaded_once(
     herd: Herd, http: aiohttp.ClientSession,
 ) -> None:
-    first, second = herd.agents
+    second = herd.agents[1]
     for size in (289, 40_000):  # one block (a manifest) and several blocks of one piece
         data = os.urandom(size)
         digest = await Proxy(herd, http).push_monolithic(REPO, data)

@@ -539,6 +539,9 @@ async def test_a_single_piece_blob_offered_by_two_seeders_is_downloaded_once(
 
         assert result.path.read_bytes() == blob.data
         assert result.downloaded == size, result.downloaded_by_source
+        # Complete, it seeds to as many peers at once as any torrent.
+        handle = agent._get(result.info_hash).handle
+        assert await asyncio.to_thread(handle.max_connections) == agent.config.connections_per_torrent
 
 
 async def test_a_single_piece_download_whose_first_peer_is_silent_opens_to_the_others(

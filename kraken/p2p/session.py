@@ -69,8 +69,8 @@ A single-piece download starts with one connection: libtorrent is in end-game mo
 first request (every piece is then being downloaded), so a second seeder connected at once
 was asked for the same blocks and a 289-byte manifest arrived twice (measured: 578 bytes
 downloaded with an origin and an agent seeding). If it receives nothing for
-:data:`_SINGLE_PIECE_GRACE` (a silent or useless first peer), it is opened to
-``connections_per_torrent`` peers like any other.
+:data:`_SINGLE_PIECE_GRACE` (a silent or useless first peer), and in any case once complete
+(it then seeds), it is opened to ``connections_per_torrent`` peers like any other.
 
 Attribution of downloaded bytes to origins or other agents: see
 :mod:`kraken.p2p.attribution`. A connection is an origin's when its ``ip:port`` is in
@@ -695,14 +695,18 @@ class P2PSession:
             if any(added.values()):
                 progress = now
             elif rec.narrow and now - progress >= _SINGLE_PIECE_GRACE:
-                self._widen(rec, now - progress)
+                self._widen(rec)
+                self._log.info("single-piece download opened to more peers", name=rec.name,
+                               info_hash=rec.info_hash, stalled=round(now - progress, 3))
 
-    def _widen(self, rec: _Torrent, stalled: float) -> None:
-        """Open a stalled single-piece download to ``connections_per_torrent`` peers."""
+    def _widen(self, rec: _Torrent) -> None:
+        """Give a single-piece torrent ``connections_per_torrent`` connections: once its download
+        stalls, and once it is complete (it then seeds, to as many peers as any other)."""
         rec.narrow = False
-        rec.handle.set_max_connections(self.config.connections_per_torrent)
-        self._log.info("single-piece download opened to more peers", name=rec.name, info_hash=rec.info_hash,
-                       stalled=round(stalled, 3))
+        try:
+            rec.handle.set_max_connections(self.config.connections_per_torrent)
+        except RuntimeError:  # removed meanwhile
+            pass
 
     async def _stats_loop(self) -> None:
         """Refresh upload counters (state_update alerts) and remove idle seeds."""
@@ -722,6 +726,8 @@ class P2PSession:
 
     async def _complete(self, rec: _Torrent) -> None:
         """The download is on disk (cache flushed): settle attribution and wake the callers."""
+        if rec.narrow:
+            self._widen(rec)
         if rec.sampler is not None:
             rec.sampler.cancel()
             await asyncio.gather(rec.sampler, return_exceptions=True)

@@ -27,9 +27,11 @@ from kraken.core.digest import Digest
 from kraken.core.metainfo import generate_metainfo, info_hash
 from kraken.devcluster import free_port
 from kraken.ring import HashRing
-from kraken.tracker.config import TrackerConfig
+from kraken.tasks import TaskOwner
+from kraken.tracker.config import ProbeConfig, TrackerConfig
 from kraken.tracker.memstore import MemoryPeerStore
 from kraken.tracker.peerstore import AnnounceRefused, Peer, PeerAddr, PeerStore, PeerStoreError
+from kraken.tracker.probe import SeederProbe
 from kraken.tracker.server import create_tracker_app
 from kraken.tracker.service import open_store
 from tests.origin_helpers import metric, until
@@ -271,6 +273,38 @@ async def test_memory_store_sweeps_silent_torrents_away() -> None:
                     timeout=10, what="the sweep")
     finally:
         await store.close()
+
+
+async def test_seeder_probe_confirms_listening_seeders_once_per_ttl() -> None:
+    connections: list[int] = []
+
+    async def accepted(_: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        connections.append(1)
+        writer.close()
+
+    server = await asyncio.start_server(accepted, "127.0.0.1", 0)
+    listening = PeerAddr("127.0.0.1", server.sockets[0].getsockname()[1])
+    closed = PeerAddr("127.0.0.1", free_port())
+    owner = TaskOwner("test-probe")
+    probe = SeederProbe(ProbeConfig(ttl=0.5), owner)
+    try:
+        for addr in (listening, closed, listening):  # the second check of one address is a no-op
+            probe.check(addr)
+        await until(lambda: probe.confirmed(listening), what="the listening seeder to be confirmed")
+        await until(lambda: connections, what="the probe's connection")
+        probe.check(listening)  # answered within the TTL: not probed again
+        assert not probe.confirmed(closed) and len(connections) == 1
+        server.close()
+        await server.wait_closed()
+
+        def demoted() -> bool:  # once the answer is older than the TTL, an announce probes again
+            probe.check(listening)
+            return not probe.confirmed(listening)
+
+        await until(demoted, timeout=10, what="the closed seeder to lose its confirmation")
+    finally:
+        server.close()
+        await owner.close()
 
 
 async def test_redis_store_down_raises_store_errors() -> None:

@@ -523,3 +523,44 @@ async def test_a_taken_listen_port_or_a_shared_metrics_registry_fails_at_start()
             await P2PSession.start(loopback_config(), metrics)
     finally:
         await first.close()
+
+
+async def test_a_single_piece_blob_offered_by_two_seeders_is_downloaded_once(
+    tmp_path: Path, tracker: AnnounceTrackerForTests, new_session: SessionFactory
+) -> None:
+    origin, peer = await new_session(role="origin"), await new_session()
+    for size in (289, 40 * KiB + 7):  # one block (a manifest) and three blocks of one piece
+        blob = make_blob(tmp_path / f"origin{size}", size, piece_length=4 * MiB)
+        await origin.seed(blob.metainfo, blob.path, tracker.url)
+        await peer.download(blob.metainfo, tmp_path / f"peer{size}", tracker.url, timeout=30)
+        agent = await new_session()
+
+        result = await agent.download(blob.metainfo, tmp_path / f"agent{size}", tracker.url, timeout=30)
+
+        assert result.path.read_bytes() == blob.data
+        assert result.downloaded == size, result.downloaded_by_source
+        # Complete, it seeds to as many peers at once as any torrent.
+        handle = agent._get(result.info_hash).handle
+        assert await asyncio.to_thread(handle.max_connections) == agent.config.connections_per_torrent
+
+
+async def test_a_single_piece_download_whose_first_peer_is_silent_opens_to_the_others(
+    tmp_path: Path, tracker: AnnounceTrackerForTests, new_session: SessionFactory
+) -> None:
+    blob = make_blob(tmp_path / "origin", 289, piece_length=4 * MiB)
+    ih = bytes.fromhex(info_hash(blob.metainfo))
+    # Peers that accept connections and never answer: libtorrent waits 10 s for a handshake.
+    silent = [socket.create_server(("127.0.0.1", 0)) for _ in range(5)]
+    try:
+        tracker.swarms[ih] = {("127.0.0.1", s.getsockname()[1]): 0 for s in silent}
+        origin = await new_session(role="origin")
+        await origin.seed(blob.metainfo, blob.path, tracker.url)
+        agent = await new_session()
+        started = time.monotonic()
+        result = await agent.download(blob.metainfo, tmp_path / "agent", tracker.url, timeout=30)
+        elapsed = time.monotonic() - started
+    finally:
+        for s in silent:
+            s.close()
+    assert result.path.read_bytes() == blob.data
+    assert elapsed < 5, f"{elapsed:.1f}s"

@@ -48,10 +48,11 @@ class AnnounceTrackerForTests:
         self.url = ""
 
     async def announce(self, request: web.Request) -> web.Response:
-        # info_hash is raw bytes, percent-encoded: request.query would decode it as UTF-8.
+        # info_hash is raw bytes, percent-encoded: request.query would decode it as UTF-8, and
+        # request.query_string is decoded once already (a hash byte '%' before two hex digits).
         params = {
             k: urllib.parse.unquote_to_bytes(v)
-            for k, _, v in (part.partition("=") for part in request.query_string.split("&"))
+            for k, _, v in (part.partition("=") for part in request.rel_url.raw_query_string.split("&"))
         }
         info_hash = params["info_hash"]
         peer = (request.remote or "127.0.0.1", int(params["port"]))

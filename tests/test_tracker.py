@@ -132,6 +132,27 @@ def test_handout_order_exclusions_and_limit() -> None:
     assert handout(swarm, origins, me, limit=0).ordered() == []
 
 
+def test_origins_have_room_however_many_seeders_and_unconfirmed_seeders_come_last() -> None:
+    me = peer(0, False)
+    real = [peer(n, True) for n in range(1, 4)]
+    fake = [peer(n, True) for n in range(100, 160)]
+    leechers = [peer(n, False) for n in range(10, 12)]
+    origins = [PeerAddr("127.0.0.2", 15001), PeerAddr("127.0.0.3", 15001)]
+    swarm = Swarm(seeders=fake + real, leechers=leechers, num_seeders=63, num_leechers=2)
+    confirmed = {p.addr for p in real}.__contains__
+
+    chosen = handout(swarm, origins, me, limit=50, confirmed=confirmed)
+    assert set(chosen.seeders) == {p.addr for p in real} and set(chosen.origins) == set(origins)
+    assert set(chosen.leechers) == {p.addr for p in leechers} and len(chosen.unconfirmed) == 50 - 3 - 2 - 2
+    assert chosen.ordered() == chosen.seeders + chosen.origins + chosen.leechers + chosen.unconfirmed
+    # Without any confirmed seeder the origins are still there; with room for only them, only them.
+    assert set(handout(swarm, origins, me, 50, confirmed=lambda _: False).origins) == set(origins)
+    assert set(handout(swarm, origins, me, 2, confirmed=confirmed).ordered()) == set(origins)
+    # A complete announcer (a seeder) gets confirmed seeders first; origins only fill what is left.
+    seeder = peer(1, True)
+    assert handout(swarm, origins, seeder, 2, confirmed=confirmed).origins == []
+
+
 def test_handout_is_random_within_a_class() -> None:
     seeders = [peer(n, True) for n in range(1, 30)]
     orders = {tuple(handout(Swarm(seeders=seeders), [], peer(0, False), 50).seeders) for _ in range(20)}

@@ -27,9 +27,11 @@ from kraken.core.digest import Digest
 from kraken.core.metainfo import generate_metainfo, info_hash
 from kraken.devcluster import free_port
 from kraken.ring import HashRing
-from kraken.tracker.config import TrackerConfig
+from kraken.tasks import TaskOwner
+from kraken.tracker.config import ProbeConfig, TrackerConfig
 from kraken.tracker.memstore import MemoryPeerStore
-from kraken.tracker.peerstore import Peer, PeerAddr, PeerStore, PeerStoreError
+from kraken.tracker.peerstore import AnnounceRefused, Peer, PeerAddr, PeerStore, PeerStoreError
+from kraken.tracker.probe import SeederProbe
 from kraken.tracker.server import create_tracker_app
 from kraken.tracker.service import open_store
 from tests.origin_helpers import metric, until
@@ -101,8 +103,9 @@ def agent(n: int, complete: bool = False, ip: str = "127.0.0.1") -> Peer:
 async def make_store(store_settings: dict[str, Any]) -> AsyncIterator[Callable[[float], Awaitable[PeerStore]]]:
     stores: list[PeerStore] = []
 
-    async def make(ttl: float = 3600.0) -> PeerStore:
-        config = build(TrackerConfig, {**store_settings, "announce_interval": ttl / 10, "peer_ttl": ttl})
+    async def make(ttl: float = 3600.0, **limits: int) -> PeerStore:
+        config = build(TrackerConfig, {**store_settings, "announce_interval": ttl / 10, "peer_ttl": ttl,
+                                       "limits": limits})
         store = open_store(config)
         await store.start()
         stores.append(store)
@@ -208,15 +211,100 @@ async def test_store_keeps_ipv6_peers(make_store: Callable[..., Awaitable[PeerSt
     assert (await store.announce(ih, agent(2), 10)).seeders == [v6]
 
 
+async def test_store_keeps_the_latest_peers_of_an_address(make_store: Callable[..., Awaitable[PeerStore]]) -> None:
+    store = await make_store(peers_per_ip=3)
+    ih = random_hash()
+    for n in range(10):
+        await store.announce(ih, agent(n, True), 0)
+    other = agent(20, True, ip="127.0.0.2")
+    await store.announce(ih, other, 0)
+    swarm = await store.announce(ih, agent(99, ip="127.0.0.3"), 20)
+    assert (swarm.num_seeders, swarm.num_leechers) == (4, 1)
+    assert {p.addr for p in swarm.seeders} == {agent(n).addr for n in (7, 8, 9)} | {other.addr}
+    # An origin's address is not held to it.
+    for n in range(5):
+        await store.announce(ih, agent(40 + n, True, ip="127.0.0.4"), 0, exempt=True)
+    assert (await store.announce(ih, agent(99, ip="127.0.0.3"), 0)).num_seeders == 4 + 5
+
+
+async def test_store_refuses_torrents_beyond_the_address_and_total_limits(
+    make_store: Callable[..., Awaitable[PeerStore]],
+) -> None:
+    store = await make_store(torrents_per_ip=3, torrents=5)
+    hashes = [random_hash() for _ in range(6)]
+    for ih in hashes[:3]:
+        await store.announce(ih, agent(1), 0)
+    with pytest.raises(AnnounceRefused) as refused:
+        await store.announce(hashes[3], agent(2), 0)  # another port, the same address
+    assert refused.value.scope == "ip" and "limit 3" in str(refused.value)
+    await store.announce(hashes[0], agent(3, True), 0)  # torrents it already counts are fine
+    await store.announce(hashes[3], agent(1, ip="127.0.0.2"), 0)
+    await store.announce(hashes[3], agent(1), 0, exempt=True)  # an origin
+    await store.announce(hashes[4], agent(1, ip="127.0.0.3"), 0)
+    with pytest.raises(AnnounceRefused) as refused:
+        await store.announce(hashes[5], agent(1, ip="127.0.0.4"), 0)
+    assert refused.value.scope == "total" and "limit 5" in str(refused.value)
+    assert (await store.announce(hashes[4], agent(2, ip="127.0.0.4"), 0)).num_leechers == 2
+
+
+async def test_store_limits_count_only_live_torrents(make_store: Callable[..., Awaitable[PeerStore]]) -> None:
+    store = await make_store(ttl=0.5, torrents_per_ip=1, torrents=1)
+    await store.announce(random_hash(), agent(1), 0)
+    with pytest.raises(AnnounceRefused):
+        await store.announce(random_hash(), agent(1), 0)
+
+    async def admitted() -> bool:
+        try:
+            await store.announce(random_hash(), agent(1), 0)
+        except AnnounceRefused:
+            return False
+        return True
+
+    await until(admitted, timeout=10, what="the first torrent to expire")
+
+
 async def test_memory_store_sweeps_silent_torrents_away() -> None:
     store = MemoryPeerStore(ttl=0.1)
     await store.start()
     try:
         await store.announce(random_hash(), agent(1), 10)
         await store.set_digest(random_hash(), Digest.of_bytes(b"x"))
-        await until(lambda: not store._torrents and not store._digests, timeout=10, what="the sweep")
+        await until(lambda: not store._torrents and not store._digests and not store._recent_by_ip,
+                    timeout=10, what="the sweep")
     finally:
         await store.close()
+
+
+async def test_seeder_probe_confirms_listening_seeders_once_per_ttl() -> None:
+    connections: list[int] = []
+
+    async def accepted(_: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        connections.append(1)
+        writer.close()
+
+    server = await asyncio.start_server(accepted, "127.0.0.1", 0)
+    listening = PeerAddr("127.0.0.1", server.sockets[0].getsockname()[1])
+    closed = PeerAddr("127.0.0.1", free_port())
+    owner = TaskOwner("test-probe")
+    probe = SeederProbe(ProbeConfig(ttl=0.5), owner)
+    try:
+        for addr in (listening, closed, listening):  # the second check of one address is a no-op
+            probe.check(addr)
+        await until(lambda: probe.confirmed(listening), what="the listening seeder to be confirmed")
+        await until(lambda: connections, what="the probe's connection")
+        probe.check(listening)  # answered within the TTL: not probed again
+        assert not probe.confirmed(closed) and len(connections) == 1
+        server.close()
+        await server.wait_closed()
+
+        def demoted() -> bool:  # once the answer is older than the TTL, an announce probes again
+            probe.check(listening)
+            return not probe.confirmed(listening)
+
+        await until(demoted, timeout=10, what="the closed seeder to lose its confirmation")
+    finally:
+        server.close()
+        await owner.close()
 
 
 async def test_redis_store_down_raises_store_errors() -> None:
@@ -317,6 +405,20 @@ def p2p_of(index: int) -> PeerAddr:
 # ---- the tracker ---------------------------------------------------------------------------
 
 
+def announce_query(ih: bytes, port: int, *, left: int = 0, event: str = "", numwant: int | None = None,
+                   peer_id: bytes | None = None) -> str:
+    """An announce's query string as libtorrent sends it (raw bytes percent-encoded, compact=1)."""
+    peer_id = peer_id or f"-LT2110-{port:012d}".encode()
+    qs = (f"info_hash={quote_from_bytes(ih, safe='')}&peer_id={quote_from_bytes(peer_id, safe='')}"
+          f"&port={port}&uploaded=0&downloaded=0&left={left}&corrupt=0&key=1a2b3c4d"
+          f"&compact=1&no_peer_id=1&supportcrypto=1&redundant=0")
+    if event:
+        qs += f"&event={event}"
+    if numwant is not None:
+        qs += f"&numwant={numwant}"
+    return qs
+
+
 @dataclass
 class Answer:
     status: int
@@ -340,15 +442,8 @@ class Tracker:
 
     async def announce(self, ih: bytes, port: int, *, left: int = 0, event: str = "", numwant: int | None = None,
                        peer_id: bytes | None = None, path: str = "/announce", extra: str = "") -> Answer:
-        """An announce as libtorrent sends it (raw bytes percent-encoded, compact=1)."""
-        peer_id = peer_id or f"-LT2110-{port:012d}".encode()
-        qs = (f"info_hash={quote_from_bytes(ih, safe='')}&peer_id={quote_from_bytes(peer_id, safe='')}"
-              f"&port={port}&uploaded=0&downloaded=0&left={left}&corrupt=0&key=1a2b3c4d"
-              f"&compact=1&no_peer_id=1&supportcrypto=1&redundant=0")
-        if event:
-            qs += f"&event={event}"
-        if numwant is not None:
-            qs += f"&numwant={numwant}"
+        """An announce as libtorrent sends it (see :func:`announce_query`)."""
+        qs = announce_query(ih, port, left=left, event=event, numwant=numwant, peer_id=peer_id)
         async with self.session.get(URL(f"{self.url}{path}?{qs}{extra}", encoded=True)) as resp:
             return Answer(resp.status, lt.bdecode(await resp.read()))
 
@@ -430,7 +525,7 @@ async def test_events_started_completed_stopped(start_tracker: TrackerFactory, s
 
 
 async def test_numwant_and_the_cap_of_50(start_tracker: TrackerFactory, store_settings: dict[str, Any]) -> None:
-    tracker = await start_tracker(**store_settings)
+    tracker = await start_tracker(limits={"peers_per_ip": 100}, **store_settings)
     ih = random_hash()
     await asyncio.gather(*(tracker.announce(ih, 8000 + n, left=1) for n in range(60)))
     me = 9000
@@ -441,7 +536,7 @@ async def test_numwant_and_the_cap_of_50(start_tracker: TrackerFactory, store_se
     assert (await tracker.announce(ih, me, left=1, numwant=0)).peers == []
 
 
-async def test_handout_order_seeders_then_origins_then_leechers(
+async def test_handout_order_confirmed_seeders_origins_leechers_unconfirmed_seeders(
     start_tracker: TrackerFactory, fake_origins: Callable[[int], Awaitable[list[FakeOrigin]]],
     store_settings: dict[str, Any], tmp_path: Path,
 ) -> None:
@@ -456,23 +551,40 @@ async def test_handout_order_seeders_then_origins_then_leechers(
     owner_p2p = {p2p_of(hosts.index(h)) for h in owners}
 
     ih = blob.info_hash
-    seeders = {PeerAddr("127.0.0.1", 7100 + n) for n in range(3)}
-    leechers = {PeerAddr("127.0.0.1", 7200 + n) for n in range(3)}
-    for p in seeders:
-        await tracker.announce(ih, p.port, left=0, event="started")
-    for p in leechers:
-        await tracker.announce(ih, p.port, left=1, event="started")
-    me = 7300
-    before = metric(await tracker.metrics(), "kraken_tracker_peers_returned_total", **{"class": "origin"})
-    answer = await tracker.announce(ih, me, left=1, event="started")
+    listening = [socket.create_server(("127.0.0.1", 0)) for _ in range(3)]  # seeders that accept connections
+    try:
+        seeders = {PeerAddr("127.0.0.1", s.getsockname()[1]) for s in listening}
+        fake = PeerAddr("127.0.0.1", free_port())  # a seeder announced from a closed port
+        leechers = {PeerAddr("127.0.0.1", 7200 + n) for n in range(3)}
+        for p in [*seeders, fake]:
+            await tracker.announce(ih, p.port, left=0, event="started")
+        for p in leechers:
+            await tracker.announce(ih, p.port, left=1, event="started")
+        me = 7300
+
+        async def probed() -> Answer | None:
+            answer = await tracker.announce(ih, me, left=1, event="started")
+            return answer if set(answer.peers[:3]) == seeders else None
+
+        answer = await until(probed, what="the listening seeders to be confirmed")
+    finally:
+        for s in listening:
+            s.close()
     peers = answer.peers
-    assert len(peers) == 8 and PeerAddr("127.0.0.1", me) not in peers
-    assert set(peers[:3]) == seeders and set(peers[3:5]) == owner_p2p and set(peers[5:]) == leechers
-    assert (answer.body[b"complete"], answer.body[b"incomplete"]) == (3 + 2, 4)
-    limited = (await tracker.announce(ih, me, left=1, numwant=4)).peers
-    assert set(limited[:3]) == seeders and limited[3] in owner_p2p
+    assert len(peers) == 9 and PeerAddr("127.0.0.1", me) not in peers
+    assert set(peers[3:5]) == owner_p2p and set(peers[5:8]) == leechers and peers[8] == fake
+    assert (answer.body[b"complete"], answer.body[b"incomplete"]) == (4 + 2, 4)
+    before = metric(await tracker.metrics(), "kraken_tracker_peers_returned_total", **{"class": "origin"})
+    # The origins' room is reserved: however few peers are asked for, they are in the answer.
+    limited = (await tracker.announce(ih, me, left=1, numwant=3)).peers
+    assert limited[0] in seeders and set(limited[1:]) == owner_p2p
+    assert set((await tracker.announce(ih, me, left=1, numwant=2)).peers) == owner_p2p
     after = metric(await tracker.metrics(), "kraken_tracker_peers_returned_total", **{"class": "origin"})
-    assert after - before == 2 + 1
+    assert after - before == 2 + 2
+    # A seeder's own announce gets the seeders first; the origins only fill the room left.
+    # (numwant=4: the store's sample, one more than asked for, holds all 5 seeders, 7400 included.)
+    given = (await tracker.announce(ih, 7400, left=0, numwant=4)).peers
+    assert set(given[:3]) == seeders and given[3] in owner_p2p
 
 
 async def test_silent_peers_expire(start_tracker: TrackerFactory, store_settings: dict[str, Any]) -> None:
@@ -506,6 +618,30 @@ async def test_malformed_announces_get_a_failure_reason(start_tracker: TrackerFa
     status, body = await tracker.get("/announce")
     assert status == 400 and lt.bdecode(body.encode()) == {b"failure reason": b"missing info_hash"}
     assert metric(await tracker.metrics(), "kraken_tracker_announce_failures_total", reason="invalid") == 2
+
+
+async def test_hash_bytes_that_look_percent_encoded_are_decoded_once(start_tracker: TrackerFactory) -> None:
+    # '%' then two hex digits: libtorrent sends "%2541", which a second decoding turns into "A".
+    ih = b"%41%7e" + bytes(range(200, 214))
+    tracker = await start_tracker()
+    first = await tracker.announce(ih, 7001, peer_id=b"-LT2110-%25%41bcdefg")
+    assert first.status == 200, first.body
+    assert (await tracker.announce(ih, 7002)).peers == [PeerAddr("127.0.0.1", 7001)]
+
+
+async def test_announces_beyond_the_limits_are_refused_with_a_reason(start_tracker: TrackerFactory) -> None:
+    tracker = await start_tracker(limits={"torrents_per_ip": 2, "torrents": 3}, trust_ip_param=True)
+    for _ in range(2):
+        assert (await tracker.announce(random_hash(), 7001)).status == 200
+    refused = await tracker.announce(random_hash(), 7001)
+    assert refused.status == 429
+    assert refused.body == {b"failure reason": b"too many torrents announced from this address (limit 2)"}
+    assert (await tracker.announce(random_hash(), 7001, extra="&ip=10.0.0.2")).status == 200
+    full = await tracker.announce(random_hash(), 7001, extra="&ip=10.0.0.3")
+    assert full.status == 503 and full.body == {b"failure reason": b"too many torrents tracked (limit 3)"}
+    text = await tracker.metrics()
+    assert metric(text, "kraken_tracker_announce_failures_total", reason="limit_ip") == 1
+    assert metric(text, "kraken_tracker_announce_failures_total", reason="limit_total") == 1
 
 
 async def test_any_path_under_announce_is_the_announce(start_tracker: TrackerFactory) -> None:

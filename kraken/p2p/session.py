@@ -65,6 +65,13 @@ first pauses every torrent and waits (at most ~2.5 s) for the trackers to answer
 "stopped" announces, because the session's destructor would otherwise do that while
 holding the GIL.
 
+A single-piece download starts with one connection: libtorrent is in end-game mode from its
+first request (every piece is then being downloaded), so a second seeder connected at once
+was asked for the same blocks and a 289-byte manifest arrived twice (measured: 578 bytes
+downloaded with an origin and an agent seeding). If it receives nothing for
+:data:`_SINGLE_PIECE_GRACE` (a silent or useless first peer), and in any case once complete
+(it then seeds), it is opened to ``connections_per_torrent`` peers like any other.
+
 Attribution of downloaded bytes to origins or other agents: see
 :mod:`kraken.p2p.attribution`. A connection is an origin's when its ``ip:port`` is in
 :meth:`set_origin_addresses` or its peer id starts with :data:`ORIGIN_PEER_ID_PREFIX`
@@ -127,6 +134,9 @@ _STOP_TRACKER_TIMEOUT = 2
 _TICK_INTERVAL_MS = 50
 # Delay before the first per-peer sample of a download (then doubling to stats_interval).
 _FIRST_SAMPLE_DELAY = 0.01
+# How long a single-piece download may receive nothing on its one connection before it is
+# opened to more peers (checked at each attribution sample, so about 0.6 s in practice).
+_SINGLE_PIECE_GRACE = 0.5
 # libtorrent::errors::self_connection (its error enum is part of the ABI).
 _SELF_CONNECTION = 47
 
@@ -190,6 +200,7 @@ class _Torrent:
     waiters: int = 0
     uploaded: int = 0  # total_payload_upload last accounted
     hash_failures: int = 0
+    narrow: bool = False  # a single-piece download still limited to one connection
     removal: asyncio.Future | None = None
     move: asyncio.Future | None = None
     move_target: Path | None = None
@@ -568,7 +579,8 @@ class P2PSession:
             atp.piece_priorities = piece_priorities
         atp.save_path = str(save_dir)
         atp.trackers = [tracker_url]
-        atp.max_connections = self.config.connections_per_torrent
+        narrow = not seed and ti.num_pieces() == 1
+        atp.max_connections = 1 if narrow else self.config.connections_per_torrent
         flags = atp.flags & ~(lt.torrent_flags.auto_managed | lt.torrent_flags.paused)
         flags |= lt.torrent_flags.update_subscribe  # state_update alerts carry its upload counter
         if seed:
@@ -592,6 +604,7 @@ class P2PSession:
             added=now,
             seeding=seed,
             last_activity=now,
+            narrow=narrow,
         )
         if not seed:
             rec.done = self._loop.create_future()
@@ -668,6 +681,7 @@ class P2PSession:
         even a download of a fraction of a second is mostly sampled rather than estimated.
         """
         interval = _FIRST_SAMPLE_DELAY
+        progress = rec.added
         while True:
             await asyncio.sleep(interval)
             interval = min(interval * 2, self.config.stats_interval)
@@ -675,7 +689,24 @@ class P2PSession:
                 samples = await asyncio.to_thread(self._sample_peers, rec.handle)
             except RuntimeError:  # removed meanwhile
                 return
-            self._count_download(rec.attribution.observe(samples))
+            added = rec.attribution.observe(samples)
+            self._count_download(added)
+            now = time.monotonic()
+            if any(added.values()):
+                progress = now
+            elif rec.narrow and now - progress >= _SINGLE_PIECE_GRACE:
+                self._widen(rec)
+                self._log.info("single-piece download opened to more peers", name=rec.name,
+                               info_hash=rec.info_hash, stalled=round(now - progress, 3))
+
+    def _widen(self, rec: _Torrent) -> None:
+        """Give a single-piece torrent ``connections_per_torrent`` connections: once its download
+        stalls, and once it is complete (it then seeds, to as many peers as any other)."""
+        rec.narrow = False
+        try:
+            rec.handle.set_max_connections(self.config.connections_per_torrent)
+        except RuntimeError:  # removed meanwhile
+            pass
 
     async def _stats_loop(self) -> None:
         """Refresh upload counters (state_update alerts) and remove idle seeds."""
@@ -695,6 +726,8 @@ class P2PSession:
 
     async def _complete(self, rec: _Torrent) -> None:
         """The download is on disk (cache flushed): settle attribution and wake the callers."""
+        if rec.narrow:
+            self._widen(rec)
         if rec.sampler is not None:
             rec.sampler.cancel()
             await asyncio.gather(rec.sampler, return_exceptions=True)

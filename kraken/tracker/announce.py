@@ -1,8 +1,10 @@
 """The BitTorrent HTTP tracker protocol (BEP 3, compact peers BEP 23, ``peers6`` BEP 7).
 
 ``info_hash`` and ``peer_id`` are raw bytes percent-encoded in the query string; they are
-decoded from ``request.query_string`` with :func:`urllib.parse.unquote_to_bytes`, because a
-UTF-8 decoding (aiohttp's ``request.query``) would mangle them. ``+`` is left alone: clients
+decoded from the raw query string (``request.rel_url.raw_query_string``) with
+:func:`urllib.parse.unquote_to_bytes`, because a UTF-8 decoding (aiohttp's ``request.query``)
+would mangle them, and ``request.query_string`` is already percent-decoded once (a hash byte
+``%`` followed by two hex digits would be decoded twice). ``+`` is left alone: clients
 percent-encode every byte outside the unreserved set, so a literal ``+`` is a ``+``.
 
 Answers always use the compact peer list: with the dictionary form libtorrent resolves each

@@ -65,6 +65,44 @@ class MetainfoConfig:
 
 
 @dataclass
+class LimitsConfig:
+    """Bounds on what announces can make the peer store hold (see docs/ARCHITECTURE.md,
+    "Tracker bounds"). A torrent counts for an address, and in the total, while that address
+    (any address) has announced it within ``peer_ttl``. Origins are exempt from the per-address
+    limits."""
+
+    # Peers of one torrent at one IP address: one more evicts that address's least recently seen
+    # (one host runs one agent; development clusters run several on 127.0.0.1).
+    peers_per_ip: int = 32
+    # Torrents one IP address may announce; announces of further ones are refused with 429.
+    torrents_per_ip: int = 5000
+    # Torrents in the store; announces of a new torrent beyond this are refused with 503.
+    torrents: int = 100_000
+
+    def __post_init__(self) -> None:
+        if min(self.peers_per_ip, self.torrents_per_ip, self.torrents) < 1:
+            raise ValueError("limits must be >= 1")
+
+
+@dataclass
+class ProbeConfig:
+    """The check that an announced seeder accepts connections on its port (a TCP connect, then
+    close); seeders not confirmed yet come after origins and leechers in the handout."""
+
+    # Connect timeout of one probe.
+    timeout: Duration = 1.0
+    # A probe's answer (either way) is kept this long; the seeder's next announce after that
+    # probes it again.
+    ttl: Duration = 30.0
+    # Probes in flight at once; announces beyond leave their seeders unconfirmed for now.
+    concurrency: int = 32
+
+    def __post_init__(self) -> None:
+        if self.timeout <= 0 or self.ttl <= 0 or self.concurrency < 1:
+            raise ValueError("probe.timeout and probe.ttl must be positive, probe.concurrency >= 1")
+
+
+@dataclass
 class TrackerConfig:
     """Every key, with its meaning, is in ``config/tracker/base.yaml``."""
 
@@ -78,6 +116,8 @@ class TrackerConfig:
     store: Literal["memory", "redis"] = "memory"
     redis: RedisConfig = field(default_factory=RedisConfig)
     metainfo: MetainfoConfig = field(default_factory=MetainfoConfig)
+    limits: LimitsConfig = field(default_factory=LimitsConfig)
+    probe: ProbeConfig = field(default_factory=ProbeConfig)
 
     def __post_init__(self) -> None:
         if self.announce_interval <= 0:

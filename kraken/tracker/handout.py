@@ -1,15 +1,21 @@
 """Which peers an announcer gets, in which order (Kraken's handout policy).
 
-Seeders (agents with the whole blob) come first: they can serve any piece. The blob's owning
-origins come next: they always have the blob, but the point of P2P is to spare them, so
-agents are preferred to them. Leechers come last. Order within a class is random, so load
-spreads over the class. The announcer itself is never handed out, nor a stale entry of it
-under another port (same peer_id), and an origin that also announces appears once, as an
-origin.
+Confirmed seeders (agents with the whole blob that accepted the tracker's probe, see
+:mod:`kraken.tracker.probe`) come first: they can serve any piece. The blob's owning origins
+come next: they always have the blob, but the point of P2P is to spare them, so agents are
+preferred to them. Leechers follow, and seeders not confirmed (yet) come last: anyone can
+announce ``left=0`` from a closed port.
+
+While the announcer is incomplete, the origins are always in the answer: their room is
+reserved before any agent's, so no number of seeders (fake or real) can push them out of a
+``limit``-sized answer. Order within a class is random, so load spreads over the class. The
+announcer itself is never handed out, nor a stale entry of it under another port (same
+peer_id), and an origin that also announces appears once, as an origin.
 """
 from __future__ import annotations
 
 import random
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from kraken.tracker.peerstore import Peer, PeerAddr, Swarm
@@ -20,13 +26,17 @@ class Handout:
     seeders: list[PeerAddr] = field(default_factory=list)
     origins: list[PeerAddr] = field(default_factory=list)
     leechers: list[PeerAddr] = field(default_factory=list)
+    unconfirmed: list[PeerAddr] = field(default_factory=list)
 
     def ordered(self) -> list[PeerAddr]:
-        return self.seeders + self.origins + self.leechers
+        return self.seeders + self.origins + self.leechers + self.unconfirmed
 
 
-def handout(swarm: Swarm, origins: list[PeerAddr], requester: Peer, limit: int) -> Handout:
-    """At most ``limit`` peers: seeders, then ``origins``, then leechers, each shuffled."""
+def handout(
+    swarm: Swarm, origins: list[PeerAddr], requester: Peer, limit: int,
+    confirmed: Callable[[PeerAddr], bool] = lambda _: True,
+) -> Handout:
+    """At most ``limit`` peers: confirmed seeders, ``origins``, leechers, unconfirmed seeders."""
     origin_set = set(origins)
 
     def agents(peers: list[Peer]) -> list[PeerAddr]:
@@ -35,10 +45,17 @@ def handout(swarm: Swarm, origins: list[PeerAddr], requester: Peer, limit: int) 
             if p.addr != requester.addr and p.peer_id != requester.peer_id and p.addr not in origin_set
         ]
 
+    seeders = agents(swarm.seeders)
+    others = [o for o in dict.fromkeys(origins) if o != requester.addr]
     out = Handout()
-    out.seeders = pick(agents(swarm.seeders), limit)
-    out.origins = pick([o for o in dict.fromkeys(origins) if o != requester.addr], limit - len(out.seeders))
-    out.leechers = pick(agents(swarm.leechers), limit - len(out.seeders) - len(out.origins))
+    if not requester.complete:
+        out.origins = pick(others, limit)
+    out.seeders = pick([s for s in seeders if confirmed(s)], limit - len(out.origins))
+    if requester.complete:
+        out.origins = pick(others, limit - len(out.seeders))
+    room = limit - len(out.seeders) - len(out.origins)
+    out.leechers = pick(agents(swarm.leechers), room)
+    out.unconfirmed = pick([s for s in seeders if not confirmed(s)], room - len(out.leechers))
     return out
 
 

@@ -10,11 +10,14 @@ class TrackerMetrics:
             "kraken_tracker_announces_total", "Announces served, by event (none = a periodic re-announce)", ["event"]
         )
         self.announce_failures = metrics.counter(
-            "kraken_tracker_announce_failures_total", "Announces refused: invalid request or peer store down",
+            "kraken_tracker_announce_failures_total",
+            "Announces refused: invalid request, peer store down (store), beyond the address's or the "
+            "total torrent limit (limit_ip, limit_total)",
             ["reason"],
         )
         self.peers_returned = metrics.counter(
-            "kraken_tracker_peers_returned_total", "Peers handed out, by class (seeder, origin, leecher)", ["class"]
+            "kraken_tracker_peers_returned_total",
+            "Peers handed out, by class (seeder, origin, leecher, unconfirmed: seeders not probed OK)", ["class"]
         )
         self.metainfo_cache = metrics.counter(
             "kraken_tracker_metainfo_cache_total", "Metainfo requests answered from the cache (hit) or not (miss)",

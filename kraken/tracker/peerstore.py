@@ -8,11 +8,20 @@ when it last announced; an entry not refreshed within the store's TTL is gone.
 The store also remembers which blob (digest) a torrent is: the tracker learns that from the
 metainfo it serves, and needs it to offer the blob's owning origins to announcers. That
 mapping lives as long as the torrent sees announces (each announce refreshes it).
+
+Both stores enforce :class:`~kraken.tracker.config.LimitsConfig` the same way: one IP address
+keeps at most ``peers_per_ip`` peers in a torrent (a new one evicts that address's least
+recently seen: a restarted agent on a new port is never locked out), and an announce that
+would add a torrent beyond ``torrents_per_ip`` for its address or ``torrents`` in all is
+refused with :class:`AnnounceRefused`. A torrent counts while it has been announced within
+the TTL. Origins (``exempt``) are not held to the per-address limits: one seeds every blob
+agents ask for.
 """
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
+from typing import Literal
 
 from kraken.core.digest import Digest
 
@@ -48,13 +57,23 @@ class PeerStoreError(Exception):
     """The store could not be asked (e.g. Redis unreachable): the announce cannot be served."""
 
 
+class AnnounceRefused(Exception):
+    """An announce beyond a limit: ``scope`` is ``ip`` (this address's torrents) or ``total``."""
+
+    def __init__(self, scope: Literal["ip", "total"], limit: int) -> None:
+        what = "torrents announced from this address" if scope == "ip" else "torrents tracked"
+        super().__init__(f"too many {what} (limit {limit})")
+        self.scope = scope
+
+
 class PeerStore(ABC):
     """Swarm membership with expiry. Methods raise :class:`PeerStoreError` when unavailable."""
 
     @abstractmethod
-    async def announce(self, info_hash: bytes, peer: Peer, sample: int) -> Swarm:
+    async def announce(self, info_hash: bytes, peer: Peer, sample: int, *, exempt: bool = False) -> Swarm:
         """Record ``peer`` as seen now (in the class its ``complete`` flag says) and return up
-        to ``sample`` random live peers of each class, with the torrent's digest if known."""
+        to ``sample`` random live peers of each class, with the torrent's digest if known.
+        Raises :class:`AnnounceRefused` beyond the limits (``exempt``: not the per-address ones)."""
 
     @abstractmethod
     async def leave(self, info_hash: bytes, addr: PeerAddr) -> Swarm:

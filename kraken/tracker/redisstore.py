@@ -7,9 +7,18 @@ a Redis Cluster:
   the time of the peer's last announce (Redis server time, in ms, so trackers with skewed
   clocks agree on expiry);
 - ``<prefix>{H}:ids``: hash ``ip/port`` -> peer_id;
+- ``<prefix>{H}:ip:<ip>``: sorted set of the torrent's ``ip/port`` members at that address,
+  scored like the classes, for the ``peers_per_ip`` limit;
 - ``<prefix>{H}:digest``: the blob's digest.
 
-Each announce is one round trip (a Lua script): it moves the peer into its class, drops up to
+and, for the torrent limits, in a slot of their own (``{limits}``):
+
+- ``<prefix>{limits}:torrents``: sorted set of hex info-hashes by last announce;
+- ``<prefix>{limits}:ip:<ip>``: the same, of the torrents announced from that address.
+
+Each announce is two round trips (Lua scripts): the first counts the torrent against the limits
+(or refuses it), the second moves the peer into its class, evicts that address's least
+recently seen peers beyond ``peers_per_ip``, drops up to
 :data:`EXPIRE_BATCH` expired entries per class, samples with ``ZRANDMEMBER`` (filtering any
 expired entry still there), and pushes every key's TTL out, so a torrent nobody announces
 for vanishes whole after one peer TTL. ``ZRANDMEMBER`` needs Redis >= 6.2.
@@ -24,8 +33,8 @@ from redis.backoff import ExponentialBackoff
 from redis.exceptions import RedisError
 
 from kraken.core.digest import Digest, DigestError
-from kraken.tracker.config import RedisConfig, split_host_port
-from kraken.tracker.peerstore import Peer, PeerAddr, PeerStore, PeerStoreError, Swarm
+from kraken.tracker.config import LimitsConfig, RedisConfig, split_host_port
+from kraken.tracker.peerstore import AnnounceRefused, Peer, PeerAddr, PeerStore, PeerStoreError, Swarm
 
 EXPIRE_BATCH = 1000
 
@@ -35,15 +44,46 @@ local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 local cutoff = now - tonumber(ARGV[1])
 """
 
-# KEYS: seeders, leechers, ids, digest. ARGV: ttl ms, member, peer_id, "1" if complete, sample.
+# KEYS: all torrents, this address's torrents. ARGV: ttl ms, hex info-hash, per-address limit
+# (0: exempt), total limit. Returns "ok", "ip" or "total".
+_ADMIT = _NOW + """
+local all, mine, hash = KEYS[1], KEYS[2], ARGV[2]
+local per_ip, total = tonumber(ARGV[3]), tonumber(ARGV[4])
+redis.call("ZREMRANGEBYSCORE", all, "-inf", "(" .. cutoff)
+redis.call("ZREMRANGEBYSCORE", mine, "-inf", "(" .. cutoff)
+if per_ip > 0 and not redis.call("ZSCORE", mine, hash) and redis.call("ZCARD", mine) >= per_ip then
+  return "ip"
+end
+if not redis.call("ZSCORE", all, hash) and redis.call("ZCARD", all) >= total then return "total" end
+redis.call("ZADD", all, now, hash)
+redis.call("ZADD", mine, now, hash)
+redis.call("PEXPIRE", all, ARGV[1])
+redis.call("PEXPIRE", mine, ARGV[1])
+return "ok"
+"""
+
+# KEYS: seeders, leechers, ids, digest, this address's peers. ARGV: ttl ms, member, peer_id,
+# "1" if complete, sample, peers per address (0: exempt).
 _ANNOUNCE = _NOW + """
-local seeders, leechers, ids, digest = KEYS[1], KEYS[2], KEYS[3], KEYS[4]
-local member, sample = ARGV[2], tonumber(ARGV[5])
+local seeders, leechers, ids, digest, here = KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5]
+local member, sample, per_ip = ARGV[2], tonumber(ARGV[5]), tonumber(ARGV[6])
 local mine, other = leechers, seeders
 if ARGV[4] == "1" then mine, other = seeders, leechers end
 redis.call("ZREM", other, member)
 redis.call("ZADD", mine, now, member)
 redis.call("HSET", ids, member, ARGV[3])
+if per_ip > 0 then
+  redis.call("ZADD", here, now, member)
+  local extra = redis.call("ZCARD", here) - per_ip
+  if extra > 0 then
+    local evicted = redis.call("ZRANGE", here, 0, extra - 1)
+    redis.call("ZREM", here, unpack(evicted))
+    redis.call("ZREM", seeders, unpack(evicted))
+    redis.call("ZREM", leechers, unpack(evicted))
+    redis.call("HDEL", ids, unpack(evicted))
+  end
+  redis.call("PEXPIRE", here, ARGV[1])
+end
 local result = {0, 0, redis.call("GET", digest), {}, {}}
 for i, key in ipairs({seeders, leechers}) do
   local expired = redis.call("ZRANGEBYSCORE", key, "-inf", "(" .. cutoff, "LIMIT", 0, %d)
@@ -73,11 +113,12 @@ if result[3] then redis.call("PEXPIRE", digest, ARGV[1]) end
 return result
 """ % EXPIRE_BATCH
 
-# KEYS: seeders, leechers, ids. ARGV: ttl ms, member.
+# KEYS: seeders, leechers, ids, this address's peers. ARGV: ttl ms, member.
 _LEAVE = _NOW + """
 redis.call("ZREM", KEYS[1], ARGV[2])
 redis.call("ZREM", KEYS[2], ARGV[2])
 redis.call("HDEL", KEYS[3], ARGV[2])
+redis.call("ZREM", KEYS[4], ARGV[2])
 return {redis.call("ZCOUNT", KEYS[1], cutoff, "+inf"), redis.call("ZCOUNT", KEYS[2], cutoff, "+inf")}
 """
 
@@ -96,7 +137,7 @@ def _peers(flat: list[bytes], complete: bool) -> list[Peer]:
 
 
 class RedisPeerStore(PeerStore):
-    def __init__(self, config: RedisConfig, ttl: float) -> None:
+    def __init__(self, config: RedisConfig, ttl: float, limits: LimitsConfig | None = None) -> None:
         host, port = split_host_port(config.addr)
         self._client = aioredis.Redis(
             host=host, port=port, db=config.db, password=config.password or None,
@@ -105,15 +146,26 @@ class RedisPeerStore(PeerStore):
         )
         self._prefix = config.key_prefix
         self._ttl_ms = max(1, int(ttl * 1000))
+        self._limits = limits or LimitsConfig()
+        self._admit = self._client.register_script(_ADMIT)
         self._announce = self._client.register_script(_ANNOUNCE)
         self._leave = self._client.register_script(_LEAVE)
 
     def _key(self, info_hash: bytes, name: str) -> str:
         return f"{self._prefix}{{{info_hash.hex()}}}:{name}"
 
-    async def announce(self, info_hash: bytes, peer: Peer, sample: int) -> Swarm:
-        keys = [self._key(info_hash, k) for k in ("seeders", "leechers", "ids", "digest")]
-        args = [self._ttl_ms, _member(peer.addr), peer.peer_id, "1" if peer.complete else "0", sample]
+    async def announce(self, info_hash: bytes, peer: Peer, sample: int, *, exempt: bool = False) -> Swarm:
+        limits = self._limits
+        admitted = await self._call(
+            self._admit, [f"{self._prefix}{{limits}}:torrents", f"{self._prefix}{{limits}}:ip:{peer.addr.ip}"],
+            [self._ttl_ms, info_hash.hex(), 0 if exempt else limits.torrents_per_ip, limits.torrents],
+        )
+        if admitted != b"ok":
+            scope = "ip" if admitted == b"ip" else "total"
+            raise AnnounceRefused(scope, limits.torrents_per_ip if scope == "ip" else limits.torrents)
+        keys = [self._key(info_hash, k) for k in ("seeders", "leechers", "ids", "digest", f"ip:{peer.addr.ip}")]
+        args = [self._ttl_ms, _member(peer.addr), peer.peer_id, "1" if peer.complete else "0", sample,
+                0 if exempt else limits.peers_per_ip]
         seeders, leechers, digest, sampled_seeders, sampled_leechers = await self._call(self._announce, keys, args)
         return Swarm(
             seeders=_peers(sampled_seeders, True),
@@ -124,7 +176,7 @@ class RedisPeerStore(PeerStore):
         )
 
     async def leave(self, info_hash: bytes, addr: PeerAddr) -> Swarm:
-        keys = [self._key(info_hash, k) for k in ("seeders", "leechers", "ids")]
+        keys = [self._key(info_hash, k) for k in ("seeders", "leechers", "ids", f"ip:{addr.ip}")]
         seeders, leechers = await self._call(self._leave, keys, [self._ttl_ms, _member(addr)])
         return Swarm(num_seeders=int(seeders), num_leechers=int(leechers))
 

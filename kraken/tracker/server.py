@@ -3,8 +3,10 @@
 ``GET /announce`` (any path under ``/announce`` too: libtorrent's SSRF mitigation only lets
 loopback trackers use such paths) speaks the BitTorrent tracker protocol; its errors are
 bencoded ``failure reason`` dictionaries (400 for a malformed announce, 503 when the peer
-store is down, which clients retry). ``GET /namespace/{ns}/blobs/{d}/metainfo`` answers like
-the origin's internal metainfo endpoint, with plain-text error bodies.
+store is down, which clients retry, 429 beyond the announcing address's torrent limit and
+503 beyond the tracker's total, see :mod:`kraken.tracker.peerstore`).
+``GET /namespace/{ns}/blobs/{d}/metainfo`` answers like the origin's internal metainfo
+endpoint, with plain-text error bodies.
 """
 from __future__ import annotations
 
@@ -17,7 +19,7 @@ from kraken.metrics import Metrics
 from kraken.tracker.announce import AnnounceError, encode_failure, parse_announce, peer_ip
 from kraken.tracker.config import TrackerConfig
 from kraken.tracker.metrics import TrackerMetrics
-from kraken.tracker.peerstore import PeerStoreError
+from kraken.tracker.peerstore import AnnounceRefused, PeerStoreError
 from kraken.tracker.service import TrackerService
 from kraken.tracker.slots import HEADER as SLOT_HEADER
 
@@ -39,7 +41,7 @@ def create_tracker_app(config: TrackerConfig) -> web.Application:
 
     async def announce(request: web.Request) -> web.Response:
         try:
-            parsed = parse_announce(request.query_string)
+            parsed = parse_announce(request.rel_url.raw_query_string)
             ip = peer_ip(request.remote, parsed.ip, config.trust_ip_param)
         except AnnounceError as e:
             tracker_metrics.announce_failures.labels("invalid").inc()
@@ -49,6 +51,10 @@ def create_tracker_app(config: TrackerConfig) -> web.Application:
         except PeerStoreError as e:
             tracker_metrics.announce_failures.labels("store").inc()
             return web.Response(status=503, body=encode_failure(f"peer store unavailable: {e}"),
+                                content_type=BENCODED)
+        except AnnounceRefused as e:
+            tracker_metrics.announce_failures.labels(f"limit_{e.scope}").inc()
+            return web.Response(status=429 if e.scope == "ip" else 503, body=encode_failure(str(e)),
                                 content_type=BENCODED)
         return web.Response(body=body, content_type=BENCODED)
 

@@ -1,9 +1,12 @@
 """The tracker's logic, under its HTTP routes: announces and metainfo.
 
-An announce records the peer in the peer store and answers with the handout: seeders, the
-blob's owning origins, leechers. The origins are known only once the tracker has served the
-torrent's metainfo (that is where it learns info-hash -> digest); agents always fetch it from
-the tracker before they announce, so in practice every swarm has its origins.
+An announce records the peer in the peer store (within its limits: origins, known by their
+``origin_p2p`` address, are exempt from the per-address ones) and answers with the handout:
+confirmed seeders, the blob's owning origins, leechers, seeders not confirmed by a probe (see
+:mod:`kraken.tracker.handout`). A seeder's announce starts a probe of its address. The
+origins are known only once the tracker has served the torrent's metainfo (that is where it
+learns info-hash -> digest); agents always fetch it from the tracker before they announce, so
+in practice every swarm has its origins.
 """
 from __future__ import annotations
 
@@ -26,6 +29,7 @@ from kraken.tracker.metainfo import MetainfoAnswer, MetainfoCache, MetainfoProxy
 from kraken.tracker.metrics import TrackerMetrics
 from kraken.tracker.origins import OriginPeers
 from kraken.tracker.peerstore import Peer, PeerAddr, PeerStore
+from kraken.tracker.probe import SeederProbe
 from kraken.tracker.redisstore import RedisPeerStore
 from kraken.tracker.slots import SwarmSlots
 
@@ -36,8 +40,8 @@ HEALTH_TIMEOUT = 2.0
 
 def open_store(config: TrackerConfig) -> PeerStore:
     if config.store == "redis":
-        return RedisPeerStore(config.redis, config.peer_ttl)
-    return MemoryPeerStore(config.peer_ttl)
+        return RedisPeerStore(config.redis, config.peer_ttl, config.limits)
+    return MemoryPeerStore(config.peer_ttl, config.limits)
 
 
 class TrackerService:
@@ -52,6 +56,7 @@ class TrackerService:
         self._http: HttpClient | None = None
         self._origins: OriginCluster | None = None
         self._metainfo: MetainfoProxy | None = None
+        self._probe: SeederProbe | None = None
         self.swarm_slots = SwarmSlots()
 
     async def lifecycle(self, _: web.Application) -> AsyncIterator[None]:
@@ -64,6 +69,7 @@ class TrackerService:
             cache = MetainfoCache(self.config.metainfo.cache_size, self.config.metainfo.cache_ttl)
             self._store, self._http, self._origins = store, http, origins
             self._metainfo = MetainfoProxy(origins, cache, self._metrics, owner)
+            self._probe = SeederProbe(self.config.probe, owner)
             log.info("tracker configured", store=self.config.store, origins=",".join(self.config.origins.hosts),
                      announce_interval=self.config.announce_interval, peer_ttl=self.config.peer_ttl)
             yield
@@ -78,7 +84,9 @@ class TrackerService:
         return self._store
 
     async def announce(self, request: AnnounceRequest, ip: str) -> bytes:
-        """Record the announcer and return the bencoded answer; raises PeerStoreError."""
+        """Record the announcer and return the bencoded answer; raises PeerStoreError, or
+        AnnounceRefused beyond the store's limits."""
+        assert self._probe is not None, "tracker app not started"
         me = Peer(PeerAddr(ip, request.port), request.peer_id, request.complete)
         if request.event == "stopped":
             swarm = await self.store.leave(request.info_hash, me.addr)
@@ -87,11 +95,15 @@ class TrackerService:
         wanted = request.numwant if request.numwant is not None else self.config.max_peers_returned
         limit = min(self.config.max_peers_returned, wanted)
         # One extra of each class, in case the sample holds the announcer itself.
-        swarm = await self.store.announce(request.info_hash, me, limit + 1)
+        is_origin = me.addr in await self._origin_peers.peers(self.config.origins.hosts)
+        swarm = await self.store.announce(request.info_hash, me, limit + 1, exempt=is_origin)
         self._metrics.announces.labels(request.event or "none").inc()
+        if me.complete and not is_origin:
+            self._probe.check(me.addr)
         origins = await self._owning_origins(swarm.digest)
-        chosen = handout(swarm, origins, me, limit)
-        for name, peers in (("seeder", chosen.seeders), ("origin", chosen.origins), ("leecher", chosen.leechers)):
+        chosen = handout(swarm, origins, me, limit, self._probe.confirmed)
+        for name, peers in (("seeder", chosen.seeders), ("origin", chosen.origins), ("leecher", chosen.leechers),
+                            ("unconfirmed", chosen.unconfirmed)):
             if peers:
                 self._metrics.peers_returned.labels(name).inc(len(peers))
         # Origins are seeders too; one that also announces is counted once (if it was sampled).

@@ -16,7 +16,7 @@ from kraken.log import get_logger
 from kraken.metrics import Metrics
 from kraken.origin.config import OriginConfig
 from kraken.origin.service import Fetching, NotFound, OriginService, SeedError
-from kraken.store.cas import DigestMismatch, UploadOffsetMismatch, UploadUnknown
+from kraken.store.cas import DigestMismatch, UploadOffsetMismatch, UploadUnknown, UploadWriteError
 
 log = get_logger("origin")
 
@@ -51,6 +51,8 @@ def _errors(handler: Handler) -> Handler:
             return web.Response(status=416, text=f"{e}\n")
         except DigestMismatch as e:
             return web.Response(status=400, text=f"{e}\n")  # "digest mismatch: claimed ..., content is ..."
+        except UploadWriteError as e:
+            return web.Response(status=507, text=f"{e}; the upload was removed, start again\n")
         except EmptyBlobError as e:
             return web.Response(status=422, text=f"no metainfo for an empty blob: {e}\n")
         except BackendError as e:

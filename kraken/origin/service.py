@@ -146,7 +146,7 @@ class OriginService:
     @classmethod
     async def create(cls, config: OriginConfig, metrics: Metrics) -> "OriginService":
         root = Path(config.store.root)
-        store = await asyncio.to_thread(CAStore, root)
+        store = await asyncio.to_thread(CAStore, root, True, metrics)
         writeback_queue = await PersistedQueue.open(root / "writeback.db")
         replication_queue = await PersistedQueue.open(root / "replication.db")
         return cls(config, metrics, store, build_router(config.backends), HttpClient(), writeback_queue, replication_queue)
@@ -155,7 +155,11 @@ class OriginService:
         # First: an origin that cannot listen for peers fails to start (agents are sent to
         # that port by the tracker) before it has started any other work.
         self.p2p = await P2PSession.start(self.config.p2p, self._metrics, role="origin")
+        self.p2p.on_seed_corrupt = self._seed_corrupt
         await self.fetcher.start()
+        removed = await asyncio.to_thread(self.store.clear_uploads)
+        if removed:
+            log.info("partial uploads of a previous run removed", count=removed)
         self.writeback.worker.start(self.owner)
         self.replicator.worker.start(self.owner)
         self.owner.spawn(self._cleanup_loop(), "cleanup")
@@ -232,7 +236,7 @@ class OriginService:
         its scan), and looking again catches one that already deleted it, which is then
         answered as a blob the cache lacks.
         """
-        if not self.store.exists(digest):
+        if await self.store.verified_path(digest) is None:
             return False
         key = (namespace, digest)
         if self._in_namespace.hit(key):
@@ -270,7 +274,8 @@ class OriginService:
     # ---- reads ---------------------------------------------------------------------------
 
     async def find(self, namespace: str, digest: Digest, *, existence_check: bool = False) -> Path:
-        """The cached blob's path; fetches it from the backend if the cache lacks it.
+        """The cached blob's path (its content checked, see CAStore.verified_path); fetches
+        it from the backend if the cache lacks it or its cached copy turned out corrupt.
 
         ``existence_check`` marks a HEAD, the check that makes clients skip an upload: a
         cached blob found that way is added to ``namespace`` (its write-back queued, see
@@ -285,7 +290,7 @@ class OriginService:
         if existence_check:
             cached = await self._cached_in_namespace(namespace, digest)
         else:
-            cached = self.store.exists(digest)
+            cached = await self.store.verified_path(digest) is not None
         if cached:
             return self.store.path(digest)
         if not await self.fetcher.request(namespace, digest):
@@ -364,6 +369,14 @@ class OriginService:
         for info_hash in [ih for ih in self._seeded if ih not in torrents]:
             del self._seeded[info_hash]
         return set(self._seed_starting) | set(self._seeded.values())
+
+    def _seed_corrupt(self, info_hash: str) -> None:
+        """The P2P session found a piece of a seeded file failing its hash (and dropped the
+        torrent): hash the cache file again, which quarantines it if it is bad, so the next
+        metainfo request fetches a good copy instead of seeding the bad one again."""
+        digest = self._seeded.pop(info_hash, None)
+        if digest is not None:
+            self.owner.spawn(self.store.recheck(digest), f"recheck:{digest}")
 
     def _start_metainfo(self, digest: Digest) -> None:
         """Generate a new blob's metainfo in the background, so it is ready when peers ask."""

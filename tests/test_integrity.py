@@ -1,0 +1,96 @@
+"""Integrity of the origin's blobs (issue 9): corrupt cache files are never served but
+quarantined and fetched again, write-back never trusts a backend copy it has not read back,
+and failed uploads leave no files. Origins run in-process over real sockets; the backend is a
+real testfs process."""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from kraken.core.digest import Digest
+from tests.origin_helpers import (  # noqa: F401 - fixtures
+    MB,
+    NS,
+    Origin,
+    OriginFactory,
+    Testfs,
+    drained,
+    http,
+    metric,
+    origin,
+    random_blob,
+    session,
+    start_origin,
+    supervisor,
+    testfs,
+    testfs_port,
+    until,
+)
+
+QUARANTINED = "kraken_origin_blobs_quarantined_total"
+
+
+def flip_byte(path: Path, offset: int = 0) -> None:
+    """Corrupt one byte in place (same size; the mtime changes as with any write)."""
+    with open(path, "r+b") as f:
+        f.seek(offset)
+        byte = f.read(1)
+        f.seek(offset)
+        f.write(bytes([byte[0] ^ 0xFF]))
+
+
+async def pushed_and_written_back(origin: Origin, size: int = MB + 7) -> tuple[bytes, Digest]:
+    data, digest = random_blob(size)
+    await origin.client.upload_bytes(NS, digest, data)
+    await until(lambda: drained(origin.service.writeback.worker.queue), what="write-back done")
+    return data, digest
+
+
+async def get_blob(origin: Origin, digest: Digest) -> tuple[int, bytes]:
+    async with origin.session.get(origin.blob_url(digest)) as resp:
+        return resp.status, await resp.read()
+
+
+# ---- 1. a corrupt cache file is never served ------------------------------------------------
+
+
+async def test_corrupt_cache_file_is_quarantined_and_fetched_again(origin: Origin) -> None:
+    data, digest = await pushed_and_written_back(origin)
+    path = origin.service.store.path(digest)
+    flip_byte(path, 1000)
+
+    status, _ = await get_blob(origin, digest)
+    assert status == 202  # not served: quarantined, and being fetched from the backend
+    assert metric(await origin.metrics(), QUARANTINED) == 1
+    assert await origin.client.read_bytes(NS, digest) == data
+    assert path.read_bytes() == data
+    quarantined = list((origin.service.store.root / "quarantine").iterdir())
+    assert [p.name.split(".")[0] for p in quarantined] == [f"sha256-{digest.hex}"]
+    assert metric(await origin.metrics(), QUARANTINED) == 1
+
+
+async def test_first_read_after_a_restart_hashes_even_when_the_stat_is_unchanged(
+    start_origin: OriginFactory, testfs_port: int, tmp_path: Path
+) -> None:
+    """A corruption that kept size and mtime is caught on the first read by a new process."""
+    first = await start_origin(testfs_port)
+    data, digest = await pushed_and_written_back(first)
+    root = first.service.store.root
+    await first.server.close()
+    path = root / "cache" / "sha256" / digest.hex[:2] / digest.hex[2:4] / digest.hex
+    st = path.stat()
+    flip_byte(path)
+    os.utime(path, ns=(st.st_atime_ns, st.st_mtime_ns))
+
+    second = await start_origin(testfs_port, store={"root": str(root)})
+    assert await second.client.read_bytes(NS, digest) == data
+    assert metric(await second.metrics(), QUARANTINED) == 1
+
+
+async def test_head_of_a_corrupt_cached_blob_does_not_claim_it(origin: Origin) -> None:
+    """The existence check before a push is checked too: a client told 200 would skip the
+    upload, and a push's HEAD must never vouch for bytes nobody verified."""
+    _, digest = await pushed_and_written_back(origin, 4096)
+    flip_byte(origin.service.store.path(digest))
+    assert await origin.status("HEAD", origin.blob_url(digest, "fresh%2Fns")) == 202
+    assert metric(await origin.metrics(), QUARANTINED) == 1

@@ -94,3 +94,31 @@ async def test_head_of_a_corrupt_cached_blob_does_not_claim_it(origin: Origin) -
     flip_byte(origin.service.store.path(digest))
     assert await origin.status("HEAD", origin.blob_url(digest, "fresh%2Fns")) == 202
     assert metric(await origin.metrics(), QUARANTINED) == 1
+
+
+# ---- 2. write-back trusts only a copy it read back -------------------------------------------
+
+
+async def test_writeback_overwrites_a_same_size_wrong_backend_copy(origin: Origin, testfs: Testfs) -> None:
+    data, digest = random_blob(MB + 3)
+    planted = bytes(len(data))
+    await testfs.write(digest, planted)
+
+    await origin.client.upload_bytes(NS, digest, data)
+    await until(lambda: drained(origin.service.writeback.worker.queue), what="write-back done")
+    assert await testfs.read(digest) == data
+    assert metric(await origin.metrics(), "kraken_origin_backend_corrupt_copies_total") == 1
+
+    # The cache's copy may go now: the backend's is good, so the blob stays servable.
+    assert str(digest) in await origin.force_cleanup()
+    assert await origin.client.read_bytes(NS, digest) == data
+
+
+async def test_writeback_of_a_verified_backend_copy_uploads_nothing(origin: Origin, testfs: Testfs) -> None:
+    data, digest = random_blob(4096)
+    await testfs.write(digest, data)
+    await origin.client.upload_bytes(NS, digest, data)
+    await until(lambda: drained(origin.service.writeback.worker.queue), what="write-back done")
+    text = await origin.metrics()
+    assert metric(text, "kraken_origin_writebacks_total", default=0) == 0
+    assert metric(text, "kraken_origin_backend_corrupt_copies_total") == 0

@@ -133,7 +133,7 @@ class OriginService:
         # each pair under way, which concurrent requests for the same pair share.
         self._in_namespace: RecentSet[tuple[str, Digest]] = RecentSet(NAMESPACE_MEMO_SIZE)
         self._queueing: dict[tuple[str, Digest], asyncio.Task[None]] = {}
-        self.writeback = WriteBack(writeback_queue, store, router, config.writeback, metrics)
+        self.writeback = WriteBack(writeback_queue, store, router, config.writeback, metrics, store.root / "fetch")
         self.replicator = Replicator(
             replication_queue, store, self.ring, self.identity, http, config.replication, metrics
         )

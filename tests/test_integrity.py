@@ -8,6 +8,7 @@ import os
 from pathlib import Path
 
 from kraken.core.digest import Digest
+from kraken.devcluster import free_port
 from tests.origin_helpers import (  # noqa: F401 - fixtures
     MB,
     NS,
@@ -122,3 +123,26 @@ async def test_writeback_of_a_verified_backend_copy_uploads_nothing(origin: Orig
     text = await origin.metrics()
     assert metric(text, "kraken_origin_writebacks_total", default=0) == 0
     assert metric(text, "kraken_origin_backend_corrupt_copies_total") == 0
+
+
+async def test_corrupt_backend_copy_is_replaced_from_a_ring_owner(
+    start_origin: OriginFactory, testfs_port: int, testfs: Testfs
+) -> None:
+    ports = [free_port(), free_port()]
+    ring = {"hosts": [f"127.0.0.1:{p}" for p in ports], "max_replica": 2}
+    a, b = [await start_origin(testfs_port, port=p, ring=ring) for p in ports]
+    data, digest = random_blob(MB + 11)
+    await a.client.upload_bytes(NS, digest, data)
+    await until(lambda: b.cached(digest), what="replication")
+    await until(lambda: drained(a.service.replicator.worker.queue), what="replication done")
+    await until(lambda: drained(a.service.writeback.worker.queue), what="write-back done")
+    assert str(digest) in await a.force_cleanup()
+    await testfs.write(digest, bytes(len(data)))  # the backend copy goes bad
+
+    assert await a.client.read_bytes(NS, digest) == data
+    assert metric(await a.metrics(), "kraken_origin_backend_fetches_total", result="repaired") == 1
+    assert await until(lambda: _backend_has(testfs, digest, data), what="backend copy replaced")
+
+
+async def _backend_has(testfs: Testfs, digest: Digest, data: bytes) -> bool:
+    return await testfs.read(digest) == data

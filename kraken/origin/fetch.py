@@ -4,6 +4,11 @@ A request for a missing blob asks the backend whether it has it: if not, the ans
 if so, a fetch starts in the background and the request is answered 202 (the client polls).
 Concurrent requests for the same digest share that one fetch. The download goes to a
 temporary file beside the cache and enters the cache only after its sha256 matches.
+
+A backend copy that fails that check is logged, and the blob is asked of the other ring owners, from their caches only (verified there, and again
+here): when one has a good copy, the blob is cached from it and ``on_repaired`` queues a
+write-back, which overwrites the backend's bad copy (see kraken.origin.writeback). Such a
+fetch counts as ``result="repaired"``, one that found no good copy as ``"corrupt"``.
 """
 from __future__ import annotations
 
@@ -11,12 +16,16 @@ import asyncio
 import shutil
 import uuid
 from pathlib import Path
-from typing import Callable
+from typing import Awaitable, Callable
+
+import aiohttp
 
 from kraken.backend import BackendError, BackendNotFound, BackendRouter
 from kraken.core.digest import Digest
+from kraken.http.client import HttpClient
 from kraken.log import get_logger
 from kraken.metrics import Metrics
+from kraken.origin.client import BlobNotFound, OriginClient
 from kraken.store.cas import CAStore, DigestMismatch
 from kraken.tasks import TaskOwner
 
@@ -32,11 +41,17 @@ class BackendFetcher:
         metrics: Metrics,
         concurrency: int,
         on_fetched: Callable[[Digest], None],
+        peers: Callable[[Digest], list[str]],
+        http: HttpClient,
+        on_repaired: Callable[[str, Digest], Awaitable[None]],
     ) -> None:
         self._store = store
         self._router = router
         self._owner = owner
         self._on_fetched = on_fetched
+        self._peers = peers
+        self._http = http
+        self._on_repaired = on_repaired
         self._limit = asyncio.Semaphore(concurrency)
         self._inflight: dict[Digest, asyncio.Task] = {}
         self._tmp_dir = store.root / "fetch"
@@ -74,21 +89,46 @@ class BackendFetcher:
         try:
             async with self._limit:
                 await self._router.for_namespace(namespace).download(namespace, digest.hex, tmp)
-                await self._store.import_file(tmp, digest)
+                try:
+                    await self._store.import_file(tmp, digest)
+                except DigestMismatch as e:
+                    log.error("backend blob failed verification; asking the other ring owners",
+                              namespace=namespace, digest=digest, error=str(e))
+                    result = "repaired" if await self._from_peers(namespace, digest, tmp) else "corrupt"
+                    if result == "corrupt":
+                        return
+                else:
+                    result = "ok"
             self._on_fetched(digest)
-            result = "ok"
-            log.info("blob fetched from backend", namespace=namespace, digest=digest)
+            log.info("blob fetched", namespace=namespace, digest=digest, source=result)
         except BackendNotFound:
             result = "not_found"
             log.warning("blob vanished from backend during fetch", namespace=namespace, digest=digest)
-        except DigestMismatch as e:
-            result = "corrupt"
-            log.error("backend blob failed verification", namespace=namespace, digest=digest, error=str(e))
         except Exception as e:  # noqa: BLE001 - the next request retries; say why this one failed
             log.error("backend fetch failed", namespace=namespace, digest=digest, error=f"{type(e).__name__}: {e}")
         finally:
             self._fetches.labels(result).inc()
             await asyncio.to_thread(_unlink, tmp)
+
+    async def _from_peers(self, namespace: str, digest: Digest, tmp: Path) -> bool:
+        """Cache ``digest`` from the first other ring owner with a good copy, and have the
+        backend's bad copy replaced; False if none has one."""
+        for host in self._peers(digest):
+            try:
+                await OriginClient(host, self._http).download_local(namespace, digest, tmp)
+                await self._store.import_file(tmp, digest)
+            except BlobNotFound:
+                continue
+            except (DigestMismatch, OSError, aiohttp.ClientError, asyncio.TimeoutError) as e:
+                log.warning("ring owner has no good copy", host=host, digest=digest, error=f"{type(e).__name__}: {e}")
+                continue
+            log.warning("blob restored from a ring owner; replacing the backend copy",
+                        host=host, namespace=namespace, digest=digest)
+            await self._on_repaired(namespace, digest)
+            return True
+        log.error("no good copy of the blob anywhere: backend copy corrupt, no ring owner has it",
+                  namespace=namespace, digest=digest)
+        return False
 
 
 def _unlink(path: Path) -> None:

@@ -138,7 +138,9 @@ class OriginService:
             replication_queue, store, self.ring, self.identity, http, config.replication, metrics
         )
         self.fetcher = BackendFetcher(
-            store, router, self.owner, metrics, config.fetch.concurrency, on_fetched=self._start_metainfo
+            store, router, self.owner, metrics, config.fetch.concurrency, on_fetched=self._start_metainfo,
+            peers=lambda d: [h for h in self.ring.owners(d) if h != self.identity], http=http,
+            on_repaired=self.writeback.enqueue,
         )
         self._uploads = metrics.counter("kraken_origin_uploads_total", "Blobs committed by upload", ["source"])
         self._evictions = metrics.counter("kraken_origin_evictions_total", "Blobs evicted from the cache")

@@ -65,7 +65,7 @@ class Agent:
     async def start(cls, config: AgentConfig) -> Agent:
         metrics = Metrics(COMPONENT)
         root = Path(config.store.root)
-        cas = await asyncio.to_thread(CAStore, root, False)
+        cas = await asyncio.to_thread(CAStore, root, False, metrics)
         session = await P2PSession.start(config.p2p, metrics, role="agent")
         # Fewer retries than the default: a pull waiting on a dead tracker should get its 503 soon.
         http = HttpClient(ClientConfig(connect_timeout=3.0, read_timeout=60.0, retries=2))

@@ -1,0 +1,135 @@
+"""Integrity through the whole herd (issue 9) as real processes: a corrupt file in the
+origin's or an agent's cache never reaches a client; a killed origin's partial upload is gone
+after its restart."""
+from __future__ import annotations
+
+import asyncio
+import os
+from pathlib import Path
+from typing import AsyncIterator, Iterator
+
+import aiohttp
+import pytest
+
+from kraken.core.digest import Digest
+from tests.cluster import Herd, start_herd
+from tests.origin_helpers import MB, metric, random_blob, until
+from tests.test_integrity import flip_byte
+
+REPO = "integrity/app"
+
+
+@pytest.fixture(scope="module")
+def herd(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Herd]:
+    """testfs, one origin, tracker, build-index, proxy and one agent."""
+    h = start_herd(Path(tmp_path_factory.mktemp("herd")), agents=1)
+    try:
+        yield h
+    finally:
+        h.stop()
+
+
+def cache_file(root: Path, digest: Digest) -> Path:
+    return root / "cache" / "sha256" / digest.hex[:2] / digest.hex[2:4] / digest.hex
+
+
+async def push_blob(http: aiohttp.ClientSession, herd: Herd, data: bytes) -> Digest:
+    digest = Digest.of_bytes(data)
+    async with http.post(f"{herd.proxy.url}/v2/{REPO}/blobs/uploads/", data=b"") as r:
+        assert r.status == 202, await r.text()
+        location = r.headers["Location"]
+    async with http.put(location, params={"digest": str(digest)}, data=data) as r:
+        assert r.status == 201, await r.text()
+    return digest
+
+
+async def written_back(http: aiohttp.ClientSession, herd: Herd, digest: Digest) -> bool:
+    async with http.get(f"{herd.origin.url}/metrics") as r:
+        pending = metric(await r.text(), "kraken_origin_writeback_pending")
+    async with http.head(f"{herd.testfs.url}/files/docker/registry/v2/blobs/sha256/{digest.hex[:2]}/{digest.hex}/data") as r:
+        return pending == 0 and r.status == 200
+
+
+async def quarantined(http: aiohttp.ClientSession, url: str, component: str) -> float:
+    async with http.get(f"{url}/metrics") as r:
+        return metric(await r.text(), f"kraken_{component}_blobs_quarantined_total")
+
+
+@pytest.fixture
+async def http() -> AsyncIterator[aiohttp.ClientSession]:
+    async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=60)) as s:
+        yield s
+
+
+async def test_proxy_serves_the_right_bytes_of_a_blob_corrupt_in_the_origin_cache(
+    herd: Herd, http: aiohttp.ClientSession
+) -> None:
+    data, _ = random_blob(2 * MB + 1)
+    digest = await push_blob(http, herd, data)
+    await until(lambda: written_back(http, herd, digest), what="write-back")
+    before = await quarantined(http, herd.origin.url, "origin")
+    flip_byte(cache_file(herd.workdir / "origin", digest), MB)
+
+    async with http.get(f"{herd.proxy.url}/v2/{REPO}/blobs/{digest}") as r:
+        assert r.status == 200
+        assert await r.read() == data
+    assert await quarantined(http, herd.origin.url, "origin") == before + 1
+
+
+async def test_agent_pulls_the_right_bytes_of_a_blob_corrupt_in_the_origin_cache(
+    herd: Herd, http: aiohttp.ClientSession
+) -> None:
+    data, _ = random_blob(3 * MB + 5)
+    digest = await push_blob(http, herd, data)
+    await until(lambda: written_back(http, herd, digest), what="write-back")
+    flip_byte(cache_file(herd.workdir / "origin", digest), 2 * MB)
+
+    agent = herd.agents[0]
+    started = asyncio.get_running_loop().time()
+    async with http.get(f"{agent.url}/v2/{REPO}/blobs/{digest}") as r:
+        assert r.status == 200
+        assert await r.read() == data
+    assert asyncio.get_running_loop().time() - started < 15
+
+
+async def test_agent_downloads_again_a_blob_corrupt_in_its_own_cache(herd: Herd, http: aiohttp.ClientSession) -> None:
+    data, _ = random_blob(MB + 3)
+    digest = await push_blob(http, herd, data)
+    agent = herd.agents[0]
+    url = f"{agent.url}/v2/{REPO}/blobs/{digest}"
+    async with http.get(url) as r:
+        assert r.status == 200 and await r.read() == data
+    flip_byte(cache_file(herd.workdir / agent.name, digest), 17)
+
+    async with http.get(url) as r:
+        assert r.status == 200
+        assert await r.read() == data
+    assert await quarantined(http, f"http://127.0.0.1:{agent.health_port}", "agent") == 1
+
+
+async def test_origin_killed_mid_upload_restarts_with_no_partial_upload(herd: Herd, http: aiohttp.ClientSession) -> None:
+    data, digest = random_blob(12 * MB)  # half of it is more than one write batch (4 MiB)
+    uploads_dir = herd.workdir / "origin" / "uploads"
+    uploads = f"{herd.origin.url}/namespace/{REPO.replace('/', '%2F')}/blobs/{digest}/uploads"
+    async with http.post(uploads) as r:
+        assert r.status == 200
+        uid = r.headers["Location"]
+    stalled = asyncio.Event()
+
+    async def half_then_stall() -> AsyncIterator[bytes]:
+        yield data[: len(data) // 2]
+        await stalled.wait()
+
+    patch = asyncio.ensure_future(http.patch(f"{uploads}/{uid}", data=half_then_stall(),
+                                             headers={"Content-Range": f"0-{len(data)}"}))
+    try:
+        await until(lambda: (uploads_dir / uid).exists() and (uploads_dir / uid).stat().st_size > 0,
+                    what="part of the upload on disk")
+        await asyncio.to_thread(herd.supervisor.kill, herd.origin.name)
+        await asyncio.gather(patch, return_exceptions=True)
+        assert (uploads_dir / uid).exists()
+        await asyncio.to_thread(herd.supervisor.start, herd.origin)
+        assert os.listdir(uploads_dir) == []
+    finally:
+        stalled.set()
+        patch.cancel()

@@ -146,3 +146,22 @@ async def test_corrupt_backend_copy_is_replaced_from_a_ring_owner(
 
 async def _backend_has(testfs: Testfs, digest: Digest, data: bytes) -> bool:
     return await testfs.read(digest) == data
+
+
+# ---- 4. failed uploads leave no files ---------------------------------------------------------
+
+
+async def test_upload_write_failing_with_disk_full_removes_the_upload(origin: Origin) -> None:
+    data, digest = random_blob(5 * MB)
+    uploads = f"{origin.blob_url(digest)}/uploads"
+    async with origin.session.post(uploads) as resp:
+        uid = resp.headers["Location"]
+    path = origin.service.store.upload_dir / uid
+    path.unlink()
+    path.symlink_to("/dev/full")  # every write there fails with ENOSPC
+
+    async with origin.session.patch(f"{uploads}/{uid}", data=data, headers={"Content-Range": f"0-{len(data)}"}) as resp:
+        assert resp.status == 507
+        assert "No space left on device" in await resp.text()
+    assert list(origin.service.store.upload_dir.iterdir()) == []
+    assert await origin.status("PATCH", f"{uploads}/{uid}", data=b"x", headers={"Content-Range": "0-1"}) == 404

@@ -133,3 +133,25 @@ async def test_origin_killed_mid_upload_restarts_with_no_partial_upload(herd: He
     finally:
         stalled.set()
         patch.cancel()
+
+
+async def test_proxy_upload_failing_with_disk_full_is_an_oci_error_and_leaves_no_file(
+    herd: Herd, http: aiohttp.ClientSession
+) -> None:
+    data, digest = random_blob(5 * MB)
+    async with http.post(f"{herd.proxy.url}/v2/{REPO}/blobs/uploads/", data=b"") as r:
+        assert r.status == 202
+        location = r.headers["Location"]
+        uid = r.headers["Docker-Upload-UUID"]
+    staged = herd.workdir / "proxy" / "uploads" / uid
+    staged.unlink()
+    staged.symlink_to("/dev/full")
+
+    async with http.patch(location, data=data) as r:
+        assert r.status == 507
+        body = await r.json()
+    assert body["errors"][0]["code"] == "UNAVAILABLE"
+    assert "No space left on device" in body["errors"][0]["detail"]
+    assert not staged.exists() and not staged.is_symlink()
+    async with http.put(location, params={"digest": str(digest)}) as r:
+        assert r.status == 404 and (await r.json())["errors"][0]["code"] == "BLOB_UPLOAD_UNKNOWN"

@@ -7,8 +7,16 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+import aiohttp
+import pytest
+from aiohttp import web
+from aiohttp.test_utils import TestServer
+
 from kraken.core.digest import Digest
 from kraken.devcluster import free_port
+from kraken.proxy.config import BuildIndexConfig, ProxyConfig, StoreConfig
+from kraken.proxy.server import create_proxy_app
+from kraken.ring import RingConfig
 from tests.origin_helpers import (  # noqa: F401 - fixtures
     MB,
     NS,
@@ -165,3 +173,44 @@ async def test_upload_write_failing_with_disk_full_removes_the_upload(origin: Or
         assert "No space left on device" in await resp.text()
     assert list(origin.service.store.upload_dir.iterdir()) == []
     assert await origin.status("PATCH", f"{uploads}/{uid}", data=b"x", headers={"Content-Range": "0-1"}) == 404
+
+
+# ---- the proxy checks what it relays --------------------------------------------------------
+
+
+async def test_proxy_cuts_short_a_whole_blob_that_fails_its_digest(tmp_path: Path, session: aiohttp.ClientSession) -> None:
+    """An origin (here a fake one) sending wrong bytes: the client gets a short body, never
+    the full wrong one; a Range read is relayed as is (a part cannot be checked)."""
+    good = os.urandom(3 * MB + 1)
+    digest = Digest.of_bytes(good)
+    bad = bytearray(good)
+    bad[-1] ^= 0xFF
+
+    async def blob(request: web.Request) -> web.StreamResponse:
+        if request.method == "HEAD":
+            return web.Response(headers={"Content-Length": str(len(bad))})
+        return web.FileResponse(tmp_path / "bad") if "Range" in request.headers else web.Response(body=bytes(bad))
+
+    (tmp_path / "bad").write_bytes(bad)
+    fake = web.Application()
+    fake.router.add_get("/namespace/{ns}/blobs/{digest}", blob)
+    fake_server = TestServer(fake, host="127.0.0.1")
+    await fake_server.start_server()
+    fake_addr = f"127.0.0.1:{fake_server.port}"
+    config = ProxyConfig(store=StoreConfig(str(tmp_path / "proxy")), origins=RingConfig([fake_addr]),
+                         build_index=BuildIndexConfig(fake_addr))
+    proxy = TestServer(create_proxy_app(config), host="127.0.0.1")
+    await proxy.start_server()
+    try:
+        url = f"http://127.0.0.1:{proxy.port}/v2/some/repo/blobs/{digest}"
+        async with session.get(url) as resp:
+            assert resp.status == 200
+            with pytest.raises(aiohttp.ClientPayloadError):
+                await resp.read()
+        async with session.get(url, headers={"Range": "bytes=0-99"}) as resp:
+            assert resp.status == 206 and await resp.read() == good[:100]
+        async with session.get(f"http://127.0.0.1:{proxy.port}/metrics") as resp:
+            assert metric(await resp.text(), "kraken_proxy_blob_digest_mismatches_total") == 1
+    finally:
+        await proxy.close()
+        await fake_server.close()

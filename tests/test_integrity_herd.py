@@ -21,8 +21,10 @@ REPO = "integrity/app"
 
 @pytest.fixture(scope="module")
 def herd(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Herd]:
-    """testfs, one origin, tracker, build-index, proxy and one agent."""
-    h = start_herd(Path(tmp_path_factory.mktemp("herd")), agents=1)
+    """testfs, one origin, tracker, build-index, proxy and one agent, which falls back to
+    HTTP after 3 s without P2P progress (30 s by default)."""
+    h = start_herd(Path(tmp_path_factory.mktemp("herd")), agents=1,
+                   overrides={"agent": {"download": {"fallback_after": "3s"}}})
     try:
         yield h
     finally:
@@ -155,3 +157,29 @@ async def test_proxy_upload_failing_with_disk_full_is_an_oci_error_and_leaves_no
     assert not staged.exists() and not staged.is_symlink()
     async with http.put(location, params={"digest": str(digest)}) as r:
         assert r.status == 404 and (await r.json())["errors"][0]["code"] == "BLOB_UPLOAD_UNKNOWN"
+
+
+async def test_seeded_file_failing_a_piece_hash_is_quarantined(
+    herd: Herd, http: aiohttp.ClientSession
+) -> None:
+    """A corruption the stat cannot see (size and mtime kept) of a file the origin verified
+    already: the agent's first piece request fails its hash at the origin, which quarantines
+    the file; the agent's HTTP fallback then gets the good copy the origin fetched again."""
+    data, _ = random_blob(3 * MB + 9)
+    digest = await push_blob(http, herd, data)
+    await until(lambda: written_back(http, herd, digest), what="write-back")
+    ns = REPO.replace("/", "%2F")
+    async with http.get(f"{herd.origin.url}/namespace/{ns}/blobs/{digest}") as r:
+        assert r.status == 200 and await r.read() == data  # verified: the origin keeps a record
+    before = await quarantined(http, herd.origin.url, "origin")
+    path = cache_file(herd.workdir / "origin", digest)
+    st = path.stat()
+    flip_byte(path, MB + 100)
+    os.utime(path, ns=(st.st_atime_ns, st.st_mtime_ns))
+
+    started = asyncio.get_running_loop().time()
+    async with http.get(f"{herd.agents[0].url}/v2/{REPO}/blobs/{digest}") as r:
+        assert r.status == 200
+        assert await r.read() == data
+    assert asyncio.get_running_loop().time() - started < 15
+    assert await quarantined(http, herd.origin.url, "origin") == before + 1

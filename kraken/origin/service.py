@@ -128,7 +128,7 @@ class OriginService:
         # handed to it (stale once the session dropped the torrent as idle): both protected
         # from eviction.
         self._seed_starting: Counter[Digest] = Counter()
-        self._seeded: dict[str, Digest] = {}
+        self._seeded: dict[str, tuple[Digest, str]] = {}  # info-hash -> (digest, namespace)
         # (namespace, digest) pairs whose write-back is queued (or done), and the insert of
         # each pair under way, which concurrent requests for the same pair share.
         self._in_namespace: RecentSet[tuple[str, Digest]] = RecentSet(NAMESPACE_MEMO_SIZE)
@@ -220,7 +220,7 @@ class OriginService:
             await self.replicator.enqueue(namespace, digest)
         self._start_metainfo(digest)
         if self.config.seed_on_commit and self.store.size(digest):
-            self.owner.spawn(self._seed_committed(digest), f"seed:{digest}")
+            self.owner.spawn(self._seed_committed(namespace, digest), f"seed:{digest}")
         self._uploads.labels("replica" if replica else "push").inc()
         log.info("blob committed", namespace=namespace, digest=digest, replica=replica)
         return True
@@ -313,7 +313,7 @@ class OriginService:
                 if self.store.size(digest) == 0:
                     raise EmptyBlobError(f"{digest} is empty")
                 data = await asyncio.shield(self._metainfo_job(digest))
-            await self._seed(digest, data)
+            await self._seed(namespace, digest, data)
         return data
 
     async def _find_protected(self, namespace: str, digest: Digest) -> None:
@@ -340,7 +340,7 @@ class OriginService:
             if self._seed_starting[digest] <= 0:
                 del self._seed_starting[digest]
 
-    async def _seed(self, digest: Digest, metainfo: bytes) -> None:
+    async def _seed(self, namespace: str, digest: Digest, metainfo: bytes) -> None:
         """Seed the cached blob (idempotent; again counts as activity for idle removal)."""
         if self.p2p is None:
             raise SeedError("the P2P session is not running")
@@ -349,11 +349,11 @@ class OriginService:
         except (P2PError, ValueError, OSError) as e:
             log.error("cannot seed blob", digest=digest, error=f"{type(e).__name__}: {e}")
             raise SeedError(f"cannot seed {digest}: {e}") from e
-        if self._seeded.get(info_hash) != digest:
-            self._seeded[info_hash] = digest
+        if info_hash not in self._seeded:
+            self._seeded[info_hash] = (digest, namespace)
             log.info("seeding blob", digest=digest, info_hash=info_hash)
 
-    async def _seed_committed(self, digest: Digest) -> None:
+    async def _seed_committed(self, namespace: str, digest: Digest) -> None:
         """``seed_on_commit``: seed a blob just pushed, once its metainfo is generated."""
         with self._seed_guard(digest):
             self.store.touch(digest)  # see _find_protected
@@ -361,7 +361,7 @@ class OriginService:
                 return
             data = await asyncio.shield(self._metainfo_job(digest))
             try:
-                await self._seed(digest, data)
+                await self._seed(namespace, digest, data)
             except SeedError:
                 pass  # logged; the tracker's metainfo request tries again
 
@@ -370,14 +370,16 @@ class OriginService:
         torrents = self.p2p.torrents() if self.p2p is not None else {}
         for info_hash in [ih for ih in self._seeded if ih not in torrents]:
             del self._seeded[info_hash]
-        return set(self._seed_starting) | set(self._seeded.values())
+        return set(self._seed_starting) | {digest for digest, _ in self._seeded.values()}
 
     def _seed_corrupt(self, info_hash: str) -> None:
         """The P2P session found a piece of a seeded file failing its hash (and dropped the
-        torrent): hash the cache file again, which quarantines it if it is bad, so the next
-        metainfo request fetches a good copy instead of seeding the bad one again."""
-        digest = self._seeded.pop(info_hash, None)
-        if digest is not None:
+        torrent): hash the cache file again, which quarantines it if it is bad. The next
+        request for the blob (an agent's HTTP fallback, a metainfo request) then finds it
+        missing and fetches a good copy, which is what gets seeded from then on."""
+        seeded = self._seeded.pop(info_hash, None)
+        if seeded is not None:
+            digest, _ = seeded
             self.owner.spawn(self.store.recheck(digest), f"recheck:{digest}")
 
     def _start_metainfo(self, digest: Digest) -> None:

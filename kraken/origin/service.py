@@ -45,7 +45,7 @@ from kraken.origin.writeback import WriteBack
 from kraken.p2p import P2PError, P2PSession
 from kraken.persisted import PersistedQueue
 from kraken.ring import HashRing
-from kraken.store.cas import CAStore
+from kraken.store.cas import QUARANTINED_HELP, CAStore
 from kraken.tasks import TaskOwner
 
 log = get_logger("origin")
@@ -148,7 +148,8 @@ class OriginService:
     @classmethod
     async def create(cls, config: OriginConfig, metrics: Metrics) -> "OriginService":
         root = Path(config.store.root)
-        store = await asyncio.to_thread(CAStore, root, True, metrics)
+        quarantined = metrics.counter("kraken_origin_blobs_quarantined_total", QUARANTINED_HELP)
+        store = await asyncio.to_thread(CAStore, root, True, quarantined)
         writeback_queue = await PersistedQueue.open(root / "writeback.db")
         replication_queue = await PersistedQueue.open(root / "replication.db")
         return cls(config, metrics, store, build_router(config.backends), HttpClient(), writeback_queue, replication_queue)

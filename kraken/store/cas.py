@@ -36,13 +36,16 @@ from pathlib import Path
 from typing import AsyncIterable, Iterator
 
 from kraken.core.digest import Digest, DigestError, hash_file_sync, new_hasher
+from prometheus_client import Counter
+
 from kraken.log import get_logger
-from kraken.metrics import Metrics
 
 WRITE_BATCH = 4 << 20
 
 #: How many quarantined files are kept for inspection; older ones are deleted.
 QUARANTINE_KEEP = 8
+
+QUARANTINED_HELP = "Cached blobs that failed their digest on a read and were moved aside"
 
 log = get_logger("kraken.store")
 
@@ -94,9 +97,10 @@ class _Upload:
 class CAStore:
     """``durable=False`` skips the fsyncs, for a staging store whose blobs are durable
     elsewhere (the proxy's uploads, which the origin keeps); digests are verified either way.
-    ``metrics`` (the component's) gets ``kraken_<component>_blobs_quarantined_total``."""
+    ``quarantined`` (the component's ``kraken_<component>_blobs_quarantined_total``, see
+    :data:`QUARANTINED_HELP`) counts the files :meth:`verified_path` moved aside."""
 
-    def __init__(self, root: str | Path, durable: bool = True, metrics: Metrics | None = None) -> None:
+    def __init__(self, root: str | Path, durable: bool = True, quarantined: Counter | None = None) -> None:
         self.root = Path(root)
         self.durable = durable
         self.upload_dir = self.root / "uploads"
@@ -109,12 +113,7 @@ class CAStore:
         # One lock per digest being hashed (with its number of users), so that concurrent
         # first reads share one hash: the ones waiting find the record made by the first.
         self._verify_locks: dict[Digest, tuple[asyncio.Lock, int]] = {}
-        self._quarantined = None
-        if metrics is not None:
-            self._quarantined = metrics.counter(
-                f"kraken_{metrics.component}_blobs_quarantined_total",
-                "Cached blobs that failed their digest on a read and were moved aside",
-            )
+        self._quarantined = quarantined
 
     # ---- uploads -------------------------------------------------------------------------
 

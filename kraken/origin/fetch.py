@@ -22,7 +22,7 @@ import aiohttp
 
 from kraken.backend import BackendError, BackendNotFound, BackendRouter
 from kraken.core.digest import Digest
-from kraken.http.client import HttpClient
+from kraken.http.client import HTTPStatusError, HttpClient
 from kraken.log import get_logger
 from kraken.metrics import Metrics
 from kraken.origin.client import BlobNotFound, OriginClient
@@ -119,7 +119,7 @@ class BackendFetcher:
                 await self._store.import_file(tmp, digest)
             except BlobNotFound:
                 continue
-            except (DigestMismatch, OSError, aiohttp.ClientError, asyncio.TimeoutError) as e:
+            except (DigestMismatch, HTTPStatusError, OSError, aiohttp.ClientError, asyncio.TimeoutError) as e:
                 log.warning("ring owner has no good copy", host=host, digest=digest, error=f"{type(e).__name__}: {e}")
                 continue
             log.warning("blob restored from a ring owner; replacing the backend copy",

@@ -5,7 +5,7 @@ Layout under ``root``::
     uploads/<uid>                              bytes of an upload in progress
     cache/<algo>/<hex[0:2]>/<hex[2:4]>/<hex>   a verified blob
     cache/<algo>/<hex[0:2]>/<hex[2:4]>/<hex>.meta/<name>   metadata kept beside it (e.g. metainfo)
-    quarantine/<algo>-<hex>.<ns>               a cached file that failed its digest (the last few)
+    quarantine/<algo>-<hex>.<time_ns>          a cached file that failed its digest (the last few)
 
 A blob enters the cache only through :meth:`CAStore.commit`: the upload's digest is checked,
 the file fsynced and then renamed into place, so a reader never sees a partial or wrong blob
@@ -33,17 +33,20 @@ import time
 import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import AsyncIterable, Iterator
+from typing import AsyncIterable, BinaryIO, Iterator
 
-from kraken.core.digest import Digest, DigestError, hash_file_sync, new_hasher
 from prometheus_client import Counter
 
+from kraken.core.digest import Digest, DigestError, hash_file_sync, new_hasher
 from kraken.log import get_logger
 
 WRITE_BATCH = 4 << 20
 
 #: How many quarantined files are kept for inspection; older ones are deleted.
 QUARANTINE_KEEP = 8
+
+#: How many times a read hashes a cached file that changes while it is hashed.
+VERIFY_ATTEMPTS = 3
 
 QUARANTINED_HELP = "Cached blobs that failed their digest on a read and were moved aside"
 
@@ -169,7 +172,7 @@ class CAStore:
                     upload.last_active = time.time()
         return upload.size
 
-    async def _append(self, uid: str, upload: _Upload, f, batch: list[bytes]) -> None:
+    async def _append(self, uid: str, upload: _Upload, f: BinaryIO, batch: list[bytes]) -> None:
         """Write a batch; a failed write (disk full, I/O error) ends the upload and deletes
         its file, since the bytes on disk no longer match its running hash."""
         try:
@@ -310,8 +313,12 @@ class CAStore:
         return await self.verified_path(digest)
 
     async def _verify(self, digest: Digest, path: Path) -> Path | None:
-        """Hash ``path`` unless a reader did while we waited; called with the digest's lock."""
-        while True:
+        """Hash ``path`` unless a reader did while we waited; called with the digest's lock.
+
+        A file replaced or written while it was hashed is looked at again, a few times; one
+        that never holds still is reported absent (the caller fetches a copy it can trust).
+        """
+        for _ in range(VERIFY_ATTEMPTS):
             before = _stat_key(path)
             if before is None:
                 return None
@@ -321,30 +328,36 @@ class CAStore:
                 actual = await asyncio.to_thread(hash_file_sync, path, digest.algorithm)
             except FileNotFoundError:
                 return None
-            after = _stat_key(path)
-            if after != before:
-                continue  # replaced or written while hashed: look at the new file
+            if _stat_key(path) != before:
+                continue
             if actual == digest:
                 self._verified[digest] = before
                 return path
-            await asyncio.to_thread(self._quarantine, digest, path, before)
+            if not await asyncio.to_thread(self._quarantine, digest, path, before):
+                continue
             log.error("cached blob is corrupt; quarantined", digest=digest, actual=actual,
                       size=before[1], path=path, quarantine=self.quarantine_dir)
             if self._quarantined is not None:
                 self._quarantined.inc()
             return None
+        log.warning("cached blob kept changing while it was verified", digest=digest, path=path)
+        return None
 
-    def _quarantine(self, digest: Digest, path: Path, key: FileKey) -> None:
-        """Move the bad file (only that version of it) out of the cache, with its metadata
-        (metainfo generated from bad bytes is bad too); keep the last few for inspection."""
+    def _quarantine(self, digest: Digest, path: Path, key: FileKey) -> bool:
+        """Move the bad file (only that version of it: False if it changed) out of the cache,
+        with its metadata (metainfo generated from bad bytes is bad too); keep the last few
+        for inspection."""
+        if _stat_key(path) != key:
+            return False
         self._verified.pop(digest, None)
         self.quarantine_dir.mkdir(parents=True, exist_ok=True)
-        if _stat_key(path) == key:
-            os.replace(path, self.quarantine_dir / f"{digest.algorithm}-{digest.hex}.{time.time_ns()}")
+        os.replace(path, self.quarantine_dir / f"{digest.algorithm}-{digest.hex}.{time.time_ns()}")
         shutil.rmtree(self._meta_dir(digest), ignore_errors=True)
-        kept = sorted(self.quarantine_dir.iterdir(), key=lambda p: p.stat().st_mtime_ns)
+        # Oldest first by the time in the name (a rename keeps the file's own mtime).
+        kept = sorted(self.quarantine_dir.iterdir(), key=lambda p: p.name.rsplit(".", 1)[-1].zfill(20))
         for old in kept[:-QUARANTINE_KEEP]:
             old.unlink(missing_ok=True)
+        return True
 
     async def put_bytes(self, digest: Digest, data: bytes) -> Path:
         """Store a small blob held in memory (manifests), verified like any other."""

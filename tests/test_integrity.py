@@ -214,3 +214,22 @@ async def test_proxy_cuts_short_a_whole_blob_that_fails_its_digest(tmp_path: Pat
     finally:
         await proxy.close()
         await fake_server.close()
+
+
+async def test_quarantined_blob_the_backend_lacks_comes_from_a_ring_owner(
+    start_origin: OriginFactory, testfs_port: int
+) -> None:
+    """Corrupted before its write-back: the replica on the other owner is the good copy."""
+    ports = [free_port(), free_port()]
+    ring = {"hosts": [f"127.0.0.1:{p}" for p in ports], "max_replica": 2}
+    backends = [{"namespace": "test/.*", "backend": {"testfs": {
+        "addr": f"127.0.0.1:{testfs_port}", "name_path": "sharded_docker_blob"}}}]
+    a, b = [await start_origin(testfs_port, port=p, ring=ring, backends=backends) for p in ports]
+    data, digest = random_blob(MB + 13)
+    await a.client.upload_bytes("nobackend/x", digest, data)  # its write-back cannot succeed
+    await until(lambda: b.cached(digest), what="replication")
+    flip_byte(a.service.store.path(digest), 5)
+
+    assert await a.client.read_bytes("nobackend/x", digest) == data
+    assert metric(await a.metrics(), "kraken_origin_backend_fetches_total", result="replica") == 1
+    assert a.service.store.path(digest).read_bytes() == data

@@ -8,7 +8,9 @@ temporary file beside the cache and enters the cache only after its sha256 match
 A backend copy that fails that check is logged, and the blob is asked of the other ring owners, from their caches only (verified there, and again
 here): when one has a good copy, the blob is cached from it and ``on_repaired`` queues a
 write-back, which overwrites the backend's bad copy (see kraken.origin.writeback). Such a
-fetch counts as ``result="repaired"``, one that found no good copy as ``"corrupt"``.
+fetch counts as ``result="repaired"``, one that found no good copy as ``"corrupt"``. The other
+owners are also asked, once, for a blob this origin quarantined while the backend lacks it
+(``result="replica"``, or ``"not_found"``).
 """
 from __future__ import annotations
 
@@ -65,23 +67,42 @@ class BackendFetcher:
         await asyncio.to_thread(self._tmp_dir.mkdir, parents=True, exist_ok=True)
 
     async def request(self, namespace: str, digest: Digest) -> bool:
-        """Make sure a fetch of ``digest`` is under way; False if no backend has the blob.
+        """Make sure a fetch of ``digest`` is under way; False if nothing has the blob.
 
-        Raises :class:`BackendError` when the backend cannot be asked.
+        A blob the backend lacks is asked of the other ring owners once after this origin
+        quarantined its copy (it was pushed here, its write-back not done yet). Raises
+        :class:`BackendError` when the backend cannot be asked.
         """
         if digest in self._inflight:
             return True
         try:
             backend = self._router.for_namespace(namespace)
         except BackendError:
-            return False  # no backend serves this namespace: nothing could have the blob
-        if await backend.stat(namespace, digest.hex) is None:
+            backend = None  # no backend serves this namespace: only another origin may have it
+        if backend is not None and await backend.stat(namespace, digest.hex) is not None:
+            fetch = self._fetch(namespace, digest)
+        elif self._store.take_quarantined(digest) and self._peers(digest):
+            fetch = self._fetch_from_peers(namespace, digest)
+        else:
             return False
         if digest not in self._inflight and not self._store.exists(digest):
-            task = self._owner.spawn(self._fetch(namespace, digest), f"fetch:{digest}")
+            task = self._owner.spawn(fetch, f"fetch:{digest}")
             self._inflight[digest] = task
             task.add_done_callback(lambda _: self._inflight.pop(digest, None))
+        else:
+            fetch.close()
         return True
+
+    async def _fetch_from_peers(self, namespace: str, digest: Digest) -> None:
+        tmp = self._tmp_dir / f"{digest.hex}.{uuid.uuid4().hex}"
+        try:
+            async with self._limit:
+                found = await self._from_peers(namespace, digest, tmp)
+            self._fetches.labels("replica" if found else "not_found").inc()
+            if found:
+                self._on_fetched(digest)
+        finally:
+            await asyncio.to_thread(_unlink, tmp)
 
     async def _fetch(self, namespace: str, digest: Digest) -> None:
         tmp = self._tmp_dir / f"{digest.hex}.{uuid.uuid4().hex}"
@@ -111,8 +132,8 @@ class BackendFetcher:
             await asyncio.to_thread(_unlink, tmp)
 
     async def _from_peers(self, namespace: str, digest: Digest, tmp: Path) -> bool:
-        """Cache ``digest`` from the first other ring owner with a good copy, and have the
-        backend's bad copy replaced; False if none has one."""
+        """Cache ``digest`` from the first other ring owner with a good copy and queue its
+        write-back (which replaces a bad backend copy); False if none has one."""
         for host in self._peers(digest):
             try:
                 await OriginClient(host, self._http).download_local(namespace, digest, tmp)
@@ -122,12 +143,10 @@ class BackendFetcher:
             except (DigestMismatch, HTTPStatusError, OSError, aiohttp.ClientError, asyncio.TimeoutError) as e:
                 log.warning("ring owner has no good copy", host=host, digest=digest, error=f"{type(e).__name__}: {e}")
                 continue
-            log.warning("blob restored from a ring owner; replacing the backend copy",
-                        host=host, namespace=namespace, digest=digest)
+            log.warning("blob restored from a ring owner; writing it back", host=host, namespace=namespace, digest=digest)
             await self._on_repaired(namespace, digest)
             return True
-        log.error("no good copy of the blob anywhere: backend copy corrupt, no ring owner has it",
-                  namespace=namespace, digest=digest)
+        log.error("no ring owner has a good copy of the blob", namespace=namespace, digest=digest)
         return False
 
 

@@ -31,6 +31,7 @@ import os
 import shutil
 import time
 import uuid
+from collections import OrderedDict
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import AsyncIterable, BinaryIO, Iterator
@@ -44,6 +45,9 @@ WRITE_BATCH = 4 << 20
 
 #: How many quarantined files are kept for inspection; older ones are deleted.
 QUARANTINE_KEEP = 8
+
+#: How many quarantined digests are remembered for :meth:`CAStore.take_quarantined`.
+QUARANTINE_MEMO = 1024
 
 #: How many times a read hashes a cached file that changes while it is hashed.
 VERIFY_ATTEMPTS = 3
@@ -117,6 +121,9 @@ class CAStore:
         # first reads share one hash: the ones waiting find the record made by the first.
         self._verify_locks: dict[Digest, tuple[asyncio.Lock, int]] = {}
         self._quarantined = quarantined
+        # Digests quarantined by this process (the most recent ones): a blob the backend
+        # lacks may still be had from another origin (see kraken.origin.fetch).
+        self._quarantined_digests: OrderedDict[Digest, None] = OrderedDict()
 
     # ---- uploads -------------------------------------------------------------------------
 
@@ -335,6 +342,9 @@ class CAStore:
                 return path
             if not await asyncio.to_thread(self._quarantine, digest, path, before):
                 continue
+            self._quarantined_digests[digest] = None
+            if len(self._quarantined_digests) > QUARANTINE_MEMO:
+                self._quarantined_digests.popitem(last=False)
             log.error("cached blob is corrupt; quarantined", digest=digest, actual=actual,
                       size=before[1], path=path, quarantine=self.quarantine_dir)
             if self._quarantined is not None:
@@ -342,6 +352,10 @@ class CAStore:
             return None
         log.warning("cached blob kept changing while it was verified", digest=digest, path=path)
         return None
+
+    def take_quarantined(self, digest: Digest) -> bool:
+        """Whether this process quarantined ``digest`` (and has not been asked since)."""
+        return self._quarantined_digests.pop(digest, False) is None
 
     def _quarantine(self, digest: Digest, path: Path, key: FileKey) -> bool:
         """Move the bad file (only that version of it: False if it changed) out of the cache,

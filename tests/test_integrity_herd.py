@@ -183,3 +183,14 @@ async def test_seeded_file_failing_a_piece_hash_is_quarantined(
         assert await r.read() == data
     assert asyncio.get_running_loop().time() - started < 15
     assert await quarantined(http, herd.origin.url, "origin") == before + 1
+
+
+async def test_agent_start_removes_partial_downloads(herd: Herd, http: aiohttp.ClientSession) -> None:
+    agent = herd.agents[0]
+    root = herd.workdir / agent.name
+    leftovers = [root / "uploads" / "0123456789abcdef0123456789abcdef", root / "download" / ("ab" * 32)]
+    await asyncio.to_thread(herd.supervisor.stop, agent.name)
+    for path in leftovers:
+        path.write_bytes(b"half a blob")
+    await asyncio.to_thread(herd.supervisor.start, agent)
+    assert [p for p in leftovers if p.exists()] == []

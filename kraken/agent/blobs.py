@@ -113,8 +113,10 @@ class AgentBlobs:
         cas: CAStore, staging: Path, session: P2PSession, tracker: TrackerClient, download_timeout: float,
         metrics: Metrics, fallback: HttpFallback | None = None,
     ) -> AgentBlobs:
-        """Empty the staging dir first: files there are partial downloads of a previous run."""
+        """Empty the staging dir and the store's upload dir first: files there are partial
+        downloads (P2P, HTTP fallback) of a previous run."""
         await asyncio.to_thread(_reset_dir, staging)
+        await asyncio.to_thread(cas.clear_uploads)
         return AgentBlobs(cas, staging, session, tracker, download_timeout, metrics, fallback)
 
     async def close(self) -> None:

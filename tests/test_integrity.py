@@ -4,6 +4,7 @@ and failed uploads leave no files. Origins run in-process over real sockets; the
 real testfs process."""
 from __future__ import annotations
 
+import asyncio
 import os
 from pathlib import Path
 
@@ -11,12 +12,18 @@ import aiohttp
 import pytest
 from aiohttp import web
 from aiohttp.test_utils import TestServer
+from prometheus_client import generate_latest
 
+from kraken.agent.blobs import METAINFO_META, AgentBlobs
 from kraken.core.digest import Digest
+from kraken.core.metainfo import generate_metainfo, info_hash
 from kraken.devcluster import free_port
+from kraken.metrics import Metrics
+from kraken.p2p import P2PSession
 from kraken.proxy.config import BuildIndexConfig, ProxyConfig, StoreConfig
 from kraken.proxy.server import create_proxy_app
 from kraken.ring import RingConfig
+from kraken.store.cas import QUARANTINED_HELP, CAStore
 from tests.origin_helpers import (  # noqa: F401 - fixtures
     MB,
     NS,
@@ -35,6 +42,7 @@ from tests.origin_helpers import (  # noqa: F401 - fixtures
     testfs_port,
     until,
 )
+from tests.test_p2p_support import loopback_config, running_tracker
 
 QUARANTINED = "kraken_origin_blobs_quarantined_total"
 
@@ -233,3 +241,46 @@ async def test_quarantined_blob_the_backend_lacks_comes_from_a_ring_owner(
     assert await a.client.read_bytes("nobackend/x", digest) == data
     assert metric(await a.metrics(), "kraken_origin_backend_fetches_total", result="replica") == 1
     assert a.service.store.path(digest).read_bytes() == data
+
+
+# ---- an agent seeding a corrupt cached blob ----------------------------------------------------
+
+
+class _Tracker:
+    """What AgentBlobs needs of its tracker client to seed a cached blob: the announce URL."""
+
+    def __init__(self, announce_url: str) -> None:
+        self.announce_url = announce_url
+
+
+async def test_agent_seeding_a_corrupt_cached_blob_quarantines_it(tmp_path: Path) -> None:
+    """A corruption the stat cannot see, found when a peer asks the agent for a piece: the
+    agent stops counting the file as good (the next read downloads the blob again)."""
+    metrics = Metrics("agent")
+    quarantined = metrics.counter("kraken_agent_blobs_quarantined_total", QUARANTINED_HELP)
+    cas = CAStore(tmp_path / "agent", durable=False, quarantined=quarantined)
+    data, digest = random_blob(MB + 21)
+    await cas.put_bytes(digest, data)
+    metainfo = generate_metainfo(cas.path(digest), digest.hex, 256 << 10)
+    await cas.write_meta(digest, METAINFO_META, metainfo)
+    async with running_tracker() as tracker:
+        seeder = await P2PSession.start(loopback_config(), metrics, role="agent")
+        downloader = await P2PSession.start(loopback_config(), Metrics("downloader"), role="agent")
+        blobs = AgentBlobs(cas, tmp_path / "agent" / "download", seeder, _Tracker(tracker.url), 60.0, metrics)  # type: ignore[arg-type]
+        try:
+            assert await blobs.fetch(NS, digest) == cas.path(digest)  # a cache hit, seeded again
+            await until(lambda: info_hash(metainfo) in seeder.torrents(), what="the agent to seed")
+            path = cas.path(digest)
+            st = path.stat()
+            flip_byte(path, MB)
+            os.utime(path, ns=(st.st_atime_ns, st.st_mtime_ns))
+
+            download = asyncio.ensure_future(downloader.download(metainfo, tmp_path / "peer", tracker.url, timeout=20))
+            await until(lambda: not cas.exists(digest), what="the corrupt file to be quarantined")
+            assert metric(generate_latest(metrics.registry).decode(), "kraken_agent_blobs_quarantined_total") == 1
+            download.cancel()
+            await asyncio.gather(download, return_exceptions=True)
+        finally:
+            await blobs.close()
+            await downloader.close()
+            await seeder.close()

@@ -107,6 +107,7 @@ class AgentBlobs:
         )
         for result in ("cache", "downloaded", "not_found", "corrupt", "error"):
             self._fetches.labels(result)
+        session.on_seed_corrupt = self._seed_corrupt
 
     @staticmethod
     async def create(
@@ -299,6 +300,14 @@ class AgentBlobs:
             log.warning("cannot seed cached blob", digest=digest, error=str(e))
             return
         log.info("seeding cached blob again", digest=digest, info_hash=info_hash)
+
+    def _seed_corrupt(self, info_hash: str, path: Path) -> None:
+        """A peer's request found a piece of a cached blob we seed failing its hash (the
+        session dropped the torrent): hash the file again, which quarantines it if it is bad,
+        so the next read downloads a good copy instead of serving this one."""
+        digest = self.cas.digest_of(path)
+        if digest is not None:
+            self._tasks.spawn(self.cas.recheck(digest), f"recheck:{digest.hex[:12]}")
 
     async def _drop_torrent(self, path: Path) -> None:
         """Stop seeding the file a corrupt cached blob was quarantined from (it is gone from

@@ -373,7 +373,7 @@ class OriginService:
             del self._seeded[info_hash]
         return set(self._seed_starting) | {digest for digest, _ in self._seeded.values()}
 
-    def _seed_corrupt(self, info_hash: str) -> None:
+    def _seed_corrupt(self, info_hash: str, _path: Path) -> None:
         """The P2P session found a piece of a seeded file failing its hash (and dropped the
         torrent): hash the cache file again, which quarantines it if it is bad. The next
         request for the blob (an agent's HTTP fallback, a metainfo request) then finds it

@@ -267,6 +267,14 @@ class CAStore:
         h = digest.hex
         return self.cache_dir / digest.algorithm / h[0:2] / h[2:4] / h
 
+    def digest_of(self, path: Path) -> Digest | None:
+        """The digest whose cache file ``path`` is (the inverse of :meth:`path`), else None."""
+        try:
+            digest = Digest.parse(f"{path.parent.parent.parent.name}:{path.name}")
+        except DigestError:
+            return None
+        return digest if self.path(digest) == path else None
+
     def exists(self, digest: Digest) -> bool:
         return self.path(digest).is_file()
 

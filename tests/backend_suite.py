@@ -27,6 +27,7 @@ from kraken.backend import (
     build_router,
     create_backend,
 )
+from kraken.core.digest import Digest
 
 ConfigFactory = Callable[[str, str], BackendConfig]
 BackendFactory = Callable[..., Backend]
@@ -96,6 +97,20 @@ class BackendSuite:
         await backend.upload(NS, "blob", src)
         info = await backend.stat(NS, "blob")
         assert info is not None and info.size == 12345
+
+    async def test_holds_reads_the_object_back(self, make_backend: BackendFactory, tmp_path: Path) -> None:
+        """Only an object whose content hashes to the digest counts; same size is not enough."""
+        backend = make_backend("sharded_docker_blob")
+        data = os.urandom(100_000)
+        digest = Digest.of_bytes(data)
+        scratch = tmp_path / "scratch"
+        scratch.mkdir()
+        assert not await backend.holds(NS, digest, scratch)
+        await backend.upload_bytes(NS, digest.hex, bytes(len(data)))
+        assert not await backend.holds(NS, digest, scratch)
+        await backend.upload_bytes(NS, digest.hex, data)
+        assert await backend.holds(NS, digest, scratch)
+        assert list(scratch.iterdir()) == []  # the read-back copy is gone
 
     async def test_download_writes_identical_bytes(self, backend: Backend, tmp_path: Path) -> None:
         data = os.urandom(300_000)

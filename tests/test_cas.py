@@ -10,6 +10,7 @@ from typing import AsyncIterator
 import pytest
 
 from kraken.core.digest import Digest
+from kraken.store import cas as cas_module
 from kraken.store.cas import CAStore, DigestMismatch, UploadOffsetMismatch, UploadUnknown
 
 
@@ -138,3 +139,36 @@ async def test_uploads_expire_by_idle_time_not_age(store: CAStore, monkeypatch: 
     assert store.cleanup_uploads(max_age=3000) == 0 and store.has_upload(uid)
     now[0] += 3000
     assert store.cleanup_uploads(max_age=3000) == 1 and not store.has_upload(uid)
+
+
+# ---- verified reads ------------------------------------------------------------------------
+
+
+async def test_verified_path_hashes_once_for_concurrent_first_reads(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A new store (a restart) hashes a cached file on its first read, once however many
+    readers ask together; later reads of the unchanged file only stat it."""
+    data = os.urandom(1 << 20)
+    digest = Digest.of_bytes(data)
+    await CAStore(tmp_path / "cas").put_bytes(digest, data)
+    store = CAStore(tmp_path / "cas")
+    hashed = []
+    real = cas_module.hash_file_sync
+    monkeypatch.setattr(cas_module, "hash_file_sync", lambda *a: hashed.append(a) or real(*a))
+
+    paths = await asyncio.gather(*(store.verified_path(digest) for _ in range(5)))
+    assert paths == [store.path(digest)] * 5 and len(hashed) == 1
+    store.touch(digest)
+    assert await store.verified_path(digest) == store.path(digest) and len(hashed) == 1
+
+
+async def test_verified_path_quarantines_a_changed_file_and_keeps_a_few(store: CAStore) -> None:
+    for i in range(cas_module.QUARANTINE_KEEP + 2):
+        data = os.urandom(1000)
+        digest = Digest.of_bytes(data)
+        await store.put_bytes(digest, data)
+        store.path(digest).write_bytes(b"not " + data[4:])
+        assert await store.verified_path(digest) is None
+        assert not store.exists(digest)
+    assert len(list(store.quarantine_dir.iterdir())) == cas_module.QUARANTINE_KEEP

@@ -15,6 +15,10 @@ concurrent callers share it):
    torrent is named after the digest hex) and keeps seeding it from there, with no window
    without a seed and no re-hashing of pieces.
 
+A cached blob is read through :meth:`CAStore.verified_path` (hashed again on the first read
+after a start or once its file changed): a corrupt one is quarantined, its torrent dropped,
+and it is downloaded again like a blob the cache lacks.
+
 Zero-byte blobs have no torrent (the origin answers 422 for their metainfo): the agent writes
 the empty blob itself, which it can because its content is known from the digest.
 """
@@ -103,14 +107,17 @@ class AgentBlobs:
         )
         for result in ("cache", "downloaded", "not_found", "corrupt", "error"):
             self._fetches.labels(result)
+        session.on_seed_corrupt = self._seed_corrupt
 
     @staticmethod
     async def create(
         cas: CAStore, staging: Path, session: P2PSession, tracker: TrackerClient, download_timeout: float,
         metrics: Metrics, fallback: HttpFallback | None = None,
     ) -> AgentBlobs:
-        """Empty the staging dir first: files there are partial downloads of a previous run."""
+        """Empty the staging dir and the store's upload dir first: files there are partial
+        downloads (P2P, HTTP fallback) of a previous run."""
         await asyncio.to_thread(_reset_dir, staging)
+        await asyncio.to_thread(cas.clear_uploads)
         return AgentBlobs(cas, staging, session, tracker, download_timeout, metrics, fallback)
 
     async def close(self) -> None:
@@ -144,9 +151,12 @@ class AgentBlobs:
         ``TimeoutError``). A caller that goes away does not stop a download others share.
         """
         if self.cached_size(digest) is not None:
-            self._fetches.labels("cache").inc()
-            self._seed_again(digest)
-            return self.cas.path(digest)
+            path = await self.cas.verified_path(digest)
+            if path is not None:
+                self._fetches.labels("cache").inc()
+                self._seed_again(digest)
+                return path
+            await self._drop_torrent(self.cas.path(digest))
         fut = self._inflight.get(digest)
         if fut is None:
             fut = asyncio.get_running_loop().create_future()
@@ -290,6 +300,21 @@ class AgentBlobs:
             log.warning("cannot seed cached blob", digest=digest, error=str(e))
             return
         log.info("seeding cached blob again", digest=digest, info_hash=info_hash)
+
+    def _seed_corrupt(self, info_hash: str, path: Path) -> None:
+        """A peer's request found a piece of a cached blob we seed failing its hash (the
+        session dropped the torrent): hash the file again, which quarantines it if it is bad,
+        so the next read downloads a good copy instead of serving this one."""
+        digest = self.cas.digest_of(path)
+        if digest is not None:
+            self._tasks.spawn(self.cas.recheck(digest), f"recheck:{digest.hex[:12]}")
+
+    async def _drop_torrent(self, path: Path) -> None:
+        """Stop seeding the file a corrupt cached blob was quarantined from (it is gone from
+        the cache), so that the download that follows is not taken for complete."""
+        for info_hash, seeded in self.session.torrents().items():
+            if seeded == path:
+                await self.session.remove(info_hash)
 
     async def delete(self, digest: Digest) -> bool:
         """Stop seeding the blob and remove it from the cache; False if it was not cached."""

@@ -37,7 +37,7 @@ from kraken.metrics import Metrics
 from kraken.origin.client import OriginCluster
 from kraken.p2p import P2PSession
 from kraken.registry.app import add_registry_routes
-from kraken.store.cas import CAStore
+from kraken.store.cas import QUARANTINED_HELP, CAStore
 from kraken.tasks import TaskOwner
 
 COMPONENT = "agent"
@@ -67,7 +67,8 @@ class Agent:
     async def start(cls, config: AgentConfig) -> Agent:
         metrics = Metrics(COMPONENT)
         root = Path(config.store.root)
-        cas = await asyncio.to_thread(CAStore, root, False)
+        quarantined = metrics.counter("kraken_agent_blobs_quarantined_total", QUARANTINED_HELP)
+        cas = await asyncio.to_thread(CAStore, root, False, quarantined)
         session = await P2PSession.start(config.p2p, metrics, role="agent")
         # Fewer retries than the default: a pull waiting on a dead tracker should get its 503 soon.
         http = HttpClient(ClientConfig(connect_timeout=3.0, read_timeout=60.0, retries=2))

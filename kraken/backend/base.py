@@ -8,9 +8,13 @@ origin's write-back queue keeps the task).
 """
 from __future__ import annotations
 
+import asyncio
+import uuid
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
 from pathlib import Path
+
+from kraken.core.digest import Digest, hash_file
 
 
 @dataclass(frozen=True)
@@ -62,6 +66,22 @@ class Backend(ABC):
     @abstractmethod
     async def list(self, prefix: str) -> list[str]:
         """Names (not paths) of stored objects whose name starts with ``prefix``, sorted."""
+
+    async def holds(self, namespace: str, digest: Digest, tmp_dir: Path) -> bool:
+        """Whether the object named ``digest.hex`` exists and its content hashes to ``digest``.
+
+        Size alone proves nothing (a broken earlier write, a planted object), so the object is
+        read back: downloaded to a temporary file in ``tmp_dir`` and hashed in a worker thread,
+        never held in memory. Costs one full read of the object from the store.
+        """
+        tmp = tmp_dir / f"verify.{digest.hex}.{uuid.uuid4().hex}"
+        try:
+            await self.download(namespace, digest.hex, tmp)
+            return await hash_file(tmp, digest.algorithm) == digest
+        except BackendNotFound:
+            return False
+        finally:
+            await asyncio.to_thread(tmp.unlink, True)
 
     @abstractmethod
     async def close(self) -> None:

@@ -110,6 +110,20 @@ class OriginClient:
         headers = {"Range": range_header} if range_header else None
         return await self._poll("GET", self._blob_url(namespace, digest), headers)
 
+    async def download_local(self, namespace: str, digest: Digest, dst: Path) -> None:
+        """Copy the blob from this origin's cache only (no backend fetch) into file ``dst``;
+        raises BlobNotFound if the origin has no verified copy. The caller verifies ``dst``."""
+        url = self._blob_url(namespace, digest, "/internal")
+        async with await self._http.request("GET", url, ok=(200, 404)) as resp:
+            if resp.status == 404:
+                raise BlobNotFound(url)
+            f = await asyncio.to_thread(open, dst, "wb")
+            try:
+                async for chunk in resp.content.iter_chunked(UPLOAD_CHUNK):
+                    await asyncio.to_thread(f.write, chunk)
+            finally:
+                await asyncio.to_thread(f.close)
+
     async def read_bytes(self, namespace: str, digest: Digest) -> bytes:
         resp = await self.open(namespace, digest)
         try:

@@ -4,6 +4,13 @@ A request for a missing blob asks the backend whether it has it: if not, the ans
 if so, a fetch starts in the background and the request is answered 202 (the client polls).
 Concurrent requests for the same digest share that one fetch. The download goes to a
 temporary file beside the cache and enters the cache only after its sha256 matches.
+
+A backend copy that fails that check is logged, and the blob is asked of the other ring owners, from their caches only (verified there, and again
+here): when one has a good copy, the blob is cached from it and ``on_repaired`` queues a
+write-back, which overwrites the backend's bad copy (see kraken.origin.writeback). Such a
+fetch counts as ``result="repaired"``, one that found no good copy as ``"corrupt"``. The other
+owners are also asked, once, for a blob this origin quarantined while the backend lacks it
+(``result="replica"``, or ``"not_found"``).
 """
 from __future__ import annotations
 
@@ -11,12 +18,16 @@ import asyncio
 import shutil
 import uuid
 from pathlib import Path
-from typing import Callable
+from typing import Awaitable, Callable
+
+import aiohttp
 
 from kraken.backend import BackendError, BackendNotFound, BackendRouter
 from kraken.core.digest import Digest
+from kraken.http.client import HTTPStatusError, HttpClient
 from kraken.log import get_logger
 from kraken.metrics import Metrics
+from kraken.origin.client import BlobNotFound, OriginClient
 from kraken.store.cas import CAStore, DigestMismatch
 from kraken.tasks import TaskOwner
 
@@ -32,11 +43,17 @@ class BackendFetcher:
         metrics: Metrics,
         concurrency: int,
         on_fetched: Callable[[Digest], None],
+        peers: Callable[[Digest], list[str]],
+        http: HttpClient,
+        on_repaired: Callable[[str, Digest], Awaitable[None]],
     ) -> None:
         self._store = store
         self._router = router
         self._owner = owner
         self._on_fetched = on_fetched
+        self._peers = peers
+        self._http = http
+        self._on_repaired = on_repaired
         self._limit = asyncio.Semaphore(concurrency)
         self._inflight: dict[Digest, asyncio.Task] = {}
         self._tmp_dir = store.root / "fetch"
@@ -50,23 +67,42 @@ class BackendFetcher:
         await asyncio.to_thread(self._tmp_dir.mkdir, parents=True, exist_ok=True)
 
     async def request(self, namespace: str, digest: Digest) -> bool:
-        """Make sure a fetch of ``digest`` is under way; False if no backend has the blob.
+        """Make sure a fetch of ``digest`` is under way; False if nothing has the blob.
 
-        Raises :class:`BackendError` when the backend cannot be asked.
+        A blob the backend lacks is asked of the other ring owners once after this origin
+        quarantined its copy (it was pushed here, its write-back not done yet). Raises
+        :class:`BackendError` when the backend cannot be asked.
         """
         if digest in self._inflight:
             return True
         try:
             backend = self._router.for_namespace(namespace)
         except BackendError:
-            return False  # no backend serves this namespace: nothing could have the blob
-        if await backend.stat(namespace, digest.hex) is None:
+            backend = None  # no backend serves this namespace: only another origin may have it
+        if backend is not None and await backend.stat(namespace, digest.hex) is not None:
+            fetch = self._fetch(namespace, digest)
+        elif self._store.take_quarantined(digest) and self._peers(digest):
+            fetch = self._fetch_from_peers(namespace, digest)
+        else:
             return False
         if digest not in self._inflight and not self._store.exists(digest):
-            task = self._owner.spawn(self._fetch(namespace, digest), f"fetch:{digest}")
+            task = self._owner.spawn(fetch, f"fetch:{digest}")
             self._inflight[digest] = task
             task.add_done_callback(lambda _: self._inflight.pop(digest, None))
+        else:
+            fetch.close()
         return True
+
+    async def _fetch_from_peers(self, namespace: str, digest: Digest) -> None:
+        tmp = self._tmp_dir / f"{digest.hex}.{uuid.uuid4().hex}"
+        try:
+            async with self._limit:
+                found = await self._from_peers(namespace, digest, tmp)
+            self._fetches.labels("replica" if found else "not_found").inc()
+            if found:
+                self._on_fetched(digest)
+        finally:
+            await asyncio.to_thread(_unlink, tmp)
 
     async def _fetch(self, namespace: str, digest: Digest) -> None:
         tmp = self._tmp_dir / f"{digest.hex}.{uuid.uuid4().hex}"
@@ -74,21 +110,44 @@ class BackendFetcher:
         try:
             async with self._limit:
                 await self._router.for_namespace(namespace).download(namespace, digest.hex, tmp)
-                await self._store.import_file(tmp, digest)
+                try:
+                    await self._store.import_file(tmp, digest)
+                except DigestMismatch as e:
+                    log.error("backend blob failed verification; asking the other ring owners",
+                              namespace=namespace, digest=digest, error=str(e))
+                    result = "repaired" if await self._from_peers(namespace, digest, tmp) else "corrupt"
+                    if result == "corrupt":
+                        return
+                else:
+                    result = "ok"
             self._on_fetched(digest)
-            result = "ok"
-            log.info("blob fetched from backend", namespace=namespace, digest=digest)
+            log.info("blob fetched", namespace=namespace, digest=digest, source=result)
         except BackendNotFound:
             result = "not_found"
             log.warning("blob vanished from backend during fetch", namespace=namespace, digest=digest)
-        except DigestMismatch as e:
-            result = "corrupt"
-            log.error("backend blob failed verification", namespace=namespace, digest=digest, error=str(e))
         except Exception as e:  # noqa: BLE001 - the next request retries; say why this one failed
             log.error("backend fetch failed", namespace=namespace, digest=digest, error=f"{type(e).__name__}: {e}")
         finally:
             self._fetches.labels(result).inc()
             await asyncio.to_thread(_unlink, tmp)
+
+    async def _from_peers(self, namespace: str, digest: Digest, tmp: Path) -> bool:
+        """Cache ``digest`` from the first other ring owner with a good copy and queue its
+        write-back (which replaces a bad backend copy); False if none has one."""
+        for host in self._peers(digest):
+            try:
+                await OriginClient(host, self._http).download_local(namespace, digest, tmp)
+                await self._store.import_file(tmp, digest)
+            except BlobNotFound:
+                continue
+            except (DigestMismatch, HTTPStatusError, OSError, aiohttp.ClientError, asyncio.TimeoutError) as e:
+                log.warning("ring owner has no good copy", host=host, digest=digest, error=f"{type(e).__name__}: {e}")
+                continue
+            log.warning("blob restored from a ring owner; writing it back", host=host, namespace=namespace, digest=digest)
+            await self._on_repaired(namespace, digest)
+            return True
+        log.error("no ring owner has a good copy of the blob", namespace=namespace, digest=digest)
+        return False
 
 
 def _unlink(path: Path) -> None:

@@ -56,11 +56,12 @@ class Replicator:
     async def _handle(self, task: Task) -> None:
         host, namespace = task.payload["host"], task.payload["namespace"]
         digest = Digest.parse(task.payload["digest"])
-        if not self._store.exists(digest):
+        path = await self._store.verified_path(digest)
+        if path is None:
             log.error("replication dropped, blob no longer cached", host=host, namespace=namespace, digest=digest)
             return
         try:
-            await OriginClient(host, self._http).upload_file(namespace, digest, self._store.path(digest), replica=True)
+            await OriginClient(host, self._http).upload_file(namespace, digest, path, replica=True)
         except Exception:
             self._failures.inc()
             raise

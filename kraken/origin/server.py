@@ -17,7 +17,7 @@ from kraken.log import get_logger
 from kraken.metrics import Metrics
 from kraken.origin.config import OriginConfig
 from kraken.origin.service import Fetching, NotFound, OriginService, SeedError
-from kraken.store.cas import DigestMismatch, UploadOffsetMismatch, UploadUnknown
+from kraken.store.cas import DigestMismatch, UploadOffsetMismatch, UploadUnknown, UploadWriteError
 
 log = get_logger("origin")
 
@@ -52,6 +52,8 @@ def _errors(handler: Handler) -> Handler:
             return web.Response(status=416, text=f"{e}\n")
         except DigestMismatch as e:
             return web.Response(status=400, text=f"{e}\n")  # "digest mismatch: claimed ..., content is ..."
+        except UploadWriteError as e:
+            return web.Response(status=507, text=f"{e}; the upload was removed, start again\n")
         except EmptyBlobError as e:
             return web.Response(status=422, text=f"no metainfo for an empty blob: {e}\n")
         except BackendError as e:
@@ -169,6 +171,18 @@ async def head_local_blob(request: web.Request) -> web.Response:
 
 
 @_errors
+async def get_local_blob(request: web.Request) -> web.StreamResponse:
+    """GET from the local cache only (verified first), never starting a backend fetch: how a
+    ring owner whose backend copy is corrupt gets a good copy from another owner."""
+    svc, digest = _svc(request), _digest(request)
+    path = await svc.store.verified_path(digest)
+    if path is None:
+        return web.Response(status=404)
+    svc.store.touch(digest)
+    return web.FileResponse(path, chunk_size=FILE_CHUNK)
+
+
+@_errors
 async def get_metainfo(request: web.Request) -> web.Response:
     """The blob's torrent; answering it starts seeding the blob (see OriginService.metainfo)."""
     data = await _svc(request).metainfo(request.match_info["ns"], _digest(request))
@@ -220,6 +234,7 @@ def create_origin_app(config: OriginConfig) -> web.Application:
     app.router.add_put(f"{stream}/{{uid}}", commit_stream)
     app.router.add_delete(f"{stream}/{{uid}}", abort_stream)
     app.router.add_head(f"/internal{blob}", head_local_blob)
+    app.router.add_get(f"/internal{blob}", get_local_blob, allow_head=False)
     app.router.add_get(f"/internal{blob}/metainfo", get_metainfo)
     app.router.add_get("/blobs/{digest}/locations", locations)
     app.router.add_post("/forcecleanup", force_cleanup)

@@ -45,7 +45,7 @@ from kraken.origin.writeback import WriteBack
 from kraken.p2p import P2PError, P2PSession
 from kraken.persisted import PersistedQueue
 from kraken.ring import HashRing
-from kraken.store.cas import CAStore
+from kraken.store.cas import QUARANTINED_HELP, CAStore
 from kraken.tasks import TaskOwner
 
 log = get_logger("origin")
@@ -128,17 +128,19 @@ class OriginService:
         # handed to it (stale once the session dropped the torrent as idle): both protected
         # from eviction.
         self._seed_starting: Counter[Digest] = Counter()
-        self._seeded: dict[str, Digest] = {}
+        self._seeded: dict[str, tuple[Digest, str]] = {}  # info-hash -> (digest, namespace)
         # (namespace, digest) pairs whose write-back is queued (or done), and the insert of
         # each pair under way, which concurrent requests for the same pair share.
         self._in_namespace: RecentSet[tuple[str, Digest]] = RecentSet(NAMESPACE_MEMO_SIZE)
         self._queueing: dict[tuple[str, Digest], asyncio.Task[None]] = {}
-        self.writeback = WriteBack(writeback_queue, store, router, config.writeback, metrics)
+        self.writeback = WriteBack(writeback_queue, store, router, config.writeback, metrics, store.root / "fetch")
         self.replicator = Replicator(
             replication_queue, store, self.ring, self.identity, http, config.replication, metrics
         )
         self.fetcher = BackendFetcher(
-            store, router, self.owner, metrics, config.fetch.concurrency, on_fetched=self._start_metainfo
+            store, router, self.owner, metrics, config.fetch.concurrency, on_fetched=self._start_metainfo,
+            peers=lambda d: [h for h in self.ring.owners(d) if h != self.identity], http=http,
+            on_repaired=self.writeback.enqueue,
         )
         self._uploads = metrics.counter("kraken_origin_uploads_total", "Blobs committed by upload", ["source"])
         self._evictions = metrics.counter("kraken_origin_evictions_total", "Blobs evicted from the cache")
@@ -146,7 +148,8 @@ class OriginService:
     @classmethod
     async def create(cls, config: OriginConfig, metrics: Metrics) -> "OriginService":
         root = Path(config.store.root)
-        store = await asyncio.to_thread(CAStore, root)
+        quarantined = metrics.counter("kraken_origin_blobs_quarantined_total", QUARANTINED_HELP)
+        store = await asyncio.to_thread(CAStore, root, True, quarantined)
         writeback_queue = await PersistedQueue.open(root / "writeback.db")
         replication_queue = await PersistedQueue.open(root / "replication.db")
         return cls(config, metrics, store, build_router(config.backends), HttpClient(), writeback_queue, replication_queue)
@@ -155,7 +158,11 @@ class OriginService:
         # First: an origin that cannot listen for peers fails to start (agents are sent to
         # that port by the tracker) before it has started any other work.
         self.p2p = await P2PSession.start(self.config.p2p, self._metrics, role="origin")
+        self.p2p.on_seed_corrupt = self._seed_corrupt
         await self.fetcher.start()
+        removed = await asyncio.to_thread(self.store.clear_uploads)
+        if removed:
+            log.info("partial uploads of a previous run removed", count=removed)
         self.writeback.worker.start(self.owner)
         self.replicator.worker.start(self.owner)
         self.owner.spawn(self._cleanup_loop(), "cleanup")
@@ -214,7 +221,7 @@ class OriginService:
             await self.replicator.enqueue(namespace, digest)
         self._start_metainfo(digest)
         if self.config.seed_on_commit and self.store.size(digest):
-            self.owner.spawn(self._seed_committed(digest), f"seed:{digest}")
+            self.owner.spawn(self._seed_committed(namespace, digest), f"seed:{digest}")
         self._uploads.labels("replica" if replica else "push").inc()
         log.info("blob committed", namespace=namespace, digest=digest, replica=replica)
         return True
@@ -232,7 +239,7 @@ class OriginService:
         its scan), and looking again catches one that already deleted it, which is then
         answered as a blob the cache lacks.
         """
-        if not self.store.exists(digest):
+        if await self.store.verified_path(digest) is None:
             return False
         key = (namespace, digest)
         if self._in_namespace.hit(key):
@@ -270,7 +277,8 @@ class OriginService:
     # ---- reads ---------------------------------------------------------------------------
 
     async def find(self, namespace: str, digest: Digest, *, existence_check: bool = False) -> Path:
-        """The cached blob's path; fetches it from the backend if the cache lacks it.
+        """The cached blob's path (its content checked, see CAStore.verified_path); fetches
+        it from the backend if the cache lacks it or its cached copy turned out corrupt.
 
         ``existence_check`` marks a HEAD, the check that makes clients skip an upload: a
         cached blob found that way is added to ``namespace`` (its write-back queued, see
@@ -285,7 +293,7 @@ class OriginService:
         if existence_check:
             cached = await self._cached_in_namespace(namespace, digest)
         else:
-            cached = self.store.exists(digest)
+            cached = await self.store.verified_path(digest) is not None
         if cached:
             return self.store.path(digest)
         if not await self.fetcher.request(namespace, digest):
@@ -306,7 +314,7 @@ class OriginService:
                 if self.store.size(digest) == 0:
                     raise EmptyBlobError(f"{digest} is empty")
                 data = await asyncio.shield(self._metainfo_job(digest))
-            await self._seed(digest, data)
+            await self._seed(namespace, digest, data)
         return data
 
     async def _find_protected(self, namespace: str, digest: Digest) -> None:
@@ -333,7 +341,7 @@ class OriginService:
             if self._seed_starting[digest] <= 0:
                 del self._seed_starting[digest]
 
-    async def _seed(self, digest: Digest, metainfo: bytes) -> None:
+    async def _seed(self, namespace: str, digest: Digest, metainfo: bytes) -> None:
         """Seed the cached blob (idempotent; again counts as activity for idle removal)."""
         if self.p2p is None:
             raise SeedError("the P2P session is not running")
@@ -342,11 +350,11 @@ class OriginService:
         except (P2PError, ValueError, OSError) as e:
             log.error("cannot seed blob", digest=digest, error=f"{type(e).__name__}: {e}")
             raise SeedError(f"cannot seed {digest}: {e}") from e
-        if self._seeded.get(info_hash) != digest:
-            self._seeded[info_hash] = digest
+        if info_hash not in self._seeded:
+            self._seeded[info_hash] = (digest, namespace)
             log.info("seeding blob", digest=digest, info_hash=info_hash)
 
-    async def _seed_committed(self, digest: Digest) -> None:
+    async def _seed_committed(self, namespace: str, digest: Digest) -> None:
         """``seed_on_commit``: seed a blob just pushed, once its metainfo is generated."""
         with self._seed_guard(digest):
             self.store.touch(digest)  # see _find_protected
@@ -354,7 +362,7 @@ class OriginService:
                 return
             data = await asyncio.shield(self._metainfo_job(digest))
             try:
-                await self._seed(digest, data)
+                await self._seed(namespace, digest, data)
             except SeedError:
                 pass  # logged; the tracker's metainfo request tries again
 
@@ -363,7 +371,17 @@ class OriginService:
         torrents = self.p2p.torrents() if self.p2p is not None else {}
         for info_hash in [ih for ih in self._seeded if ih not in torrents]:
             del self._seeded[info_hash]
-        return set(self._seed_starting) | set(self._seeded.values())
+        return set(self._seed_starting) | {digest for digest, _ in self._seeded.values()}
+
+    def _seed_corrupt(self, info_hash: str, _path: Path) -> None:
+        """The P2P session found a piece of a seeded file failing its hash (and dropped the
+        torrent): hash the cache file again, which quarantines it if it is bad. The next
+        request for the blob (an agent's HTTP fallback, a metainfo request) then finds it
+        missing and fetches a good copy, which is what gets seeded from then on."""
+        seeded = self._seeded.pop(info_hash, None)
+        if seeded is not None:
+            digest, _ = seeded
+            self.owner.spawn(self.store.recheck(digest), f"recheck:{digest}")
 
     def _start_metainfo(self, digest: Digest) -> None:
         """Generate a new blob's metainfo in the background, so it is ready when peers ask."""

@@ -4,12 +4,20 @@ A push is acknowledged once the blob is in the local cache and a write-back task
 durably, so pushes keep working while the backend is down; the task is retried with backoff
 until the backend holds the blob, across restarts. Until then the blob is the only copy, so
 cleanup must not evict it (:meth:`WriteBack.pending_digests`).
+
+"The backend holds the blob" means a copy whose content was read back and hashed
+(:meth:`Backend.holds`), never an object of the right size: one left by an earlier broken
+write, or planted, is overwritten. A task ends only once the backend copy verifies after the
+upload, so eviction never drops the last good copy. The cost is one read-back of the blob
+from the backend per (blob, namespace) written back, and one more for a blob the backend
+already had (same size) when the task ran.
 """
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
-from kraken.backend import BackendRouter
+from kraken.backend import BackendError, BackendRouter
 from kraken.core.digest import Digest
 from kraken.log import get_logger
 from kraken.metrics import Metrics
@@ -26,10 +34,16 @@ def _key(namespace: str, digest: Digest) -> str:
 
 class WriteBack:
     def __init__(
-        self, queue: PersistedQueue, store: CAStore, router: BackendRouter, config: WritebackConfig, metrics: Metrics
+        self, queue: PersistedQueue, store: CAStore, router: BackendRouter, config: WritebackConfig, metrics: Metrics,
+        tmp_dir: Path,
     ) -> None:
         self._store = store
         self._router = router
+        self._tmp_dir = tmp_dir
+        self._bad_copies = metrics.counter(
+            "kraken_origin_backend_corrupt_copies_total",
+            "Backend copies of a blob that failed verification (overwritten by write-back)",
+        )
         pending = metrics.gauge("kraken_origin_writeback_pending", "Blobs queued for write-back to a backend")
         self._failures = metrics.counter("kraken_origin_writeback_failures_total", "Failed write-back attempts")
         self._done = metrics.counter("kraken_origin_writebacks_total", "Blobs written back to a backend")
@@ -56,13 +70,21 @@ class WriteBack:
         size = self._store.size(digest)
         remote = await backend.stat(namespace, digest.hex)
         if remote is not None and (size is None or remote.size == size):
-            log.info("write-back not needed, backend has the blob", namespace=namespace, digest=digest)
-            return
-        if size is None:
-            # Only reachable when a re-push of a cached blob (which queues a write-back for its
-            # namespace) raced with that blob's eviction: there is nothing left to write.
+            if await backend.holds(namespace, digest, self._tmp_dir):
+                log.info("write-back not needed, backend copy verified", namespace=namespace, digest=digest)
+                return
+        if remote is not None:
+            self._bad_copies.inc()
+            log.error("backend copy fails verification; overwriting it", namespace=namespace, digest=digest,
+                      backend_size=remote.size, size=size)
+        path = await self._store.verified_path(digest)
+        if path is None:
+            # The blob left the cache (evicted after a re-push raced with a sweep, or
+            # quarantined as corrupt): there is nothing good left here to write.
             log.error("write-back dropped, blob no longer cached", namespace=namespace, digest=digest)
             return
-        await backend.upload(namespace, digest.hex, self._store.path(digest))
+        await backend.upload(namespace, digest.hex, path)
+        if not await backend.holds(namespace, digest, self._tmp_dir):
+            raise BackendError(f"{digest} does not verify in the backend after its upload")
         self._done.inc()
-        log.info("blob written back", namespace=namespace, digest=digest, size=size)
+        log.info("blob written back and verified", namespace=namespace, digest=digest, size=size)

@@ -327,6 +327,9 @@ class P2PSession:
         self._removed: dict[str, deque[asyncio.Future]] = {}
         self._deleted: dict[str, deque[asyncio.Future]] = {}
         self._origin_addresses: frozenset[str] = frozenset()
+        #: Called with the info-hash and file of a seeded torrent whose file failed a piece
+        #: hash (the torrent is being removed): the owner of the file checks and replaces it.
+        self.on_seed_corrupt: Callable[[str, Path], None] | None = None
         self._stopping: _Stopping | None = None
         local = f"{config.peer_ip or config.listen.host}:{listen_port}"
         self._log = get_logger("p2p", local=local)
@@ -858,6 +861,8 @@ class P2PSession:
             # Seed mode checks each piece on its first request: the file on disk is corrupt.
             self._log.error("seeded file is corrupt", name=rec.name, info_hash=rec.info_hash, piece=alert.piece_index)
             self._fail_torrent(rec, f"piece {alert.piece_index} of the seeded file fails its hash")
+            if self.on_seed_corrupt is not None:
+                self.on_seed_corrupt(rec.info_hash, rec.path)
         else:
             self._log.warning("piece hash failed", name=rec.name, info_hash=rec.info_hash, piece=alert.piece_index)
 

@@ -26,6 +26,8 @@ from kraken.registry.errors import RegistryError
 from kraken.registry.ranges import ByteRange
 from kraken.registry.storage import BlobReader, BlobWriter, RegistryStorage, StreamBlobReader
 from kraken.ring import RingConfig
+from kraken.store.cas import DigestMismatch
+from kraken.store.verify import verified
 
 log = get_logger("proxy")
 
@@ -55,6 +57,9 @@ class ProxyMetrics:
             "kraken_proxy_tags_pushed_total", "Tags put to build-index")
         self.mounts: Counter = metrics.counter(
             "kraken_proxy_blob_mounts_total", "Cross-repository mount requests by result", ["result"])
+        self.digest_mismatches: Counter = metrics.counter(
+            "kraken_proxy_blob_digest_mismatches_total",
+            "Whole blobs read from an origin whose bytes failed their digest (the response was cut short)")
 
 
 class ProxyStorage(RegistryStorage):
@@ -144,6 +149,8 @@ class ProxyStorage(RegistryStorage):
         return await self.origins.stat(repo, digest)
 
     async def open_blob(self, repo: str, digest: Digest, byte_range: ByteRange | None) -> BlobReader | None:
+        """A whole blob is checked against its digest while it streams (see
+        kraken.store.verify): a wrong body from an origin is cut short, never delivered."""
         try:
             resp = await self.origins.open(repo, digest, byte_range.range_header() if byte_range else None)
         except BlobNotFound:
@@ -151,7 +158,15 @@ class ProxyStorage(RegistryStorage):
         if byte_range is not None and resp.status != 206:
             resp.release()
             raise RuntimeError(f"origin answered {resp.status} to a Range request for {digest}")
-        return StreamBlobReader(self._count_downloaded(resp), _releaser(resp))
+        chunks = self._count_downloaded(resp)
+        if byte_range is None:
+            def mismatch(error: DigestMismatch) -> None:
+                self.metrics.digest_mismatches.inc()
+                log.error("blob from origin fails its digest; response cut short", repo=repo,
+                          digest=digest, actual=error.actual, origin=str(resp.url.origin()))
+
+            chunks = verified(chunks, digest, mismatch)
+        return StreamBlobReader(chunks, _releaser(resp))
 
     async def _count_downloaded(self, resp: aiohttp.ClientResponse) -> AsyncIterator[bytes]:
         async for chunk in resp.content.iter_chunked(STREAM_CHUNK):

@@ -26,7 +26,9 @@ from kraken.log import get_logger
 from kraken.registry.errors import RegistryError
 from kraken.registry.ranges import upload_range_header
 from kraken.registry.storage import BlobWriter, RegistryStorage
-from kraken.store.cas import CAStore, DigestMismatch, SizeMismatch, UploadOffsetMismatch, UploadUnknown
+from kraken.store.cas import (
+    CAStore, DigestMismatch, SizeMismatch, UploadOffsetMismatch, UploadUnknown, UploadWriteError,
+)
 
 log = get_logger("kraken.registry.uploads")
 
@@ -119,6 +121,11 @@ class UploadSessions:
                 "RANGE_INVALID", detail=str(e),
                 headers={"Range": upload_range_header(e.expected), "Docker-Upload-UUID": uid},
             ) from None
+        except UploadWriteError as e:  # disk full: the store removed the upload's file
+            self._repos.pop(uid, None)
+            await asyncio.shield(self._drop_writer(uid))
+            raise RegistryError("UNAVAILABLE", status=507, message="the registry could not store the upload; "
+                                "start it again later", detail=str(e)) from None
         except BaseException:
             # The client went away mid-body: whatever it resumes with is sent at commit from
             # the local copy, so the stream (an open connection to an origin) ends now.

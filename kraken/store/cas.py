@@ -5,6 +5,7 @@ Layout under ``root``::
     uploads/<uid>                              bytes of an upload in progress
     cache/<algo>/<hex[0:2]>/<hex[2:4]>/<hex>   a verified blob
     cache/<algo>/<hex[0:2]>/<hex[2:4]>/<hex>.meta/<name>   metadata kept beside it (e.g. metainfo)
+    quarantine/<algo>-<hex>.<time_ns>          a cached file that failed its digest (the last few)
 
 A blob enters the cache only through :meth:`CAStore.commit`: the upload's digest is checked,
 the file fsynced and then renamed into place, so a reader never sees a partial or wrong blob
@@ -14,6 +15,14 @@ succeed: the rename is atomic and the contents are identical by construction.
 Writes and hashing happen in worker threads in batches of ``WRITE_BATCH`` bytes, so a large
 upload neither blocks the event loop nor sits in memory. The running hash of each upload is
 kept, so commit does not re-read the file when the upload was written through this store.
+
+A file in the cache can still go bad later (a disk error, an operator's mistake, a planted
+file), so whoever serves cached bytes reads them through :meth:`CAStore.verified_path`. The
+store remembers, per digest, the (inode, size, mtime) of the file as it was when last known
+good (committed, imported or hashed); a read whose file no longer matches that record (the
+first read after a start, or a file written since) hashes the file again in a worker thread.
+A file that fails is quarantined (moved aside, counted, logged once) and reported absent, so
+the caller fetches a good copy instead of serving wrong bytes.
 """
 from __future__ import annotations
 
@@ -22,13 +31,33 @@ import os
 import shutil
 import time
 import uuid
+from collections import OrderedDict
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import AsyncIterable, Iterator
+from typing import AsyncIterable, BinaryIO, Iterator
+
+from prometheus_client import Counter
 
 from kraken.core.digest import Digest, DigestError, hash_file_sync, new_hasher
+from kraken.log import get_logger
 
 WRITE_BATCH = 4 << 20
+
+#: How many quarantined files are kept for inspection; older ones are deleted.
+QUARANTINE_KEEP = 8
+
+#: How many quarantined digests are remembered for :meth:`CAStore.take_quarantined`.
+QUARANTINE_MEMO = 1024
+
+#: How many times a read hashes a cached file that changes while it is hashed.
+VERIFY_ATTEMPTS = 3
+
+QUARANTINED_HELP = "Cached blobs that failed their digest on a read and were moved aside"
+
+log = get_logger("kraken.store")
+
+#: What identifies one version of a cached file: (st_ino, st_size, st_mtime_ns).
+FileKey = tuple[int, int, int]
 
 
 class UploadUnknown(KeyError):
@@ -53,6 +82,12 @@ class DigestMismatch(ValueError):
         self.actual = actual
 
 
+class UploadWriteError(Exception):
+    """The store could not write an upload's bytes (disk full, I/O error); the upload is gone.
+
+    Not an OSError on purpose: callers tell it apart from a client connection failing."""
+
+
 class SizeMismatch(ValueError):
     """The uploaded bytes are not the size the client claimed."""
 
@@ -68,16 +103,27 @@ class _Upload:
 
 class CAStore:
     """``durable=False`` skips the fsyncs, for a staging store whose blobs are durable
-    elsewhere (the proxy's uploads, which the origin keeps); digests are verified either way."""
+    elsewhere (the proxy's uploads, which the origin keeps); digests are verified either way.
+    ``quarantined`` (the component's ``kraken_<component>_blobs_quarantined_total``, see
+    :data:`QUARANTINED_HELP`) counts the files :meth:`verified_path` moved aside."""
 
-    def __init__(self, root: str | Path, durable: bool = True) -> None:
+    def __init__(self, root: str | Path, durable: bool = True, quarantined: Counter | None = None) -> None:
         self.root = Path(root)
         self.durable = durable
         self.upload_dir = self.root / "uploads"
         self.cache_dir = self.root / "cache"
+        self.quarantine_dir = self.root / "quarantine"
         self.upload_dir.mkdir(parents=True, exist_ok=True)
         self.cache_dir.mkdir(parents=True, exist_ok=True)
         self._uploads: dict[str, _Upload] = {}
+        self._verified: dict[Digest, FileKey] = {}
+        # One lock per digest being hashed (with its number of users), so that concurrent
+        # first reads share one hash: the ones waiting find the record made by the first.
+        self._verify_locks: dict[Digest, tuple[asyncio.Lock, int]] = {}
+        self._quarantined = quarantined
+        # Digests quarantined by this process (the most recent ones): a blob the backend
+        # lacks may still be had from another origin (see kraken.origin.fetch).
+        self._quarantined_digests: OrderedDict[Digest, None] = OrderedDict()
 
     # ---- uploads -------------------------------------------------------------------------
 
@@ -125,16 +171,26 @@ class CAStore:
                         batch.append(chunk)
                         pending += len(chunk)
                         if pending >= WRITE_BATCH:
-                            await asyncio.to_thread(_write_and_hash, f, batch, upload.hashers)
-                            upload.size += pending
-                            upload.last_active = time.time()
-                            batch, pending = [], 0
+                            full, batch, pending = batch, [], 0
+                            await self._append(uid, upload, f, full)
                 finally:
-                    if batch:
-                        await asyncio.to_thread(_write_and_hash, f, batch, upload.hashers)
-                        upload.size += pending
+                    if batch and self._uploads.get(uid) is upload:
+                        await self._append(uid, upload, f, batch)
                     upload.last_active = time.time()
         return upload.size
+
+    async def _append(self, uid: str, upload: _Upload, f: BinaryIO, batch: list[bytes]) -> None:
+        """Write a batch; a failed write (disk full, I/O error) ends the upload and deletes
+        its file, since the bytes on disk no longer match its running hash."""
+        try:
+            await asyncio.to_thread(_write_and_hash, f, batch, upload.hashers)
+        except OSError as e:
+            self._uploads.pop(uid, None)
+            upload.path.unlink(missing_ok=True)
+            log.error("upload write failed; upload removed", upload=uid, error=f"{type(e).__name__}: {e}")
+            raise UploadWriteError(f"cannot store upload {uid}: {e.strerror or e}") from e
+        upload.size += sum(map(len, batch))
+        upload.last_active = time.time()
 
     async def commit(self, uid: str, digest: Digest, size: int | None = None) -> Path:
         """Verify the upload against ``digest`` and move it into the cache.
@@ -166,6 +222,17 @@ class CAStore:
             raise UploadUnknown(uid)
         async with upload.lock:
             upload.path.unlink(missing_ok=True)
+
+    def clear_uploads(self) -> int:
+        """Delete every file in the upload dir that no upload of this process owns: at start,
+        these are what a previous process left (killed mid-push, disk full); uploads are not
+        resumable across restarts, so they are garbage. Blocking: call it in a worker thread."""
+        removed = 0
+        for path in self.upload_dir.iterdir():
+            if path.name not in self._uploads:
+                path.unlink(missing_ok=True)
+                removed += 1
+        return removed
 
     def cleanup_uploads(self, max_age: float) -> int:
         """Delete uploads idle (no bytes written) for ``max_age`` seconds, and stray files left
@@ -200,6 +267,14 @@ class CAStore:
         h = digest.hex
         return self.cache_dir / digest.algorithm / h[0:2] / h[2:4] / h
 
+    def digest_of(self, path: Path) -> Digest | None:
+        """The digest whose cache file ``path`` is (the inverse of :meth:`path`), else None."""
+        try:
+            digest = Digest.parse(f"{path.parent.parent.parent.name}:{path.name}")
+        except DigestError:
+            return None
+        return digest if self.path(digest) == path else None
+
     def exists(self, digest: Digest) -> bool:
         return self.path(digest).is_file()
 
@@ -210,11 +285,101 @@ class CAStore:
             return None
 
     def touch(self, digest: Digest) -> None:
-        """Record an access (used by idle-time cleanup)."""
+        """Record an access (used by idle-time cleanup). A file verified before keeps its
+        record (the new mtime is ours), unless it had already changed since."""
+        path = self.path(digest)
         try:
-            os.utime(self.path(digest))
+            still_good = self._verified.get(digest) == _file_key(os.stat(path))
+            os.utime(path)
+            if still_good:
+                self._verified[digest] = _file_key(os.stat(path))
         except FileNotFoundError:
-            pass
+            self._verified.pop(digest, None)
+
+    async def verified_path(self, digest: Digest) -> Path | None:
+        """The cached blob's path once its content is known to match ``digest``; None if it
+        is not cached, or failed the check (then it is quarantined).
+
+        Cheap (a stat) when the file is as it was when last verified; otherwise the file is
+        hashed in a worker thread, once however many readers ask at the same time.
+        """
+        path = self.path(digest)
+        key = _stat_key(path)
+        if key is None:
+            return None
+        if self._verified.get(digest) == key:
+            return path
+        lock, users = self._verify_locks.get(digest, (asyncio.Lock(), 0))
+        self._verify_locks[digest] = (lock, users + 1)
+        try:
+            async with lock:
+                return await self._verify(digest, path)
+        finally:
+            lock, users = self._verify_locks[digest]
+            if users == 1:
+                del self._verify_locks[digest]
+            else:
+                self._verify_locks[digest] = (lock, users - 1)
+
+    async def recheck(self, digest: Digest) -> Path | None:
+        """:meth:`verified_path` after forgetting that the file was verified: for a reader
+        that found the bytes wrong by other means (a torrent piece failing its hash)."""
+        self._verified.pop(digest, None)
+        return await self.verified_path(digest)
+
+    async def _verify(self, digest: Digest, path: Path) -> Path | None:
+        """Hash ``path`` unless a reader did while we waited; called with the digest's lock.
+
+        A file replaced or written while it was hashed is looked at again, a few times; one
+        that never holds still is reported absent (the caller fetches a copy it can trust).
+        """
+        for _ in range(VERIFY_ATTEMPTS):
+            before = _stat_key(path)
+            if before is None:
+                return None
+            if self._verified.get(digest) == before:
+                return path
+            try:
+                actual = await asyncio.to_thread(hash_file_sync, path, digest.algorithm)
+            except FileNotFoundError:
+                return None
+            if _stat_key(path) != before:
+                continue
+            if actual == digest:
+                self._verified[digest] = before
+                return path
+            if not await asyncio.to_thread(self._quarantine, digest, path, before):
+                continue
+            self._quarantined_digests[digest] = None
+            if len(self._quarantined_digests) > QUARANTINE_MEMO:
+                self._quarantined_digests.popitem(last=False)
+            log.error("cached blob is corrupt; quarantined", digest=digest, actual=actual,
+                      size=before[1], path=path, quarantine=self.quarantine_dir)
+            if self._quarantined is not None:
+                self._quarantined.inc()
+            return None
+        log.warning("cached blob kept changing while it was verified", digest=digest, path=path)
+        return None
+
+    def take_quarantined(self, digest: Digest) -> bool:
+        """Whether this process quarantined ``digest`` (and has not been asked since)."""
+        return self._quarantined_digests.pop(digest, False) is None
+
+    def _quarantine(self, digest: Digest, path: Path, key: FileKey) -> bool:
+        """Move the bad file (only that version of it: False if it changed) out of the cache,
+        with its metadata (metainfo generated from bad bytes is bad too); keep the last few
+        for inspection."""
+        if _stat_key(path) != key:
+            return False
+        self._verified.pop(digest, None)
+        self.quarantine_dir.mkdir(parents=True, exist_ok=True)
+        os.replace(path, self.quarantine_dir / f"{digest.algorithm}-{digest.hex}.{time.time_ns()}")
+        shutil.rmtree(self._meta_dir(digest), ignore_errors=True)
+        # Oldest first by the time in the name (a rename keeps the file's own mtime).
+        kept = sorted(self.quarantine_dir.iterdir(), key=lambda p: p.name.rsplit(".", 1)[-1].zfill(20))
+        for old in kept[:-QUARANTINE_KEEP]:
+            old.unlink(missing_ok=True)
+        return True
 
     async def put_bytes(self, digest: Digest, data: bytes) -> Path:
         """Store a small blob held in memory (manifests), verified like any other."""
@@ -238,6 +403,7 @@ class CAStore:
         return await asyncio.to_thread(self._install, src, digest)
 
     def delete(self, digest: Digest) -> bool:
+        self._verified.pop(digest, None)
         path = self.path(digest)
         existed = path.is_file()
         path.unlink(missing_ok=True)
@@ -287,9 +453,21 @@ class CAStore:
             finally:
                 os.close(fd)
         os.replace(src, dst)
+        self._verified[digest] = _file_key(os.stat(dst))
         if self.durable:
             _fsync_dir(dst.parent)
         return dst
+
+
+def _file_key(st: os.stat_result) -> FileKey:
+    return (st.st_ino, st.st_size, st.st_mtime_ns)
+
+
+def _stat_key(path: Path) -> FileKey | None:
+    try:
+        return _file_key(os.stat(path))
+    except FileNotFoundError:
+        return None
 
 
 def _write_and_hash(f, batch: list[bytes], hashers: dict) -> None:

@@ -37,9 +37,16 @@ class BuildIndexConfig:
     max_manifest_size: ByteSize = 4 << 20
     # Origin requests in flight at once while checking one manifest's references.
     verify_concurrency: int = 16
+    # Referrers (OCI referrers API) kept per (repository, subject): a PUT beyond it is refused,
+    # a list never answers more.
+    max_referrers: int = 256
+    # A referrer's descriptor (its annotations, mostly) must fit in this many bytes of JSON.
+    max_referrer_size: ByteSize = 16 << 10
 
     def __post_init__(self) -> None:
         if self.cache_ttl < 0:
             raise ConfigError(f"cache_ttl must be >= 0, got {self.cache_ttl}")
         if self.verify_concurrency < 1:
             raise ConfigError(f"verify_concurrency must be >= 1, got {self.verify_concurrency}")
+        if self.max_referrers < 1:
+            raise ConfigError(f"max_referrers must be >= 1, got {self.max_referrers}")

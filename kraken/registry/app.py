@@ -17,7 +17,7 @@ from aiohttp import web
 
 from kraken.http.client import HTTPStatusError
 from kraken.log import get_logger
-from kraken.registry import blob_routes, manifest_routes
+from kraken.registry import blob_routes, manifest_routes, referrers
 from kraken.registry.context import RegistryContext
 from kraken.registry.errors import API_VERSION, API_VERSION_HEADER, RegistryError
 from kraken.registry.names import validate_name
@@ -39,6 +39,7 @@ _PATHS: list[tuple[re.Pattern[str], str]] = [
     (re.compile(r"(?P<name>.+)/blobs/uploads/?"), "uploads"),
     (re.compile(r"(?P<name>.+)/blobs/uploads/(?P<uid>[^/]+)"), "upload"),
     (re.compile(r"(?P<name>.+)/blobs/(?P<digest>[^/]+)"), "blob"),
+    (re.compile(r"(?P<name>.+)/referrers/(?P<digest>[^/]+)"), "referrers"),
 ]
 
 def add_registry_routes(
@@ -189,10 +190,16 @@ async def _upload(ctx: RegistryContext, request: web.Request, name: str, p: dict
     raise RegistryError("UNSUPPORTED", detail={"method": request.method})
 
 
+async def _referrers(ctx: RegistryContext, request: web.Request, name: str, p: dict[str, str]) -> web.StreamResponse:
+    _allow(request, "GET")
+    return await referrers.list_referrers(ctx, request, name, p["digest"])
+
+
 _HANDLERS: dict[str, Handler] = {
     "tags": _tags,
     "manifest": _manifest,
     "uploads": _uploads,
     "upload": _upload,
     "blob": _blob,
+    "referrers": _referrers,
 }

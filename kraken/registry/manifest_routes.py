@@ -18,6 +18,7 @@ from kraken.registry.context import RegistryContext, absolute_url
 from kraken.registry.errors import RegistryError
 from kraken.registry.manifest import Manifest, ManifestError, parse_manifest
 from kraken.registry.names import parse_reference
+from kraken.registry.referrers import record_referrer
 
 log = get_logger("kraken.registry")
 
@@ -79,12 +80,14 @@ async def put_manifest(ctx: RegistryContext, request: web.Request, name: str, re
             RegistryError("MANIFEST_BLOB_UNKNOWN", detail={"digest": str(d)}) for d in missing
         )
     await ctx.storage.put_blob_bytes(name, digest, raw)
+    subject = await record_referrer(ctx, name, digest, raw, request.headers.get("Content-Type"))
     if ref.tag is not None:
         await ctx.storage.put_tag(name, ref.tag, digest)
     return web.Response(status=201, headers={
         "Location": absolute_url(request, f"/v2/{name}/manifests/{digest}"),
         "Docker-Content-Digest": str(digest),
         "Content-Length": "0",
+        **subject,
     })
 
 

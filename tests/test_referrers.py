@@ -2,8 +2,9 @@
 through the proxy and an agent, lists kept in build-index's backend across restarts, and the
 bounds and checks that keep a list honest.
 
-One herd (testfs, origin, tracker, build-index, proxy, one agent) for the module, with
-build-index allowing only ``MAX_REFERRERS`` referrers per subject so the limit is reachable.
+One herd for the module: testfs, two origins (so a subject and its referrers usually live on
+different origins), tracker, build-index, proxy and one agent, with build-index allowing only
+``MAX_REFERRERS`` referrers per subject so the limit is reachable.
 """
 from __future__ import annotations
 
@@ -30,7 +31,7 @@ EMPTY_JSON = "application/vnd.oci.empty.v1+json"
 
 @pytest.fixture(scope="module")
 def herd(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Herd]:
-    h = start_herd(Path(tmp_path_factory.mktemp("referrers")), agents=1,
+    h = start_herd(Path(tmp_path_factory.mktemp("referrers")), origins=2, agents=1,
                    overrides={"build-index": {"max_referrers": MAX_REFERRERS, "max_referrer_size": "2KB"}})
     try:
         yield h
@@ -81,7 +82,8 @@ async def referrers(http: aiohttp.ClientSession, url: str, repo: str, subject: s
         return r.status, dict(r.headers), json.loads(await r.read())
 
 
-async def put_manifest(http: aiohttp.ClientSession, url: str, repo: str, doc: dict) -> tuple[aiohttp.ClientResponse, str]:
+async def put_manifest(http: aiohttp.ClientSession, url: str, repo: str,
+                       doc: dict) -> tuple[aiohttp.ClientResponse, str]:
     raw = json.dumps(doc).encode()
     digest = str(Digest.of_bytes(raw))
     async with http.put(f"{url}/v2/{repo}/manifests/{digest}", data=raw,
@@ -111,7 +113,8 @@ async def test_oras_attach_then_discover_through_proxy_and_agent(herd: Herd, htt
         assert by_digest[signature]["artifactType"] == SIGNATURE
         for digest, descriptor in by_digest.items():
             assert descriptor["mediaType"] == OCI_MANIFEST
-            async with http.get(f"{registry.url}/v2/{repo}/manifests/{digest}", headers={"Accept": OCI_MANIFEST}) as r:
+            url = f"{registry.url}/v2/{repo}/manifests/{digest}"
+            async with http.get(url, headers={"Accept": OCI_MANIFEST}) as r:
                 assert r.status == 200, registry.name
                 raw = await r.read()
             assert descriptor["size"] == len(raw) and str(Digest.of_bytes(raw)) == digest

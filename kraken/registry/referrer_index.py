@@ -63,7 +63,9 @@ class ReferrerDescriptor:
         return cls(media_type, digest, size, artifact_type or None, _annotations(doc.get("annotations")))
 
 
-def referrer_of(raw: bytes, digest: Digest, content_type: str | None = None) -> tuple[Digest, ReferrerDescriptor] | None:
+def referrer_of(
+    raw: bytes, digest: Digest, content_type: str | None = None
+) -> tuple[Digest, ReferrerDescriptor] | None:
     """The subject a manifest refers to and its descriptor in that subject's referrers index;
     ``None`` for a manifest without ``subject``.
 

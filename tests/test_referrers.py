@@ -254,3 +254,19 @@ async def test_build_index_derives_referrers_from_the_origins(herd: Herd, http: 
         assert (r.status, await r.json()) == (200, {"manifests": []})
     async with http.put(f"{herd.build_index.url}/referrers/Bad/{other}/{sbom}") as r:
         assert r.status == 400
+
+
+@pytest.mark.parametrize("subject", ["sha256:abc", {"digest": "md5:0"}, {"mediaType": OCI_MANIFEST}])
+async def test_malformed_subject_is_manifest_invalid(herd: Herd, http: aiohttp.ClientSession, tmp_path: Path,
+                                                    subject: object) -> None:
+    repo = "refs/malformed"
+    await push_subject(herd, http, tmp_path, repo)
+    async with http.get(f"{herd.proxy.url}/v2/{repo}/manifests/v1", headers={"Accept": OCI_MANIFEST}) as r:
+        doc = {**await r.json(), "subject": subject}
+    async with http.put(f"{herd.proxy.url}/v2/{repo}/manifests/bad", data=json.dumps(doc).encode(),
+                        headers={"Content-Type": OCI_MANIFEST}) as r:
+        assert r.status == 400
+        assert [e["code"] for e in (await r.json())["errors"]] == ["MANIFEST_INVALID"]
+        assert "OCI-Subject" not in r.headers
+    async with http.get(f"{herd.proxy.url}/v2/{repo}/manifests/bad", headers={"Accept": OCI_MANIFEST}) as r:
+        assert r.status == 404

@@ -18,8 +18,13 @@ from urllib.parse import quote
 import aiohttp
 import pytest
 
+from kraken.backend import BackendConfig, FileBackendConfig, NamespaceBackendConfig, build_router
+from kraken.buildindex.referrerstore import ReferrerLimit, ReferrerStore
+from kraken.buildindex.tags import parse_tag
+from kraken.buildindex.tagstore import TagStore
 from kraken.core.digest import Digest
 from kraken.registry.manifest import OCI_INDEX, OCI_MANIFEST
+from kraken.registry.referrer_index import ReferrerDescriptor
 from tests.cluster import Herd, start_herd
 from tests.realclients import oras_attach, oras_discover, oras_push
 
@@ -124,6 +129,13 @@ async def test_oras_attach_then_discover_through_proxy_and_agent(herd: Herd, htt
         assert filtered["status"] == 200
         assert filtered["headers"]["OCI-Filters-Applied"] == "artifactType"
         assert [d["digest"] for d in filtered["index"]["manifests"]] == [signature], registry.name
+
+    # The lists live beside the tags in build-index's backend but are neither tags nor repositories.
+    async with http.get(f"{herd.proxy.url}/v2/{repo}/tags/list") as r:
+        assert (await r.json())["tags"] == ["sbom", "sig", "v1"]
+    async with http.get(f"{herd.proxy.url}/v2/_catalog") as r:
+        catalog = (await r.json())["repositories"]
+    assert repo in catalog and not [name for name in catalog if "_referrers" in name]
 
 
 async def test_artifact_type_field_wins_and_subject_may_not_exist(herd: Herd, http: aiohttp.ClientSession,
@@ -270,3 +282,27 @@ async def test_malformed_subject_is_manifest_invalid(herd: Herd, http: aiohttp.C
         assert "OCI-Subject" not in r.headers
     async with http.get(f"{herd.proxy.url}/v2/{repo}/manifests/bad", headers={"Accept": OCI_MANIFEST}) as r:
         assert r.status == 404
+
+
+@pytest.mark.parametrize("name_path", ["docker_tag", "identity"])
+async def test_store_lists_one_subject_in_either_layout(tmp_path: Path, name_path: str) -> None:
+    """The ``identity`` layout lists names with ``/`` for ``:``; entries of other subjects and
+    tags of the repository are not referrers."""
+    backend = BackendConfig(file=FileBackendConfig(root=str(tmp_path / "backend"), name_path=name_path))
+    router = build_router([NamespaceBackendConfig(namespace=".*", backend=backend)])
+    try:
+        store = ReferrerStore(router, max_referrers=2)
+        subject, other = Digest.of_bytes(b"subject"), Digest.of_bytes(b"other")
+        a, b = (ReferrerDescriptor(OCI_MANIFEST, Digest.of_bytes(x), 10, SBOM) for x in (b"a", b"b"))
+        await TagStore(tmp_path / "cache", router, 0).put(parse_tag("refs/x:latest"), subject)
+        await store.put("refs/x", subject, a)
+        await store.put("refs/x", subject, b)
+        await store.put("refs/x", other, a)
+        await store.put("refs/x", subject, a)  # again: the same entry, not a third
+        with pytest.raises(ReferrerLimit):
+            await store.put("refs/x", subject, ReferrerDescriptor(OCI_MANIFEST, Digest.of_bytes(b"c"), 1))
+        assert sorted(d.digest for d in await store.list("refs/x", subject)) == sorted([a.digest, b.digest])
+        assert await store.list("refs/x", other) == [a]
+        assert await store.list("refs/y", subject) == []
+    finally:
+        await router.close()

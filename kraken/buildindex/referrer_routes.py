@@ -54,6 +54,7 @@ class ReferrerRoutes:
 
     @property
     def store(self) -> ReferrerStore:
+        """Stateless (the backend holds everything), so it is built on the started app's router."""
         return ReferrerStore(self.server.router, self.server.config.max_referrers)
 
     @staticmethod

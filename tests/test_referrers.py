@@ -26,6 +26,7 @@ from kraken.core.digest import Digest
 from kraken.registry.manifest import OCI_INDEX, OCI_MANIFEST
 from kraken.registry.referrer_index import ReferrerDescriptor
 from tests.cluster import Herd, start_herd
+from tests.origin_helpers import metric
 from tests.realclients import oras_attach, oras_discover, oras_push
 
 MAX_REFERRERS = 3
@@ -266,6 +267,10 @@ async def test_build_index_derives_referrers_from_the_origins(herd: Herd, http: 
         assert (r.status, await r.json()) == (200, {"manifests": []})
     async with http.put(f"{herd.build_index.url}/referrers/Bad/{other}/{sbom}") as r:
         assert r.status == 400
+    async with http.get(f"{herd.build_index.url}/metrics") as r:
+        text = await r.text()
+    for result in ("ok", "missing", "invalid"):
+        assert metric(text, "kraken_buildindex_referrer_puts_total", result=result) >= 1, result
 
 
 @pytest.mark.parametrize("subject", ["sha256:abc", {"digest": "md5:0"}, {"mediaType": OCI_MANIFEST}])

@@ -536,7 +536,7 @@ async def test_a_tagged_push_while_build_index_is_down_stores_nothing(
 async def test_a_full_or_broken_staging_disk_answers_registry_json(
     herd: Herd, http: aiohttp.ClientSession, tmp_path: Path
 ) -> None:
-    """A full disk (a 1 MB tmpfs: needs root) is 507, a broken staging dir 500, both as
+    """A full disk (a 1 MB tmpfs: needs root) is 507 UNAVAILABLE, a broken staging dir 500, both as
     registry error JSON (it was ``{"error": ...}``, which clients cannot parse)."""
     root = tmp_path / "tiny"
     root.mkdir()
@@ -552,7 +552,7 @@ async def test_a_full_or_broken_staging_disk_answers_registry_json(
         base = str(server.make_url(""))
         data = os.urandom(2 << 20)
         async with http.post(f"{base}/v2/full/disk/blobs/uploads/?digest={Digest.of_bytes(data)}", data=data) as r:
-            assert r.status == 507 and await error_codes(r) == ["UNKNOWN"]
+            assert r.status == 507 and await error_codes(r) == ["UNAVAILABLE"]  # the upload write failed: retry later
             assert r.headers["Docker-Distribution-API-Version"] == "registry/2.0"
         uploads = root / "uploads"
         await asyncio.to_thread(shutil.rmtree, uploads)

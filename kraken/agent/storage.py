@@ -13,6 +13,7 @@ from kraken.buildindex.client import BuildIndexClient
 from kraken.core.digest import Digest
 from kraken.registry.errors import RegistryError
 from kraken.registry.ranges import ByteRange
+from kraken.registry.referrer_index import ReferrerDescriptor
 from kraken.registry.storage import BlobReader, FileBlobReader, RegistryStorage
 
 T = TypeVar("T")
@@ -28,6 +29,10 @@ class AgentStorage(RegistryStorage):
 
     async def list_tags(self, repo: str) -> list[str]:
         return await self.build_index.list_repository(repo)
+
+    async def referrers(self, repo: str, subject: Digest) -> list[ReferrerDescriptor]:
+        """From build-index, like tags: the same list the proxy answers."""
+        return await self.build_index.list_referrers(repo, subject)
 
     async def stat_blob(self, repo: str, digest: Digest) -> int | None:
         """From the cache, else the torrent's size from the tracker: a HEAD downloads nothing."""

@@ -6,6 +6,11 @@ from urllib.parse import quote
 
 from kraken.core.digest import Digest
 from kraken.http.client import HTTPStatusError, HttpClient
+from kraken.registry.referrer_index import ReferrerDescriptor
+
+#: A referrers answer is bounded by build-index's ``max_referrers`` x ``max_referrer_size``
+#: (4 MiB by default); a body past this is refused rather than read into memory.
+MAX_REFERRERS_BODY = 64 << 20
 
 
 class TagReferenceError(Exception):
@@ -15,6 +20,15 @@ class TagReferenceError(Exception):
     def __init__(self, message: str, missing: list[Digest]) -> None:
         super().__init__(message)
         self.missing = missing
+
+
+class ReferrerRefused(Exception):
+    """build-index refused a referrer: ``limit`` is True for a full list or an oversized
+    descriptor (HTTP 403), False for an invalid or missing manifest (HTTP 400)."""
+
+    def __init__(self, message: str, limit: bool) -> None:
+        super().__init__(message)
+        self.limit = limit
 
 
 class BuildIndexClient:
@@ -51,12 +65,48 @@ class BuildIndexClient:
         """Every ``repo:tag`` whose name starts with ``prefix``, sorted."""
         return await self._get_result(f"{self.base}/list/{quote(prefix, safe=':')}")
 
+    async def put_referrer(self, repo: str, subject: Digest, referrer: Digest) -> None:
+        """Record manifest ``referrer`` (already on the origins) as a referrer of ``subject``."""
+        url = f"{self.base}/referrers/{quote(repo, safe='')}/{subject}/{referrer}"
+        try:
+            resp = await self.http.request("PUT", url)
+        except HTTPStatusError as e:
+            if e.status not in (400, 403):
+                raise
+            raise ReferrerRefused(_error_message(e.body), limit=e.status == 403) from None
+        resp.release()
+
+    async def list_referrers(self, repo: str, subject: Digest) -> list[ReferrerDescriptor]:
+        """The referrers of ``subject`` in ``repo`` (``[]`` when none). An oversized or
+        malformed answer is an upstream failure (HTTPStatusError 502), like a 5xx."""
+        url = f"{self.base}/referrers/{quote(repo, safe='')}/{subject}"
+        resp = await self.http.request("GET", url)
+        try:
+            body = bytearray()
+            async for chunk in resp.content.iter_any():
+                body += chunk
+                if len(body) > MAX_REFERRERS_BODY:
+                    raise HTTPStatusError("GET", url, 502, f"answer over {MAX_REFERRERS_BODY} bytes")
+        finally:
+            resp.release()
+        try:
+            return [ReferrerDescriptor.from_json(d) for d in json.loads(body)["manifests"]]
+        except (ValueError, KeyError, TypeError) as e:
+            raise HTTPStatusError("GET", url, 502, f"malformed referrers answer: {e}") from None
+
     async def _get_result(self, url: str) -> list[str]:
         resp = await self.http.request("GET", url)
         try:
             return list((await resp.json())["result"])
         finally:
             resp.release()
+
+
+def _error_message(body: str) -> str:
+    try:
+        return str(json.loads(body)["error"])
+    except (ValueError, KeyError, TypeError):
+        return body.strip() or "refused"
 
 
 def _reference_error(body: str) -> TagReferenceError:

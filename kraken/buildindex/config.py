@@ -42,6 +42,11 @@ class BuildIndexConfig:
     # before any origin is asked). distribution calls this validation.manifests.referencelimit;
     # see kraken.registry.references.
     max_manifest_references: int = DEFAULT_MAX_REFERENCES
+    # Referrers (OCI referrers API) kept per (repository, subject): a PUT beyond it is refused,
+    # a list never answers more.
+    max_referrers: int = 256
+    # A referrer's descriptor (its annotations, mostly) must fit in this many bytes of JSON.
+    max_referrer_size: ByteSize = 16 << 10
 
     def __post_init__(self) -> None:
         if self.cache_ttl < 0:
@@ -50,3 +55,5 @@ class BuildIndexConfig:
             raise ConfigError(f"verify_concurrency must be >= 1, got {self.verify_concurrency}")
         if self.max_manifest_references < 1:
             raise ConfigError(f"max_manifest_references must be >= 1, got {self.max_manifest_references}")
+        if self.max_referrers < 1:
+            raise ConfigError(f"max_referrers must be >= 1, got {self.max_referrers}")

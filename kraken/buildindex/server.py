@@ -9,6 +9,8 @@ Endpoints (tags are ``repo:tag``, percent-encoded in paths, e.g. ``test%2Fx:late
 * ``GET|HEAD /tags/{tag}``: 200 with body ``sha256:...``; 404.
 * ``GET /repositories/{repo}/tags?limit=&offset=``: ``{"result": [tag names, sorted]}``.
 * ``GET /list/{prefix}``: ``{"result": ["repo:tag", ...]}``; ``/list/`` lists every tag.
+* ``PUT /referrers/{repo}/{subject}/{d}``, ``GET /referrers/{repo}/{subject}``: see
+  :mod:`kraken.buildindex.referrer_routes`.
 
 aiohttp decodes ``%2F`` in the path before routing, so the routes use ``.+`` patterns that
 accept the repository's slashes whether or not the client encoded them.
@@ -22,8 +24,9 @@ from typing import AsyncIterator, Awaitable, Callable
 import aiohttp
 from aiohttp import web
 
-from kraken.backend import Backend, BackendError, build_router
+from kraken.backend import Backend, BackendError, BackendRouter, build_router
 from kraken.buildindex.config import BuildIndexConfig
+from kraken.buildindex.referrer_routes import add_referrer_routes
 from kraken.buildindex.tags import Tag, TagError, parse_tag, validate_repo
 from kraken.buildindex.tagstore import TagStore
 from kraken.core.digest import Digest, DigestError
@@ -116,6 +119,7 @@ class BuildIndex:
             ["result"],
         )
         self._backends: list[Backend] = []
+        self._router: BackendRouter | None = None
         self._store: TagStore | None = None
         self._origins: OriginCluster | None = None
 
@@ -125,6 +129,11 @@ class BuildIndex:
         return self._store
 
     @property
+    def router(self) -> BackendRouter:
+        assert self._router is not None, "build-index app not started"
+        return self._router
+
+    @property
     def origins(self) -> OriginCluster:
         assert self._origins is not None, "build-index app not started"
         return self._origins
@@ -132,6 +141,7 @@ class BuildIndex:
     async def lifecycle(self, _: web.Application) -> AsyncIterator[None]:
         """aiohttp cleanup context: clients need a running loop, so they start with the app."""
         router = build_router(self.config.backends)
+        self._router = router
         self._backends = router.backends
         http = HttpClient()
         try:
@@ -210,4 +220,5 @@ def create_buildindex_app(config: BuildIndexConfig) -> web.Application:
     app.router.add_get(r"/tags/{tag:.+}", server.get_tag)
     app.router.add_get(r"/repositories/{repo:.+}/tags", server.list_repository)
     app.router.add_get(r"/list/{prefix:.*}", server.list_prefix)
+    add_referrer_routes(app, server, metrics)
     return app

@@ -15,7 +15,7 @@ import aiohttp
 from aiohttp import web
 from prometheus_client import Counter
 
-from kraken.buildindex.client import BuildIndexClient, TagReferenceError
+from kraken.buildindex.client import BuildIndexClient, ReferrerRefused, TagReferenceError
 from kraken.core.digest import Digest
 from kraken.http.client import HTTPStatusError, HttpClient
 from kraken.log import get_logger
@@ -24,6 +24,7 @@ from kraken.origin.client import BlobNotFound, OriginCluster
 from kraken.origin.stream import UploadStream
 from kraken.registry.errors import RegistryError
 from kraken.registry.ranges import ByteRange
+from kraken.registry.referrer_index import ReferrerDescriptor
 from kraken.registry.storage import BlobReader, BlobWriter, RegistryStorage, StreamBlobReader
 from kraken.ring import RingConfig
 from kraken.store.cas import DigestMismatch
@@ -142,6 +143,21 @@ class ProxyStorage(RegistryStorage):
             ) from None
         self.metrics.tags_pushed.inc()
         log.info("tag pushed", repo=repo, tag=tag, digest=digest)
+
+    # ---- referrers -------------------------------------------------------------------------
+
+    async def referrers(self, repo: str, subject: Digest) -> list[ReferrerDescriptor]:
+        return await self.build_index.list_referrers(repo, subject)
+
+    async def add_referrer(self, repo: str, subject: Digest, descriptor: ReferrerDescriptor) -> bool:
+        """build-index re-reads the manifest from the origins and derives the descriptor itself."""
+        try:
+            await self.build_index.put_referrer(repo, subject, descriptor.digest)
+        except ReferrerRefused as e:
+            if e.limit:
+                raise RegistryError("DENIED", message="referrer refused", detail=str(e)) from None
+            raise RegistryError("MANIFEST_INVALID", detail=str(e)) from None
+        return True
 
     # ---- blobs -----------------------------------------------------------------------------
 

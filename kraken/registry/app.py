@@ -19,7 +19,7 @@ from aiohttp import web
 from kraken.http.app import ERROR_RENDERERS
 from kraken.http.client import HTTPStatusError
 from kraken.log import get_logger
-from kraken.registry import blob_routes, manifest_routes
+from kraken.registry import blob_routes, manifest_routes, referrers
 from kraken.registry.context import RegistryContext
 from kraken.registry.errors import API_VERSION, API_VERSION_HEADER, RegistryError
 from kraken.registry.names import parse_reference, validate_name
@@ -43,6 +43,7 @@ _PATHS: list[tuple[re.Pattern[str], str]] = [
     (re.compile(r"(?P<name>.+)/blobs/uploads/?", re.DOTALL), "uploads"),
     (re.compile(r"(?P<name>.+)/blobs/uploads/(?P<uid>[^/]+)", re.DOTALL), "upload"),
     (re.compile(r"(?P<name>.+)/blobs/(?P<digest>[^/]+)", re.DOTALL), "blob"),
+    (re.compile(r"(?P<name>.+)/referrers/(?P<digest>[^/]+)", re.DOTALL), "referrers"),
 ]
 
 #: The methods each endpoint serves when writable; a 405 names them in ``Allow`` (RFC 9110).
@@ -54,6 +55,7 @@ _METHODS: dict[str, tuple[str, ...]] = {
     "uploads": ("POST",),
     "upload": ("GET", "PATCH", "PUT", "DELETE"),
     "blob": ("GET", "HEAD"),
+    "referrers": ("GET",),
 }
 _READ_METHODS = frozenset({"GET", "HEAD"})
 
@@ -265,10 +267,16 @@ async def _upload(ctx: RegistryContext, request: web.Request, name: str, p: dict
     raise RegistryError("UNSUPPORTED", detail={"method": request.method})
 
 
+async def _referrers(ctx: RegistryContext, request: web.Request, name: str, p: dict[str, str]) -> web.StreamResponse:
+    _allow(request, "GET")
+    return await referrers.list_referrers(ctx, request, name, p["digest"])
+
+
 _HANDLERS: dict[str, Handler] = {
     "tags": _tags,
     "manifest": _manifest,
     "uploads": _uploads,
     "upload": _upload,
     "blob": _blob,
+    "referrers": _referrers,
 }

@@ -19,6 +19,7 @@ from kraken.registry.errors import RegistryError
 from kraken.registry.manifest import Manifest, ManifestError, parse_manifest
 from kraken.registry.names import parse_reference
 from kraken.registry.references import InvalidManifest, PushedRoot, find_missing
+from kraken.registry.referrers import record_referrer, referrer_of_push
 from kraken.registry.storage import RegistryStorage
 
 log = get_logger("kraken.registry")
@@ -83,15 +84,18 @@ async def put_manifest(ctx: RegistryContext, request: web.Request, name: str, re
         raise RegistryError("MANIFEST_INVALID", detail=str(e)) from None
     if missing is not None:
         raise RegistryError("MANIFEST_BLOB_UNKNOWN", detail={"digest": str(missing)})
-    if ref.tag is not None:
-        await ctx.storage.check_tags_writable()
+    referrer = referrer_of_push(raw, digest, request.headers.get("Content-Type"))
+    if ref.tag is not None or referrer is not None:
+        await ctx.storage.check_tags_writable()  # build-index keeps tags and referrers
     await ctx.storage.put_blob_bytes(name, digest, raw)
+    subject = await record_referrer(ctx, name, digest, referrer)
     if ref.tag is not None:
         await ctx.storage.put_tag(name, ref.tag, digest)
     return web.Response(status=201, headers={
         "Location": absolute_url(request, f"/v2/{name}/manifests/{digest}"),
         "Docker-Content-Digest": str(digest),
         "Content-Length": "0",
+        **subject,
     })
 
 

@@ -15,6 +15,7 @@ from typing import AsyncIterator, Awaitable, Callable
 from kraken.core.digest import Digest
 from kraken.registry.errors import RegistryError
 from kraken.registry.ranges import ByteRange
+from kraken.registry.referrer_index import ReferrerDescriptor
 
 READ_CHUNK = 1 << 20
 
@@ -137,6 +138,11 @@ class RegistryStorage(ABC):
         for a blob bigger than ``max_size``, so asking for a layer by its digest as a manifest
         never pulls it into memory."""
 
+    async def referrers(self, repo: str, subject: Digest) -> list[ReferrerDescriptor]:
+        """The referrers of manifest ``subject`` (``[]`` when none, also for an unknown subject).
+        The default is a 404, which is how the spec tells clients the API is unavailable."""
+        raise RegistryError("UNSUPPORTED", status=404, message="the referrers API is not available here")
+
     # ---- writes (read-write storages override) ---------------------------------------------
 
     async def put_blob_from_file(self, repo: str, digest: Digest, path: Path) -> None:
@@ -164,6 +170,11 @@ class RegistryStorage(ABC):
 
     async def mount_blob(self, from_repo: str, to_repo: str, digest: Digest) -> bool:
         """Make a blob of ``from_repo`` available in ``to_repo``; False when it cannot."""
+        return False
+
+    async def add_referrer(self, repo: str, subject: Digest, descriptor: ReferrerDescriptor) -> bool:
+        """Record stored manifest ``descriptor.digest`` as a referrer of ``subject``; False when
+        this storage keeps no referrers (the push then answers without ``OCI-Subject``)."""
         return False
 
 

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from kraken.config import ByteSize, Duration, ListenConfig
+from kraken.config import ByteSize, Duration, HttpServerConfig, ListenConfig
 from kraken.ring import RingConfig
 
 DEFAULT_PORT = 15000
@@ -29,6 +29,7 @@ class ProxyConfig:
     origins: RingConfig
     build_index: BuildIndexConfig = field(default_factory=BuildIndexConfig)
     listen: ListenConfig = field(default_factory=lambda: ListenConfig(port=DEFAULT_PORT))
+    http: HttpServerConfig = field(default_factory=HttpServerConfig)
     # Manifests are read into memory to validate them; bigger ones are refused with 413.
     max_manifest_size: ByteSize = 4 << 20
     # Upload sessions not finished within this time are deleted with their bytes.

@@ -154,7 +154,7 @@ async def _dropped_more(proc: Process, before: float) -> bool:
 
 
 async def test_a_slow_but_steady_reader_gets_the_whole_response(testfs: Process) -> None:
-    data = os.urandom(MiB)
+    data = os.urandom(256 << 10)
     assert (await asyncio.to_thread(_get, f"{testfs.url}/files/steady", "PUT", data))[0] == 201
     before = await dropped(testfs, "write_timeout")
     received = bytearray()
@@ -163,7 +163,7 @@ async def test_a_slow_but_steady_reader_gets_the_whole_response(testfs: Process)
         start = time.monotonic()
         while chunk := await asyncio.to_thread(sock.recv, 64 << 10):
             received += chunk
-            await asyncio.sleep(0.05)  # the pace of a slow reader, not a synchronisation
+            await asyncio.sleep(0.03)  # the pace of a slow reader, not a synchronisation
     assert time.monotonic() - start > TIMEOUT  # slower than the write timeout, yet never stalled
     head, _, body = bytes(received).partition(b"\r\n\r\n")
     assert head.startswith(b"HTTP/1.1 200")

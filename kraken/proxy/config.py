@@ -32,5 +32,8 @@ class ProxyConfig:
     http: HttpServerConfig = field(default_factory=HttpServerConfig)
     # Manifests are read into memory to validate them; bigger ones are refused with 413.
     max_manifest_size: ByteSize = 4 << 20
+    # Manifests read from the origins are kept on disk (store.root/manifests) and served from
+    # there; least recently read ones go beyond this many bytes.
+    manifest_cache_size: ByteSize = 256 << 20
     # Upload sessions not finished within this time are deleted with their bytes.
     upload_ttl: Duration = 3600.0

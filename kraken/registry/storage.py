@@ -2,21 +2,24 @@
 
 The proxy implements it over origins and build-index; the agent over its P2P cache. Write
 methods default to UNSUPPORTED so a read-only storage implements only reads. Manifests are
-blobs (content-addressed by their digest); the interface keeps ``read_manifest`` separate
-only because a manifest is small and read whole while a blob is streamed.
+blobs (content-addressed by their digest); the interface keeps ``open_manifest`` separate
+because a manifest is checked whole (digest, parse) before it is served, and a blob by its
+size only.
 """
 from __future__ import annotations
 
 import asyncio
 from abc import ABC, abstractmethod
 from pathlib import Path
-from typing import AsyncIterator, Awaitable, Callable
+from typing import AsyncIterator, Awaitable, BinaryIO, Callable
 
 from kraken.core.digest import Digest
 from kraken.registry.errors import RegistryError
 from kraken.registry.ranges import ByteRange
 
-READ_CHUNK = 1 << 20
+# Small: a chunk waits in memory until the client takes it, so a slow reader costs about two
+# chunks (this one and aiohttp's 64 KiB write buffer).
+READ_CHUNK = 64 << 10
 
 
 class BlobReader(ABC):
@@ -132,10 +135,12 @@ class RegistryStorage(ABC):
         """The blob's bytes (only ``byte_range`` when given), streamed; never read whole."""
 
     @abstractmethod
-    async def read_manifest(self, repo: str, digest: Digest, max_size: int) -> bytes | None:
-        """A manifest's raw bytes (the routes verify them against ``digest``); ``None`` also
-        for a blob bigger than ``max_size``, so asking for a layer by its digest as a manifest
-        never pulls it into memory."""
+    async def open_manifest(self, repo: str, digest: Digest, max_size: int) -> BinaryIO | None:
+        """A manifest's bytes as an open local file, which the caller closes (the routes check
+        them against ``digest`` and stream them, so a manifest is never held whole per
+        client); ``None`` also for a blob bigger than ``max_size``, so asking for a layer by
+        its digest as a manifest never fetches it. Open in a worker thread: opening a file
+        may block."""
 
     # ---- writes (read-write storages override) ---------------------------------------------
 

@@ -21,7 +21,7 @@ from kraken.registry.manifest import ManifestError, parse_manifest
 
 log = get_logger("kraken.registry")
 
-HASH_CHUNK = 1 << 20
+HASH_CHUNK = 64 << 10
 PARSES = 2
 MEDIA_TYPES = 4096
 

@@ -1,0 +1,96 @@
+"""Clients that ask for a big manifest or blob and then read nothing cost the servers little
+memory: responses are streamed from files with backpressure (kraken/http/files.py, the
+registry's 64 KiB file chunks), never a whole copy per connection.
+
+A herd with one agent runs as real processes; 100 connections each GET a 4 MB manifest from
+the proxy and from the agent, and a 32 MiB blob from the agent, read the response head and
+then nothing. Each process's resident memory (``VmRSS``) must grow by less than
+:data:`GROWTH_MIB` (a whole copy per connection would be 400 MiB for the manifests; measured
+160-450 MiB before the fix, 1-50 MiB after). The
+blob goes first: memory a process freed stays resident and is reused, so a test that ran
+before on the same process would hide another's growth (before the fix, at least).
+"""
+from __future__ import annotations
+
+import os
+import urllib.request
+from pathlib import Path
+from typing import Iterator
+
+import pytest
+
+from bench.common import push_blob_bytes, push_padded_image, rss_mib, slow_readers, wait_metainfo
+from kraken.core.digest import Digest
+from kraken.devcluster import Process
+from kraken.registry.manifest import OCI_MANIFEST
+from tests.cluster import Herd, start_herd
+
+READERS = 100
+WARM_UP = 10
+MANIFEST_SIZE = (4 << 20) - 1024
+BLOB_SIZE = 32 << 20
+GROWTH_MIB = 80
+REPO = "slow/readers"
+
+
+@pytest.fixture(scope="module")
+def herd(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Herd]:
+    h = start_herd(Path(tmp_path_factory.mktemp("herd")), agents=1)
+    try:
+        yield h
+    finally:
+        h.stop()
+
+
+@pytest.fixture(scope="module")
+def image(herd: Herd) -> tuple[Digest, Digest]:
+    """The padded manifest's and a blob's digests, each read once through the agent (and the
+    manifest through the proxy) so both serve them from their disk."""
+    manifest = push_padded_image(herd.proxy.url, REPO, "v1", MANIFEST_SIZE)
+    blob = push_blob_bytes(herd.proxy.url, REPO, os.urandom(BLOB_SIZE))
+    wait_metainfo(herd.origin.url + "/internal", REPO, blob)
+    agent = herd.agents[0]
+    for url in (f"{herd.proxy.url}/v2/{REPO}/manifests/v1", f"{agent.url}/v2/{REPO}/manifests/v1",
+                f"{agent.url}/v2/{REPO}/blobs/{blob}"):
+        with urllib.request.urlopen(urllib.request.Request(url, headers={"Accept": OCI_MANIFEST}), timeout=120) as r:
+            body = r.read()
+        assert Digest.of_bytes(body) in (manifest, blob)
+    return manifest, blob
+
+
+def _growth_mib(proc: Process, path: str) -> float:
+    """RSS growth while READERS slow readers are stalled, after a few first ones paid the
+    one-time costs (the worker threads that read files, and their malloc arenas)."""
+    assert proc.popen is not None
+    for sock in slow_readers(proc.host, proc.port, path, WARM_UP):
+        sock.close()
+    before, _ = rss_mib(proc.popen.pid)
+    readers = slow_readers(proc.host, proc.port, path, READERS)
+    try:
+        during, _ = rss_mib(proc.popen.pid)
+    finally:
+        for sock in readers:
+            sock.close()
+    return during - before
+
+
+def test_slow_readers_of_a_blob_cost_the_agent_little_memory(herd: Herd, image: tuple[Digest, Digest]) -> None:
+    _, blob = image
+    growth = _growth_mib(herd.agents[0], f"/v2/{REPO}/blobs/{blob}")
+    assert growth < GROWTH_MIB, f"{READERS} slow readers of a {BLOB_SIZE >> 20} MiB blob took {growth:.0f} MiB"
+
+
+@pytest.mark.parametrize("server", ["proxy", "agent-1"])
+def test_slow_readers_of_a_4mb_manifest_cost_little_memory(herd: Herd, image: tuple[Digest, Digest],
+                                                           server: str) -> None:
+    growth = _growth_mib(herd[server], f"/v2/{REPO}/manifests/v1")
+    assert growth < GROWTH_MIB, f"{server}: {READERS} slow readers of a 4 MB manifest took {growth:.0f} MiB"
+
+
+def test_the_manifest_is_intact_after_the_slow_readers(herd: Herd, image: tuple[Digest, Digest]) -> None:
+    manifest, _ = image
+    for base in (herd.proxy.url, herd.agents[0].url):
+        req = urllib.request.Request(f"{base}/v2/{REPO}/manifests/v1", headers={"Accept": OCI_MANIFEST})
+        with urllib.request.urlopen(req, timeout=60) as r:
+            assert r.headers["Docker-Content-Digest"] == str(manifest)
+            assert Digest.of_bytes(r.read()) == manifest

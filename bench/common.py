@@ -231,3 +231,14 @@ def _wait_stalled(readers: list[socket.socket], timeout: float = 60.0, polls: in
         if time.monotonic() > deadline:
             raise TimeoutError("the server kept sending to readers that read nothing")
         time.sleep(0.1)
+
+
+def read_until_closed(sock: socket.socket) -> bytes:
+    """Everything the server sent before it closed the connection (a reset counts as closed)."""
+    data = bytearray()
+    try:
+        while chunk := sock.recv(1 << 16):
+            data += chunk
+    except ConnectionResetError:
+        pass
+    return bytes(data)

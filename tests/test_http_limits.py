@@ -20,6 +20,7 @@ from typing import Iterator
 
 import pytest
 
+from bench.common import read_until_closed
 from kraken.devcluster import CONFIG_ROOT, Process, Supervisor, free_port, write_overlay
 from tests.origin_helpers import metric, until
 
@@ -77,17 +78,6 @@ def connect(proc: Process, rcvbuf: int | None = None) -> socket.socket:
     sock.settimeout(10 * TIMEOUT)
     sock.connect(("127.0.0.1", proc.port))
     return sock
-
-
-def read_until_closed(sock: socket.socket) -> bytes:
-    """Everything the server sent before it closed the connection (a reset counts as closed)."""
-    data = bytearray()
-    try:
-        while chunk := sock.recv(1 << 16):
-            data += chunk
-    except ConnectionResetError:
-        pass
-    return bytes(data)
 
 
 async def closed_after(sock: socket.socket) -> float:

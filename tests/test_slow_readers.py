@@ -1,41 +1,57 @@
 """Clients that ask for a big manifest or blob and then read nothing cost the servers little
-memory: responses are streamed from files with backpressure (kraken/http/files.py, the
-registry's 64 KiB file chunks), never a whole copy per connection.
+memory: responses are sent from files with ``sendfile`` (kraken/http/files.py), never a
+whole copy per connection.
 
 A herd with one agent runs as real processes; 100 connections each GET a 4 MB manifest from
 the proxy and from the agent, and a 32 MiB blob from the agent, read the response head and
 then nothing. Each process's resident memory (``VmRSS``) must grow by less than
 :data:`GROWTH_MIB` (a whole copy per connection would be 400 MiB for the manifests; measured
-160-450 MiB before the fix, 1-50 MiB after). The
-blob goes first: memory a process freed stays resident and is reused, so a test that ran
-before on the same process would hide another's growth (before the fix, at least).
+160-450 MiB before the fix). The blob goes first: memory a process freed stays resident
+and is reused, so a test that ran before on the same process would hide another's growth
+(before the fix, at least).
 """
 from __future__ import annotations
 
+import asyncio
 import os
+import socket
 import urllib.request
 from pathlib import Path
 from typing import Iterator
 
 import pytest
 
-from bench.common import push_blob_bytes, push_padded_image, rss_mib, slow_readers, wait_metainfo
+from bench.common import (
+    metric,
+    push_blob_bytes,
+    push_padded_image,
+    read_until_closed,
+    rss_mib,
+    scrape,
+    slow_readers,
+    wait_metainfo,
+)
 from kraken.core.digest import Digest
 from kraken.devcluster import Process
 from kraken.registry.manifest import OCI_MANIFEST
 from tests.cluster import Herd, start_herd
+from tests.origin_helpers import until
 
 READERS = 100
 WARM_UP = 10
 MANIFEST_SIZE = (4 << 20) - 1024
 BLOB_SIZE = 32 << 20
 GROWTH_MIB = 80
+WRITE_TIMEOUT = 5.0
 REPO = "slow/readers"
 
 
 @pytest.fixture(scope="module")
 def herd(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Herd]:
-    h = start_herd(Path(tmp_path_factory.mktemp("herd")), agents=1)
+    # The agent's write timeout is short enough for a test to see a stalled sendfile dropped,
+    # and long enough for the memory tests' readers to stay until they are measured.
+    h = start_herd(Path(tmp_path_factory.mktemp("herd")), agents=1,
+                   overrides={"agent": {"http": {"write_timeout": f"{WRITE_TIMEOUT}s"}}})
     try:
         yield h
     finally:
@@ -94,3 +110,30 @@ def test_the_manifest_is_intact_after_the_slow_readers(herd: Herd, image: tuple[
         with urllib.request.urlopen(req, timeout=60) as r:
             assert r.headers["Docker-Content-Digest"] == str(manifest)
             assert Digest.of_bytes(r.read()) == manifest
+
+
+async def test_a_blob_reader_that_stops_reading_is_dropped_after_the_write_timeout(
+        herd: Herd, image: tuple[Digest, Digest]) -> None:
+    """The agent sends cached blobs with sendfile, past aiohttp's buffer: the stall is seen in
+    the kernel's counters."""
+    _, blob = image
+    agent = herd.agents[0]
+    before = await _write_timeouts(agent)
+    with socket.socket() as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+        sock.settimeout(60)
+        sock.connect((agent.host, agent.port))
+        sock.sendall(f"GET /v2/{REPO}/blobs/{blob} HTTP/1.1\r\nHost: x\r\n\r\n".encode())
+        await until(lambda: _more_write_timeouts(agent, before), timeout=6 * WRITE_TIMEOUT, what="the write timeout")
+        received = await asyncio.to_thread(read_until_closed, sock)
+    assert received.startswith(b"HTTP/1.1 200")
+    assert len(received) < BLOB_SIZE
+
+
+async def _write_timeouts(proc: Process) -> float:
+    text = await asyncio.to_thread(scrape, proc.url)
+    return metric(text, "kraken_http_connections_dropped_total", port=str(proc.port), reason="write_timeout")
+
+
+async def _more_write_timeouts(proc: Process, before: float) -> bool:
+    return await _write_timeouts(proc) > before

@@ -1,9 +1,10 @@
-"""Sending a local file as a response body without holding it in memory.
+"""Sending (part of) a local file as a response body without holding it in memory.
 
-A file is read in small chunks (in a worker thread) and each chunk is written only once the
-connection took the previous ones (``StreamResponse.write`` waits while aiohttp's buffer is
-over its high-water mark): a peer that reads slowly, or not at all, holds at most about two
-chunks of this process's memory, however big the file and however many such peers.
+``sendfile`` hands the bytes from the page cache to the socket: nothing is copied into this
+process, so a peer that reads slowly, or not at all, costs no memory whatever the file's
+size (the write timeout of kraken.http.server sees such a stall in the kernel's counters).
+Where ``sendfile`` is unavailable (TLS, another event loop) the file goes in small chunks,
+each written once the connection took the previous ones.
 """
 from __future__ import annotations
 
@@ -13,7 +14,7 @@ from typing import BinaryIO, Mapping
 
 from aiohttp import web
 
-FILE_CHUNK = 64 << 10
+FILE_CHUNK = 16 << 10
 
 
 async def send_file(
@@ -23,13 +24,28 @@ async def send_file(
     response = web.StreamResponse(status=status, headers=headers)
     response.content_length = size
     await response.prepare(request)
-    fd = f.fileno()
-    offset = 0
-    while offset < size:
-        chunk = await asyncio.to_thread(os.pread, fd, min(FILE_CHUNK, size - offset), offset)
+    await write_file(request, response, f, 0, size)
+    await response.write_eof()
+    return response
+
+
+async def write_file(request: web.Request, response: web.StreamResponse, f: BinaryIO, offset: int, count: int) -> None:
+    """Write ``count`` bytes of ``f`` from ``offset`` as the body of the prepared ``response``."""
+    transport = request.transport
+    if transport is None:
+        raise ConnectionResetError("connection lost")
+    try:
+        await asyncio.get_running_loop().sendfile(transport, f, offset, count, fallback=False)
+        return
+    except NotImplementedError:
+        pass
+    except RuntimeError:
+        if transport.is_closing():
+            raise ConnectionResetError("connection lost") from None
+    fd, end = f.fileno(), offset + count
+    while offset < end:
+        chunk = await asyncio.to_thread(os.pread, fd, min(FILE_CHUNK, end - offset), offset)
         if not chunk:
             raise RuntimeError(f"{getattr(f, 'name', 'file')} shrank while being sent")
         await response.write(chunk)
         offset += len(chunk)
-    await response.write_eof()
-    return response

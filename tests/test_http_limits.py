@@ -15,7 +15,6 @@ import socket
 import time
 import urllib.error
 import urllib.request
-from pathlib import Path
 from typing import Iterator
 
 import pytest

@@ -13,8 +13,10 @@ and is reused, so a test that ran before on the same process would hide another'
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import socket
+import urllib.error
 import urllib.request
 from pathlib import Path
 from typing import Iterator
@@ -137,3 +139,23 @@ async def _write_timeouts(proc: Process) -> float:
 
 async def _more_write_timeouts(proc: Process, before: float) -> bool:
     return await _write_timeouts(proc) > before
+
+
+def test_a_corrupt_cached_manifest_is_never_served(herd: Herd, image: tuple[Digest, Digest]) -> None:
+    """Its media type is remembered from the first read, but every read hashes the file:
+    changed bytes are refused (or fetched again), never sent."""
+    manifest, _ = image
+    agent = herd.agents[0]
+    cached = [p for p in herd.workdir.rglob(manifest.hex) if p.is_file() and "agent" in str(p)]
+    assert cached, "the agent has not cached the manifest"
+    for path in cached:
+        data = bytearray(path.read_bytes())
+        data[-2:-1] = b"y"
+        path.write_bytes(bytes(data))
+    req = urllib.request.Request(f"{agent.url}/v2/{REPO}/manifests/v1", headers={"Accept": OCI_MANIFEST})
+    try:
+        with urllib.request.urlopen(req, timeout=60) as r:
+            assert Digest.of_bytes(r.read()) == manifest
+    except urllib.error.HTTPError as e:
+        assert e.code in (404, 503)
+        assert json.load(e)["errors"][0]["code"] in ("MANIFEST_UNKNOWN", "UNAVAILABLE")

@@ -23,8 +23,8 @@ STAT_CONCURRENCY = 16
 
 
 async def read_manifest(ctx: RegistryContext, request: web.Request, name: str, reference: str) -> web.StreamResponse:
-    """Served from a local file in small chunks with backpressure: a client that reads slowly
-    (or not at all) holds no copy of the manifest in memory."""
+    """Sent from a local file (kraken.http.files): a client that reads slowly, or not at all,
+    holds no copy of the manifest in this process's memory."""
     ref = parse_reference(reference)
     digest = ref.digest or await ctx.storage.get_tag(name, ref.tag)
     if digest is None:

@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import os
+import select
 import socket
 import time
 import urllib.error
@@ -28,6 +29,7 @@ pytestmark = pytest.mark.asyncio(loop_scope="module")
 TIMEOUT = 1.0
 IDLE_TIMEOUT = 2.0  # longer than the header timeout: aiohttp's idle timer also closes half heads
 MAX_CONNECTIONS = 4
+STARVED_FDS = 256
 MiB = 1 << 20
 
 
@@ -43,6 +45,24 @@ def testfs(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Process]:
     })
     proc = Process("testfs", "testfs", port, config, workdir / "testfs.log",
                    extra_args=["--root", str(workdir / "root")])
+    try:
+        yield sup.start(proc)
+    finally:
+        sup.stop_all()
+
+
+@pytest.fixture(scope="module")
+def starved_testfs(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Process]:
+    """A testfs with default connection limits run under ``ulimit -n 256``."""
+    workdir = tmp_path_factory.mktemp("starved")
+    sup = Supervisor(workdir)
+    port = free_port()
+    config = write_overlay(workdir / "testfs.yaml", CONFIG_ROOT / "testfs" / "base.yaml", {
+        "listen": {"host": "127.0.0.1", "port": port}, "http": {"header_timeout": f"{TIMEOUT}s"},
+    })
+    proc = Process("testfs", "testfs", port, config, workdir / "testfs.log",
+                   extra_args=["--root", str(workdir / "root")])
+    proc.argv = ["sh", "-c", f'ulimit -n {STARVED_FDS} && exec "$0" "$@"', *proc.command()]
     try:
         yield sup.start(proc)
     finally:
@@ -193,3 +213,45 @@ def _hold_one_more(proc: Process, held: list[socket.socket]) -> bool:
     else:
         sock.close()
     return len(held) == MAX_CONNECTIONS
+
+
+async def test_a_flood_of_stalled_connections_does_not_exhaust_the_descriptors(starved_testfs: Process) -> None:
+    """More silent connections than the process has descriptors: the ones beyond
+    max_connections (lowered to fit ``ulimit -n``) are closed at once, the rest after the
+    header timeout, and the server answers again."""
+    flood = []
+    try:
+        for _ in range(STARVED_FDS + 100):
+            sock = socket.socket()
+            sock.setblocking(False)
+            sock.connect_ex(("127.0.0.1", starved_testfs.port))
+            flood.append(sock)
+        # Let the flood land first (the server takes every connection in turn), so the
+        # health checks queue behind it rather than slipping in between.
+        await asyncio.to_thread(_connected, flood, 5 * TIMEOUT)
+        await until(lambda: _healthy(starved_testfs), timeout=10 * TIMEOUT, what="the server to answer again")
+    finally:
+        for sock in flood:
+            sock.close()
+    _, body = await asyncio.to_thread(_get, f"{starved_testfs.url}/metrics")
+    text = body.decode()
+    assert metric(text, "kraken_http_connections_refused_total") > 0
+    assert metric(text, "kraken_http_connections_dropped_total", reason="header_timeout") > 0
+    assert "lowered_to=192" in starved_testfs.log_path.read_text()
+
+
+async def _healthy(proc: Process) -> bool:
+    try:
+        return await asyncio.to_thread(_get, f"{proc.url}/health") == (200, b"OK\n")
+    except OSError:
+        return False
+
+
+def _connected(socks: list[socket.socket], timeout: float) -> None:
+    """Until every socket's connect completed, or ``timeout`` (a server that stopped accepting
+    leaves some pending for ever)."""
+    pending = list(socks)
+    deadline = time.monotonic() + timeout
+    while pending and time.monotonic() < deadline:
+        _, writable, _ = select.select([], pending, [], 0.1)
+        pending = [s for s in pending if s not in writable]

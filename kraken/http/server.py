@@ -14,7 +14,8 @@ connections are watched (``http:`` section, :class:`~kraken.config.HttpServerCon
 - a connection with unsent bytes (aiohttp's buffer, or the kernel's send queue: ``sendfile``
   bypasses aiohttp) that the peer acknowledged none of for ``write_timeout`` is dropped;
 - idle keep-alive connections close after ``idle_timeout`` (aiohttp's own timer);
-- beyond ``max_connections`` open connections, a new one is closed at once.
+- beyond ``max_connections`` open connections, a new one is closed at once (lowered at
+  start to what the open-files limit holds, so a flood never makes ``accept`` fail).
 
 A dropped connection's socket is shut down, which fails whatever is still reading or writing
 it (a ``sendfile`` included) and lets aiohttp release it; the transport is aborted shortly
@@ -25,6 +26,7 @@ after if it is still open. Metrics: ``kraken_http_connections_open``,
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import resource
 import signal
 import socket
@@ -50,6 +52,8 @@ Site = tuple[web.Application, str, int]
 HEADER_TIMEOUT = "header_timeout"
 BODY_TIMEOUT = "body_timeout"
 WRITE_TIMEOUT = "write_timeout"
+#: Descriptors always left for what is not a client connection (files, upstreams, P2P).
+MIN_SPARE_FDS = 64
 #: After a dropped connection's socket is shut down, how long its transport may take to close.
 ABORT_GRACE = 1.0
 # struct tcp_info (linux/tcp.h): tcpi_bytes_acked, a u64, follows the fixed 120-byte head.
@@ -208,7 +212,7 @@ async def serve(sites: Sequence[Site], component: str, limits: HttpServerConfig)
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
-    _warn_descriptor_limit(component_log, limits, len(sites))
+    limits = _fit_descriptor_limit(component_log, limits, len(sites))
     try:
         for app, host, port in sites:
             runner = _GuardedRunner(app, limits, port)
@@ -228,10 +232,27 @@ async def serve(sites: Sequence[Site], component: str, limits: HttpServerConfig)
             await runner.cleanup()
 
 
-def _warn_descriptor_limit(component_log: Any, limits: HttpServerConfig, servers: int) -> None:
-    """Connections beyond the descriptor limit fail in ``accept`` and starve every client, so
-    a ``max_connections`` the limit cannot hold is worth a line at start."""
-    soft, _ = resource.getrlimit(resource.RLIMIT_NOFILE)
-    if soft != resource.RLIM_INFINITY and limits.max_connections * servers >= soft:
-        component_log.warning("http.max_connections exceeds the open-files limit; lower it or raise the limit",
-                              max_connections=limits.max_connections, servers=servers, nofile=soft)
+def _fit_descriptor_limit(component_log: Any, limits: HttpServerConfig, servers: int) -> HttpServerConfig:
+    """``limits`` with ``max_connections`` the open-files limit can hold. Connections beyond
+    that limit fail in ``accept`` and starve every client, so first the soft limit is raised
+    towards the hard one (as Go's runtime does), then what is still missing is taken off
+    ``max_connections``, keeping a quarter of the descriptors (at least
+    :data:`MIN_SPARE_FDS`) for files, upstream connections and P2P sockets."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    wanted = limits.max_connections * servers + MIN_SPARE_FDS
+    if soft != resource.RLIM_INFINITY and soft < wanted:
+        raised = wanted if hard == resource.RLIM_INFINITY else min(hard, wanted)
+        if raised > soft:
+            try:
+                resource.setrlimit(resource.RLIMIT_NOFILE, (raised, hard))
+                soft = raised
+            except (ValueError, OSError):
+                pass
+    if soft == resource.RLIM_INFINITY:
+        return limits
+    fits = max(1, (soft - max(MIN_SPARE_FDS, soft // 4)) // servers)
+    if fits >= limits.max_connections:
+        return limits
+    component_log.warning("open-files limit too low for http.max_connections; lowered",
+                          max_connections=limits.max_connections, lowered_to=fits, servers=servers, nofile=soft)
+    return dataclasses.replace(limits, max_connections=fits)

@@ -133,6 +133,10 @@ async def test_a_body_shorter_than_its_length_is_dropped_and_nothing_is_stored(t
     assert await dropped(testfs, "body_timeout") == before + 1
     status, _ = await asyncio.to_thread(_get, f"{testfs.url}/files/short")
     assert status == 404
+    # The handler's failure is the client's going away: logged as such, without a traceback.
+    log = testfs.log_path.read_text()
+    assert "method=PUT path=/files/short status=499" in log
+    assert "unhandled error method=PUT path=/files/short" not in log
 
 
 async def test_a_slow_but_steady_body_is_not_dropped(testfs: Process) -> None:

@@ -26,8 +26,9 @@ READ_CHUNK = 64 << 10
 
 
 class BlobReader(ABC):
-    """An open blob body. The route iterates it at most once and always calls :meth:`aclose`
-    (also when the client goes away), so upstream connections and files are released."""
+    """An open blob body. The route sends it (:meth:`send`) at most once and always calls
+    :meth:`aclose` (also when the client goes away), so upstream connections and files are
+    released."""
 
     @abstractmethod
     def __aiter__(self) -> AsyncIterator[bytes]: ...

@@ -1,13 +1,13 @@
-"""``python -m bench [push] [fanout] [agentpull] [options]``: run the benchmarks and print their tables."""
+"""``python -m bench [push] [fanout] [agentpull] [slowreaders] [options]``: run the benchmarks and print their tables."""
 from __future__ import annotations
 
 import argparse
 import sys
 from pathlib import Path
 
-from bench import agentpull, fanout, push
+from bench import agentpull, fanout, push, slowreaders
 
-BENCHMARKS = {"push": push.run, "fanout": fanout.run, "agentpull": agentpull.run}
+BENCHMARKS = {"push": push.run, "fanout": fanout.run, "agentpull": agentpull.run, "slowreaders": slowreaders.run}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -22,6 +22,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--piece-mb", type=int, default=0, help="fanout: torrent piece length (0: the origin's table)")
     parser.add_argument("--no-baseline", dest="baseline", action="store_false",
                         help="fanout: skip the capped distribution registry (N*S/R seconds)")
+    parser.add_argument("--readers", type=int, default=200, help="slowreaders: connections that read nothing")
+    parser.add_argument("--slow-blob-mb", type=int, default=200, help="slowreaders: size of the blob they ask for")
     parser.add_argument("--workdir", type=Path, default=Path("/tmp/kraken-bench"))
     args = parser.parse_args(argv)
     for name in args.names:

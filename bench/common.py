@@ -1,10 +1,15 @@
-"""What the benchmarks share: blobs on disk, pushes, metrics scraping, timed curl fetches."""
+"""What the benchmarks share: blobs on disk, pushes, metrics scraping, timed curl fetches,
+process memory and connections that never read."""
 from __future__ import annotations
 
+import fcntl
 import hashlib
 import json
 import os
+import socket
+import struct
 import subprocess
+import termios
 import time
 import urllib.request
 from dataclasses import dataclass
@@ -160,3 +165,80 @@ def percentile(values: list[float], p: float) -> float:
     ordered = sorted(values)
     rank = max(1, -(-len(ordered) * p // 100))
     return ordered[int(rank) - 1]
+
+
+def rss_mib(pid: int) -> tuple[float, float]:
+    """A process's resident memory now and at its peak (``VmRSS``, ``VmHWM``), in MiB."""
+    fields = {}
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        key, _, value = line.partition(":")
+        if key in ("VmRSS", "VmHWM"):
+            fields[key] = int(value.split()[0]) / 1024
+    return fields["VmRSS"], fields["VmHWM"]
+
+
+def push_padded_image(registry_url: str, repo: str, tag: str, manifest_size: int) -> Digest:
+    """An image whose manifest is ``manifest_size`` bytes (an annotation pads it), tagged ``tag``."""
+    config = json.dumps({"architecture": "amd64", "os": "linux", "rootfs": {"type": "layers"}}).encode()
+    layer = os.urandom(1024)
+    config_digest, layer_digest = push_blob_bytes(registry_url, repo, config), push_blob_bytes(registry_url, repo, layer)
+    doc = {
+        "schemaVersion": 2, "mediaType": OCI_MANIFEST,
+        "config": {"mediaType": "application/vnd.oci.image.config.v1+json", "digest": str(config_digest),
+                   "size": len(config)},
+        "layers": [{"mediaType": "application/vnd.oci.image.layer.v1.tar", "digest": str(layer_digest),
+                    "size": len(layer)}],
+        "annotations": {"pad": ""},
+    }
+    doc["annotations"]["pad"] = "x" * (manifest_size - len(json.dumps(doc).encode()))
+    body = json.dumps(doc).encode()
+    assert len(body) == manifest_size
+    req = urllib.request.Request(f"{registry_url}/v2/{repo}/manifests/{tag}", data=body, method="PUT",
+                                 headers={"Content-Type": OCI_MANIFEST})
+    with urllib.request.urlopen(req, timeout=60) as resp:
+        assert resp.status == 201, resp.status
+    return Digest.of_bytes(body)
+
+
+def slow_readers(host: str, port: int, path: str, count: int, accept: str = OCI_MANIFEST) -> list[socket.socket]:
+    """``count`` connections that each GET ``path`` and read the response head, then nothing."""
+    readers = []
+    try:
+        for _ in range(count):
+            sock = socket.create_connection((host, port), timeout=60)
+            readers.append(sock)
+            sock.sendall(f"GET {path} HTTP/1.1\r\nHost: {host}\r\nAccept: {accept}\r\n\r\n".encode())
+        for sock in readers:
+            head = sock.recv(1024)
+            assert head.startswith(b"HTTP/1.1 200"), head[:100]
+        _wait_stalled(readers)
+    except BaseException:
+        for sock in readers:
+            sock.close()
+        raise
+    return readers
+
+
+def _wait_stalled(readers: list[socket.socket], timeout: float = 60.0, polls: int = 5) -> None:
+    """Until the bytes waiting in the readers' receive queues stop growing (``polls`` checks
+    0.1 s apart agree): the server has sent what the sockets take and is stuck on the rest."""
+    deadline = time.monotonic() + timeout
+    last, same = -1, 0
+    while same < polls:
+        queued = sum(struct.unpack("i", fcntl.ioctl(s.fileno(), termios.FIONREAD, b"\0\0\0\0"))[0] for s in readers)
+        same = same + 1 if queued == last else 0
+        last = queued
+        if time.monotonic() > deadline:
+            raise TimeoutError("the server kept sending to readers that read nothing")
+        time.sleep(0.1)
+
+
+def read_until_closed(sock: socket.socket) -> bytes:
+    """Everything the server sent before it closed the connection (a reset counts as closed)."""
+    data = bytearray()
+    try:
+        while chunk := sock.recv(1 << 16):
+            data += chunk
+    except ConnectionResetError:
+        pass
+    return bytes(data)

@@ -22,6 +22,13 @@ class Metrics:
         self.http_latency = self.histogram(
             "kraken_http_request_duration_seconds", "HTTP request latency", ["method", "route"]
         )
+        # Connection limits of the HTTP servers (kraken.http.server), by listening port.
+        self.http_connections_open = self.gauge(
+            "kraken_http_connections_open", "Open HTTP connections", ["port"])
+        self.http_connections_refused = self.counter(
+            "kraken_http_connections_refused_total", "Connections closed at once: max_connections reached", ["port"])
+        self.http_connections_dropped = self.counter(
+            "kraken_http_connections_dropped_total", "Connections dropped by a timeout, by reason", ["port", "reason"])
 
     def counter(self, name: str, doc: str, labels: list[str] | tuple[str, ...] = ()) -> Counter:
         return Counter(name, doc, labels, registry=self.registry)

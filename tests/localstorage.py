@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import shutil
 from pathlib import Path
+from typing import BinaryIO
 
 from kraken.core.digest import Digest
 from kraken.registry.ranges import ByteRange
@@ -82,10 +83,10 @@ class LocalStorage(RegistryStorage):
             return None
         return FileBlobReader(self._path(digest), byte_range, chunk_size=4096)
 
-    async def read_manifest(self, repo: str, digest: Digest, max_size: int) -> bytes | None:
+    async def open_manifest(self, repo: str, digest: Digest, max_size: int) -> BinaryIO | None:
         if digest not in self.members.get(repo, set()) or self._path(digest).stat().st_size > max_size:
             return None
-        return self._path(digest).read_bytes()
+        return open(self._path(digest), "rb")
 
     async def put_blob_from_file(self, repo: str, digest: Digest, path: Path) -> None:
         await asyncio.to_thread(shutil.copyfile, path, self._path(digest))

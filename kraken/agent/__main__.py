@@ -10,8 +10,8 @@ import argparse
 
 from kraken.agent.config import AgentConfig
 from kraken.agent.server import COMPONENT, Agent
-from kraken.agent.serving import serve_many
 from kraken.cli import load_component_config, run_component
+from kraken.http.server import serve
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -37,12 +37,13 @@ async def run(args: argparse.Namespace) -> None:
     config = apply_arguments(load_component_config(AgentConfig, args, example="config/agent/development.yaml"), args)
     agent = await Agent.start(config)
     try:
-        await serve_many(
+        await serve(
             [
                 (agent.registry_app(), config.listen.host, config.listen.port),
                 (agent.server_app(), config.server.host, config.server.port),
             ],
             COMPONENT,
+            config.http,
         )
     finally:
         await agent.close()

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from kraken.config import ByteSize, Duration, ListenConfig
+from kraken.config import ByteSize, Duration, HttpServerConfig, ListenConfig
 from kraken.agent.preload import PreloadConfig
 from kraken.p2p.config import P2PConfig
 from kraken.ring import RingConfig
@@ -74,6 +74,7 @@ class AgentConfig:
 
     store: StoreConfig
     listen: ListenConfig = field(default_factory=lambda: ListenConfig(port=DEFAULT_REGISTRY_PORT))
+    http: HttpServerConfig = field(default_factory=HttpServerConfig)
     server: ListenConfig = field(default_factory=lambda: ListenConfig(port=DEFAULT_SERVER_PORT))
     p2p: P2PConfig = field(default_factory=P2PConfig)
     tracker: AddrConfig = field(default_factory=lambda: AddrConfig("localhost:15003"))

@@ -6,7 +6,7 @@ blobs of the repository on the origins, so they come through the same P2P path a
 from __future__ import annotations
 
 import asyncio
-from typing import Awaitable, TypeVar
+from typing import Awaitable, BinaryIO, TypeVar
 
 from kraken.agent.blobs import AgentBlobs, BlobUnavailable
 from kraken.buildindex.client import BuildIndexClient
@@ -42,13 +42,13 @@ class AgentStorage(RegistryStorage):
         path = await self._unavailable_as_503(self.blobs.fetch(repo, digest))
         return None if path is None else FileBlobReader(path, byte_range)
 
-    async def read_manifest(self, repo: str, digest: Digest, max_size: int) -> bytes | None:
+    async def open_manifest(self, repo: str, digest: Digest, max_size: int) -> BinaryIO | None:
         """Stat first, so a layer asked for as a manifest is refused without a download."""
         size = await self.stat_blob(repo, digest)
         if size is None or size > max_size:
             return None
         path = await self._unavailable_as_503(self.blobs.fetch(repo, digest))
-        return None if path is None else await asyncio.to_thread(path.read_bytes)
+        return None if path is None else await asyncio.to_thread(open, path, "rb")
 
     @staticmethod
     async def _unavailable_as_503(call: Awaitable[T]) -> T:

@@ -6,7 +6,7 @@ import argparse
 from kraken.buildindex.config import BuildIndexConfig
 from kraken.buildindex.server import COMPONENT, create_buildindex_app
 from kraken.cli import load_component_config, run_component
-from kraken.http.app import serve
+from kraken.http.server import serve
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -15,7 +15,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 async def run(args: argparse.Namespace) -> None:
     config = load_component_config(BuildIndexConfig, args, example="config/build-index/development.yaml")
-    await serve(create_buildindex_app(config), config.listen.host, config.listen.port, COMPONENT)
+    await serve([(create_buildindex_app(config), config.listen.host, config.listen.port)], COMPONENT, config.http)
 
 
 if __name__ == "__main__":

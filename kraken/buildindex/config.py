@@ -4,7 +4,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from kraken.backend.config import NamespaceBackendConfig
-from kraken.config import ByteSize, ConfigError, Duration, ListenConfig
+from kraken.config import ByteSize, ConfigError, Duration, HttpServerConfig, ListenConfig
 from kraken.registry.references import DEFAULT_MAX_REFERENCES
 from kraken.ring import RingConfig
 
@@ -30,6 +30,7 @@ class BuildIndexConfig:
     # Matched against the tag's repository name (re.fullmatch, first match wins).
     backends: list[NamespaceBackendConfig]
     listen: ListenConfig = field(default_factory=lambda: ListenConfig(port=DEFAULT_PORT))
+    http: HttpServerConfig = field(default_factory=HttpServerConfig)
     # How long a digest read from the backend (or written through this node) may be served
     # from memory without asking the backend again. 0 = every read asks the backend, which is
     # what several nodes sharing one backend need to never serve another node's stale tag.

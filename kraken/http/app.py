@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import signal
 import time
 from typing import Awaitable, Callable
 
@@ -66,6 +65,11 @@ def create_app(
             status = 499
             raise
         except Exception as e:  # noqa: BLE001 - the last line of defence for a request
+            if request.transport is None or request.transport.is_closing():
+                # The client went away (or its connection was dropped for a timeout): no
+                # response can reach it, so no stack trace either.
+                status = 499
+                return web.Response(status=499)
             render = getattr(e, "to_response", None)
             if render is not None:
                 response = render()
@@ -114,22 +118,3 @@ def create_app(
     app.router.add_get("/readiness", ready)
     app.router.add_get("/metrics", metrics_handler)
     return app
-
-
-async def serve(app: web.Application, host: str, port: int, component: str) -> None:
-    """Run ``app`` until SIGINT/SIGTERM, then shut down cleanly (cleanup hooks run)."""
-    log = get_logger(component)
-    runner = web.AppRunner(app, access_log=None, handle_signals=False)
-    await runner.setup()
-    site = web.TCPSite(runner, host, port, reuse_address=True)
-    await site.start()
-    log.info("listening", host=host, port=port)
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        loop.add_signal_handler(sig, stop.set)
-    try:
-        await stop.wait()
-    finally:
-        log.info("shutting down")
-        await runner.cleanup()

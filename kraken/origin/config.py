@@ -5,7 +5,7 @@ import socket
 from dataclasses import dataclass, field
 
 from kraken.backend.config import NamespaceBackendConfig
-from kraken.config import ByteSize, Duration, ListenConfig
+from kraken.config import ByteSize, Duration, HttpServerConfig, ListenConfig
 from kraken.core.metainfo import DEFAULT_PIECE_LENGTHS
 from kraken.p2p.config import ORIGIN_P2P_PORT, P2PConfig
 from kraken.ring import RingConfig
@@ -123,6 +123,7 @@ class OriginP2PConfig(P2PConfig):
 @dataclass
 class OriginConfig:
     listen: ListenConfig = field(default_factory=lambda: ListenConfig(port=DEFAULT_PORT))
+    http: HttpServerConfig = field(default_factory=HttpServerConfig)
     store: StoreConfig = field(default_factory=StoreConfig)
     # This origin's name on the ring ("host:port"); empty means "<hostname>:<listen port>".
     advertise: str = ""

@@ -4,7 +4,7 @@ from __future__ import annotations
 import argparse
 
 from kraken.cli import load_component_config, run_component
-from kraken.http.app import serve
+from kraken.http.server import serve
 from kraken.proxy.config import ProxyConfig
 from kraken.proxy.server import COMPONENT, create_proxy_app
 
@@ -15,7 +15,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 async def run(args: argparse.Namespace) -> None:
     config = load_component_config(ProxyConfig, args, example="config/proxy/development.yaml")
-    await serve(create_proxy_app(config), config.listen.host, config.listen.port, COMPONENT)
+    await serve([(create_proxy_app(config), config.listen.host, config.listen.port)], COMPONENT, config.http)
 
 
 if __name__ == "__main__":

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from kraken.config import ByteSize, ConfigError, Duration, ListenConfig
+from kraken.config import ByteSize, ConfigError, Duration, HttpServerConfig, ListenConfig
 from kraken.registry.references import DEFAULT_MAX_REFERENCES
 from kraken.ring import RingConfig
 
@@ -30,12 +30,16 @@ class ProxyConfig:
     origins: RingConfig
     build_index: BuildIndexConfig = field(default_factory=BuildIndexConfig)
     listen: ListenConfig = field(default_factory=lambda: ListenConfig(port=DEFAULT_PORT))
+    http: HttpServerConfig = field(default_factory=HttpServerConfig)
     # Manifests are read into memory to validate them; bigger ones are refused with 413.
     max_manifest_size: ByteSize = 4 << 20
     # Most blobs and child manifests one pushed manifest may reference (more: 400
     # MANIFEST_INVALID before any origin is asked). distribution calls this
     # validation.manifests.referencelimit; see kraken.registry.references.
     max_manifest_references: int = DEFAULT_MAX_REFERENCES
+    # Manifests read from the origins are kept on disk (store.root/manifests) and served from
+    # there; least recently read ones go beyond this many bytes.
+    manifest_cache_size: ByteSize = 256 << 20
     # Upload sessions not finished within this time are deleted with their bytes.
     upload_ttl: Duration = 3600.0
     # Upload sessions open at once from one client address (more: 429 TOOMANYREQUESTS) and

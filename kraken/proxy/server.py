@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import asyncio
+from pathlib import Path
 
 from aiohttp import web
 
@@ -9,6 +10,7 @@ from kraken.http.app import create_app
 from kraken.log import get_logger
 from kraken.metrics import Metrics
 from kraken.proxy.config import ProxyConfig
+from kraken.proxy.manifest_cache import ManifestCache
 from kraken.proxy.storage import ProxyMetrics, ProxyStorage
 from kraken.registry.app import add_registry_routes
 from kraken.registry.uploads import UploadLimits
@@ -21,7 +23,8 @@ log = get_logger(COMPONENT)
 
 def create_proxy_app(config: ProxyConfig) -> web.Application:
     metrics = Metrics(COMPONENT)
-    storage = ProxyStorage(config.origins, config.build_index.addr, ProxyMetrics(metrics))
+    manifests = ManifestCache(Path(config.store.root) / "manifests", config.manifest_cache_size)
+    storage = ProxyStorage(config.origins, config.build_index.addr, ProxyMetrics(metrics), manifests)
     staging = CAStore(config.store.root, durable=False)  # the origin keeps the durable copy
     app = create_app(COMPONENT, metrics, readiness=storage.readiness)
     app.cleanup_ctx.append(storage.lifecycle)

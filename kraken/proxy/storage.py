@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import asyncio
 from pathlib import Path
-from typing import AsyncIterator, Awaitable, Callable
+from typing import AsyncIterator, Awaitable, BinaryIO, Callable
 
 import aiohttp
 from aiohttp import web
@@ -22,6 +22,7 @@ from kraken.log import get_logger
 from kraken.metrics import Metrics
 from kraken.origin.client import BlobNotFound, OriginCluster
 from kraken.origin.stream import UploadStream
+from kraken.proxy.manifest_cache import ManifestCache, ManifestMissing
 from kraken.registry.errors import RegistryError
 from kraken.registry.ranges import ByteRange
 from kraken.registry.referrer_index import ReferrerDescriptor
@@ -33,6 +34,7 @@ from kraken.store.verify import verified
 log = get_logger("proxy")
 
 STREAM_CHUNK = 1 << 20
+MANIFEST_CHUNK = 64 << 10
 
 #: How a blob reached its origin (the ``path`` label of ``kraken_proxy_blobs_uploaded_total``):
 #: committed on the origin the client's bytes were streamed to while they arrived, or sent whole
@@ -67,8 +69,10 @@ class ProxyStorage(RegistryStorage):
     """Its HTTP clients need a running event loop, so :meth:`lifecycle` (an aiohttp cleanup
     context) creates them when the app starts and closes them when it stops."""
 
-    def __init__(self, origins: RingConfig, build_index_addr: str, metrics: ProxyMetrics) -> None:
+    def __init__(self, origins: RingConfig, build_index_addr: str, metrics: ProxyMetrics,
+                 manifests: ManifestCache) -> None:
         self._origins_config = origins
+        self.manifests = manifests
         self._build_index_addr = build_index_addr
         self.metrics = metrics
         self._http: HttpClient | None = None
@@ -76,6 +80,7 @@ class ProxyStorage(RegistryStorage):
         self._build_index: BuildIndexClient | None = None
 
     async def lifecycle(self, _: web.Application) -> AsyncIterator[None]:
+        await self.manifests.start()
         self._http = HttpClient()
         try:
             self._origins = OriginCluster(self._origins_config, self._http)
@@ -189,20 +194,24 @@ class ProxyStorage(RegistryStorage):
             self.metrics.bytes_downloaded.inc(len(chunk))
             yield chunk
 
-    async def read_manifest(self, repo: str, digest: Digest, max_size: int) -> bytes | None:
+    async def open_manifest(self, repo: str, digest: Digest, max_size: int) -> BinaryIO | None:
+        """From the proxy's disk cache, filled from the digest's origin on a miss."""
+        return await self.manifests.open(digest, lambda: self._manifest_chunks(repo, digest, max_size))
+
+    async def _manifest_chunks(self, repo: str, digest: Digest, max_size: int) -> AsyncIterator[bytes]:
         try:
             resp = await self.origins.open(repo, digest)
         except BlobNotFound:
-            return None
+            raise ManifestMissing(digest) from None
         try:
             if resp.content_length is not None and resp.content_length > max_size:
-                return None
-            data = bytearray()
-            async for chunk in resp.content.iter_chunked(STREAM_CHUNK):
-                data += chunk
-                if len(data) > max_size:
-                    return None
-            return bytes(data)
+                raise ManifestMissing(digest)
+            received = 0
+            async for chunk in resp.content.iter_chunked(MANIFEST_CHUNK):
+                received += len(chunk)
+                if received > max_size:
+                    raise ManifestMissing(digest)
+                yield chunk
         finally:
             resp.release()
 

@@ -56,8 +56,7 @@ async def _stream(request: web.Request, response: web.StreamResponse, reader: Bl
     failure mid-body closes the connection: the client sees a short body, never a wrong one."""
     try:
         await response.prepare(request)
-        async for chunk in reader:
-            await response.write(chunk)
+        await reader.send(request, response)
         await response.write_eof()
     except asyncio.CancelledError:
         raise

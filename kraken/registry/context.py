@@ -1,13 +1,14 @@
 """What every registry handler needs: the storage, the mode, the upload sessions and limits."""
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from urllib.parse import quote
 
 from aiohttp import web
 
 from kraken.registry.errors import RegistryError
 from kraken.registry.storage import RegistryStorage
+from kraken.registry.stored_manifests import StoredManifests
 from kraken.registry.uploads import UploadSessions
 
 
@@ -18,6 +19,7 @@ class RegistryContext:
     sessions: UploadSessions | None
     max_manifest_size: int
     max_references: int
+    manifests: StoredManifests = field(default_factory=StoredManifests)
 
     def writable_sessions(self) -> UploadSessions:
         """The upload sessions, or UNSUPPORTED when this registry does not take pushes."""

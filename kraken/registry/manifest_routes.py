@@ -9,56 +9,47 @@ nothing pullable behind, and a tag never names an image that cannot be pulled.
 """
 from __future__ import annotations
 
+import asyncio
+
 from aiohttp import web
 
 from kraken.core.digest import Digest
-from kraken.log import get_logger
+from kraken.http.files import send_file
 from kraken.registry.accept import accepts, merged_accept
 from kraken.registry.context import RegistryContext, absolute_url
 from kraken.registry.errors import RegistryError
-from kraken.registry.manifest import Manifest, ManifestError, parse_manifest
+from kraken.registry.manifest import ManifestError, parse_manifest
 from kraken.registry.names import parse_reference
 from kraken.registry.references import InvalidManifest, PushedRoot, find_missing
 from kraken.registry.referrers import record_referrer, referrer_of_push
 from kraken.registry.storage import RegistryStorage
 
-log = get_logger("kraken.registry")
 
-
-async def read_manifest(ctx: RegistryContext, request: web.Request, name: str, reference: str) -> web.Response:
+async def read_manifest(ctx: RegistryContext, request: web.Request, name: str, reference: str) -> web.StreamResponse:
+    """Sent from a local file (kraken.http.files): a client that reads slowly, or not at all,
+    holds no copy of the manifest in this process's memory."""
     ref = parse_reference(reference)
     digest = ref.digest or await ctx.storage.get_tag(name, ref.tag)
     if digest is None:
         raise RegistryError("MANIFEST_UNKNOWN", detail={"name": name, "reference": reference})
-    raw = await ctx.storage.read_manifest(name, digest, ctx.max_manifest_size)
-    if raw is None:
+    f = await ctx.storage.open_manifest(name, digest, ctx.max_manifest_size)
+    if f is None:
         raise RegistryError("MANIFEST_UNKNOWN", detail={"name": name, "reference": reference})
-    manifest = _stored_manifest(raw, digest)
-    accepted = merged_accept(request.headers.getall("Accept", []))
-    if not accepts(accepted, manifest.media_type):
-        raise RegistryError("MANIFEST_UNKNOWN", detail={
-            "reason": f"the manifest is {manifest.media_type}, which the Accept header does not allow",
-        })
-    headers = {
-        "Content-Type": manifest.media_type,
-        "Docker-Content-Digest": str(digest),
-        "ETag": f'"{digest}"',
-    }
-    if request.method == "HEAD":
-        return web.Response(status=200, headers={**headers, "Content-Length": str(len(raw))})
-    return web.Response(status=200, body=raw, headers=headers)
-
-
-def _stored_manifest(raw: bytes, digest: Digest) -> Manifest:
-    """Check what storage returned: content must hash to its digest and parse as a manifest."""
-    if Digest.of_bytes(raw, digest.algorithm) != digest:
-        log.error("stored manifest does not match its digest", digest=digest)
-        raise RegistryError("MANIFEST_UNKNOWN", detail={"digest": str(digest), "reason": "stored copy is corrupt"})
-    try:
-        return parse_manifest(raw)
-    except ManifestError as e:
-        log.error("stored manifest does not parse", digest=digest, error=str(e))
-        raise RegistryError("MANIFEST_UNKNOWN", detail={"digest": str(digest), "reason": str(e)}) from None
+    with f:
+        media_type, size = await ctx.manifests.check(f, digest)
+        accepted = merged_accept(request.headers.getall("Accept", []))
+        if not accepts(accepted, media_type):
+            raise RegistryError("MANIFEST_UNKNOWN", detail={
+                "reason": f"the manifest is {media_type}, which the Accept header does not allow",
+            })
+        headers = {
+            "Content-Type": media_type,
+            "Docker-Content-Digest": str(digest),
+            "ETag": f'"{digest}"',
+        }
+        if request.method == "HEAD":
+            return web.Response(status=200, headers={**headers, "Content-Length": str(size)})
+        return await send_file(request, f, size, headers)
 
 
 async def put_manifest(ctx: RegistryContext, request: web.Request, name: str, reference: str) -> web.Response:
@@ -125,4 +116,10 @@ class _RepositorySource:
         return await self._storage.stat_blob(self._repo, digest)
 
     async def read(self, digest: Digest, max_size: int) -> bytes | None:
-        return await self._storage.read_manifest(self._repo, digest, max_size)
+        f = await self._storage.open_manifest(self._repo, digest, max_size)
+        if f is None:
+            return None
+        try:
+            return await asyncio.to_thread(f.read, max_size + 1)
+        finally:
+            await asyncio.to_thread(f.close)

@@ -2,33 +2,46 @@
 
 The proxy implements it over origins and build-index; the agent over its P2P cache. Write
 methods default to UNSUPPORTED so a read-only storage implements only reads. Manifests are
-blobs (content-addressed by their digest); the interface keeps ``read_manifest`` separate
-only because a manifest is small and read whole while a blob is streamed.
+blobs (content-addressed by their digest); the interface keeps ``open_manifest`` separate
+because a manifest is checked whole (digest, parse) before it is served, and a blob by its
+size only.
 """
 from __future__ import annotations
 
 import asyncio
+import os
 from abc import ABC, abstractmethod
 from pathlib import Path
-from typing import AsyncIterator, Awaitable, Callable
+from typing import AsyncIterator, Awaitable, BinaryIO, Callable
+
+from aiohttp import web
 
 from kraken.core.digest import Digest
+from kraken.http.files import write_file
 from kraken.registry.errors import RegistryError
 from kraken.registry.ranges import ByteRange
 from kraken.registry.referrer_index import ReferrerDescriptor
 
-READ_CHUNK = 1 << 20
+# Small: a chunk waits in memory until the client takes it (when iterated, not sent).
+READ_CHUNK = 64 << 10
 
 
 class BlobReader(ABC):
-    """An open blob body. The route iterates it at most once and always calls :meth:`aclose`
-    (also when the client goes away), so upstream connections and files are released."""
+    """An open blob body. The route sends it (:meth:`send`) at most once and always calls
+    :meth:`aclose` (also when the client goes away), so upstream connections and files are
+    released."""
 
     @abstractmethod
     def __aiter__(self) -> AsyncIterator[bytes]: ...
 
     @abstractmethod
     async def aclose(self) -> None: ...
+
+    async def send(self, request: web.Request, response: web.StreamResponse) -> None:
+        """Write the bytes as the body of the prepared ``response`` (a file reader sends its
+        file with ``sendfile`` instead of reading it through this process)."""
+        async for chunk in self:
+            await response.write(chunk)
 
 
 class StreamBlobReader(BlobReader):
@@ -50,31 +63,39 @@ class StreamBlobReader(BlobReader):
 
 
 class FileBlobReader(BlobReader):
-    """A local file (or a range of it), read in a worker thread so the loop never blocks."""
+    """A local file (or a range of it). :meth:`send` uses ``sendfile`` (kraken.http.files),
+    so a client reading slowly holds no copy of the blob in memory; iterating it reads
+    small chunks in a worker thread, so the loop never blocks."""
 
     def __init__(self, path: Path, byte_range: ByteRange | None = None, chunk_size: int = READ_CHUNK) -> None:
         self._path = path
         self._range = byte_range
         self._chunk_size = chunk_size
-        self._file = None
+        self._file: BinaryIO | None = None
+
+    async def _open(self) -> tuple[BinaryIO, int, int]:
+        """The open file, the offset and the byte count to send."""
+        f = self._file = await asyncio.to_thread(open, self._path, "rb")
+        if self._range is not None:
+            return f, self._range.start, self._range.length
+        return f, 0, os.fstat(f.fileno()).st_size
 
     async def _chunks(self) -> AsyncIterator[bytes]:
-        self._file = await asyncio.to_thread(open, self._path, "rb")
-        remaining = None
-        if self._range is not None:
-            await asyncio.to_thread(self._file.seek, self._range.start)
-            remaining = self._range.length
-        while remaining is None or remaining > 0:
-            want = self._chunk_size if remaining is None else min(self._chunk_size, remaining)
-            chunk = await asyncio.to_thread(self._file.read, want)
+        f, offset, remaining = await self._open()
+        while remaining > 0:
+            chunk = await asyncio.to_thread(os.pread, f.fileno(), min(self._chunk_size, remaining), offset)
             if not chunk:
                 break
-            if remaining is not None:
-                remaining -= len(chunk)
+            offset += len(chunk)
+            remaining -= len(chunk)
             yield chunk
 
     def __aiter__(self) -> AsyncIterator[bytes]:
         return self._chunks()
+
+    async def send(self, request: web.Request, response: web.StreamResponse) -> None:
+        f, offset, count = await self._open()
+        await write_file(request, response, f, offset, count)
 
     async def aclose(self) -> None:
         if self._file is not None:
@@ -133,10 +154,12 @@ class RegistryStorage(ABC):
         """The blob's bytes (only ``byte_range`` when given), streamed; never read whole."""
 
     @abstractmethod
-    async def read_manifest(self, repo: str, digest: Digest, max_size: int) -> bytes | None:
-        """A manifest's raw bytes (the routes verify them against ``digest``); ``None`` also
-        for a blob bigger than ``max_size``, so asking for a layer by its digest as a manifest
-        never pulls it into memory."""
+    async def open_manifest(self, repo: str, digest: Digest, max_size: int) -> BinaryIO | None:
+        """A manifest's bytes as an open local file, which the caller closes (the routes check
+        them against ``digest`` and stream them, so a manifest is never held whole per
+        client); ``None`` also for a blob bigger than ``max_size``, so asking for a layer by
+        its digest as a manifest never fetches it. Open in a worker thread: opening a file
+        may block."""
 
     async def referrers(self, repo: str, subject: Digest) -> list[ReferrerDescriptor]:
         """The referrers of manifest ``subject`` (``[]`` when none, also for an unknown subject).

@@ -4,7 +4,7 @@ from __future__ import annotations
 import argparse
 
 from kraken.cli import load_component_config, run_component
-from kraken.http.app import serve
+from kraken.http.server import serve
 from kraken.testfs.config import TestfsConfig
 from kraken.testfs.server import create_testfs_app
 
@@ -23,7 +23,7 @@ def load(args: argparse.Namespace) -> TestfsConfig:
 
 async def run(args: argparse.Namespace) -> None:
     config = load(args)
-    await serve(create_testfs_app(config), config.listen.host, config.listen.port, "testfs")
+    await serve([(create_testfs_app(config), config.listen.host, config.listen.port)], "testfs", config.http)
 
 
 if __name__ == "__main__":

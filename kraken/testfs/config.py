@@ -5,7 +5,7 @@ import os
 import tempfile
 from dataclasses import dataclass, field
 
-from kraken.config import ListenConfig
+from kraken.config import HttpServerConfig, ListenConfig
 
 DEFAULT_PORT = 14000
 
@@ -25,4 +25,5 @@ class TestfsConfig:
     __test__ = False  # not a pytest test class despite the name
 
     listen: ListenConfig = field(default_factory=lambda: ListenConfig(port=DEFAULT_PORT))
+    http: HttpServerConfig = field(default_factory=HttpServerConfig)
     root: str = field(default_factory=_default_root)

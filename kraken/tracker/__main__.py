@@ -4,7 +4,7 @@ from __future__ import annotations
 import argparse
 
 from kraken.cli import load_component_config, run_component
-from kraken.http.app import serve
+from kraken.http.server import serve
 from kraken.tracker.config import TrackerConfig
 from kraken.tracker.server import COMPONENT, create_tracker_app
 
@@ -15,7 +15,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 async def run(args: argparse.Namespace) -> None:
     config = load_component_config(TrackerConfig, args, example="config/tracker/development.yaml")
-    await serve(create_tracker_app(config), config.listen.host, config.listen.port, COMPONENT)
+    await serve([(create_tracker_app(config), config.listen.host, config.listen.port)], COMPONENT, config.http)
 
 
 if __name__ == "__main__":

@@ -13,7 +13,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Literal
 
-from kraken.config import ByteSize, Duration, ListenConfig
+from kraken.config import ByteSize, Duration, HttpServerConfig, ListenConfig
 from kraken.ring import RingConfig
 
 DEFAULT_PORT = 15003
@@ -107,6 +107,7 @@ class TrackerConfig:
     """Every key, with its meaning, is in ``config/tracker/base.yaml``."""
 
     listen: ListenConfig = field(default_factory=lambda: ListenConfig(port=DEFAULT_PORT))
+    http: HttpServerConfig = field(default_factory=HttpServerConfig)
     origins: RingConfig = field(default_factory=RingConfig)
     origin_p2p: dict[str, str] = field(default_factory=dict)
     announce_interval: Duration = 5.0

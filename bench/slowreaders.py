@@ -3,7 +3,7 @@
 A herd with one agent; an image with a 4 MB manifest and a 200 MiB blob is pushed through
 the proxy and read once through the agent (both then serve from their disk). Then, for each
 case, 200 connections GET the manifest from the proxy, the manifest from the agent, or the
-blob from the agent, read the response head and then nothing, until every response is
+blob from the agent or the proxy (which relays it from the origin), read the response head and then nothing, until every response is
 stalled on them. The serving process's resident memory (``VmRSS``) is read before, while
 they are stalled, and after they closed; its peak (``VmHWM``) too. The bound
 (:data:`BOUND_MIB`) is the issue's: at most 150 MiB for the 200 slow readers.
@@ -85,6 +85,7 @@ def run(args: argparse.Namespace) -> str:
             ("proxy", herd.proxy, f"/v2/{REPO}/manifests/v1", "4 MB manifest"),
             ("agent", agent, f"/v2/{REPO}/manifests/v1", "4 MB manifest"),
             ("agent", agent, f"/v2/{REPO}/blobs/{blob}", f"{args.slow_blob_mb} MiB blob"),
+            ("proxy", herd.proxy, f"/v2/{REPO}/blobs/{blob}", f"{args.slow_blob_mb} MiB blob"),
         ]
         for _, proc, path, _ in cases:
             _read(f"{proc.url}{path}")

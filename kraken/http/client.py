@@ -27,6 +27,10 @@ class ClientConfig:
     retries: int = 3
     backoff: float = 0.2
     backoff_max: float = 3.0
+    # Connections open at once (aiohttp's default is 100). A relay holds one upstream
+    # connection per client reading a blob, so this matches a server's default
+    # http.max_connections: with fewer, slow readers would make every other read queue.
+    max_connections: int = 1024
 
 
 class HTTPStatusError(Exception):
@@ -48,7 +52,8 @@ class HttpClient:
             sock_connect=self.config.connect_timeout,
             sock_read=self.config.read_timeout,
         )
-        self.session = aiohttp.ClientSession(timeout=timeout, auto_decompress=False)
+        connector = aiohttp.TCPConnector(limit=self.config.max_connections)
+        self.session = aiohttp.ClientSession(connector=connector, timeout=timeout, auto_decompress=False)
 
     async def close(self) -> None:
         await self.session.close()

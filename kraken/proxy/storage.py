@@ -33,7 +33,10 @@ from kraken.store.verify import verified
 
 log = get_logger("proxy")
 
-STREAM_CHUNK = 1 << 20
+#: Relay chunk of a blob read from an origin. Small on purpose: a client that reads slowly
+#: keeps about this much (plus the held-back chunk and aiohttp's 64 KiB buffers) in this
+#: process's memory, so 200 stalled readers cost tens of MiB, not hundreds.
+STREAM_CHUNK = 64 << 10
 MANIFEST_CHUNK = 64 << 10
 
 #: How a blob reached its origin (the ``path`` label of ``kraken_proxy_blobs_uploaded_total``):

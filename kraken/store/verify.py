@@ -4,12 +4,12 @@ A relay (the proxy reading a blob from an origin) has sent the status and header
 body, so a wrong body can no longer be refused; it can only be cut short. :func:`verified`
 therefore holds back each chunk until the next one arrives: the last chunk goes out only once
 the whole body hashed to the digest, and on a mismatch the stream raises instead, so the
-client sees a short body (its length is announced) and never a complete wrong one. Hashing
-runs in a worker thread per chunk (hashlib releases the GIL), off the event loop.
+client sees a short body (its length is announced) and never a complete wrong one. Chunks
+are hashed on the event loop: a relay's chunks are small (the proxy's are 64 KiB, about 35 µs
+of sha256 here), and a worker-thread hop per chunk costs more than the hashing itself.
 """
 from __future__ import annotations
 
-import asyncio
 from typing import AsyncIterator, Callable
 
 from kraken.core.digest import Digest
@@ -24,7 +24,7 @@ async def verified(
     hasher = digest.hasher()
     held: bytes | None = None
     async for chunk in chunks:
-        await asyncio.to_thread(hasher.update, chunk)
+        hasher.update(chunk)
         if held is not None:
             yield held
         held = chunk

@@ -31,6 +31,11 @@ class ClientConfig:
     # connection per client reading a blob, so this matches a server's default
     # http.max_connections: with fewer, slow readers would make every other read queue.
     max_connections: int = 1024
+    # Bytes aiohttp reads ahead of a response's reader (its default is 64 KiB, which with the
+    # socket reads on top came to about 0.5 MiB per stalled relayed stream). Smaller costs
+    # no measurable throughput here (a 500 MiB GET through the proxy: 1.08 s vs 1.13 s) and
+    # keeps 200 stalled readers of a blob relayed by the proxy within 150 MiB.
+    read_buffer: int = 16 << 10
 
 
 class HTTPStatusError(Exception):
@@ -53,7 +58,9 @@ class HttpClient:
             sock_read=self.config.read_timeout,
         )
         connector = aiohttp.TCPConnector(limit=self.config.max_connections)
-        self.session = aiohttp.ClientSession(connector=connector, timeout=timeout, auto_decompress=False)
+        self.session = aiohttp.ClientSession(
+            connector=connector, timeout=timeout, auto_decompress=False, read_bufsize=self.config.read_buffer
+        )
 
     async def close(self) -> None:
         await self.session.close()

@@ -163,6 +163,31 @@ async def test_verified_path_hashes_once_for_concurrent_first_reads(
     assert await store.verified_path(digest) == store.path(digest) and len(hashed) == 1
 
 
+async def test_a_file_hashed_then_renamed_in_is_adopted_only_if_unchanged(
+    store: CAStore, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The agent hashes a download, then libtorrent renames it into the cache: its first read
+    must not hash it again (a 1 GiB blob's first warm read took 1.1 s longer), unless the file
+    changed after it was hashed."""
+    hashed = []
+    real = cas_module.hash_file_sync
+    monkeypatch.setattr(cas_module, "hash_file_sync", lambda *a: hashed.append(a) or real(*a))
+    for changed in (False, True):
+        data = os.urandom(1 << 16)
+        digest = Digest.of_bytes(data)
+        downloaded = tmp_path / f"download-{changed}"
+        downloaded.write_bytes(data)
+        key = cas_module.file_key(downloaded)
+        store.path(digest).parent.mkdir(parents=True, exist_ok=True)
+        os.replace(downloaded, store.path(digest))
+        if changed:
+            store.path(digest).write_bytes(b"bad!" + data[4:])
+        assert store.adopt_verified(digest, key) is not changed
+        hashed.clear()
+        assert (await store.verified_path(digest) is None) is changed
+        assert len(hashed) == (1 if changed else 0)
+
+
 async def test_verified_path_quarantines_a_changed_file_and_keeps_a_few(store: CAStore) -> None:
     for i in range(cas_module.QUARANTINE_KEEP + 2):
         data = os.urandom(1000)

@@ -41,7 +41,7 @@ from kraken.log import get_logger
 from kraken.metrics import Metrics
 from kraken.p2p import DownloadResult, P2PError, P2PSession
 from kraken.p2p.pieces import staggered_priorities
-from kraken.store.cas import CAStore
+from kraken.store.cas import CAStore, file_key
 from kraken.tasks import TaskOwner
 
 log = get_logger("agent")
@@ -257,7 +257,9 @@ class AgentBlobs:
     async def _verify_and_cache(
         self, namespace: str, digest: Digest, facts: TorrentFacts, downloaded: Path, metainfo: bytes
     ) -> Path:
-        """sha256 of the whole file, then the move into the cache (the torrent keeps seeding)."""
+        """sha256 of the whole file, then the move into the cache (the torrent keeps seeding);
+        the cache takes the file as verified, so its first read does not hash it again."""
+        key = await asyncio.to_thread(file_key, downloaded)
         actual = await hash_file(downloaded, digest.algorithm)
         if actual != digest:
             log.error("downloaded blob does not match its digest; discarded", namespace=namespace,
@@ -276,6 +278,7 @@ class AgentBlobs:
             await self.session.remove(facts.info_hash, delete_files=True)
             await asyncio.to_thread(self.cas.delete, digest)
             raise BlobUnavailable(f"could not move {digest} into the cache: {e}") from None
+        await asyncio.to_thread(self.cas.adopt_verified, digest, key)
         return path
 
     def _seed_again(self, digest: Digest) -> None:

@@ -304,7 +304,7 @@ class CAStore:
         hashed in a worker thread, once however many readers ask at the same time.
         """
         path = self.path(digest)
-        key = _stat_key(path)
+        key = file_key(path)
         if key is None:
             return None
         if self._verified.get(digest) == key:
@@ -321,6 +321,17 @@ class CAStore:
             else:
                 self._verify_locks[digest] = (lock, users - 1)
 
+    def adopt_verified(self, digest: Digest, key: FileKey | None) -> bool:
+        """Record the cached file of ``digest`` as verified if it is still the file ``key``
+        (from :func:`file_key`) described when the caller hashed it: for a file checked
+        elsewhere and then moved in by a rename, which keeps inode, size and mtime (the
+        agent's downloads, which libtorrent moves into the cache). Saves hashing it again on
+        its first read; False (and nothing recorded) when the file is another."""
+        if key is None or file_key(self.path(digest)) != key:
+            return False
+        self._verified[digest] = key
+        return True
+
     async def recheck(self, digest: Digest) -> Path | None:
         """:meth:`verified_path` after forgetting that the file was verified: for a reader
         that found the bytes wrong by other means (a torrent piece failing its hash)."""
@@ -334,7 +345,7 @@ class CAStore:
         that never holds still is reported absent (the caller fetches a copy it can trust).
         """
         for _ in range(VERIFY_ATTEMPTS):
-            before = _stat_key(path)
+            before = file_key(path)
             if before is None:
                 return None
             if self._verified.get(digest) == before:
@@ -343,7 +354,7 @@ class CAStore:
                 actual = await asyncio.to_thread(hash_file_sync, path, digest.algorithm)
             except FileNotFoundError:
                 return None
-            if _stat_key(path) != before:
+            if file_key(path) != before:
                 continue
             if actual == digest:
                 self._verified[digest] = before
@@ -369,7 +380,7 @@ class CAStore:
         """Move the bad file (only that version of it: False if it changed) out of the cache,
         with its metadata (metainfo generated from bad bytes is bad too); keep the last few
         for inspection."""
-        if _stat_key(path) != key:
+        if file_key(path) != key:
             return False
         self._verified.pop(digest, None)
         self.quarantine_dir.mkdir(parents=True, exist_ok=True)
@@ -463,7 +474,9 @@ def _file_key(st: os.stat_result) -> FileKey:
     return (st.st_ino, st.st_size, st.st_mtime_ns)
 
 
-def _stat_key(path: Path) -> FileKey | None:
+def file_key(path: Path) -> FileKey | None:
+    """What :class:`CAStore` compares to tell a verified file from a changed one: (inode,
+    size, mtime), or None when ``path`` does not exist."""
     try:
         return _file_key(os.stat(path))
     except FileNotFoundError:

@@ -33,3 +33,9 @@ async def session() -> AsyncIterator[aiohttp.ClientSession]:
     """A plain HTTP client for tests that talk to real processes (modules may define their own)."""
     async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=60)) as s:
         yield s
+
+
+@pytest.fixture
+def http(session: aiohttp.ClientSession) -> aiohttp.ClientSession:
+    """The same client under the name most modules use."""
+    return session

@@ -12,7 +12,7 @@ import asyncio
 import json
 import os
 from pathlib import Path
-from typing import AsyncIterator, Iterator
+from typing import Iterator
 from urllib.parse import quote
 
 import aiohttp
@@ -43,12 +43,6 @@ def herd(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Herd]:
         yield h
     finally:
         h.stop()
-
-
-@pytest.fixture
-async def http() -> AsyncIterator[aiohttp.ClientSession]:
-    async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=60)) as s:
-        yield s
 
 
 def _file(tmp_path: Path, name: str) -> Path:

@@ -13,7 +13,7 @@ import asyncio
 import os
 import re
 import time
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from urllib.parse import quote, quote_from_bytes
 
@@ -49,12 +49,6 @@ def herd(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Herd]:
         yield h
     finally:
         h.stop()
-
-
-@pytest.fixture
-async def http() -> AsyncIterator[aiohttp.ClientSession]:
-    async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=60)) as s:
-        yield s
 
 
 def blob_info_hash(data: bytes, workdir: Path) -> bytes:

@@ -17,9 +17,10 @@ from stat import S_ISREG
 from aiohttp import web
 
 from kraken.http.app import create_app
+from kraken.http.files import write_file
 from kraken.log import get_logger
 from kraken.testfs.config import TestfsConfig
-from kraken.testfs.filetree import READ_CHUNK, FileTree, UnsafePath
+from kraken.testfs.filetree import FileTree, UnsafePath
 
 log = get_logger("testfs")
 
@@ -78,11 +79,11 @@ async def get_file(request: web.Request) -> web.StreamResponse:
     try:
         # Inline: opening is a metadata call, and a thread could leak the descriptor if the
         # request were cancelled while it ran.
-        fd = os.open(path, os.O_RDONLY)
+        f = open(path, "rb")
     except _MISSING:
         raise web.HTTPNotFound() from None
-    try:
-        st = os.fstat(fd)
+    with f:
+        st = os.fstat(f.fileno())
         if not S_ISREG(st.st_mode):
             raise web.HTTPNotFound()
         size = st.st_size
@@ -95,18 +96,10 @@ async def get_file(request: web.Request) -> web.StreamResponse:
         if rng is not None:
             resp.headers["Content-Range"] = f"bytes {start}-{stop - 1}/{size}"
         await resp.prepare(request)
-        # Files are only ever replaced by rename, so the open descriptor's content is fixed.
-        offset = start
-        while offset < stop:
-            chunk = await asyncio.to_thread(os.pread, fd, min(READ_CHUNK, stop - offset), offset)
-            if not chunk:
-                raise RuntimeError(f"{path}: file shrank while being served")
-            await resp.write(chunk)
-            offset += len(chunk)
+        # Files are only ever replaced by rename, so the open file's content is fixed.
+        await write_file(request, resp, f, start, stop - start)
         await resp.write_eof()
         return resp
-    finally:
-        os.close(fd)
 
 
 async def put_file(request: web.Request) -> web.Response:

@@ -246,6 +246,11 @@ def _session_settings(config: P2PConfig, role: Role) -> dict[str, Any]:
         "stop_tracker_timeout": _STOP_TRACKER_TIMEOUT,
         "tick_interval": _TICK_INTERVAL_MS,
         "request_queue_time": max(1, round(config.request_queue_time)),
+        # A peer dropped for the connection limit (a single-piece download's one connection,
+        # see _SINGLE_PIECE_GRACE) may be dialled again after 1 s, not libtorrent's 60: with
+        # 60, an agent whose one slot went to another leecher kept its origin out until the
+        # HTTP fallback (30 s; measured with two agents pulling the same manifest at once).
+        "min_reconnect_time": 1,
     }
 
 

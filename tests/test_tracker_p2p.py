@@ -85,8 +85,17 @@ async def timed_pull(http: aiohttp.ClientSession, herd: Herd, agent_index: int, 
     return time.monotonic() - started
 
 
-async def since(http: aiohttp.ClientSession, agent: Process, before: Counters) -> Counters:
-    """An agent's P2P byte counters now, minus ``before``."""
+async def counted_pull(http: aiohttp.ClientSession, herd: Herd, agent_index: int, digest: Digest
+                       ) -> tuple[float, Counters]:
+    """Pull ``digest`` through an agent: the seconds it took and the P2P bytes that agent
+    counted for it (from the origin, from peers)."""
+    agent = herd.agents[agent_index]
+    before = await counters(http, agent)
+    elapsed = await timed_pull(http, herd, agent_index, digest)
+    return elapsed, await settled(lambda: _since(http, agent, before))
+
+
+async def _since(http: aiohttp.ClientSession, agent: Process, before: Counters) -> Counters:
     return await counters(http, agent) - before
 
 
@@ -108,10 +117,7 @@ async def test_a_blob_whose_info_hash_holds_percent_and_hex_digits_arrives_over_
     data, ih = blob_whose_info_hash_looks_percent_encoded(tmp_path)
     assert quote_from_bytes(ih, safe="").count("%25") >= 1
     digest = await Proxy(herd, http).push_monolithic(REPO, data)
-    agent = herd.agents[0]
-    before = await counters(http, agent)
-    elapsed = await timed_pull(http, herd, 0, digest)
-    delta = await settled(lambda: since(http, agent, before))
+    elapsed, delta = await counted_pull(http, herd, 0, digest)
     print(f"info_hash {ih.hex()} pulled in {elapsed:.2f}s: {delta}")
     assert delta.from_origin == len(data)
 
@@ -119,14 +125,11 @@ async def test_a_blob_whose_info_hash_holds_percent_and_hex_digits_arrives_over_
 async def test_a_single_piece_blob_offered_by_two_seeders_is_downloaded_once(
     herd: Herd, http: aiohttp.ClientSession,
 ) -> None:
-    second = herd.agents[1]
     for size in (289, 40_000):  # one block (a manifest) and several blocks of one piece
         data = os.urandom(size)
         digest = await Proxy(herd, http).push_monolithic(REPO, data)
         await timed_pull(http, herd, 0, digest)  # the first agent now seeds it, like the origin
-        before = await counters(http, second)
-        await timed_pull(http, herd, 1, digest)
-        delta = await settled(lambda: since(http, second, before))
+        _, delta = await counted_pull(http, herd, 1, digest)
         print(f"{size} bytes from two seeders: {delta}")
         assert delta.downloaded == size, delta
 
@@ -163,10 +166,7 @@ async def test_fake_seeders_neither_keep_the_origin_from_an_agent_nor_grow_past_
         answer = await announce_from("127.0.0.30", herd, ih, free_port(), left=0)
     assert answer.body[b"complete"] == 60 + PEERS_PER_IP + 1  # and the origin
 
-    agent = herd.agents[0]
-    before = await counters(http, agent)
-    elapsed = await timed_pull(http, herd, 0, digest)
-    delta = await settled(lambda: since(http, agent, before))
+    elapsed, delta = await counted_pull(http, herd, 0, digest)
     print(f"pulled past {len(fakes) + 20} fake seeders in {elapsed:.2f}s: {delta}")
     assert delta.from_origin == len(data)
 

@@ -16,15 +16,14 @@ from __future__ import annotations
 
 import argparse
 import json
-import shutil
 import statistics
 import time
 import urllib.request
-from pathlib import Path
 
 from bench.common import (
-    MiB,
     finish_curl,
+    fresh_workdir,
+    MiB,
     place_in_distribution,
     push_blob_bytes,
     push_blob_file,
@@ -61,9 +60,7 @@ def _manifest_seconds(registry_url: str, tag: str) -> float:
 
 
 def run(args: argparse.Namespace) -> str:
-    workdir: Path = args.workdir / "agentpull"
-    shutil.rmtree(workdir, ignore_errors=True)
-    workdir.mkdir(parents=True)
+    workdir = fresh_workdir(args.workdir, "agentpull")
     size = args.fanout_size_mb * MiB
     blob = workdir / "blob"
     digest = random_blob_file(blob, size)

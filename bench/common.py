@@ -6,6 +6,7 @@ import fcntl
 import hashlib
 import json
 import os
+import shutil
 import socket
 import struct
 import subprocess
@@ -22,6 +23,14 @@ from kraken.registry.manifest import OCI_MANIFEST
 from tests.cluster import Herd
 
 MiB = 1 << 20
+
+
+def fresh_workdir(root: Path, name: str) -> Path:
+    """``root/name``, emptied of what an earlier run of the benchmark left."""
+    workdir = root / name
+    shutil.rmtree(workdir, ignore_errors=True)
+    workdir.mkdir(parents=True)
+    return workdir
 
 
 def random_blob_file(path: Path, size: int, chunk: int = 16 * MiB) -> Digest:

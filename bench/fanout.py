@@ -17,20 +17,19 @@ the P2P design replaces.
 from __future__ import annotations
 
 import argparse
-import shutil
 import statistics
 import threading
 import time
 import urllib.request
 from dataclasses import dataclass
-from pathlib import Path
 
 from bench.capped_registry import CappedRegistry
 from bench.common import (
     CurlTiming,
-    MiB,
     finish_curl,
+    fresh_workdir,
     metric,
+    MiB,
     percentile,
     push_blob_file,
     random_blob_file,
@@ -130,9 +129,7 @@ def pull_everywhere(herd: Herd, digest: Digest, stats_interval: float) -> Fanout
 
 
 def run(args: argparse.Namespace) -> str:
-    workdir: Path = args.workdir / "fanout"
-    shutil.rmtree(workdir, ignore_errors=True)
-    workdir.mkdir(parents=True)
+    workdir = fresh_workdir(args.workdir, "fanout")
     n, size, rate = args.agents, args.fanout_size_mb * MiB, args.rate_mb * MiB
     blob = workdir / "blob"
     digest = random_blob_file(blob, size)

@@ -18,9 +18,8 @@ import shutil
 import statistics
 import time
 import urllib.request
-from pathlib import Path
 
-from bench.common import wait_idle
+from bench.common import fresh_workdir, wait_idle
 from kraken.tools.ocigen import GeneratedImage, generate_oci_layout
 from tests.cluster import start_herd
 from tests.realclients import DistributionRegistry, Skopeo
@@ -44,9 +43,7 @@ def _curl_blob(host: str, repo: str, digest: str) -> float:
 
 
 def run(args: argparse.Namespace) -> str:
-    workdir: Path = args.workdir / "push"
-    shutil.rmtree(workdir, ignore_errors=True)
-    workdir.mkdir(parents=True)
+    workdir = fresh_workdir(args.workdir, "push")
     images: list[GeneratedImage] = [
         generate_oci_layout(workdir / f"oci-{i}", "bench", [args.size_mb * MiB], seed=1000 + i)
         for i in range(args.reps)

@@ -11,14 +11,13 @@ they are stalled, and after they closed; its peak (``VmHWM``) too. The bound
 from __future__ import annotations
 
 import argparse
-import shutil
 import time
 import urllib.request
-from pathlib import Path
 
 from bench.common import (
-    MiB,
+    fresh_workdir,
     metric,
+    MiB,
     push_blob_file,
     push_padded_image,
     random_blob_file,
@@ -68,9 +67,7 @@ def _measure(proc: Process, path: str, readers: int) -> tuple[float, float, floa
 
 
 def run(args: argparse.Namespace) -> str:
-    workdir: Path = args.workdir / "slowreaders"
-    shutil.rmtree(workdir, ignore_errors=True)
-    workdir.mkdir(parents=True)
+    workdir = fresh_workdir(args.workdir, "slowreaders")
     blob_size = args.slow_blob_mb * MiB
     blob_path = workdir / "blob"
     blob = random_blob_file(blob_path, blob_size)

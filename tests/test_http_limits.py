@@ -145,7 +145,7 @@ async def test_a_slow_but_steady_body_is_not_dropped(testfs: Process) -> None:
         sock.sendall(f"PUT /files/slow HTTP/1.1\r\nHost: x\r\nContent-Length: {800}\r\n\r\n".encode())
         for part in parts:  # 8 parts 0.3 s apart: twice the body timeout in all
             sock.sendall(part)
-            await asyncio.sleep(0.3)
+            await asyncio.sleep(0.3)  # the pace of a slow sender, not a synchronisation
         assert (await asyncio.to_thread(sock.recv, 1024)).startswith(b"HTTP/1.1 201")
     assert await asyncio.to_thread(_get, f"{testfs.url}/files/slow") == (200, b"".join(parts))
 

@@ -154,20 +154,21 @@ async def _more_write_timeouts(proc: Process, before: float) -> bool:
 
 
 def test_a_corrupt_cached_manifest_is_never_served(herd: Herd, image: tuple[Digest, Digest]) -> None:
-    """Its media type is remembered from the first read, but every read hashes the file:
-    changed bytes are refused (or fetched again), never sent."""
+    """Its media type is remembered from the first read, but every read goes through the
+    cache's verified read: changed bytes are refused (or fetched again), never sent."""
     manifest, _ = image
-    agent = herd.agents[0]
-    cached = [p for p in herd.workdir.rglob(manifest.hex) if p.is_file() and "agent" in str(p)]
-    assert cached, "the agent has not cached the manifest"
-    for path in cached:
-        data = bytearray(path.read_bytes())
-        data[-2:-1] = b"y"
-        path.write_bytes(bytes(data))
-    req = urllib.request.Request(f"{agent.url}/v2/{REPO}/manifests/v1", headers={"Accept": OCI_MANIFEST})
-    try:
-        with urllib.request.urlopen(req, timeout=60) as r:
-            assert Digest.of_bytes(r.read()) == manifest
-    except urllib.error.HTTPError as e:
-        assert e.code in (404, 503)
-        assert json.load(e)["errors"][0]["code"] in ("MANIFEST_UNKNOWN", "UNAVAILABLE")
+    for server in (herd.agents[0], herd.proxy):
+        cached = [p for p in herd.workdir.rglob(manifest.hex)
+                  if p.is_file() and server.name in p.relative_to(herd.workdir).parts[0]]
+        assert cached, f"{server.name} has not cached the manifest"
+        for path in cached:
+            data = bytearray(path.read_bytes())
+            data[-2:-1] = b"y"
+            path.write_bytes(bytes(data))
+        req = urllib.request.Request(f"{server.url}/v2/{REPO}/manifests/v1", headers={"Accept": OCI_MANIFEST})
+        try:
+            with urllib.request.urlopen(req, timeout=60) as r:
+                assert Digest.of_bytes(r.read()) == manifest
+        except urllib.error.HTTPError as e:
+            assert e.code in (404, 503)
+            assert json.load(e)["errors"][0]["code"] in ("MANIFEST_UNKNOWN", "UNAVAILABLE")

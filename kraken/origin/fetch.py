@@ -80,17 +80,15 @@ class BackendFetcher:
         except BackendError:
             backend = None  # no backend serves this namespace: only another origin may have it
         if backend is not None and await backend.stat(namespace, digest.hex) is not None:
-            fetch = self._fetch(namespace, digest)
+            fetch = self._fetch
         elif self._store.take_quarantined(digest) and self._peers(digest):
-            fetch = self._fetch_from_peers(namespace, digest)
+            fetch = self._fetch_from_peers
         else:
             return False
         if digest not in self._inflight and not self._store.exists(digest):
-            task = self._owner.spawn(fetch, f"fetch:{digest}")
+            task = self._owner.spawn(fetch(namespace, digest), f"fetch:{digest}")
             self._inflight[digest] = task
             task.add_done_callback(lambda _: self._inflight.pop(digest, None))
-        else:
-            fetch.close()
         return True
 
     async def _fetch_from_peers(self, namespace: str, digest: Digest) -> None:

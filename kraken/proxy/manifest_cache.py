@@ -1,8 +1,9 @@
 """The proxy's manifests on its own disk, so clients are answered from a file, not memory.
 
 A manifest read from an origin is streamed into a :class:`~kraken.store.cas.CAStore`
-(verified against its digest on the way in) under ``<store.root>/manifests``; the route then
-streams it from there in small chunks. The cache holds at most ``max_bytes`` (least recently
+(verified against its digest on the way in) under ``<store.root>/manifests``, and read back
+through the store's verified read (a file changed on disk is re-hashed, and quarantined and
+fetched again if it fails); the route then sends it from there. The cache holds at most ``max_bytes`` (least recently
 read evicted first; the newest entry stays even if it alone is bigger) and is emptied at
 start, since it only copies what the origins have. Concurrent misses of one digest share
 one download.
@@ -76,11 +77,15 @@ class ManifestCache:
         if digest not in self._sizes:
             return None
         self._sizes.move_to_end(digest)
+        path = await self.cas.verified_path(digest)
         try:
-            return await asyncio.to_thread(open, self.cas.path(digest), "rb")
+            if path is not None:
+                return await asyncio.to_thread(open, path, "rb")
         except FileNotFoundError:
-            self._total -= self._sizes.pop(digest, 0)
-            return None
+            pass
+        # Gone, or quarantined as corrupt: forget it, the caller fetches it again.
+        self._total -= self._sizes.pop(digest, 0)
+        return None
 
     async def _fill(self, digest: Digest, fetch: Fetch) -> bool:
         uid = self.cas.create_upload()

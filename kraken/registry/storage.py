@@ -3,8 +3,8 @@
 The proxy implements it over origins and build-index; the agent over its P2P cache. Write
 methods default to UNSUPPORTED so a read-only storage implements only reads. Manifests are
 blobs (content-addressed by their digest); the interface keeps ``open_manifest`` separate
-because a manifest is checked whole (digest, parse) before it is served, and a blob by its
-size only.
+because a manifest is parsed whole (its media type) before it is served, and a blob is sent
+by its size only.
 """
 from __future__ import annotations
 
@@ -155,8 +155,9 @@ class RegistryStorage(ABC):
 
     @abstractmethod
     async def open_manifest(self, repo: str, digest: Digest, max_size: int) -> BinaryIO | None:
-        """A manifest's bytes as an open local file, which the caller closes (the routes check
-        them against ``digest`` and stream them, so a manifest is never held whole per
+        """A manifest's bytes as an open local file, already checked against ``digest`` (a
+        verified read, e.g. :meth:`kraken.store.cas.CAStore.verified_path`), which the caller
+        closes (the routes parse and stream it, so a manifest is never held whole per
         client); ``None`` also for a blob bigger than ``max_size``, so asking for a layer by
         its digest as a manifest never fetches it. Open in a worker thread: opening a file
         may block."""

@@ -21,9 +21,9 @@ import time
 import urllib.request
 
 from bench.common import (
+    MiB,
     finish_curl,
     fresh_workdir,
-    MiB,
     place_in_distribution,
     push_blob_bytes,
     push_blob_file,

@@ -26,10 +26,10 @@ from dataclasses import dataclass
 from bench.capped_registry import CappedRegistry
 from bench.common import (
     CurlTiming,
+    MiB,
     finish_curl,
     fresh_workdir,
     metric,
-    MiB,
     percentile,
     push_blob_file,
     random_blob_file,

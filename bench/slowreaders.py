@@ -15,9 +15,9 @@ import time
 import urllib.request
 
 from bench.common import (
+    MiB,
     fresh_workdir,
     metric,
-    MiB,
     push_blob_file,
     push_padded_image,
     random_blob_file,

@@ -10,7 +10,6 @@ import argparse
 import asyncio
 import importlib
 import sys
-
 from typing import Any, TypeVar
 
 from kraken.config import ConfigError, apply_listen_overrides, load_config

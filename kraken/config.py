@@ -12,10 +12,9 @@ Two annotated scalar types make configs readable: :data:`ByteSize` (``4MB``) and
 from __future__ import annotations
 
 import dataclasses
-from dataclasses import dataclass
 import re
 import types
-import typing
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated, Any, Literal, TypeVar, Union, get_args, get_origin, get_type_hints
 
@@ -140,12 +139,12 @@ def _convert(tp: Any, value: Any, source: str, keypath: str) -> Any:
         if value not in allowed:
             raise ConfigError(f"{_where(source, keypath)}: expected one of {list(allowed)}, got {value!r}")
         return value
-    if origin in (list, typing.List):
+    if origin in (list, list):
         (item_tp,) = get_args(tp) or (Any,)
         if not isinstance(value, list):
             raise ConfigError(f"{_where(source, keypath)}: expected a list, got {type(value).__name__}")
         return [_convert(item_tp, v, source, f"{keypath}[{i}]") for i, v in enumerate(value)]
-    if origin in (dict, typing.Dict):
+    if origin in (dict, dict):
         key_tp, val_tp = get_args(tp) or (Any, Any)
         if not isinstance(value, dict):
             raise ConfigError(f"{_where(source, keypath)}: expected a mapping, got {type(value).__name__}")

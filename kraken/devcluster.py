@@ -45,9 +45,10 @@ import sys
 import time
 import urllib.error
 import urllib.request
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, ClassVar, Self
+from typing import Any, ClassVar, Self
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 #: Where ``config/`` and ``examples/`` are: the repository, or ``KRAKEN_ROOT`` where the

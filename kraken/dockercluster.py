@@ -34,8 +34,18 @@ from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 
 from kraken.devcluster import (
-    CONFIG_ROOT, FILES_ROOT, REPO_ROOT, AgentPorts, HerdPorts, _busy_ports_message, _err, _out, _write_state,
-    http_ok, local_address, port_free,
+    CONFIG_ROOT,
+    FILES_ROOT,
+    REPO_ROOT,
+    AgentPorts,
+    HerdPorts,
+    _busy_ports_message,
+    _err,
+    _out,
+    _write_state,
+    http_ok,
+    local_address,
+    port_free,
 )
 
 #: Where the images keep ``config/`` and ``examples/`` (their ``KRAKEN_ROOT``).

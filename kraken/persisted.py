@@ -16,9 +16,10 @@ import json
 import sqlite3
 import threading
 import time
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Awaitable, Callable, TypeVar
+from typing import Any, TypeVar
 
 from kraken.log import get_logger
 from kraken.tasks import TaskOwner
@@ -52,11 +53,11 @@ class PersistedQueue:
         self._lock = threading.Lock()
 
     @classmethod
-    async def open(cls, path: str | Path) -> "PersistedQueue":
+    async def open(cls, path: str | Path) -> PersistedQueue:
         return await asyncio.to_thread(cls._open_sync, Path(path))
 
     @classmethod
-    def _open_sync(cls, path: Path) -> "PersistedQueue":
+    def _open_sync(cls, path: Path) -> PersistedQueue:
         path.parent.mkdir(parents=True, exist_ok=True)
         conn = sqlite3.connect(path, check_same_thread=False, isolation_level=None)
         conn.execute("PRAGMA journal_mode=WAL")
@@ -211,7 +212,7 @@ class RetryWorker:
             timeout = None if next_at is None else max(0.0, next_at - time.time())
             try:
                 await asyncio.wait_for(self._wake.wait(), timeout)
-            except asyncio.TimeoutError:
+            except TimeoutError:
                 pass
 
     async def _attempt(self, task: Task) -> None:

@@ -43,7 +43,7 @@ class HashRing:
         self._healthy: tuple[str, ...] = self.hosts
 
     @classmethod
-    def from_config(cls, config: RingConfig) -> "HashRing":
+    def from_config(cls, config: RingConfig) -> HashRing:
         return cls(config.hosts, config.max_replica)
 
     def set_healthy(self, hosts: list[str] | set[str]) -> None:

@@ -12,8 +12,8 @@ import asyncio
 import hashlib
 import os
 import tracemalloc
+from collections.abc import AsyncIterator, Callable
 from pathlib import Path
-from typing import AsyncIterator, Callable
 
 import pytest
 

@@ -57,7 +57,7 @@ class Herd:
     def stop(self) -> None:
         self.supervisor.stop_all()
 
-    def registry(self) -> "ProxyRegistry":
+    def registry(self) -> ProxyRegistry:
         return ProxyRegistry(self.proxy)
 
 

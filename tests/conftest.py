@@ -1,11 +1,10 @@
 """Fixtures shared by the whole suite."""
 from __future__ import annotations
 
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
-from typing import AsyncIterator, Iterator
 
 import aiohttp
-
 import pytest
 
 # The real-client helpers assert on bytes and digests: have pytest rewrite them for readable
@@ -13,7 +12,6 @@ import pytest
 pytest.register_assert_rewrite("tests.realclients", "tests.kraken_images")
 
 from tests.cluster import Herd, start_herd
-
 from tests.kraken_images import docker_env, kraken_images  # noqa: F401 - shared fixtures
 from tests.realclients import containerd, distribution_registry, dockerd, podman  # noqa: F401 - shared fixtures
 

@@ -15,7 +15,7 @@ from kraken.registry.storage import BlobReader, BlobWriter, FileBlobReader, Regi
 class LocalWriter(BlobWriter):
     """Streams an upload into a temp file; fails on purpose after ``fails_after`` bytes."""
 
-    def __init__(self, storage: "LocalStorage", repo: str, path: Path, fails_after: int | None) -> None:
+    def __init__(self, storage: LocalStorage, repo: str, path: Path, fails_after: int | None) -> None:
         self.storage, self.repo, self.path, self.fails_after = storage, repo, path, fails_after
         self.received = 0
         self.state = "open"

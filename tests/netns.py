@@ -14,9 +14,9 @@ from __future__ import annotations
 import os
 import shutil
 import subprocess
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Sequence
 
 __all__ = ["NetnsHost", "Network", "ip", "netns_available", "NETNS_DIR"]
 

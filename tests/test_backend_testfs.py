@@ -7,8 +7,8 @@ import signal
 import socket
 import sys
 import time
+from collections.abc import AsyncIterator
 from pathlib import Path
-from typing import AsyncIterator
 
 import aiohttp
 import pytest
@@ -89,7 +89,7 @@ async def wait_healthy(url: str, proc: asyncio.subprocess.Process, log: Path, de
                 async with session.get(url) as resp:
                     if resp.status == 200:
                         return
-            except (aiohttp.ClientError, asyncio.TimeoutError):
+            except (TimeoutError, aiohttp.ClientError):
                 pass
             await asyncio.sleep(0.05)
     pytest.fail(f"testfs not healthy after {deadline_s}s:\n{log.read_text()}")

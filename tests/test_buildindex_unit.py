@@ -20,7 +20,6 @@ from kraken.devcluster import CONFIG_ROOT
 from kraken.registry.manifest import DOCKER_MANIFEST, OCI_INDEX, OCI_MANIFEST
 from kraken.registry.references import InvalidManifest, find_missing
 
-
 # ---------------------------------------------------------------- fakes
 
 

@@ -14,15 +14,15 @@ from __future__ import annotations
 
 import subprocess
 import urllib.request
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Iterator
 
 import pytest
 
 from kraken.devcluster import REPO_ROOT, port_free
 from kraken.tools.ocigen import GeneratedImage, generate_oci_layout
-from tests.origin_helpers import metric
 from tests.kraken_images import make
+from tests.origin_helpers import metric
 from tests.realclients import Dockerd, wait_until
 
 pytestmark = pytest.mark.realclients

@@ -44,8 +44,18 @@ from kraken.tools.ocigen import GeneratedImage, generate_oci_layout
 from tests import realclients
 from tests.kraken_images import save_images
 from tests.multihost_helpers import (
-    AGENT_REGISTRY, CHECKS, SCRIPTS, AgentHost, MiB, Pushed, assert_image, peer_and_origin_bytes,
-    pull_by_address_and_mirror, push_images, run_on, skip_reason,
+    AGENT_REGISTRY,
+    CHECKS,
+    SCRIPTS,
+    AgentHost,
+    MiB,
+    Pushed,
+    assert_image,
+    peer_and_origin_bytes,
+    pull_by_address_and_mirror,
+    push_images,
+    run_on,
+    skip_reason,
 )
 from tests.netns import NetnsHost, Network
 from tests.origin_helpers import metric

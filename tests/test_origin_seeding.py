@@ -10,8 +10,8 @@ condition against a deadline.
 """
 from __future__ import annotations
 
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
-from typing import AsyncIterator, Iterator
 from urllib.parse import quote
 
 import aiohttp
@@ -24,7 +24,17 @@ from kraken.origin.client import OriginClient
 from kraken.p2p import P2PConfig, P2PSession
 from tests.cluster import Herd, start_herd
 from tests.origin_helpers import (  # noqa: F401 - http, supervisor, testfs_port, start_origin: fixtures used here
-    MB, NS, OriginFactory, backend_path, http, metric, random_blob, start_origin, supervisor, testfs_port, until,
+    MB,
+    NS,
+    OriginFactory,
+    backend_path,
+    http,
+    metric,
+    random_blob,
+    start_origin,
+    supervisor,
+    testfs_port,
+    until,
 )
 
 SEED_IDLE_TIME = 3.0

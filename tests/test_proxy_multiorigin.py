@@ -9,9 +9,9 @@ from __future__ import annotations
 
 import asyncio
 import os
+from collections.abc import Iterator
 from functools import partial
 from pathlib import Path
-from typing import Iterator
 from urllib.parse import quote
 
 import aiohttp

@@ -9,8 +9,8 @@ import asyncio
 import errno
 import hashlib
 import json
+from collections.abc import AsyncIterator
 from pathlib import Path
-from typing import AsyncIterator
 
 import aiohttp
 import pytest

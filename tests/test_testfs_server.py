@@ -6,8 +6,9 @@ import hashlib
 import json
 import os
 import time
+from collections.abc import AsyncIterator
 from pathlib import Path
-from typing import Any, AsyncContextManager, AsyncIterator
+from typing import Any, AsyncContextManager
 
 import aiohttp
 import pytest

@@ -5,8 +5,8 @@ that find their seeder through the tracker, either an announcing agent or the ow
 from __future__ import annotations
 
 import asyncio
+from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
-from typing import AsyncIterator, Callable, Iterator
 
 import aiohttp
 import libtorrent as lt
@@ -18,7 +18,15 @@ from kraken.devcluster import CONFIG_ROOT, Process, Supervisor, free_port, write
 from kraken.http.client import ClientConfig, HttpClient
 from kraken.origin.client import OriginClient
 from tests.origin_helpers import (  # noqa: F401 - supervisor and testfs_port are fixtures used here
-    MB, NS, Testfs, metric, origin_settings, random_blob, supervisor, testfs_port, until,
+    MB,
+    NS,
+    Testfs,
+    metric,
+    origin_settings,
+    random_blob,
+    supervisor,
+    testfs_port,
+    until,
 )
 
 METAINFO_ROUTE = "/internal/namespace/{ns}/blobs/{digest}/metainfo"

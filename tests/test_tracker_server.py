@@ -10,9 +10,10 @@ import socket
 import subprocess
 import time
 import uuid
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, AsyncIterator, Awaitable, Callable, Iterator, Sequence
+from typing import Any
 from urllib.parse import quote_from_bytes
 
 import aiohttp

@@ -8,8 +8,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from kraken.config import ByteSize, Duration, HttpServerConfig, ListenConfig
 from kraken.agent.preload import PreloadConfig
+from kraken.config import ByteSize, Duration, HttpServerConfig, ListenConfig
 from kraken.p2p.config import P2PConfig
 from kraken.ring import RingConfig
 

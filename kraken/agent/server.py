@@ -23,14 +23,14 @@ from kraken.agent.blobs import AgentBlobs, BlobUnavailable
 from kraken.agent.cleanup import CacheCleanup
 from kraken.agent.config import AgentConfig
 from kraken.agent.fallback import HttpFallback
-from kraken.agent.preload import RUNTIMES, PreloadError, Preloader
+from kraken.agent.preload import RUNTIMES, Preloader, PreloadError
 from kraken.agent.storage import AgentStorage
 from kraken.agent.tracker import TrackerClient
 from kraken.buildindex.client import BuildIndexClient
 from kraken.buildindex.tags import TagError, parse_tag
 from kraken.core.digest import Digest, DigestError
 from kraken.http.app import create_app
-from kraken.http.client import ClientConfig, HTTPStatusError, HttpClient
+from kraken.http.client import ClientConfig, HttpClient, HTTPStatusError
 from kraken.http.names import check_namespace
 from kraken.log import get_logger
 from kraken.metrics import Metrics

@@ -6,7 +6,8 @@ blobs of the repository on the origins, so they come through the same P2P path a
 from __future__ import annotations
 
 import asyncio
-from typing import Awaitable, BinaryIO, TypeVar
+from collections.abc import Awaitable
+from typing import BinaryIO, TypeVar
 
 from kraken.agent.blobs import AgentBlobs, BlobUnavailable
 from kraken.buildindex.client import BuildIndexClient

@@ -17,7 +17,7 @@ from urllib.parse import quote
 import aiohttp
 
 from kraken.core.digest import Digest
-from kraken.http.client import HTTPStatusError, HttpClient
+from kraken.http.client import HttpClient, HTTPStatusError
 from kraken.log import get_logger
 from kraken.tracker.slots import HEADER as SLOT_HEADER
 
@@ -86,7 +86,7 @@ class TrackerClient:
     async def _get(self, url: str, digest: Digest) -> tuple[int, bytes, int]:
         try:
             resp = await self.http.request("GET", url, ok=(200, 202, 404, 422))
-        except (aiohttp.ClientError, asyncio.TimeoutError) as e:
+        except (TimeoutError, aiohttp.ClientError) as e:
             log.warning("tracker unreachable", tracker=self.addr, digest=digest, error=repr(e))
             raise TrackerUnavailable(f"tracker {self.addr} unreachable: {e!r}") from None
         except HTTPStatusError as e:

@@ -19,7 +19,8 @@ from __future__ import annotations
 
 import re
 from abc import ABC, abstractmethod
-from typing import Iterable, Literal
+from collections.abc import Iterable
+from typing import Literal
 
 from kraken.backend.base import InvalidName
 

@@ -7,17 +7,16 @@ truncated body) is :class:`BackendError`, which callers treat as "retry later".
 """
 from __future__ import annotations
 
-import asyncio
+from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Iterator
 
 import aiohttp
 
 from kraken.backend.base import Backend, BackendError, BackendNotFound, BlobInfo, InvalidName
 from kraken.backend.config import TestfsBackendConfig
 from kraken.backend.namepath import ObjectLayout
-from kraken.http.client import ClientConfig, HTTPStatusError, HttpClient
+from kraken.http.client import ClientConfig, HttpClient, HTTPStatusError
 from kraken.testfs.client import TestfsClient, TestfsNotFound
 
 
@@ -42,7 +41,7 @@ class TestfsBackend(Backend):
             if e.status == 400:
                 raise InvalidName(f"{name}: refused by testfs {self.addr}: {e.body.strip()}") from e
             raise BackendError(f"testfs {self.addr}: {op} {name}: {e}") from e
-        except (aiohttp.ClientError, asyncio.TimeoutError, ConnectionError, ValueError) as e:
+        except (TimeoutError, aiohttp.ClientError, ConnectionError, ValueError) as e:
             raise BackendError(f"testfs {self.addr}: {op} {name}: {e!r}") from e
 
     async def stat(self, namespace: str, name: str) -> BlobInfo | None:

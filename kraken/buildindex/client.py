@@ -5,7 +5,7 @@ import json
 from urllib.parse import quote
 
 from kraken.core.digest import Digest
-from kraken.http.client import HTTPStatusError, HttpClient
+from kraken.http.client import HttpClient, HTTPStatusError
 from kraken.registry.referrer_index import ReferrerDescriptor
 
 #: A referrers answer is bounded by build-index's ``max_referrers`` x ``max_referrer_size``

@@ -46,7 +46,7 @@ class _Refused(Exception):
 
 
 class ReferrerRoutes:
-    def __init__(self, server: "BuildIndex", metrics: Metrics) -> None:
+    def __init__(self, server: BuildIndex, metrics: Metrics) -> None:
         self.server = server
         self.puts = metrics.counter(
             "kraken_buildindex_referrer_puts_total",
@@ -117,7 +117,7 @@ class ReferrerRoutes:
         return web.json_response({"manifests": [d.to_json() for d in descriptors]})
 
 
-def add_referrer_routes(app: web.Application, server: "BuildIndex", metrics: Metrics) -> None:
+def add_referrer_routes(app: web.Application, server: BuildIndex, metrics: Metrics) -> None:
     routes = ReferrerRoutes(server, metrics)
     app.router.add_put(r"/referrers/{repo:.+}/{subject:[^/]+}/{referrer:[^/]+}", routes.put)
     app.router.add_get(r"/referrers/{repo:.+}/{subject:[^/]+}", routes.list)

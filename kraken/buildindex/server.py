@@ -18,8 +18,8 @@ accept the repository's slashes whether or not the client encoded them.
 from __future__ import annotations
 
 import json
+from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
-from typing import AsyncIterator, Awaitable, Callable
 
 import aiohttp
 from aiohttp import web
@@ -31,7 +31,7 @@ from kraken.buildindex.tags import Tag, TagError, parse_tag, validate_repo
 from kraken.buildindex.tagstore import TagStore
 from kraken.core.digest import Digest, DigestError
 from kraken.http.app import create_app
-from kraken.http.client import HTTPStatusError, HttpClient
+from kraken.http.client import HttpClient, HTTPStatusError
 from kraken.log import get_logger
 from kraken.metrics import Metrics
 from kraken.origin.client import BlobNotFound, BlobNotReady, OriginCluster

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from typing import Union
 
-Bencodable = Union[int, bytes, str, list["Bencodable"], dict[Union[bytes, str], "Bencodable"]]
+Bencodable = Union[int, bytes, str, list["Bencodable"], dict[bytes | str, "Bencodable"]]
 
 
 def bencode(value: Bencodable) -> bytes:

@@ -30,7 +30,7 @@ class Digest:
     hex: str
 
     @classmethod
-    def parse(cls, value: str) -> "Digest":
+    def parse(cls, value: str) -> Digest:
         algorithm, sep, hexpart = value.partition(":")
         if not sep:
             raise DigestError(f"invalid digest {value!r}: expected <algorithm>:<hex>")
@@ -42,18 +42,18 @@ class Digest:
         return cls(algorithm, hexpart)
 
     @classmethod
-    def of_bytes(cls, data: bytes, algorithm: str = "sha256") -> "Digest":
+    def of_bytes(cls, data: bytes, algorithm: str = "sha256") -> Digest:
         return cls(algorithm, hashlib.new(algorithm, data).hexdigest())
 
     def __str__(self) -> str:
         return f"{self.algorithm}:{self.hex}"
 
-    def hasher(self) -> "hashlib._Hash":
+    def hasher(self) -> hashlib._Hash:
         """A fresh hash object of this digest's algorithm."""
         return hashlib.new(self.algorithm)
 
 
-def new_hasher(algorithm: str = "sha256") -> "hashlib._Hash":
+def new_hasher(algorithm: str = "sha256") -> hashlib._Hash:
     if algorithm not in _HEX_LEN:
         raise DigestError(f"unsupported digest algorithm {algorithm!r}")
     return hashlib.new(algorithm)

@@ -79,7 +79,7 @@ class HttpClient:
             last = attempt == attempts - 1
             try:
                 resp = await self.session.request(method, url, **kwargs)
-            except (aiohttp.ClientConnectionError, asyncio.TimeoutError) as e:
+            except (TimeoutError, aiohttp.ClientConnectionError) as e:
                 if last:
                     raise
                 log.warning("request failed, retrying", method=method, url=url, error=repr(e), attempt=attempt + 1)

@@ -6,7 +6,7 @@ namespace, a backend path and a log field, so every component refuses a bad one 
 """
 from __future__ import annotations
 
-from typing import Awaitable, Callable
+from collections.abc import Awaitable, Callable
 
 from aiohttp import web
 

@@ -32,7 +32,8 @@ import signal
 import socket
 import struct
 import sys
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 from aiohttp import web
 from aiohttp.web_protocol import RequestHandler

@@ -17,14 +17,14 @@ from __future__ import annotations
 import asyncio
 import shutil
 import uuid
+from collections.abc import Awaitable, Callable
 from pathlib import Path
-from typing import Awaitable, Callable
 
 import aiohttp
 
 from kraken.backend import BackendError, BackendNotFound, BackendRouter
 from kraken.core.digest import Digest
-from kraken.http.client import HTTPStatusError, HttpClient
+from kraken.http.client import HttpClient, HTTPStatusError
 from kraken.log import get_logger
 from kraken.metrics import Metrics
 from kraken.origin.client import BlobNotFound, OriginClient
@@ -138,7 +138,7 @@ class BackendFetcher:
                 await self._store.import_file(tmp, digest)
             except BlobNotFound:
                 continue
-            except (DigestMismatch, HTTPStatusError, OSError, aiohttp.ClientError, asyncio.TimeoutError) as e:
+            except (TimeoutError, DigestMismatch, HTTPStatusError, OSError, aiohttp.ClientError) as e:
                 log.warning("ring owner has no good copy", host=host, digest=digest, error=f"{type(e).__name__}: {e}")
                 continue
             log.warning("blob restored from a ring owner; writing it back", host=host, namespace=namespace, digest=digest)

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import functools
 import re
-from typing import Awaitable, Callable
+from collections.abc import Awaitable, Callable
 
 import aiohttp
 from aiohttp import web

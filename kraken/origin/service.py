@@ -27,9 +27,10 @@ from __future__ import annotations
 import asyncio
 import time
 from collections import Counter, OrderedDict
+from collections.abc import AsyncIterable, Hashable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import AsyncIterable, Generic, Hashable, Iterator, TypeVar
+from typing import Generic, TypeVar
 
 from kraken.backend import BackendRouter, build_router
 from kraken.core.digest import Digest
@@ -146,7 +147,7 @@ class OriginService:
         self._evictions = metrics.counter("kraken_origin_evictions_total", "Blobs evicted from the cache")
 
     @classmethod
-    async def create(cls, config: OriginConfig, metrics: Metrics) -> "OriginService":
+    async def create(cls, config: OriginConfig, metrics: Metrics) -> OriginService:
         root = Path(config.store.root)
         quarantined = metrics.counter("kraken_origin_blobs_quarantined_total", QUARANTINED_HELP)
         store = await asyncio.to_thread(CAStore, root, True, quarantined)

@@ -10,7 +10,7 @@ broke or went to an origin that turns out not to own the digest.
 from __future__ import annotations
 
 import asyncio
-from typing import AsyncIterator
+from collections.abc import AsyncIterator
 
 from kraken.core.digest import Digest
 from kraken.http.client import HttpClient

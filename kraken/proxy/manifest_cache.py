@@ -12,8 +12,9 @@ from __future__ import annotations
 
 import asyncio
 from collections import OrderedDict
+from collections.abc import AsyncIterator, Callable
 from pathlib import Path
-from typing import AsyncIterator, BinaryIO, Callable
+from typing import BinaryIO
 
 from kraken.core.digest import Digest
 from kraken.store.cas import CAStore

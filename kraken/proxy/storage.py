@@ -8,8 +8,9 @@ the origins before it stores one. Blob bytes are streamed both ways, never held 
 from __future__ import annotations
 
 import asyncio
+from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
-from typing import AsyncIterator, Awaitable, BinaryIO, Callable
+from typing import BinaryIO
 
 import aiohttp
 from aiohttp import web
@@ -17,7 +18,7 @@ from prometheus_client import Counter
 
 from kraken.buildindex.client import BuildIndexClient, ReferrerRefused, TagReferenceError
 from kraken.core.digest import Digest
-from kraken.http.client import HTTPStatusError, HttpClient
+from kraken.http.client import HttpClient, HTTPStatusError
 from kraken.log import get_logger
 from kraken.metrics import Metrics
 from kraken.origin.client import BlobNotFound, OriginCluster
@@ -115,7 +116,7 @@ class ProxyStorage(RegistryStorage):
             try:
                 await self._health(host)
                 return
-            except (aiohttp.ClientError, asyncio.TimeoutError, HTTPStatusError) as e:
+            except (TimeoutError, aiohttp.ClientError, HTTPStatusError) as e:
                 errors.append(f"{host}: {e}")
         raise ConnectionError(f"no origin is healthy ({'; '.join(errors) or 'none configured'})")
 

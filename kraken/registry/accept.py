@@ -7,7 +7,7 @@ different digest), so every header is merged.
 """
 from __future__ import annotations
 
-from typing import Iterable
+from collections.abc import Iterable
 
 
 def merged_accept(values: Iterable[str]) -> list[str]:

@@ -7,10 +7,9 @@ Query parameters no handler reads (containerd's ``?ns=docker.io``) are ignored.
 """
 from __future__ import annotations
 
-import asyncio
 import errno
 import re
-from typing import Awaitable, Callable
+from collections.abc import Awaitable, Callable
 from urllib.parse import quote
 
 import aiohttp
@@ -88,7 +87,7 @@ def add_registry_routes(
     async def dispatch(request: web.Request) -> web.StreamResponse:
         try:
             return await _dispatch(ctx, request)
-        except (aiohttp.ClientError, asyncio.TimeoutError, ConnectionError) as e:
+        except (TimeoutError, aiohttp.ClientError, ConnectionError) as e:
             raise _unavailable(request, e) from None
         except HTTPStatusError as e:
             if e.status < 500:

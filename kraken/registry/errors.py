@@ -8,7 +8,8 @@ failure maps to one code with the status the distribution spec gives it. A
 """
 from __future__ import annotations
 
-from typing import Any, Iterable, Mapping
+from collections.abc import Iterable, Mapping
+from typing import Any
 
 from aiohttp import web
 
@@ -59,7 +60,7 @@ class RegistryError(Exception):
         super().__init__(f"{code}: {self.message}" + (f" ({detail})" if detail is not None else ""))
 
     @classmethod
-    def combine(cls, errors: Iterable["RegistryError"]) -> "RegistryError":
+    def combine(cls, errors: Iterable[RegistryError]) -> RegistryError:
         """One exception reporting several errors (e.g. every missing blob of a manifest).
 
         The status and headers are the first error's."""

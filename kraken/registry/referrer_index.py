@@ -43,7 +43,7 @@ class ReferrerDescriptor:
         return json.dumps(self.to_json(), sort_keys=True, separators=(",", ":")).encode()
 
     @classmethod
-    def from_json(cls, doc: object) -> "ReferrerDescriptor":
+    def from_json(cls, doc: object) -> ReferrerDescriptor:
         """Validate a descriptor read back from storage or another component; ValueError if bad."""
         if not isinstance(doc, dict):
             raise ValueError("referrer descriptor must be an object")

@@ -11,8 +11,9 @@ from __future__ import annotations
 import asyncio
 import os
 from abc import ABC, abstractmethod
+from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
-from typing import AsyncIterator, Awaitable, BinaryIO, Callable
+from typing import BinaryIO
 
 from aiohttp import web
 

@@ -18,8 +18,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+from collections.abc import AsyncIterable, AsyncIterator
 from dataclasses import dataclass
-from typing import AsyncIterable, AsyncIterator
 
 from kraken.core.digest import Digest
 from kraken.log import get_logger
@@ -27,7 +27,12 @@ from kraken.registry.errors import RegistryError
 from kraken.registry.ranges import upload_range_header
 from kraken.registry.storage import BlobWriter, RegistryStorage
 from kraken.store.cas import (
-    CAStore, DigestMismatch, SizeMismatch, UploadOffsetMismatch, UploadUnknown, UploadWriteError,
+    CAStore,
+    DigestMismatch,
+    SizeMismatch,
+    UploadOffsetMismatch,
+    UploadUnknown,
+    UploadWriteError,
 )
 
 log = get_logger("kraken.registry.uploads")

@@ -32,9 +32,10 @@ import shutil
 import time
 import uuid
 from collections import OrderedDict
+from collections.abc import AsyncIterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import AsyncIterable, BinaryIO, Iterator
+from typing import BinaryIO
 
 from prometheus_client import Counter
 

@@ -10,7 +10,7 @@ of sha256 here), and a worker-thread hop per chunk costs more than the hashing i
 """
 from __future__ import annotations
 
-from typing import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable
 
 from kraken.core.digest import Digest
 from kraken.store.cas import DigestMismatch

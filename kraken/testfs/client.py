@@ -9,15 +9,15 @@ retries, e.g. the origin's write-back queue).
 from __future__ import annotations
 
 import json
+from collections.abc import AsyncIterator
 from pathlib import Path
-from typing import AsyncIterator
 from urllib.parse import quote
 
 import aiofiles
 import aiofiles.os
 
-from kraken.testfs.filetree import AtomicWriter
 from kraken.http.client import HttpClient
+from kraken.testfs.filetree import AtomicWriter
 
 CHUNK = 1 << 20
 

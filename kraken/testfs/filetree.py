@@ -20,9 +20,10 @@ import io
 import os
 import shutil
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
 from types import TracebackType
-from typing import BinaryIO, Callable
+from typing import BinaryIO
 
 from kraken.core.names import InvalidName, check_path_lengths
 
@@ -96,7 +97,7 @@ class AtomicWriter:
         self._pending = asyncio.get_running_loop().run_in_executor(None, fn, *args)
         await asyncio.shield(self._pending)
 
-    async def __aenter__(self) -> "AtomicWriter":
+    async def __aenter__(self) -> AtomicWriter:
         self._tmp = await asyncio.to_thread(_TempFile, self.tmp_dir, self.dst.name)
         return self
 

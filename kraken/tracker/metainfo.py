@@ -107,7 +107,7 @@ class MetainfoProxy:
             if 400 <= e.status < 500:
                 return MetainfoAnswer(e.status, e.body.encode())
             return self._origin_error("status", digest, e)
-        except (ConnectionError, aiohttp.ClientError, asyncio.TimeoutError) as e:
+        except (TimeoutError, ConnectionError, aiohttp.ClientError) as e:
             return self._origin_error("unreachable", digest, e)
         try:
             ih = bytes.fromhex(await asyncio.to_thread(info_hash, metainfo))

@@ -55,7 +55,7 @@ async def _resolve(host: str) -> str | None:
     loop = asyncio.get_running_loop()
     try:
         infos = await asyncio.wait_for(loop.getaddrinfo(host, None, type=socket.SOCK_STREAM), RESOLVE_TIMEOUT)
-    except (OSError, asyncio.TimeoutError) as e:
+    except (TimeoutError, OSError) as e:
         log.warning("cannot resolve origin P2P address", host=host, error=f"{type(e).__name__}: {e}")
         return None
     ips = [info[4][0] for info in infos]

@@ -65,7 +65,7 @@ class SeederProbe:
     async def _connects(self, addr: PeerAddr) -> bool:
         try:
             _, writer = await asyncio.wait_for(asyncio.open_connection(addr.ip, addr.port), self._config.timeout)
-        except (OSError, asyncio.TimeoutError) as e:
+        except (TimeoutError, OSError) as e:
             log.debug("seeder probe failed", peer=f"{addr.ip}:{addr.port}", error=f"{type(e).__name__}: {e}")
             return False
         writer.close()

@@ -10,8 +10,7 @@ in practice every swarm has its origins.
 """
 from __future__ import annotations
 
-import asyncio
-from typing import AsyncIterator
+from collections.abc import AsyncIterator
 
 import aiohttp
 from aiohttp import web
@@ -138,6 +137,6 @@ class TrackerService:
                                                  timeout=aiohttp.ClientTimeout(total=HEALTH_TIMEOUT))
                 resp.release()
                 return
-            except (aiohttp.ClientError, asyncio.TimeoutError, HTTPStatusError) as e:
+            except (TimeoutError, aiohttp.ClientError, HTTPStatusError) as e:
                 errors.append(f"{host}: {type(e).__name__}: {e}")
         raise ConnectionError(f"no origin is healthy ({'; '.join(errors) or 'none configured'})")

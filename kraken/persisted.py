@@ -17,12 +17,14 @@ import sqlite3
 import threading
 import time
 from collections.abc import Awaitable, Callable
+from contextlib import suppress
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 from typing import Any, TypeVar
 
 from kraken.log import get_logger
-from kraken.tasks import TaskOwner
+from kraken.tasks import SingleFlight, TaskOwner
 
 T = TypeVar("T")
 
@@ -122,7 +124,8 @@ class PersistedQueue:
     async def next_due_after(self, now: float) -> float | None:
         """The earliest next-attempt time strictly after ``now`` (when to look again)."""
         return await self._run(
-            lambda conn: conn.execute("SELECT MIN(next_attempt) FROM tasks WHERE next_attempt > ?", (now,)).fetchone()[0]
+            lambda conn: conn.execute(
+                "SELECT MIN(next_attempt) FROM tasks WHERE next_attempt > ?", (now,)).fetchone()[0]
         )
 
     async def done(self, key: str) -> None:
@@ -173,7 +176,6 @@ class RetryWorker:
         self._max_retry_interval = max_retry_interval
         self._concurrency = concurrency
         self._on_count = on_count
-        self._inflight: set[str] = set()
         self._wake = asyncio.Event()
         self._log = get_logger(f"kraken.persisted.{name}")
 
@@ -182,7 +184,7 @@ class RetryWorker:
         return min(self._max_retry_interval, self._retry_interval * 2 ** max(0, attempts - 1))
 
     def start(self, owner: TaskOwner) -> None:
-        owner.spawn(self._loop(owner), f"{self.name}-worker")
+        owner.spawn(self._loop(SingleFlight(owner, self.name)), f"{self.name}-worker")
 
     async def add(self, key: str, payload: dict[str, Any], delay: float = 0.0) -> bool:
         """Queue a task (durably) and let the worker see it; False if ``key`` was queued already."""
@@ -195,25 +197,22 @@ class RetryWorker:
         if self._on_count is not None:
             self._on_count(await self.queue.count())
 
-    async def _loop(self, owner: TaskOwner) -> None:
+    async def _loop(self, attempts: SingleFlight[str, None]) -> None:
+        """Start due tasks, each at most once at a time (a single flight per key)."""
         await self._report_count()
         while True:
             self._wake.clear()
             now = time.time()
-            for task in await self.queue.due(now, limit=self._concurrency + len(self._inflight)):
-                if len(self._inflight) >= self._concurrency:
+            for task in await self.queue.due(now, limit=self._concurrency + len(attempts)):
+                if len(attempts) >= self._concurrency:
                     break
-                if task.key not in self._inflight:
-                    self._inflight.add(task.key)
-                    owner.spawn(self._attempt(task), f"{self.name}:{task.key}")
+                attempts.start(task.key, partial(self._attempt, task))
             # Tasks already due but not started wait for a running one to finish (wake);
             # otherwise sleep until the next scheduled attempt.
             next_at = await self.queue.next_due_after(now)
             timeout = None if next_at is None else max(0.0, next_at - time.time())
-            try:
+            with suppress(TimeoutError):
                 await asyncio.wait_for(self._wake.wait(), timeout)
-            except TimeoutError:
-                pass
 
     async def _attempt(self, task: Task) -> None:
         try:
@@ -224,12 +223,12 @@ class RetryWorker:
             delay = self.backoff(task.attempts + 1)
             error = f"{type(e).__name__}: {e}"
             self._log.warning(
-                "task failed, will retry", key=task.key, attempt=task.attempts + 1, retry_in=round(delay, 2), error=error
+                "task failed, will retry",
+                key=task.key, attempt=task.attempts + 1, retry_in=round(delay, 2), error=error,
             )
             await self.queue.retry_later(task.key, delay, error)
         else:
             await self.queue.done(task.key)
             await self._report_count()
         finally:
-            self._inflight.discard(task.key)
             self._wake.set()

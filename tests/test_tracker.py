@@ -13,13 +13,11 @@ import pytest
 from kraken.config import ConfigError, build, load_config
 from kraken.core.bencode import bencode
 from kraken.core.digest import Digest
-from kraken.tasks import TaskOwner
 from kraken.tracker.announce import AnnounceError, compact, encode_peers, parse_announce, peer_ip
 from kraken.tracker.config import TrackerConfig, split_host_port
 from kraken.tracker.handout import handout
 from kraken.tracker.metainfo import MetainfoCache
 from kraken.tracker.peerstore import Peer, PeerAddr, Swarm
-from kraken.tracker.singleflight import SingleFlight
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -190,48 +188,6 @@ async def test_cache_entries_expire() -> None:
     while cache.get(D[0]) is not None:
         assert time.monotonic() < deadline, "cache entry never expired"
         await asyncio.sleep(0.01)
-
-
-# ---- single flight -------------------------------------------------------------------------
-
-
-async def test_single_flight_shares_one_call_and_survives_a_caller_leaving() -> None:
-    owner = TaskOwner("test")
-    flights: SingleFlight[str, int] = SingleFlight(owner)
-    gate = asyncio.Event()
-    calls = 0
-
-    async def call() -> int:
-        nonlocal calls
-        calls += 1
-        await gate.wait()
-        return calls
-
-    waiters = [asyncio.create_task(flights.run("k", call)) for _ in range(5)]
-    other = asyncio.create_task(flights.run("other", call))
-    while calls < 2:  # both calls are waiting at the gate, every waiter has joined one
-        await asyncio.sleep(0)
-    waiters[0].cancel()
-    gate.set()
-    # One call per key; each returns the call count seen once the gate opens.
-    assert await asyncio.gather(*waiters[1:]) == [2] * 4
-    assert await other == 2 and calls == 2
-    assert waiters[0].cancelled()
-    assert await flights.run("k", call) == 3  # a finished flight is not reused
-    await owner.close()
-
-
-async def test_single_flight_passes_errors_to_every_caller() -> None:
-    owner = TaskOwner("test")
-    flights: SingleFlight[str, int] = SingleFlight(owner)
-
-    async def fail() -> int:
-        await asyncio.sleep(0)
-        raise KeyError("gone")
-
-    results = await asyncio.gather(*(flights.run("k", fail) for _ in range(3)), return_exceptions=True)
-    assert all(isinstance(r, KeyError) for r in results)
-    await owner.close()
 
 
 # ---- config --------------------------------------------------------------------------------

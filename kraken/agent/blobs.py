@@ -42,7 +42,7 @@ from kraken.metrics import Metrics
 from kraken.p2p import DownloadResult, P2PError, P2PSession
 from kraken.p2p.pieces import staggered_priorities
 from kraken.store.cas import CAStore, file_key
-from kraken.tasks import TaskOwner
+from kraken.tasks import SingleFlight, TaskOwner
 
 log = get_logger("agent")
 
@@ -98,7 +98,7 @@ class AgentBlobs:
         self.tracker = tracker
         self.download_timeout = download_timeout
         self._tasks = TaskOwner("agent-downloads")
-        self._inflight: dict[Digest, asyncio.Future[Path | None]] = {}
+        self._downloads: SingleFlight[Digest, Path | None] = SingleFlight(self._tasks, "download")
         self._reseeding: set[Digest] = set()
         self._fetches = metrics.counter(
             "kraken_agent_blob_fetches_total",
@@ -157,30 +157,17 @@ class AgentBlobs:
                 self._seed_again(digest)
                 return path
             await self._drop_torrent(self.cas.path(digest))
-        fut = self._inflight.get(digest)
-        if fut is None:
-            fut = asyncio.get_running_loop().create_future()
-            fut.add_done_callback(_consume)
-            self._inflight[digest] = fut
-            self._tasks.spawn(self._run(namespace, digest, fut), f"download:{digest.hex[:12]}")
-        return await asyncio.shield(fut)
+        return await self._downloads.run(digest, lambda: self._counted_download(namespace, digest))
 
-    async def _run(self, namespace: str, digest: Digest, fut: asyncio.Future[Path | None]) -> None:
-        """Settle ``fut`` with the download's outcome (the task itself never fails, so errors
-        are reported once, by the callers, not again by the task owner)."""
+    async def _counted_download(self, namespace: str, digest: Digest) -> Path | None:
+        """:meth:`_download`, counted once per download however many callers share it."""
         try:
             path = await self._download(namespace, digest)
-        except asyncio.CancelledError:
-            fut.cancel()
-            raise
-        except Exception as e:  # noqa: BLE001 - handed to every waiting caller
+        except Exception as e:
             self._fetches.labels("corrupt" if isinstance(e, CorruptBlob) else "error").inc()
-            fut.set_exception(e)
-        else:
-            self._fetches.labels("not_found" if path is None else "downloaded").inc()
-            fut.set_result(path)
-        finally:
-            self._inflight.pop(digest, None)
+            raise
+        self._fetches.labels("not_found" if path is None else "downloaded").inc()
+        return path
 
     async def _download(self, namespace: str, digest: Digest) -> Path | None:
         start = time.monotonic()
@@ -188,7 +175,8 @@ class AgentBlobs:
             metainfo = await self.tracker.get_metainfo(namespace, digest)
         except EmptyBlob:
             if digest != EMPTY_SHA256:
-                raise BlobUnavailable(f"the origin says {digest} is empty, but that is not the digest of no bytes") from None
+                raise BlobUnavailable(
+                    f"the origin says {digest} is empty, but that is not the digest of no bytes") from None
             return await self.cas.put_bytes(digest, b"")
         if metainfo is None:
             log.info("blob not found", namespace=namespace, digest=digest)
@@ -325,12 +313,6 @@ class AgentBlobs:
         if metainfo is not None:
             await self.session.remove(await asyncio.to_thread(metainfo_info_hash, metainfo))
         return await asyncio.to_thread(self.cas.delete, digest)
-
-
-def _consume(fut: asyncio.Future) -> None:
-    """Mark a shared download's failure as seen, even if every caller went away."""
-    if not fut.cancelled():
-        fut.exception()
 
 
 def _reset_dir(path: Path) -> None:

@@ -2,14 +2,16 @@
 
 A request for a missing blob asks the backend whether it has it: if not, the answer is 404;
 if so, a fetch starts in the background and the request is answered 202 (the client polls).
-Concurrent requests for the same digest share that one fetch. The download goes to a
-temporary file beside the cache and enters the cache only after its sha256 matches.
+Concurrent requests for the same digest share that one fetch (a single flight of the
+origin's task owner). The download goes to a temporary file beside the cache and enters the
+cache only after its sha256 matches.
 
-A backend copy that fails that check is logged, and the blob is asked of the other ring owners, from their caches only (verified there, and again
-here): when one has a good copy, the blob is cached from it and ``on_repaired`` queues a
-write-back, which overwrites the backend's bad copy (see kraken.origin.writeback). Such a
-fetch counts as ``result="repaired"``, one that found no good copy as ``"corrupt"``. The other
-owners are also asked, once, for a blob this origin quarantined while the backend lacks it
+A backend copy that fails that check is logged, and the blob is asked of the other ring
+owners, from their caches only (verified there, and again here): when one has a good copy,
+the blob is cached from it and ``on_repaired`` queues a write-back, which overwrites the
+backend's bad copy (see kraken.origin.writeback). Such a fetch counts as
+``result="repaired"``, one that found no good copy as ``"corrupt"``. The other owners are
+also asked, once, for a blob this origin quarantined while the backend lacks it
 (``result="replica"``, or ``"not_found"``).
 """
 from __future__ import annotations
@@ -29,7 +31,7 @@ from kraken.log import get_logger
 from kraken.metrics import Metrics
 from kraken.origin.client import BlobNotFound, OriginClient
 from kraken.store.cas import CAStore, DigestMismatch
-from kraken.tasks import TaskOwner
+from kraken.tasks import SingleFlight, TaskOwner
 
 log = get_logger("origin")
 
@@ -49,13 +51,12 @@ class BackendFetcher:
     ) -> None:
         self._store = store
         self._router = router
-        self._owner = owner
         self._on_fetched = on_fetched
         self._peers = peers
         self._http = http
         self._on_repaired = on_repaired
         self._limit = asyncio.Semaphore(concurrency)
-        self._inflight: dict[Digest, asyncio.Task] = {}
+        self._fetching: SingleFlight[Digest, None] = SingleFlight(owner, "fetch")
         self._tmp_dir = store.root / "fetch"
         self._fetches = metrics.counter(
             "kraken_origin_backend_fetches_total", "Blob fetches from a storage backend", ["result"]
@@ -73,7 +74,7 @@ class BackendFetcher:
         quarantined its copy (it was pushed here, its write-back not done yet). Raises
         :class:`BackendError` when the backend cannot be asked.
         """
-        if digest in self._inflight:
+        if digest in self._fetching:
             return True
         try:
             backend = self._router.for_namespace(namespace)
@@ -85,10 +86,8 @@ class BackendFetcher:
             fetch = self._fetch_from_peers
         else:
             return False
-        if digest not in self._inflight and not self._store.exists(digest):
-            task = self._owner.spawn(fetch(namespace, digest), f"fetch:{digest}")
-            self._inflight[digest] = task
-            task.add_done_callback(lambda _: self._inflight.pop(digest, None))
+        if not self._store.exists(digest):
+            self._fetching.start(digest, lambda: fetch(namespace, digest))
         return True
 
     async def _fetch_from_peers(self, namespace: str, digest: Digest) -> None:
@@ -141,7 +140,8 @@ class BackendFetcher:
             except (TimeoutError, DigestMismatch, HTTPStatusError, OSError, aiohttp.ClientError) as e:
                 log.warning("ring owner has no good copy", host=host, digest=digest, error=f"{type(e).__name__}: {e}")
                 continue
-            log.warning("blob restored from a ring owner; writing it back", host=host, namespace=namespace, digest=digest)
+            log.warning("blob restored from a ring owner; writing it back",
+                        host=host, namespace=namespace, digest=digest)
             await self._on_repaired(namespace, digest)
             return True
         log.error("no ring owner has a good copy of the blob", namespace=namespace, digest=digest)

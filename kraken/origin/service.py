@@ -28,7 +28,7 @@ import asyncio
 import time
 from collections import Counter, OrderedDict
 from collections.abc import AsyncIterable, Hashable, Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from pathlib import Path
 from typing import Generic, TypeVar
 
@@ -47,7 +47,7 @@ from kraken.p2p import P2PError, P2PSession
 from kraken.persisted import PersistedQueue
 from kraken.ring import HashRing
 from kraken.store.cas import QUARANTINED_HELP, CAStore
-from kraken.tasks import TaskOwner
+from kraken.tasks import SingleFlight, TaskOwner
 
 log = get_logger("origin")
 
@@ -122,7 +122,7 @@ class OriginService:
         self._http = http
         # Digests between "commit started" and "write-back queued": protected from eviction.
         self._committing: Counter[Digest] = Counter()
-        self._metainfo_jobs: dict[Digest, asyncio.Task[bytes]] = {}
+        self._metainfo_jobs: SingleFlight[Digest, bytes] = SingleFlight(self.owner, "metainfo")
         # Started in start(); None before and in tests of the HTTP API that need no P2P.
         self.p2p: P2PSession | None = None
         # Digests on their way into the P2P session, and the info-hash -> digest of each blob
@@ -133,7 +133,7 @@ class OriginService:
         # (namespace, digest) pairs whose write-back is queued (or done), and the insert of
         # each pair under way, which concurrent requests for the same pair share.
         self._in_namespace: RecentSet[tuple[str, Digest]] = RecentSet(NAMESPACE_MEMO_SIZE)
-        self._queueing: dict[tuple[str, Digest], asyncio.Task[None]] = {}
+        self._queueing: SingleFlight[tuple[str, Digest], None] = SingleFlight(self.owner, "queue-writeback")
         self.writeback = WriteBack(writeback_queue, store, router, config.writeback, metrics, store.root / "fetch")
         self.replicator = Replicator(
             replication_queue, store, self.ring, self.identity, http, config.replication, metrics
@@ -259,21 +259,14 @@ class OriginService:
         the pair. Concurrent callers share one insert (and its delay); True for the caller
         that started it."""
         key = (namespace, digest)
-        job = self._queueing.get(key)
-        started = job is None
-        if job is None:
-            delay = self.config.replication.writeback_delay if replica else 0.0
-            job = self.owner.spawn(self._add_writeback(key, delay), f"queue-writeback:{namespace}:{digest}")
-            self._queueing[key] = job
-        await asyncio.shield(job)
+        started = key not in self._queueing
+        delay = self.config.replication.writeback_delay if replica else 0.0
+        await self._queueing.run(key, lambda: self._add_writeback(key, delay))
         return started
 
     async def _add_writeback(self, key: tuple[str, Digest], delay: float) -> None:
-        try:
-            await self.writeback.enqueue(*key, delay)
-            self._in_namespace.add(key)
-        finally:
-            self._queueing.pop(key, None)
+        await self.writeback.enqueue(*key, delay)
+        self._in_namespace.add(key)
 
     # ---- reads ---------------------------------------------------------------------------
 
@@ -314,7 +307,7 @@ class OriginService:
             if data is None:
                 if self.store.size(digest) == 0:
                     raise EmptyBlobError(f"{digest} is empty")
-                data = await asyncio.shield(self._metainfo_job(digest))
+                data = await self._metainfo_jobs.run(digest, lambda: self._generate_metainfo(digest))
             await self._seed(namespace, digest, data)
         return data
 
@@ -361,11 +354,9 @@ class OriginService:
             self.store.touch(digest)  # see _find_protected
             if not self.store.exists(digest):
                 return
-            data = await asyncio.shield(self._metainfo_job(digest))
-            try:
+            data = await self._metainfo_jobs.run(digest, lambda: self._generate_metainfo(digest))
+            with suppress(SeedError):  # logged; the tracker's metainfo request tries again
                 await self._seed(namespace, digest, data)
-            except SeedError:
-                pass  # logged; the tracker's metainfo request tries again
 
     def _seeded_digests(self) -> set[Digest]:
         """Digests being seeded or about to be; forgets torrents the session dropped as idle."""
@@ -387,18 +378,11 @@ class OriginService:
     def _start_metainfo(self, digest: Digest) -> None:
         """Generate a new blob's metainfo in the background, so it is ready when peers ask."""
         if self.store.size(digest):
-            self._metainfo_job(digest)
-
-    def _metainfo_job(self, digest: Digest) -> asyncio.Task[bytes]:
-        """The one generation of ``digest``'s metainfo, started if none is running."""
-        job = self._metainfo_jobs.get(digest)
-        if job is None:
-            job = self.owner.spawn(self._generate_metainfo(digest), f"metainfo:{digest}")
-            self._metainfo_jobs[digest] = job
-            job.add_done_callback(lambda _: self._metainfo_jobs.pop(digest, None))
-        return job
+            self._metainfo_jobs.start(digest, lambda: self._generate_metainfo(digest))
 
     async def _generate_metainfo(self, digest: Digest) -> bytes:
+        """The one generation of ``digest``'s metainfo (a single flight: concurrent callers
+        and the background start share it)."""
         cached = await self.store.read_meta(digest, METAINFO)
         if cached is not None:
             return cached

@@ -41,6 +41,7 @@ from prometheus_client import Counter
 
 from kraken.core.digest import Digest, DigestError, hash_file_sync, new_hasher
 from kraken.log import get_logger
+from kraken.tasks import SingleFlight
 
 WRITE_BATCH = 4 << 20
 
@@ -118,9 +119,9 @@ class CAStore:
         self.cache_dir.mkdir(parents=True, exist_ok=True)
         self._uploads: dict[str, _Upload] = {}
         self._verified: dict[Digest, FileKey] = {}
-        # One lock per digest being hashed (with its number of users), so that concurrent
-        # first reads share one hash: the ones waiting find the record made by the first.
-        self._verify_locks: dict[Digest, tuple[asyncio.Lock, int]] = {}
+        # Concurrent first reads of a digest share one hash; it is cancelled once every
+        # reader waiting for it went away.
+        self._verifying: SingleFlight[Digest, Path | None] = SingleFlight(name="verify")
         self._quarantined = quarantined
         # Digests quarantined by this process (the most recent ones): a blob the backend
         # lacks may still be had from another origin (see kraken.origin.fetch).
@@ -310,17 +311,7 @@ class CAStore:
             return None
         if self._verified.get(digest) == key:
             return path
-        lock, users = self._verify_locks.get(digest, (asyncio.Lock(), 0))
-        self._verify_locks[digest] = (lock, users + 1)
-        try:
-            async with lock:
-                return await self._verify(digest, path)
-        finally:
-            lock, users = self._verify_locks[digest]
-            if users == 1:
-                del self._verify_locks[digest]
-            else:
-                self._verify_locks[digest] = (lock, users - 1)
+        return await self._verifying.run(digest, lambda: self._verify(digest, path))
 
     def adopt_verified(self, digest: Digest, key: FileKey | None) -> bool:
         """Record the cached file of ``digest`` as verified if it is still the file ``key``
@@ -340,7 +331,7 @@ class CAStore:
         return await self.verified_path(digest)
 
     async def _verify(self, digest: Digest, path: Path) -> Path | None:
-        """Hash ``path`` unless a reader did while we waited; called with the digest's lock.
+        """Hash ``path`` (the one flight of ``digest``'s verification) unless it is known good.
 
         A file replaced or written while it was hashed is looked at again, a few times; one
         that never holds still is reported absent (the caller fetches a copy it can trust).

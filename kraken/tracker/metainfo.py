@@ -24,9 +24,8 @@ from kraken.core.metainfo import info_hash
 from kraken.http.client import HTTPStatusError
 from kraken.log import get_logger
 from kraken.origin.client import BlobNotFound, BlobNotReady, OriginCluster
-from kraken.tasks import TaskOwner
+from kraken.tasks import SingleFlight, TaskOwner
 from kraken.tracker.metrics import TrackerMetrics
-from kraken.tracker.singleflight import SingleFlight
 
 log = get_logger("tracker")
 

@@ -9,7 +9,7 @@ import pytest
 
 from kraken.agent.__main__ import apply_arguments
 from kraken.agent.blobs import METAINFO_META, AgentBlobs, BlobUnavailable, parse_metainfo
-from kraken.agent.cleanup import CacheCleanup, CacheEntry, choose_victims
+from kraken.agent.cleanup import CacheCleanup, victim_rule
 from kraken.agent.config import AgentConfig, CleanupConfig
 from kraken.cli import build_parser
 from kraken.config import ConfigError, build, load_config
@@ -17,6 +17,7 @@ from kraken.core.digest import Digest
 from kraken.core.metainfo import generate_metainfo, info_hash
 from kraken.metrics import Metrics
 from kraken.store.cas import CAStore
+from kraken.store.eviction import Entry, Verdict
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -42,7 +43,8 @@ def test_flags_override_ports_and_peer_ip() -> None:
     apply_arguments(config, args)
     assert (config.listen.port, config.server.port, config.p2p.listen.port) == (17000, 17002, 17001)
     assert config.p2p.peer_ip == "10.1.2.3"
-    defaults = apply_arguments(build(AgentConfig, {"store": {"root": "/x"}}), build_parser("agent").parse_args(["agent"]))
+    defaults = apply_arguments(
+        build(AgentConfig, {"store": {"root": "/x"}}), build_parser("agent").parse_args(["agent"]))
     assert (defaults.server.port, defaults.p2p.listen.port, defaults.p2p.peer_ip) == (16002, 16001, "")
 
 
@@ -62,8 +64,21 @@ def test_metainfo_must_be_one_file_named_after_the_digest(tmp_path: Path) -> Non
         parse_metainfo(b"not bencoded", digest)
 
 
-def entry(name: bytes, age: float, size: int, now: float) -> CacheEntry:
-    return CacheEntry(Digest.of_bytes(name), now - age, size)
+def entry(name: bytes, age: float, size: int, now: float) -> Entry:
+    return Entry(Digest.of_bytes(name), now - age, size)
+
+
+def choose_victims(entries: list[Entry], now: float, tti: float, threshold: int) -> list[Entry]:
+    """The agent's rule applied as a sweep applies it (every delete succeeding)."""
+    rule, usage, victims = victim_rule(now, tti, threshold), sum(e.size for e in entries), []
+    for e in sorted(entries, key=lambda e: e.last_access):
+        verdict = rule(e, usage)
+        if verdict is Verdict.STOP:
+            break
+        if verdict is Verdict.EVICT:
+            victims.append(e)
+            usage -= e.size
+    return victims
 
 
 def test_victims_by_idle_time_then_least_recently_used_above_the_threshold() -> None:

@@ -25,7 +25,6 @@ would make it fail the agents downloading it.
 from __future__ import annotations
 
 import asyncio
-import time
 from collections import Counter, OrderedDict
 from collections.abc import AsyncIterable, Hashable, Iterator
 from contextlib import contextmanager, suppress
@@ -38,7 +37,7 @@ from kraken.core.metainfo import EmptyBlobError, generate_metainfo, piece_length
 from kraken.http.client import HttpClient
 from kraken.log import get_logger
 from kraken.metrics import Metrics
-from kraken.origin import cleanup
+from kraken.origin.cleanup import OriginCleanup
 from kraken.origin.config import OriginConfig
 from kraken.origin.fetch import BackendFetcher
 from kraken.origin.replication import Replicator
@@ -144,7 +143,7 @@ class OriginService:
             on_repaired=self.writeback.enqueue,
         )
         self._uploads = metrics.counter("kraken_origin_uploads_total", "Blobs committed by upload", ["source"])
-        self._evictions = metrics.counter("kraken_origin_evictions_total", "Blobs evicted from the cache")
+        self.cleanup = OriginCleanup(store, self._protected, config.cleanup, metrics)
 
     @classmethod
     async def create(cls, config: OriginConfig, metrics: Metrics) -> OriginService:
@@ -166,7 +165,7 @@ class OriginService:
             log.info("partial uploads of a previous run removed", count=removed)
         self.writeback.worker.start(self.owner)
         self.replicator.worker.start(self.owner)
-        self.owner.spawn(self._cleanup_loop(), "cleanup")
+        self.owner.spawn(self.cleanup.run(), "cleanup")
         log.info(
             "origin started",
             identity=self.identity,
@@ -401,26 +400,12 @@ class OriginService:
 
     async def evict(self, idle_for: float, max_usage: int = 0) -> list[Digest]:
         """Evict blobs idle for ``idle_for`` seconds (and LRU ones above ``max_usage`` bytes)."""
-        idle_before = time.time() - idle_for
-        entries = await asyncio.to_thread(cleanup.scan, self.store)
-        # Order matters (see kraken.origin.cleanup): the committing set is read before the queues.
+        return await self.cleanup.evict(idle_for, max_usage)
+
+    async def _protected(self) -> set[Digest]:
+        """What eviction must keep. Order matters (see kraken.origin.cleanup): the committing
+        set is read before the queues."""
         protected = set(self._committing) | self._seeded_digests()
         protected |= await self.writeback.pending_digests()
         protected |= await self.replicator.pending_digests()
-        evicted = await asyncio.to_thread(cleanup.evict, self.store, entries, protected, idle_before, max_usage)
-        if evicted:
-            self._evictions.inc(len(evicted))
-            log.info("blobs evicted", count=len(evicted), kept_pending=len(protected))
-        return evicted
-
-    async def _cleanup_loop(self) -> None:
-        settings = self.config.cleanup
-        while True:
-            await asyncio.sleep(settings.interval)
-            try:
-                removed = await asyncio.to_thread(self.store.cleanup_uploads, settings.upload_ttl)
-                if removed:
-                    log.info("stale uploads removed", count=removed)
-                await self.evict(settings.tti, settings.disk_usage_threshold)
-            except Exception:  # noqa: BLE001 - a failed sweep must not end cleanup for good
-                log.exception("cleanup sweep failed")
+        return protected

@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import functools
-import re
 from collections.abc import Awaitable, Callable
 
 import aiohttp
@@ -11,6 +10,7 @@ from aiohttp import web
 from kraken.backend import BackendError
 from kraken.core.digest import Digest, DigestError
 from kraken.core.metainfo import EmptyBlobError
+from kraken.core.ranges import parse_content_range
 from kraken.http.app import METRICS, create_app
 from kraken.http.names import check_namespace
 from kraken.log import get_logger
@@ -25,10 +25,6 @@ SERVICE: web.AppKey[OriginService] = web.AppKey("origin_service", OriginService)
 
 BODY_CHUNK = 1 << 20
 FILE_CHUNK = 256 << 10
-
-# "start-end" (end exclusive) or "start-" (a stream of unknown length); a "bytes " prefix
-# and a "/total" suffix are tolerated.
-_CONTENT_RANGE = re.compile(r"^\s*(?:bytes[ =])?(\d+)-(\d*)(?:/(?:\d+|\*))?\s*$")
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
@@ -98,15 +94,14 @@ async def patch_upload(request: web.Request) -> web.Response:
     if "digest" in request.match_info:
         _digest(request)
     uid = request.match_info["uid"]
+    # "start-end" (end exclusive) or "start-" (a stream of unknown length).
     header = request.headers.get("Content-Range")
     start = end = None
     if header is not None:
-        m = _CONTENT_RANGE.match(header)
-        if m is None:
-            return web.Response(status=400, text=f"bad Content-Range {header!r} (want start-end)\n")
-        start, end = int(m.group(1)), int(m.group(2)) if m.group(2) else None
-        if end is not None and end < start:
-            return web.Response(status=400, text=f"bad Content-Range {header!r}: end before start\n")
+        try:
+            start, end = parse_content_range(header)
+        except ValueError as e:
+            return web.Response(status=400, text=f"{e}\n")
     try:
         size = await _svc(request).write(uid, request.content.iter_chunked(BODY_CHUNK), start)
     except (aiohttp.ClientPayloadError, ConnectionError) as e:

@@ -16,6 +16,7 @@ from stat import S_ISREG
 
 from aiohttp import web
 
+from kraken.core.ranges import ByteRange, RangeNotSatisfiable, parse_range
 from kraken.http.app import create_app
 from kraken.http.files import write_file
 from kraken.log import get_logger
@@ -41,25 +42,13 @@ def _resolve(request: web.Request) -> Path:
         raise _json_error(web.HTTPBadRequest, str(e)) from None
 
 
-def _byte_range(request: web.Request, size: int) -> tuple[int, int] | None:
-    """``(start, stop)`` to serve, or None to serve everything with 200.
-
-    A malformed Range header is ignored (RFC 9110 section 14.2); an unsatisfiable one raises 416.
-    """
-    if "Range" not in request.headers:
-        return None
+def _byte_range(request: web.Request, size: int) -> ByteRange | None:
+    """The range to serve with 206, or None to serve everything with 200 (see
+    :func:`kraken.core.ranges.parse_range`); an unsatisfiable one raises 416."""
     try:
-        rng = request.http_range
-    except ValueError:
-        return None
-    start, stop = rng.start, rng.stop
-    if start < 0:  # suffix range: the last -start bytes
-        start, stop = max(0, size + start), size
-    else:
-        stop = size if stop is None else min(stop, size)
-    if start >= size:
-        raise web.HTTPRequestRangeNotSatisfiable(headers={"Content-Range": f"bytes */{size}"})
-    return start, stop
+        return parse_range(request.headers.get("Range"), size)
+    except RangeNotSatisfiable as e:
+        raise web.HTTPRequestRangeNotSatisfiable(headers={"Content-Range": e.content_range}) from None
 
 
 async def head_file(request: web.Request) -> web.Response:
@@ -88,16 +77,16 @@ async def get_file(request: web.Request) -> web.StreamResponse:
             raise web.HTTPNotFound()
         size = st.st_size
         rng = _byte_range(request, size)
-        start, stop = rng or (0, size)
+        start, length = (rng.start, rng.length) if rng is not None else (0, size)
         resp = web.StreamResponse(status=200 if rng is None else 206)
         resp.content_type = "application/octet-stream"
-        resp.content_length = stop - start
+        resp.content_length = length
         resp.headers["Accept-Ranges"] = "bytes"
         if rng is not None:
-            resp.headers["Content-Range"] = f"bytes {start}-{stop - 1}/{size}"
+            resp.headers["Content-Range"] = rng.content_range()
         await resp.prepare(request)
         # Files are only ever replaced by rename, so the open file's content is fixed.
-        await write_file(request, resp, f, start, stop - start)
+        await write_file(request, resp, f, start, length)
         await resp.write_eof()
         return resp
 

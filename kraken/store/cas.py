@@ -475,7 +475,7 @@ def file_key(path: Path) -> FileKey | None:
         return None
 
 
-def _write_and_hash(f, batch: list[bytes], hashers: dict) -> None:
+def _write_and_hash(f: BinaryIO, batch: list[bytes], hashers: dict) -> None:
     for chunk in batch:
         f.write(chunk)
         for h in hashers.values():

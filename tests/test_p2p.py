@@ -540,7 +540,7 @@ async def test_a_single_piece_blob_offered_by_two_seeders_is_downloaded_once(
         assert result.path.read_bytes() == blob.data
         assert result.downloaded == size, result.downloaded_by_source
         # Complete, it seeds to as many peers at once as any torrent.
-        handle = agent._get(result.info_hash).handle
+        handle = agent._torrents.require(result.info_hash).handle
         assert await asyncio.to_thread(handle.max_connections) == agent.config.connections_per_torrent
 
 

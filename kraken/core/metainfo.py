@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import hashlib
 from pathlib import Path
+from typing import Any
 
 import libtorrent as lt
 
@@ -50,8 +51,8 @@ def generate_metainfo(path: Path, name: str, piece_length: int) -> bytes:
         for piece in range(creator.num_pieces()):
             n = f.readinto(buf)
             creator.set_hash(piece, hashlib.sha1(view[:n]).digest())
-    info = creator.generate()[b"info"]
-    return lt.bencode({b"info": info})
+    torrent: dict[bytes, Any] = {b"info": creator.generate()[b"info"]}
+    return lt.bencode(torrent)
 
 
 def info_hash(metainfo: bytes) -> str:

@@ -2,7 +2,7 @@
 
 Every setting here maps onto one libtorrent setting or one behaviour of
 :class:`kraken.p2p.session.P2PSession`; the reasons for the values libtorrent needs that are
-not configurable (TCP only, one peer class, ...) are in that module's docstring.
+not configurable (TCP only, one peer class, ...) are in :mod:`kraken.p2p.settings`.
 """
 from __future__ import annotations
 

@@ -19,7 +19,7 @@ import math
 from dataclasses import dataclass
 from urllib.parse import unquote, unquote_to_bytes
 
-from kraken.core.bencode import bencode
+from kraken.core.bencode import Bencodable, bencode
 from kraken.tracker.peerstore import PeerAddr
 
 # "paused" (BEP 21) is a plain re-announce here.
@@ -125,7 +125,7 @@ def encode_peers(interval: float, seeders: int, leechers: int, peers: list[PeerA
     """A successful announce answer. ``interval`` is whole seconds on the wire (at least 1)."""
     seconds = max(1, math.ceil(interval))
     v4, v6 = compact(peers)
-    answer: dict[str, int | bytes] = {
+    answer: dict[bytes | str, Bencodable] = {
         "interval": seconds, "min interval": seconds, "complete": seeders, "incomplete": leechers, "peers": v4,
     }
     if v6:

@@ -12,8 +12,8 @@ from stat import S_ISREG
 
 from kraken.backend.base import Backend, BackendError, BackendNotFound, BlobInfo, InvalidName
 from kraken.backend.config import FileBackendConfig
+from kraken.backend.filetree import FileTree, UnsafePath, atomic_copy, atomic_write_bytes
 from kraken.backend.namepath import ObjectLayout
-from kraken.testfs.filetree import FileTree, UnsafePath, atomic_copy, atomic_write_bytes
 
 # Opening an object fails with these when it does not exist (or a directory has its name).
 _MISSING = (FileNotFoundError, IsADirectoryError, NotADirectoryError)

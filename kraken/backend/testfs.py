@@ -16,8 +16,8 @@ import aiohttp
 from kraken.backend.base import Backend, BackendError, BackendNotFound, BlobInfo, InvalidName
 from kraken.backend.config import TestfsBackendConfig
 from kraken.backend.namepath import ObjectLayout
+from kraken.backend.testfs_client import TestfsClient, TestfsNotFound
 from kraken.http.client import ClientConfig, HttpClient, HTTPStatusError
-from kraken.testfs.client import TestfsClient, TestfsNotFound
 
 
 class TestfsBackend(Backend):

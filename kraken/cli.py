@@ -34,6 +34,7 @@ def build_parser(chosen: str | None) -> argparse.ArgumentParser:
     for name, (module_name, help_text) in COMPONENTS.items():
         p = sub.add_parser(name, help=help_text, description=f"kraken {name}: {help_text}")
         p.add_argument("--config", help="YAML config file (may `extends:` others)")
+        p.add_argument("--secrets", metavar="FILE", help="YAML file of credentials (`auth:`) merged over the config")
         p.add_argument("--port", type=int, help="listen port (overrides the config)")
         p.add_argument("--host", help="listen address (overrides the config)")
         p.add_argument("--log-level", default="INFO", help="DEBUG, INFO, WARNING, ERROR")
@@ -60,12 +61,11 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def load_component_config(cls: type[T], args: argparse.Namespace, example: str | None = None) -> T:
-    """The effective config: the ``--config`` file, then ``--host``/``--port``. Without a file,
-    the dataclass defaults when ``example`` is None, else an error that shows the example."""
-    if args.config:
-        config: Any = load_config(cls, args.config)
-    elif example is None:
-        config = cls()
+    """The effective config: the ``--config`` file, the ``--secrets`` file merged over it, then
+    ``--host``/``--port``. Without a config file, the dataclass defaults when ``example`` is
+    None, else an error that shows the example."""
+    if args.config or example is None:
+        config: Any = load_config(cls, args.config or None, secrets=args.secrets)
     else:
         raise ConfigError(f"--config is required (e.g. {example})")
     apply_listen_overrides(config.listen, args.host, args.port)

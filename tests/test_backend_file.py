@@ -14,13 +14,13 @@ class TestFileBackend(BackendSuite):
     @pytest.fixture
     def backend_config(self, tmp_path: Path) -> ConfigFactory:
         def make(root: str, name_path: str) -> BackendConfig:
-            return BackendConfig(file=FileBackendConfig(root=str(tmp_path / "store" / root), name_path=name_path))
+            return BackendConfig("file", FileBackendConfig(root=str(tmp_path / "store" / root), name_path=name_path))
 
         return make
 
 
 async def test_writes_leave_no_temp_files(tmp_path: Path) -> None:
-    backend = create_backend(BackendConfig(file=FileBackendConfig(root=str(tmp_path), name_path="docker_tag")))
+    backend = create_backend(BackendConfig("file", FileBackendConfig(root=str(tmp_path), name_path="docker_tag")))
     src = tmp_path.parent / f"{tmp_path.name}-src"
     src.write_bytes(b"manifest digest")
     await backend.upload("test/x", "test/x:v1", src)
@@ -36,7 +36,7 @@ async def test_symlink_out_of_root_is_refused(tmp_path: Path) -> None:
     outside.mkdir()
     (outside / "secret").write_bytes(b"secret")
     os.symlink(outside, root / "link")
-    backend = create_backend(BackendConfig(file=FileBackendConfig(root=str(root))))
+    backend = create_backend(BackendConfig("file", FileBackendConfig(root=str(root))))
     with pytest.raises(InvalidName):
         await backend.download_bytes("ns", "link/secret")
     with pytest.raises(InvalidName):

@@ -49,7 +49,7 @@ class TestTestfsBackend(BackendSuite):
     @pytest.fixture
     def backend_config(self, testfs_addr: str) -> ConfigFactory:
         def make(root: str, name_path: str) -> BackendConfig:
-            return BackendConfig(testfs=TestfsBackendConfig(addr=testfs_addr, root=root, name_path=name_path))
+            return BackendConfig("testfs", TestfsBackendConfig(addr=testfs_addr, root=root, name_path=name_path))
 
         return make
 
@@ -57,9 +57,9 @@ class TestTestfsBackend(BackendSuite):
 async def test_file_backend_reads_what_testfs_wrote(tmp_path: Path) -> None:
     """Both lay objects out the same way, so a testfs root can be served as a file backend."""
     server = await start_testfs(tmp_path / "shared")
-    via_http = create_backend(BackendConfig(testfs=TestfsBackendConfig(
+    via_http = create_backend(BackendConfig("testfs", TestfsBackendConfig(
         addr=f"127.0.0.1:{server.port}", root="blobs", name_path="sharded_docker_blob")))
-    via_disk = create_backend(BackendConfig(file=FileBackendConfig(
+    via_disk = create_backend(BackendConfig("file", FileBackendConfig(
         root=str(tmp_path / "shared" / "blobs"), name_path="sharded_docker_blob")))
     try:
         hexd = digest_hex(b"shared blob")

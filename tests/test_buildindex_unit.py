@@ -339,8 +339,8 @@ def test_development_config_loads() -> None:
     assert config.origins.hosts == ["localhost:15002"]
     assert config.cache_ttl == 0
     (entry,) = config.backends
-    assert entry.backend.testfs is not None
-    assert (entry.namespace, entry.backend.testfs.addr, entry.backend.testfs.name_path) == (
+    assert entry.backend.kind == "testfs"
+    assert (entry.namespace, entry.backend.config.addr, entry.backend.config.name_path) == (
         ".*", "localhost:14000", "docker_tag")
 
 

@@ -3,7 +3,7 @@ from typing import Literal
 
 import pytest
 
-from kraken.config import ByteSize, ConfigError, Duration, ListenConfig, load_config
+from kraken.config import ByteSize, ConfigError, Duration, ListenConfig, Secret, load_config
 
 
 @dataclass
@@ -105,3 +105,60 @@ def test_origin_piece_lengths_need_a_zero_threshold(tmp_path):
     path = write(tmp_path / "o.yaml", "store: {root: /tmp/x}\nmetainfo: {piece_lengths: {1GB: 16MB}}\n")
     with pytest.raises(ConfigError, match=r"metainfo: piece_lengths needs a 0 threshold"):
         load_config(OriginConfig, path)
+
+
+@dataclass
+class WithAuth:
+    name: str
+    auth: dict[str, Secret] = field(default_factory=dict)
+    inner: Inner = field(default_factory=Inner)
+
+
+def test_secrets_file_is_merged_over_the_config(tmp_path):
+    config = write(tmp_path / "c.yaml", "name: x\ninner: {mode: b}\nauth: {user: placeholder}\n")
+    secrets = write(tmp_path / "s.yaml", "auth: {password: hunter2, user: u}\ninner: {size: 2KB}\n")
+    cfg = load_config(WithAuth, config, secrets=secrets)
+    assert cfg.auth == {"user": Secret("u"), "password": Secret("hunter2")}
+    assert (cfg.inner.size, cfg.inner.mode) == (2048, "b")
+    assert cfg.auth["password"].reveal() == "hunter2"
+
+
+def test_a_secret_never_prints_itself():
+    secret = Secret("hunter2")
+    for text in (repr(secret), str(secret), f"{secret}", repr(WithAuth("x", {"p": secret}))):
+        assert "hunter2" not in text and "<redacted>" in text
+
+
+def test_secrets_without_a_config_file_build_on_the_defaults(tmp_path):
+    secrets = write(tmp_path / "s.yaml", "name: from-secrets\n")
+    assert load_config(WithAuth, None, secrets=secrets).name == "from-secrets"
+
+
+@pytest.mark.parametrize("text, message", [
+    ("inner: {mode: hunter2}\n", "s.yaml: inner.mode: expected one of ['a', 'b'], got <redacted>"),
+    ("inner: {size: hunter2}\n", "s.yaml: inner.size: <redacted>"),
+    ("auth: {p: [hunter2]}\n", "s.yaml: auth.p: expected a string (a secret, not shown), got list"),
+    ("extends: hunter2.yaml\n", "s.yaml: extends: unknown key"),
+    ("- hunter2\n", "s.yaml: top level must be a mapping"),
+    ("auth: {p: 'hunter2\n", "s.yaml: invalid YAML at line"),
+])
+def test_errors_about_secrets_file_values_name_the_file_not_the_value(tmp_path, text, message):
+    config = write(tmp_path / "c.yaml", "name: x\n")
+    secrets = write(tmp_path / "s.yaml", text)
+    with pytest.raises(ConfigError) as e:
+        load_config(WithAuth, config, secrets=secrets)
+    assert message in str(e.value)
+    assert "hunter2" not in str(e.value)
+
+
+def test_a_missing_secrets_file_is_named(tmp_path):
+    config = write(tmp_path / "c.yaml", "name: x\n")
+    with pytest.raises(ConfigError, match="nope.yaml: secrets file not found"):
+        load_config(WithAuth, config, secrets=tmp_path / "nope.yaml")
+
+
+def test_config_file_values_are_still_shown(tmp_path):
+    config = write(tmp_path / "c.yaml", "name: x\ninner: {mode: c}\n")
+    secrets = write(tmp_path / "s.yaml", "auth: {p: hunter2}\n")
+    with pytest.raises(ConfigError, match=r"c.yaml: inner.mode: expected one of \['a', 'b'\], got 'c'"):
+        load_config(WithAuth, config, secrets=secrets)

@@ -287,7 +287,7 @@ async def test_malformed_subject_is_manifest_invalid(herd: Herd, http: aiohttp.C
 async def test_store_lists_one_subject_in_either_layout(tmp_path: Path, name_path: str) -> None:
     """The ``identity`` layout lists names with ``/`` for ``:``; entries of other subjects and
     tags of the repository are not referrers."""
-    backend = BackendConfig(file=FileBackendConfig(root=str(tmp_path / "backend"), name_path=name_path))
+    backend = BackendConfig("file", FileBackendConfig(root=str(tmp_path / "backend"), name_path=name_path))
     router = build_router([NamespaceBackendConfig(namespace=".*", backend=backend)])
     try:
         store = ReferrerStore(router, max_referrers=2)

@@ -4,22 +4,17 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from kraken.cli import build_parser
 from kraken.config import load_config
-from kraken.testfs.__main__ import add_arguments, load
+from kraken.testfs.__main__ import load
 from kraken.testfs.config import TestfsConfig
 
 CONFIG_DIR = Path(__file__).resolve().parent.parent / "config" / "testfs"
 
 
 def parse(argv: list[str]) -> argparse.Namespace:
-    """Parse like ``kraken testfs`` does: the common flags of kraken.cli plus testfs's own."""
-    parser = argparse.ArgumentParser()
-    parser.add_argument("--config")
-    parser.add_argument("--port", type=int)
-    parser.add_argument("--host")
-    parser.add_argument("--log-level", default="INFO")
-    add_arguments(parser)
-    return parser.parse_args(argv)
+    """Parse as ``kraken testfs`` does: the common flags of kraken.cli plus testfs's own."""
+    return build_parser("testfs").parse_args(["testfs", *argv])
 
 
 def test_runs_without_a_config_file() -> None:

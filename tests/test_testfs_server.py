@@ -15,8 +15,8 @@ import pytest
 from aiohttp.test_utils import TestServer
 from yarl import URL
 
+from kraken.backend.filetree import TMP_DIR
 from kraken.testfs.config import TestfsConfig
-from kraken.testfs.filetree import TMP_DIR
 from kraken.testfs.server import create_testfs_app
 
 

@@ -19,7 +19,7 @@ import aiohttp
 from kraken.core.digest import Digest
 from kraken.http.client import HttpClient, HTTPStatusError
 from kraken.log import get_logger
-from kraken.tracker.slots import HEADER as SLOT_HEADER
+from kraken.tracker.protocol import SLOT_HEADER
 
 log = get_logger("agent")
 

@@ -1,22 +1,38 @@
 """Storage backends: where origins and build-index keep blobs and tags for good.
 
 See docs/CONTRACTS.md ("Storage backends"). Components build a :class:`BackendRouter` from
-their ``backends:`` config and ask it for the backend of each namespace.
+their ``backends:`` (and ``auth:``) config and ask it for the backend of each namespace. The
+kinds of backend are registered in :mod:`kraken.backend.registry`.
 """
-from kraken.backend.base import Backend, BackendError, BackendNotFound, BlobInfo, InvalidName
-from kraken.backend.config import BackendConfig, FileBackendConfig, NamespaceBackendConfig, TestfsBackendConfig
-from kraken.backend.file import FileBackend
+from kraken.backend.base import (
+    Backend,
+    BackendContext,
+    BackendError,
+    BackendNotFound,
+    BlobInfo,
+    Credentials,
+    InvalidName,
+)
+from kraken.backend.config import AuthConfig, BackendConfig, NamespaceBackendConfig
+from kraken.backend.file import FileBackend, FileBackendConfig
 from kraken.backend.namepath import NamePath, ObjectLayout, get_name_path
+from kraken.backend.registry import BACKENDS, BackendKind, BackendRegistry
 from kraken.backend.router import BackendRouter, build_router, create_backend
-from kraken.backend.testfs import TestfsBackend
+from kraken.backend.testfs import TestfsBackend, TestfsBackendConfig
 
 __all__ = [
+    "BACKENDS",
+    "AuthConfig",
     "Backend",
     "BackendConfig",
+    "BackendContext",
     "BackendError",
+    "BackendKind",
     "BackendNotFound",
+    "BackendRegistry",
     "BackendRouter",
     "BlobInfo",
+    "Credentials",
     "FileBackend",
     "FileBackendConfig",
     "InvalidName",

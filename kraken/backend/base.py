@@ -11,10 +11,16 @@ from __future__ import annotations
 import asyncio
 import uuid
 from abc import ABC, abstractmethod
-from dataclasses import dataclass
+from collections.abc import Mapping
+from dataclasses import dataclass, field
 from pathlib import Path
 
+from kraken.config import Secret
 from kraken.core.digest import Digest, hash_file
+
+#: One credential set of the ``auth:`` section: field name -> secret
+#: (e.g. ``{access_key_id: ..., secret_access_key: ...}``).
+Credentials = Mapping[str, Secret]
 
 
 @dataclass(frozen=True)
@@ -22,6 +28,18 @@ class BlobInfo:
     """What a backend knows about a stored object."""
 
     size: int
+
+
+@dataclass(frozen=True)
+class BackendContext:
+    """What a backend factory gets besides the backend's own config section.
+
+    ``credentials`` holds this kind's credential sets from the ``auth:`` section (normally the
+    ``--secrets`` file), by set name: ``auth: {s3: {team-a: {...}}}`` gives an s3 backend
+    ``{"team-a": {...}}``. Kinds that need none ignore it.
+    """
+
+    credentials: Mapping[str, Credentials] = field(default_factory=dict)
 
 
 class BackendNotFound(Exception):

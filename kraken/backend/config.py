@@ -1,4 +1,4 @@
-"""The ``backends:`` config shared by origin and build-index.
+"""The ``backends:`` and ``auth:`` config shared by origin and build-index.
 
 ```yaml
 backends:
@@ -6,56 +6,34 @@ backends:
     backend:
       testfs: {addr: "localhost:14000", root: "", name_path: sharded_docker_blob}
       # or: file: {root: /var/lib/kraken/backend, name_path: sharded_docker_blob}
+auth:                        # normally in the --secrets file, never in the config
+  <backend kind>:
+    <credential set>: {<field>: <secret>, ...}
 ```
 
-Mistakes (no backend kind, two kinds, a bad regex, an unknown ``name_path``) fail when the
-config is loaded, so a component never starts with a backend it cannot build.
+The backend kinds are those of :data:`kraken.backend.registry.BACKENDS`. Mistakes (no backend
+kind, two kinds, an unknown kind, a bad regex, an unknown ``name_path``) fail when the config is
+loaded, so a component never starts with a backend it cannot build.
 """
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass, fields
+from dataclasses import dataclass
+from typing import Annotated, ClassVar
 
-from kraken.backend.namepath import NamePathKind
-from kraken.config import ConfigError
+from kraken.backend.registry import BACKENDS
+from kraken.config import ConfigError, NamedIn, OneOf, Secret
 
-
-@dataclass
-class TestfsBackendConfig:
-    """A testfs server; ``root`` is a path prefix inside it, so several backends can share one."""
-
-    __test__ = False  # not a pytest test class despite the name
-
-    addr: str
-    root: str = ""
-    name_path: NamePathKind = "identity"
+#: The ``auth:`` section: backend kind -> credential-set name -> field -> secret. Each backend
+#: gets its kind's sets (:class:`~kraken.backend.base.BackendContext`).
+AuthConfig = Annotated[dict[str, dict[str, dict[str, Secret]]], NamedIn("backend", BACKENDS.names)]
 
 
-@dataclass
-class FileBackendConfig:
-    """A local directory, laid out exactly like a testfs root."""
+class BackendConfig(OneOf):
+    """Exactly one registered backend kind: ``{testfs: {...}}`` builds ``BackendConfig("testfs", ...)``."""
 
-    root: str
-    name_path: NamePathKind = "identity"
-
-
-@dataclass
-class BackendConfig:
-    """Exactly one backend kind must be set."""
-
-    testfs: TestfsBackendConfig | None = None
-    file: FileBackendConfig | None = None
-
-    def __post_init__(self) -> None:
-        kinds = [f.name for f in fields(self) if getattr(self, f.name) is not None]
-        if len(kinds) != 1:
-            allowed = ", ".join(f.name for f in fields(self))
-            got = ", ".join(kinds) or "none"
-            raise ConfigError(f"backend: exactly one of {allowed} must be set, got {got}")
-
-    @property
-    def kind(self) -> str:
-        return next(f.name for f in fields(self) if getattr(self, f.name) is not None)
+    what = "backend"
+    kinds: ClassVar = BACKENDS.config_classes
 
 
 @dataclass

@@ -7,16 +7,24 @@ old object or the new one, never a mix.
 from __future__ import annotations
 
 import asyncio
+from dataclasses import dataclass
 from pathlib import Path
 from stat import S_ISREG
 
 from kraken.backend.base import Backend, BackendError, BackendNotFound, BlobInfo, InvalidName
-from kraken.backend.config import FileBackendConfig
-from kraken.backend.namepath import ObjectLayout
-from kraken.testfs.filetree import FileTree, UnsafePath, atomic_copy, atomic_write_bytes
+from kraken.backend.filetree import FileTree, UnsafePath, atomic_copy, atomic_write_bytes
+from kraken.backend.namepath import NamePathKind, ObjectLayout
 
 # Opening an object fails with these when it does not exist (or a directory has its name).
 _MISSING = (FileNotFoundError, IsADirectoryError, NotADirectoryError)
+
+
+@dataclass
+class FileBackendConfig:
+    """A local directory, laid out exactly like a testfs root."""
+
+    root: str
+    name_path: NamePathKind = "identity"
 
 
 class FileBackend(Backend):

@@ -7,23 +7,24 @@ path handles it instead of a silent fallback.
 from __future__ import annotations
 
 import re
+from collections.abc import Mapping
 
-from kraken.backend.base import Backend, BackendError
+from kraken.backend.base import Backend, BackendContext, BackendError, Credentials
 from kraken.backend.config import BackendConfig, NamespaceBackendConfig
-from kraken.backend.file import FileBackend
-from kraken.backend.testfs import TestfsBackend
+from kraken.backend.registry import BACKENDS
 from kraken.log import get_logger
 
 log = get_logger("kraken.backend")
 
+#: The ``auth:`` section as built: backend kind -> credential-set name -> credentials.
+Auth = Mapping[str, Mapping[str, Credentials]]
 
-def create_backend(config: BackendConfig) -> Backend:
-    """Build the backend ``config`` describes (inside a running loop: it may open a client)."""
-    if config.testfs is not None:
-        return TestfsBackend(config.testfs)
-    if config.file is not None:
-        return FileBackend(config.file)
-    raise BackendError("backend config names no backend kind")
+
+def create_backend(config: BackendConfig, auth: Auth | None = None) -> Backend:
+    """Build the backend ``config`` describes, with its kind's credential sets from ``auth``
+    (inside a running loop: it may open a client)."""
+    context = BackendContext(credentials=(auth or {}).get(config.kind, {}))
+    return BACKENDS.get(config.kind).factory(config.config, context)
 
 
 class BackendRouter:
@@ -48,9 +49,9 @@ class BackendRouter:
             await backend.close()
 
 
-def build_router(configs: list[NamespaceBackendConfig]) -> BackendRouter:
+def build_router(configs: list[NamespaceBackendConfig], auth: Auth | None = None) -> BackendRouter:
     routes = []
     for entry in configs:
-        routes.append((re.compile(entry.namespace), create_backend(entry.backend)))
+        routes.append((re.compile(entry.namespace), create_backend(entry.backend, auth)))
         log.info("backend configured", namespace=entry.namespace, kind=entry.backend.kind)
     return BackendRouter(routes)

@@ -9,15 +9,26 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 
 import aiohttp
 
 from kraken.backend.base import Backend, BackendError, BackendNotFound, BlobInfo, InvalidName
-from kraken.backend.config import TestfsBackendConfig
-from kraken.backend.namepath import ObjectLayout
+from kraken.backend.namepath import NamePathKind, ObjectLayout
+from kraken.backend.testfs_client import TestfsClient, TestfsNotFound
 from kraken.http.client import ClientConfig, HttpClient, HTTPStatusError
-from kraken.testfs.client import TestfsClient, TestfsNotFound
+
+
+@dataclass
+class TestfsBackendConfig:
+    """A testfs server; ``root`` is a path prefix inside it, so several backends can share one."""
+
+    __test__ = False  # not a pytest test class despite the name
+
+    addr: str
+    root: str = ""
+    name_path: NamePathKind = "identity"
 
 
 class TestfsBackend(Backend):

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from kraken.backend.config import NamespaceBackendConfig
+from kraken.backend.config import AuthConfig, NamespaceBackendConfig
 from kraken.config import ByteSize, ConfigError, Duration, HttpServerConfig, ListenConfig
 from kraken.registry.references import DEFAULT_MAX_REFERENCES
 from kraken.ring import RingConfig
@@ -29,6 +29,8 @@ class BuildIndexConfig:
     origins: RingConfig
     # Matched against the tag's repository name (re.fullmatch, first match wins).
     backends: list[NamespaceBackendConfig]
+    # Backend credentials (kind -> set -> secrets); keep them in the --secrets file.
+    auth: AuthConfig = field(default_factory=dict)
     listen: ListenConfig = field(default_factory=lambda: ListenConfig(port=DEFAULT_PORT))
     http: HttpServerConfig = field(default_factory=HttpServerConfig)
     # How long a digest read from the backend (or written through this node) may be served

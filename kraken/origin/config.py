@@ -4,7 +4,7 @@ from __future__ import annotations
 import socket
 from dataclasses import dataclass, field
 
-from kraken.backend.config import NamespaceBackendConfig
+from kraken.backend.config import AuthConfig, NamespaceBackendConfig
 from kraken.config import ByteSize, Duration, HttpServerConfig, ListenConfig
 from kraken.core.metainfo import DEFAULT_PIECE_LENGTHS
 from kraken.p2p.config import ORIGIN_P2P_PORT, P2PConfig
@@ -129,6 +129,8 @@ class OriginConfig:
     advertise: str = ""
     ring: RingConfig = field(default_factory=RingConfig)
     backends: list[NamespaceBackendConfig] = field(default_factory=list)
+    # Backend credentials (kind -> set -> secrets); keep them in the --secrets file.
+    auth: AuthConfig = field(default_factory=dict)
     writeback: WritebackConfig = field(default_factory=WritebackConfig)
     replication: ReplicationConfig = field(default_factory=ReplicationConfig)
     metainfo: MetainfoConfig = field(default_factory=MetainfoConfig)

@@ -1,6 +1,6 @@
 """testfs: a toy HTTP file store used as the storage backend in development and tests.
 
-Files live under ``config.root`` (a :class:`~kraken.testfs.filetree.FileTree`, the same
+Files live under ``config.root`` (a :class:`~kraken.backend.filetree.FileTree`, the same
 storage the ``file`` backend uses), addressed by the path after ``/files/`` with ``:`` read as
 ``/``. Paths that would leave the root (``..``, absolute, symlinks pointing out) get 400.
 Request bodies are streamed to a temp file and renamed into place, so a reader sees the old
@@ -16,12 +16,12 @@ from stat import S_ISREG
 
 from aiohttp import web
 
+from kraken.backend.filetree import FileTree, UnsafePath
 from kraken.core.ranges import ByteRange, RangeNotSatisfiable, parse_range
 from kraken.http.app import create_app
 from kraken.http.files import write_file
 from kraken.log import get_logger
 from kraken.testfs.config import TestfsConfig
-from kraken.testfs.filetree import FileTree, UnsafePath
 
 log = get_logger("testfs")
 

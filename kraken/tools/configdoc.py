@@ -25,7 +25,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated, Any, Literal, Union, get_args, get_origin, get_type_hints
 
-from kraken.config import _ByteSizeTag, _DurationTag
+from kraken.config import OneOf, Secret, scalar_kind
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 CONFIG_ROOT = REPO_ROOT / "config"
@@ -69,14 +69,6 @@ def config_class(component: str) -> type:
 
 # ---- types and defaults ------------------------------------------------------------------------
 
-def _annotated_tag(tp: Any) -> type | None:
-    if get_origin(tp) is Annotated:
-        for tag in get_args(tp)[1:]:
-            if tag in (_ByteSizeTag, _DurationTag):
-                return tag
-    return None
-
-
 def _strip_optional(tp: Any) -> tuple[Any, bool]:
     if get_origin(tp) in (Union, types.UnionType):
         args = [a for a in get_args(tp) if a is not type(None)]
@@ -87,11 +79,9 @@ def _strip_optional(tp: Any) -> tuple[Any, bool]:
 
 def describe_type(tp: Any) -> str:
     """A short description of a config type, as a reader of the YAML sees it."""
-    tag = _annotated_tag(tp)
-    if tag is _ByteSizeTag:
-        return "size"
-    if tag is _DurationTag:
-        return "duration"
+    kind = scalar_kind(tp)
+    if kind is not None:
+        return kind
     if get_origin(tp) is Annotated:
         return describe_type(get_args(tp)[0])
     inner, optional = _strip_optional(tp)
@@ -108,9 +98,14 @@ def describe_type(tp: Any) -> str:
     if origin is dict:
         key, value = get_args(tp) or (Any, Any)
         return f"mapping {describe_type(key)} -> {describe_type(value)}"
-    if dataclasses.is_dataclass(tp):
+    if dataclasses.is_dataclass(tp) or _is_one_of(tp):
         return "mapping"
-    return {str: "string", int: "int", float: "float", bool: "bool"}.get(tp, getattr(tp, "__name__", str(tp)))
+    names = {str: "string", int: "int", float: "float", bool: "bool", Secret: "secret"}
+    return names.get(tp, getattr(tp, "__name__", str(tp)))
+
+
+def _is_one_of(tp: Any) -> bool:
+    return isinstance(tp, type) and issubclass(tp, OneOf)
 
 
 def _plural(word: str) -> str:
@@ -138,10 +133,10 @@ def format_size(size: int) -> str:
 
 def format_value(tp: Any, value: Any) -> str:
     """``value`` of type ``tp`` as it would be written in a config file."""
-    tag = _annotated_tag(tp)
-    if tag is _ByteSizeTag:
+    kind = scalar_kind(tp)
+    if kind == "size":
         return format_size(value)
-    if tag is _DurationTag:
+    if kind == "duration":
         return format_duration(value)
     if get_origin(tp) is Annotated:
         return format_value(get_args(tp)[0], value)
@@ -178,12 +173,16 @@ def _default_value(field: dataclasses.Field) -> Any:
 
 # ---- the walk ------------------------------------------------------------------------------------
 
-def walk(cls: type, prefix: str = "", section_value: Any = None, help_text: dict[str, str] | None = None) -> Iterator[Row]:
+def walk(
+    cls: type, prefix: str = "", section_value: Any = None, help_text: dict[str, str] | None = None,
+) -> Iterator[Row]:
     """One row per key of dataclass ``cls`` and, recursively, of its sub-sections.
 
     ``section_value`` is the instance the enclosing section defaults to (when it has a
     default), used to report defaults that differ when the whole section is left out.
     Lists are not expanded: a list of mappings is one row (``backends``), documented apart.
+    A :class:`~kraken.config.OneOf` section lists every registered kind as an optional
+    sub-section (``backend.testfs``, ``backend.file``, ...).
     """
     help_text = help_text or {}
     hints = get_type_hints(cls, include_extras=True)
@@ -207,6 +206,12 @@ def walk(cls: type, prefix: str = "", section_value: Any = None, help_text: dict
         if is_section:
             sub_value = None if required or default is None else default
             yield from walk(inner, f"{path}.", sub_value, help_text)
+        elif _is_one_of(inner):
+            for name, kind_cls in inner.kinds.items():
+                kind_path = f"{path}.{name}"
+                yield Row(kind_path, "mapping, optional", False, None, None,
+                          help_text.get(kind_path) or _class_doc(kind_cls))
+                yield from walk(kind_cls, f"{kind_path}.", None, help_text)
 
 
 def _class_doc(cls: type) -> str:

@@ -20,8 +20,8 @@ from kraken.tracker.announce import AnnounceError, encode_failure, parse_announc
 from kraken.tracker.config import TrackerConfig
 from kraken.tracker.metrics import TrackerMetrics
 from kraken.tracker.peerstore import AnnounceRefused, PeerStoreError
+from kraken.tracker.protocol import SLOT_HEADER
 from kraken.tracker.service import TrackerService
-from kraken.tracker.slots import HEADER as SLOT_HEADER
 
 COMPONENT = "tracker"
 

@@ -14,8 +14,6 @@ from collections import OrderedDict
 
 from kraken.core.digest import Digest
 
-HEADER = "Kraken-Swarm-Slot"
-
 
 class SwarmSlots:
     def __init__(self, idle: float = 600.0, max_entries: int = 100_000) -> None:

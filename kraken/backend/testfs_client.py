@@ -1,5 +1,8 @@
 """Typed client for the testfs HTTP API (paths, not names: see kraken.backend.testfs).
 
+It lives with the backends, not in ``kraken/testfs/``: the testfs backend is its one user, and
+shared code (``kraken/backend/``) never imports a component package.
+
 Bodies are streamed both ways: uploads read the source file in chunks in a worker thread,
 downloads write chunks to a temp file beside the destination that is renamed into place
 only once every byte has arrived, so the destination is never partial. Timeouts and retries
@@ -16,8 +19,9 @@ from urllib.parse import quote
 import aiofiles
 import aiofiles.os
 
+from kraken.backend.filetree import AtomicWriter
 from kraken.http.client import HttpClient
-from kraken.testfs.filetree import AtomicWriter
+from kraken.http.urls import base_url
 
 CHUNK = 1 << 20
 
@@ -34,7 +38,7 @@ class TestfsClient:
     __test__ = False  # not a pytest test class despite the name
 
     def __init__(self, addr: str, http: HttpClient) -> None:
-        self.base = (addr if "://" in addr else f"http://{addr}").rstrip("/")
+        self.base = base_url(addr)
         self.http = http
 
     def _url(self, endpoint: str, path: str) -> str:

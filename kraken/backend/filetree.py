@@ -16,6 +16,7 @@ file contents runs in a thread.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import io
 import os
 import shutil
@@ -64,10 +65,8 @@ class _TempFile:
 
     def discard(self) -> None:
         self.file.close()
-        try:
+        with contextlib.suppress(FileNotFoundError):
             os.unlink(self.path)
-        except FileNotFoundError:
-            pass
 
 
 class AtomicWriter:

@@ -1,0 +1,60 @@
+"""The table of backend kinds: name -> (config dataclass, factory).
+
+Config parsing (``backend: {<name>: {...}}``, the ``auth:`` section), the router and the
+configdoc tool all find backends here, so a new backend is its own module (its config
+dataclass and its :class:`~kraken.backend.base.Backend`) plus one ``register`` line below.
+The order of registration is the order names are listed in messages and docs.
+"""
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any, TypeVar
+
+from kraken.backend.base import Backend, BackendContext
+from kraken.backend.file import FileBackend, FileBackendConfig
+from kraken.backend.testfs import TestfsBackend, TestfsBackendConfig
+from kraken.config import ConfigError
+
+C = TypeVar("C")
+
+
+@dataclass(frozen=True)
+class BackendKind:
+    name: str
+    config: type
+    #: Builds the backend from its config section, inside a running event loop.
+    factory: Callable[[Any, BackendContext], Backend]
+
+
+class BackendRegistry:
+    """Registered backend kinds; :attr:`config_classes` is the live name -> config table."""
+
+    def __init__(self) -> None:
+        self._kinds: dict[str, BackendKind] = {}
+        self.config_classes: dict[str, type] = {}
+
+    def register(self, name: str, config: type[C], factory: Callable[[C, BackendContext], Backend]) -> None:
+        if name in self._kinds:
+            raise ValueError(f"backend {name!r} is already registered")
+        self._kinds[name] = BackendKind(name, config, factory)
+        self.config_classes[name] = config
+
+    def unregister(self, name: str) -> None:
+        """Remove a kind (tests that register a throwaway one clean up with this)."""
+        del self._kinds[name]
+        del self.config_classes[name]
+
+    def names(self) -> list[str]:
+        return list(self._kinds)
+
+    def get(self, name: str) -> BackendKind:
+        try:
+            return self._kinds[name]
+        except KeyError:
+            raise ConfigError(f"unknown backend {name!r} (registered: {', '.join(self._kinds)})") from None
+
+
+BACKENDS = BackendRegistry()
+BACKENDS.register("testfs", TestfsBackendConfig, lambda config, context: TestfsBackend(config))
+BACKENDS.register("file", FileBackendConfig, lambda config, context: FileBackend(config))

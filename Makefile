@@ -3,7 +3,7 @@
 #   make install          .venv with the project and its test extra (re-run only when pyproject.toml changes)
 #   make system-deps      the Debian packages the real-client tests drive (as root; apt-get only if missing)
 #   make test             both of the above, then the whole suite (PYTEST_ARGS="-k foo" to narrow it)
-#   make unit-test        the suite without the real-client end-to-end tests
+#   make unit-test        tests/unit alone: in-process tests, no subprocess, well under a minute
 #   make devcluster       the devcluster: Docker containers when a daemon answers (make docker_stop
 #                         removes them), else local processes (Ctrl-C stops them)
 #   make devcluster-stop  stop it from another shell (either mode)
@@ -53,7 +53,7 @@ test: install system-deps
 	if [ $$rc -eq 5 ]; then echo "make test: pytest collected no tests"; rc=0; fi; exit $$rc
 
 unit-test: install
-	@rc=0; $(PY) -m pytest -q -p no:cacheprovider -m "not realclients" $(PYTEST_ARGS) || rc=$$?; \
+	@rc=0; $(PY) -m pytest -q -p no:cacheprovider tests/unit $(PYTEST_ARGS) || rc=$$?; \
 	if [ $$rc -eq 5 ]; then echo "make unit-test: pytest collected no tests"; rc=0; fi; exit $$rc
 
 devcluster: install

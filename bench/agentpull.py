@@ -34,8 +34,8 @@ from bench.common import (
     wait_metainfo,
 )
 from kraken.registry.manifest import OCI_MANIFEST
-from tests.cluster import start_herd
-from tests.realclients import DistributionRegistry
+from tests.support.cluster import start_herd
+from tests.support.distribution import DistributionRegistry
 
 REPO = "bench/agentpull"
 MANIFEST_GETS = 20

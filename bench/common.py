@@ -16,11 +16,10 @@ import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
 
-from prometheus_client.parser import text_string_to_metric_families
-
 from kraken.core.digest import Digest
 from kraken.registry.manifest import OCI_MANIFEST
-from tests.cluster import Herd
+from tests.support.cluster import Herd
+from tests.support.metrics import metric_sum
 
 MiB = 1 << 20
 
@@ -109,15 +108,6 @@ def scrape(url: str) -> str:
         return resp.read().decode()
 
 
-def metric(text: str, name: str, **labels: str) -> float:
-    """The sum of the samples of ``name`` that carry ``labels`` (0 when there are none)."""
-    total = 0.0
-    for family in text_string_to_metric_families(text):
-        for sample in family.samples:
-            if sample.name == name and all(sample.labels.get(k) == v for k, v in labels.items()):
-                total += sample.value
-    return total
-
 
 def wait_idle(herd: Herd, timeout: float = 300.0) -> None:
     """Until the origin has no write-back pending, so one step's background work is not
@@ -125,7 +115,7 @@ def wait_idle(herd: Herd, timeout: float = 300.0) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         text = scrape(herd.origin.url)
-        if metric(text, "kraken_origin_writeback_pending") == 0 and "kraken_origin_writeback_pending" in text:
+        if metric_sum(text, "kraken_origin_writeback_pending") == 0 and "kraken_origin_writeback_pending" in text:
             return
         time.sleep(0.2)
     raise TimeoutError("the origin's write-back did not drain")

@@ -29,7 +29,6 @@ from bench.common import (
     MiB,
     finish_curl,
     fresh_workdir,
-    metric,
     percentile,
     push_blob_file,
     random_blob_file,
@@ -39,7 +38,8 @@ from bench.common import (
     wait_metainfo,
 )
 from kraken.core.digest import Digest
-from tests.cluster import Herd, start_herd
+from tests.support.cluster import Herd, start_herd
+from tests.support.metrics import metric_sum
 
 REPO = "bench/fanout"
 
@@ -54,7 +54,7 @@ class FanoutRun:
 
 
 def _origin_upload(herd: Herd) -> float:
-    return metric(scrape(herd.origin.url), "kraken_p2p_upload_bytes_total")
+    return metric_sum(scrape(herd.origin.url), "kraken_p2p_upload_bytes_total")
 
 
 def _settled_origin_upload(herd: Herd, interval: float) -> float:
@@ -80,7 +80,7 @@ class Timeline(threading.Thread):
         self._done = threading.Event()
 
     def sample(self) -> tuple[float, float]:
-        agents = sum(metric(scrape(f"http://127.0.0.1:{a.health_port}"), "kraken_p2p_upload_bytes_total")
+        agents = sum(metric_sum(scrape(f"http://127.0.0.1:{a.health_port}"), "kraken_p2p_upload_bytes_total")
                      for a in self.herd.agents)
         return _origin_upload(self.herd), agents
 
@@ -102,9 +102,9 @@ def _agent_counters(herd: Herd) -> list[tuple[float, float, float]]:
     rows = []
     for agent in herd.agents:
         text = scrape(f"http://127.0.0.1:{agent.health_port}")
-        rows.append((metric(text, "kraken_p2p_download_bytes_total", source="origin"),
-                     metric(text, "kraken_p2p_download_bytes_total", source="peer"),
-                     metric(text, "kraken_p2p_upload_bytes_total")))
+        rows.append((metric_sum(text, "kraken_p2p_download_bytes_total", source="origin"),
+                     metric_sum(text, "kraken_p2p_download_bytes_total", source="peer"),
+                     metric_sum(text, "kraken_p2p_upload_bytes_total")))
     return rows
 
 

@@ -20,9 +20,10 @@ import time
 import urllib.request
 
 from bench.common import fresh_workdir, wait_idle
-from kraken.tools.ocigen import GeneratedImage, generate_oci_layout
-from tests.cluster import start_herd
-from tests.realclients import DistributionRegistry, Skopeo
+from tests.support.cluster import start_herd
+from tests.support.distribution import DistributionRegistry
+from tests.support.ocigen import GeneratedImage, generate_oci_layout
+from tests.support.skopeo import Skopeo
 
 MiB = 1 << 20
 

@@ -17,7 +17,6 @@ import urllib.request
 from bench.common import (
     MiB,
     fresh_workdir,
-    metric,
     push_blob_file,
     push_padded_image,
     random_blob_file,
@@ -28,7 +27,8 @@ from bench.common import (
 )
 from kraken.devcluster import Process
 from kraken.registry.manifest import OCI_MANIFEST
-from tests.cluster import start_herd
+from tests.support.cluster import start_herd
+from tests.support.metrics import metric_sum
 
 REPO = "bench/slowreaders"
 MANIFEST_SIZE = (4 << 20) - 1024
@@ -44,7 +44,7 @@ def _read(url: str) -> None:
 def _wait_closed(proc: Process, timeout: float = 60.0) -> None:
     """Until the server counts no connection but the metrics request's own."""
     deadline = time.monotonic() + timeout
-    while metric(scrape(proc.url), "kraken_http_connections_open", port=str(proc.port)) > 1:
+    while metric_sum(scrape(proc.url), "kraken_http_connections_open", port=str(proc.port)) > 1:
         if time.monotonic() > deadline:
             raise TimeoutError(f"{proc.name} kept the slow readers' connections")
         time.sleep(0.1)

@@ -1,39 +1,29 @@
-"""Fixtures shared by the whole suite."""
+"""The suite's configuration: shared fixtures, assertion rewriting, the realclients marker.
+
+Layout: tests/unit (in-process, fast: ``make unit-test``), tests/component (one
+Kraken process or app over real sockets), tests/cluster (several Kraken processes, P2P),
+tests/realclients (docker, skopeo, podman, containerd, the devcluster's Docker mode, multi-host),
+and tests/support (helpers and fixtures; test modules never import each other).
+"""
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
-import aiohttp
 import pytest
 
-# The real-client helpers assert on bytes and digests: have pytest rewrite them for readable
-# failures (this must happen before their first import).
-pytest.register_assert_rewrite("tests.realclients", "tests.kraken_images")
+# Support modules assert (on bytes, digests, deadlines): have pytest rewrite them for readable
+# failures (this must happen before their first import, so before the plugins below).
+pytest.register_assert_rewrite("tests.support")
 
-from tests.cluster import Herd, start_herd
-from tests.kraken_images import docker_env, kraken_images  # noqa: F401 - shared fixtures
-from tests.realclients import containerd, distribution_registry, dockerd, podman  # noqa: F401 - shared fixtures
+# Fixtures shared by the suite: registered here so test modules use them without importing them.
+pytest_plugins = ["tests.support.fixtures", "tests.support.clientfixtures", "tests.support.kraken_images"]
 
-
-@pytest.fixture(scope="module")
-def herd(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Herd]:
-    """A running herd (testfs, origin, build-index, proxy) shared by one test module."""
-    h = start_herd(Path(tmp_path_factory.mktemp("herd")))
-    try:
-        yield h
-    finally:
-        h.stop()
+REALCLIENTS = Path(__file__).parent / "realclients"
 
 
-@pytest.fixture
-async def session() -> AsyncIterator[aiohttp.ClientSession]:
-    """A plain HTTP client for tests that talk to real processes (modules may define their own)."""
-    async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=60)) as s:
-        yield s
-
-
-@pytest.fixture
-def http(session: aiohttp.ClientSession) -> aiohttp.ClientSession:
-    """The same client under the name most modules use."""
-    return session
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Everything under tests/realclients/ is marked ``realclients`` (``-m "not realclients"``
+    leaves it out), besides the tests elsewhere that carry the mark themselves."""
+    for item in items:
+        if REALCLIENTS in item.path.parents:
+            item.add_marker(pytest.mark.realclients)

@@ -11,7 +11,7 @@ work=$(mktemp -d); trap 'rm -rf "$work"' EXIT
 tag="t$(date +%s)$$"
 
 echo "== generating a 2-layer image"
-"$KRAKEN_PYTHON" -m kraken.tools.ocigen "$work/oci" "$tag" 1 3 --seed "$$" >"$work/image.json"
+"$KRAKEN_PYTHON" -m tests.support.ocigen "$work/oci" "$tag" 1 3 --seed "$$" >"$work/image.json"
 want=$("$KRAKEN_PYTHON" -c 'import json,sys; print(json.load(open(sys.argv[1]))["manifest_digest"])' "$work/image.json")
 
 echo "== pushing to the herd at $herd:15000"

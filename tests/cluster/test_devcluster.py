@@ -1,0 +1,269 @@
+"""``make devcluster``: the real ``python -m kraken.devcluster start`` command, end to end.
+
+The command uses the fixed default ports (testfs 14000, proxy 15000, origin 15002, build-index
+15004), so every test here skips, saying which port is taken, when one of them is in use
+(a developer's own ``make devcluster``, say). Each test stops what it started in ``finally``.
+No sleeps: readiness and exits are awaited on events (a line read, a process exit) or polled
+against a deadline.
+"""
+from __future__ import annotations
+
+import os
+import queue
+import re
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from kraken.devcluster import REPO_ROOT, HerdPorts, free_port, http_ok, port_free
+from tests.support.ocigen import generate_oci_layout
+from tests.support.skopeo import assert_dir_matches_image, skopeo_copy, skopeo_pull_dir
+from tests.support.waiting import wait_until
+
+PORTS = {"testfs": HerdPorts.testfs, "proxy": HerdPorts.proxy, "origin": HerdPorts.origin,
+         "build-index": HerdPorts.build_index, "tracker": HerdPorts.tracker,
+         "agent-one": 16002, "agent-two": 17002}
+READY_TIMEOUT = 90.0
+EXIT_TIMEOUT = 60.0
+
+
+#: A Docker socket nothing listens on: the devcluster's own choice must then be native processes.
+NO_DAEMON = "unix:///nonexistent/kraken-test/docker.sock"
+
+
+def _env() -> dict[str, str]:
+    env = dict(os.environ, PYTHONUNBUFFERED="1", DOCKER_HOST=NO_DAEMON)
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO_ROOT), env.get("PYTHONPATH")]))
+    env.pop("KRAKEN_DEVCLUSTER", None)
+    return env
+
+
+def _busy_ports() -> list[str]:
+    return [f"{port} ({name})" for name, port in PORTS.items() if not port_free(port)]
+
+
+@pytest.fixture
+def default_ports_free() -> None:
+    busy = _busy_ports()
+    if busy:
+        pytest.skip(f"the devcluster's fixed ports are in use: {', '.join(busy)} "
+                    f"(a devcluster running? `make devcluster-stop`)")
+
+
+class Devcluster:
+    """``python -m kraken.devcluster start`` in a subprocess, its output read line by line."""
+
+    def __init__(self, workdir: Path, *args: str) -> None:
+        self.workdir = workdir
+        self.lines: list[str] = []
+        self._queue: queue.Queue[str | None] = queue.Queue()
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "kraken.devcluster", "start", "--workdir", str(workdir), *args],
+            stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+            text=True, env=_env(), cwd=REPO_ROOT,
+        )
+        self._reader = threading.Thread(target=self._read, daemon=True)
+        self._reader.start()
+
+    def _read(self) -> None:
+        assert self.proc.stdout is not None
+        for line in self.proc.stdout:
+            self._queue.put(line.rstrip("\n"))
+        self._queue.put(None)
+
+    @property
+    def output(self) -> str:
+        return "\n".join(self.lines)
+
+    def wait_for_line(self, prefix: str, timeout: float) -> str:
+        """Block until a line starting with ``prefix`` is printed; fail on exit or timeout."""
+        deadline = time.monotonic() + timeout
+        while True:
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                pytest.fail(f"no {prefix!r} line within {timeout}s; output so far:\n{self.output}")
+            try:
+                line = self._queue.get(timeout=remaining)
+            except queue.Empty:
+                continue
+            if line is None:
+                self.proc.wait(EXIT_TIMEOUT)
+                if "is already in use" in self.output:  # taken between the fixture's check and the start
+                    pytest.skip(f"another process took a devcluster port meanwhile:\n{self.output}")
+                pytest.fail(f"devcluster exited ({self.proc.returncode}) before {prefix!r}:\n{self.output}")
+            self.lines.append(line)
+            if line.startswith(prefix):
+                return line
+
+    def wait_exit(self, timeout: float = EXIT_TIMEOUT) -> int:
+        code = self.proc.wait(timeout)
+        self._reader.join(timeout)
+        while True:  # collect what was printed after the last line waited for
+            try:
+                line = self._queue.get_nowait()
+            except queue.Empty:
+                break
+            if line is not None:
+                self.lines.append(line)
+        return code
+
+    def cleanup(self) -> None:
+        """Whatever happened: no supervisor and no component left running."""
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(EXIT_TIMEOUT)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        # Components whose supervisor died are stopped by PID from the state file.
+        subprocess.run([sys.executable, "-m", "kraken.devcluster", "stop", "--workdir", str(self.workdir)],
+                       env=_env(), cwd=REPO_ROOT, capture_output=True, timeout=EXIT_TIMEOUT, check=False)
+        if self.proc.stdout is not None:
+            self.proc.stdout.close()
+
+
+@pytest.fixture
+def devcluster(tmp_path: Path, default_ports_free: None) -> Iterator[Devcluster]:
+    dc = Devcluster(tmp_path / "dc")
+    try:
+        yield dc
+    finally:
+        dc.cleanup()
+
+
+def _assert_ports_free() -> None:
+    # The supervisor exits only after its children did, so the ports are free by now; the short
+    # deadline only absorbs the kernel's closing of the listening sockets.
+    wait_until(lambda: not _busy_ports(), 10.0, message="the devcluster's ports to be free")
+
+
+@pytest.mark.realclients
+def test_start_push_pull_and_ctrl_c(devcluster: Devcluster, tmp_path: Path) -> None:
+    devcluster.wait_for_line("ready:", READY_TIMEOUT)
+    out = devcluster.output
+    assert "native processes (no Docker daemon answers" in out, out  # the mode it chose, and why
+    assert str(devcluster.workdir / "logs") in out, out  # where the logs are
+    for name, port in PORTS.items():  # the endpoint table
+        assert any(line.split()[:2] == [name, f"http://127.0.0.1:{port}{'/v2/' if name == 'proxy' else '/health'}"]
+                   for line in devcluster.lines), f"no endpoint line for {name}:\n{out}"
+
+    image = generate_oci_layout(tmp_path / "oci", "v1", [64 * 1024, 3 * 1024], seed=15000)
+    ref = f"docker://127.0.0.1:{PORTS['proxy']}/test/dev:1"
+    skopeo_copy(image.oci_ref, ref)
+    pulled = skopeo_pull_dir(ref, tmp_path / "pulled")
+    assert_dir_matches_image(pulled, image)
+
+    logs = {p.stem: p.read_text(errors="replace") for p in (devcluster.workdir / "logs").glob("*.log")}
+    assert set(logs) == set(PORTS), sorted(logs)
+    assert "/v2/test/dev/manifests/1" in logs["proxy"], logs["proxy"][-3000:]
+    assert image.layer_digests[0] in logs["proxy"] or image.layer_digests[0] in logs["origin"]
+
+    devcluster.proc.send_signal(signal.SIGINT)  # what Ctrl-C sends
+    assert devcluster.wait_exit() == 0, devcluster.output
+    assert "devcluster: stopped" in devcluster.output
+    _assert_ports_free()
+    assert not (devcluster.workdir / "devcluster.json").exists()
+
+
+def test_stop_from_another_process(devcluster: Devcluster) -> None:
+    devcluster.wait_for_line("ready:", READY_TIMEOUT)
+    stop = subprocess.run(
+        [sys.executable, "-m", "kraken.devcluster", "stop", "--workdir", str(devcluster.workdir)],
+        env=_env(), cwd=REPO_ROOT, capture_output=True, text=True, timeout=EXIT_TIMEOUT, check=False,
+    )
+    assert stop.returncode == 0, stop.stdout + stop.stderr
+    assert "stopped" in stop.stdout
+    assert devcluster.wait_exit() == 0, devcluster.output
+    _assert_ports_free()
+
+    again = subprocess.run(
+        [sys.executable, "-m", "kraken.devcluster", "stop", "--workdir", str(devcluster.workdir)],
+        env=_env(), cwd=REPO_ROOT, capture_output=True, text=True, timeout=EXIT_TIMEOUT, check=False,
+    )
+    assert again.returncode == 0 and "none running" in again.stdout, again.stdout + again.stderr
+
+
+def test_port_in_use_is_a_clear_error(tmp_path: Path, default_ports_free: None) -> None:
+    with socket.socket() as blocker:
+        blocker.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        blocker.bind(("127.0.0.1", PORTS["origin"]))
+        blocker.listen()
+        dc = Devcluster(tmp_path / "dc")
+        try:
+            code = dc.wait_exit()
+            out = dc.output
+        finally:
+            dc.cleanup()
+    assert code == 1, out
+    assert f"port {PORTS['origin']} (origin) is already in use by pid {os.getpid()}" in out, out
+    assert "devcluster-stop" in out and "kill" in out, out  # how to free it
+    # Nothing was started: every other port stayed free, and no log was written.
+    assert not _busy_ports(), _busy_ports()
+    assert not list((tmp_path / "dc" / "logs").glob("*.log"))
+
+
+@pytest.mark.parametrize("mode, message", [
+    ("docker", "no Docker daemon answers (DOCKER_HOST=" + NO_DAEMON),
+    ("podman", "KRAKEN_DEVCLUSTER='podman' is not a mode: use docker or native"),
+])
+def test_a_mode_that_cannot_run_is_a_clear_error(tmp_path: Path, mode: str, message: str) -> None:
+    r = subprocess.run(
+        [sys.executable, "-m", "kraken.devcluster", "start", "--workdir", str(tmp_path / "dc")],
+        env=dict(_env(), KRAKEN_DEVCLUSTER=mode), cwd=REPO_ROOT, capture_output=True, text=True,
+        timeout=EXIT_TIMEOUT, check=False,
+    )
+    assert r.returncode != 0
+    assert message in r.stderr, r.stderr
+    assert "KRAKEN_DEVCLUSTER=native" in r.stderr or "native" in r.stderr, r.stderr
+
+
+def _params_with_free_ports(tmp_path: Path) -> tuple[Path, dict[int, int]]:
+    """A copy of examples/devcluster's parameter files with every port moved to a free one, as
+    a user edits them (the seed's "16000 is taken: use 8080")."""
+    params = tmp_path / "params"
+    params.mkdir()
+    moved: dict[int, int] = {}
+    for src in (REPO_ROOT / "examples" / "devcluster").glob("*_param.sh"):
+        text = src.read_text()
+        for default in sorted({int(w) for w in re.findall(r":-(\d{5})}", text)}):
+            moved[default] = free_port()
+            text = text.replace(f":-{default}}}", f":-{moved[default]}}}")
+        (params / src.name).write_text(text)
+    return params, moved
+
+
+def test_ports_come_from_the_parameter_files(tmp_path: Path) -> None:
+    params, moved = _params_with_free_ports(tmp_path)
+    assert {16000, 17000, 15000, 15003}.issubset(moved), moved
+    dc = Devcluster(tmp_path / "dc", "--herd-params", str(params / "herd_param.sh"))
+    try:
+        dc.wait_for_line("ready:", READY_TIMEOUT)
+        assert f"agent-one pulls on localhost:{moved[16000]}" in dc.output, dc.output
+        assert f"agent-two pulls on localhost:{moved[17000]}" in dc.output, dc.output
+        for default in (15000, 16000, 17000):  # the registries, on the ports the files now give
+            assert http_ok(f"http://127.0.0.1:{moved[default]}/v2/"), (default, moved[default])
+        for default in (15003, 16002, 17002):
+            assert http_ok(f"http://127.0.0.1:{moved[default]}/health"), (default, moved[default])
+    finally:
+        dc.cleanup()
+
+
+def test_a_bad_parameter_file_is_a_clear_error(tmp_path: Path) -> None:
+    params, _ = _params_with_free_ports(tmp_path)
+    agent_two = params / "agent_two_param.sh"
+    agent_two.write_text(agent_two.read_text().replace("AGENT_PEER_PORT=", "AGENT_PEER_PORT=x"))
+    dc = Devcluster(tmp_path / "dc", "--herd-params", str(params / "herd_param.sh"))
+    try:
+        assert dc.wait_exit() == 1, dc.output
+    finally:
+        dc.cleanup()
+    assert re.search(rf"devcluster: {re.escape(str(agent_two))}: AGENT_PEER_PORT='x\d+' is not a port", dc.output), dc.output
+    assert "ready:" not in dc.output and not list((tmp_path / "dc" / "logs").glob("*.log")), dc.output

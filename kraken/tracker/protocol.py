@@ -2,7 +2,7 @@
 
 Agents import this module, never the tracker's server internals (``kraken.tracker.server``,
 ``service``, ``slots``, ...), so the tracker's implementation can change without touching the
-agent; tests/test_boundaries.py enforces it. Only names that appear on the wire belong here.
+agent; tests/unit/test_boundaries.py enforces it. Only names that appear on the wire belong here.
 """
 from __future__ import annotations
 

@@ -20,7 +20,7 @@ from kraken.cli import main
 from tests.support.net import free_port
 
 SECRET = "Sup3r-S3cret-Value-0042"
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def build_index_config(tmp_path: Path, port: int) -> Path:

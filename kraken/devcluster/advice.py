@@ -69,7 +69,7 @@ def busy_ports_message(busy: Sequence[BusyPort], workdir: Path, kraken_container
     for d, items in native.items():
         lines.append(f"  - a native devcluster (work dir {d}) holds {_ports(items)}: stop it with {stop_hint(d)}")
     for pid, items in others.items():
-        lines.append(f"  - pid {pid} holds {_ports(items)}: stop it (kill {pid}), or move the component")
+        lines.append(f"  - pid {pid} holds {_ports(items)}: stop it (kill {pid})")
     if unknown:
         lines.append(f"  - {_ports(unknown)}: if an earlier devcluster holds it, stop it with {stop_hint(workdir)}; "
                      f"else see who: ss -ltnp 'sport = :{unknown[0].port}'")

@@ -108,7 +108,7 @@ class Devcluster:
                 continue
             if line is None:
                 self.proc.wait(EXIT_TIMEOUT)
-                if "is already in use" in self.output:  # taken between the fixture's check and the start
+                if "already in use" in self.output:  # taken between the fixture's check and the start
                     pytest.skip(f"another process took a devcluster port meanwhile:\n{self.output}")
                 pytest.fail(f"devcluster exited ({self.proc.returncode}) before {prefix!r}:\n{self.output}")
             self.lines.append(line)
@@ -344,6 +344,7 @@ HERD_IN_CONTAINER = Holder(4242, "/opt/kraken/bin/python -m kraken origin --conf
 def test_ports_held_by_the_docker_devcluster_name_make_docker_stop() -> None:
     busy = [BusyPort("origin", 15002, HERD_IN_CONTAINER), BusyPort("proxy", 15000, HERD_IN_CONTAINER)]
     msg = busy_ports_message(busy, Path("/tmp/kraken-devcluster"), ["kraken-agent-one", "kraken-herd"])
+    assert msg.startswith("devcluster: ports 15002 (origin), 15000 (proxy) are already in use by pid 4242 ("), msg
     assert "the Docker devcluster holds 15002, 15000 (containers kraken-agent-one, kraken-herd): " \
            "stop it with `make docker_stop`" in msg, msg
     # Not the paths inside the containers, not their PIDs.

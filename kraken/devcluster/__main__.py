@@ -86,12 +86,12 @@ def main(argv: list[str] | None = None) -> int:
     workdir = Path(args.workdir)
     if args.action == "health":
         return native.cmd_health(workdir)
-    workdir.mkdir(parents=True, exist_ok=True)
-    if args.action == "stop":
+    if args.action == "stop":  # creates nothing: a mistyped work dir must not appear on disk
         if args.docker:
             state_path(workdir.resolve()).unlink(missing_ok=True)
             return dockermode.stop()
         return native.cmd_stop(workdir)
+    workdir.mkdir(parents=True, exist_ok=True)
 
     agent_files = args.agent_params or [
         args.herd_params.parent / "agent_one_param.sh",

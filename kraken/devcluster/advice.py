@@ -34,7 +34,7 @@ def _ports(items: Sequence[BusyPort]) -> str:
 
 
 def busy_ports_message(busy: Sequence[BusyPort], workdir: Path, kraken_containers: Sequence[str] = ()) -> str:
-    """One line per busy port, then who holds them and how to free them.
+    """One line per process holding some of the ports, then who it is and how to free them.
 
     A process in a container while ``kraken_containers`` (the Docker devcluster's) run is the
     Docker devcluster: ``make docker_stop`` stops it (its processes' work dirs are paths inside
@@ -43,11 +43,15 @@ def busy_ports_message(busy: Sequence[BusyPort], workdir: Path, kraken_container
     devcluster-stop`` with its work dir.
     """
     lines = []
+    by_holder: dict[Holder | None, list[BusyPort]] = {}
     for b in busy:
-        h = b.holder
+        by_holder.setdefault(b.holder, []).append(b)
+    for h, items in by_holder.items():
         who = (f"pid {h.pid} ({h.cmdline[:160]}){' in a container' if h.container else ''}" if h
                else "another process")
-        lines.append(f"devcluster: port {b.port} ({b.who}) is already in use by {who}")
+        ports = ", ".join(f"{b.port} ({b.who})" for b in items)
+        lines.append(f"devcluster: {'port' if len(items) == 1 else 'ports'} {ports} "
+                     f"{'is' if len(items) == 1 else 'are'} already in use by {who}")
     lines.append("devcluster: not started. To free the port(s):")
     in_containers = [b for b in busy if b.holder is not None and b.holder.container]
     native: dict[Path, list[BusyPort]] = {}

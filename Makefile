@@ -7,7 +7,8 @@
 #   make devcluster       the devcluster: Docker containers when a daemon answers (make docker_stop
 #                         removes them), else local processes (Ctrl-C stops them)
 #   make devcluster-stop  stop it from another shell (either mode)
-#   make images           the kraken-herd and kraken-agent images (BASE_IMAGE=... to pick the base)
+#   make images           the kraken-herd and kraken-agent images (BASE_IMAGE=... to pick the base;
+#                         WHEELS_DIR=DIR on a host without a package index, see docker/build-images.sh)
 #   make base-image       kraken-base:bookworm from Debian packages alone (root, debootstrap; offline hosts)
 #   make docker_stop      remove the devcluster's containers
 PYTHON ?= python3
@@ -63,7 +64,8 @@ devcluster: install
 devcluster-stop:
 	@$(if $(wildcard $(PY)),$(PY),$(PYTHON)) -m kraken.devcluster stop --workdir $(DEVCLUSTER_DIR)
 
-# The images install the project from wheels built here (docker/build-images.sh).
+# The images install the project from wheels built here (docker/build-images.sh), from the
+# package index or, on an air-gapped host, from WHEELS_DIR (exported: a command-line variable).
 images: install
 	PYTHON=$(PY) bash docker/build-images.sh
 

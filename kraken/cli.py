@@ -1,14 +1,18 @@
-"""The ``kraken`` command: one subcommand per component.
+"""The ``kraken`` command: one subcommand per component, ``check-config`` and ``--version``.
 
 Each component package has a ``__main__.py`` exposing ``add_arguments(parser)`` (its own
 flags beyond the common ones) and ``async run(args)``; this module wires them into one
 command line, sets up logging and runs the component until SIGINT/SIGTERM.
+``kraken check-config COMPONENT --config FILE`` loads the config as that component would at
+start (same flags, same loading) and starts nothing: a deployment checks a file before a
+restart, the devcluster before it starts anything.
 """
 from __future__ import annotations
 
 import argparse
 import asyncio
 import importlib
+import importlib.metadata
 import sys
 from typing import Any, TypeVar
 
@@ -27,10 +31,37 @@ COMPONENTS = {
 }
 
 
+#: Each component's config class (module, class), for ``check-config``.
+CONFIG_CLASSES = {
+    "testfs": ("kraken.testfs.config", "TestfsConfig"),
+    "origin": ("kraken.origin.config", "OriginConfig"),
+    "build-index": ("kraken.buildindex.config", "BuildIndexConfig"),
+    "proxy": ("kraken.proxy.config", "ProxyConfig"),
+    "tracker": ("kraken.tracker.config", "TrackerConfig"),
+    "agent": ("kraken.agent.config", "AgentConfig"),
+}
+CHECK_CONFIG = "check-config"
+
+
+def version() -> str:
+    """The installed package's version (pyproject.toml's, through the package metadata)."""
+    try:
+        return importlib.metadata.version("kraken")
+    except importlib.metadata.PackageNotFoundError:
+        return "unknown (not installed: pip install -e .)"
+
+
 def build_parser(chosen: str | None) -> argparse.ArgumentParser:
     """The command line; only the chosen component's module is imported (for its own flags)."""
     parser = argparse.ArgumentParser(prog="kraken", description="Kraken P2P Docker/OCI registry")
+    parser.add_argument("--version", action="version", version=f"%(prog)s {version()}")
     sub = parser.add_subparsers(dest="component", required=True, metavar="COMPONENT")
+    check = sub.add_parser(CHECK_CONFIG, help="load and validate a component's config; start nothing",
+                           description="kraken check-config COMPONENT --config FILE [the component's flags]: "
+                                       "load the config as the component would at start, print OK or the "
+                                       "error (file and key); exit 0 or 1.")
+    check.add_argument("target", metavar="COMPONENT", choices=list(COMPONENTS))
+    check.add_argument("rest", nargs=argparse.REMAINDER, help="--config FILE and any of the component's flags")
     for name, (module_name, help_text) in COMPONENTS.items():
         p = sub.add_parser(name, help=help_text, description=f"kraken {name}: {help_text}")
         p.add_argument("--config", help="YAML config file (may `extends:` others)")
@@ -49,6 +80,8 @@ def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     chosen = next((a for a in argv if not a.startswith("-")), None)
     args = build_parser(chosen).parse_args(argv)
+    if args.component == CHECK_CONFIG:
+        return check_config_main([args.target, *args.rest])
     setup_logging(args.log_level)
     try:
         asyncio.run(args._module.run(args))
@@ -70,6 +103,43 @@ def load_component_config(cls: type[T], args: argparse.Namespace, example: str |
         raise ConfigError(f"--config is required (e.g. {example})")
     apply_listen_overrides(config.listen, args.host, args.port)
     return config
+
+
+def component_config(args: argparse.Namespace) -> Any:
+    """The effective config of ``args``'s component, loaded as its ``run`` loads it: its
+    ``load(args)`` when it has one, else the file and ``--host``/``--port`` (then its
+    ``apply_arguments``)."""
+    load = getattr(args._module, "load", None)
+    if load is not None:
+        return load(args)
+    module_name, class_name = CONFIG_CLASSES[args.component]
+    config = load_component_config(getattr(importlib.import_module(module_name), class_name), args)
+    apply = getattr(args._module, "apply_arguments", None)
+    return apply(config, args) if apply is not None else config
+
+
+def check_config_args(argv: list[str]) -> str | None:
+    """The error ``kraken COMPONENT ...`` (``argv``) would stop at when loading its config, or None."""
+    args = build_parser(argv[0]).parse_args(argv)
+    try:
+        component_config(args)
+    except ConfigError as e:
+        return str(e)
+    return None
+
+
+def check_config_main(argv: list[str]) -> int:
+    """``kraken check-config COMPONENT --config FILE ...``: 0 and ``OK``, or 1 and the error."""
+    component = argv[0]
+    if "--config" not in argv and not any(a.startswith("--config=") for a in argv):
+        print(f"kraken check-config {component}: --config FILE is required", file=sys.stderr)
+        return 1
+    error = check_config_args(argv)
+    if error is not None:
+        print(f"kraken check-config {component}: config error: {error}", file=sys.stderr)
+        return 1
+    print(f"kraken check-config {component}: OK")
+    return 0
 
 
 def run_component(name: str) -> None:

@@ -11,6 +11,7 @@ from __future__ import annotations
 import os
 import queue
 import re
+import shutil
 import signal
 import socket
 import subprocess
@@ -22,7 +23,20 @@ from pathlib import Path
 
 import pytest
 
-from kraken.devcluster import REPO_ROOT, HerdPorts, free_port, http_ok, port_free
+from kraken.devcluster import (
+    REPO_ROOT,
+    AgentPorts,
+    HerdPorts,
+    Process,
+    configcheck,
+    free_port,
+    http_ok,
+    port_free,
+    write_overlay,
+)
+from kraken.devcluster.advice import BusyPort, busy_ports_message
+from kraken.devcluster.params import agent_variable, ambiguous_overrides
+from kraken.devcluster.procfs import Holder
 from tests.support.ocigen import generate_oci_layout
 from tests.support.skopeo import assert_dir_matches_image, skopeo_copy, skopeo_pull_dir
 from tests.support.waiting import wait_until
@@ -95,7 +109,7 @@ class Devcluster:
                 continue
             if line is None:
                 self.proc.wait(EXIT_TIMEOUT)
-                if "is already in use" in self.output:  # taken between the fixture's check and the start
+                if "already in use" in self.output:  # taken between the fixture's check and the start
                     pytest.skip(f"another process took a devcluster port meanwhile:\n{self.output}")
                 pytest.fail(f"devcluster exited ({self.proc.returncode}) before {prefix!r}:\n{self.output}")
             self.lines.append(line)
@@ -204,7 +218,9 @@ def test_port_in_use_is_a_clear_error(tmp_path: Path, default_ports_free: None) 
             dc.cleanup()
     assert code == 1, out
     assert f"port {PORTS['origin']} (origin) is already in use by pid {os.getpid()}" in out, out
-    assert "devcluster-stop" in out and "kill" in out, out  # how to free it
+    # How to free it: stop that process (it is no devcluster), or move the component.
+    assert f"kill {os.getpid()}" in out and "examples/devcluster/*_param.sh" in out, out
+    assert "devcluster-stop" not in out and "docker_stop" not in out, out
     # Nothing was started: every other port stayed free, and no log was written.
     assert not _busy_ports(), _busy_ports()
     assert not list((tmp_path / "dc" / "logs").glob("*.log"))
@@ -265,5 +281,118 @@ def test_a_bad_parameter_file_is_a_clear_error(tmp_path: Path) -> None:
         assert dc.wait_exit() == 1, dc.output
     finally:
         dc.cleanup()
-    assert re.search(rf"devcluster: {re.escape(str(agent_two))}: AGENT_PEER_PORT='x\d+' is not a port", dc.output), dc.output
+    expected = rf"devcluster: {re.escape(str(agent_two))}: AGENT_PEER_PORT='x\d+' is not a port"
+    assert re.search(expected, dc.output), dc.output
     assert "ready:" not in dc.output and not list((tmp_path / "dc" / "logs").glob("*.log")), dc.output
+
+
+def _start(tmp_path: Path, *args: str, **env: str) -> subprocess.CompletedProcess[str]:
+    """``python -m kraken.devcluster start`` that is expected to refuse before starting anything."""
+    return subprocess.run(
+        [sys.executable, "-m", "kraken.devcluster", "start", "--workdir", str(tmp_path / "dc"), *args],
+        env=dict(_env(), **env), cwd=REPO_ROOT, capture_output=True, text=True, timeout=EXIT_TIMEOUT, check=False,
+    )
+
+
+def test_a_generic_agent_port_in_the_environment_is_refused(tmp_path: Path) -> None:
+    # Both agents read AGENT_REGISTRY_PORT: applied to both, agent-two would die on agent-one's port.
+    r = _start(tmp_path, AGENT_REGISTRY_PORT="18000")
+    assert r.returncode == 1, r.stdout + r.stderr
+    assert "AGENT_REGISTRY_PORT=18000 in the environment would apply to every agent (agent-one, agent-two)" in r.stderr
+    assert "AGENT_ONE_REGISTRY_PORT=18000 or AGENT_TWO_REGISTRY_PORT=18000" in r.stderr, r.stderr
+    assert "Traceback" not in r.stderr and not list((tmp_path / "dc").glob("logs/*.log"))
+
+
+def test_each_agent_has_its_own_environment_names(monkeypatch: pytest.MonkeyPatch) -> None:
+    params = REPO_ROOT / "examples" / "devcluster"
+    assert agent_variable(params / "agent_two_param.sh", "AGENT_REGISTRY_PORT") == "AGENT_TWO_REGISTRY_PORT"
+    monkeypatch.setenv("AGENT_TWO_REGISTRY_PORT", "18000")
+    assert AgentPorts.from_params(params / "agent_two_param.sh").registry == 18000
+    assert AgentPorts.from_params(params / "agent_one_param.sh").registry == 16000
+    # One agent alone (its container, a multi-host agent) takes the generic name.
+    monkeypatch.setenv("AGENT_REGISTRY_PORT", "18001")
+    assert AgentPorts.from_params(params / "agent_one_param.sh").registry == 18001
+    assert ambiguous_overrides([params / "agent_one_param.sh"], os.environ) is None
+
+
+def test_two_components_on_one_port_are_refused_before_starting(tmp_path: Path) -> None:
+    r = _start(tmp_path, AGENT_TWO_REGISTRY_PORT="16000")
+    assert r.returncode == 1, r.stdout + r.stderr
+    assert "port 16000 is given to both agent-one (registry) and agent-two (registry)" in r.stderr, r.stderr
+    r = _start(tmp_path, PROXY_PORT="14000")
+    assert "port 14000 is given to both testfs and proxy" in r.stderr, r.stderr
+    assert not list((tmp_path / "dc").glob("logs/*.log"))
+
+
+def test_a_config_error_names_the_users_file_and_key(tmp_path: Path) -> None:
+    config = tmp_path / "config"
+    shutil.copytree(REPO_ROOT / "config", config)
+    edited = config / "agent" / "development.yaml"
+    edited.write_text(edited.read_text() + "\ndownload:\n  fallback_afterr: 30s\n")
+    r = _start(tmp_path, "--config-dir", str(config))
+    assert r.returncode == 1, r.stdout + r.stderr
+    assert f"agent-one: {edited}: download.fallback_afterr: unknown key" in r.stderr, r.stderr
+    assert str(tmp_path / "dc" / "config") not in r.stderr, r.stderr  # not the generated overlay
+    assert not list((tmp_path / "dc").glob("logs/*.log"))
+
+
+# ---- the messages, without processes ---------------------------------------------------------
+
+HERD_IN_CONTAINER = Holder(4242, "/opt/kraken/bin/python -m kraken origin --config /var/cache/kraken/herd/config/"
+                                 "origin.yaml --port 15002", container=True)
+
+
+def test_ports_held_by_the_docker_devcluster_name_make_docker_stop() -> None:
+    busy = [BusyPort("origin", 15002, HERD_IN_CONTAINER), BusyPort("proxy", 15000, HERD_IN_CONTAINER)]
+    msg = busy_ports_message(busy, Path("/tmp/kraken-devcluster"), ["kraken-agent-one", "kraken-herd"])
+    assert msg.startswith("devcluster: ports 15002 (origin), 15000 (proxy) are already in use by pid 4242 ("), msg
+    assert "the Docker devcluster holds 15002, 15000 (containers kraken-agent-one, kraken-herd): " \
+           "stop it with `make docker_stop`" in msg, msg
+    # Not the paths inside the containers, not their PIDs.
+    assert "devcluster-stop" not in msg and "/var/cache/kraken/herd" not in msg.split("To free")[1], msg
+    assert "kill" not in msg, msg
+
+
+def test_ports_held_by_a_native_devcluster_name_its_work_dir() -> None:
+    holder = Holder(77, f"{sys.executable} -m kraken proxy --config /srv/dc/config/proxy.yaml --port 15000")
+    msg = busy_ports_message([BusyPort("proxy", 15000, holder)], Path("/tmp/kraken-devcluster"))
+    assert "a native devcluster (work dir /srv/dc) holds 15000: stop it with `make devcluster-stop " \
+           "DEVCLUSTER_DIR=/srv/dc`" in msg, msg
+    assert "docker_stop" not in msg and "kill" not in msg, msg
+
+
+def test_a_port_held_by_an_unknown_process() -> None:
+    msg = busy_ports_message([BusyPort("tracker", 15003, None)], Path("/tmp/kraken-devcluster"))
+    assert "port 15003 (tracker) is already in use by another process" in msg
+    assert "`make devcluster-stop`" in msg and "ss -ltnp 'sport = :15003'" in msg, msg
+
+
+def test_a_container_that_is_not_the_devcluster() -> None:
+    msg = busy_ports_message([BusyPort("proxy", 15000, HERD_IN_CONTAINER)], Path("/tmp/kraken-devcluster"), [])
+    assert "a container holds 15000: find it with `docker ps`" in msg and "docker_stop" not in msg, msg
+
+
+def test_log_tail_shows_only_this_runs_lines(tmp_path: Path) -> None:
+    log = tmp_path / "agent-one.log"
+    log.write_text("".join(f"earlier run {i}\n" for i in range(50)))
+    proc = Process("agent-one", "agent", 16000, None, log, log_offset=log.stat().st_size)
+    assert proc.log_tail() == "(nothing logged)"
+    with open(log, "a") as f:
+        f.write("this run: config error\n")
+    assert proc.log_tail() == "this run: config error"
+
+
+def test_a_config_error_is_traced_to_the_file_that_sets_the_key(tmp_path: Path) -> None:
+    user = tmp_path / "config" / "agent" / "development.yaml"
+    user.parent.mkdir(parents=True)
+    (user.parent / "base.yaml").write_text("registry:\n  tls: no\n")
+    user.write_text("extends: base.yaml\ndownload:\n  timeout: soon\n")
+    overlay = write_overlay(tmp_path / "dc" / "config" / "agent-one.yaml", user, {"store": {"root": "/x"}})
+    assert configcheck.explain(f"{overlay}: download.timeout: not a duration", overlay) == \
+        f"{user}: download.timeout: not a duration"
+    assert configcheck.explain(f"{overlay}: registry.tls: unknown key", overlay) == \
+        f"{user.parent / 'base.yaml'}: registry.tls: unknown key"
+    assert configcheck.explain(f"{overlay}: store.root: bad", overlay) == \
+        f"{user}: store.root: bad (a value the devcluster sets in {overlay})"
+    assert configcheck.explain(f"{overlay}: origins: required key is missing", overlay) == \
+        f"{user}: origins: required key is missing"

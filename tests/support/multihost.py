@@ -1,5 +1,5 @@
-"""What the multi-host tests share (tests/test_multihost.py: native deploys;
-tests/test_multihost_docker.py: Docker deploys and the bridge-networked devcluster): agent
+"""What the multi-host tests share (tests/realclients/test_multihost.py: native deploys;
+tests/realclients/test_multihost_docker.py: Docker deploys and the bridge-networked devcluster): agent
 hosts on network namespaces, running commands on them, and what a user checks after a pull."""
 from __future__ import annotations
 

@@ -19,8 +19,7 @@ Networking, so that every announced peer address is reachable from every contain
 
 ``KRAKEN_DOCKER_NETWORK=host|bridge`` overrides the choice. The containers are started
 detached (``docker ps --filter name=kraken``); ``make docker_stop`` (or ``make
-devcluster-stop``) removes them. Like ``kraken.devcluster``, this is a synchronous
-command-line tool.
+devcluster-stop``) removes them. Like the native mode, this is a synchronous command-line tool.
 """
 from __future__ import annotations
 
@@ -33,20 +32,12 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 
-from kraken.devcluster import (
-    CONFIG_ROOT,
-    FILES_ROOT,
-    REPO_ROOT,
-    AgentPorts,
-    HerdPorts,
-    _busy_ports_message,
-    _err,
-    _out,
-    _write_state,
-    http_ok,
-    local_address,
-    port_free,
-)
+from kraken.devcluster.advice import BusyPort, busy_ports_message
+from kraken.devcluster.net import endpoint_url, http_ok, local_address, port_free
+from kraken.devcluster.params import CONFIG_ROOT, FILES_ROOT, REPO_ROOT, AgentPorts, HerdPorts
+from kraken.devcluster.plan import shared_ports
+from kraken.devcluster.procfs import port_holder
+from kraken.devcluster.state import err, out, write_state
 
 #: Where the images keep ``config/`` and ``examples/`` (their ``KRAKEN_ROOT``).
 IMAGE_FILES_ROOT = PurePosixPath("/etc/kraken")
@@ -134,7 +125,7 @@ def config_args(config_name: str, config_dir: Path) -> list[str]:
     try:
         inside = IMAGE_FILES_ROOT / config_dir.relative_to(FILES_ROOT).as_posix()
     except ValueError:
-        raise SystemExit(f"devcluster: {config_dir} is not in {FILES_ROOT}, so the images do not have it")
+        raise SystemExit(f"devcluster: {config_dir} is not in {FILES_ROOT}, so the images do not have it") from None
     return ["--config-name", config_name, "--config-dir", str(inside)]
 
 
@@ -143,7 +134,10 @@ def plan(ports: HerdPorts, agents: dict[str, AgentPorts], role: str, network: st
     """The containers of ``role``, in start order. ``bind_address``: where the herd's servers
     listen (host networking), when not every interface."""
     subnet = ipaddress.ip_network(os.environ.get(SUBNET_ENV, DEFAULT_SUBNET))
-    address = lambda i: str(subnet.network_address + 10 + i) if network == "bridge" else None  # noqa: E731
+
+    def address(i: int) -> str | None:
+        return str(subnet.network_address + 10 + i) if network == "bridge" else None
+
     if network == "bridge":
         herd_host = str(address(0))
     herd = herd_env(ports, herd_host)
@@ -152,14 +146,14 @@ def plan(ports: HerdPorts, agents: dict[str, AgentPorts], role: str, network: st
         herd_ports = [ports.testfs, ports.origin_p2p, ports.origin, ports.tracker, ports.build_index, ports.proxy]
         bind = ["--bind-address", bind_address] if bind_address else []
         containers.append(Container("kraken-herd", "herd", herd, [*config, *bind], [*herd_ports, ports.redis],
-                                    f"http://{local_address(bind_address)}:{ports.proxy}/v2/", address(0),
+                                    endpoint_url(local_address(bind_address), ports.proxy, "/v2/"), address(0),
                                     herd_ports))
     if role in ("all", "agent"):
         for i, (name, agent) in enumerate(agents.items(), start=1):
             args = [*config, *(["--peer-ip", peer_ip] if peer_ip else [])]
             containers.append(Container(f"kraken-{name}", "agent", {**herd, **agent.params()}, args,
                                         [agent.registry, agent.p2p, agent.server],
-                                        f"http://127.0.0.1:{agent.server}/health", address(i),
+                                        endpoint_url("127.0.0.1", agent.server, "/health"), address(i),
                                         [agent.registry, agent.server]))
     return containers
 
@@ -172,7 +166,7 @@ def ensure_images(roles: set[str]) -> None:
     script = REPO_ROOT / "docker" / "build-images.sh"
     if not script.exists():
         raise SystemExit(f"devcluster: no image {', '.join(missing)}, and no {script} to build it")
-    _out(f"devcluster: building {', '.join(missing)} (make images)")
+    out(f"devcluster: building {', '.join(missing)} (make images)")
     if subprocess.run(["bash", str(script)], stdin=subprocess.DEVNULL).returncode != 0:
         raise SystemExit("devcluster: building the images failed (see above)")
 
@@ -210,23 +204,27 @@ def start(workdir: Path, ports: HerdPorts, agents: dict[str, AgentPorts], *, rol
     hosts, which reach it at ``herd_host`` / its own address.
     """
     if not daemon_answers():
-        _err(f"devcluster: no Docker daemon answers (DOCKER_HOST={os.environ.get('DOCKER_HOST', 'unset')}): "
+        err(f"devcluster: no Docker daemon answers (DOCKER_HOST={os.environ.get('DOCKER_HOST', 'unset')}): "
              f"start one, or run local processes with KRAKEN_DEVCLUSTER=native")
         return 1
     network, why = network_mode() if role == "all" else ("host", "a multi-host role: host networking")
-    _out(f"  network   {network} ({why})")
+    out(f"  network   {network} ({why})")
     containers = plan(ports, agents, role, network, herd_host, config_args(config_name, config_dir), peer_ip,
                       bind_address)
     running = [c.name for c in containers if _state(c.name) in ("running", "restarting")]
     if running:
-        _err(f"devcluster: {', '.join(running)} already running (docker ps --filter name=kraken); "
+        err(f"devcluster: {', '.join(running)} already running (docker ps --filter name=kraken); "
              f"stop with `make docker_stop`")
         return 1
-    busy = [(c, port) for c in containers for port in (c.ports if network == "host" else c.published)
-            if not port_free(port)]
+    shared = shared_ports((c.name, port) for c in containers for port in c.ports)
+    if shared:
+        err("devcluster: not started: " + "; ".join(shared) + " (the ports come from examples/devcluster/"
+            "*_param.sh and the environment)")
+        return 1
+    busy = [BusyPort(c.name, port, port_holder(port)) for c in containers
+            for port in (c.ports if network == "host" else c.published) if not port_free(port)]
     if busy:
-        _err(_busy_ports_message(busy, workdir))
-        _err("  - or change the ports in examples/devcluster/*_param.sh")
+        err(busy_ports_message(busy, workdir, running_containers()))
         return 1
     ensure_images({c.role for c in containers})
     for c in containers:
@@ -235,18 +233,18 @@ def start(workdir: Path, ports: HerdPorts, agents: dict[str, AgentPorts], *, rol
         subnet = os.environ.get(SUBNET_ENV, DEFAULT_SUBNET)
         r = docker("network", "create", "--subnet", subnet, "--label", f"{LABEL}=network", NETWORK)
         if r.returncode != 0:
-            _err(f"devcluster: cannot create network {NETWORK} ({subnet}; {SUBNET_ENV} picks another): {r.stderr}")
+            err(f"devcluster: cannot create network {NETWORK} ({subnet}; {SUBNET_ENV} picks another): {r.stderr}")
             return 1
-    _write_state(workdir, {"mode": "docker", "containers": [c.name for c in containers], "workdir": str(workdir)})
+    write_state(workdir, {"mode": "docker", "containers": [c.name for c in containers], "workdir": str(workdir)})
     try:
         for c in containers:
             r = docker(*c.run_command(network))
             if r.returncode != 0:
                 raise RuntimeError(f"docker run {c.name}: {r.stderr.strip()}")
             _wait_up(c)
-            _out(f"  started   {c.name} ({image(c.role)})")
+            out(f"  started   {c.name} ({image(c.role)})")
     except RuntimeError as e:
-        _err(f"devcluster: failed to start: {e}")
+        err(f"devcluster: failed to start: {e}")
         stop([c.name for c in containers])
         return 1
     _print_endpoints(containers, ports, agents, role)
@@ -254,19 +252,30 @@ def start(workdir: Path, ports: HerdPorts, agents: dict[str, AgentPorts], *, rol
 
 
 def _print_endpoints(containers: list[Container], ports: HerdPorts, agents: dict[str, AgentPorts], role: str) -> None:
-    _out("")
-    _out(f"  {'container':<18} {'answers at':<36} logs")
+    out("")
+    out(f"  {'container':<18} {'answers at':<36} logs")
     for c in containers:
-        _out(f"  {c.name:<18} {c.probe:<36} docker logs -f {c.name}")
-    _out("")
+        out(f"  {c.name:<18} {c.probe:<36} docker logs -f {c.name}")
+    out("")
     if role != "herd":
         for name, agent in agents.items():
-            _out(f"  {name} pulls on localhost:{agent.registry} (P2P port {agent.p2p}, server {agent.server})")
-    _out("  docker ps --filter name=kraken    shows them; `make docker_stop` removes them")
+            out(f"  {name} pulls on localhost:{agent.registry} (P2P port {agent.p2p}, server {agent.server})")
+    out("  docker ps --filter name=kraken    shows them; `make docker_stop` removes them")
     if role != "agent":
-        _out(f"ready: push through localhost:{ports.proxy}, e.g. docker push localhost:{ports.proxy}/<repo>:<tag>")
+        out(f"ready: push through localhost:{ports.proxy}, e.g. docker push localhost:{ports.proxy}/<repo>:<tag>")
     else:
-        _out(f"ready: pull through localhost:{next(iter(agents.values())).registry}")
+        out(f"ready: pull through localhost:{next(iter(agents.values())).registry}")
+
+
+def running_containers() -> list[str]:
+    """The Docker devcluster's running containers (none when no daemon answers)."""
+    if shutil.which("docker") is None:
+        return []
+    try:
+        r = docker("ps", "--filter", f"label={LABEL}", "--format", "{{.Names}}", timeout=10)
+    except subprocess.TimeoutExpired:
+        return []
+    return sorted(r.stdout.split()) if r.returncode == 0 else []
 
 
 def stop(names: list[str] | None = None) -> int:
@@ -276,10 +285,10 @@ def stop(names: list[str] | None = None) -> int:
         names = docker("ps", "-a", "--filter", f"label={LABEL}", "--format", "{{.Names}}").stdout.split()
     present = [n for n in names if _state(n) != "missing"]
     if present:
-        _out(f"devcluster: stopping {', '.join(present)}")
+        out(f"devcluster: stopping {', '.join(present)}")
         docker("stop", "-t", str(STOP_TIMEOUT), *present, timeout=STOP_TIMEOUT * len(present) + 30)
         docker("rm", "-f", *present)
     if docker("network", "inspect", NETWORK, "--format", f"{{{{index .Labels \"{LABEL}\"}}}}").stdout.strip():
         docker("network", "rm", NETWORK)
-    _out("devcluster: stopped" if present else "devcluster: no kraken containers")
+    out("devcluster: stopped" if present else "devcluster: no kraken containers")
     return 0

@@ -1,0 +1,128 @@
+"""``python -m kraken.devcluster start|stop|health [--workdir DIR]``: what ``make devcluster``,
+``make devcluster-stop``, ``make docker_stop``, the deploy scripts and the images' health
+checks run.
+
+``start`` picks the mode (``KRAKEN_DEVCLUSTER``: ``docker`` or ``native``; unset: Docker when
+a daemon answers) and hands over to :mod:`kraken.devcluster.docker` or
+:mod:`kraken.devcluster.native`; ``--role herd|agent`` starts one host's share of a multi-host
+cluster. ``stop`` stops it from any shell; ``health`` exits 0 when the supervisor runs and
+every process answers its probe.
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from pathlib import Path
+
+from kraken.devcluster import docker as dockermode
+from kraken.devcluster import native
+from kraken.devcluster.params import (
+    CONFIG_ROOT,
+    DEFAULT_WORKDIR,
+    DEVCLUSTER_PARAMS,
+    AgentPorts,
+    HerdPorts,
+    ParamsError,
+    agent_name,
+    ambiguous_overrides,
+)
+from kraken.devcluster.state import err, out, state_path
+
+MODE_ENV = "KRAKEN_DEVCLUSTER"
+#: The devcluster's modes (``KRAKEN_DEVCLUSTER``), as the start banner names them.
+MODES = {"native": "native processes", "docker": "Docker containers"}
+#: What ``start --role`` runs: the whole devcluster, or one host's share of a multi-host cluster.
+ROLES = ("all", "herd", "agent")
+
+
+def choose_mode() -> tuple[str, str]:
+    """(mode, why): ``KRAKEN_DEVCLUSTER`` if set, else Docker when a daemon answers, else
+    native processes. Raises ``SystemExit`` for an unknown mode."""
+    asked = os.environ.get(MODE_ENV, "").strip().lower()
+    if asked in ("", "auto"):
+        if dockermode.daemon_answers():
+            return "docker", f"a Docker daemon answers; {MODE_ENV}=native runs local processes instead"
+        return "native", f"no Docker daemon answers; {MODE_ENV}=docker insists on containers"
+    if asked in MODES:
+        return asked, f"{MODE_ENV}={asked}"
+    raise SystemExit(f"devcluster: {MODE_ENV}={asked!r} is not a mode: use docker or native")
+
+
+def parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="python -m kraken.devcluster",
+        description="Start, stop or probe the devcluster (Docker containers when a daemon answers, "
+                    "else local processes), or one host's share of a multi-host cluster.")
+    p.add_argument("action", choices=["start", "stop", "health"])
+    p.add_argument("--role", choices=ROLES, default="all",
+                   help="all: the devcluster; herd or agent: this host's share of a multi-host cluster")
+    p.add_argument("--herd-host", default="127.0.0.1",
+                   help="the herd's address as other hosts reach it (advertised by the herd, dialled by agents)")
+    p.add_argument("--config-name", default="development", help="<config-dir>/<component>/<name>.yaml to extend")
+    p.add_argument("--config-dir", type=Path, default=CONFIG_ROOT,
+                   help="where the component configs are (default %(default)s; the multi-host "
+                        "deployment's: examples/multihost/config)")
+    p.add_argument("--herd-params", type=Path, default=DEVCLUSTER_PARAMS / "herd_param.sh",
+                   help="the herd's ports (default %(default)s)")
+    p.add_argument("--agent-params", type=Path, action="append",
+                   help="an agent's ports, once per agent (default: agent_one_param.sh and "
+                        "agent_two_param.sh beside the herd's; with --role agent, agent_one_param.sh)")
+    p.add_argument("--peer-ip", default="", help="an agent host's own address (labels its P2P log lines)")
+    p.add_argument("--redis", action="store_true", help="run a redis-server as the tracker's peer store")
+    p.add_argument("--bind-address", default="",
+                   help="where the herd's servers listen (default 0.0.0.0: every interface)")
+    p.add_argument("--logs", default="", help="'-': every process's log to stdout, not <workdir>/logs/")
+    p.add_argument("--docker", action="store_true",
+                   help="with stop: remove the devcluster's containers whatever the work dir says "
+                        "(make docker_stop)")
+    p.add_argument("--workdir", default=os.environ.get("DEVCLUSTER_DIR") or str(DEFAULT_WORKDIR),
+                   help="data, configs, logs and state (default: $DEVCLUSTER_DIR or %(default)s)")
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parser().parse_args(argv)
+    workdir = Path(args.workdir)
+    if args.action == "health":
+        return native.cmd_health(workdir)
+    if args.action == "stop":  # creates nothing: a mistyped work dir must not appear on disk
+        if args.docker:
+            state_path(workdir.resolve()).unlink(missing_ok=True)
+            return dockermode.stop()
+        return native.cmd_stop(workdir)
+    workdir.mkdir(parents=True, exist_ok=True)
+
+    agent_files = args.agent_params or [
+        args.herd_params.parent / "agent_one_param.sh",
+        *([args.herd_params.parent / "agent_two_param.sh"] if args.role == "all" else [])]
+    ambiguous = ambiguous_overrides(agent_files, os.environ)
+    if ambiguous is not None:
+        err(f"devcluster: not started: {ambiguous}")
+        return 1
+    try:
+        ports = HerdPorts.from_params(args.herd_params)
+        agents = {("agent" if args.role == "agent" else agent_name(f)): AgentPorts.from_params(f) for f in agent_files}
+    except ParamsError as e:
+        err(f"devcluster: {e}")
+        return 1
+    mode, why = choose_mode()
+    out(f"kraken devcluster: {MODES[mode]} ({why})")
+    if mode == "docker":
+        problem = native.check_plan(native.plan(
+            workdir.resolve(), ports, agents, role=args.role, herd_host=args.herd_host,
+            config_name=args.config_name, config_dir=args.config_dir.resolve(), bind_address=args.bind_address))
+        if problem is not None:
+            err(problem)
+            return 1
+        return dockermode.start(
+            workdir.resolve(), ports, agents, role=args.role, herd_host=args.herd_host,
+            config_name=args.config_name, config_dir=args.config_dir.resolve(), peer_ip=args.peer_ip,
+            bind_address=args.bind_address)
+    return native.cmd_start(workdir, ports, agents, role=args.role, herd_host=args.herd_host,
+                            config_name=args.config_name, peer_ip=args.peer_ip, config_dir=args.config_dir.resolve(),
+                            redis=args.redis, logs_to_stdout=args.logs == "-", bind_address=args.bind_address)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,245 @@
+"""Native mode: the devcluster (or one host's share of a multi-host cluster) as local
+processes, supervised in the foreground until SIGINT (Ctrl-C), SIGTERM or SIGHUP.
+
+``start`` checks the plan first (no two components on one port, every config loads, every
+port free, naming who holds a busy one and the command that frees it), starts the herd and
+then the agents, prints the endpoint table and a line beginning with ``ready:``, and stops
+them all when asked or when one dies on its own (exit 1, with the end of that component's log
+from this run). Its state is in ``<workdir>/devcluster.json``. ``stop`` (from any shell)
+signals that supervisor, or removes the containers of a Docker devcluster; children whose
+supervisor had died are stopped by PID, and only when their command line shows they are ours.
+"""
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import time
+from pathlib import Path
+from typing import Any
+
+from kraken.devcluster import configcheck
+from kraken.devcluster import docker as dockermode
+from kraken.devcluster.advice import BusyPort, busy_ports_message
+from kraken.devcluster.net import endpoint_url, port_free, probe_ok
+from kraken.devcluster.params import CONFIG_ROOT, AgentPorts, HerdPorts
+from kraken.devcluster.plan import agent_processes, herd_processes, port_owners, shared_ports
+from kraken.devcluster.procfs import pid_alive, port_holder
+from kraken.devcluster.state import (
+    err,
+    is_our_child,
+    is_our_supervisor,
+    out,
+    read_state,
+    state_path,
+    stop_hint,
+    write_state,
+)
+from kraken.devcluster.supervise import Interrupted, Process, StartupError, Supervisor
+
+#: What answers on each process's probe port (an agent's server port, else its port), for
+#: the endpoint table.
+_PROBES = {"proxy": "/v2/"}
+
+
+def _endpoint(proc: Process) -> str:
+    if proc.component == "redis":
+        return proc.probe
+    return endpoint_url(proc.host, proc.health_port or proc.port, _PROBES.get(proc.component, "/health"))
+
+
+def plan(workdir: Path, ports: HerdPorts, agents: dict[str, AgentPorts], *, role: str = "all",
+         herd_host: str = "127.0.0.1", config_name: str = "development", peer_ip: str = "",
+         config_dir: Path = CONFIG_ROOT, redis: bool = False, bind_address: str = "") -> list[Process]:
+    """The processes of ``role``, in start order, their overlays written (see ``cmd_start``)."""
+    procs = []
+    if role in ("all", "herd"):
+        procs += herd_processes(workdir, ports, config_name, host=herd_host, config_dir=config_dir, redis=redis)
+    if bind_address:
+        for proc in procs:
+            if proc.component != "redis":
+                proc.bind(bind_address)
+    if role in ("all", "agent"):
+        procs += agent_processes(workdir, ports, agents, config_name, herd_host=herd_host, peer_ip=peer_ip,
+                                 config_dir=config_dir)
+    return procs
+
+
+def check_plan(procs: list[Process]) -> str | None:
+    """Why ``procs`` cannot start, whatever the ports' state: two components on one port, or a
+    config a component would refuse (naming the user's file and key); None when they can. The
+    Docker mode checks this on the host before it starts a container."""
+    shared = shared_ports(port_owners(procs))
+    if shared:
+        return ("devcluster: not started: " + "; ".join(shared) +
+                " (the ports come from examples/devcluster/*_param.sh and the environment)")
+    problems = configcheck.check(procs)
+    if problems:
+        return "devcluster: not started: config error\n" + "\n".join(f"  {p}" for p in problems)
+    return None
+
+
+def busy_ports(procs: list[Process], workdir: Path) -> str | None:
+    """Who holds the ports ``procs`` need and how to free them; None when all are free."""
+    busy = [BusyPort(who, port, port_holder(port)) for who, port in port_owners(procs) if not port_free(port)]
+    if not busy:
+        return None
+    in_containers = any(b.holder is not None and b.holder.container for b in busy)
+    return busy_ports_message(busy, workdir, dockermode.running_containers() if in_containers else ())
+
+
+class _StopFlag:
+    """Set from a signal handler, read by the main loop (no locks: nothing to deadlock on)."""
+
+    def __init__(self) -> None:
+        self.signum: int | None = None
+
+    def set(self, signum: int, _frame: Any = None) -> None:
+        if self.signum is None:
+            self.signum = signum
+
+    def __call__(self) -> bool:
+        return self.signum is not None
+
+
+def cmd_start(workdir: Path, ports: HerdPorts, agents: dict[str, AgentPorts],
+              role: str = "all", herd_host: str = "127.0.0.1", config_name: str = "development",
+              peer_ip: str = "", config_dir: Path = CONFIG_ROOT, redis: bool = False,
+              logs_to_stdout: bool = False, bind_address: str = "") -> int:
+    """The herd on ``ports``, then ``agents`` (name -> ports), supervised until a stop.
+
+    ``role`` ``herd`` or ``agent`` starts only that part, for a multi-host cluster: the herd
+    advertises ``herd_host`` (its address on the network), the agent (one, named ``agent``)
+    pulls from the herd at ``herd_host``.
+    ``redis`` gives the herd a redis-server as the tracker's store; ``logs_to_stdout`` prints
+    every process's log instead of writing ``logs/<name>.log`` (in a container);
+    ``bind_address`` is where the herd's servers listen (default every interface).
+    """
+    workdir = workdir.resolve()
+    running = read_state(workdir)
+    if running and is_our_supervisor(running.get("supervisor", -1)) and running["supervisor"] != os.getpid():
+        err(f"devcluster: already running from {workdir} (supervisor pid {running['supervisor']}); "
+            f"stop it with {stop_hint(workdir)}")
+        return 1
+
+    procs = plan(workdir, ports, agents, role=role, herd_host=herd_host, config_name=config_name, peer_ip=peer_ip,
+                 config_dir=config_dir, redis=redis, bind_address=bind_address)
+    problem = check_plan(procs) or busy_ports(procs, workdir)
+    if problem is not None:
+        err(problem)
+        return 1
+
+    stop = _StopFlag()
+    for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
+        signal.signal(sig, stop.set)
+    sup = Supervisor(workdir, should_stop=stop, die_with_parent=True, logs_to_stdout=logs_to_stdout)
+    children: dict[str, dict[str, Any]] = {}
+    state = {"mode": "native", "supervisor": os.getpid(), "workdir": str(workdir), "processes": children}
+    write_state(workdir, state)
+
+    out(f"  work dir  {workdir}")
+    out(f"  logs      {'stdout' if logs_to_stdout else f'{sup.log_dir}/<component>.log'}")
+    code = 0
+    try:
+        for proc in procs:
+            banner = (f"=== devcluster: starting {proc.name} at "
+                      f"{time.strftime('%Y-%m-%dT%H:%M:%S')}: {' '.join(proc.command())}")
+            if logs_to_stdout:
+                out(banner)
+            else:
+                with open(proc.log_path, "a") as log:
+                    log.write(banner + "\n")
+            pid = sup.start(proc).pid
+            children[proc.name] = {"pid": pid, "port": proc.port, "component": proc.component, "probe": proc.probe}
+            write_state(workdir, state)
+            out(f"  started   {proc.name} (pid {pid})")
+        out("")
+        out(f"  {'component':<12} {'endpoint':<32} {'pid':<8} log")
+        for proc in procs:
+            out(f"  {proc.name:<12} {_endpoint(proc):<32} {proc.pid:<8} "
+                f"{'stdout' if logs_to_stdout else proc.log_path}")
+        out("")
+        for proc in procs:
+            if proc.component == "agent":
+                out(f"  {proc.name} pulls on localhost:{proc.port} (P2P port {proc.other_ports[0]})")
+        if role != "agent":
+            out(f"  origin seeds on P2P port {ports.origin_p2p}, announced as {herd_host}:{ports.origin_p2p}")
+            out(f"ready: push through {herd_host if role == 'herd' else 'localhost'}:{ports.proxy}, e.g. docker push "
+                f"localhost:{ports.proxy}/<repo>:<tag>   (Ctrl-C or `make devcluster-stop` stops it)")
+        else:
+            out(f"ready: pull through localhost:{procs[0].port} (herd at {herd_host})")
+        while not stop():
+            dead = [p for p in procs if not p.alive()]
+            if dead:
+                err(f"devcluster: {dead[0].name} exited unexpectedly with {dead[0].returncode}; "
+                    f"this run's end of {dead[0].log_path}:\n{dead[0].log_tail()}")
+                code = 1
+                break
+            time.sleep(0.2)
+    except Interrupted:
+        out("devcluster: stop requested during startup")
+    except StartupError as e:
+        err(f"devcluster: failed to start: {e}")
+        code = 1
+    finally:
+        why_stop = f" ({signal.Signals(stop.signum).name})" if stop.signum else ""
+        out(f"devcluster: stopping{why_stop}")
+        sup.stop_all()
+        if (read_state(workdir) or {}).get("supervisor") == os.getpid():
+            state_path(workdir).unlink(missing_ok=True)
+    out(f"devcluster: stopped{'' if code == 0 else ' (after a failure)'}")
+    return code
+
+
+def cmd_stop(workdir: Path, timeout: float = 60.0) -> int:
+    workdir = workdir.resolve()
+    state = read_state(workdir)
+    if state is None:
+        out(f"devcluster: none running from {workdir} (no {state_path(workdir)})")
+        return 0
+    if state.get("mode") == "docker":
+        code = dockermode.stop(state.get("containers", []))
+        state_path(workdir).unlink(missing_ok=True)
+        return code
+    supervisor = int(state.get("supervisor", -1))
+    if is_our_supervisor(supervisor):
+        out(f"devcluster: stopping supervisor pid {supervisor}")
+        _terminate(supervisor, timeout)
+    children = {name: int(info["pid"]) for name, info in state.get("processes", {}).items()}
+    for name, pid in children.items():  # only still alive if the supervisor itself had died
+        if is_our_child(pid, workdir):
+            out(f"devcluster: stopping leftover {name} (pid {pid})")
+            _terminate(pid, 10.0)
+    state_path(workdir).unlink(missing_ok=True)
+    out("devcluster: stopped")
+    return 0
+
+
+def _terminate(pid: int, timeout: float) -> None:
+    """SIGTERM ``pid`` (not our child), wait for it to go, SIGKILL after ``timeout``."""
+    try:
+        os.kill(pid, signal.SIGTERM)
+    except ProcessLookupError:
+        return
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if not pid_alive(pid):
+            return
+        time.sleep(0.05)
+    with contextlib.suppress(ProcessLookupError):
+        os.kill(pid, signal.SIGKILL)
+
+
+def cmd_health(workdir: Path) -> int:
+    """Exit 0 if the supervisor from ``workdir`` runs and every process it started answers its
+    probe; else name what does not (the containers' health check)."""
+    state = read_state(workdir.resolve())
+    if state is None or not pid_alive(int(state.get("supervisor", -1))):
+        err(f"devcluster: no supervisor running from {workdir}")
+        return 1
+    failing = [name for name, info in state.get("processes", {}).items() if not probe_ok(info["probe"])]
+    for name in failing:
+        err(f"devcluster: {name} does not answer at {state['processes'][name]['probe']}")
+    if not state.get("processes"):
+        err("devcluster: still starting")
+    return 1 if failing or not state.get("processes") else 0

@@ -24,7 +24,8 @@ from prometheus_client.parser import text_string_to_metric_families
 from kraken.config import build
 from kraken.core.digest import Digest
 from kraken.devcluster import CONFIG_ROOT, Process, Supervisor, free_port
-from kraken.http.client import ClientConfig, HttpClient
+from kraken.http.client import HttpClient, create_client
+from kraken.http.config import HttpClientConfig
 from kraken.origin.client import OriginClient
 from kraken.origin.config import OriginConfig
 from kraken.origin.server import SERVICE, create_origin_app
@@ -193,7 +194,7 @@ async def session() -> AsyncIterator[aiohttp.ClientSession]:
 
 @pytest.fixture
 async def http() -> AsyncIterator[HttpClient]:
-    client = HttpClient(ClientConfig(connect_timeout=2, read_timeout=10))
+    client = create_client(HttpClientConfig(connect_timeout=2, read_timeout=10))
     yield client
     await client.close()
 

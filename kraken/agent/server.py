@@ -30,7 +30,8 @@ from kraken.buildindex.client import BuildIndexClient
 from kraken.buildindex.tags import TagError, parse_tag
 from kraken.core.digest import Digest, DigestError
 from kraken.http.app import create_app
-from kraken.http.client import ClientConfig, HttpClient, HTTPStatusError
+from kraken.http.client import HttpClient, HTTPStatusError, create_client
+from kraken.http.health import check
 from kraken.http.names import check_namespace
 from kraken.log import get_logger
 from kraken.metrics import Metrics
@@ -44,7 +45,6 @@ COMPONENT = "agent"
 log = get_logger(COMPONENT)
 # Why a blob cannot be had right now (the download, the tracker, the disk): 503, try again.
 _BLOB_ERRORS = (BlobUnavailable, ConnectionError, TimeoutError, HTTPStatusError, OSError, aiohttp.ClientError)
-READINESS_TIMEOUT = 2.0
 
 
 class Agent:
@@ -70,8 +70,7 @@ class Agent:
         quarantined = metrics.counter("kraken_agent_blobs_quarantined_total", QUARANTINED_HELP)
         cas = await asyncio.to_thread(CAStore, root, False, quarantined)
         session = await P2PSession.start(config.p2p, metrics, role="agent")
-        # Fewer retries than the default: a pull waiting on a dead tracker should get its 503 soon.
-        http = HttpClient(ClientConfig(connect_timeout=3.0, read_timeout=60.0, retries=2))
+        http = create_client(config.http_client)
         tracker = TrackerClient(config.tracker.addr, http, config.download.metainfo_timeout)
         fallback = None
         if config.origins.hosts and config.download.fallback_after > 0:
@@ -91,9 +90,7 @@ class Agent:
     async def readiness(self) -> None:
         """The tracker and build-index answer ``/health``."""
         await self.tracker.ping()
-        async with asyncio.timeout(READINESS_TIMEOUT):
-            resp = await self.http.request("GET", f"{self.build_index.base}/health", retry=False)
-            resp.release()
+        await check(self.http, self.config.build_index.addr)
 
     def registry_app(self) -> web.Application:
         app = create_app(COMPONENT, self.metrics, self.readiness)

@@ -16,7 +16,8 @@ import aiohttp
 from kraken.backend.base import Backend, BackendError, BackendNotFound, BlobInfo, InvalidName
 from kraken.backend.config import TestfsBackendConfig
 from kraken.backend.namepath import ObjectLayout
-from kraken.http.client import ClientConfig, HttpClient, HTTPStatusError
+from kraken.http.client import HTTPStatusError, create_client
+from kraken.http.config import HttpClientConfig
 from kraken.testfs.client import TestfsClient, TestfsNotFound
 
 
@@ -25,10 +26,10 @@ class TestfsBackend(Backend):
 
     __test__ = False  # not a pytest test class despite the name
 
-    def __init__(self, config: TestfsBackendConfig, http_config: ClientConfig | None = None) -> None:
+    def __init__(self, config: TestfsBackendConfig, http_config: HttpClientConfig | None = None) -> None:
         self.addr = config.addr
         self.layout = ObjectLayout(config.root, config.name_path)
-        self.http = HttpClient(http_config)
+        self.http = create_client(http_config)
         self.client = TestfsClient(config.addr, self.http)
 
     @contextmanager

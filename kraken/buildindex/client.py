@@ -6,6 +6,7 @@ from urllib.parse import quote
 
 from kraken.core.digest import Digest
 from kraken.http.client import HttpClient, HTTPStatusError
+from kraken.http.urls import base_url
 from kraken.registry.referrer_index import ReferrerDescriptor
 
 #: A referrers answer is bounded by build-index's ``max_referrers`` x ``max_referrer_size``
@@ -33,7 +34,7 @@ class ReferrerRefused(Exception):
 
 class BuildIndexClient:
     def __init__(self, addr: str, http: HttpClient) -> None:
-        self.base = f"http://{addr}"
+        self.base = base_url(addr)
         self.http = http
 
     async def put_tag(self, tag: str, digest: Digest) -> None:

@@ -31,7 +31,7 @@ from kraken.buildindex.tags import Tag, TagError, parse_tag, validate_repo
 from kraken.buildindex.tagstore import TagStore
 from kraken.core.digest import Digest, DigestError
 from kraken.http.app import create_app
-from kraken.http.client import HttpClient, HTTPStatusError
+from kraken.http.client import HTTPStatusError, create_client
 from kraken.log import get_logger
 from kraken.metrics import Metrics
 from kraken.origin.client import BlobNotFound, BlobNotReady, OriginCluster
@@ -143,7 +143,7 @@ class BuildIndex:
         router = build_router(self.config.backends)
         self._router = router
         self._backends = router.backends
-        http = HttpClient()
+        http = create_client(self.config.http_client)
         try:
             self._origins = OriginCluster(self.config.origins, http)
             self._store = TagStore(Path(self.config.store.root), router, self.config.cache_ttl)

@@ -24,7 +24,8 @@ log = get_logger(COMPONENT)
 def create_proxy_app(config: ProxyConfig) -> web.Application:
     metrics = Metrics(COMPONENT)
     manifests = ManifestCache(Path(config.store.root) / "manifests", config.manifest_cache_size)
-    storage = ProxyStorage(config.origins, config.build_index.addr, ProxyMetrics(metrics), manifests)
+    storage = ProxyStorage(config.origins, config.build_index.addr, ProxyMetrics(metrics), manifests,
+                           config.http_client)
     staging = CAStore(config.store.root, durable=False)  # the origin keeps the durable copy
     app = create_app(COMPONENT, metrics, readiness=storage.readiness)
     app.cleanup_ctx.append(storage.lifecycle)

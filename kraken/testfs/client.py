@@ -17,6 +17,7 @@ import aiofiles
 import aiofiles.os
 
 from kraken.http.client import HttpClient
+from kraken.http.urls import base_url
 from kraken.testfs.filetree import AtomicWriter
 
 CHUNK = 1 << 20
@@ -34,7 +35,7 @@ class TestfsClient:
     __test__ = False  # not a pytest test class despite the name
 
     def __init__(self, addr: str, http: HttpClient) -> None:
-        self.base = (addr if "://" in addr else f"http://{addr}").rstrip("/")
+        self.base = base_url(addr)
         self.http = http
 
     def _url(self, endpoint: str, path: str) -> str:

@@ -113,7 +113,8 @@ def test_http_client_section_and_component_defaults(tmp_path: Path) -> None:
     from kraken.proxy.config import ProxyConfig
 
     path = tmp_path / "proxy.yaml"
-    path.write_text("http_client: {connect_timeout: 2s, retries: 0, read_buffer: 32KB}\n")
+    path.write_text(f"store: {{root: {tmp_path}}}\norigins: {{hosts: []}}\n"
+                    "http_client: {connect_timeout: 2s, retries: 0, read_buffer: 32KB}\n")
     client = load_config(ProxyConfig, path).http_client
     assert (client.connect_timeout, client.retries, client.read_buffer, client.read_timeout) == (2.0, 0, 32 << 10, 60.0)
     agent = AgentConfig(store=StoreConfig(root=str(tmp_path))).http_client

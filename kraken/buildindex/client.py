@@ -1,6 +1,7 @@
 """Client of the build-index HTTP API (used by the proxy, agents and replication)."""
 from __future__ import annotations
 
+import builtins
 import json
 from urllib.parse import quote
 
@@ -77,7 +78,7 @@ class BuildIndexClient:
             raise ReferrerRefused(_error_message(e.body), limit=e.status == 403) from None
         resp.release()
 
-    async def list_referrers(self, repo: str, subject: Digest) -> list[ReferrerDescriptor]:
+    async def list_referrers(self, repo: str, subject: Digest) -> builtins.list[ReferrerDescriptor]:
         """The referrers of ``subject`` in ``repo`` (``[]`` when none). An oversized or
         malformed answer is an upstream failure (HTTPStatusError 502), like a 5xx."""
         url = f"{self.base}/referrers/{quote(repo, safe='')}/{subject}"
@@ -95,7 +96,7 @@ class BuildIndexClient:
         except (ValueError, KeyError, TypeError) as e:
             raise HTTPStatusError("GET", url, 502, f"malformed referrers answer: {e}") from None
 
-    async def _get_result(self, url: str) -> list[str]:
+    async def _get_result(self, url: str) -> builtins.list[str]:
         resp = await self.http.request("GET", url)
         try:
             return list((await resp.json())["result"])

@@ -24,6 +24,7 @@ METRICS: web.AppKey[Metrics] = web.AppKey("metrics", Metrics)
 COMPONENT: web.AppKey[str] = web.AppKey("component", str)
 
 ReadinessCheck = Callable[[], Awaitable[None]]
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 #: Renders an unhandled exception of a request it is responsible for; None passes it on.
 ErrorRenderer = Callable[[web.Request, Exception], "web.StreamResponse | None"]
 ERROR_RENDERERS: web.AppKey[list[ErrorRenderer]] = web.AppKey("error_renderers", list)
@@ -51,7 +52,7 @@ def create_app(
     log = get_logger(component)
 
     @web.middleware
-    async def observe(request: web.Request, handler):
+    async def observe(request: web.Request, handler: Handler) -> web.StreamResponse:
         start = time.perf_counter()
         status = 500
         try:
@@ -77,10 +78,10 @@ def create_app(
                 return response
             log.exception("unhandled error", method=request.method, path=request.path)
             for renderer in request.app[ERROR_RENDERERS]:
-                response = renderer(request, e)
-                if response is not None:
-                    status = response.status
-                    return response
+                rendered = renderer(request, e)
+                if rendered is not None:
+                    status = rendered.status
+                    return rendered
             return web.json_response({"error": f"internal error: {type(e).__name__}: {e}"}, status=500)
         finally:
             elapsed = time.perf_counter() - start

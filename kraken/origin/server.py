@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import functools
 import re
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 
 import aiohttp
 from aiohttp import web
@@ -211,16 +211,16 @@ def create_origin_app(config: OriginConfig) -> web.Application:
     app = create_app("origin", Metrics("origin"))
     app.middlewares.append(check_namespace)
 
-    async def start(app: web.Application) -> None:
+    async def lifecycle(app: web.Application) -> AsyncIterator[None]:
+        """The service needs a running loop: made when the app starts, closed when it stops."""
         app[SERVICE] = await OriginService.create(config, app[METRICS])
-        await app[SERVICE].start()
-
-    async def stop(app: web.Application) -> None:
-        if SERVICE in app:
+        try:
+            await app[SERVICE].start()
+            yield
+        finally:
             await app[SERVICE].close()
 
-    app.on_startup.append(start)
-    app.on_cleanup.append(stop)
+    app.cleanup_ctx.append(lifecycle)
 
     # [\s\S], not ".": a namespace with a newline must reach check_namespace (400), not miss (404).
     blob = r"/namespace/{ns:[\s\S]+}/blobs/{digest}"

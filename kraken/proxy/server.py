@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import asyncio
+from collections.abc import AsyncIterator
 from pathlib import Path
 
 from aiohttp import web
@@ -28,12 +29,12 @@ def create_proxy_app(config: ProxyConfig) -> web.Application:
                            config.http_client)
     staging = CAStore(config.store.root, durable=False)  # the origin keeps the durable copy
     app = create_app(COMPONENT, metrics, readiness=storage.readiness)
-    app.cleanup_ctx.append(storage.lifecycle)
 
-    async def clear_staging(_: web.Application) -> None:
+    async def clear_staging(_: web.Application) -> AsyncIterator[None]:
         await _clear_staging(staging)
+        yield
 
-    app.on_startup.append(clear_staging)
+    app.cleanup_ctx.extend([clear_staging, storage.lifecycle])
     add_registry_routes(
         app, storage, read_only=False, uploads=staging,
         max_manifest_size=config.max_manifest_size, upload_ttl=config.upload_ttl,

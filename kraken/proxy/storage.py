@@ -132,7 +132,7 @@ class ProxyStorage(RegistryStorage):
         """build-index answers: asked before a tagged manifest is stored, so a push refused
         with 503 while build-index is down stores nothing. (build-index failing between this
         check and the tag PUT still leaves the manifest stored, untagged.)"""
-        await self._health(self._build_index_addr)
+        await check(self.http, self._build_index_addr, timeout=self._http_config.read_timeout)
 
     async def put_tag(self, repo: str, tag: str, digest: Digest) -> None:
         try:

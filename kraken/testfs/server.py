@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+from collections.abc import AsyncIterator
 from pathlib import Path
 from stat import S_ISREG
 
@@ -135,14 +136,15 @@ def create_testfs_app(config: TestfsConfig) -> web.Application:
         if not await asyncio.to_thread(os.access, tree.root, os.W_OK):
             raise RuntimeError(f"root {tree.root} is not a writable directory")
 
-    async def prepare_root(_: web.Application) -> None:
+    async def lifecycle(_: web.Application) -> AsyncIterator[None]:
         await asyncio.to_thread(tree.root.mkdir, parents=True, exist_ok=True)
         await asyncio.to_thread(tree.clear_tmp)
         log.info("serving files", root=tree.root)
+        yield
 
     app = create_app("testfs", readiness=readiness)
     app[TREE] = tree
-    app.on_startup.append(prepare_root)
+    app.cleanup_ctx.append(lifecycle)
     app.router.add_route("HEAD", "/files/{path:.*}", head_file)
     app.router.add_route("GET", "/files/{path:.*}", get_file)
     app.router.add_route("POST", "/files/{path:.*}", put_file)

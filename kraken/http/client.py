@@ -13,6 +13,7 @@ from typing import Any
 import aiohttp
 
 from kraken.http.config import HttpClientConfig
+from kraken.http.errors import error_message
 from kraken.log import get_logger
 
 log = get_logger("kraken.http.client")
@@ -21,12 +22,14 @@ RETRY_STATUSES = frozenset({502, 503, 504})
 
 
 class HTTPStatusError(Exception):
-    """A response with an unexpected status; carries the status and a slice of the body."""
+    """A response with an unexpected status: its status, body, and ``message``, the body's
+    ``error`` field when it is Kraken's error format (:mod:`kraken.http.errors`)."""
 
     def __init__(self, method: str, url: str, status: int, body: str) -> None:
-        super().__init__(f"{method} {url}: HTTP {status}: {body[:500]}")
         self.status = status
         self.body = body
+        self.message = error_message(body)
+        super().__init__(f"{method} {url}: HTTP {status}: {self.message[:500]}")
 
 
 def create_client(config: HttpClientConfig | None = None) -> HttpClient:

@@ -93,8 +93,8 @@ class TrackerClient:
         except HTTPStatusError as e:
             if e.status < 500:
                 raise
-            log.warning("tracker unreachable", tracker=self.addr, digest=digest, status=e.status, error=e.body[:200])
-            raise TrackerUnavailable(f"tracker {self.addr} answered {e.status}: {e.body[:200]}") from None
+            log.warning("tracker unreachable", tracker=self.addr, digest=digest, status=e.status, error=e.message[:200])
+            raise TrackerUnavailable(f"tracker {self.addr} answered {e.status}: {e.message[:200]}") from None
         slot = resp.headers.get(SLOT_HEADER, "0")
         try:
             return resp.status, await resp.read(), int(slot) if slot.isdigit() else 0

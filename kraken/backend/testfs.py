@@ -40,7 +40,7 @@ class TestfsBackend(Backend):
             raise BackendNotFound(f"{name}: not found on testfs {self.addr}") from None
         except HTTPStatusError as e:
             if e.status == 400:
-                raise InvalidName(f"{name}: refused by testfs {self.addr}: {e.body.strip()}") from e
+                raise InvalidName(f"{name}: refused by testfs {self.addr}: {e.message}") from e
             raise BackendError(f"testfs {self.addr}: {op} {name}: {e}") from e
         except (TimeoutError, aiohttp.ClientError, ConnectionError, ValueError) as e:
             raise BackendError(f"testfs {self.addr}: {op} {name}: {e!r}") from e

@@ -7,6 +7,7 @@ from urllib.parse import quote
 
 from kraken.core.digest import Digest
 from kraken.http.client import HttpClient, HTTPStatusError
+from kraken.http.errors import error_extra, error_message
 from kraken.http.urls import base_url
 from kraken.registry.referrer_index import ReferrerDescriptor
 
@@ -75,7 +76,7 @@ class BuildIndexClient:
         except HTTPStatusError as e:
             if e.status not in (400, 403):
                 raise
-            raise ReferrerRefused(_error_message(e.body), limit=e.status == 403) from None
+            raise ReferrerRefused(e.message or "refused", limit=e.status == 403) from None
         resp.release()
 
     async def list_referrers(self, repo: str, subject: Digest) -> builtins.list[ReferrerDescriptor]:
@@ -104,18 +105,10 @@ class BuildIndexClient:
             resp.release()
 
 
-def _error_message(body: str) -> str:
-    try:
-        return str(json.loads(body)["error"])
-    except (ValueError, KeyError, TypeError):
-        return body.strip() or "refused"
-
-
 def _reference_error(body: str) -> TagReferenceError:
+    """build-index's 400 ``{"error", "missing"}`` (any other body: nothing known missing)."""
     try:
-        doc = json.loads(body)
-        message = str(doc["error"])
-        missing = [Digest.parse(d) for d in doc.get("missing", [])]
-    except (ValueError, KeyError, TypeError):
-        return TagReferenceError(body.strip() or "tag refused", [])
-    return TagReferenceError(message, missing)
+        missing = [Digest.parse(d) for d in error_extra(body).get("missing", [])]
+    except (ValueError, TypeError):
+        missing = []
+    return TagReferenceError(error_message(body) or "tag refused", missing)

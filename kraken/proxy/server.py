@@ -8,6 +8,7 @@ from pathlib import Path
 from aiohttp import web
 
 from kraken.http.app import create_app
+from kraken.http.server import Site, site
 from kraken.log import get_logger
 from kraken.metrics import Metrics
 from kraken.proxy.config import ProxyConfig
@@ -44,6 +45,12 @@ def create_proxy_app(config: ProxyConfig) -> web.Application:
     log.info("proxy configured", origins=",".join(config.origins.hosts), build_index=config.build_index.addr,
              store=config.store.root)
     return app
+
+
+def sites(config: ProxyConfig) -> list[Site]:
+    """The proxy serves the registry API only: its errors are OCI error JSON, so its app has
+    no error table of its own (:mod:`kraken.registry.errors`)."""
+    return [site(create_proxy_app(config), config.listen)]
 
 
 async def _clear_staging(staging: CAStore) -> None:

@@ -9,7 +9,7 @@ from __future__ import annotations
 import argparse
 
 from kraken.agent.config import AgentConfig
-from kraken.agent.server import COMPONENT, Agent
+from kraken.agent.server import COMPONENT, sites
 from kraken.cli import load_component_config, run_component
 from kraken.http.server import serve
 
@@ -33,20 +33,14 @@ def apply_arguments(config: AgentConfig, args: argparse.Namespace) -> AgentConfi
     return config
 
 
+def load(args: argparse.Namespace) -> AgentConfig:
+    """The effective config: the file, then command-line overrides."""
+    return apply_arguments(load_component_config(AgentConfig, args, example="config/agent/development.yaml"), args)
+
+
 async def run(args: argparse.Namespace) -> None:
-    config = apply_arguments(load_component_config(AgentConfig, args, example="config/agent/development.yaml"), args)
-    agent = await Agent.start(config)
-    try:
-        await serve(
-            [
-                (agent.registry_app(), config.listen.host, config.listen.port),
-                (agent.server_app(), config.server.host, config.server.port),
-            ],
-            COMPONENT,
-            config.http,
-        )
-    finally:
-        await agent.close()
+    config = load(args)
+    await serve(sites(config), COMPONENT, config.http)
 
 
 if __name__ == "__main__":

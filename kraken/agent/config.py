@@ -10,6 +10,7 @@ from dataclasses import dataclass, field
 
 from kraken.agent.preload import PreloadConfig
 from kraken.config import ByteSize, Duration, HttpServerConfig, ListenConfig
+from kraken.http.config import HttpClientConfig, TLSConfig
 from kraken.p2p.config import P2PConfig
 from kraken.ring import RingConfig
 
@@ -75,6 +76,10 @@ class AgentConfig:
     store: StoreConfig
     listen: ListenConfig = field(default_factory=lambda: ListenConfig(port=DEFAULT_REGISTRY_PORT))
     http: HttpServerConfig = field(default_factory=HttpServerConfig)
+    # Quicker to give up than the default: a pull waiting on a dead tracker should get its 503 soon.
+    http_client: HttpClientConfig = field(
+        default_factory=lambda: HttpClientConfig(connect_timeout=3.0, read_timeout=60.0, retries=2))
+    tls: TLSConfig = field(default_factory=TLSConfig)
     server: ListenConfig = field(default_factory=lambda: ListenConfig(port=DEFAULT_SERVER_PORT))
     p2p: P2PConfig = field(default_factory=P2PConfig)
     tracker: AddrConfig = field(default_factory=lambda: AddrConfig("localhost:15003"))

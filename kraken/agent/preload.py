@@ -19,6 +19,7 @@ from dataclasses import dataclass
 import aiohttp
 
 from kraken.config import Duration
+from kraken.http.urls import service_url
 from kraken.log import get_logger
 
 log = get_logger("agent")
@@ -77,7 +78,7 @@ class Preloader:
         connector = aiohttp.UnixConnector(path=self.config.docker_socket)
         try:
             async with aiohttp.ClientSession(connector=connector) as http, http.post(
-                "http://docker/images/create", params={"fromImage": image, "tag": tag}
+                service_url("docker", "/images/create"), params={"fromImage": image, "tag": tag}
             ) as resp:
                 if resp.status != 200:
                     raise PreloadError(502, f"docker: {resp.status} {(await resp.text()).strip()}")

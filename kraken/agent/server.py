@@ -6,14 +6,19 @@
   answer), ``GET /tags/{repo:tag}``, ``GET /namespace/{ns}/blobs/{d}`` (cache or P2P, then
   the file, Range supported), ``DELETE /blobs/{d}``, ``/metrics``.
 
-Both apps share one :class:`~kraken.metrics.Metrics` (the P2P session's metrics included), so
-``/metrics`` on either port shows everything. :meth:`Agent.start` is async because the P2P
-session starts listening there, which is why this module builds the apps from a started
-:class:`Agent` rather than from the config alone.
+Both apps share one :class:`Agent` and one :class:`~kraken.metrics.Metrics` (the P2P
+session's metrics included), so ``/metrics`` on either port shows everything. The agent is
+made from the config; the registry app's cleanup context starts it (the P2P session starts
+listening there) and closes it: :func:`~kraken.http.server.serve` starts the sites in order
+and cleans them up in reverse, so the agent runs before either port listens and stops after
+both stopped serving.
 """
 from __future__ import annotations
 
 import asyncio
+import contextlib
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
 from pathlib import Path
 
 import aiohttp
@@ -30,8 +35,11 @@ from kraken.buildindex.client import BuildIndexClient
 from kraken.buildindex.tags import TagError, parse_tag
 from kraken.core.digest import Digest, DigestError
 from kraken.http.app import create_app
-from kraken.http.client import ClientConfig, HttpClient, HTTPStatusError
+from kraken.http.client import HttpClient, HTTPStatusError, create_client
+from kraken.http.errors import ErrorTable, json_error
+from kraken.http.health import check
 from kraken.http.names import check_namespace
+from kraken.http.server import Site, site
 from kraken.log import get_logger
 from kraken.metrics import Metrics
 from kraken.origin.client import OriginCluster
@@ -44,65 +52,93 @@ COMPONENT = "agent"
 log = get_logger(COMPONENT)
 # Why a blob cannot be had right now (the download, the tracker, the disk): 503, try again.
 _BLOB_ERRORS = (BlobUnavailable, ConnectionError, TimeoutError, HTTPStatusError, OSError, aiohttp.ClientError)
-READINESS_TIMEOUT = 2.0
+
+#: The agent server's exceptions -> HTTP status (the registry app answers OCI errors). The
+#: dependency failures behind a tag or a blob are answered by their handlers, which name them.
+ERRORS: ErrorTable = {
+    DigestError: 400,
+    TagError: 400,
+}
+
+
+@dataclass
+class _Running:
+    """What exists only while the agent runs (each needs a running loop)."""
+
+    http: HttpClient
+    session: P2PSession
+    blobs: AgentBlobs
+    tracker: TrackerClient
+    build_index: BuildIndexClient
 
 
 class Agent:
-    """Everything both apps share; :meth:`close` releases it (after the apps stopped serving)."""
+    """Everything both apps share: made from the config, started and closed by
+    :meth:`lifecycle` (the registry app's cleanup context)."""
 
-    def __init__(self, config: AgentConfig, metrics: Metrics, http: HttpClient, session: P2PSession,
-                 blobs: AgentBlobs, tracker: TrackerClient, build_index: BuildIndexClient) -> None:
+    def __init__(self, config: AgentConfig) -> None:
         self.config = config
-        self.metrics = metrics
-        self.http = http
-        self.session = session
-        self.blobs = blobs
-        self.tracker = tracker
-        self.build_index = build_index
-        self.cleanup = CacheCleanup(blobs, config.cleanup, metrics)
+        self.metrics = Metrics(COMPONENT)
         self.preloader = Preloader(config.preload, config.preload.registry or f"localhost:{config.listen.port}")
-        self._tasks = TaskOwner("agent")
+        self._running: _Running | None = None
 
-    @classmethod
-    async def start(cls, config: AgentConfig) -> Agent:
-        metrics = Metrics(COMPONENT)
+    @property
+    def running(self) -> _Running:
+        assert self._running is not None, "agent not started"
+        return self._running
+
+    @property
+    def blobs(self) -> AgentBlobs:
+        return self.running.blobs
+
+    @property
+    def build_index(self) -> BuildIndexClient:
+        return self.running.build_index
+
+    async def lifecycle(self, _: web.Application) -> AsyncIterator[None]:
+        """Start the cache, the P2P session and the clients; close them in reverse order,
+        also when a later one fails to start."""
+        config, metrics = self.config, self.metrics
         root = Path(config.store.root)
-        quarantined = metrics.counter("kraken_agent_blobs_quarantined_total", QUARANTINED_HELP)
-        cas = await asyncio.to_thread(CAStore, root, False, quarantined)
-        session = await P2PSession.start(config.p2p, metrics, role="agent")
-        # Fewer retries than the default: a pull waiting on a dead tracker should get its 503 soon.
-        http = HttpClient(ClientConfig(connect_timeout=3.0, read_timeout=60.0, retries=2))
-        tracker = TrackerClient(config.tracker.addr, http, config.download.metainfo_timeout)
-        fallback = None
-        if config.origins.hosts and config.download.fallback_after > 0:
-            fallback = HttpFallback(OriginCluster(config.origins, http), cas, config.download.fallback_after, metrics)
-        blobs = await AgentBlobs.create(cas, root / "download", session, tracker, config.download.timeout, metrics,
-                                        fallback)
-        agent = cls(config, metrics, http, session, blobs, tracker, BuildIndexClient(config.build_index.addr, http))
-        agent._tasks.spawn(agent.cleanup.run(), "cleanup")
-        return agent
-
-    async def close(self) -> None:
-        await self._tasks.close()
-        await self.blobs.close()
-        await self.session.close()
-        await self.http.close()
+        async with contextlib.AsyncExitStack() as stack:
+            quarantined = metrics.counter("kraken_agent_blobs_quarantined_total", QUARANTINED_HELP)
+            cas = await asyncio.to_thread(CAStore, root, False, quarantined)
+            http = create_client(config.http_client)
+            stack.push_async_callback(http.close)
+            session = await P2PSession.start(config.p2p, metrics, role="agent")
+            stack.push_async_callback(session.close)
+            tracker = TrackerClient(config.tracker.addr, http, config.download.metainfo_timeout)
+            fallback = None
+            if config.origins.hosts and config.download.fallback_after > 0:
+                fallback = HttpFallback(OriginCluster(config.origins, http), cas, config.download.fallback_after,
+                                        metrics)
+            blobs = await AgentBlobs.create(cas, root / "download", session, tracker, config.download.timeout,
+                                            metrics, fallback)
+            stack.push_async_callback(blobs.close)
+            tasks = TaskOwner("agent")
+            stack.push_async_callback(tasks.close)
+            tasks.spawn(CacheCleanup(blobs, config.cleanup, metrics).run(), "cleanup")
+            self._running = _Running(http, session, blobs, tracker, BuildIndexClient(config.build_index.addr, http))
+            try:
+                yield
+            finally:
+                self._running = None
 
     async def readiness(self) -> None:
         """The tracker and build-index answer ``/health``."""
-        await self.tracker.ping()
-        async with asyncio.timeout(READINESS_TIMEOUT):
-            resp = await self.http.request("GET", f"{self.build_index.base}/health", retry=False)
-            resp.release()
+        running = self.running
+        await running.tracker.ping()
+        await check(running.http, self.config.build_index.addr)
 
     def registry_app(self) -> web.Application:
+        """The registry app; its cleanup context runs the agent (see the module docstring)."""
         app = create_app(COMPONENT, self.metrics, self.readiness)
-        storage = AgentStorage(self.blobs, self.build_index)
-        add_registry_routes(app, storage, read_only=True, max_manifest_size=self.config.max_manifest_size)
+        app.cleanup_ctx.append(self.lifecycle)
+        add_registry_routes(app, AgentStorage(self), read_only=True, max_manifest_size=self.config.max_manifest_size)
         return app
 
     def server_app(self) -> web.Application:
-        app = create_app(COMPONENT, self.metrics, self.readiness)
+        app = create_app(COMPONENT, self.metrics, self.readiness, errors=ERRORS)
         app.middlewares.append(check_namespace)
         app.router.add_get("/tags/{tag:.+}", self._get_tag)
         app.router.add_get("/namespace/{ns:.+}/blobs/{digest}", self._get_blob, allow_head=False)
@@ -113,69 +149,66 @@ class Agent:
 
     async def _get_tag(self, request: web.Request) -> web.Response:
         tag = request.match_info["tag"]
-        try:
-            parse_tag(tag)
-        except TagError as e:
-            return web.Response(status=400, text=f"{e}\n")
+        parse_tag(tag)
         try:
             digest = await self.build_index.get_tag(tag)
         except HTTPStatusError as e:
             if e.status < 500:
-                return web.Response(status=e.status, text=f"build-index: {e.body}\n")
+                return json_error(e.status, f"build-index: {e.message}")
             return _unavailable("build-index", e)
         except (ConnectionError, TimeoutError, OSError, aiohttp.ClientError, DigestError) as e:
             return _unavailable("build-index", e)
         if digest is None:
-            return web.Response(status=404, text=f"tag {tag} not found\n")
+            return json_error(404, f"tag {tag} not found")
         return web.Response(text=str(digest))
 
     async def _head_blob(self, request: web.Request) -> web.Response:
         """The size, from the cache or the metainfo: a HEAD downloads nothing."""
-        digest = _digest(request)
+        digest = Digest.parse(request.match_info["digest"])
         try:
             size = await self.blobs.size(request.match_info["ns"], digest)
         except _BLOB_ERRORS as e:
             return _unavailable("blob", e)
         if size is None:
-            return web.Response(status=404)
+            return web.Response(status=404)  # a HEAD answer has no body
         return web.Response(headers={"Content-Length": str(size), "Content-Type": "application/octet-stream"})
 
     async def _get_blob(self, request: web.Request) -> web.StreamResponse:
-        digest = _digest(request)
+        digest = Digest.parse(request.match_info["digest"])
         try:
             path = await self.blobs.fetch(request.match_info["ns"], digest)
         except _BLOB_ERRORS as e:
             return _unavailable("blob", e)
         if path is None:
-            return web.Response(status=404, text=f"blob {digest} not found\n")
+            return json_error(404, f"blob {digest} not found")
         return web.FileResponse(path, headers={"Content-Type": "application/octet-stream"})
 
     async def _preload(self, request: web.Request) -> web.Response:
         tag = request.match_info["tag"]
         runtime = request.query.get("runtime", "docker")
         if runtime not in RUNTIMES:
-            return web.Response(status=400, text=f"runtime must be one of {', '.join(RUNTIMES)}\n")
+            return json_error(400, f"runtime must be one of {', '.join(RUNTIMES)}")
         if ":" not in tag.rsplit("/", 1)[-1]:
-            return web.Response(status=400, text="tag must be repo:tag\n")
+            return json_error(400, "tag must be repo:tag")
         try:
             ref = await self.preloader.pull(tag, runtime)
         except PreloadError as e:
             log.warning("preload failed", tag=tag, runtime=runtime, error=str(e))
-            return web.Response(status=e.status, text=f"{e}\n")
+            return json_error(e.status, str(e))
         return web.Response(text=f"{runtime} pulled {ref}\n")
 
     async def _delete_blob(self, request: web.Request) -> web.Response:
-        if await self.blobs.delete(_digest(request)):
+        if await self.blobs.delete(Digest.parse(request.match_info["digest"])):
             return web.Response(status=204)
-        return web.Response(status=404, text="blob not cached\n")
+        return json_error(404, "blob not cached")
 
 
-def _digest(request: web.Request) -> Digest:
-    try:
-        return Digest.parse(request.match_info["digest"])
-    except DigestError as e:
-        raise web.HTTPBadRequest(text=f"{e}\n") from None
+def sites(config: AgentConfig) -> list[Site]:
+    """The registry and the agent server, over one :class:`Agent` (the registry first: its
+    cleanup context starts the agent)."""
+    agent = Agent(config)
+    return [site(agent.registry_app(), config.listen), site(agent.server_app(), config.server)]
 
 
 def _unavailable(what: str, error: Exception) -> web.Response:
-    return web.Response(status=503, text=f"{what} unavailable: {error}\n")
+    return json_error(503, f"{what} unavailable: {error}")

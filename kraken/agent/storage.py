@@ -2,12 +2,14 @@
 
 Read-only: the shared registry routes answer every write with UNSUPPORTED. Manifests are
 blobs of the repository on the origins, so they come through the same P2P path as layers.
+The storage is made with the app, before the agent runs: it reaches the cache and the
+build-index client through the agent at each request.
 """
 from __future__ import annotations
 
 import asyncio
 from collections.abc import Awaitable
-from typing import BinaryIO, TypeVar
+from typing import BinaryIO, Protocol, TypeVar
 
 from kraken.agent.blobs import AgentBlobs, BlobUnavailable
 from kraken.buildindex.client import BuildIndexClient
@@ -20,10 +22,27 @@ from kraken.registry.storage import BlobReader, FileBlobReader, RegistryStorage
 T = TypeVar("T")
 
 
+class AgentParts(Protocol):
+    """What the storage reads from the running agent (:class:`kraken.agent.server.Agent`)."""
+
+    @property
+    def blobs(self) -> AgentBlobs: ...
+
+    @property
+    def build_index(self) -> BuildIndexClient: ...
+
+
 class AgentStorage(RegistryStorage):
-    def __init__(self, blobs: AgentBlobs, build_index: BuildIndexClient) -> None:
-        self.blobs = blobs
-        self.build_index = build_index
+    def __init__(self, agent: AgentParts) -> None:
+        self.agent = agent
+
+    @property
+    def blobs(self) -> AgentBlobs:
+        return self.agent.blobs
+
+    @property
+    def build_index(self) -> BuildIndexClient:
+        return self.agent.build_index
 
     async def get_tag(self, repo: str, tag: str) -> Digest | None:
         return await self.build_index.get_tag(f"{repo}:{tag}")

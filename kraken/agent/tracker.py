@@ -18,6 +18,8 @@ import aiohttp
 
 from kraken.core.digest import Digest
 from kraken.http.client import HttpClient, HTTPStatusError
+from kraken.http.health import check
+from kraken.http.urls import base_url
 from kraken.log import get_logger
 from kraken.tracker.protocol import SLOT_HEADER
 
@@ -25,7 +27,6 @@ log = get_logger("agent")
 
 POLL_START = 0.05
 POLL_MAX = 2.0
-PING_TIMEOUT = aiohttp.ClientTimeout(total=2.0)
 
 
 class TrackerUnavailable(ConnectionError):
@@ -52,7 +53,7 @@ class Metainfo:
 class TrackerClient:
     def __init__(self, addr: str, http: HttpClient, poll_timeout: float) -> None:
         self.addr = addr
-        self.base = f"http://{addr}"
+        self.base = base_url(addr)
         self.http = http
         self.poll_timeout = poll_timeout
 
@@ -92,8 +93,8 @@ class TrackerClient:
         except HTTPStatusError as e:
             if e.status < 500:
                 raise
-            log.warning("tracker unreachable", tracker=self.addr, digest=digest, status=e.status, error=e.body[:200])
-            raise TrackerUnavailable(f"tracker {self.addr} answered {e.status}: {e.body[:200]}") from None
+            log.warning("tracker unreachable", tracker=self.addr, digest=digest, status=e.status, error=e.message[:200])
+            raise TrackerUnavailable(f"tracker {self.addr} answered {e.status}: {e.message[:200]}") from None
         slot = resp.headers.get(SLOT_HEADER, "0")
         try:
             return resp.status, await resp.read(), int(slot) if slot.isdigit() else 0
@@ -102,5 +103,4 @@ class TrackerClient:
 
     async def ping(self) -> None:
         """Raise unless the tracker answers ``/health`` (readiness)."""
-        resp = await self.http.request("GET", f"{self.base}/health", retry=False, timeout=PING_TIMEOUT)
-        resp.release()
+        await check(self.http, self.addr)

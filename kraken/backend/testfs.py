@@ -17,7 +17,8 @@ import aiohttp
 from kraken.backend.base import Backend, BackendError, BackendNotFound, BlobInfo, InvalidName
 from kraken.backend.namepath import NamePathKind, ObjectLayout
 from kraken.backend.testfs_client import TestfsClient, TestfsNotFound
-from kraken.http.client import ClientConfig, HttpClient, HTTPStatusError
+from kraken.http.client import HTTPStatusError, create_client
+from kraken.http.config import HttpClientConfig
 
 
 @dataclass
@@ -36,10 +37,10 @@ class TestfsBackend(Backend):
 
     __test__ = False  # not a pytest test class despite the name
 
-    def __init__(self, config: TestfsBackendConfig, http_config: ClientConfig | None = None) -> None:
+    def __init__(self, config: TestfsBackendConfig, http_config: HttpClientConfig | None = None) -> None:
         self.addr = config.addr
         self.layout = ObjectLayout(config.root, config.name_path)
-        self.http = HttpClient(http_config)
+        self.http = create_client(http_config)
         self.client = TestfsClient(config.addr, self.http)
 
     @contextmanager
@@ -50,7 +51,7 @@ class TestfsBackend(Backend):
             raise BackendNotFound(f"{name}: not found on testfs {self.addr}") from None
         except HTTPStatusError as e:
             if e.status == 400:
-                raise InvalidName(f"{name}: refused by testfs {self.addr}: {e.body.strip()}") from e
+                raise InvalidName(f"{name}: refused by testfs {self.addr}: {e.message}") from e
             raise BackendError(f"testfs {self.addr}: {op} {name}: {e}") from e
         except (TimeoutError, aiohttp.ClientError, ConnectionError, ValueError) as e:
             raise BackendError(f"testfs {self.addr}: {op} {name}: {e!r}") from e

@@ -1,11 +1,14 @@
 """Client of the build-index HTTP API (used by the proxy, agents and replication)."""
 from __future__ import annotations
 
+import builtins
 import json
 from urllib.parse import quote
 
 from kraken.core.digest import Digest
 from kraken.http.client import HttpClient, HTTPStatusError
+from kraken.http.errors import error_extra, error_message
+from kraken.http.urls import base_url
 from kraken.registry.referrer_index import ReferrerDescriptor
 
 #: A referrers answer is bounded by build-index's ``max_referrers`` x ``max_referrer_size``
@@ -33,7 +36,7 @@ class ReferrerRefused(Exception):
 
 class BuildIndexClient:
     def __init__(self, addr: str, http: HttpClient) -> None:
-        self.base = f"http://{addr}"
+        self.base = base_url(addr)
         self.http = http
 
     async def put_tag(self, tag: str, digest: Digest) -> None:
@@ -73,10 +76,10 @@ class BuildIndexClient:
         except HTTPStatusError as e:
             if e.status not in (400, 403):
                 raise
-            raise ReferrerRefused(_error_message(e.body), limit=e.status == 403) from None
+            raise ReferrerRefused(e.message or "refused", limit=e.status == 403) from None
         resp.release()
 
-    async def list_referrers(self, repo: str, subject: Digest) -> list[ReferrerDescriptor]:
+    async def list_referrers(self, repo: str, subject: Digest) -> builtins.list[ReferrerDescriptor]:
         """The referrers of ``subject`` in ``repo`` (``[]`` when none). An oversized or
         malformed answer is an upstream failure (HTTPStatusError 502), like a 5xx."""
         url = f"{self.base}/referrers/{quote(repo, safe='')}/{subject}"
@@ -94,7 +97,7 @@ class BuildIndexClient:
         except (ValueError, KeyError, TypeError) as e:
             raise HTTPStatusError("GET", url, 502, f"malformed referrers answer: {e}") from None
 
-    async def _get_result(self, url: str) -> list[str]:
+    async def _get_result(self, url: str) -> builtins.list[str]:
         resp = await self.http.request("GET", url)
         try:
             return list((await resp.json())["result"])
@@ -102,18 +105,10 @@ class BuildIndexClient:
             resp.release()
 
 
-def _error_message(body: str) -> str:
-    try:
-        return str(json.loads(body)["error"])
-    except (ValueError, KeyError, TypeError):
-        return body.strip() or "refused"
-
-
 def _reference_error(body: str) -> TagReferenceError:
+    """build-index's 400 ``{"error", "missing"}`` (any other body: nothing known missing)."""
     try:
-        doc = json.loads(body)
-        message = str(doc["error"])
-        missing = [Digest.parse(d) for d in doc.get("missing", [])]
-    except (ValueError, KeyError, TypeError):
-        return TagReferenceError(body.strip() or "tag refused", [])
-    return TagReferenceError(message, missing)
+        missing = [Digest.parse(d) for d in error_extra(body).get("missing", [])]
+    except (ValueError, TypeError):
+        missing = []
+    return TagReferenceError(error_message(body) or "tag refused", missing)

@@ -5,6 +5,7 @@ from dataclasses import dataclass, field
 
 from kraken.backend.config import AuthConfig, NamespaceBackendConfig
 from kraken.config import ByteSize, ConfigError, Duration, HttpServerConfig, ListenConfig
+from kraken.http.config import HttpClientConfig, TLSConfig
 from kraken.registry.references import DEFAULT_MAX_REFERENCES
 from kraken.ring import RingConfig
 
@@ -33,6 +34,8 @@ class BuildIndexConfig:
     auth: AuthConfig = field(default_factory=dict)
     listen: ListenConfig = field(default_factory=lambda: ListenConfig(port=DEFAULT_PORT))
     http: HttpServerConfig = field(default_factory=HttpServerConfig)
+    http_client: HttpClientConfig = field(default_factory=HttpClientConfig)
+    tls: TLSConfig = field(default_factory=TLSConfig)
     # How long a digest read from the backend (or written through this node) may be served
     # from memory without asking the backend again. 0 = every read asks the backend, which is
     # what several nodes sharing one backend need to never serve another node's stale tag.

@@ -12,7 +12,6 @@
 """
 from __future__ import annotations
 
-import json
 from typing import TYPE_CHECKING, Any
 
 from aiohttp import web
@@ -20,6 +19,7 @@ from aiohttp import web
 from kraken.buildindex.referrerstore import ReferrerLimit, ReferrerStore
 from kraken.buildindex.tags import TagError, validate_repo
 from kraken.core.digest import Digest, DigestError
+from kraken.http.errors import JsonError
 from kraken.log import get_logger
 from kraken.metrics import Metrics
 from kraken.origin.client import BlobNotFound
@@ -40,9 +40,8 @@ class _Refused(Exception):
         self.result = result
         self.extra = extra
 
-    def response(self) -> web.HTTPException:
-        cls = web.HTTPForbidden if self.result == "limit" else web.HTTPBadRequest
-        return cls(text=json.dumps({"error": str(self), **self.extra}), content_type="application/json")
+    def response(self) -> JsonError:
+        return JsonError(403 if self.result == "limit" else 400, str(self), **self.extra)
 
 
 class ReferrerRoutes:

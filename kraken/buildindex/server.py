@@ -17,8 +17,7 @@ accept the repository's slashes whether or not the client encoded them.
 """
 from __future__ import annotations
 
-import json
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator
 from pathlib import Path
 
 import aiohttp
@@ -27,11 +26,13 @@ from aiohttp import web
 from kraken.backend import Backend, BackendError, BackendRouter, build_router
 from kraken.buildindex.config import BuildIndexConfig
 from kraken.buildindex.referrer_routes import add_referrer_routes
-from kraken.buildindex.tags import Tag, TagError, parse_tag, validate_repo
+from kraken.buildindex.tags import TagError, parse_tag, validate_repo
 from kraken.buildindex.tagstore import TagStore
 from kraken.core.digest import Digest, DigestError
 from kraken.http.app import create_app
-from kraken.http.client import HttpClient, HTTPStatusError
+from kraken.http.client import HTTPStatusError, create_client
+from kraken.http.errors import ErrorTable, JsonError
+from kraken.http.server import Site, site
 from kraken.log import get_logger
 from kraken.metrics import Metrics
 from kraken.origin.client import BlobNotFound, BlobNotReady, OriginCluster
@@ -43,36 +44,20 @@ READINESS_PROBE = "kraken-readiness:.probe"
 
 log = get_logger(COMPONENT)
 
-Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
-
-def _json_error(status: int, message: str, **extra: object) -> web.HTTPException:
-    cls = {400: web.HTTPBadRequest, 503: web.HTTPServiceUnavailable}[status]
-    return cls(text=json.dumps({"error": message, **extra}), content_type="application/json")
-
-
-@web.middleware
-async def _unavailable_on_dependency_errors(request: web.Request, handler: Handler) -> web.StreamResponse:
-    """Answer 503 when the backend or the origins fail, so clients know to retry.
-
-    The only outgoing calls build-index makes go to backends (which raise BackendError) and
-    to origins (HTTP client errors), so anything else still surfaces as a 500.
-    """
-    try:
-        return await handler(request)
-    except BackendError as e:
-        log.warning("backend unavailable", path=request.path, error=e)
-        raise _json_error(503, f"storage backend unavailable: {e}") from None
-    except (aiohttp.ClientError, TimeoutError, ConnectionError, HTTPStatusError, BlobNotReady) as e:
-        log.warning("origins unavailable", path=request.path, error=e)
-        raise _json_error(503, f"origins unavailable: {e}") from None
-
-
-def _parse_tag(value: str) -> Tag:
-    try:
-        return parse_tag(value)
-    except TagError as e:
-        raise _json_error(400, str(e)) from None
+#: build-index's exceptions -> HTTP status. Its only outgoing calls go to backends
+#: (BackendError) and to origins (HTTP client errors): both mean "retry" (503); anything else
+#: still surfaces as a 500.
+_ORIGINS_UNAVAILABLE = (503, "origins unavailable: {error}")
+ERRORS: ErrorTable = {
+    TagError: 400,
+    BackendError: (503, "storage backend unavailable: {error}"),
+    aiohttp.ClientError: _ORIGINS_UNAVAILABLE,
+    TimeoutError: _ORIGINS_UNAVAILABLE,
+    ConnectionError: _ORIGINS_UNAVAILABLE,
+    HTTPStatusError: _ORIGINS_UNAVAILABLE,
+    BlobNotReady: _ORIGINS_UNAVAILABLE,
+}
 
 
 def _query_int(request: web.Request, name: str, minimum: int) -> int | None:
@@ -84,7 +69,7 @@ def _query_int(request: web.Request, name: str, minimum: int) -> int | None:
     except ValueError:
         value = minimum - 1
     if value < minimum:
-        raise _json_error(400, f"{name} must be an integer >= {minimum}, got {raw!r}")
+        raise JsonError(400, f"{name} must be an integer >= {minimum}, got {raw!r}")
     return value
 
 
@@ -143,7 +128,7 @@ class BuildIndex:
         router = build_router(self.config.backends, self.config.auth)
         self._router = router
         self._backends = router.backends
-        http = HttpClient()
+        http = create_client(self.config.http_client)
         try:
             self._origins = OriginCluster(self.config.origins, http)
             self._store = TagStore(Path(self.config.store.root), router, self.config.cache_ttl)
@@ -165,7 +150,7 @@ class BuildIndex:
             digest = Digest.parse(request.match_info["digest"])
         except (TagError, DigestError) as e:
             self.puts.labels("invalid").inc()
-            raise _json_error(400, str(e)) from None
+            raise JsonError(400, str(e)) from None
         try:
             missing = await find_missing(
                 _OriginSource(self.origins, tag.repo), digest, max_manifest_size=self.config.max_manifest_size,
@@ -173,11 +158,11 @@ class BuildIndex:
             )
         except InvalidManifest as e:
             self.puts.labels("invalid").inc()
-            raise _json_error(400, str(e), missing=[]) from None
+            raise JsonError(400, str(e), missing=[]) from None
         if missing is not None:
             self.puts.labels("missing").inc()
             log.warning("tag refused: reference missing from origins", tag=tag, digest=digest, missing=missing)
-            raise _json_error(
+            raise JsonError(
                 400, f"manifest {digest} references content missing from the origins", missing=[str(missing)],
             )
         await self.store.put(tag, digest)
@@ -185,20 +170,17 @@ class BuildIndex:
         return web.Response(status=200)
 
     async def get_tag(self, request: web.Request) -> web.Response:
-        tag = _parse_tag(request.match_info["tag"])
+        tag = parse_tag(request.match_info["tag"])
         lookup = await self.store.get(tag)
         if lookup.digest is None:
             self.gets.labels("not_found").inc()
-            raise web.HTTPNotFound(text=f"tag {tag} not found\n")
+            raise JsonError(404, f"tag {tag} not found")
         self.gets.labels(lookup.source).inc()
         return web.Response(text=str(lookup.digest), content_type="text/plain")
 
     async def list_repository(self, request: web.Request) -> web.Response:
         repo = request.match_info["repo"]
-        try:
-            validate_repo(repo)
-        except TagError as e:
-            raise _json_error(400, str(e)) from None
+        validate_repo(repo)
         limit = _query_int(request, "limit", 1)
         offset = _query_int(request, "offset", 0) or 0
         prefix = f"{repo}:"
@@ -213,8 +195,7 @@ class BuildIndex:
 def create_buildindex_app(config: BuildIndexConfig) -> web.Application:
     metrics = Metrics(COMPONENT)
     server = BuildIndex(config, metrics)
-    app = create_app(COMPONENT, metrics, readiness=server.readiness)
-    app.middlewares.append(_unavailable_on_dependency_errors)
+    app = create_app(COMPONENT, metrics, readiness=server.readiness, errors=ERRORS)
     app.cleanup_ctx.append(server.lifecycle)
     app.router.add_put(r"/tags/{tag:.+}/digest/{digest}", server.put_tag)
     app.router.add_get(r"/tags/{tag:.+}", server.get_tag)
@@ -222,3 +203,7 @@ def create_buildindex_app(config: BuildIndexConfig) -> web.Application:
     app.router.add_get(r"/list/{prefix:.*}", server.list_prefix)
     add_referrer_routes(app, server, metrics)
     return app
+
+
+def sites(config: BuildIndexConfig) -> list[Site]:
+    return [site(create_buildindex_app(config), config.listen)]

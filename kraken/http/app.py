@@ -1,11 +1,13 @@
 """The aiohttp application factory every component uses.
 
 It gives each component the same operational surface: ``/health``, ``/metrics``, an access
-log, per-route request metrics, and an error middleware. An exception that knows how to
-render itself (``to_response()``, e.g. a registry error) is rendered by it; any other
-uncaught exception becomes a logged 500 with a JSON body, never a stack trace to the client:
-the first of the app's :data:`ERROR_RENDERERS` that answers for the request renders it (the
-registry installs one, so every ``/v2`` answer is registry error JSON), else ``{"error"}``.
+log, per-route request metrics, and an error middleware. A raised exception is answered, in
+this order: by itself when it knows how to render itself (``to_response()``: a registry error,
+:class:`~kraken.http.errors.JsonError`); by the component's error table (``errors``, see
+:mod:`kraken.http.errors`) as ``{"error"}``; else it is logged and becomes a 500, never a stack
+trace to the client: the first of the app's :data:`ERROR_RENDERERS` that answers for the
+request renders it (the registry installs one, so every ``/v2`` answer is registry error
+JSON), else ``{"error"}``.
 """
 from __future__ import annotations
 
@@ -17,6 +19,7 @@ from collections.abc import Awaitable, Callable
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
+from kraken.http.errors import ErrorTable, json_error, lookup
 from kraken.log import get_logger
 from kraken.metrics import Metrics
 
@@ -24,6 +27,7 @@ METRICS: web.AppKey[Metrics] = web.AppKey("metrics", Metrics)
 COMPONENT: web.AppKey[str] = web.AppKey("component", str)
 
 ReadinessCheck = Callable[[], Awaitable[None]]
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 #: Renders an unhandled exception of a request it is responsible for; None passes it on.
 ErrorRenderer = Callable[[web.Request, Exception], "web.StreamResponse | None"]
 ERROR_RENDERERS: web.AppKey[list[ErrorRenderer]] = web.AppKey("error_renderers", list)
@@ -43,15 +47,19 @@ def create_app(
     readiness: ReadinessCheck | None = None,
     client_max_size: int = 1 << 20,
     quiet_routes: tuple[str, ...] = (),
+    errors: ErrorTable | None = None,
 ) -> web.Application:
     """``quiet_routes`` (route patterns such as ``/announce``) are access-logged at DEBUG:
-    requests every host repeats every few seconds would drown everything else at INFO."""
+    requests every host repeats every few seconds would drown everything else at INFO.
+    ``errors`` is the component's exception -> status table (none for a registry-only app,
+    whose errors are OCI JSON)."""
+    table: ErrorTable = errors or {}
     metrics = metrics or Metrics(component)
     quiet = {"/health", "/metrics", *quiet_routes}
     log = get_logger(component)
 
     @web.middleware
-    async def observe(request: web.Request, handler):
+    async def observe(request: web.Request, handler: Handler) -> web.StreamResponse:
         start = time.perf_counter()
         status = 500
         try:
@@ -75,13 +83,20 @@ def create_app(
                 response = render()
                 status = response.status
                 return response
+            known = lookup(table, e)
+            if known is not None:
+                status, message = known
+                if status >= 500:
+                    log.warning("request failed", method=request.method, path=request.path, status=status,
+                                error=f"{type(e).__name__}: {e}")
+                return json_error(status, message)
             log.exception("unhandled error", method=request.method, path=request.path)
             for renderer in request.app[ERROR_RENDERERS]:
-                response = renderer(request, e)
-                if response is not None:
-                    status = response.status
-                    return response
-            return web.json_response({"error": f"internal error: {type(e).__name__}: {e}"}, status=500)
+                rendered = renderer(request, e)
+                if rendered is not None:
+                    status = rendered.status
+                    return rendered
+            return json_error(500, f"internal error: {type(e).__name__}: {e}")
         finally:
             elapsed = time.perf_counter() - start
             route = _route_label(request)
@@ -107,7 +122,7 @@ def create_app(
             try:
                 await readiness()
             except Exception as e:  # noqa: BLE001 - any failing dependency means not ready
-                return web.Response(status=503, text=f"not ready: {e}\n")
+                return json_error(503, f"not ready: {e}")
         return web.Response(text="OK\n")
 
     async def metrics_handler(_: web.Request) -> web.Response:

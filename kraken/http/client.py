@@ -1,4 +1,5 @@
-"""An HTTP client with timeouts on every call and bounded retries.
+"""An HTTP client with timeouts on every call and bounded retries (``http_client:`` section,
+:class:`~kraken.http.config.HttpClientConfig`).
 
 Retries apply only where they are safe: connection failures and 502/503/504 answers, for
 requests whose body can be sent again (no body, or bytes). Streaming bodies are sent once.
@@ -7,11 +8,12 @@ from __future__ import annotations
 
 import asyncio
 import random
-from dataclasses import dataclass
 from typing import Any
 
 import aiohttp
 
+from kraken.http.config import HttpClientConfig
+from kraken.http.errors import error_message
 from kraken.log import get_logger
 
 log = get_logger("kraken.http.client")
@@ -19,39 +21,28 @@ log = get_logger("kraken.http.client")
 RETRY_STATUSES = frozenset({502, 503, 504})
 
 
-@dataclass
-class ClientConfig:
-    connect_timeout: float = 5.0
-    read_timeout: float = 60.0
-    total_timeout: float | None = None
-    retries: int = 3
-    backoff: float = 0.2
-    backoff_max: float = 3.0
-    # Connections open at once (aiohttp's default is 100). A relay holds one upstream
-    # connection per client reading a blob, so this matches a server's default
-    # http.max_connections: with fewer, slow readers would make every other read queue.
-    max_connections: int = 1024
-    # Bytes aiohttp reads ahead of a response's reader (its default is 64 KiB, which with the
-    # socket reads on top came to about 0.5 MiB per stalled relayed stream). Smaller costs
-    # no measurable throughput here (a 500 MiB GET through the proxy: 1.08 s vs 1.13 s) and
-    # keeps 200 stalled readers of a blob relayed by the proxy within 150 MiB.
-    read_buffer: int = 16 << 10
-
-
 class HTTPStatusError(Exception):
-    """A response with an unexpected status; carries the status and a slice of the body."""
+    """A response with an unexpected status: its status, body, and ``message``, the body's
+    ``error`` field when it is Kraken's error format (:mod:`kraken.http.errors`)."""
 
     def __init__(self, method: str, url: str, status: int, body: str) -> None:
-        super().__init__(f"{method} {url}: HTTP {status}: {body[:500]}")
         self.status = status
         self.body = body
+        self.message = error_message(body)
+        super().__init__(f"{method} {url}: HTTP {status}: {self.message[:500]}")
+
+
+def create_client(config: HttpClientConfig | None = None) -> HttpClient:
+    """The one way Kraken makes an HTTP client: from a component's ``http_client:`` section
+    (defaults without one). Call it inside a running loop; ``close()`` the client."""
+    return HttpClient(config or HttpClientConfig())
 
 
 class HttpClient:
-    """Owns one aiohttp session; create it inside a running loop and ``close()`` it."""
+    """Owns one aiohttp session; made by :func:`create_client`."""
 
-    def __init__(self, config: ClientConfig | None = None) -> None:
-        self.config = config or ClientConfig()
+    def __init__(self, config: HttpClientConfig) -> None:
+        self.config = config
         timeout = aiohttp.ClientTimeout(
             total=self.config.total_timeout,
             sock_connect=self.config.connect_timeout,

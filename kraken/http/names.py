@@ -2,7 +2,7 @@
 
 Their routes take a repository name as the ``{ns}`` path segment; it becomes a storage
 namespace, a backend path and a log field, so every component refuses a bad one the same way
-(400, before any handler runs) with the grammar of :mod:`kraken.core.names`.
+(400 ``{"error"}``, before any handler runs) with the grammar of :mod:`kraken.core.names`.
 """
 from __future__ import annotations
 
@@ -11,6 +11,7 @@ from collections.abc import Awaitable, Callable
 from aiohttp import web
 
 from kraken.core.names import InvalidName, check_name
+from kraken.http.errors import JsonError
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
@@ -23,5 +24,5 @@ async def check_namespace(request: web.Request, handler: Handler) -> web.StreamR
         try:
             check_name(ns)
         except InvalidName as e:
-            raise web.HTTPBadRequest(text=f"{e}\n") from None
+            raise JsonError(400, str(e)) from None
     return await handler(request)

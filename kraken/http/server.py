@@ -38,7 +38,7 @@ from typing import Any
 from aiohttp import web
 from aiohttp.web_protocol import RequestHandler
 
-from kraken.config import HttpServerConfig
+from kraken.config import HttpServerConfig, ListenConfig
 from kraken.http.app import METRICS
 from kraken.log import get_logger
 from kraken.metrics import Metrics
@@ -48,6 +48,8 @@ if sys.platform == "linux":
     import fcntl
     import termios
 
+#: One listening app: ``(app, host, port)``. Each component's ``server.py`` has
+#: ``sites(config) -> list[Site]``, which its ``__main__`` hands to :func:`serve`.
 Site = tuple[web.Application, str, int]
 
 HEADER_TIMEOUT = "header_timeout"
@@ -203,9 +205,17 @@ class _GuardedRunner(web.AppRunner):
         )
 
 
+def site(app: web.Application, listen: ListenConfig) -> Site:
+    """``app`` on a ``listen: {host, port}`` section."""
+    return app, listen.host, listen.port
+
+
 async def serve(sites: Sequence[Site], component: str, limits: HttpServerConfig) -> None:
     """Run every ``(app, host, port)`` until SIGINT/SIGTERM, then clean them all up (their
-    cleanup hooks run). If one cannot listen, the ones already started are cleaned up too."""
+    cleanup hooks run). If one cannot listen, the ones already started are cleaned up too.
+
+    Sites start in order and are cleaned up in reverse, so a service the first app's cleanup
+    context starts (the agent's) runs before any port listens and stops after all stopped."""
     component_log = get_logger(component)
     runners: list[_GuardedRunner] = []
     watchdogs = TaskOwner(f"{component}-http")

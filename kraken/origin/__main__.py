@@ -6,7 +6,7 @@ import argparse
 from kraken.cli import load_component_config, run_component
 from kraken.http.server import serve
 from kraken.origin.config import OriginConfig
-from kraken.origin.server import create_origin_app
+from kraken.origin.server import COMPONENT, sites
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -23,7 +23,7 @@ def load(args: argparse.Namespace) -> OriginConfig:
 
 async def run(args: argparse.Namespace) -> None:
     config = load(args)
-    await serve([(create_origin_app(config), config.listen.host, config.listen.port)], "origin", config.http)
+    await serve(sites(config), COMPONENT, config.http)
 
 
 if __name__ == "__main__":

@@ -7,6 +7,8 @@ from dataclasses import dataclass, field
 from kraken.backend.config import AuthConfig, NamespaceBackendConfig
 from kraken.config import ByteSize, Duration, HttpServerConfig, ListenConfig
 from kraken.core.metainfo import DEFAULT_PIECE_LENGTHS
+from kraken.http.config import HttpClientConfig, TLSConfig
+from kraken.http.urls import service_url
 from kraken.p2p.config import ORIGIN_P2P_PORT, P2PConfig
 from kraken.ring import RingConfig
 
@@ -98,7 +100,7 @@ class TrackerConfig:
 
     def announce_url(self) -> str:
         """The URL libtorrent announces to; empty when the origin does not announce."""
-        return f"http://{self.addr}/announce" if self.addr else ""
+        return service_url(self.addr, "/announce") if self.addr else ""
 
 
 #: How long an origin keeps seeding a blob that uploads nothing. It must be longer than the
@@ -124,6 +126,8 @@ class OriginP2PConfig(P2PConfig):
 class OriginConfig:
     listen: ListenConfig = field(default_factory=lambda: ListenConfig(port=DEFAULT_PORT))
     http: HttpServerConfig = field(default_factory=HttpServerConfig)
+    http_client: HttpClientConfig = field(default_factory=HttpClientConfig)
+    tls: TLSConfig = field(default_factory=TLSConfig)
     store: StoreConfig = field(default_factory=StoreConfig)
     # This origin's name on the ring ("host:port"); empty means "<hostname>:<listen port>".
     advertise: str = ""

@@ -1,8 +1,7 @@
 """The origin's HTTP API (see docs/CONTRACTS.md, "origin"): routes mapped onto OriginService."""
 from __future__ import annotations
 
-import functools
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator
 
 import aiohttp
 from aiohttp import web
@@ -12,52 +11,36 @@ from kraken.core.digest import Digest, DigestError
 from kraken.core.metainfo import EmptyBlobError
 from kraken.core.ranges import parse_content_range
 from kraken.http.app import METRICS, create_app
+from kraken.http.errors import ErrorTable, json_error
 from kraken.http.names import check_namespace
+from kraken.http.server import Site, site
 from kraken.log import get_logger
 from kraken.metrics import Metrics
 from kraken.origin.config import OriginConfig
 from kraken.origin.service import Fetching, NotFound, OriginService, SeedError
 from kraken.store.cas import DigestMismatch, UploadOffsetMismatch, UploadUnknown, UploadWriteError
 
-log = get_logger("origin")
+COMPONENT = "origin"
+log = get_logger(COMPONENT)
 
 SERVICE: web.AppKey[OriginService] = web.AppKey("origin_service", OriginService)
 
 BODY_CHUNK = 1 << 20
 FILE_CHUNK = 256 << 10
 
-Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
-
-
-def _errors(handler: Handler) -> Handler:
-    """Map the service's exceptions onto HTTP answers, in one place for every route."""
-
-    @functools.wraps(handler)
-    async def wrapped(request: web.Request) -> web.StreamResponse:
-        try:
-            return await handler(request)
-        except DigestError as e:
-            return web.Response(status=400, text=f"{e}\n")
-        except Fetching:
-            return web.Response(status=202, text="blob is being fetched from the storage backend\n")
-        except NotFound as e:
-            return web.Response(status=404, text=f"{e}\n")
-        except UploadUnknown as e:
-            return web.Response(status=404, text=f"unknown upload {e}\n")
-        except UploadOffsetMismatch as e:
-            return web.Response(status=416, text=f"{e}\n")
-        except DigestMismatch as e:
-            return web.Response(status=400, text=f"{e}\n")  # "digest mismatch: claimed ..., content is ..."
-        except UploadWriteError as e:
-            return web.Response(status=507, text=f"{e}; the upload was removed, start again\n")
-        except EmptyBlobError as e:
-            return web.Response(status=422, text=f"no metainfo for an empty blob: {e}\n")
-        except BackendError as e:
-            return web.Response(status=503, text=f"storage backend unavailable: {e}\n")
-        except SeedError as e:
-            return web.Response(status=503, text=f"{e}\n")
-
-    return wrapped
+#: The origin's exceptions -> HTTP status (docs/CONTRACTS.md, "origin").
+ERRORS: ErrorTable = {
+    DigestError: 400,
+    DigestMismatch: 400,  # "digest mismatch: claimed ..., content is ..."
+    Fetching: (202, "blob is being fetched from the storage backend"),
+    NotFound: 404,
+    UploadUnknown: (404, "unknown upload {error}"),
+    UploadOffsetMismatch: 416,
+    UploadWriteError: (507, "{error}; the upload was removed, start again"),
+    EmptyBlobError: (422, "no metainfo for an empty blob: {error}"),
+    BackendError: (503, "storage backend unavailable: {error}"),
+    SeedError: 503,
+}
 
 
 def _svc(request: web.Request) -> OriginService:
@@ -72,16 +55,14 @@ def _is_replica(request: web.Request) -> bool:
     return request.query.get("replica") == "true"
 
 
-@_errors
 async def start_upload(request: web.Request) -> web.Response:
     ns, digest = request.match_info["ns"], _digest(request)
     uid = await _svc(request).start_upload(ns, digest, _is_replica(request))
     if uid is None:
-        return web.Response(status=409, text="blob exists\n")
+        return json_error(409, "blob exists")
     return web.Response(status=200, headers={"Location": uid})
 
 
-@_errors
 async def start_stream(request: web.Request) -> web.Response:
     """An upload whose digest is not known yet (it is named at commit): lets a proxy stream a
     client's bytes here while they arrive instead of after the client's last byte."""
@@ -89,7 +70,6 @@ async def start_stream(request: web.Request) -> web.Response:
     return web.Response(status=200, headers={"Location": uid})
 
 
-@_errors
 async def patch_upload(request: web.Request) -> web.Response:
     if "digest" in request.match_info:
         _digest(request)
@@ -101,41 +81,37 @@ async def patch_upload(request: web.Request) -> web.Response:
         try:
             start, end = parse_content_range(header)
         except ValueError as e:
-            return web.Response(status=400, text=f"{e}\n")
+            return json_error(400, str(e))
     try:
         size = await _svc(request).write(uid, request.content.iter_chunked(BODY_CHUNK), start)
     except (aiohttp.ClientPayloadError, ConnectionError) as e:
         log.info("upload interrupted", upload=uid, error=f"{type(e).__name__}: {e}")
-        return web.Response(status=400, text="upload body interrupted\n")
+        return json_error(400, "upload body interrupted")
     if end is not None and size != end:
-        return web.Response(status=400, text=f"body ended at {size}, Content-Range said {end}\n")
+        return json_error(400, f"body ended at {size}, Content-Range said {end}")
     return web.Response(status=200, headers={"Range": f"0-{size}"})
 
 
-@_errors
 async def commit_upload(request: web.Request) -> web.Response:
     ns, digest = request.match_info["ns"], _digest(request)
     created = await _svc(request).commit(ns, digest, request.match_info["uid"], _is_replica(request))
     if not created:
-        return web.Response(status=409, text="blob exists\n")
+        return json_error(409, "blob exists")
     return web.Response(status=201)
 
 
-@_errors
 async def commit_stream(request: web.Request) -> web.Response:
     ns = request.match_info["ns"]
     digest = Digest.parse(request.query.get("digest", ""))
     created = await _svc(request).commit(ns, digest, request.match_info["uid"], replica=False)
-    return web.Response(status=201 if created else 409)
+    return web.Response(status=201) if created else json_error(409, "blob exists")
 
 
-@_errors
 async def abort_stream(request: web.Request) -> web.Response:
     await _svc(request).store.abort(request.match_info["uid"])
     return web.Response(status=204)
 
 
-@_errors
 async def get_blob(request: web.Request) -> web.StreamResponse:
     """GET (and HEAD): the blob, with Range support; 202 while it is fetched from the backend.
 
@@ -156,7 +132,6 @@ async def get_blob(request: web.Request) -> web.StreamResponse:
     return web.FileResponse(path, chunk_size=FILE_CHUNK)
 
 
-@_errors
 async def head_local_blob(request: web.Request) -> web.Response:
     """HEAD from the local cache only: never starts a backend fetch."""
     size = _svc(request).store.size(_digest(request))
@@ -165,26 +140,23 @@ async def head_local_blob(request: web.Request) -> web.Response:
     return web.Response(status=200, headers={"Content-Length": str(size)})
 
 
-@_errors
 async def get_local_blob(request: web.Request) -> web.StreamResponse:
     """GET from the local cache only (verified first), never starting a backend fetch: how a
     ring owner whose backend copy is corrupt gets a good copy from another owner."""
     svc, digest = _svc(request), _digest(request)
     path = await svc.store.verified_path(digest)
     if path is None:
-        return web.Response(status=404)
+        return json_error(404, f"{digest} not cached here")
     svc.store.touch(digest)
     return web.FileResponse(path, chunk_size=FILE_CHUNK)
 
 
-@_errors
 async def get_metainfo(request: web.Request) -> web.Response:
     """The blob's torrent; answering it starts seeding the blob (see OriginService.metainfo)."""
     data = await _svc(request).metainfo(request.match_info["ns"], _digest(request))
     return web.Response(body=data, content_type="application/x-bittorrent")
 
 
-@_errors
 async def locations(request: web.Request) -> web.Response:
     owners = _svc(request).owners(_digest(request))
     return web.Response(status=200, headers={"Origin-Locations": ",".join(owners)})
@@ -195,27 +167,27 @@ async def force_cleanup(request: web.Request) -> web.Response:
     try:
         ttl_hr = float(request.query.get("ttl_hr", "0"))
     except ValueError:
-        return web.Response(status=400, text="ttl_hr must be a number of hours\n")
+        return json_error(400, "ttl_hr must be a number of hours")
     if ttl_hr < 0:
-        return web.Response(status=400, text="ttl_hr must not be negative\n")
+        return json_error(400, "ttl_hr must not be negative")
     evicted = await _svc(request).evict(ttl_hr * 3600)
     return web.json_response({"evicted": [str(d) for d in evicted]})
 
 
 def create_origin_app(config: OriginConfig) -> web.Application:
-    app = create_app("origin", Metrics("origin"))
+    app = create_app(COMPONENT, Metrics(COMPONENT), errors=ERRORS)
     app.middlewares.append(check_namespace)
 
-    async def start(app: web.Application) -> None:
+    async def lifecycle(app: web.Application) -> AsyncIterator[None]:
+        """The service needs a running loop: made when the app starts, closed when it stops."""
         app[SERVICE] = await OriginService.create(config, app[METRICS])
-        await app[SERVICE].start()
-
-    async def stop(app: web.Application) -> None:
-        if SERVICE in app:
+        try:
+            await app[SERVICE].start()
+            yield
+        finally:
             await app[SERVICE].close()
 
-    app.on_startup.append(start)
-    app.on_cleanup.append(stop)
+    app.cleanup_ctx.append(lifecycle)
 
     # [\s\S], not ".": a namespace with a newline must reach check_namespace (400), not miss (404).
     blob = r"/namespace/{ns:[\s\S]+}/blobs/{digest}"
@@ -234,3 +206,7 @@ def create_origin_app(config: OriginConfig) -> web.Application:
     app.router.add_get("/blobs/{digest}/locations", locations)
     app.router.add_post("/forcecleanup", force_cleanup)
     return app
+
+
+def sites(config: OriginConfig) -> list[Site]:
+    return [site(create_origin_app(config), config.listen)]

@@ -34,7 +34,7 @@ from typing import Generic, TypeVar
 from kraken.backend import BackendRouter, build_router
 from kraken.core.digest import Digest
 from kraken.core.metainfo import EmptyBlobError, generate_metainfo, piece_length_for
-from kraken.http.client import HttpClient
+from kraken.http.client import HttpClient, create_client
 from kraken.log import get_logger
 from kraken.metrics import Metrics
 from kraken.origin.cleanup import OriginCleanup
@@ -152,7 +152,8 @@ class OriginService:
         store = await asyncio.to_thread(CAStore, root, True, quarantined)
         writeback_queue = await PersistedQueue.open(root / "writeback.db")
         replication_queue = await PersistedQueue.open(root / "replication.db")
-        return cls(config, metrics, store, build_router(config.backends, config.auth), HttpClient(), writeback_queue, replication_queue)
+        return cls(config, metrics, store, build_router(config.backends, config.auth), create_client(config.http_client),
+                   writeback_queue, replication_queue)
 
     async def start(self) -> None:
         # First: an origin that cannot listen for peers fails to start (agents are sent to

@@ -6,16 +6,21 @@ import argparse
 from kraken.cli import load_component_config, run_component
 from kraken.http.server import serve
 from kraken.proxy.config import ProxyConfig
-from kraken.proxy.server import COMPONENT, create_proxy_app
+from kraken.proxy.server import COMPONENT, sites
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """The proxy needs no flags beyond the common ones (--config, --port, --host)."""
 
 
+def load(args: argparse.Namespace) -> ProxyConfig:
+    """The effective config: the file, then command-line overrides."""
+    return load_component_config(ProxyConfig, args, example="config/proxy/development.yaml")
+
+
 async def run(args: argparse.Namespace) -> None:
-    config = load_component_config(ProxyConfig, args, example="config/proxy/development.yaml")
-    await serve([(create_proxy_app(config), config.listen.host, config.listen.port)], COMPONENT, config.http)
+    config = load(args)
+    await serve(sites(config), COMPONENT, config.http)
 
 
 if __name__ == "__main__":

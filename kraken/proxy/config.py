@@ -4,6 +4,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from kraken.config import ByteSize, ConfigError, Duration, HttpServerConfig, ListenConfig
+from kraken.http.config import HttpClientConfig, TLSConfig
 from kraken.registry.references import DEFAULT_MAX_REFERENCES
 from kraken.ring import RingConfig
 
@@ -31,6 +32,8 @@ class ProxyConfig:
     build_index: BuildIndexConfig = field(default_factory=BuildIndexConfig)
     listen: ListenConfig = field(default_factory=lambda: ListenConfig(port=DEFAULT_PORT))
     http: HttpServerConfig = field(default_factory=HttpServerConfig)
+    http_client: HttpClientConfig = field(default_factory=HttpClientConfig)
+    tls: TLSConfig = field(default_factory=TLSConfig)
     # Manifests are read into memory to validate them; bigger ones are refused with 413.
     max_manifest_size: ByteSize = 4 << 20
     # Most blobs and child manifests one pushed manifest may reference (more: 400

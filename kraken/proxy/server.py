@@ -2,11 +2,13 @@
 from __future__ import annotations
 
 import asyncio
+from collections.abc import AsyncIterator
 from pathlib import Path
 
 from aiohttp import web
 
 from kraken.http.app import create_app
+from kraken.http.server import Site, site
 from kraken.log import get_logger
 from kraken.metrics import Metrics
 from kraken.proxy.config import ProxyConfig
@@ -24,15 +26,16 @@ log = get_logger(COMPONENT)
 def create_proxy_app(config: ProxyConfig) -> web.Application:
     metrics = Metrics(COMPONENT)
     manifests = ManifestCache(Path(config.store.root) / "manifests", config.manifest_cache_size)
-    storage = ProxyStorage(config.origins, config.build_index.addr, ProxyMetrics(metrics), manifests)
+    storage = ProxyStorage(config.origins, config.build_index.addr, ProxyMetrics(metrics), manifests,
+                           config.http_client)
     staging = CAStore(config.store.root, durable=False)  # the origin keeps the durable copy
     app = create_app(COMPONENT, metrics, readiness=storage.readiness)
-    app.cleanup_ctx.append(storage.lifecycle)
 
-    async def clear_staging(_: web.Application) -> None:
+    async def clear_staging(_: web.Application) -> AsyncIterator[None]:
         await _clear_staging(staging)
+        yield
 
-    app.on_startup.append(clear_staging)
+    app.cleanup_ctx.extend([clear_staging, storage.lifecycle])
     add_registry_routes(
         app, storage, read_only=False, uploads=staging,
         max_manifest_size=config.max_manifest_size, upload_ttl=config.upload_ttl,
@@ -42,6 +45,12 @@ def create_proxy_app(config: ProxyConfig) -> web.Application:
     log.info("proxy configured", origins=",".join(config.origins.hosts), build_index=config.build_index.addr,
              store=config.store.root)
     return app
+
+
+def sites(config: ProxyConfig) -> list[Site]:
+    """The proxy serves the registry API only: its errors are OCI error JSON, so its app has
+    no error table of its own (:mod:`kraken.registry.errors`)."""
+    return [site(create_proxy_app(config), config.listen)]
 
 
 async def _clear_staging(staging: CAStore) -> None:

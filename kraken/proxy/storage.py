@@ -18,7 +18,9 @@ from prometheus_client import Counter
 
 from kraken.buildindex.client import BuildIndexClient, ReferrerRefused, TagReferenceError
 from kraken.core.digest import Digest
-from kraken.http.client import HttpClient, HTTPStatusError
+from kraken.http.client import HttpClient, create_client
+from kraken.http.config import HttpClientConfig
+from kraken.http.health import check, check_any
 from kraken.log import get_logger
 from kraken.metrics import Metrics
 from kraken.origin.client import BlobNotFound, OriginCluster
@@ -74,8 +76,9 @@ class ProxyStorage(RegistryStorage):
     context) creates them when the app starts and closes them when it stops."""
 
     def __init__(self, origins: RingConfig, build_index_addr: str, metrics: ProxyMetrics,
-                 manifests: ManifestCache) -> None:
+                 manifests: ManifestCache, http_config: HttpClientConfig) -> None:
         self._origins_config = origins
+        self._http_config = http_config
         self.manifests = manifests
         self._build_index_addr = build_index_addr
         self.metrics = metrics
@@ -85,7 +88,7 @@ class ProxyStorage(RegistryStorage):
 
     async def lifecycle(self, _: web.Application) -> AsyncIterator[None]:
         await self.manifests.start()
-        self._http = HttpClient()
+        self._http = create_client(self._http_config)
         try:
             self._origins = OriginCluster(self._origins_config, self._http)
             self._build_index = BuildIndexClient(self._build_index_addr, self._http)
@@ -110,18 +113,8 @@ class ProxyStorage(RegistryStorage):
 
     async def readiness(self) -> None:
         """Ready when build-index and at least one origin answer (the ring routes around the rest)."""
-        await self._health(self._build_index_addr)
-        errors = []
-        for host in self._origins_config.hosts:
-            try:
-                await self._health(host)
-                return
-            except (TimeoutError, aiohttp.ClientError, HTTPStatusError) as e:
-                errors.append(f"{host}: {e}")
-        raise ConnectionError(f"no origin is healthy ({'; '.join(errors) or 'none configured'})")
-
-    async def _health(self, addr: str) -> None:
-        (await self.http.request("GET", f"http://{addr}/health", retry=False)).release()
+        await check(self.http, self._build_index_addr)
+        await check_any(self.http, self._origins_config.hosts, "origin")
 
     # ---- tags ------------------------------------------------------------------------------
 
@@ -139,7 +132,7 @@ class ProxyStorage(RegistryStorage):
         """build-index answers: asked before a tagged manifest is stored, so a push refused
         with 503 while build-index is down stores nothing. (build-index failing between this
         check and the tag PUT still leaves the manifest stored, untagged.)"""
-        await self._health(self._build_index_addr)
+        await check(self.http, self._build_index_addr, timeout=self._http_config.read_timeout)
 
     async def put_tag(self, repo: str, tag: str, digest: Digest) -> None:
         try:

@@ -6,7 +6,7 @@ import argparse
 from kraken.cli import load_component_config, run_component
 from kraken.http.server import serve
 from kraken.testfs.config import TestfsConfig
-from kraken.testfs.server import create_testfs_app
+from kraken.testfs.server import COMPONENT, sites
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -23,7 +23,7 @@ def load(args: argparse.Namespace) -> TestfsConfig:
 
 async def run(args: argparse.Namespace) -> None:
     config = load(args)
-    await serve([(create_testfs_app(config), config.listen.host, config.listen.port)], "testfs", config.http)
+    await serve(sites(config), COMPONENT, config.http)
 
 
 if __name__ == "__main__":

@@ -6,6 +6,7 @@ import tempfile
 from dataclasses import dataclass, field
 
 from kraken.config import HttpServerConfig, ListenConfig
+from kraken.http.config import TLSConfig
 
 DEFAULT_PORT = 14000
 
@@ -26,4 +27,5 @@ class TestfsConfig:
 
     listen: ListenConfig = field(default_factory=lambda: ListenConfig(port=DEFAULT_PORT))
     http: HttpServerConfig = field(default_factory=HttpServerConfig)
+    tls: TLSConfig = field(default_factory=TLSConfig)
     root: str = field(default_factory=_default_root)

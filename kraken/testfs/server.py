@@ -5,12 +5,13 @@ storage the ``file`` backend uses), addressed by the path after ``/files/`` with
 ``/``. Paths that would leave the root (``..``, absolute, symlinks pointing out) get 400.
 Request bodies are streamed to a temp file and renamed into place, so a reader sees the old
 file or the new one, never a partial one; downloads are streamed from disk with Range support.
+Errors are ``{"error"}`` (:mod:`kraken.http.errors`).
 """
 from __future__ import annotations
 
 import asyncio
-import json
 import os
+from collections.abc import AsyncIterator
 from pathlib import Path
 from stat import S_ISREG
 
@@ -19,11 +20,14 @@ from aiohttp import web
 from kraken.backend.filetree import FileTree, UnsafePath
 from kraken.core.ranges import ByteRange, RangeNotSatisfiable, parse_range
 from kraken.http.app import create_app
+from kraken.http.errors import ErrorTable, JsonError
 from kraken.http.files import write_file
+from kraken.http.server import Site, site
 from kraken.log import get_logger
 from kraken.testfs.config import TestfsConfig
 
-log = get_logger("testfs")
+COMPONENT = "testfs"
+log = get_logger(COMPONENT)
 
 TREE: web.AppKey[FileTree] = web.AppKey("testfs_tree", FileTree)
 
@@ -31,15 +35,17 @@ TREE: web.AppKey[FileTree] = web.AppKey("testfs_tree", FileTree)
 _MISSING = (FileNotFoundError, IsADirectoryError, NotADirectoryError)
 
 
-def _json_error(exc: type[web.HTTPError], message: str) -> web.HTTPError:
-    return exc(text=json.dumps({"error": message}), content_type="application/json")
+#: testfs's exceptions -> HTTP status: a path that would leave the root (or that the file
+#: system cannot hold) is the client's error.
+ERRORS: ErrorTable = {UnsafePath: 400}
 
 
 def _resolve(request: web.Request) -> Path:
-    try:
-        return request.app[TREE].resolve(request.match_info["path"])
-    except UnsafePath as e:
-        raise _json_error(web.HTTPBadRequest, str(e)) from None
+    return request.app[TREE].resolve(request.match_info["path"])
+
+
+def _not_found(request: web.Request) -> JsonError:
+    return JsonError(404, f"no file {request.match_info['path']!r}")
 
 
 def _byte_range(request: web.Request, size: int) -> ByteRange | None:
@@ -48,7 +54,8 @@ def _byte_range(request: web.Request, size: int) -> ByteRange | None:
     try:
         return parse_range(request.headers.get("Range"), size)
     except RangeNotSatisfiable as e:
-        raise web.HTTPRequestRangeNotSatisfiable(headers={"Content-Range": e.content_range}) from None
+        raise JsonError(416, f"range starts at or past the end ({size} bytes)",
+                        headers={"Content-Range": e.content_range}) from None
 
 
 async def head_file(request: web.Request) -> web.Response:
@@ -56,9 +63,9 @@ async def head_file(request: web.Request) -> web.Response:
     try:
         st = await asyncio.to_thread(os.stat, path)
     except _MISSING:
-        raise web.HTTPNotFound() from None
+        raise _not_found(request) from None
     if not S_ISREG(st.st_mode):
-        raise web.HTTPNotFound()
+        raise _not_found(request)
     size = str(st.st_size)
     return web.Response(headers={"Size": size, "Content-Length": size, "Accept-Ranges": "bytes"})
 
@@ -68,13 +75,13 @@ async def get_file(request: web.Request) -> web.StreamResponse:
     try:
         # Inline: opening is a metadata call, and a thread could leak the descriptor if the
         # request were cancelled while it ran.
-        f = open(path, "rb")
+        f = open(path, "rb")  # noqa: SIM115 - closed by the `with f:` below
     except _MISSING:
-        raise web.HTTPNotFound() from None
+        raise _not_found(request) from None
     with f:
         st = os.fstat(f.fileno())
         if not S_ISREG(st.st_mode):
-            raise web.HTTPNotFound()
+            raise _not_found(request)
         size = st.st_size
         rng = _byte_range(request, size)
         start, length = (rng.start, rng.length) if rng is not None else (0, size)
@@ -93,27 +100,20 @@ async def get_file(request: web.Request) -> web.StreamResponse:
 
 async def put_file(request: web.Request) -> web.Response:
     """POST/PUT: stream the body into place atomically; 201 with the stored size."""
-    tree = request.app[TREE]
-    try:
-        writer = tree.writer(request.match_info["path"])
-    except UnsafePath as e:
-        raise _json_error(web.HTTPBadRequest, str(e)) from None
+    writer = request.app[TREE].writer(request.match_info["path"])
     try:
         async with writer:
             async for chunk in request.content.iter_any():
                 await writer.write(chunk)
     except (IsADirectoryError, NotADirectoryError, FileExistsError) as e:
-        raise _json_error(web.HTTPConflict, f"cannot store {request.match_info['path']!r}: {e.strerror}") from None
+        raise JsonError(409, f"cannot store {request.match_info['path']!r}: {e.strerror}") from None
     return web.json_response({"size": writer.size}, status=201)
 
 
 async def list_files(request: web.Request) -> web.Response:
     tree = request.app[TREE]
     prefix = request.match_info["prefix"]
-    try:
-        paths = await asyncio.to_thread(tree.files_under, prefix)
-    except UnsafePath as e:
-        raise _json_error(web.HTTPBadRequest, str(e)) from None
+    paths = await asyncio.to_thread(tree.files_under, prefix)
     return web.json_response(paths)
 
 
@@ -124,17 +124,22 @@ def create_testfs_app(config: TestfsConfig) -> web.Application:
         if not await asyncio.to_thread(os.access, tree.root, os.W_OK):
             raise RuntimeError(f"root {tree.root} is not a writable directory")
 
-    async def prepare_root(_: web.Application) -> None:
+    async def lifecycle(_: web.Application) -> AsyncIterator[None]:
         await asyncio.to_thread(tree.root.mkdir, parents=True, exist_ok=True)
         await asyncio.to_thread(tree.clear_tmp)
         log.info("serving files", root=tree.root)
+        yield
 
-    app = create_app("testfs", readiness=readiness)
+    app = create_app(COMPONENT, readiness=readiness, errors=ERRORS)
     app[TREE] = tree
-    app.on_startup.append(prepare_root)
+    app.cleanup_ctx.append(lifecycle)
     app.router.add_route("HEAD", "/files/{path:.*}", head_file)
     app.router.add_route("GET", "/files/{path:.*}", get_file)
     app.router.add_route("POST", "/files/{path:.*}", put_file)
     app.router.add_route("PUT", "/files/{path:.*}", put_file)
     app.router.add_route("GET", "/list/{prefix:.*}", list_files)
     return app
+
+
+def sites(config: TestfsConfig) -> list[Site]:
+    return [site(create_testfs_app(config), config.listen)]

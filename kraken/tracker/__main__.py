@@ -6,16 +6,21 @@ import argparse
 from kraken.cli import load_component_config, run_component
 from kraken.http.server import serve
 from kraken.tracker.config import TrackerConfig
-from kraken.tracker.server import COMPONENT, create_tracker_app
+from kraken.tracker.server import COMPONENT, sites
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """The tracker needs no flags beyond the common ones (--config, --port, --host)."""
 
 
+def load(args: argparse.Namespace) -> TrackerConfig:
+    """The effective config: the file, then command-line overrides."""
+    return load_component_config(TrackerConfig, args, example="config/tracker/development.yaml")
+
+
 async def run(args: argparse.Namespace) -> None:
-    config = load_component_config(TrackerConfig, args, example="config/tracker/development.yaml")
-    await serve([(create_tracker_app(config), config.listen.host, config.listen.port)], COMPONENT, config.http)
+    config = load(args)
+    await serve(sites(config), COMPONENT, config.http)
 
 
 if __name__ == "__main__":

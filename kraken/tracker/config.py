@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from typing import Literal
 
 from kraken.config import ByteSize, Duration, HttpServerConfig, ListenConfig
+from kraken.http.config import HttpClientConfig, TLSConfig
 from kraken.ring import RingConfig
 
 DEFAULT_PORT = 15003
@@ -56,12 +57,10 @@ class MetainfoConfig:
     # While the origin answers 202 (fetching from its backend), wait this long before passing
     # the 202 on; agents poll anyway, so this only saves them a round trip for quick fetches.
     poll_timeout: Duration = 1.0
-    # Read timeout of origin calls (an origin generates a big blob's metainfo before answering).
-    origin_timeout: Duration = 60.0
 
     def __post_init__(self) -> None:
-        if self.cache_ttl < 0 or self.poll_timeout < 0 or self.origin_timeout <= 0:
-            raise ValueError("metainfo durations must not be negative (origin_timeout positive)")
+        if self.cache_ttl < 0 or self.poll_timeout < 0:
+            raise ValueError("metainfo durations must not be negative")
 
 
 @dataclass
@@ -108,6 +107,8 @@ class TrackerConfig:
 
     listen: ListenConfig = field(default_factory=lambda: ListenConfig(port=DEFAULT_PORT))
     http: HttpServerConfig = field(default_factory=HttpServerConfig)
+    http_client: HttpClientConfig = field(default_factory=HttpClientConfig)
+    tls: TLSConfig = field(default_factory=TLSConfig)
     origins: RingConfig = field(default_factory=RingConfig)
     origin_p2p: dict[str, str] = field(default_factory=dict)
     announce_interval: Duration = 5.0

@@ -6,7 +6,7 @@ bencoded ``failure reason`` dictionaries (400 for a malformed announce, 503 when
 store is down, which clients retry, 429 beyond the announcing address's torrent limit and
 503 beyond the tracker's total, see :mod:`kraken.tracker.peerstore`).
 ``GET /namespace/{ns}/blobs/{d}/metainfo`` answers like the origin's internal metainfo
-endpoint, with plain-text error bodies.
+endpoint, errors as ``{"error"}`` (:mod:`kraken.http.errors`).
 """
 from __future__ import annotations
 
@@ -14,7 +14,9 @@ from aiohttp import web
 
 from kraken.core.digest import Digest, DigestError
 from kraken.http.app import create_app
+from kraken.http.errors import ErrorTable, error_message, json_error
 from kraken.http.names import check_namespace
+from kraken.http.server import Site, site
 from kraken.metrics import Metrics
 from kraken.tracker.announce import AnnounceError, encode_failure, parse_announce, peer_ip
 from kraken.tracker.config import TrackerConfig
@@ -28,13 +30,20 @@ COMPONENT = "tracker"
 BENCODED = "text/plain"  # what BitTorrent trackers customarily send; clients ignore it
 TORRENT = "application/x-bittorrent"
 
+#: The tracker's exceptions -> HTTP status, outside the announce (whose errors are bencoded).
+ERRORS: ErrorTable = {
+    DigestError: 400,
+    PeerStoreError: (503, "peer store unavailable: {error}"),
+}
+
 
 def create_tracker_app(config: TrackerConfig) -> web.Application:
     metrics = Metrics(COMPONENT)
     tracker_metrics = TrackerMetrics(metrics)
     service = TrackerService(config, tracker_metrics)
     app = create_app(
-        COMPONENT, metrics, readiness=service.readiness, quiet_routes=("/announce", "/announce/{tail}")
+        COMPONENT, metrics, readiness=service.readiness, quiet_routes=("/announce", "/announce/{tail}"),
+        errors=ERRORS,
     )
     app.middlewares.append(check_namespace)
     app.cleanup_ctx.append(service.lifecycle)
@@ -59,20 +68,19 @@ def create_tracker_app(config: TrackerConfig) -> web.Application:
         return web.Response(body=body, content_type=BENCODED)
 
     async def metainfo(request: web.Request) -> web.Response:
-        try:
-            digest = Digest.parse(request.match_info["digest"])
-        except DigestError as e:
-            return web.Response(status=400, text=f"{e}\n")
-        try:
-            answer = await service.metainfo(request.match_info["ns"], digest)
-        except PeerStoreError as e:
-            return web.Response(status=503, text=f"peer store unavailable: {e}\n")
+        digest = Digest.parse(request.match_info["digest"])
+        answer = await service.metainfo(request.match_info["ns"], digest)
         if answer.status == 200:
             return web.Response(body=answer.body, content_type=TORRENT,
                                 headers={SLOT_HEADER: str(service.swarm_slots.next(digest))})
-        return web.Response(status=answer.status, body=answer.body, content_type="text/plain")
+        # The origin's own error (passed on) or the tracker's account of the origins.
+        return json_error(answer.status, error_message(answer.body))
 
     app.router.add_get("/announce", announce)
     app.router.add_get("/announce/{tail:.*}", announce)
     app.router.add_get("/namespace/{ns:.+}/blobs/{digest}/metainfo", metainfo)
     return app
+
+
+def sites(config: TrackerConfig) -> list[Site]:
+    return [site(create_tracker_app(config), config.listen)]

@@ -12,11 +12,11 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator
 
-import aiohttp
 from aiohttp import web
 
 from kraken.core.digest import Digest
-from kraken.http.client import ClientConfig, HttpClient, HTTPStatusError
+from kraken.http.client import HttpClient, create_client
+from kraken.http.health import check_any
 from kraken.log import get_logger
 from kraken.origin.client import OriginCluster
 from kraken.tasks import TaskOwner
@@ -33,8 +33,6 @@ from kraken.tracker.redisstore import RedisPeerStore
 from kraken.tracker.slots import SwarmSlots
 
 log = get_logger("tracker")
-
-HEALTH_TIMEOUT = 2.0
 
 
 def open_store(config: TrackerConfig) -> PeerStore:
@@ -60,7 +58,7 @@ class TrackerService:
 
     async def lifecycle(self, _: web.Application) -> AsyncIterator[None]:
         owner = TaskOwner("tracker")
-        http = HttpClient(ClientConfig(read_timeout=self.config.metainfo.origin_timeout))
+        http = create_client(self.config.http_client)
         store = open_store(self.config)
         try:
             await store.start()
@@ -130,13 +128,4 @@ class TrackerService:
         """Ready when at least one origin answers /health and the peer store answers."""
         await self.store.ping()
         assert self._http is not None
-        errors = []
-        for host in self.config.origins.hosts:
-            try:
-                resp = await self._http.request("GET", f"http://{host}/health", retry=False,
-                                                 timeout=aiohttp.ClientTimeout(total=HEALTH_TIMEOUT))
-                resp.release()
-                return
-            except (TimeoutError, aiohttp.ClientError, HTTPStatusError) as e:
-                errors.append(f"{host}: {type(e).__name__}: {e}")
-        raise ConnectionError(f"no origin is healthy ({'; '.join(errors) or 'none configured'})")
+        await check_any(self._http, self.config.origins.hosts, "origin")

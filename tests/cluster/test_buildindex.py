@@ -22,7 +22,8 @@ from kraken.buildindex.server import create_buildindex_app
 from kraken.config import load_config
 from kraken.core.digest import Digest
 from kraken.devcluster import CONFIG_ROOT, HerdPorts, Supervisor, free_port, herd_processes, write_overlay
-from kraken.http.client import ClientConfig, HttpClient
+from kraken.http.client import HttpClient, create_client
+from kraken.http.config import HttpClientConfig
 from kraken.origin.client import OriginCluster
 from kraken.registry.manifest import DOCKER_MANIFEST, DOCKER_MANIFEST_LIST, OCI_INDEX, OCI_MANIFEST
 from kraken.ring import RingConfig
@@ -65,7 +66,7 @@ def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
 
 @pytest.fixture
 async def http() -> AsyncIterator[HttpClient]:
-    client = HttpClient(ClientConfig(retries=1, backoff=0.05))
+    client = create_client(HttpClientConfig(retries=1, backoff=0.05))
     yield client
     await client.close()
 

@@ -22,14 +22,14 @@ from kraken.backend import (
     TestfsBackendConfig,
     create_backend,
 )
-from kraken.http.client import ClientConfig
+from kraken.http.config import HttpClientConfig
 from kraken.testfs.config import TestfsConfig
 from kraken.testfs.server import create_testfs_app
 from tests.support.backend_suite import BackendSuite, ConfigFactory, digest_hex
 from tests.support.net import free_port
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
-NO_RETRY = ClientConfig(connect_timeout=2, read_timeout=5, retries=0)
+NO_RETRY = HttpClientConfig(connect_timeout=2, read_timeout=5, retries=0)
 
 
 async def start_testfs(root: Path) -> TestServer:

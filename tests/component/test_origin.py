@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import json
 import os
 import time
 from pathlib import Path
@@ -80,7 +81,7 @@ async def test_wrong_digest_is_refused_and_leaves_nothing(origin: Origin) -> Non
     data, _ = random_blob(10_000)
     claimed = Digest.of_bytes(b"something else")
     status, body = await upload_raw(origin, claimed, data)
-    assert status == 400 and body.startswith("digest mismatch")
+    assert status == 400 and json.loads(body)["error"].startswith("digest mismatch")
     store = origin.service.store
     assert not store.exists(claimed)
     assert list(store.upload_dir.iterdir()) == []

@@ -8,7 +8,8 @@ from pathlib import Path
 import aiohttp
 
 from kraken.devcluster import CONFIG_ROOT, Process, Supervisor, free_port, write_overlay
-from kraken.http.client import ClientConfig, HttpClient
+from kraken.http.client import create_client
+from kraken.http.config import HttpClientConfig
 from kraken.origin.client import OriginClient
 from tests.support.origin import MB, NS, Testfs, random_blob, start_testfs
 from tests.support.waiting import until
@@ -27,7 +28,7 @@ async def test_write_back_survives_an_origin_crash(tmp_path: Path) -> None:
     })
     origin = Process("origin", "origin", origin_port, config, sup.log_dir / "origin.log",
                      extra_args=["--host", "127.0.0.1", "--advertise", addr])
-    http = HttpClient(ClientConfig(connect_timeout=2, read_timeout=10))
+    http = create_client(HttpClientConfig(connect_timeout=2, read_timeout=10))
     try:
         await asyncio.to_thread(sup.start, origin)
         assert f"identity={addr}" in origin.log_tail()

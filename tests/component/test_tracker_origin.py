@@ -15,7 +15,8 @@ import pytest
 from kraken.core.digest import Digest
 from kraken.core.metainfo import generate_metainfo
 from kraken.devcluster import CONFIG_ROOT, Process, Supervisor, free_port, write_overlay
-from kraken.http.client import ClientConfig, HttpClient
+from kraken.http.client import create_client
+from kraken.http.config import HttpClientConfig
 from kraken.origin.client import OriginClient
 from tests.support.metrics import metric
 from tests.support.origin import MB, NS, Testfs, origin_settings, random_blob
@@ -66,7 +67,7 @@ async def session() -> AsyncIterator[aiohttp.ClientSession]:
 
 @pytest.fixture
 async def origin(origin_proc: Process) -> AsyncIterator[OriginClient]:
-    http = HttpClient(ClientConfig(connect_timeout=2, read_timeout=10))
+    http = create_client(HttpClientConfig(connect_timeout=2, read_timeout=10))
     yield OriginClient(origin_proc.addr, http, poll_timeout=20)
     await http.close()
 

@@ -26,6 +26,7 @@ from kraken.config import build
 from kraken.core.digest import Digest
 from kraken.core.metainfo import generate_metainfo, info_hash
 from kraken.devcluster import free_port
+from kraken.http.errors import json_error
 from kraken.ring import HashRing
 from kraken.tasks import TaskOwner
 from kraken.tracker.config import ProbeConfig, TrackerConfig
@@ -350,7 +351,7 @@ class FakeOrigin:
             status = self.status.get(digest, 200 if digest in self.metainfo else 404)
             if status == 200:
                 return web.Response(body=self.metainfo[digest], content_type="application/x-bittorrent")
-            return web.Response(status=status, text=f"fake origin says {status}\n")
+            return json_error(status, f"fake origin says {status}")  # as a real origin answers
 
         async def health(_: web.Request) -> web.Response:
             return web.Response(text="OK\n")
@@ -714,7 +715,7 @@ async def test_origin_answers_pass_through(
     assert status == 202 and b"being fetched" in body
     assert time.monotonic() - started < 5  # not the origin client's usual minutes of polling
     assert (await tracker.metainfo(missing))[0] == 404
-    assert (await tracker.metainfo(empty))[:2] == (422, b"fake origin says 422\n")
+    assert (await tracker.metainfo(empty))[:2] == (422, b'{"error": "fake origin says 422"}')
     assert (await tracker.metainfo(broken))[0] == 503
     assert (await tracker.metainfo(fetching))[0] == 202  # 202 is never cached
     assert metric(await tracker.metrics(), "kraken_tracker_origin_errors_total", kind="status") == 1

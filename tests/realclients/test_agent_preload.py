@@ -81,7 +81,7 @@ def test_preload_into_containerd(herd: Herd, image: GeneratedImage, containerd: 
 
 
 def test_preload_errors_are_clear(herd: Herd, image: GeneratedImage) -> None:
-    assert preload(herd, "test/preload:v1", "rkt") == (400, "runtime must be one of docker, containerd\n")
+    assert preload(herd, "test/preload:v1", "rkt") == (400, '{"error": "runtime must be one of docker, containerd"}')
     assert preload(herd, "test/preload", "docker")[0] == 400
     status, body = preload(herd, "test/preload:missing", "docker")
     assert status == 502 and "manifest unknown" in body.lower(), body

@@ -16,7 +16,8 @@ from aiohttp.test_utils import TestServer
 
 from kraken.config import build
 from kraken.devcluster import Supervisor
-from kraken.http.client import ClientConfig, HttpClient
+from kraken.http.client import HttpClient, create_client
+from kraken.http.config import HttpClientConfig
 from kraken.origin.client import OriginClient
 from kraken.origin.config import OriginConfig
 from kraken.origin.server import create_origin_app
@@ -69,7 +70,7 @@ def testfs_port(supervisor: Supervisor, tmp_path_factory: pytest.TempPathFactory
 @pytest.fixture
 async def kraken_http() -> AsyncIterator[HttpClient]:
     """Kraken's own HTTP client, as the components use it."""
-    client = HttpClient(ClientConfig(connect_timeout=2, read_timeout=10))
+    client = create_client(HttpClientConfig(connect_timeout=2, read_timeout=10))
     yield client
     await client.close()
 

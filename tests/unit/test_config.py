@@ -1,4 +1,5 @@
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Literal
 
 import pytest
@@ -162,3 +163,27 @@ def test_config_file_values_are_still_shown(tmp_path):
     secrets = write(tmp_path / "s.yaml", "auth: {p: hunter2}\n")
     with pytest.raises(ConfigError, match=r"c.yaml: inner.mode: expected one of \['a', 'b'\], got 'c'"):
         load_config(WithAuth, config, secrets=secrets)
+
+
+def test_http_client_section_and_component_defaults(tmp_path: Path) -> None:
+    from kraken.agent.config import AgentConfig, StoreConfig
+    from kraken.proxy.config import ProxyConfig
+
+    path = tmp_path / "proxy.yaml"
+    path.write_text(f"store: {{root: {tmp_path}}}\norigins: {{hosts: []}}\n"
+                    "http_client: {connect_timeout: 2s, retries: 0, read_buffer: 32KB}\n")
+    client = load_config(ProxyConfig, path).http_client
+    assert (client.connect_timeout, client.retries, client.read_buffer, client.read_timeout) == (2.0, 0, 32 << 10, 60.0)
+    agent = AgentConfig(store=StoreConfig(root=str(tmp_path))).http_client
+    assert (agent.connect_timeout, agent.read_timeout, agent.retries) == (3.0, 60.0, 2)
+
+
+def test_tls_section_is_parsed_but_enabling_it_is_refused(tmp_path: Path) -> None:
+    from kraken.tracker.config import TrackerConfig
+
+    path = tmp_path / "tracker.yaml"
+    path.write_text("tls: {name: kraken}\n")
+    assert load_config(TrackerConfig, path).tls.name == "kraken"
+    path.write_text("tls: {server: {cert: {path: /etc/kraken/server.crt}, key: {path: /etc/kraken/server.key}}}\n")
+    with pytest.raises(ConfigError, match="tls: tls is not supported yet"):
+        load_config(TrackerConfig, path)

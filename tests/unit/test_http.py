@@ -5,7 +5,8 @@ from aiohttp.test_utils import TestServer
 
 from kraken.devcluster import free_port
 from kraken.http.app import create_app
-from kraken.http.client import ClientConfig, HttpClient, HTTPStatusError
+from kraken.http.client import HTTPStatusError, create_client
+from kraken.http.config import HttpClientConfig
 
 
 class Teapot(Exception):
@@ -72,7 +73,7 @@ async def test_client_retries_transient_statuses_then_succeeds():
     app = web.Application()
     app.router.add_put("/x", flaky)
     async with TestServer(app) as srv:
-        client = HttpClient(ClientConfig(retries=3, backoff=0.01))
+        client = create_client(HttpClientConfig(retries=3, backoff=0.01))
         try:
             resp = await client.request("PUT", str(srv.make_url("/x")), data=b"payload")
             assert await resp.text() == "3"
@@ -96,7 +97,7 @@ async def test_client_does_not_retry_client_errors_or_streams():
         yield b"chunk"
 
     async with TestServer(app) as srv:
-        client = HttpClient(ClientConfig(retries=3, backoff=0.01))
+        client = create_client(HttpClientConfig(retries=3, backoff=0.01))
         try:
             with pytest.raises(HTTPStatusError) as err:
                 await client.request("GET", str(srv.make_url("/missing")))
@@ -110,7 +111,7 @@ async def test_client_does_not_retry_client_errors_or_streams():
 
 
 async def test_client_gives_up_on_refused_connection():
-    client = HttpClient(ClientConfig(retries=2, backoff=0.01))
+    client = create_client(HttpClientConfig(retries=2, backoff=0.01))
     try:
         with pytest.raises(aiohttp.ClientConnectionError):
             await client.request("GET", f"http://127.0.0.1:{free_port()}/")

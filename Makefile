@@ -2,7 +2,8 @@
 #
 #   make install          .venv with the project and its test extra (re-run only when pyproject.toml changes)
 #   make system-deps      the Debian packages the real-client tests drive (as root; apt-get only if missing)
-#   make test             both of the above, then the whole suite (PYTEST_ARGS="-k foo" to narrow it)
+#   make test             both of the above, then lint, then the whole suite (PYTEST_ARGS="-k foo" to narrow it)
+#   make lint             ruff (kraken, tests, bench) and mypy (kraken), as configured in pyproject.toml
 #   make unit-test        tests/unit alone: in-process tests, no subprocess, well under a minute
 #   make devcluster       the devcluster: Docker containers when a daemon answers (make docker_stop
 #                         removes them), else local processes (Ctrl-C stops them)
@@ -27,7 +28,7 @@ SHELL := /bin/bash
 PIP_NOISE := is ignored: it is neither a file nor a directory
 PIP := PIP_DISABLE_PIP_VERSION_CHECK=1 $(PY) -m pip
 
-.PHONY: install system-deps test unit-test devcluster devcluster-stop images base-image docker_stop bench clean
+.PHONY: install system-deps lint test unit-test devcluster devcluster-stop images base-image docker_stop bench clean
 
 $(STAMP): pyproject.toml
 	@$(PYTHON) -c 'import sys; sys.exit(sys.version_info < (3, 11))' 2>/dev/null || { \
@@ -49,7 +50,12 @@ system-deps:
 	@bash scripts/install-system-deps.sh
 
 # pytest exits 5 when it collected no test (e.g. PYTEST_ARGS="-k nomatch"): report it, don't fail.
-test: install system-deps
+# The rule sets and options are in pyproject.toml ([tool.ruff], [tool.mypy]).
+lint: install
+	$(VENV)/bin/ruff check kraken tests bench examples scripts docker
+	$(VENV)/bin/mypy
+
+test: install system-deps lint
 	@rc=0; $(PY) -m pytest -q -p no:cacheprovider --durations=15 $(PYTEST_ARGS) || rc=$$?; \
 	if [ $$rc -eq 5 ]; then echo "make test: pytest collected no tests"; rc=0; fi; exit $$rc
 

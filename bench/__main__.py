@@ -1,4 +1,6 @@
-"""``python -m bench [push] [fanout] [agentpull] [slowreaders] [options]``: run the benchmarks and print their tables."""
+"""``python -m bench [push] [fanout] [agentpull] [slowreaders] [options]``: run the benchmarks and print
+their tables."""
+
 from __future__ import annotations
 
 import argparse
@@ -18,7 +20,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--agents", type=int, default=8, help="fanout: agent processes pulling at once")
     parser.add_argument("--fanout-size-mb", type=int, default=1024, help="fanout, agentpull: blob size")
     parser.add_argument("--fanout-reps", type=int, default=3, help="fanout: runs of the N pulls")
-    parser.add_argument("--rate-mb", type=int, default=20, help="fanout: upload cap of the origin and of each agent, MiB/s")
+    parser.add_argument(
+        "--rate-mb", type=int, default=20, help="fanout: upload cap of the origin and of each agent, MiB/s"
+    )
     parser.add_argument("--piece-mb", type=int, default=0, help="fanout: torrent piece length (0: the origin's table)")
     parser.add_argument("--no-baseline", dest="baseline", action="store_false",
                         help="fanout: skip the capped distribution registry (N*S/R seconds)")

@@ -109,7 +109,12 @@ def _report(args: argparse.Namespace, size: int, times: dict[str, list[float]]) 
         return f"{med[key] * 1000:.1f} ms"
 
     rows = [
-        ("blob, cold (P2P from the origin, sha256, cache, serve)", blob("cold"), blob("dist"), med["dist"] / med["cold"]),
+        (
+            "blob, cold (P2P from the origin, sha256, cache, serve)",
+            blob("cold"),
+            blob("dist"),
+            med["dist"] / med["cold"],
+        ),
         ("blob, warm (from the agent's cache)", blob("warm"), blob("dist"), med["dist"] / med["warm"]),
         ("manifest by tag, cold", ms("m_cold"), ms("m_dist"), med["m_dist"] / med["m_cold"]),
         (f"manifest by tag, warm ({MANIFEST_GETS} GETs)", ms("m_warm"), ms("m_dist"), med["m_dist"] / med["m_warm"]),

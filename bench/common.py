@@ -180,7 +180,10 @@ def push_padded_image(registry_url: str, repo: str, tag: str, manifest_size: int
     """An image whose manifest is ``manifest_size`` bytes (an annotation pads it), tagged ``tag``."""
     config = json.dumps({"architecture": "amd64", "os": "linux", "rootfs": {"type": "layers"}}).encode()
     layer = os.urandom(1024)
-    config_digest, layer_digest = push_blob_bytes(registry_url, repo, config), push_blob_bytes(registry_url, repo, layer)
+    config_digest, layer_digest = (
+        push_blob_bytes(registry_url, repo, config),
+        push_blob_bytes(registry_url, repo, layer),
+    )
     doc = {
         "schemaVersion": 2, "mediaType": OCI_MANIFEST,
         "config": {"mediaType": "application/vnd.oci.image.config.v1+json", "digest": str(config_digest),

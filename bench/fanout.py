@@ -118,13 +118,16 @@ def pull_everywhere(herd: Herd, digest: Digest, stats_interval: float) -> Fanout
     timings = [finish_curl(p) for p in procs]
     timeline.stop()
     origin_uploaded = _settled_origin_upload(herd, 2 * stats_interval) - origin_before
-    deltas = [tuple(a - b for a, b in zip(after, before))
-              for after, before in zip(_agent_counters(herd), agents_before)]
+    deltas = [tuple(a - b for a, b in zip(after, before, strict=True))
+              for after, before in zip(_agent_counters(herd), agents_before, strict=True)]
     for agent in herd.agents:
         req = urllib.request.Request(f"http://127.0.0.1:{agent.health_port}/blobs/{digest}", method="DELETE")
         urllib.request.urlopen(req, timeout=30).close()
-    print("timeline (s: origin MiB/s, agents MiB/s): " + " ".join(f"{t:.0f}:{o:.0f}/{a:.0f}" for t, o, a in timeline.rows),
-          flush=True)
+    print(
+        "timeline (s: origin MiB/s, agents MiB/s): "
+        + " ".join(f"{t:.0f}:{o:.0f}/{a:.0f}" for t, o, a in timeline.rows),
+        flush=True,
+    )
     return FanoutRun(timings, origin_uploaded, [d[0] for d in deltas], [d[1] for d in deltas], [d[2] for d in deltas])
 
 
@@ -191,12 +194,13 @@ def _report(n: int, size: int, rate: int, runs: list[FanoutRun], baseline: list[
     if baseline:
         base = [t.total for t in baseline]
         lines.append(
-            f"| distribution, egress capped at R: p50 / p99 | {percentile(base, 50):.1f} / {percentile(base, 99):.1f} s "
+            "| distribution, egress capped at R: p50 / p99 | "
+            f"{percentile(base, 50):.1f} / {percentile(base, 99):.1f} s "
             f"| speedup {percentile(base, 50) / statistics.median(p50_done):.1f}x / "
             f"{percentile(base, 99) / statistics.median(p99_done):.1f}x |"
         )
     last = runs[-1]
     lines += ["", "last run, per agent: ready s, MiB from origin / peers, MiB uploaded:"]
     lines += [f"  {t.first_byte:.1f} s, {o / MiB:.0f} / {p / MiB:.0f}, {u / MiB:.0f}"
-              for t, o, p, u in zip(last.timings, last.from_origin, last.from_peers, last.peers_uploaded)]
+              for t, o, p, u in zip(last.timings, last.from_origin, last.from_peers, last.peers_uploaded, strict=True)]
     return "\n".join(lines)

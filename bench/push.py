@@ -18,6 +18,7 @@ import shutil
 import statistics
 import time
 import urllib.request
+from collections.abc import Callable
 
 from bench.common import fresh_workdir, wait_idle
 from tests.support.cluster import start_herd
@@ -28,9 +29,10 @@ from tests.support.skopeo import Skopeo
 MiB = 1 << 20
 
 
-def _timed(fn) -> float:
+def _timed(fn: Callable[..., object], *args: object) -> float:
+    """Seconds ``fn(*args)`` takes."""
     start = time.perf_counter()
-    fn()
+    fn(*args)
     return time.perf_counter() - start
 
 
@@ -62,14 +64,14 @@ def run(args: argparse.Namespace) -> str:
                 wait_idle(herd)
                 with Skopeo() as skopeo:
                     times[f"push_{name}"].append(
-                        _timed(lambda: skopeo.copy(image.oci_ref, f"docker://{targets[name]}/{repo}:v1"))
+                        _timed(skopeo.copy, image.oci_ref, f"docker://{targets[name]}/{repo}:v1")
                     )
             for name in order:
                 wait_idle(herd)
                 dest = workdir / f"pull-{name}-{i}"
                 with Skopeo() as skopeo:
                     times[f"pull_{name}"].append(
-                        _timed(lambda: skopeo.copy(f"docker://{targets[name]}/{repo}:v1", f"dir:{dest}"))
+                        _timed(skopeo.copy, f"docker://{targets[name]}/{repo}:v1", f"dir:{dest}")
                     )
                 shutil.rmtree(dest)
                 times[f"get_{name}"].append(_curl_blob(targets[name], repo, image.layer_digests[0]))
@@ -94,5 +96,5 @@ def run(args: argparse.Namespace) -> str:
         reg, kr = med[f"{key}_reg"], med[f"{key}_kr"]
         lines.append(f"| {label} | {reg:.2f} ({mbps(reg):.0f}) | {kr:.2f} ({mbps(kr):.0f}) | {reg / kr:.2f} |")
     lines.append("")
-    lines.append("raw seconds: " + ", ".join(f"{k}={['%.2f' % t for t in v]}" for k, v in times.items()))
+    lines.append("raw seconds: " + ", ".join(f"{k}={[f'{t:.2f}' for t in v]}" for k, v in times.items()))
     return "\n".join(lines)

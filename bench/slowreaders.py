@@ -3,9 +3,9 @@
 A herd with one agent; an image with a 4 MB manifest and a 200 MiB blob is pushed through
 the proxy and read once through the agent (both then serve from their disk). Then, for each
 case, 200 connections GET the manifest from the proxy, the manifest from the agent, or the
-blob from the agent or the proxy (which relays it from the origin), read the response head and then nothing, until every response is
-stalled on them. The serving process's resident memory (``VmRSS``) is read before, while
-they are stalled, and after they closed; its peak (``VmHWM``) too. The bound
+blob from the agent or the proxy (which relays it from the origin), read the response head and
+then nothing, until every response is stalled on them. The serving process's resident memory
+(``VmRSS``) is read before, while they are stalled, and after they closed; its peak (``VmHWM``) too. The bound
 (:data:`BOUND_MIB`) is the issue's: at most 150 MiB for the 200 slow readers.
 """
 from __future__ import annotations

@@ -13,15 +13,16 @@ import logging
 import re
 import sys
 import time
+from collections.abc import MutableMapping
 from typing import Any
 
 _STD_KWARGS = {"exc_info", "stack_info", "stacklevel", "extra"}
 
 
-class KrakenLogger(logging.LoggerAdapter):
+class KrakenLogger(logging.LoggerAdapter[logging.Logger]):
     """A logger adapter that accepts arbitrary keyword fields."""
 
-    def process(self, msg: Any, kwargs: dict) -> tuple[Any, dict]:
+    def process(self, msg: Any, kwargs: MutableMapping[str, Any]) -> tuple[Any, MutableMapping[str, Any]]:
         fields = {k: kwargs.pop(k) for k in list(kwargs) if k not in _STD_KWARGS}
         extra = dict(kwargs.get("extra") or {})
         extra["kraken_fields"] = {**(self.extra or {}), **fields}

@@ -93,7 +93,7 @@ class FileBackend(Backend):
 def _copy_out(src: Path, dst: Path) -> bool:
     """Copy object ``src`` over ``dst`` atomically; False if the object does not exist."""
     try:
-        f = open(src, "rb")
+        f = open(src, "rb")  # noqa: SIM115 - only a missing object means False, not a missing dst
     except _MISSING:
         return False
     with f:

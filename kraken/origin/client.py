@@ -177,7 +177,9 @@ class OriginCluster:
     blob from the storage backend if it lacks it.
     """
 
-    def __init__(self, config: RingConfig, http: HttpClient, down_for: float = 30.0, poll_timeout: float = 300.0) -> None:
+    def __init__(
+        self, config: RingConfig, http: HttpClient, down_for: float = 30.0, poll_timeout: float = 300.0
+    ) -> None:
         self._ring = HashRing.from_config(config)
         self._clients = {host: OriginClient(host, http, poll_timeout) for host in self._ring.hosts}
         self._down_for = down_for

@@ -152,8 +152,15 @@ class OriginService:
         store = await asyncio.to_thread(CAStore, root, True, quarantined)
         writeback_queue = await PersistedQueue.open(root / "writeback.db")
         replication_queue = await PersistedQueue.open(root / "replication.db")
-        return cls(config, metrics, store, build_router(config.backends, config.auth), create_client(config.http_client),
-                   writeback_queue, replication_queue)
+        return cls(
+            config,
+            metrics,
+            store,
+            build_router(config.backends, config.auth),
+            create_client(config.http_client),
+            writeback_queue,
+            replication_queue,
+        )
 
     async def start(self) -> None:
         # First: an origin that cannot listen for peers fails to start (agents are sent to

@@ -69,10 +69,10 @@ class WriteBack:
         backend = self._router.for_namespace(namespace)
         size = self._store.size(digest)
         remote = await backend.stat(namespace, digest.hex)
-        if remote is not None and (size is None or remote.size == size):
-            if await backend.holds(namespace, digest, self._tmp_dir):
-                log.info("write-back not needed, backend copy verified", namespace=namespace, digest=digest)
-                return
+        if (remote is not None and (size is None or remote.size == size)
+                and await backend.holds(namespace, digest, self._tmp_dir)):
+            log.info("write-back not needed, backend copy verified", namespace=namespace, digest=digest)
+            return
         if remote is not None:
             self._bad_copies.inc()
             log.error("backend copy fails verification; overwriting it", namespace=namespace, digest=digest,

@@ -24,7 +24,7 @@ from kraken.registry.errors import API_VERSION, API_VERSION_HEADER, RegistryErro
 from kraken.registry.names import parse_reference, validate_name
 from kraken.registry.references import DEFAULT_MAX_REFERENCES
 from kraken.registry.storage import RegistryStorage
-from kraken.registry.uploads import UploadLimits, UploadSessions
+from kraken.registry.uploads import DEFAULT_UPLOAD_LIMITS, UploadLimits, UploadSessions
 from kraken.store.cas import CAStore
 from kraken.tasks import TaskOwner
 
@@ -68,7 +68,7 @@ def add_registry_routes(
     max_manifest_size: int = DEFAULT_MAX_MANIFEST_SIZE,
     upload_ttl: float = DEFAULT_UPLOAD_TTL,
     max_manifest_references: int = DEFAULT_MAX_REFERENCES,
-    upload_limits: UploadLimits = UploadLimits(),
+    upload_limits: UploadLimits = DEFAULT_UPLOAD_LIMITS,
 ) -> None:
     """Serve ``/v2/`` from ``storage``.
 
@@ -143,6 +143,7 @@ def _unavailable(request: web.Request, error: Exception) -> RegistryError:
 
 async def _dispatch(ctx: RegistryContext, request: web.Request) -> web.StreamResponse:
     tail = request.match_info.get("tail", "")
+    params: dict[str, str]
     if tail.strip("/") == "":
         kind, name, params = "base", "", {}
     elif tail == "_catalog":

@@ -51,7 +51,9 @@ async def read_blob(ctx: RegistryContext, request: web.Request, name: str, diges
     return await _stream(request, response, reader, digest)
 
 
-async def _stream(request: web.Request, response: web.StreamResponse, reader: BlobReader, digest: Digest) -> web.StreamResponse:
+async def _stream(
+    request: web.Request, response: web.StreamResponse, reader: BlobReader, digest: Digest
+) -> web.StreamResponse:
     """Send the reader's bytes. Once headers are out an error can no longer be reported, so a
     failure mid-body closes the connection: the client sees a short body, never a wrong one."""
     try:

@@ -29,7 +29,7 @@ async def read_manifest(ctx: RegistryContext, request: web.Request, name: str, r
     """Sent from a local file (kraken.http.files): a client that reads slowly, or not at all,
     holds no copy of the manifest in this process's memory."""
     ref = parse_reference(reference)
-    digest = ref.digest or await ctx.storage.get_tag(name, ref.tag)
+    digest = ref.digest if ref.tag is None else await ctx.storage.get_tag(name, ref.tag)
     if digest is None:
         raise RegistryError("MANIFEST_UNKNOWN", detail={"name": name, "reference": reference})
     f = await ctx.storage.open_manifest(name, digest, ctx.max_manifest_size)

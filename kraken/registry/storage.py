@@ -184,7 +184,7 @@ class RegistryStorage(ABC):
         """Store a small verified blob (a manifest)."""
         raise _read_only()
 
-    async def check_tags_writable(self) -> None:
+    async def check_tags_writable(self) -> None:  # noqa: B027 - a default that checks nothing
         """Raise (e.g. a connection error: UNAVAILABLE) when a tag could not be written now, so
         a push by tag is refused before its manifest is stored."""
 

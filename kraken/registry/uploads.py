@@ -49,9 +49,12 @@ class UploadLimits:
     total: int = 1000
 
 
+DEFAULT_UPLOAD_LIMITS = UploadLimits()
+
+
 class UploadSessions:
     def __init__(self, cas: CAStore, storage: RegistryStorage, ttl: float,
-                 limits: UploadLimits = UploadLimits()) -> None:
+                 limits: UploadLimits = DEFAULT_UPLOAD_LIMITS) -> None:
         self.cas = cas
         self.storage = storage
         self.ttl = ttl

@@ -58,5 +58,5 @@ async def _resolve(host: str) -> str | None:
     except (TimeoutError, OSError) as e:
         log.warning("cannot resolve origin P2P address", host=host, error=f"{type(e).__name__}: {e}")
         return None
-    ips = [info[4][0] for info in infos]
+    ips = [str(info[4][0]) for info in infos]
     return next((ip for ip in ips if ":" not in ip), ips[0] if ips else None)

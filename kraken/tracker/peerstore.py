@@ -87,7 +87,7 @@ class PeerStore(ABC):
     async def ping(self) -> None:
         """Raise if the store cannot be used (readiness)."""
 
-    async def start(self) -> None:
+    async def start(self) -> None:  # noqa: B027 - most stores have no background work
         """Start background work, if the store has any."""
 
     @abstractmethod

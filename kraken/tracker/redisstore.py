@@ -86,7 +86,7 @@ if per_ip > 0 then
 end
 local result = {0, 0, redis.call("GET", digest), {}, {}}
 for i, key in ipairs({seeders, leechers}) do
-  local expired = redis.call("ZRANGEBYSCORE", key, "-inf", "(" .. cutoff, "LIMIT", 0, %d)
+  local expired = redis.call("ZRANGEBYSCORE", key, "-inf", "(" .. cutoff, "LIMIT", 0, EXPIRE_BATCH)
   if #expired > 0 then
     redis.call("ZREM", key, unpack(expired))
     redis.call("HDEL", ids, unpack(expired))
@@ -111,7 +111,7 @@ end
 redis.call("PEXPIRE", ids, ARGV[1])
 if result[3] then redis.call("PEXPIRE", digest, ARGV[1]) end
 return result
-""" % EXPIRE_BATCH
+""".replace("EXPIRE_BATCH", str(EXPIRE_BATCH))
 
 # KEYS: seeders, leechers, ids, this address's peers. ARGV: ttl ms, member.
 _LEAVE = _NOW + """
@@ -161,8 +161,9 @@ class RedisPeerStore(PeerStore):
             [self._ttl_ms, info_hash.hex(), 0 if exempt else limits.torrents_per_ip, limits.torrents],
         )
         if admitted != b"ok":
-            scope = "ip" if admitted == b"ip" else "total"
-            raise AnnounceRefused(scope, limits.torrents_per_ip if scope == "ip" else limits.torrents)
+            if admitted == b"ip":
+                raise AnnounceRefused("ip", limits.torrents_per_ip)
+            raise AnnounceRefused("total", limits.torrents)
         keys = [self._key(info_hash, k) for k in ("seeders", "leechers", "ids", "digest", f"ip:{peer.addr.ip}")]
         args = [self._ttl_ms, _member(peer.addr), peer.peer_id, "1" if peer.complete else "0", sample,
                 0 if exempt else limits.peers_per_ip]

@@ -83,13 +83,20 @@ class Cluster:
     def start_agent(self, name: str, tracker_addr: str, extra: dict | None = None) -> Agent:
         workdir = self.supervisor.workdir
         store = workdir / name
-        config = write_overlay(workdir / "config" / f"{name}.yaml", CONFIG_ROOT / "agent" / "development.yaml", deep_merge({
-            "store": {"root": str(store)},
-            "tracker": {"addr": tracker_addr},
-            "build_index": {"addr": self.herd.build_index.addr},
-            "origins": {"hosts": []},
-            "p2p": {"stats_interval": "100ms", "min_announce_interval": "1s"},
-        }, extra or {}))
+        config = write_overlay(
+            workdir / "config" / f"{name}.yaml",
+            CONFIG_ROOT / "agent" / "development.yaml",
+            deep_merge(
+                {
+                    "store": {"root": str(store)},
+                    "tracker": {"addr": tracker_addr},
+                    "build_index": {"addr": self.herd.build_index.addr},
+                    "origins": {"hosts": []},
+                    "p2p": {"stats_interval": "100ms", "min_announce_interval": "1s"},
+                },
+                extra or {},
+            ),
+        )
         server_port = free_port()
         proc = Process(name, "agent", free_port(), config, workdir / "logs" / f"{name}.log",
                        ["--server-port", str(server_port), "--peer-port", str(free_port()), "--peer-ip", "127.0.0.1"])
@@ -165,11 +172,15 @@ async def cluster(herd: Herd) -> AsyncIterator[Cluster]:
     )
     sup = Supervisor(herd.workdir / "agents")
     origin = herd.origin.addr
-    tracker_config = write_overlay(sup.workdir / "config" / "tracker.yaml", CONFIG_ROOT / "tracker" / "development.yaml", {
-        "origins": {"hosts": [origin], "max_replica": 1},
-        "origin_p2p": {origin: f"127.0.0.1:{seeder.listen_port}"},
-        "announce_interval": "1s",
-    })
+    tracker_config = write_overlay(
+        sup.workdir / "config" / "tracker.yaml",
+        CONFIG_ROOT / "tracker" / "development.yaml",
+        {
+            "origins": {"hosts": [origin], "max_replica": 1},
+            "origin_p2p": {origin: f"127.0.0.1:{seeder.listen_port}"},
+            "announce_interval": "1s",
+        },
+    )
     tracker = Process("tracker", "tracker", free_port(), tracker_config, sup.log_dir / "tracker.log")
     async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=60)) as http:
         c = Cluster(herd, sup, tracker, [], seeder, http)

@@ -110,7 +110,7 @@ async def test_three_agents_pulling_at_once_trade_pieces_and_spare_the_origin(
     start = time.monotonic()
     results = await asyncio.wait_for(asyncio.gather(*(pull(http, a, digest) for a in agents)), timeout=60)
     elapsed = time.monotonic() - start
-    for agent, (got, size) in zip(agents, results):
+    for agent, (got, size) in zip(agents, results, strict=True):
         assert (got, size) == (digest, BLOB_SIZE), agent.name
 
     async def deltas() -> dict[str, Counters]:
@@ -170,7 +170,7 @@ async def test_an_agent_killed_mid_download_does_not_stall_the_others(
         # are what waiting on the dead peer would cost.
         done = await asyncio.wait_for(asyncio.gather(*pulls.values()), timeout=30)
         finished = time.monotonic() - killed
-        for agent, (got, size) in zip(survivors, done):
+        for agent, (got, size) in zip(survivors, done, strict=True):
             assert (got, size) == (digest, BLOB_SIZE), agent.name
     finally:
         for task in pulls.values():
@@ -179,7 +179,7 @@ async def test_an_agent_killed_mid_download_does_not_stall_the_others(
 
     # After the kill the two survivors still traded with each other, not only with the origin.
     async def since_kill() -> list[Counters]:
-        return [await counters(http, a) - c for a, c in zip(survivors, at_kill_survivors)]
+        return [await counters(http, a) - c for a, c in zip(survivors, at_kill_survivors, strict=True)]
 
     after_kill = await settled(since_kill)
     report = (f"killed {victim.name} having downloaded {at_kill.downloaded / MB:.1f} MiB and uploaded "

@@ -79,9 +79,13 @@ async def test_an_image_pushed_to_the_proxy_is_pulled_through_both_agents(
     layers = [os.urandom(6 * MB + 123), os.urandom(300_000)]
     cd = await proxy.push_monolithic(repo, config)
     lds = [await proxy.push_streamed(repo, layer) for layer in layers]
-    raw = manifest_for((cd, len(config)), [(d, len(b)) for d, b in zip(lds, layers)], OCI_MANIFEST)
+    raw = manifest_for((cd, len(config)), [(d, len(b)) for d, b in zip(lds, layers, strict=True)], OCI_MANIFEST)
     assert (await proxy.put_manifest(repo, "v1", raw, OCI_MANIFEST)).status == 201
-    expected = {str(Digest.of_bytes(raw)): raw, str(cd): config, **{str(d): b for d, b in zip(lds, layers)}}
+    expected = {
+        str(Digest.of_bytes(raw)): raw,
+        str(cd): config,
+        **{str(d): b for d, b in zip(lds, layers, strict=True)},
+    }
 
     one, two = cluster.agents
     assert await pull(http, one, repo, "v1") == expected

@@ -49,7 +49,9 @@ async def push_blob(http: aiohttp.ClientSession, herd: Herd, data: bytes) -> Dig
 async def written_back(http: aiohttp.ClientSession, herd: Herd, digest: Digest) -> bool:
     async with http.get(f"{herd.origin.url}/metrics") as r:
         pending = metric(await r.text(), "kraken_origin_writeback_pending")
-    async with http.head(f"{herd.testfs.url}/files/docker/registry/v2/blobs/sha256/{digest.hex[:2]}/{digest.hex}/data") as r:
+    async with http.head(
+        f"{herd.testfs.url}/files/docker/registry/v2/blobs/sha256/{digest.hex[:2]}/{digest.hex}/data"
+    ) as r:
         return pending == 0 and r.status == 200
 
 
@@ -110,7 +112,9 @@ async def test_agent_downloads_again_a_blob_corrupt_in_its_own_cache(herd: Herd,
     assert await quarantined(http, f"http://127.0.0.1:{agent.health_port}", "agent") == 1
 
 
-async def test_origin_killed_mid_upload_restarts_with_no_partial_upload(herd: Herd, http: aiohttp.ClientSession) -> None:
+async def test_origin_killed_mid_upload_restarts_with_no_partial_upload(
+    herd: Herd, http: aiohttp.ClientSession
+) -> None:
     data, digest = random_blob(12 * MB)  # half of it is more than one write batch (4 MiB)
     uploads_dir = herd.workdir / "origin" / "uploads"
     uploads = f"{herd.origin.url}/namespace/{REPO.replace('/', '%2F')}/blobs/{digest}/uploads"

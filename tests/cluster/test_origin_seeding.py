@@ -92,7 +92,9 @@ async def test_origin_seeds_what_the_tracker_asked_for_then_lets_it_go(
     # Written back, so only the seeding protects the blob now. Asking the origin for the
     # metainfo again counts as seeding activity, so the torrent is certainly still there.
     await until(lambda: backend_has(session, herd, backend_path(digest)), what="write-back")
-    assert (await get(session, f"{herd.origin.url}/internal/namespace/{quote(NS, safe='')}/blobs/{digest}/metainfo"))[0] == 200
+    assert (await get(session, f"{herd.origin.url}/internal/namespace/{quote(NS, safe='')}/blobs/{digest}/metainfo"))[
+        0
+    ] == 200
     assert str(digest) not in await force_cleanup(session, herd)
     assert (await get(session, f"{herd.origin.url}/namespace/{quote(NS, safe='')}/blobs/{digest}"))[1] == data
 

@@ -228,7 +228,9 @@ async def test_manifest_errors_store_no_tag(proxy: Proxy) -> None:
     r = await proxy.put_manifest(repo, "v1", huge, OCI_MANIFEST)
     assert r.status == 413
     wrong = Digest.of_bytes(b"not the manifest")
-    async with proxy.request("PUT", f"/v2/{repo}/manifests/{wrong}", data=raw, headers={"Content-Type": OCI_MANIFEST}) as r:
+    async with proxy.request(
+        "PUT", f"/v2/{repo}/manifests/{wrong}", data=raw, headers={"Content-Type": OCI_MANIFEST}
+    ) as r:
         assert r.status == 400 and await error_codes(r) == ["DIGEST_INVALID"]
     assert await proxy.build_index_tag(repo, "v1") is None
 

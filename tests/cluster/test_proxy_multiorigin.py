@@ -91,7 +91,7 @@ async def cached_on(session: aiohttp.ClientSession, herd: Herd, repo: str, diges
 
     origins = herd.origins
     found = await asyncio.gather(*(has(o.url) for o in origins))
-    return {o.addr for o, hit in zip(origins, found) if hit}
+    return {o.addr for o, hit in zip(origins, found, strict=True) if hit}
 
 
 async def cached_exactly_on(

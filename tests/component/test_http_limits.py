@@ -197,7 +197,9 @@ async def test_a_connection_beyond_the_limit_is_closed_at_once(testfs: Process) 
     before = metric(body.decode(), "kraken_http_connections_refused_total")
     held: list[socket.socket] = []
     try:
-        await until(lambda: _hold_one_more(testfs, held), timeout=10 * TIMEOUT, what="the connections to fill the limit")
+        await until(
+            lambda: _hold_one_more(testfs, held), timeout=10 * TIMEOUT, what="the connections to fill the limit"
+        )
         with connect(testfs) as extra:
             extra.sendall(b"GET /health HTTP/1.1\r\nHost: x\r\n\r\n")
             assert await asyncio.to_thread(read_until_closed, extra) == b""

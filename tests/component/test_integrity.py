@@ -162,7 +162,9 @@ async def test_upload_write_failing_with_disk_full_removes_the_upload(origin: Or
 # ---- the proxy checks what it relays --------------------------------------------------------
 
 
-async def test_proxy_cuts_short_a_whole_blob_that_fails_its_digest(tmp_path: Path, session: aiohttp.ClientSession) -> None:
+async def test_proxy_cuts_short_a_whole_blob_that_fails_its_digest(
+    tmp_path: Path, session: aiohttp.ClientSession
+) -> None:
     """An origin (here a fake one) sending wrong bytes: the client gets a short body, never
     the full wrong one; a Range read is relayed as is (a part cannot be checked)."""
     good = os.urandom(3 * MB + 1)

@@ -94,7 +94,9 @@ async def test_out_of_order_chunk_is_416_and_unknown_upload_404(origin: Origin) 
     uploads = f"{origin.blob_url(digest)}/uploads"
     async with origin.session.post(uploads) as resp:
         uid = resp.headers["Location"]
-    assert await origin.status("PATCH", f"{uploads}/{uid}", data=data[500:], headers={"Content-Range": "500-1000"}) == 416
+    assert (
+        await origin.status("PATCH", f"{uploads}/{uid}", data=data[500:], headers={"Content-Range": "500-1000"}) == 416
+    )
     assert await origin.status("PATCH", f"{uploads}/{uid}", data=data[:500], headers={"Content-Range": "0-500"}) == 200
     assert await origin.status("PATCH", f"{uploads}/{uid}", data=data[:500], headers={"Content-Range": "0-500"}) == 416
     assert await origin.status("PATCH", f"{uploads}/nope", data=b"x", headers={"Content-Range": "0-1"}) == 404

@@ -194,7 +194,7 @@ def test_docker_push_to_the_proxy_then_pull_from_both_agents(
         dockerd.rmi(pushed_ref, "local/docker-app:v1")
         assert not dockerd.has_image(pushed_ref)
 
-        for agent, ref in zip((one, two), refs):
+        for agent, ref in zip((one, two), refs, strict=True):
             dockerd.pull(ref)
             assert dockerd.image_id(ref) == image.config_digest
             assert f"{agent.addr}/test/docker-app@{pushed_digest}" in dockerd.repo_digests(ref)

@@ -230,7 +230,7 @@ def test_agents_swap_pieces_across_hosts(cluster: Cluster, images: dict[str, Pus
             return time.monotonic() - t0
 
         with concurrent.futures.ThreadPoolExecutor(len(cluster.agents)) as pool:
-            times = dict(zip([a.name for a in cluster.agents], pool.map(pull, cluster.agents)))
+            times = dict(zip([a.name for a in cluster.agents], pool.map(pull, cluster.agents), strict=True))
     finally:
         cluster.herd.clear_egress_limit()
     for agent in cluster.agents:

@@ -225,7 +225,7 @@ def test_containers_run_as_kraken_and_become_healthy(docker_cluster: DockerClust
     expected = [(docker_cluster.herd, "kraken-herd"), *((a, "kraken-agent") for a in docker_cluster.agents)]
     t0 = time.monotonic()
     for host, name in expected:
-        wait_until(lambda: "(healthy)" in _ps(host.docker()).get(name, ""), 90, 0.5,
+        wait_until(lambda host=host, name=name: "(healthy)" in _ps(host.docker()).get(name, ""), 90, 0.5,
                    message=f"{name} on {host.name} to be healthy")
         assert list(_ps(host.docker())) == [name], _ps(host.docker())
         assert host.docker().run("exec", name, "id", "-un").stdout.strip() == "kraken"

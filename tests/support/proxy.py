@@ -72,7 +72,9 @@ class Proxy:
 
     async def put_manifest(self, repo: str, ref: str, raw: bytes, media_type: str) -> aiohttp.ClientResponse:
         """PUT a manifest; the response's body is read (``await r.json()`` still works)."""
-        async with self.request("PUT", f"/v2/{repo}/manifests/{ref}", data=raw, headers={"Content-Type": media_type}) as r:
+        async with self.request(
+            "PUT", f"/v2/{repo}/manifests/{ref}", data=raw, headers={"Content-Type": media_type}
+        ) as r:
             await r.read()
             return r
 

@@ -189,7 +189,7 @@ async def test_a_file_hashed_then_renamed_in_is_adopted_only_if_unchanged(
 
 
 async def test_verified_path_quarantines_a_changed_file_and_keeps_a_few(store: CAStore) -> None:
-    for i in range(cas_module.QUARANTINE_KEEP + 2):
+    for _ in range(cas_module.QUARANTINE_KEEP + 2):
         data = os.urandom(1000)
         digest = Digest.of_bytes(data)
         await store.put_bytes(digest, data)

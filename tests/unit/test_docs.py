@@ -53,7 +53,9 @@ def test_check_doc_catches_a_missing_key_a_wrong_default_and_a_stale_key() -> No
     assert any("fetch.concurrency" in p for p in configdoc.check_doc(missing, ["origin"]))
     stale = doc.replace("| `fetch.concurrency`", "| `fetch.no_such_key` | int | `1` | x |\n| `fetch.concurrency`")
     assert any("fetch.no_such_key" in p for p in configdoc.check_doc(stale, ["origin"]))
-    required = doc.replace("| `store.root` | string | required | Directory where uploads", "| `store.root` | string | `x` | D")
+    required = doc.replace(
+        "| `store.root` | string | required | Directory where uploads", "| `store.root` | string | `x` | D"
+    )
     assert any("required" in p for p in configdoc.check_doc(required, ["proxy"]))
 
 
@@ -72,7 +74,9 @@ def test_dev_agent_configs_use_the_documented_ports(name: str) -> None:
     config = load_config(configdoc.config_class("agent"), ROOT / "config" / "agent" / f"{name}.yaml")
     assert (config.listen.port, config.p2p.listen.port, config.server.port) == AGENT_PORTS[name]
     rows = {r.path: r.section_default for r in configdoc.rows("agent")}
-    assert (rows["listen.port"], rows["p2p.listen.port"], rows["server.port"]) == tuple(map(str, AGENT_PORTS["development"]))
+    assert (rows["listen.port"], rows["p2p.listen.port"], rows["server.port"]) == tuple(
+        map(str, AGENT_PORTS["development"])
+    )
 
 
 def test_readme_ports_table_lists_every_dev_port() -> None:
@@ -131,7 +135,14 @@ def test_metrics_named_in_docs_exist_in_code() -> None:
 
 
 def test_configdoc_formats_values_as_config_files_write_them() -> None:
-    assert [configdoc.format_duration(s) for s in (0, 0.5, 1, 90, 300, 86400)] == ["0s", "500ms", "1s", "90s", "5m", "24h"]
+    assert [configdoc.format_duration(s) for s in (0, 0.5, 1, 90, 300, 86400)] == [
+        "0s",
+        "500ms",
+        "1s",
+        "90s",
+        "5m",
+        "24h",
+    ]
     assert [configdoc.format_size(n) for n in (0, 1000, 4 << 20, 1 << 30)] == ["0", "1000", "4MB", "1GB"]
 
 

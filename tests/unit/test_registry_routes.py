@@ -175,7 +175,9 @@ async def test_chunked_upload_with_content_range(registry: Registry) -> None:
         assert r.headers["Range"] == f"0-{len(data) - 1}"
     async with registry.request("PATCH", location, data=b"zz", headers={"Content-Range": "garbage"}) as r:
         assert r.status == 416
-    async with registry.request("PATCH", location, data=b"zzz", headers={"Content-Range": f"{len(data)}-{len(data)}"}) as r:
+    async with registry.request(
+        "PATCH", location, data=b"zzz", headers={"Content-Range": f"{len(data)}-{len(data)}"}
+    ) as r:
         assert r.status == 400 and await error_code(r) == "SIZE_INVALID"
     async with registry.request("GET", location) as r:
         assert r.status == 204 and r.headers["Range"] == f"0-{len(data) - 1}"
@@ -300,7 +302,9 @@ async def test_same_blob_pushed_concurrently(registry: Registry) -> None:
 
 async def test_cross_repository_mount(registry: Registry) -> None:
     digest = await registry.push_blob("src/repo", b"mount me")
-    async with registry.request("POST", "/v2/dst/blobs/uploads/", params={"mount": str(digest), "from": "src/repo"}) as r:
+    async with registry.request(
+        "POST", "/v2/dst/blobs/uploads/", params={"mount": str(digest), "from": "src/repo"}
+    ) as r:
         assert r.status == 201
         assert r.headers["Docker-Content-Digest"] == str(digest)
         assert r.headers["Location"].endswith(f"/v2/dst/blobs/{digest}")
@@ -372,7 +376,9 @@ async def test_manifest_put_by_digest(registry: Registry) -> None:
     good = Digest.of_bytes(raw)
     async with registry.request("PUT", f"/v2/r/manifests/{Digest.of_bytes(b'other')}", data=raw) as r:
         assert r.status == 400 and await error_code(r) == "DIGEST_INVALID"
-    async with registry.request("PUT", f"/v2/r/manifests/{good}", data=raw, headers={"Content-Type": OCI_MANIFEST}) as r:
+    async with registry.request(
+        "PUT", f"/v2/r/manifests/{good}", data=raw, headers={"Content-Type": OCI_MANIFEST}
+    ) as r:
         assert r.status == 201
         assert r.headers["Location"].endswith(f"/v2/r/manifests/{good}")
     assert registry.storage.tags == {}
@@ -399,7 +405,12 @@ async def test_manifest_with_missing_blob_is_refused_and_not_tagged(registry: Re
 
 
 async def test_malformed_and_oversized_manifests(registry: Registry) -> None:
-    for body in (b"{not json", b"[]", b'{"schemaVersion": 1}', json.dumps({"schemaVersion": 2, "mediaType": OCI_MANIFEST}).encode()):
+    for body in (
+        b"{not json",
+        b"[]",
+        b'{"schemaVersion": 1}',
+        json.dumps({"schemaVersion": 2, "mediaType": OCI_MANIFEST}).encode(),
+    ):
         async with registry.request("PUT", "/v2/r/manifests/v1", data=body) as r:
             assert r.status == 400 and await error_code(r) == "MANIFEST_INVALID", body
     big = json.dumps({"schemaVersion": 2, "padding": "x" * 5000}).encode()
@@ -507,7 +518,9 @@ async def test_reading_a_manifest_by_an_invalid_reference_is_404(registry: Regis
     TAG_INVALID (the conformance suite's ``.INVALID_MANIFEST_validation``)."""
     for reference in (".INVALID_MANIFEST_validation", "sha256:nothex", "bad%0Atag"):
         for method in ("GET", "HEAD"):
-            async with registry.session.request(method, URL(registry.url(f"/v2/r/manifests/{reference}"), encoded=True)) as r:
+            async with registry.session.request(
+                method, URL(registry.url(f"/v2/r/manifests/{reference}"), encoded=True)
+            ) as r:
                 assert r.status == 404, (method, reference)
                 if method == "GET":
                     assert await error_code(r) == "MANIFEST_UNKNOWN"

@@ -7,8 +7,9 @@ import json
 import os
 import time
 from collections.abc import AsyncIterator
+from contextlib import AbstractAsyncContextManager
 from pathlib import Path
-from typing import Any, AsyncContextManager
+from typing import Any
 
 import aiohttp
 import pytest
@@ -32,7 +33,7 @@ class Harness:
         # encoded=True: no client-side normalisation of '..' or percent-escapes.
         return URL(f"http://127.0.0.1:{self.server.port}{raw_path}", encoded=True)
 
-    def request(self, method: str, raw_path: str, **kwargs: Any) -> AsyncContextManager[aiohttp.ClientResponse]:
+    def request(self, method: str, raw_path: str, **kwargs: Any) -> AbstractAsyncContextManager[aiohttp.ClientResponse]:
         return self.session.request(method, self.url(raw_path), **kwargs)
 
     async def put(self, path: str, data: bytes) -> None:

@@ -33,7 +33,7 @@ SHARED = {
 }
 # The package itself (``python -m kraken``), the developer cluster and tools (configdoc,
 # generators) assemble or inspect every component.
-ANYTHING = {"", "__main__", "tools", "devcluster", "dockercluster"}
+ANYTHING = {"", "__main__", "tools", "devcluster"}
 
 # Modules of a component that other components may import: its public, client-facing contract.
 PUBLIC = {

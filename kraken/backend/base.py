@@ -17,6 +17,7 @@ from pathlib import Path
 
 from kraken.config import Secret
 from kraken.core.digest import Digest, hash_file
+from kraken.http.config import HttpClientConfig
 
 #: One credential set of the ``auth:`` section: field name -> secret
 #: (e.g. ``{access_key_id: ..., secret_access_key: ...}``).
@@ -36,10 +37,12 @@ class BackendContext:
 
     ``credentials`` holds this kind's credential sets from the ``auth:`` section (normally the
     ``--secrets`` file), by set name: ``auth: {s3: {team-a: {...}}}`` gives an s3 backend
-    ``{"team-a": {...}}``. Kinds that need none ignore it.
+    ``{"team-a": {...}}``. Kinds that need none ignore it. ``http_client`` is the component's
+    ``http_client:`` section, for kinds that speak HTTP.
     """
 
     credentials: Mapping[str, Credentials] = field(default_factory=dict)
+    http_client: HttpClientConfig = field(default_factory=HttpClientConfig)
 
 
 class BackendNotFound(Exception):

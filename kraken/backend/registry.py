@@ -56,5 +56,5 @@ class BackendRegistry:
 
 
 BACKENDS = BackendRegistry()
-BACKENDS.register("testfs", TestfsBackendConfig, lambda config, context: TestfsBackend(config))
+BACKENDS.register("testfs", TestfsBackendConfig, lambda config, context: TestfsBackend(config, context.http_client))
 BACKENDS.register("file", FileBackendConfig, lambda config, context: FileBackend(config))

@@ -12,6 +12,7 @@ from collections.abc import Mapping
 from kraken.backend.base import Backend, BackendContext, BackendError, Credentials
 from kraken.backend.config import BackendConfig, NamespaceBackendConfig
 from kraken.backend.registry import BACKENDS
+from kraken.http.config import HttpClientConfig
 from kraken.log import get_logger
 
 log = get_logger("kraken.backend")
@@ -20,10 +21,12 @@ log = get_logger("kraken.backend")
 Auth = Mapping[str, Mapping[str, Credentials]]
 
 
-def create_backend(config: BackendConfig, auth: Auth | None = None) -> Backend:
+def create_backend(config: BackendConfig, auth: Auth | None = None,
+                   http_client: HttpClientConfig | None = None) -> Backend:
     """Build the backend ``config`` describes, with its kind's credential sets from ``auth``
-    (inside a running loop: it may open a client)."""
-    context = BackendContext(credentials=(auth or {}).get(config.kind, {}))
+    and the component's ``http_client`` settings (inside a running loop: it may open a client)."""
+    context = BackendContext(credentials=(auth or {}).get(config.kind, {}),
+                             http_client=http_client or HttpClientConfig())
     return BACKENDS.get(config.kind).factory(config.config, context)
 
 
@@ -49,9 +52,10 @@ class BackendRouter:
             await backend.close()
 
 
-def build_router(configs: list[NamespaceBackendConfig], auth: Auth | None = None) -> BackendRouter:
+def build_router(configs: list[NamespaceBackendConfig], auth: Auth | None = None,
+                 http_client: HttpClientConfig | None = None) -> BackendRouter:
     routes = []
     for entry in configs:
-        routes.append((re.compile(entry.namespace), create_backend(entry.backend, auth)))
+        routes.append((re.compile(entry.namespace), create_backend(entry.backend, auth, http_client)))
         log.info("backend configured", namespace=entry.namespace, kind=entry.backend.kind)
     return BackendRouter(routes)

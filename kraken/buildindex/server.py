@@ -125,7 +125,7 @@ class BuildIndex:
 
     async def lifecycle(self, _: web.Application) -> AsyncIterator[None]:
         """aiohttp cleanup context: clients need a running loop, so they start with the app."""
-        router = build_router(self.config.backends, self.config.auth)
+        router = build_router(self.config.backends, self.config.auth, self.config.http_client)
         self._router = router
         self._backends = router.backends
         http = create_client(self.config.http_client)

@@ -156,7 +156,7 @@ class OriginService:
             config,
             metrics,
             store,
-            build_router(config.backends, config.auth),
+            build_router(config.backends, config.auth, config.http_client),
             create_client(config.http_client),
             writeback_queue,
             replication_queue,

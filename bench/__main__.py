@@ -12,9 +12,12 @@ from bench import agentpull, fanout, push, slowreaders
 BENCHMARKS = {"push": push.run, "fanout": fanout.run, "agentpull": agentpull.run, "slowreaders": slowreaders.run}
 
 
-def main(argv: list[str] | None = None) -> int:
+def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m bench")
-    parser.add_argument("names", nargs="*", default=list(BENCHMARKS), choices=list(BENCHMARKS))
+    # Names are checked by :func:`selected`, not ``choices``: argparse (3.11) checks the empty
+    # list of an optional positional against ``choices`` as one value and refuses it.
+    parser.add_argument("names", nargs="*", metavar="{" + ",".join(BENCHMARKS) + "}",
+                        help="the benchmarks to run (default: all)")
     parser.add_argument("--size-mb", type=int, default=500, help="push: layer size of the pushed image")
     parser.add_argument("--reps", type=int, default=3, help="push, agentpull: repetitions of each measurement")
     parser.add_argument("--agents", type=int, default=8, help="fanout: agent processes pulling at once")
@@ -29,8 +32,21 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--readers", type=int, default=200, help="slowreaders: connections that read nothing")
     parser.add_argument("--slow-blob-mb", type=int, default=200, help="slowreaders: size of the blob they ask for")
     parser.add_argument("--workdir", type=Path, default=Path("/tmp/kraken-bench"))
+    return parser
+
+
+def selected(parser: argparse.ArgumentParser, args: argparse.Namespace) -> list[str]:
+    """The benchmarks named on the command line, in the order given, or all of them."""
+    unknown = [name for name in args.names if name not in BENCHMARKS]
+    if unknown:
+        parser.error(f"unknown benchmark {unknown[0]!r} (choose from {', '.join(BENCHMARKS)})")
+    return list(args.names) or list(BENCHMARKS)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
     args = parser.parse_args(argv)
-    for name in args.names:
+    for name in selected(parser, args):
         print(BENCHMARKS[name](args), flush=True)
     return 0
 

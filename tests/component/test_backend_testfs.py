@@ -22,11 +22,11 @@ from kraken.backend import (
     TestfsBackendConfig,
     create_backend,
 )
+from kraken.devcluster import free_port
 from kraken.http.config import HttpClientConfig
 from kraken.testfs.config import TestfsConfig
 from kraken.testfs.server import create_testfs_app
 from tests.support.backend_suite import BackendSuite, ConfigFactory, digest_hex
-from tests.support.net import free_port
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 NO_RETRY = HttpClientConfig(connect_timeout=2, read_timeout=5, retries=0)

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.support.net import free_port
+from kraken.devcluster import free_port
 from tests.support.ocigen import MEDIA_TYPE_LAYER_GZIP, MEDIA_TYPE_LAYER_TAR, REF_NAME_ANNOTATION, generate_oci_layout
 from tests.support.registry_http import sha256_bytes, sha256_file
 from tests.support.waiting import wait_until

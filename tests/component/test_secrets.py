@@ -17,7 +17,7 @@ import pytest
 import yaml
 
 from kraken.cli import main
-from tests.support.net import free_port
+from kraken.devcluster import free_port
 
 SECRET = "Sup3r-S3cret-Value-0042"
 ROOT = Path(__file__).resolve().parents[2]

@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from tests.support.net import free_port
+from kraken.devcluster import free_port
 from tests.support.process import (
     BackgroundProcess,
     client_env,
@@ -113,7 +113,7 @@ class DistributionRegistry:
         fixed_port = self.port
         last_error: Exception | None = None
         for _attempt in range(3):
-            self.port = fixed_port or free_port(self.bind_host)
+            self.port = fixed_port or free_port()
             cfg = self.root / "config.yml"
             cfg.write_text(self._config(self.port))
             self.process = BackgroundProcess([binary, "serve", cfg], log_path=self.log_path, env=client_env())

@@ -15,14 +15,13 @@ import pytest
 from aiohttp.test_utils import TestServer
 
 from kraken.config import build
-from kraken.devcluster import Supervisor
+from kraken.devcluster import Supervisor, free_port
 from kraken.http.client import HttpClient, create_client
 from kraken.http.config import HttpClientConfig
 from kraken.origin.client import OriginClient
 from kraken.origin.config import OriginConfig
 from kraken.origin.server import create_origin_app
 from tests.support.cluster import Herd, start_herd
-from tests.support.net import free_port
 from tests.support.origin import Origin, OriginFactory, Testfs, origin_settings, start_testfs
 
 

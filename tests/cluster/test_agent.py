@@ -13,7 +13,6 @@ from __future__ import annotations
 import asyncio
 import json
 import os
-import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -132,14 +131,15 @@ class Cluster:
     async def seed(self, repo: str, digest: Digest) -> str:
         """Seed the origin's cached copy, as the origin will itself; returns the info-hash."""
         url = f"{self.herd.origin.url}/internal/namespace/{quote(repo, safe='')}/blobs/{digest}/metainfo"
-        deadline = time.monotonic() + DEADLINE
-        while True:
+
+        async def served() -> bytes | None:
             async with self.http.get(url) as r:
                 if r.status == 200:
-                    metainfo = await r.read()
-                    break
-                assert r.status == 202 and time.monotonic() < deadline, (r.status, await r.text())
-            await asyncio.sleep(0.05)
+                    return await r.read()
+                assert r.status == 202, (r.status, await r.text())  # 202: the origin is still fetching it
+                return None
+
+        metainfo = await until(served, timeout=DEADLINE, what=f"the origin's metainfo of {digest}")
         h = digest.hex
         path = self.herd.workdir / "origin" / "cache" / "sha256" / h[0:2] / h[2:4] / h
         return await self.seeder.seed(metainfo, path, self.announce_url)

@@ -5,11 +5,9 @@ import asyncio
 import os
 import signal
 import sys
-import time
 from collections.abc import AsyncIterator
 from pathlib import Path
 
-import aiohttp
 import pytest
 from aiohttp import web
 from aiohttp.test_utils import TestServer
@@ -27,6 +25,7 @@ from kraken.http.config import HttpClientConfig
 from kraken.testfs.config import TestfsConfig
 from kraken.testfs.server import create_testfs_app
 from tests.support.backend_suite import BackendSuite, ConfigFactory, digest_hex
+from tests.support.waiting import wait_healthy
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 NO_RETRY = HttpClientConfig(connect_timeout=2, read_timeout=5, retries=0)
@@ -72,23 +71,6 @@ async def test_file_backend_reads_what_testfs_wrote(tmp_path: Path) -> None:
         await server.close()
 
 
-async def wait_healthy(url: str, proc: asyncio.subprocess.Process, log: Path, deadline_s: float = 20) -> None:
-    """Poll ``url`` until it answers 200; fail early if the process exits."""
-    deadline = time.monotonic() + deadline_s
-    async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=1)) as session:
-        while time.monotonic() < deadline:
-            if proc.returncode is not None:
-                pytest.fail(f"testfs exited with {proc.returncode}:\n{log.read_text()}")
-            try:
-                async with session.get(url) as resp:
-                    if resp.status == 200:
-                        return
-            except (TimeoutError, aiohttp.ClientError):
-                pass
-            await asyncio.sleep(0.05)
-    pytest.fail(f"testfs not healthy after {deadline_s}s:\n{log.read_text()}")
-
-
 async def test_backend_against_testfs_subprocess(tmp_path: Path) -> None:
     """``python -m kraken testfs --port N --root DIR`` serves the backend; files land under DIR."""
     root, log = tmp_path / "root", tmp_path / "testfs.log"
@@ -102,7 +84,8 @@ async def test_backend_against_testfs_subprocess(tmp_path: Path) -> None:
         )
     backend = None
     try:
-        await wait_healthy(f"http://127.0.0.1:{port}/health", proc, log)
+        await wait_healthy(f"http://127.0.0.1:{port}/health", 20, details=log.read_text,
+                           alive=lambda: None if proc.returncode is None else f"testfs exited with {proc.returncode}")
         backend = TestfsBackend(TestfsBackendConfig(
             addr=f"127.0.0.1:{port}", root="blobs", name_path="sharded_docker_blob"))
         data = os.urandom(5 << 20)

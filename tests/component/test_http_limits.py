@@ -9,6 +9,7 @@ server's metrics say why.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
 import os
 import select
@@ -20,10 +21,10 @@ from collections.abc import Iterator
 
 import pytest
 
-from bench.common import read_until_closed
 from kraken.devcluster import CONFIG_ROOT, Process, Supervisor, free_port, write_overlay
 from tests.support.metrics import metric
-from tests.support.waiting import until
+from tests.support.rawsockets import read_until_closed
+from tests.support.waiting import until, wait_until
 
 pytestmark = pytest.mark.asyncio(loop_scope="module")
 
@@ -258,7 +259,11 @@ def _connected(socks: list[socket.socket], timeout: float) -> None:
     """Until every socket's connect completed, or ``timeout`` (a server that stopped accepting
     leaves some pending for ever)."""
     pending = list(socks)
-    deadline = time.monotonic() + timeout
-    while pending and time.monotonic() < deadline:
-        _, writable, _ = select.select([], pending, [], 0.1)
-        pending = [s for s in pending if s not in writable]
+
+    def all_connected() -> bool:
+        _, writable, _ = select.select([], pending, [], 0)
+        pending[:] = [s for s in pending if s not in writable]
+        return not pending
+
+    with contextlib.suppress(TimeoutError):  # the caller's next wait tells what it means
+        wait_until(all_connected, timeout, message="the flood's connections")

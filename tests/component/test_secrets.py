@@ -6,10 +6,8 @@ broken YAML.
 """
 from __future__ import annotations
 
-import asyncio
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import aiohttp
@@ -18,6 +16,7 @@ import yaml
 
 from kraken.cli import main
 from kraken.devcluster import free_port
+from tests.support.waiting import wait_healthy
 
 SECRET = "Sup3r-S3cret-Value-0042"
 ROOT = Path(__file__).resolve().parents[2]
@@ -41,21 +40,6 @@ def write_secrets(tmp_path: Path, text: str) -> Path:
     return path
 
 
-async def wait_healthy(port: int, proc: subprocess.Popen[bytes]) -> None:
-    deadline = time.monotonic() + 30
-    async with aiohttp.ClientSession() as session:
-        while time.monotonic() < deadline:
-            assert proc.poll() is None, "build-index exited"
-            try:
-                async with session.get(f"http://127.0.0.1:{port}/health") as resp:
-                    if resp.status == 200:
-                        return
-            except aiohttp.ClientError:
-                pass
-            await asyncio.sleep(0.1)
-    raise AssertionError("build-index did not become healthy")
-
-
 async def test_a_component_started_with_a_secret_never_logs_it(tmp_path: Path) -> None:
     port = free_port()
     config = build_index_config(tmp_path, port)
@@ -68,7 +52,8 @@ async def test_a_component_started_with_a_secret_never_logs_it(tmp_path: Path) -
             cwd=ROOT, stdout=log, stderr=subprocess.STDOUT,
         )
         try:
-            await wait_healthy(port, proc)
+            await wait_healthy(f"http://127.0.0.1:{port}/health", 30, interval=0.1,
+                               alive=lambda: None if proc.poll() is None else "build-index exited")
             # A request that reaches the backend.
             async with aiohttp.ClientSession() as session, session.get(
                 f"http://127.0.0.1:{port}/tags/library/x:1"

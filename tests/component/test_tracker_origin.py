@@ -186,11 +186,11 @@ def add_torrent(ses: lt.session, metainfo: bytes, save_path: Path, tracker: str 
 
 
 async def wait_seeding(handle: lt.torrent_handle, *sessions: lt.session) -> None:
-    try:
-        await until(lambda: handle.status().is_seeding, timeout=30, what="the download")
-    except AssertionError:
+    def progress() -> str:
         alerts = [a.message() for ses in sessions for a in ses.pop_alerts()]
-        raise AssertionError(f"download incomplete ({handle.status().progress:.0%}); alerts: {alerts}") from None
+        return f"download incomplete ({handle.status().progress:.0%}); alerts: {alerts}"
+
+    await until(lambda: handle.status().is_seeding, timeout=30, what="the download", details=progress)
 
 
 async def test_libtorrent_finds_an_announcing_seeder_through_the_tracker(

@@ -37,7 +37,7 @@ from kraken.tracker.server import create_tracker_app
 from kraken.tracker.service import open_store
 from tests.support.metrics import metric
 from tests.support.tracker import Answer, announce_query
-from tests.support.waiting import until
+from tests.support.waiting import until, wait_until
 
 REDIS_SERVER = shutil.which("redis-server") or "/usr/bin/redis-server"
 NS = "test/x"
@@ -67,11 +67,9 @@ def redis_addr(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
             stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
         )
     try:
-        deadline = time.monotonic() + 15
-        while not _redis_answers(port):
-            assert proc.poll() is None, f"redis-server exited: {(workdir / 'redis.log').read_text()}"
-            assert time.monotonic() < deadline, "redis-server did not answer PING"
-            time.sleep(0.05)
+        wait_until(lambda: _redis_answers(port), 15, message="redis-server to answer PING",
+                   alive=lambda: None if proc.poll() is None else "redis-server exited",
+                   details=(workdir / "redis.log").read_text)
         yield f"127.0.0.1:{port}"
     finally:
         proc.terminate()

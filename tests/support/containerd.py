@@ -23,8 +23,8 @@ from tests.support.process import (
     require_binary,
     run_client,
     unmount_all_under,
-    wait_ready,
 )
+from tests.support.waiting import wait_until
 
 
 class Containerd:
@@ -71,8 +71,6 @@ class Containerd:
 
     def _ready(self) -> bool:
         assert self.process is not None
-        if not self.process.alive():
-            raise RuntimeError(f"containerd exited early:\n{self.process.log()}")
         if not self.address.exists():
             return False
         r = run_client([self.ctr_binary, "--address", self.address, "version"], timeout=10, check=False)
@@ -87,7 +85,8 @@ class Containerd:
         cfg.write_text(self._config())
         self.process = BackgroundProcess([self.binary, "--config", cfg], log_path=self.log_path, env=client_env())
         try:
-            wait_ready(self.process, self._ready, self.start_timeout, f"containerd at {self.address}")
+            wait_until(self._ready, self.start_timeout, message=f"containerd at {self.address}",
+                       alive=self.process.exited, details=self.process.log)
         except BaseException:
             self.stop()
             raise

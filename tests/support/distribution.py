@@ -13,9 +13,9 @@ from tests.support.process import (
     private_tmpdir,
     remove_tree,
     require_binary,
-    wait_ready,
 )
 from tests.support.registry_http import fetch_blob, fetch_manifest, http_request
+from tests.support.waiting import wait_until
 
 
 class DistributionRegistry:
@@ -95,8 +95,6 @@ class DistributionRegistry:
 
     def _ready(self) -> bool:
         assert self.process is not None
-        if not self.process.alive():
-            raise RuntimeError(f"docker-registry exited early:\n{self.process.log()}")
         try:
             return http_request(f"{self.url}/v2/", timeout=2).status == 200
         except OSError:
@@ -118,7 +116,8 @@ class DistributionRegistry:
             cfg.write_text(self._config(self.port))
             self.process = BackgroundProcess([binary, "serve", cfg], log_path=self.log_path, env=client_env())
             try:
-                wait_ready(self.process, self._ready, self.start_timeout, f"docker-registry on {self.host}")
+                wait_until(self._ready, self.start_timeout, message=f"docker-registry on {self.host}",
+                           alive=self.process.exited, details=self.process.log)
                 return self
             except (RuntimeError, TimeoutError) as exc:
                 last_error = exc

@@ -24,9 +24,9 @@ from tests.support.process import (
     require_binary,
     run_client,
     unmount_all_under,
-    wait_ready,
 )
 from tests.support.skopeo import skopeo_copy
+from tests.support.waiting import wait_until
 
 
 class Dockerd:
@@ -114,8 +114,6 @@ class Dockerd:
 
     def _ready(self) -> bool:
         assert self.process is not None
-        if not self.process.alive():
-            raise RuntimeError(f"dockerd exited early (code {self.process.proc.returncode}):\n{self.process.log()}")
         if not self.socket_path.exists():
             return False
         r = run_client(
@@ -137,7 +135,8 @@ class Dockerd:
         if self.netns:
             argv = ["nsenter", f"--net=/run/netns/{self.netns}", *argv]
         self.process = BackgroundProcess(argv, log_path=self.log_path, env=self._env())
-        wait_ready(self.process, self._ready, self.start_timeout, f"dockerd at {self.host}", interval=0.1)
+        wait_until(self._ready, self.start_timeout, 0.1, message=f"dockerd at {self.host}",
+                   alive=self.process.exited, details=self.process.log)
 
     def start(self) -> Dockerd:
         """Start the daemon and wait until ``docker info`` answers."""

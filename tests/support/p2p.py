@@ -17,10 +17,9 @@ import os
 import socket
 import struct
 import sys
-import time
 import urllib.parse
 from collections.abc import AsyncIterator, Awaitable, Callable
-from contextlib import asynccontextmanager
+from contextlib import asynccontextmanager, suppress
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -32,6 +31,7 @@ from kraken.core.metainfo import generate_metainfo
 from kraken.metrics import Metrics
 from kraken.p2p.config import P2PConfig
 from kraken.p2p.session import P2PSession
+from tests.support.waiting import wait_until
 
 KiB = 1 << 10
 MiB = 1 << 20
@@ -163,9 +163,9 @@ def main() -> None:
     report = asyncio.run(_download_main(args))
     # asyncio.run has joined its executor threads; the session's threads must be gone too.
     # Python's join() returns before a joined thread's OS task is fully gone: give them a moment.
-    deadline = time.monotonic() + 5
-    while _threads() > threads_before and time.monotonic() < deadline:
-        time.sleep(0.01)
+    # Past the moment, the report's counts show what is left.
+    with suppress(TimeoutError):
+        wait_until(lambda: _threads() <= threads_before, 5, 0.01, message="the session's threads to end")
     report.update(threads_before=threads_before, threads_after=_threads(), fds_before=fds_before, fds_after=_fds())
     json.dump(report, sys.stdout)
 

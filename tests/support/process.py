@@ -12,7 +12,7 @@ import signal
 import subprocess
 import tempfile
 import threading
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -124,6 +124,16 @@ def pid_alive(pid: int) -> bool:
     # Field 3 (state) follows the ')' that closes the command name.
     state = stat[stat.rfind(b")") + 2 : stat.rfind(b")") + 3]
     return state not in (b"Z", b"X")
+
+
+def rss_mib(pid: int) -> tuple[float, float]:
+    """A process's resident memory now and at its peak (``VmRSS``, ``VmHWM``), in MiB."""
+    fields = {}
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        key, _, value = line.partition(":")
+        if key in ("VmRSS", "VmHWM"):
+            fields[key] = int(value.split()[0]) / 1024
+    return fields["VmRSS"], fields["VmHWM"]
 
 
 def _pid_cmdline(pid: int) -> str:
@@ -247,9 +257,14 @@ class BackgroundProcess:
     def alive(self) -> bool:
         return self.proc.poll() is None
 
+    def exited(self) -> str | None:
+        """None while the process runs, else how it ended: the ``alive`` callback of a wait."""
+        code = self.proc.poll()
+        return None if code is None else f"{self.args[0]} exited (code {code})"
+
     def log(self) -> str:
-        """Tail of the process log, for error messages."""
-        return log_tail(self.log_path)
+        """Tail of the process log, for error messages (the ``details`` callback of a wait)."""
+        return f"--- log of {self.args[0]} ---\n{log_tail(self.log_path)}"
 
     def stop(self, timeout: float = 30.0) -> int | None:
         """SIGTERM, wait up to ``timeout``, then SIGKILL; returns the exit code."""
@@ -265,16 +280,6 @@ class BackgroundProcess:
         finally:
             with _LIVE_LOCK:
                 _LIVE.discard(self)
-
-
-def wait_ready(
-    process: BackgroundProcess, ready: Callable[[], bool], timeout: float, what: str, *, interval: float = 0.05
-) -> None:
-    """``wait_until(ready)``, but a timeout error carries the server's log tail."""
-    try:
-        wait_until(ready, timeout, interval, message=what)
-    except TimeoutError as exc:
-        raise RuntimeError(f"{exc}\n--- log of {process.args[0]} ---\n{process.log()}") from exc
 
 
 def _stop_all_live() -> None:

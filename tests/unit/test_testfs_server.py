@@ -5,7 +5,6 @@ import asyncio
 import hashlib
 import json
 import os
-import time
 from collections.abc import AsyncIterator
 from contextlib import AbstractAsyncContextManager
 from pathlib import Path
@@ -19,6 +18,7 @@ from yarl import URL
 from kraken.backend.filetree import TMP_DIR
 from kraken.testfs.config import TestfsConfig
 from kraken.testfs.server import create_testfs_app
+from tests.support.waiting import until
 
 
 class Harness:
@@ -217,10 +217,9 @@ async def test_interrupted_upload_leaves_nothing(testfs: Harness) -> None:
     await writer.drain()
     writer.close()
     await writer.wait_closed()
-    deadline = time.monotonic() + 10
-    while any((testfs.root / TMP_DIR).iterdir()) or not (testfs.root / TMP_DIR).exists():
-        assert time.monotonic() < deadline, "temp file of the aborted upload was not removed"
-        await asyncio.sleep(0.02)
+    tmp = testfs.root / TMP_DIR
+    await until(lambda: not any(tmp.iterdir()) and tmp.exists(), timeout=10,
+                what="the temp file of the aborted upload to be removed", interval=0.02)
     status, body, _ = await testfs.get("blob")
     assert (status, body) == (200, b"old")
 

@@ -2,8 +2,6 @@
 cache, single-flight and the config. Sockets and stores: test_tracker_server.py."""
 from __future__ import annotations
 
-import asyncio
-import time
 from pathlib import Path
 from urllib.parse import quote_from_bytes
 
@@ -18,6 +16,7 @@ from kraken.tracker.config import TrackerConfig, split_host_port
 from kraken.tracker.handout import handout
 from kraken.tracker.metainfo import MetainfoCache
 from kraken.tracker.peerstore import Peer, PeerAddr, Swarm
+from tests.support.waiting import until
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -184,10 +183,7 @@ async def test_cache_entries_expire() -> None:
     cache = MetainfoCache(max_bytes=1000, ttl=0.05)
     cache.put(D[0], b"x", b"h")
     assert cache.get(D[0]).info_hash == b"h"
-    deadline = time.monotonic() + 5
-    while cache.get(D[0]) is not None:
-        assert time.monotonic() < deadline, "cache entry never expired"
-        await asyncio.sleep(0.01)
+    await until(lambda: cache.get(D[0]) is None, timeout=5, what="the cache entry to expire", interval=0.01)
 
 
 # ---- config --------------------------------------------------------------------------------

@@ -1,25 +1,28 @@
 """What the benchmarks share: blobs on disk, pushes, metrics scraping, timed curl fetches,
-process memory and connections that never read."""
+process memory and connections that never read. What the tests use too lives in tests/support
+and is re-exported here."""
 from __future__ import annotations
 
-import fcntl
 import hashlib
-import json
 import os
 import shutil
-import socket
-import struct
 import subprocess
-import termios
 import time
-import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
 
 from kraken.core.digest import Digest
-from kraken.registry.manifest import OCI_MANIFEST
 from tests.support.cluster import Herd
+from tests.support.cluster import wait_metainfo as wait_metainfo
 from tests.support.metrics import metric_sum
+from tests.support.metrics import scrape as scrape
+from tests.support.process import rss_mib as rss_mib
+from tests.support.rawsockets import read_until_closed as read_until_closed
+from tests.support.rawsockets import slow_readers as slow_readers
+from tests.support.registry_http import push_blob_bytes as push_blob_bytes
+from tests.support.registry_http import push_blob_file as push_blob_file
+from tests.support.registry_http import push_manifest as push_manifest
+from tests.support.registry_http import push_padded_image as push_padded_image
 
 MiB = 1 << 20
 
@@ -45,52 +48,6 @@ def random_blob_file(path: Path, size: int, chunk: int = 16 * MiB) -> Digest:
     return Digest("sha256", h.hexdigest())
 
 
-def _upload_location(registry_url: str, repo: str) -> str:
-    req = urllib.request.Request(f"{registry_url}/v2/{repo}/blobs/uploads/", data=b"", method="POST")
-    with urllib.request.urlopen(req, timeout=60) as resp:
-        location = resp.headers["Location"]
-    if location.startswith("/"):
-        location = registry_url + location
-    return location + ("&" if "?" in location else "?")
-
-
-def push_blob_file(registry_url: str, repo: str, path: Path, digest: Digest) -> None:
-    """A monolithic upload (POST, then PUT of the whole file streamed from disk)."""
-    location = _upload_location(registry_url, repo)
-    with open(path, "rb") as f:
-        req = urllib.request.Request(f"{location}digest={digest}", data=f, method="PUT",
-                                     headers={"Content-Length": str(path.stat().st_size),
-                                              "Content-Type": "application/octet-stream"})
-        with urllib.request.urlopen(req, timeout=600) as resp:
-            assert resp.status == 201, resp.status
-
-
-def push_blob_bytes(registry_url: str, repo: str, data: bytes) -> Digest:
-    digest = Digest.of_bytes(data)
-    req = urllib.request.Request(f"{_upload_location(registry_url, repo)}digest={digest}", data=data, method="PUT",
-                                 headers={"Content-Type": "application/octet-stream"})
-    with urllib.request.urlopen(req, timeout=60) as resp:
-        assert resp.status == 201, resp.status
-    return digest
-
-
-def push_manifest(registry_url: str, repo: str, tag: str, config: Digest, config_size: int,
-                  layer: Digest, layer_size: int) -> Digest:
-    """An OCI image manifest naming ``config`` and one layer, tagged ``tag``."""
-    body = json.dumps({
-        "schemaVersion": 2, "mediaType": OCI_MANIFEST,
-        "config": {"mediaType": "application/vnd.oci.image.config.v1+json", "digest": str(config),
-                   "size": config_size},
-        "layers": [{"mediaType": "application/vnd.oci.image.layer.v1.tar", "digest": str(layer),
-                    "size": layer_size}],
-    }).encode()
-    req = urllib.request.Request(f"{registry_url}/v2/{repo}/manifests/{tag}", data=body, method="PUT",
-                                 headers={"Content-Type": OCI_MANIFEST})
-    with urllib.request.urlopen(req, timeout=60) as resp:
-        assert resp.status == 201, resp.status
-    return Digest.of_bytes(body)
-
-
 def place_in_distribution(data_dir: Path, repo: str, path: Path, digest: Digest) -> None:
     """Put ``path`` into a distribution registry's filesystem storage as blob ``digest`` of
     ``repo``, as a push would have left it (a hard link: no copy, no upload)."""
@@ -103,12 +60,6 @@ def place_in_distribution(data_dir: Path, repo: str, path: Path, digest: Digest)
     link.write_text(str(digest))
 
 
-def scrape(url: str) -> str:
-    with urllib.request.urlopen(f"{url}/metrics", timeout=10) as resp:
-        return resp.read().decode()
-
-
-
 def wait_idle(herd: Herd, timeout: float = 300.0) -> None:
     """Until the origin has no write-back pending, so one step's background work is not
     billed to the next."""
@@ -119,18 +70,6 @@ def wait_idle(herd: Herd, timeout: float = 300.0) -> None:
             return
         time.sleep(0.2)
     raise TimeoutError("the origin's write-back did not drain")
-
-
-def wait_metainfo(base: str, repo: str, digest: Digest, timeout: float = 300.0) -> None:
-    """Until ``base`` (an origin's /internal) serves the blob's metainfo; the origin then seeds it."""
-    deadline = time.monotonic() + timeout
-    url = f"{base}/namespace/{repo.replace('/', '%2F')}/blobs/{digest}/metainfo"
-    while time.monotonic() < deadline:
-        with urllib.request.urlopen(url, timeout=30) as resp:
-            if resp.status == 200:
-                return
-        time.sleep(0.2)
-    raise TimeoutError(f"no metainfo for {digest}")
 
 
 @dataclass
@@ -164,83 +103,3 @@ def percentile(values: list[float], p: float) -> float:
     ordered = sorted(values)
     rank = max(1, -(-len(ordered) * p // 100))
     return ordered[int(rank) - 1]
-
-
-def rss_mib(pid: int) -> tuple[float, float]:
-    """A process's resident memory now and at its peak (``VmRSS``, ``VmHWM``), in MiB."""
-    fields = {}
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        key, _, value = line.partition(":")
-        if key in ("VmRSS", "VmHWM"):
-            fields[key] = int(value.split()[0]) / 1024
-    return fields["VmRSS"], fields["VmHWM"]
-
-
-def push_padded_image(registry_url: str, repo: str, tag: str, manifest_size: int) -> Digest:
-    """An image whose manifest is ``manifest_size`` bytes (an annotation pads it), tagged ``tag``."""
-    config = json.dumps({"architecture": "amd64", "os": "linux", "rootfs": {"type": "layers"}}).encode()
-    layer = os.urandom(1024)
-    config_digest, layer_digest = (
-        push_blob_bytes(registry_url, repo, config),
-        push_blob_bytes(registry_url, repo, layer),
-    )
-    doc = {
-        "schemaVersion": 2, "mediaType": OCI_MANIFEST,
-        "config": {"mediaType": "application/vnd.oci.image.config.v1+json", "digest": str(config_digest),
-                   "size": len(config)},
-        "layers": [{"mediaType": "application/vnd.oci.image.layer.v1.tar", "digest": str(layer_digest),
-                    "size": len(layer)}],
-        "annotations": {"pad": ""},
-    }
-    doc["annotations"]["pad"] = "x" * (manifest_size - len(json.dumps(doc).encode()))
-    body = json.dumps(doc).encode()
-    assert len(body) == manifest_size
-    req = urllib.request.Request(f"{registry_url}/v2/{repo}/manifests/{tag}", data=body, method="PUT",
-                                 headers={"Content-Type": OCI_MANIFEST})
-    with urllib.request.urlopen(req, timeout=60) as resp:
-        assert resp.status == 201, resp.status
-    return Digest.of_bytes(body)
-
-
-def slow_readers(host: str, port: int, path: str, count: int, accept: str = OCI_MANIFEST) -> list[socket.socket]:
-    """``count`` connections that each GET ``path`` and read the response head, then nothing."""
-    readers = []
-    try:
-        for _ in range(count):
-            sock = socket.create_connection((host, port), timeout=60)
-            readers.append(sock)
-            sock.sendall(f"GET {path} HTTP/1.1\r\nHost: {host}\r\nAccept: {accept}\r\n\r\n".encode())
-        for sock in readers:
-            head = sock.recv(1024)
-            assert head.startswith(b"HTTP/1.1 200"), head[:100]
-        _wait_stalled(readers)
-    except BaseException:
-        for sock in readers:
-            sock.close()
-        raise
-    return readers
-
-
-def _wait_stalled(readers: list[socket.socket], timeout: float = 60.0, polls: int = 5) -> None:
-    """Until the bytes waiting in the readers' receive queues stop growing (``polls`` checks
-    0.1 s apart agree): the server has sent what the sockets take and is stuck on the rest."""
-    deadline = time.monotonic() + timeout
-    last, same = -1, 0
-    while same < polls:
-        queued = sum(struct.unpack("i", fcntl.ioctl(s.fileno(), termios.FIONREAD, b"\0\0\0\0"))[0] for s in readers)
-        same = same + 1 if queued == last else 0
-        last = queued
-        if time.monotonic() > deadline:
-            raise TimeoutError("the server kept sending to readers that read nothing")
-        time.sleep(0.1)
-
-
-def read_until_closed(sock: socket.socket) -> bytes:
-    """Everything the server sent before it closed the connection (a reset counts as closed)."""
-    data = bytearray()
-    try:
-        while chunk := sock.recv(1 << 16):
-            data += chunk
-    except ConnectionResetError:
-        pass
-    return bytes(data)

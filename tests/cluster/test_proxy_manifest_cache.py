@@ -13,10 +13,10 @@ from pathlib import Path
 
 import pytest
 
-from bench.common import push_padded_image
 from kraken.core.digest import Digest
 from kraken.registry.manifest import OCI_MANIFEST
 from tests.support.cluster import Herd, start_herd
+from tests.support.registry_http import push_padded_image
 
 MANIFEST_SIZE = 3000
 CACHE_SIZE = 8000  # two manifests fit, three do not

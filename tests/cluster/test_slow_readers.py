@@ -23,20 +23,14 @@ from pathlib import Path
 
 import pytest
 
-from bench.common import (
-    push_blob_bytes,
-    push_padded_image,
-    read_until_closed,
-    rss_mib,
-    scrape,
-    slow_readers,
-    wait_metainfo,
-)
 from kraken.core.digest import Digest
 from kraken.devcluster import Process
 from kraken.registry.manifest import OCI_MANIFEST
-from tests.support.cluster import Herd, start_herd
-from tests.support.metrics import metric_sum
+from tests.support.cluster import Herd, start_herd, wait_metainfo
+from tests.support.metrics import metric_sum, scrape
+from tests.support.process import rss_mib
+from tests.support.rawsockets import read_until_closed, slow_readers
+from tests.support.registry_http import push_blob_bytes, push_padded_image
 from tests.support.waiting import until
 
 READERS = 100

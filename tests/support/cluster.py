@@ -8,7 +8,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from kraken.core.digest import Digest
 from kraken.devcluster import AgentPorts, HerdPorts, Process, StartupError, Supervisor, agent_processes, herd_processes
+from tests.support.waiting import wait_until
 
 
 @dataclass
@@ -127,3 +129,14 @@ def start_herd(
 def _port_taken(error: str) -> bool:
     """Whether a start failed on a port taken meanwhile (an HTTP or a P2P listen port)."""
     return "address already in use" in error or "cannot listen on" in error
+
+
+def wait_metainfo(base: str, repo: str, digest: Digest, timeout: float = 300.0) -> None:
+    """Until ``base`` (an origin's /internal) serves the blob's metainfo; the origin then seeds it."""
+    url = f"{base}/namespace/{repo.replace('/', '%2F')}/blobs/{digest}/metainfo"
+
+    def served() -> bool:
+        with urllib.request.urlopen(url, timeout=30) as resp:
+            return resp.status == 200
+
+    wait_until(served, timeout, 0.2, message=f"metainfo for {digest}")

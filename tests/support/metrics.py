@@ -1,7 +1,15 @@
 """Reading Prometheus text exposition (a component's ``/metrics``) in tests: one parser."""
 from __future__ import annotations
 
+import urllib.request
+
 from prometheus_client.parser import text_string_to_metric_families
+
+
+def scrape(url: str) -> str:
+    """The ``/metrics`` text of the component at ``url``."""
+    with urllib.request.urlopen(f"{url}/metrics", timeout=10) as resp:
+        return resp.read().decode()
 
 
 def metric(text: str, name: str, default: float | None = None, **labels: str) -> float:

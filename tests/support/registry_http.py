@@ -1,14 +1,20 @@
-"""Plain HTTP access to a registry (no proxy, no client binary), and the digests to check it."""
+"""Plain HTTP access to a registry (no proxy, no client binary), and the digests to check it;
+pushes of blobs and small images through the registry API (tests and benchmarks)."""
 
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 import urllib.error
 import urllib.parse
 import urllib.request
 from collections.abc import Mapping
 from dataclasses import dataclass
+from pathlib import Path
+
+from kraken.core.digest import Digest
+from kraken.registry.manifest import OCI_MANIFEST
 
 
 def sha256_bytes(data: bytes) -> str:
@@ -89,3 +95,80 @@ def fetch_blob(host: str, repo: str, digest: str) -> bytes:
 # --------------------------------------------------------------------------
 # distribution registry (baseline "central registry")
 # --------------------------------------------------------------------------
+
+
+# --------------------------------------------------------------------------
+# pushes through the registry API
+# --------------------------------------------------------------------------
+
+
+def _upload_location(registry_url: str, repo: str) -> str:
+    req = urllib.request.Request(f"{registry_url}/v2/{repo}/blobs/uploads/", data=b"", method="POST")
+    with urllib.request.urlopen(req, timeout=60) as resp:
+        location = resp.headers["Location"]
+    if location.startswith("/"):
+        location = registry_url + location
+    return location + ("&" if "?" in location else "?")
+
+
+def push_blob_file(registry_url: str, repo: str, path: Path, digest: Digest) -> None:
+    """A monolithic upload (POST, then PUT of the whole file streamed from disk)."""
+    location = _upload_location(registry_url, repo)
+    with open(path, "rb") as f:
+        req = urllib.request.Request(f"{location}digest={digest}", data=f, method="PUT",
+                                     headers={"Content-Length": str(path.stat().st_size),
+                                              "Content-Type": "application/octet-stream"})
+        with urllib.request.urlopen(req, timeout=600) as resp:
+            assert resp.status == 201, resp.status
+
+
+def push_blob_bytes(registry_url: str, repo: str, data: bytes) -> Digest:
+    digest = Digest.of_bytes(data)
+    req = urllib.request.Request(f"{_upload_location(registry_url, repo)}digest={digest}", data=data, method="PUT",
+                                 headers={"Content-Type": "application/octet-stream"})
+    with urllib.request.urlopen(req, timeout=60) as resp:
+        assert resp.status == 201, resp.status
+    return digest
+
+
+def push_manifest(registry_url: str, repo: str, tag: str, config: Digest, config_size: int,
+                  layer: Digest, layer_size: int) -> Digest:
+    """An OCI image manifest naming ``config`` and one layer, tagged ``tag``."""
+    body = json.dumps({
+        "schemaVersion": 2, "mediaType": OCI_MANIFEST,
+        "config": {"mediaType": "application/vnd.oci.image.config.v1+json", "digest": str(config),
+                   "size": config_size},
+        "layers": [{"mediaType": "application/vnd.oci.image.layer.v1.tar", "digest": str(layer),
+                    "size": layer_size}],
+    }).encode()
+    req = urllib.request.Request(f"{registry_url}/v2/{repo}/manifests/{tag}", data=body, method="PUT",
+                                 headers={"Content-Type": OCI_MANIFEST})
+    with urllib.request.urlopen(req, timeout=60) as resp:
+        assert resp.status == 201, resp.status
+    return Digest.of_bytes(body)
+
+
+def push_padded_image(registry_url: str, repo: str, tag: str, manifest_size: int) -> Digest:
+    """An image whose manifest is ``manifest_size`` bytes (an annotation pads it), tagged ``tag``."""
+    config = json.dumps({"architecture": "amd64", "os": "linux", "rootfs": {"type": "layers"}}).encode()
+    layer = os.urandom(1024)
+    config_digest, layer_digest = (
+        push_blob_bytes(registry_url, repo, config),
+        push_blob_bytes(registry_url, repo, layer),
+    )
+    doc = {
+        "schemaVersion": 2, "mediaType": OCI_MANIFEST,
+        "config": {"mediaType": "application/vnd.oci.image.config.v1+json", "digest": str(config_digest),
+                   "size": len(config)},
+        "layers": [{"mediaType": "application/vnd.oci.image.layer.v1.tar", "digest": str(layer_digest),
+                    "size": len(layer)}],
+        "annotations": {"pad": ""},
+    }
+    doc["annotations"]["pad"] = "x" * (manifest_size - len(json.dumps(doc).encode()))
+    body = json.dumps(doc).encode()
+    assert len(body) == manifest_size
+    req = urllib.request.Request(f"{registry_url}/v2/{repo}/manifests/{tag}", data=body, method="PUT",
+                                 headers={"Content-Type": OCI_MANIFEST})
+    with urllib.request.urlopen(req, timeout=60) as resp:
+        assert resp.status == 201, resp.status
+    return Digest.of_bytes(body)

@@ -20,22 +20,11 @@ import statistics
 import time
 import urllib.request
 
-from bench.common import (
-    MiB,
-    finish_curl,
-    fresh_workdir,
-    place_in_distribution,
-    push_blob_bytes,
-    push_blob_file,
-    push_manifest,
-    random_blob_file,
-    start_curl,
-    wait_idle,
-    wait_metainfo,
-)
+from bench.common import MiB, finish_curl, fresh_workdir, place_in_distribution, random_blob_file, start_curl, wait_idle
 from kraken.registry.manifest import OCI_MANIFEST
-from tests.support.cluster import start_herd
+from tests.support.cluster import start_herd, wait_metainfo
 from tests.support.distribution import DistributionRegistry
+from tests.support.registry_http import push_blob_bytes, push_blob_file, push_manifest
 
 REPO = "bench/agentpull"
 MANIFEST_GETS = 20

@@ -7,22 +7,13 @@ import hashlib
 import os
 import shutil
 import subprocess
-import time
 from dataclasses import dataclass
 from pathlib import Path
 
 from kraken.core.digest import Digest
 from tests.support.cluster import Herd
-from tests.support.cluster import wait_metainfo as wait_metainfo
-from tests.support.metrics import metric_sum
-from tests.support.metrics import scrape as scrape
-from tests.support.process import rss_mib as rss_mib
-from tests.support.rawsockets import read_until_closed as read_until_closed
-from tests.support.rawsockets import slow_readers as slow_readers
-from tests.support.registry_http import push_blob_bytes as push_blob_bytes
-from tests.support.registry_http import push_blob_file as push_blob_file
-from tests.support.registry_http import push_manifest as push_manifest
-from tests.support.registry_http import push_padded_image as push_padded_image
+from tests.support.metrics import metric_sum, scrape
+from tests.support.waiting import wait_until
 
 MiB = 1 << 20
 
@@ -63,13 +54,12 @@ def place_in_distribution(data_dir: Path, repo: str, path: Path, digest: Digest)
 def wait_idle(herd: Herd, timeout: float = 300.0) -> None:
     """Until the origin has no write-back pending, so one step's background work is not
     billed to the next."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
+
+    def drained() -> bool:
         text = scrape(herd.origin.url)
-        if metric_sum(text, "kraken_origin_writeback_pending") == 0 and "kraken_origin_writeback_pending" in text:
-            return
-        time.sleep(0.2)
-    raise TimeoutError("the origin's write-back did not drain")
+        return "kraken_origin_writeback_pending" in text and metric_sum(text, "kraken_origin_writeback_pending") == 0
+
+    wait_until(drained, timeout, 0.2, message="the origin's write-back to drain")
 
 
 @dataclass

@@ -30,16 +30,14 @@ from bench.common import (
     finish_curl,
     fresh_workdir,
     percentile,
-    push_blob_file,
     random_blob_file,
-    scrape,
     start_curl,
     wait_idle,
-    wait_metainfo,
 )
 from kraken.core.digest import Digest
-from tests.support.cluster import Herd, start_herd
-from tests.support.metrics import metric_sum
+from tests.support.cluster import Herd, start_herd, wait_metainfo
+from tests.support.metrics import metric_sum, scrape
+from tests.support.registry_http import push_blob_file
 
 REPO = "bench/fanout"
 

@@ -14,21 +14,14 @@ import argparse
 import time
 import urllib.request
 
-from bench.common import (
-    MiB,
-    fresh_workdir,
-    push_blob_file,
-    push_padded_image,
-    random_blob_file,
-    rss_mib,
-    scrape,
-    slow_readers,
-    wait_metainfo,
-)
+from bench.common import MiB, fresh_workdir, random_blob_file
 from kraken.devcluster import Process
 from kraken.registry.manifest import OCI_MANIFEST
-from tests.support.cluster import start_herd
-from tests.support.metrics import metric_sum
+from tests.support.cluster import start_herd, wait_metainfo
+from tests.support.metrics import metric_sum, scrape
+from tests.support.process import rss_mib
+from tests.support.rawsockets import slow_readers
+from tests.support.registry_http import push_blob_file, push_padded_image
 
 REPO = "bench/slowreaders"
 MANIFEST_SIZE = (4 << 20) - 1024

@@ -6,6 +6,7 @@ import asyncio
 import pytest
 
 from kraken.tasks import SingleFlight, TaskOwner
+from tests.support.waiting import until
 
 
 class Gated:
@@ -26,19 +27,14 @@ class Gated:
         return self.calls
 
 
-async def settle() -> None:
-    for _ in range(5):
-        await asyncio.sleep(0)
-
-
 async def test_shares_one_call_and_survives_a_caller_leaving() -> None:
     owner = TaskOwner("test")
     flights: SingleFlight[str, int] = SingleFlight(owner)
     call = Gated()
     waiters = [asyncio.create_task(flights.run("k", call)) for _ in range(5)]
     other = asyncio.create_task(flights.run("other", call))
-    while call.calls < 2:  # both calls are waiting at the gate, every waiter has joined one
-        await asyncio.sleep(0)
+    # Both calls waiting at the gate; every waiter has joined one of them.
+    await until(lambda: call.calls == 2 and len(flights) == 2, what="both calls to start")
     waiters[0].cancel()
     call.gate.set()
     # One call per key; each returns the call count seen once the gate opens.
@@ -63,30 +59,50 @@ async def test_passes_errors_to_every_caller() -> None:
     await owner.close()
 
 
-async def test_an_owned_call_outlives_its_callers_until_the_owner_closes() -> None:
+async def test_an_owned_call_outlives_its_callers() -> None:
     owner = TaskOwner("test")
     flights: SingleFlight[str, int] = SingleFlight(owner)
     call = Gated()
     waiter = asyncio.create_task(flights.run("k", call))
-    await settle()
+    await until(lambda: call.calls == 1, what="the call to start")
     waiter.cancel()
-    await settle()
-    assert "k" in flights and call.cancelled == 0
+    await asyncio.wait([waiter])
+    call.gate.set()
+    await until(lambda: "k" not in flights, what="the call to end")
+    assert call.calls == 1 and call.cancelled == 0  # it ran to its end with nobody waiting
+    await owner.close()
+
+
+async def test_the_owner_closing_cancels_an_owned_call() -> None:
+    owner = TaskOwner("test")
+    flights: SingleFlight[str, int] = SingleFlight(owner)
+    call = Gated()
+    waiter = asyncio.create_task(flights.run("k", call))
+    await until(lambda: call.calls == 1, what="the call to start")
     await owner.close()
     assert call.cancelled == 1 and "k" not in flights
+    with pytest.raises(asyncio.CancelledError):
+        await waiter
+
+
+async def test_an_unowned_call_survives_one_of_its_callers_leaving() -> None:
+    flights: SingleFlight[str, int] = SingleFlight()
+    call = Gated()
+    first, second = (asyncio.create_task(flights.run("k", call)) for _ in range(2))
+    await until(lambda: call.calls == 1, what="the call to start")
+    first.cancel()
+    await asyncio.wait([first])
+    call.gate.set()
+    assert await second == 1 and call.cancelled == 0
 
 
 async def test_an_unowned_call_ends_when_its_last_caller_leaves() -> None:
     flights: SingleFlight[str, int] = SingleFlight()
     call = Gated()
-    first, second = (asyncio.create_task(flights.run("k", call)) for _ in range(2))
-    await settle()
-    first.cancel()
-    await settle()
-    assert call.cancelled == 0 and "k" in flights
-    second.cancel()
-    await settle()
-    assert call.cancelled == 1 and "k" not in flights
+    only = asyncio.create_task(flights.run("k", call))
+    await until(lambda: call.calls == 1, what="the call to start")
+    only.cancel()
+    await until(lambda: call.cancelled == 1 and "k" not in flights, what="the call to be cancelled")
     assert call.calls == 1
 
 
@@ -109,19 +125,16 @@ async def test_start_runs_without_a_caller_and_a_failure_nobody_awaited_goes_to_
     assert flights.start("k", call) is False  # under way already
     assert len(flights) == 1
     call.gate.set()
-    await settle()
-    assert call.calls == 1 and len(flights) == 0
-
-    failed: list[BaseException | None] = []
+    await until(lambda: len(flights) == 0, what="the call to end")
+    assert call.calls == 1
 
     async def fail() -> int:
         raise RuntimeError("nobody waits")
 
     flights.start("f", fail)
     task = next(t for t in owner._tasks if t.get_name() == "test:job:f")
-    task.add_done_callback(lambda t: failed.append(t.exception()))
-    await settle()
-    assert isinstance(failed[0], RuntimeError)  # raised by the task: the owner logs it
+    await asyncio.wait([task])
+    assert isinstance(task.exception(), RuntimeError)  # raised by the task: the owner logs it
     await owner.close()
 
 

@@ -31,15 +31,6 @@ COMPONENTS = {
 }
 
 
-#: Each component's config class (module, class), for ``check-config``.
-CONFIG_CLASSES = {
-    "testfs": ("kraken.testfs.config", "TestfsConfig"),
-    "origin": ("kraken.origin.config", "OriginConfig"),
-    "build-index": ("kraken.buildindex.config", "BuildIndexConfig"),
-    "proxy": ("kraken.proxy.config", "ProxyConfig"),
-    "tracker": ("kraken.tracker.config", "TrackerConfig"),
-    "agent": ("kraken.agent.config", "AgentConfig"),
-}
 CHECK_CONFIG = "check-config"
 
 
@@ -106,16 +97,9 @@ def load_component_config(cls: type[T], args: argparse.Namespace, example: str |
 
 
 def component_config(args: argparse.Namespace) -> Any:
-    """The effective config of ``args``'s component, loaded as its ``run`` loads it: its
-    ``load(args)`` when it has one, else the file and ``--host``/``--port`` (then its
-    ``apply_arguments``)."""
-    load = getattr(args._module, "load", None)
-    if load is not None:
-        return load(args)
-    module_name, class_name = CONFIG_CLASSES[args.component]
-    config = load_component_config(getattr(importlib.import_module(module_name), class_name), args)
-    apply = getattr(args._module, "apply_arguments", None)
-    return apply(config, args) if apply is not None else config
+    """The effective config of ``args``'s component, loaded exactly as its ``run`` loads it
+    (every component's ``__main__`` has ``load(args)``)."""
+    return args._module.load(args)
 
 
 def check_config_args(argv: list[str]) -> str | None:

@@ -113,6 +113,9 @@ class SingleFlight(Generic[K, V]):
         finally:
             flight.waiters -= 1
             if flight.waiters == 0 and self._owner is None and not flight.outcome.done() and flight.task is not None:
+                # Forgotten first: a caller arriving before the task has ended starts a new
+                # call instead of joining one that is being cancelled.
+                self._land(key, flight)
                 flight.task.cancel()
 
     async def _fly(self, key: K, flight: _Flight[V], call: Callable[[], Coroutine[Any, Any, V]]) -> None:

@@ -149,3 +149,19 @@ async def test_a_failure_someone_waited_for_is_theirs_only() -> None:
     with pytest.raises(RuntimeError):
         await flights.run("k", fail)
     await owner.close()
+
+
+async def test_a_caller_arriving_as_an_unowned_call_is_cancelled_gets_a_new_call() -> None:
+    flights: SingleFlight[str, int] = SingleFlight()
+    call = Gated()
+    leaving = asyncio.create_task(flights.run("k", call))
+    await until(lambda: call.calls == 1, what="the call to start")
+    leaving.cancel()
+    # Runs right after ``leaving`` cancelled the call, before the call's task has ended: it
+    # must start a new call, not join the one being cancelled.
+    arriving = asyncio.create_task(flights.run("k", call))
+    await asyncio.wait([leaving])
+    await until(lambda: call.calls == 2, what="a second call to start")
+    call.gate.set()
+    assert await arriving == 2
+    assert call.cancelled == 1

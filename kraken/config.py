@@ -68,7 +68,7 @@ def scalar_kind(tp: Any) -> Literal["size", "duration"] | None:
 
 
 class Secret:
-    """A credential: its ``repr``/``str`` is :data:`REDACTED`, so a config dump, a log line or
+    """A credential: its ``repr``/``str`` is ``Secret(<redacted>)``, so a config dump, a log line or
     an error message that includes it leaks nothing; :meth:`reveal` gives the value to the one
     call that must send it."""
 
@@ -238,8 +238,20 @@ class _Source:
     def hides(self, keypath: str) -> bool:
         return keypath in self.secret_paths
 
+    def touches(self, keypath: str) -> bool:
+        """Whether any value at or below ``keypath`` came from the secrets file."""
+        if not keypath:
+            return bool(self.secret_paths)
+        return any(p == keypath or p.startswith((keypath + ".", keypath + "[")) for p in self.secret_paths)
+
     def where(self, keypath: str) -> str:
         return f"{self.secrets_name if self.hides(keypath) else self.name}: {keypath or '<top level>'}"
+
+    def where_section(self, keypath: str) -> str:
+        """:meth:`where` for a rule about a whole section, which may mix both files' values."""
+        if self.touches(keypath) and not self.hides(keypath):
+            return f"{self.name} with {self.secrets_name}: {keypath or '<top level>'}"
+        return self.where(keypath)
 
     def show(self, keypath: str, value: Any) -> str:
         return REDACTED if self.hides(keypath) else repr(value)
@@ -304,12 +316,12 @@ def _convert(tp: Any, value: Any, source: _Source, keypath: str) -> Any:
         if value not in allowed:
             raise ConfigError(f"{where}: expected one of {list(allowed)}, got {source.show(keypath, value)}")
         return value
-    if origin in (list, list):
+    if origin is list:
         (item_tp,) = get_args(tp) or (Any,)
         if not isinstance(value, list):
             raise ConfigError(f"{where}: expected a list, got {type(value).__name__}")
         return [_convert(item_tp, v, source, f"{keypath}[{i}]") for i, v in enumerate(value)]
-    if origin in (dict, dict):
+    if origin is dict:
         key_tp, val_tp = get_args(tp) or (Any, Any)
         if not isinstance(value, dict):
             raise ConfigError(f"{where}: expected a mapping, got {type(value).__name__}")
@@ -379,8 +391,10 @@ def _build_dataclass(cls: type, value: Any, source: _Source, keypath: str) -> An
         return cls(**kwargs)
     except (ConfigError, ValueError, TypeError) as e:
         # A dataclass's own checks (__post_init__) name the rule; this names the place. Their
-        # message may quote the value, so a section from the secrets file gets none.
-        raise ConfigError(f"{where}: {'invalid value (' + REDACTED + ')' if source.hides(keypath) else e}") from None
+        # message may quote a value, so a section holding any value of the secrets file gets
+        # none of it.
+        detail = f"invalid value ({REDACTED})" if source.touches(keypath) else str(e)
+        raise ConfigError(f"{source.where_section(keypath)}: {detail}") from None
 
 
 @dataclass

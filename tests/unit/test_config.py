@@ -152,6 +152,37 @@ def test_errors_about_secrets_file_values_name_the_file_not_the_value(tmp_path, 
     assert "hunter2" not in str(e.value)
 
 
+@dataclass
+class Limited:
+    """A top-level rule (``__post_init__``) whose message quotes the value."""
+
+    name: str = "x"
+    limit: int = 1
+
+    def __post_init__(self) -> None:
+        if self.limit < 0:
+            raise ValueError(f"limit must be >= 0, got {self.limit}")
+
+
+def test_a_rule_failing_on_a_secrets_value_names_the_file_not_the_value(tmp_path):
+    config = write(tmp_path / "c.yaml", "name: y\n")
+    secrets = write(tmp_path / "s.yaml", "limit: -12345\n")
+    with pytest.raises(ConfigError) as e:
+        load_config(Limited, config, secrets=secrets)
+    assert "c.yaml with " in str(e.value) and "s.yaml" in str(e.value)
+    assert "12345" not in str(e.value)
+
+
+def test_a_rule_failing_on_a_config_value_is_shown_unless_secrets_share_the_section(tmp_path):
+    config = write(tmp_path / "c.yaml", "limit: -7\n")
+    with pytest.raises(ConfigError, match="c.yaml: <top level>: limit must be >= 0, got -7"):
+        load_config(Limited, config)
+    secrets = write(tmp_path / "s.yaml", "name: y\n")
+    with pytest.raises(ConfigError) as e:
+        load_config(Limited, config, secrets=secrets)
+    assert "-7" not in str(e.value)  # the section holds a secrets value: nothing of it is shown
+
+
 def test_a_missing_secrets_file_is_named(tmp_path):
     config = write(tmp_path / "c.yaml", "name: x\n")
     with pytest.raises(ConfigError, match="nope.yaml: secrets file not found"):

@@ -57,7 +57,8 @@ def _peer_class_filter() -> lt.ip_filter:
 
 
 def session_settings(config: P2PConfig, role: Role) -> lt.settings_pack:
-    """The settings pack of a session with this config and role."""
+    """The settings of a session with this config and role: a dict, which the binding converts
+    to a ``settings_pack`` (its type stubs name only the pack)."""
     return {
         "listen_interfaces": config.listen_interfaces(),
         "listen_system_port_fallback": False,

@@ -423,9 +423,6 @@ class CAStore:
                     except DigestError:
                         continue
 
-    def disk_usage(self) -> int:
-        return sum(p.stat().st_size for p in self.cache_dir.rglob("*") if p.is_file())
-
     # ---- metadata beside a blob ----------------------------------------------------------
 
     def _meta_dir(self, digest: Digest) -> Path:

@@ -81,13 +81,21 @@ async def evict(store: CAStore, entries: list[Entry], rule: Rule, delete: Delete
         verdict = rule(entry, usage)
         if verdict is Verdict.STOP:
             break
-        if verdict is Verdict.KEEP or await asyncio.to_thread(_read_since, store, entry):
+        if verdict is Verdict.KEEP:
             continue
-        gone = await (delete(entry.digest) if delete is not None else asyncio.to_thread(store.delete, entry.digest))
+        if delete is None:
+            gone = await asyncio.to_thread(_delete_unless_read, store, entry)
+        else:
+            gone = not await asyncio.to_thread(_read_since, store, entry) and await delete(entry.digest)
         if gone:
             usage -= entry.size
             evicted.append(entry)
     return Sweep(evicted, usage)
+
+
+def _delete_unless_read(store: CAStore, entry: Entry) -> bool:
+    """The look at the mtime and the delete in one worker call, so a read cannot fall between."""
+    return not _read_since(store, entry) and store.delete(entry.digest)
 
 
 def _read_since(store: CAStore, entry: Entry) -> bool:

@@ -17,7 +17,7 @@ from kraken.core.digest import Digest
 from kraken.core.metainfo import generate_metainfo, info_hash
 from kraken.metrics import Metrics
 from kraken.store.cas import CAStore
-from kraken.store.eviction import Entry, Verdict
+from kraken.store.eviction import evict, scan
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -64,32 +64,34 @@ def test_metainfo_must_be_one_file_named_after_the_digest(tmp_path: Path) -> Non
         parse_metainfo(b"not bencoded", digest)
 
 
-def entry(name: bytes, age: float, size: int, now: float) -> Entry:
-    return Entry(Digest.of_bytes(name), now - age, size)
+async def victims(store: CAStore, now: float, tti: float, threshold: int) -> list[Digest]:
+    """What a sweep with the agent's rule evicts (deletes recorded, not done)."""
+    deleted: list[Digest] = []
+
+    async def record(digest: Digest) -> bool:
+        deleted.append(digest)
+        return True
+
+    await evict(store, scan(store), victim_rule(now, tti, threshold), record)
+    return deleted
 
 
-def choose_victims(entries: list[Entry], now: float, tti: float, threshold: int) -> list[Entry]:
-    """The agent's rule applied as a sweep applies it (every delete succeeding)."""
-    rule, usage, victims = victim_rule(now, tti, threshold), sum(e.size for e in entries), []
-    for e in sorted(entries, key=lambda e: e.last_access):
-        verdict = rule(e, usage)
-        if verdict is Verdict.STOP:
-            break
-        if verdict is Verdict.EVICT:
-            victims.append(e)
-            usage -= e.size
-    return victims
-
-
-def test_victims_by_idle_time_then_least_recently_used_above_the_threshold() -> None:
-    now = 10_000.0
-    old, mid, new = entry(b"old", 5000, 10, now), entry(b"mid", 100, 10, now), entry(b"new", 1, 10, now)
-    entries = [new, old, mid]
-    assert choose_victims(entries, now, tti=1000, threshold=0) == [old]
-    assert choose_victims(entries, now, tti=0, threshold=0) == []
-    assert choose_victims(entries, now, tti=0, threshold=15) == [old, mid]
-    assert choose_victims(entries, now, tti=1000, threshold=15) == [old, mid]
-    assert choose_victims(entries, now, tti=1000, threshold=100) == [old]
+async def test_victims_by_idle_time_then_least_recently_used_above_the_threshold(tmp_path: Path) -> None:
+    store = CAStore(tmp_path / "store", durable=False)
+    now = time.time()
+    blobs = {}
+    for name, age in ((b"old", 5000), (b"mid", 100), (b"new", 1)):
+        data = name.ljust(10, b".")
+        digest = Digest.of_bytes(data)
+        await store.put_bytes(digest, data)
+        os.utime(store.path(digest), (now - age, now - age))
+        blobs[name] = digest
+    old, mid = blobs[b"old"], blobs[b"mid"]
+    assert await victims(store, now, tti=1000, threshold=0) == [old]
+    assert await victims(store, now, tti=0, threshold=0) == []
+    assert await victims(store, now, tti=0, threshold=15) == [old, mid]
+    assert await victims(store, now, tti=1000, threshold=15) == [old, mid]
+    assert await victims(store, now, tti=1000, threshold=100) == [old]
 
 
 class RecordingSession:

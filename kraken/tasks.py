@@ -69,13 +69,15 @@ class SingleFlight(Generic[K, V]):
       left (nothing else would ever cancel it).
 
     A failure goes to the callers waiting; one that no caller waited for is raised by the
-    task, so the owner logs it like any background task's failure. A finished flight is
-    forgotten: the next caller starts a new call.
+    task, so the owner logs it like any background task's failure, unless ``report_orphans``
+    is False (calls that log their own failures). A finished flight is forgotten: the next
+    caller starts a new call.
     """
 
-    def __init__(self, owner: TaskOwner | None = None, name: str = "flight") -> None:
+    def __init__(self, owner: TaskOwner | None = None, name: str = "flight", *, report_orphans: bool = True) -> None:
         self._owner = owner
         self._name = name
+        self._report_orphans = report_orphans
         self._flights: dict[K, _Flight[V]] = {}
 
     def __contains__(self, key: K) -> bool:
@@ -126,7 +128,7 @@ class SingleFlight(Generic[K, V]):
             raise
         except Exception as e:
             flight.outcome.set_exception(e)
-            if flight.waiters == 0:
+            if flight.waiters == 0 and self._report_orphans:
                 raise
         else:
             flight.outcome.set_result(result)

@@ -98,7 +98,10 @@ class AgentBlobs:
         self.tracker = tracker
         self.download_timeout = download_timeout
         self._tasks = TaskOwner("agent-downloads")
-        self._downloads: SingleFlight[Digest, Path | None] = SingleFlight(self._tasks, "download")
+        # A download logs its own failures ("blob download failed"): one that nobody waits for
+        # any more is not reported a second time, with a traceback, by the task owner.
+        self._downloads: SingleFlight[Digest, Path | None] = SingleFlight(
+            self._tasks, "download", report_orphans=False)
         self._reseeding: set[Digest] = set()
         self._fetches = metrics.counter(
             "kraken_agent_blob_fetches_total",

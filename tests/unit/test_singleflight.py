@@ -165,3 +165,17 @@ async def test_a_caller_arriving_as_an_unowned_call_is_cancelled_gets_a_new_call
     call.gate.set()
     assert await arriving == 2
     assert call.cancelled == 1
+
+
+async def test_a_failure_nobody_awaited_can_be_left_to_the_call_to_report() -> None:
+    owner = TaskOwner("test")
+    flights: SingleFlight[str, int] = SingleFlight(owner, "job", report_orphans=False)
+
+    async def fail() -> int:
+        raise RuntimeError("logged by the call itself")
+
+    flights.start("f", fail)
+    task = next(t for t in owner._tasks if t.get_name() == "test:job:f")
+    await asyncio.wait([task])
+    assert task.exception() is None and "f" not in flights
+    await owner.close()

@@ -18,6 +18,7 @@ from typing import BinaryIO
 
 from kraken.core.digest import Digest
 from kraken.store.cas import CAStore
+from kraken.tasks import SingleFlight
 
 
 class ManifestMissing(Exception):
@@ -34,7 +35,9 @@ class ManifestCache:
         self._cas: CAStore | None = None
         self._sizes: OrderedDict[Digest, int] = OrderedDict()
         self._total = 0
-        self._fills: dict[Digest, tuple[asyncio.Lock, list[int]]] = {}
+        # One fill per digest at a time; callers asking meanwhile wait for it (a fill whose
+        # callers all left is cancelled: nobody else would ever read it).
+        self._fills: SingleFlight[Digest, bool] = SingleFlight(name="manifest-fill")
 
     async def start(self) -> None:
         """Create the store and drop what an earlier run left (its sizes are not known)."""
@@ -59,20 +62,9 @@ class ManifestCache:
         first (a digest mismatch raises :class:`~kraken.store.cas.DigestMismatch`). ``None``
         when the fetch raises :class:`ManifestMissing`."""
         f = await self._open_cached(digest)
-        if f is not None:
-            return f
-        lock, users = self._fills.setdefault(digest, (asyncio.Lock(), [0]))
-        users[0] += 1
-        try:
-            async with lock:
-                f = await self._open_cached(digest)
-                if f is None and await self._fill(digest, fetch):
-                    f = await self._open_cached(digest)
-                return f
-        finally:
-            users[0] -= 1
-            if users[0] == 0:
-                del self._fills[digest]
+        if f is None and await self._fills.run(digest, lambda: self._fill(digest, fetch)):
+            f = await self._open_cached(digest)
+        return f
 
     async def _open_cached(self, digest: Digest) -> BinaryIO | None:
         if digest not in self._sizes:
@@ -89,6 +81,9 @@ class ManifestCache:
         return None
 
     async def _fill(self, digest: Digest, fetch: Fetch) -> bool:
+        """Fetch the manifest into the cache; False when it is missing upstream."""
+        if digest in self._sizes:  # a fill that ended since this caller looked
+            return True
         uid = self.cas.create_upload()
         try:
             size = await self.cas.write(uid, fetch())

@@ -1,11 +1,15 @@
 """The ``kraken`` command: one subcommand per component, ``check-config`` and ``--version``.
 
 Each component package has a ``__main__.py`` exposing ``add_arguments(parser)`` (its own
-flags beyond the common ones) and ``async run(args)``; this module wires them into one
-command line, sets up logging and runs the component until SIGINT/SIGTERM.
+flags beyond the common ones) and ``load(args)`` (its effective config), and a ``server.py``
+exposing ``COMPONENT`` and ``sites(config)``; this module wires them into one command line,
+sets up logging and runs every component the same way (:func:`run`) until SIGINT/SIGTERM.
 ``kraken check-config COMPONENT --config FILE`` loads the config as that component would at
 start (same flags, same loading) and starts nothing: a deployment checks a file before a
 restart, the devcluster before it starts anything.
+
+A config error exits with :data:`CONFIG_ERROR` (2, like argparse's usage errors), from a
+component's start and from ``check-config`` alike.
 """
 from __future__ import annotations
 
@@ -14,24 +18,29 @@ import asyncio
 import importlib
 import importlib.metadata
 import sys
+from types import ModuleType
 from typing import Any, TypeVar
 
 from kraken.config import ConfigError, apply_listen_overrides, load_config
+from kraken.http.server import serve
 from kraken.log import setup_logging
 
 T = TypeVar("T")
 
+#: Subcommand -> (component package, help).
 COMPONENTS = {
-    "testfs": ("kraken.testfs.__main__", "simple HTTP file store used as a storage backend"),
-    "origin": ("kraken.origin.__main__", "seeder: owns blobs on the hash ring, writes back to storage"),
-    "build-index": ("kraken.buildindex.__main__", "tag -> digest index"),
-    "proxy": ("kraken.proxy.__main__", "Docker Registry v2 for push (and pull)"),
-    "tracker": ("kraken.tracker.__main__", "peer lists (origins included) and metainfo for agents"),
-    "agent": ("kraken.agent.__main__", "per-host read-only registry backed by a P2P blob cache"),
+    "testfs": ("kraken.testfs", "simple HTTP file store used as a storage backend"),
+    "origin": ("kraken.origin", "seeder: owns blobs on the hash ring, writes back to storage"),
+    "build-index": ("kraken.buildindex", "tag -> digest index"),
+    "proxy": ("kraken.proxy", "Docker Registry v2 for push (and pull)"),
+    "tracker": ("kraken.tracker", "peer lists (origins included) and metainfo for agents"),
+    "agent": ("kraken.agent", "per-host read-only registry backed by a P2P blob cache"),
 }
 
 
 CHECK_CONFIG = "check-config"
+#: The exit status of a config error (argparse exits 2 on a usage error too).
+CONFIG_ERROR = 2
 
 
 def version() -> str:
@@ -50,10 +59,10 @@ def build_parser(chosen: str | None) -> argparse.ArgumentParser:
     check = sub.add_parser(CHECK_CONFIG, help="load and validate a component's config; start nothing",
                            description="kraken check-config COMPONENT --config FILE [the component's flags]: "
                                        "load the config as the component would at start, print OK or the "
-                                       "error (file and key); exit 0 or 1.")
+                                       "error (file and key); exit 0 or 2.")
     check.add_argument("target", metavar="COMPONENT", choices=list(COMPONENTS))
     check.add_argument("rest", nargs=argparse.REMAINDER, help="--config FILE and any of the component's flags")
-    for name, (module_name, help_text) in COMPONENTS.items():
+    for name, (package, help_text) in COMPONENTS.items():
         p = sub.add_parser(name, help=help_text, description=f"kraken {name}: {help_text}")
         p.add_argument("--config", help="YAML config file (may `extends:` others)")
         p.add_argument("--secrets", metavar="FILE", help="YAML file of credentials (`auth:`) merged over the config")
@@ -61,9 +70,9 @@ def build_parser(chosen: str | None) -> argparse.ArgumentParser:
         p.add_argument("--host", help="listen address (overrides the config)")
         p.add_argument("--log-level", default="INFO", help="DEBUG, INFO, WARNING, ERROR")
         if name == chosen:
-            module = importlib.import_module(module_name)
+            module = importlib.import_module(f"{package}.__main__")
             module.add_arguments(p)
-            p.set_defaults(_module=module)
+            p.set_defaults(_module=module, _server=f"{package}.server")
     return parser
 
 
@@ -75,13 +84,19 @@ def main(argv: list[str] | None = None) -> int:
         return check_config_main([args.target, *args.rest])
     setup_logging(args.log_level)
     try:
-        asyncio.run(args._module.run(args))
+        asyncio.run(run(importlib.import_module(args._server), component_config(args)))
     except ConfigError as e:
         print(f"kraken {args.component}: config error: {e}", file=sys.stderr)
-        return 2
+        return CONFIG_ERROR
     except KeyboardInterrupt:
         return 130
     return 0
+
+
+async def run(server: ModuleType, config: Any) -> None:
+    """Every component runs this way: the apps of its ``server.sites(config)``, served until
+    SIGINT/SIGTERM (made inside the loop, which their parts may need)."""
+    await serve(server.sites(config), server.COMPONENT, config.http)
 
 
 def load_component_config(cls: type[T], args: argparse.Namespace, example: str | None = None) -> T:
@@ -97,7 +112,7 @@ def load_component_config(cls: type[T], args: argparse.Namespace, example: str |
 
 
 def component_config(args: argparse.Namespace) -> Any:
-    """The effective config of ``args``'s component, loaded exactly as its ``run`` loads it
+    """The effective config of ``args``'s component, loaded exactly as it is loaded at start
     (every component's ``__main__`` has ``load(args)``)."""
     return args._module.load(args)
 
@@ -113,15 +128,16 @@ def check_config_args(argv: list[str]) -> str | None:
 
 
 def check_config_main(argv: list[str]) -> int:
-    """``kraken check-config COMPONENT --config FILE ...``: 0 and ``OK``, or 1 and the error."""
+    """``kraken check-config COMPONENT --config FILE ...``: 0 and ``OK``, or
+    :data:`CONFIG_ERROR` and the error."""
     component = argv[0]
     if "--config" not in argv and not any(a.startswith("--config=") for a in argv):
         print(f"kraken check-config {component}: --config FILE is required", file=sys.stderr)
-        return 1
+        return CONFIG_ERROR
     error = check_config_args(argv)
     if error is not None:
         print(f"kraken check-config {component}: config error: {error}", file=sys.stderr)
-        return 1
+        return CONFIG_ERROR
     print(f"kraken check-config {component}: OK")
     return 0
 

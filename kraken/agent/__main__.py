@@ -9,9 +9,7 @@ from __future__ import annotations
 import argparse
 
 from kraken.agent.config import AgentConfig
-from kraken.agent.server import COMPONENT, sites
 from kraken.cli import load_component_config, run_component
-from kraken.http.server import serve
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -36,11 +34,6 @@ def apply_arguments(config: AgentConfig, args: argparse.Namespace) -> AgentConfi
 def load(args: argparse.Namespace) -> AgentConfig:
     """The effective config: the file, then command-line overrides."""
     return apply_arguments(load_component_config(AgentConfig, args, example="config/agent/development.yaml"), args)
-
-
-async def run(args: argparse.Namespace) -> None:
-    config = load(args)
-    await serve(sites(config), COMPONENT, config.http)
 
 
 if __name__ == "__main__":

@@ -84,7 +84,8 @@ class Agent:
 
     @property
     def running(self) -> _Running:
-        assert self._running is not None, "agent not started"
+        if self._running is None:
+            raise RuntimeError("agent not started")
         return self._running
 
     @property
@@ -119,10 +120,8 @@ class Agent:
             stack.push_async_callback(tasks.close)
             tasks.spawn(CacheCleanup(blobs, config.cleanup, metrics).run(), "cleanup")
             self._running = _Running(http, session, blobs, tracker, BuildIndexClient(config.build_index.addr, http))
-            try:
-                yield
-            finally:
-                self._running = None
+            stack.callback(setattr, self, "_running", None)
+            yield
 
     async def readiness(self) -> None:
         """The tracker and build-index answer ``/health``."""

@@ -7,7 +7,7 @@ The order of registration is the order names are listed in messages and docs.
 """
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
@@ -27,23 +27,42 @@ class BackendKind:
     factory: Callable[[Any, BackendContext], Backend]
 
 
+class _ConfigClasses(Mapping[str, type]):
+    """A read-only, live view of the registered kinds: name -> config class."""
+
+    def __init__(self, kinds: Mapping[str, BackendKind]) -> None:
+        self._kinds = kinds
+
+    def __getitem__(self, name: str) -> type:
+        return self._kinds[name].config
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._kinds)
+
+    def __len__(self) -> int:
+        return len(self._kinds)
+
+
 class BackendRegistry:
-    """Registered backend kinds; :attr:`config_classes` is the live name -> config table."""
+    """Registered backend kinds; :attr:`config_classes` is a live view of them (name -> config
+    class), for config parsing, which holds it from before the last registration."""
 
     def __init__(self) -> None:
         self._kinds: dict[str, BackendKind] = {}
-        self.config_classes: dict[str, type] = {}
+        self._config_classes = _ConfigClasses(self._kinds)
+
+    @property
+    def config_classes(self) -> Mapping[str, type]:
+        return self._config_classes
 
     def register(self, name: str, config: type[C], factory: Callable[[C, BackendContext], Backend]) -> None:
         if name in self._kinds:
             raise ValueError(f"backend {name!r} is already registered")
         self._kinds[name] = BackendKind(name, config, factory)
-        self.config_classes[name] = config
 
     def unregister(self, name: str) -> None:
-        """Remove a kind (tests that register a throwaway one clean up with this)."""
+        """For tests only: removes a throwaway kind a test registered (tests/unit/test_backend_config.py)."""
         del self._kinds[name]
-        del self.config_classes[name]
 
     def names(self) -> list[str]:
         return list(self._kinds)

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Mapping
+from contextlib import AsyncExitStack
 
 from kraken.backend.base import Backend, BackendContext, BackendError, Credentials
 from kraken.backend.config import BackendConfig, NamespaceBackendConfig
@@ -48,14 +49,22 @@ class BackendRouter:
         raise BackendError(f"no backend configured for namespace {namespace!r}")
 
     async def close(self) -> None:
-        for _, backend in self._routes:
-            await backend.close()
+        """Close every backend, also when closing one of them fails."""
+        async with AsyncExitStack() as stack:
+            for backend in self.backends:
+                stack.push_async_callback(backend.close)
 
 
-def build_router(configs: list[NamespaceBackendConfig], auth: Auth | None = None,
-                 http_client: HttpClientConfig | None = None) -> BackendRouter:
+async def build_router(configs: list[NamespaceBackendConfig], auth: Auth | None = None,
+                       http_client: HttpClientConfig | None = None) -> BackendRouter:
+    """One backend per entry (inside a running loop); when one cannot be built, those built
+    before it are closed before the error propagates."""
     routes = []
-    for entry in configs:
-        routes.append((re.compile(entry.namespace), create_backend(entry.backend, auth, http_client)))
-        log.info("backend configured", namespace=entry.namespace, kind=entry.backend.kind)
+    async with AsyncExitStack() as stack:
+        for entry in configs:
+            backend = create_backend(entry.backend, auth, http_client)
+            stack.push_async_callback(backend.close)
+            routes.append((re.compile(entry.namespace), backend))
+            log.info("backend configured", namespace=entry.namespace, kind=entry.backend.kind)
+        stack.pop_all()
     return BackendRouter(routes)

@@ -18,12 +18,14 @@ accept the repository's slashes whether or not the client encoded them.
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
+from contextlib import AsyncExitStack
+from dataclasses import dataclass
 from pathlib import Path
 
 import aiohttp
 from aiohttp import web
 
-from kraken.backend import Backend, BackendError, BackendRouter, build_router
+from kraken.backend import BackendError, BackendRouter, build_router
 from kraken.buildindex.config import BuildIndexConfig
 from kraken.buildindex.referrer_routes import add_referrer_routes
 from kraken.buildindex.tags import TagError, parse_tag, validate_repo
@@ -90,8 +92,19 @@ class _OriginSource:
             return None
 
 
+@dataclass
+class _Running:
+    """What exists only while build-index runs (opened in :meth:`BuildIndex.lifecycle`)."""
+
+    router: BackendRouter
+    store: TagStore
+    origins: OriginCluster
+
+
 class BuildIndex:
-    """Request handlers plus the dependencies they share (created on app startup)."""
+    """Request handlers plus the dependencies they share: made from the config when the app is
+    built (no I/O); :meth:`lifecycle`, the app's cleanup context, opens the backends and the
+    client (they need a running loop) and closes them."""
 
     def __init__(self, config: BuildIndexConfig, metrics: Metrics) -> None:
         self.config = config
@@ -103,45 +116,45 @@ class BuildIndex:
             "Tag lookups by result (backend, cache, fallback = backend down, not_found)",
             ["result"],
         )
-        self._backends: list[Backend] = []
-        self._router: BackendRouter | None = None
-        self._store: TagStore | None = None
-        self._origins: OriginCluster | None = None
+        self._running: _Running | None = None
+
+    @property
+    def running(self) -> _Running:
+        if self._running is None:
+            raise RuntimeError("build-index not started")
+        return self._running
 
     @property
     def store(self) -> TagStore:
-        assert self._store is not None, "build-index app not started"
-        return self._store
+        return self.running.store
 
     @property
     def router(self) -> BackendRouter:
-        assert self._router is not None, "build-index app not started"
-        return self._router
+        return self.running.router
 
     @property
     def origins(self) -> OriginCluster:
-        assert self._origins is not None, "build-index app not started"
-        return self._origins
+        return self.running.origins
 
     async def lifecycle(self, _: web.Application) -> AsyncIterator[None]:
-        """aiohttp cleanup context: clients need a running loop, so they start with the app."""
-        router = build_router(self.config.backends, self.config.auth, self.config.http_client)
-        self._router = router
-        self._backends = router.backends
-        http = create_client(self.config.http_client)
-        try:
-            self._origins = OriginCluster(self.config.origins, http)
-            self._store = TagStore(Path(self.config.store.root), router, self.config.cache_ttl)
-            log.info("build-index started", origins=",".join(self.config.origins.hosts),
-                     backends=len(self._backends), cache_ttl=self.config.cache_ttl)
+        """Each close is registered as soon as its resource exists, so a failed start closes
+        what already started; closed in reverse order at shutdown."""
+        config = self.config
+        async with AsyncExitStack() as stack:
+            router = await build_router(config.backends, config.auth, config.http_client)
+            stack.push_async_callback(router.close)
+            http = create_client(config.http_client)
+            stack.push_async_callback(http.close)
+            self._running = _Running(router, TagStore(Path(config.store.root), router, config.cache_ttl),
+                                     OriginCluster(config.origins, http))
+            stack.callback(setattr, self, "_running", None)
+            log.info("build-index started", origins=",".join(config.origins.hosts),
+                     backends=len(router.backends), cache_ttl=config.cache_ttl)
             yield
-        finally:
-            await router.close()
-            await http.close()
 
     async def readiness(self) -> None:
         """Ready when every backend answers (a probe name that is never a real tag)."""
-        for backend in self._backends:
+        for backend in self.router.backends:
             await backend.stat("kraken-readiness", READINESS_PROBE)
 
     async def put_tag(self, request: web.Request) -> web.Response:

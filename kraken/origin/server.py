@@ -1,8 +1,6 @@
 """The origin's HTTP API (see docs/CONTRACTS.md, "origin"): routes mapped onto OriginService."""
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
-
 import aiohttp
 from aiohttp import web
 
@@ -10,7 +8,7 @@ from kraken.backend import BackendError
 from kraken.core.digest import Digest, DigestError
 from kraken.core.metainfo import EmptyBlobError
 from kraken.core.ranges import parse_content_range
-from kraken.http.app import METRICS, create_app
+from kraken.http.app import create_app
 from kraken.http.errors import ErrorTable, json_error
 from kraken.http.names import check_namespace
 from kraken.http.server import Site, site
@@ -175,19 +173,12 @@ async def force_cleanup(request: web.Request) -> web.Response:
 
 
 def create_origin_app(config: OriginConfig) -> web.Application:
-    app = create_app(COMPONENT, Metrics(COMPONENT), errors=ERRORS)
+    metrics = Metrics(COMPONENT)
+    service = OriginService(config, metrics)
+    app = create_app(COMPONENT, metrics, errors=ERRORS)
+    app[SERVICE] = service
     app.middlewares.append(check_namespace)
-
-    async def lifecycle(app: web.Application) -> AsyncIterator[None]:
-        """The service needs a running loop: made when the app starts, closed when it stops."""
-        app[SERVICE] = await OriginService.create(config, app[METRICS])
-        try:
-            await app[SERVICE].start()
-            yield
-        finally:
-            await app[SERVICE].close()
-
-    app.cleanup_ctx.append(lifecycle)
+    app.cleanup_ctx.append(service.lifecycle)
 
     # [\s\S], not ".": a namespace with a newline must reach check_namespace (400), not miss (404).
     blob = r"/namespace/{ns:[\s\S]+}/blobs/{digest}"

@@ -26,15 +26,18 @@ from __future__ import annotations
 
 import asyncio
 from collections import Counter, OrderedDict
-from collections.abc import AsyncIterable, Hashable, Iterator
-from contextlib import contextmanager, suppress
+from collections.abc import AsyncIterable, AsyncIterator, Hashable, Iterator
+from contextlib import AsyncExitStack, contextmanager, suppress
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Generic, TypeVar
 
-from kraken.backend import BackendRouter, build_router
+from aiohttp import web
+
+from kraken.backend import build_router
 from kraken.core.digest import Digest
 from kraken.core.metainfo import EmptyBlobError, generate_metainfo, piece_length_for
-from kraken.http.client import HttpClient, create_client
+from kraken.http.client import create_client
 from kraken.log import get_logger
 from kraken.metrics import Metrics
 from kraken.origin.cleanup import OriginCleanup
@@ -98,31 +101,32 @@ class RecentSet(Generic[K]):
         self._items.pop(key, None)
 
 
-class OriginService:
-    """Create with :meth:`create` inside the running loop; :meth:`close` on shutdown."""
+@dataclass
+class _Running:
+    """What exists only while the origin runs (opened in :meth:`OriginService.lifecycle`)."""
 
-    def __init__(
-        self,
-        config: OriginConfig,
-        metrics: Metrics,
-        store: CAStore,
-        router: BackendRouter,
-        http: HttpClient,
-        writeback_queue: PersistedQueue,
-        replication_queue: PersistedQueue,
-    ) -> None:
+    store: CAStore
+    writeback: WriteBack
+    replicator: Replicator
+    fetcher: BackendFetcher
+    cleanup: OriginCleanup
+
+
+class OriginService:
+    """Made from the config when the app is built (no I/O); :meth:`lifecycle`, the app's
+    cleanup context, opens the store, queues, backends and P2P session and closes them."""
+
+    def __init__(self, config: OriginConfig, metrics: Metrics) -> None:
         self.config = config
         self.identity = config.identity()
         self.ring = HashRing.from_config(config.ring)
-        self.store = store
         self.owner = TaskOwner("origin")
         self._metrics = metrics
-        self._router = router
-        self._http = http
+        self._running: _Running | None = None
         # Digests between "commit started" and "write-back queued": protected from eviction.
         self._committing: Counter[Digest] = Counter()
         self._metainfo_jobs: SingleFlight[Digest, bytes] = SingleFlight(self.owner, "metainfo")
-        # Started in start(); None before and in tests of the HTTP API that need no P2P.
+        # Set while the origin runs: None before and after.
         self.p2p: P2PSession | None = None
         # Digests on their way into the P2P session, and the info-hash -> digest of each blob
         # handed to it (stale once the session dropped the torrent as idle): both protected
@@ -133,40 +137,76 @@ class OriginService:
         # each pair under way, which concurrent requests for the same pair share.
         self._in_namespace: RecentSet[tuple[str, Digest]] = RecentSet(NAMESPACE_MEMO_SIZE)
         self._queueing: SingleFlight[tuple[str, Digest], None] = SingleFlight(self.owner, "queue-writeback")
-        self.writeback = WriteBack(writeback_queue, store, router, config.writeback, metrics, store.root / "fetch")
-        self.replicator = Replicator(
-            replication_queue, store, self.ring, self.identity, http, config.replication, metrics
-        )
-        self.fetcher = BackendFetcher(
-            store, router, self.owner, metrics, config.fetch.concurrency, on_fetched=self._start_metainfo,
-            peers=lambda d: [h for h in self.ring.owners(d) if h != self.identity], http=http,
-            on_repaired=self.writeback.enqueue,
-        )
         self._uploads = metrics.counter("kraken_origin_uploads_total", "Blobs committed by upload", ["source"])
-        self.cleanup = OriginCleanup(store, self._protected, config.cleanup, metrics)
 
-    @classmethod
-    async def create(cls, config: OriginConfig, metrics: Metrics) -> OriginService:
+    @property
+    def running(self) -> _Running:
+        if self._running is None:
+            raise RuntimeError("origin not started")
+        return self._running
+
+    @property
+    def store(self) -> CAStore:
+        return self.running.store
+
+    @property
+    def writeback(self) -> WriteBack:
+        return self.running.writeback
+
+    @property
+    def replicator(self) -> Replicator:
+        return self.running.replicator
+
+    @property
+    def fetcher(self) -> BackendFetcher:
+        return self.running.fetcher
+
+    @property
+    def cleanup(self) -> OriginCleanup:
+        return self.running.cleanup
+
+    async def lifecycle(self, _: web.Application) -> AsyncIterator[None]:
+        """Open everything, each close registered as soon as the thing exists, so a failed
+        start closes what already started; close in reverse order at shutdown."""
+        config, metrics = self.config, self._metrics
         root = Path(config.store.root)
-        quarantined = metrics.counter("kraken_origin_blobs_quarantined_total", QUARANTINED_HELP)
-        store = await asyncio.to_thread(CAStore, root, True, quarantined)
-        writeback_queue = await PersistedQueue.open(root / "writeback.db")
-        replication_queue = await PersistedQueue.open(root / "replication.db")
-        return cls(
-            config,
-            metrics,
-            store,
-            build_router(config.backends, config.auth, config.http_client),
-            create_client(config.http_client),
-            writeback_queue,
-            replication_queue,
-        )
+        async with AsyncExitStack() as stack:
+            quarantined = metrics.counter("kraken_origin_blobs_quarantined_total", QUARANTINED_HELP)
+            store = await asyncio.to_thread(CAStore, root, True, quarantined)
+            router = await build_router(config.backends, config.auth, config.http_client)
+            stack.push_async_callback(router.close)
+            http = create_client(config.http_client)
+            stack.push_async_callback(http.close)
+            writeback_queue = await PersistedQueue.open(root / "writeback.db")
+            stack.push_async_callback(writeback_queue.close)
+            replication_queue = await PersistedQueue.open(root / "replication.db")
+            stack.push_async_callback(replication_queue.close)
+            writeback = WriteBack(writeback_queue, store, router, config.writeback, metrics, root / "fetch")
+            replicator = Replicator(replication_queue, store, self.ring, self.identity, http, config.replication,
+                                    metrics)
+            fetcher = BackendFetcher(
+                store, router, self.owner, metrics, config.fetch.concurrency, on_fetched=self._start_metainfo,
+                peers=lambda d: [h for h in self.ring.owners(d) if h != self.identity], http=http,
+                on_repaired=writeback.enqueue,
+            )
+            self._running = _Running(store, writeback, replicator, fetcher,
+                                     OriginCleanup(store, self._protected, config.cleanup, metrics))
+            stack.callback(setattr, self, "_running", None)
+            # First: an origin that cannot listen for peers fails to start (agents are sent to
+            # that port by the tracker) before it has started any other work.
+            self.p2p = await P2PSession.start(config.p2p, metrics, role="origin")
+            stack.push_async_callback(self._close_p2p, self.p2p)
+            self.p2p.on_seed_corrupt = self._seed_corrupt
+            stack.push_async_callback(self.owner.close)
+            await self._start(self.p2p.listen_port)
+            yield
 
-    async def start(self) -> None:
-        # First: an origin that cannot listen for peers fails to start (agents are sent to
-        # that port by the tracker) before it has started any other work.
-        self.p2p = await P2PSession.start(self.config.p2p, self._metrics, role="origin")
-        self.p2p.on_seed_corrupt = self._seed_corrupt
+    async def _close_p2p(self, session: P2PSession) -> None:
+        self.p2p = None
+        await session.close()
+
+    async def _start(self, p2p_port: int) -> None:
+        """The background work, once every part exists."""
         await self.fetcher.start()
         removed = await asyncio.to_thread(self.store.clear_uploads)
         if removed:
@@ -179,18 +219,9 @@ class OriginService:
             identity=self.identity,
             root=str(self.store.root),
             ring=",".join(self.ring.hosts),
-            p2p_port=self.p2p.listen_port,
+            p2p_port=p2p_port,
             tracker=self.config.tracker.addr or "-",
         )
-
-    async def close(self) -> None:
-        await self.owner.close()
-        if self.p2p is not None:
-            await self.p2p.close()
-        await self.writeback.worker.queue.close()
-        await self.replicator.worker.queue.close()
-        await self._http.close()
-        await self._router.close()
 
     # ---- uploads -------------------------------------------------------------------------
 

@@ -4,9 +4,7 @@ from __future__ import annotations
 import argparse
 
 from kraken.cli import load_component_config, run_component
-from kraken.http.server import serve
 from kraken.proxy.config import ProxyConfig
-from kraken.proxy.server import COMPONENT, sites
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -16,11 +14,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def load(args: argparse.Namespace) -> ProxyConfig:
     """The effective config: the file, then command-line overrides."""
     return load_component_config(ProxyConfig, args, example="config/proxy/development.yaml")
-
-
-async def run(args: argparse.Namespace) -> None:
-    config = load(args)
-    await serve(sites(config), COMPONENT, config.http)
 
 
 if __name__ == "__main__":

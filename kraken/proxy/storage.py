@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import AsyncExitStack
+from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO
 
@@ -71,9 +73,19 @@ class ProxyMetrics:
             "Whole blobs read from an origin whose bytes failed their digest (the response was cut short)")
 
 
+@dataclass
+class _Running:
+    """What exists only while the proxy runs (opened in :meth:`ProxyStorage.lifecycle`)."""
+
+    http: HttpClient
+    origins: OriginCluster
+    build_index: BuildIndexClient
+
+
 class ProxyStorage(RegistryStorage):
-    """Its HTTP clients need a running event loop, so :meth:`lifecycle` (an aiohttp cleanup
-    context) creates them when the app starts and closes them when it stops."""
+    """Made from the config when the app is built (no I/O); :meth:`lifecycle`, the app's
+    cleanup context, loads the manifest cache and opens the clients (they need a running loop)
+    and closes them."""
 
     def __init__(self, origins: RingConfig, build_index_addr: str, metrics: ProxyMetrics,
                  manifests: ManifestCache, http_config: HttpClientConfig) -> None:
@@ -82,34 +94,37 @@ class ProxyStorage(RegistryStorage):
         self.manifests = manifests
         self._build_index_addr = build_index_addr
         self.metrics = metrics
-        self._http: HttpClient | None = None
-        self._origins: OriginCluster | None = None
-        self._build_index: BuildIndexClient | None = None
+        self._running: _Running | None = None
 
     async def lifecycle(self, _: web.Application) -> AsyncIterator[None]:
-        await self.manifests.start()
-        self._http = create_client(self._http_config)
-        try:
-            self._origins = OriginCluster(self._origins_config, self._http)
-            self._build_index = BuildIndexClient(self._build_index_addr, self._http)
+        """Each close is registered as soon as its resource exists, so a failed start closes what
+        already started."""
+        async with AsyncExitStack() as stack:
+            await self.manifests.start()
+            http = create_client(self._http_config)
+            stack.push_async_callback(http.close)
+            self._running = _Running(http, OriginCluster(self._origins_config, http),
+                                     BuildIndexClient(self._build_index_addr, http))
+            stack.callback(setattr, self, "_running", None)
             yield
-        finally:
-            await self._http.close()
+
+    @property
+    def running(self) -> _Running:
+        if self._running is None:
+            raise RuntimeError("proxy not started")
+        return self._running
 
     @property
     def http(self) -> HttpClient:
-        assert self._http is not None, "proxy app not started"
-        return self._http
+        return self.running.http
 
     @property
     def origins(self) -> OriginCluster:
-        assert self._origins is not None, "proxy app not started"
-        return self._origins
+        return self.running.origins
 
     @property
     def build_index(self) -> BuildIndexClient:
-        assert self._build_index is not None, "proxy app not started"
-        return self._build_index
+        return self.running.build_index
 
     async def readiness(self) -> None:
         """Ready when build-index and at least one origin answer (the ring routes around the rest)."""

@@ -4,9 +4,7 @@ from __future__ import annotations
 import argparse
 
 from kraken.cli import load_component_config, run_component
-from kraken.http.server import serve
 from kraken.testfs.config import TestfsConfig
-from kraken.testfs.server import COMPONENT, sites
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -19,11 +17,6 @@ def load(args: argparse.Namespace) -> TestfsConfig:
     if args.root:
         config.root = args.root
     return config
-
-
-async def run(args: argparse.Namespace) -> None:
-    config = load(args)
-    await serve(sites(config), COMPONENT, config.http)
 
 
 if __name__ == "__main__":

@@ -11,6 +11,8 @@ in practice every swarm has its origins.
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
+from contextlib import AsyncExitStack
+from dataclasses import dataclass
 
 from aiohttp import web
 
@@ -41,49 +43,64 @@ def open_store(config: TrackerConfig) -> PeerStore:
     return MemoryPeerStore(config.peer_ttl, config.limits)
 
 
+@dataclass
+class _Running:
+    """What exists only while the tracker runs (opened in :meth:`TrackerService.lifecycle`)."""
+
+    store: PeerStore
+    http: HttpClient
+    origins: OriginCluster
+    metainfo: MetainfoProxy
+    probe: SeederProbe
+
+
 class TrackerService:
-    """Its clients need a running event loop, so :meth:`lifecycle` (an aiohttp cleanup
-    context) creates them at app startup and closes them at shutdown."""
+    """Made from the config when the app is built (no I/O); :meth:`lifecycle`, the app's
+    cleanup context, opens the peer store and the clients (they need a running loop) and
+    closes them."""
 
     def __init__(self, config: TrackerConfig, metrics: TrackerMetrics) -> None:
         self.config = config
         self._metrics = metrics
         self._origin_peers = OriginPeers(config.origin_p2p)
-        self._store: PeerStore | None = None
-        self._http: HttpClient | None = None
-        self._origins: OriginCluster | None = None
-        self._metainfo: MetainfoProxy | None = None
-        self._probe: SeederProbe | None = None
+        self._running: _Running | None = None
         self.swarm_slots = SwarmSlots()
 
     async def lifecycle(self, _: web.Application) -> AsyncIterator[None]:
-        owner = TaskOwner("tracker")
-        http = create_client(self.config.http_client)
-        store = open_store(self.config)
-        try:
+        """Each close is registered as soon as its resource exists, so a failed start closes
+        what already started; closed in reverse order at shutdown."""
+        config = self.config
+        async with AsyncExitStack() as stack:
+            http = create_client(config.http_client)
+            stack.push_async_callback(http.close)
+            store = open_store(config)
+            stack.push_async_callback(store.close)
             await store.start()
-            origins = OriginCluster(self.config.origins, http, poll_timeout=self.config.metainfo.poll_timeout)
-            cache = MetainfoCache(self.config.metainfo.cache_size, self.config.metainfo.cache_ttl)
-            self._store, self._http, self._origins = store, http, origins
-            self._metainfo = MetainfoProxy(origins, cache, self._metrics, owner)
-            self._probe = SeederProbe(self.config.probe, owner)
-            log.info("tracker configured", store=self.config.store, origins=",".join(self.config.origins.hosts),
-                     announce_interval=self.config.announce_interval, peer_ttl=self.config.peer_ttl)
+            owner = TaskOwner("tracker")
+            stack.push_async_callback(owner.close)
+            origins = OriginCluster(config.origins, http, poll_timeout=config.metainfo.poll_timeout)
+            cache = MetainfoCache(config.metainfo.cache_size, config.metainfo.cache_ttl)
+            self._running = _Running(store, http, origins, MetainfoProxy(origins, cache, self._metrics, owner),
+                                     SeederProbe(config.probe, owner))
+            stack.callback(setattr, self, "_running", None)
+            log.info("tracker configured", store=config.store, origins=",".join(config.origins.hosts),
+                     announce_interval=config.announce_interval, peer_ttl=config.peer_ttl)
             yield
-        finally:
-            await owner.close()
-            await store.close()
-            await http.close()
+
+    @property
+    def running(self) -> _Running:
+        if self._running is None:
+            raise RuntimeError("tracker not started")
+        return self._running
 
     @property
     def store(self) -> PeerStore:
-        assert self._store is not None, "tracker app not started"
-        return self._store
+        return self.running.store
 
     async def announce(self, request: AnnounceRequest, ip: str) -> bytes:
         """Record the announcer and return the bencoded answer; raises PeerStoreError, or
         AnnounceRefused beyond the store's limits."""
-        assert self._probe is not None, "tracker app not started"
+        probe = self.running.probe
         me = Peer(PeerAddr(ip, request.port), request.peer_id, request.complete)
         if request.event == "stopped":
             swarm = await self.store.leave(request.info_hash, me.addr)
@@ -96,9 +113,9 @@ class TrackerService:
         swarm = await self.store.announce(request.info_hash, me, limit + 1, exempt=is_origin)
         self._metrics.announces.labels(request.event or "none").inc()
         if me.complete and not is_origin:
-            self._probe.check(me.addr)
+            probe.check(me.addr)
         origins = await self._owning_origins(swarm.digest)
-        chosen = handout(swarm, origins, me, limit, self._probe.confirmed)
+        chosen = handout(swarm, origins, me, limit, probe.confirmed)
         for name, peers in (("seeder", chosen.seeders), ("origin", chosen.origins), ("leecher", chosen.leechers),
                             ("unconfirmed", chosen.unconfirmed)):
             if peers:
@@ -112,14 +129,12 @@ class TrackerService:
     async def _owning_origins(self, digest: Digest | None) -> list[PeerAddr]:
         if digest is None:
             return []
-        assert self._origins is not None, "tracker app not started"
-        return await self._origin_peers.peers(await self._origins.locations(digest))
+        return await self._origin_peers.peers(await self.running.origins.locations(digest))
 
     async def metainfo(self, namespace: str, digest: Digest) -> MetainfoAnswer:
         """The blob's metainfo from the cache or its origin; a success also teaches (or reminds)
         the peer store which digest the torrent is. Raises PeerStoreError."""
-        assert self._metainfo is not None, "tracker app not started"
-        answer = await self._metainfo.get(namespace, digest)
+        answer = await self.running.metainfo.get(namespace, digest)
         if answer.info_hash is not None:
             await self.store.set_digest(answer.info_hash, digest)
         return answer
@@ -127,5 +142,4 @@ class TrackerService:
     async def readiness(self) -> None:
         """Ready when at least one origin answers /health and the peer store answers."""
         await self.store.ping()
-        assert self._http is not None
-        await check_any(self._http, self.config.origins.hosts, "origin")
+        await check_any(self.running.http, self.config.origins.hosts, "origin")

@@ -288,7 +288,7 @@ async def test_store_lists_one_subject_in_either_layout(tmp_path: Path, name_pat
     """The ``identity`` layout lists names with ``/`` for ``:``; entries of other subjects and
     tags of the repository are not referrers."""
     backend = BackendConfig("file", FileBackendConfig(root=str(tmp_path / "backend"), name_path=name_path))
-    router = build_router([NamespaceBackendConfig(namespace=".*", backend=backend)])
+    router = await build_router([NamespaceBackendConfig(namespace=".*", backend=backend)])
     try:
         store = ReferrerStore(router, max_referrers=2)
         subject, other = Digest.of_bytes(b"subject"), Digest.of_bytes(b"other")

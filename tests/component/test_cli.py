@@ -31,7 +31,7 @@ def test_check_config_accepts_the_checked_in_configs(component: str, capsys: pyt
 def test_check_config_names_the_file_and_the_key(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     config = tmp_path / "origin.yaml"
     config.write_text(f"extends: {ROOT / 'config' / 'origin' / 'development.yaml'}\ncleanup:\n  tti: forever\n")
-    assert cli.main(["check-config", "origin", "--config", str(config)]) == 1
+    assert cli.main(["check-config", "origin", "--config", str(config)]) == 2
     err = capsys.readouterr().err
     assert err.startswith(f"kraken check-config origin: config error: {config}: cleanup.tti: "), err
 
@@ -45,14 +45,14 @@ def test_check_config_applies_the_components_flags(tmp_path: Path, capsys: pytes
 
 
 def test_check_config_needs_a_file(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    assert cli.main(["check-config", "proxy"]) == 1
+    assert cli.main(["check-config", "proxy"]) == 2
     assert "--config FILE is required" in capsys.readouterr().err
-    assert cli.main(["check-config", "proxy", "--config", str(tmp_path / "missing.yaml")]) == 1
+    assert cli.main(["check-config", "proxy", "--config", str(tmp_path / "missing.yaml")]) == 2
     assert "config file not found" in capsys.readouterr().err
 
 
 def test_check_config_starts_nothing(tmp_path: Path) -> None:
-    """As a command: exit status 0/1, and it returns at once (a component would keep running)."""
+    """As a command: exit status 0 or 2 (a config error), and it returns at once (a component would keep running)."""
     env = dict(os.environ, PYTHONPATH=os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")])))
     ok = subprocess.run([sys.executable, "-m", "kraken", "check-config", "tracker", "--config",
                          str(ROOT / "config" / "tracker" / "development.yaml"), "--port", "1"],
@@ -62,4 +62,4 @@ def test_check_config_starts_nothing(tmp_path: Path) -> None:
     bad.write_text("listen:\n  port: many\n")
     r = subprocess.run([sys.executable, "-m", "kraken", "check-config", "tracker", "--config", str(bad)],
                        env=env, capture_output=True, text=True, timeout=60, check=False)
-    assert r.returncode == 1 and f"{bad}: listen.port:" in r.stderr, r.stderr
+    assert r.returncode == 2 and f"{bad}: listen.port:" in r.stderr, r.stderr

@@ -269,7 +269,7 @@ class BackendSuite:
     # ---- routing -----------------------------------------------------------------------
 
     async def test_namespace_routing(self, backend_config: ConfigFactory) -> None:
-        router = build_router([
+        router = await build_router([
             NamespaceBackendConfig(namespace="test/special", backend=backend_config("special", "identity")),
             NamespaceBackendConfig(namespace="test/.*", backend=backend_config("team", "identity")),
             NamespaceBackendConfig(namespace="library/.*", backend=backend_config("library", "identity")),

@@ -168,7 +168,7 @@ async def force_cleanup(request: web.Request) -> web.Response:
         return json_error(400, "ttl_hr must be a number of hours")
     if ttl_hr < 0:
         return json_error(400, "ttl_hr must not be negative")
-    evicted = await _svc(request).evict(ttl_hr * 3600)
+    evicted = await _svc(request).cleanup.evict(ttl_hr * 3600)
     return web.json_response({"evicted": [str(d) for d in evicted]})
 
 

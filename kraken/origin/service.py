@@ -437,10 +437,6 @@ class OriginService:
 
     # ---- eviction ------------------------------------------------------------------------
 
-    async def evict(self, idle_for: float, max_usage: int = 0) -> list[Digest]:
-        """Evict blobs idle for ``idle_for`` seconds (and LRU ones above ``max_usage`` bytes)."""
-        return await self.cleanup.evict(idle_for, max_usage)
-
     async def _protected(self) -> set[Digest]:
         """What eviction must keep. Order matters (see kraken.origin.cleanup): the committing
         set is read before the queues."""

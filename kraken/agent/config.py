@@ -9,8 +9,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from kraken.agent.preload import PreloadConfig
-from kraken.config import ByteSize, Duration, HttpServerConfig, ListenConfig
-from kraken.http.config import HttpClientConfig, TLSConfig
+from kraken.config import ByteSize, Duration, ListenConfig
+from kraken.http.config import HttpClientConfig, HttpServerConfig, TLSConfig
 from kraken.p2p.config import P2PConfig
 from kraken.ring import RingConfig
 
@@ -70,15 +70,26 @@ class CleanupConfig:
 
 
 @dataclass
+class AgentHttpClientConfig(HttpClientConfig):
+    """:class:`~kraken.http.config.HttpClientConfig` with the agent's defaults: quicker to
+    give up, so a pull waiting on a dead tracker gets its 503 soon.
+
+    A subclass rather than a default instance, so a config that gives only some
+    ``http_client`` keys still gets the agent's defaults for the others.
+    """
+
+    connect_timeout: Duration = 3.0
+    retries: int = 2
+
+
+@dataclass
 class AgentConfig:
     """Every key, with its meaning, is in ``config/agent/base.yaml``."""
 
     store: StoreConfig
     listen: ListenConfig = field(default_factory=lambda: ListenConfig(port=DEFAULT_REGISTRY_PORT))
     http: HttpServerConfig = field(default_factory=HttpServerConfig)
-    # Quicker to give up than the default: a pull waiting on a dead tracker should get its 503 soon.
-    http_client: HttpClientConfig = field(
-        default_factory=lambda: HttpClientConfig(connect_timeout=3.0, read_timeout=60.0, retries=2))
+    http_client: AgentHttpClientConfig = field(default_factory=AgentHttpClientConfig)
     tls: TLSConfig = field(default_factory=TLSConfig)
     server: ListenConfig = field(default_factory=lambda: ListenConfig(port=DEFAULT_SERVER_PORT))
     p2p: P2PConfig = field(default_factory=P2PConfig)

@@ -19,12 +19,14 @@ from dataclasses import dataclass
 import aiohttp
 
 from kraken.config import Duration
-from kraken.http.urls import service_url
+from kraken.http.urls import docker_api_url
 from kraken.log import get_logger
 
 log = get_logger("agent")
 
 RUNTIMES = ("docker", "containerd")
+#: Seconds to connect to the Docker daemon's socket: a local socket answers at once or never.
+DOCKER_CONNECT_TIMEOUT = 5.0
 
 
 @dataclass
@@ -76,9 +78,13 @@ class Preloader:
     async def _docker(self, ref: str) -> None:
         image, _, tag = ref.rpartition(":")
         connector = aiohttp.UnixConnector(path=self.config.docker_socket)
+        # No total or read limit of aiohttp's own (its default total is 300s, below a
+        # preload's): the whole pull is bounded by ``preload.timeout`` in :meth:`pull`, and a
+        # daemon pulling a large layer may send no progress line for a long while.
+        timeout = aiohttp.ClientTimeout(total=None, sock_connect=DOCKER_CONNECT_TIMEOUT)
         try:
-            async with aiohttp.ClientSession(connector=connector) as http, http.post(
-                service_url("docker", "/images/create"), params={"fromImage": image, "tag": tag}
+            async with aiohttp.ClientSession(connector=connector, timeout=timeout) as http, http.post(
+                docker_api_url("/images/create"), params={"fromImage": image, "tag": tag}
             ) as resp:
                 if resp.status != 200:
                     raise PreloadError(502, f"docker: {resp.status} {(await resp.text()).strip()}")

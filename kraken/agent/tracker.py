@@ -19,7 +19,6 @@ import aiohttp
 from kraken.core.digest import Digest
 from kraken.http.client import HttpClient, HTTPStatusError
 from kraken.http.health import check
-from kraken.http.urls import base_url
 from kraken.log import get_logger
 from kraken.tracker.protocol import SLOT_HEADER
 
@@ -53,7 +52,7 @@ class Metainfo:
 class TrackerClient:
     def __init__(self, addr: str, http: HttpClient, poll_timeout: float) -> None:
         self.addr = addr
-        self.base = base_url(addr)
+        self.base = http.base(addr)
         self.http = http
         self.poll_timeout = poll_timeout
 

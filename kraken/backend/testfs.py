@@ -37,7 +37,7 @@ class TestfsBackend(Backend):
 
     __test__ = False  # not a pytest test class despite the name
 
-    def __init__(self, config: TestfsBackendConfig, http_config: HttpClientConfig | None = None) -> None:
+    def __init__(self, config: TestfsBackendConfig, http_config: HttpClientConfig) -> None:
         self.addr = config.addr
         self.layout = ObjectLayout(config.root, config.name_path)
         self.http = create_client(http_config)

@@ -21,7 +21,6 @@ import aiofiles.os
 
 from kraken.backend.filetree import AtomicWriter
 from kraken.http.client import HttpClient
-from kraken.http.urls import base_url
 
 CHUNK = 1 << 20
 
@@ -38,7 +37,7 @@ class TestfsClient:
     __test__ = False  # not a pytest test class despite the name
 
     def __init__(self, addr: str, http: HttpClient) -> None:
-        self.base = base_url(addr)
+        self.base = http.base(addr)
         self.http = http
 
     def _url(self, endpoint: str, path: str) -> str:

@@ -1,14 +1,12 @@
 """Client of the build-index HTTP API (used by the proxy, agents and replication)."""
 from __future__ import annotations
 
-import builtins
 import json
 from urllib.parse import quote
 
 from kraken.core.digest import Digest
 from kraken.http.client import HttpClient, HTTPStatusError
 from kraken.http.errors import error_extra, error_message
-from kraken.http.urls import base_url
 from kraken.registry.referrer_index import ReferrerDescriptor
 
 #: A referrers answer is bounded by build-index's ``max_referrers`` x ``max_referrer_size``
@@ -36,7 +34,7 @@ class ReferrerRefused(Exception):
 
 class BuildIndexClient:
     def __init__(self, addr: str, http: HttpClient) -> None:
-        self.base = base_url(addr)
+        self.base = http.base(addr)
         self.http = http
 
     async def put_tag(self, tag: str, digest: Digest) -> None:
@@ -64,7 +62,7 @@ class BuildIndexClient:
         """Tag names (without ``repo:``) of ``repo``, sorted."""
         return await self._get_result(f"{self.base}/repositories/{quote(repo, safe='')}/tags")
 
-    async def list(self, prefix: str) -> list[str]:
+    async def list_prefix(self, prefix: str) -> list[str]:
         """Every ``repo:tag`` whose name starts with ``prefix``, sorted."""
         return await self._get_result(f"{self.base}/list/{quote(prefix, safe=':')}")
 
@@ -79,7 +77,7 @@ class BuildIndexClient:
             raise ReferrerRefused(e.message or "refused", limit=e.status == 403) from None
         resp.release()
 
-    async def list_referrers(self, repo: str, subject: Digest) -> builtins.list[ReferrerDescriptor]:
+    async def list_referrers(self, repo: str, subject: Digest) -> list[ReferrerDescriptor]:
         """The referrers of ``subject`` in ``repo`` (``[]`` when none). An oversized or
         malformed answer is an upstream failure (HTTPStatusError 502), like a 5xx."""
         url = f"{self.base}/referrers/{quote(repo, safe='')}/{subject}"
@@ -97,7 +95,7 @@ class BuildIndexClient:
         except (ValueError, KeyError, TypeError) as e:
             raise HTTPStatusError("GET", url, 502, f"malformed referrers answer: {e}") from None
 
-    async def _get_result(self, url: str) -> builtins.list[str]:
+    async def _get_result(self, url: str) -> list[str]:
         resp = await self.http.request("GET", url)
         try:
             return list((await resp.json())["result"])

@@ -27,6 +27,7 @@ METRICS: web.AppKey[Metrics] = web.AppKey("metrics", Metrics)
 COMPONENT: web.AppKey[str] = web.AppKey("component", str)
 
 ReadinessCheck = Callable[[], Awaitable[None]]
+#: An aiohttp request handler, as a middleware receives it.
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 #: Renders an unhandled exception of a request it is responsible for; None passes it on.
 ErrorRenderer = Callable[[web.Request, Exception], "web.StreamResponse | None"]

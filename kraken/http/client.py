@@ -3,6 +3,10 @@
 
 Retries apply only where they are safe: connection failures and 502/503/504 answers, for
 requests whose body can be sent again (no body, or bytes). Streaming bodies are sent once.
+
+The client also owns the scheme of the Kraken services it calls: every client of one
+(origin, build-index, tracker, testfs, the health probe, announce URLs) builds its URLs with
+:meth:`HttpClient.url` / :meth:`HttpClient.base`, so turning TLS on changes this module only.
 """
 from __future__ import annotations
 
@@ -14,6 +18,7 @@ import aiohttp
 
 from kraken.http.config import HttpClientConfig
 from kraken.http.errors import error_message
+from kraken.http.urls import base_url
 from kraken.log import get_logger
 
 log = get_logger("kraken.http.client")
@@ -32,10 +37,10 @@ class HTTPStatusError(Exception):
         super().__init__(f"{method} {url}: HTTP {status}: {self.message[:500]}")
 
 
-def create_client(config: HttpClientConfig | None = None) -> HttpClient:
-    """The one way Kraken makes an HTTP client: from a component's ``http_client:`` section
-    (defaults without one). Call it inside a running loop; ``close()`` the client."""
-    return HttpClient(config or HttpClientConfig())
+def create_client(config: HttpClientConfig) -> HttpClient:
+    """The one way Kraken makes an HTTP client: from a component's ``http_client:`` section.
+    Call it inside a running loop; ``close()`` the client."""
+    return HttpClient(config)
 
 
 class HttpClient:
@@ -43,6 +48,10 @@ class HttpClient:
 
     def __init__(self, config: HttpClientConfig) -> None:
         self.config = config
+        #: Whether Kraken's services are called over TLS. Always False: the ``tls:`` section
+        #: refuses any certificate or CA until TLS is implemented; then it is set here from
+        #: that section, with the connector's ``ssl`` context.
+        self.secure = False
         timeout = aiohttp.ClientTimeout(
             total=self.config.total_timeout,
             sock_connect=self.config.connect_timeout,
@@ -55,6 +64,14 @@ class HttpClient:
 
     async def close(self) -> None:
         await self.session.close()
+
+    def base(self, addr: str) -> str:
+        """``scheme://host:port`` of the Kraken service at ``addr``, in this client's scheme."""
+        return base_url(addr, secure=self.secure)
+
+    def url(self, addr: str, path: str) -> str:
+        """The URL of ``path`` (starting with ``/``) on the Kraken service at ``addr``."""
+        return self.base(addr) + path
 
     async def request(
         self, method: str, url: str, *, ok: tuple[int, ...] = (200,), retry: bool = True, **kwargs: Any

@@ -1,13 +1,48 @@
-"""The YAML sections of Kraken's HTTP stack that every component shares besides ``http:``
-(:class:`~kraken.config.HttpServerConfig`): ``http_client:`` (how it calls other components
-and storage) and ``tls:`` (Kraken's shape, parsed now so configs have their place; turning
-it on is refused until TLS is implemented).
+"""The YAML sections of Kraken's HTTP stack that every component shares: ``http:`` (limits of
+its servers), ``http_client:`` (how it calls other components and storage) and ``tls:``
+(Kraken's shape, parsed now so configs have their place; turning it on is refused until TLS
+is implemented).
 """
 from __future__ import annotations
 
 from dataclasses import dataclass, field
 
 from kraken.config import ByteSize, Duration
+
+
+@dataclass
+class HttpServerConfig:
+    """Limits of every HTTP server of a component (the ``http:`` section), so a client that
+    stalls or floods cannot pin connections, descriptors and memory forever.
+
+    The defaults follow what production HTTP servers ship with (nginx's
+    ``client_header_timeout``/``client_body_timeout``/``send_timeout`` are 60s, Go servers
+    commonly use a 10s header timeout): a real client sends its headers in one packet, and a
+    body or a download that moves no byte for a minute is stalled, not slow. A response
+    pauses the write timeout only while the peer reads; a body pauses the body timeout while
+    the server itself stopped reading (flow control), so a slow upstream never times out a
+    client. ``max_connections`` stays below a typical 4096-descriptor limit with room for
+    files, upstream connections and P2P sockets.
+    """
+
+    #: A connection must deliver a request's complete headers within this time of its first
+    #: byte (of its opening, for the first request).
+    header_timeout: Duration = 10.0
+    #: A request body that receives no byte for this long (while the server reads) is dropped.
+    body_timeout: Duration = 60.0
+    #: A response the peer takes no byte of for this long is dropped.
+    write_timeout: Duration = 60.0
+    #: A keep-alive connection with no request for this long is closed.
+    idle_timeout: Duration = 60.0
+    #: Open connections per listening server; a connection beyond is closed at once.
+    max_connections: int = 1024
+
+    def __post_init__(self) -> None:
+        for name in ("header_timeout", "body_timeout", "write_timeout", "idle_timeout"):
+            if getattr(self, name) <= 0:
+                raise ValueError(f"{name} must be > 0")
+        if self.max_connections < 1:
+            raise ValueError("max_connections must be >= 1")
 
 
 @dataclass

@@ -9,7 +9,6 @@ from __future__ import annotations
 import aiohttp
 
 from kraken.http.client import HttpClient, HTTPStatusError
-from kraken.http.urls import service_url
 
 #: Seconds a probe may take, connection included.
 PROBE_TIMEOUT = 2.0
@@ -17,10 +16,18 @@ PROBE_TIMEOUT = 2.0
 PROBE_ERRORS = (TimeoutError, aiohttp.ClientError, HTTPStatusError)
 
 
+def probe_timeout(client: HttpClient, timeout: float) -> aiohttp.ClientTimeout:
+    """``timeout`` on the whole probe, within the client's connect and read timeouts: a
+    per-request ``ClientTimeout`` replaces the session's, so they are given again (else an
+    unreachable host would hold a probe for all of ``timeout``, not ``connect_timeout``)."""
+    return aiohttp.ClientTimeout(total=timeout, sock_connect=client.config.connect_timeout,
+                                 sock_read=client.config.read_timeout)
+
+
 async def check(client: HttpClient, addr: str, timeout: float = PROBE_TIMEOUT) -> None:
     """Raise one of :data:`PROBE_ERRORS` unless the component at ``addr`` answers ``/health``."""
-    resp = await client.request("GET", service_url(addr, "/health"), retry=False,
-                                timeout=aiohttp.ClientTimeout(total=timeout))
+    resp = await client.request("GET", client.url(addr, "/health"), retry=False,
+                                timeout=probe_timeout(client, timeout))
     resp.release()
 
 

@@ -6,14 +6,11 @@ namespace, a backend path and a log field, so every component refuses a bad one 
 """
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable
-
 from aiohttp import web
 
 from kraken.core.names import InvalidName, check_name
+from kraken.http.app import Handler
 from kraken.http.errors import JsonError
-
-Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 
 @web.middleware

@@ -4,7 +4,7 @@ aiohttp closes idle keep-alive connections (``keepalive_timeout``) but has no he
 or write timeout and no connection limit, so a client that sends half a request line, a body
 shorter than its ``Content-Length``, or never reads its response pins a descriptor and the
 response's buffers forever. Each listening server here is an aiohttp ``Server`` whose
-connections are watched (``http:`` section, :class:`~kraken.config.HttpServerConfig`):
+connections are watched (``http:`` section, :class:`~kraken.http.config.HttpServerConfig`):
 
 - a connection without a complete request head ``header_timeout`` after it opened (or after
   the first byte of a later request) is dropped;
@@ -38,8 +38,9 @@ from typing import Any
 from aiohttp import web
 from aiohttp.web_protocol import RequestHandler
 
-from kraken.config import HttpServerConfig, ListenConfig
+from kraken.config import ListenConfig
 from kraken.http.app import METRICS
+from kraken.http.config import HttpServerConfig
 from kraken.log import get_logger
 from kraken.metrics import Metrics
 from kraken.tasks import TaskOwner

@@ -18,7 +18,6 @@ import aiohttp
 
 from kraken.core.digest import Digest
 from kraken.http.client import HttpClient
-from kraken.http.urls import base_url
 from kraken.log import get_logger
 from kraken.origin.stream import UploadStream
 from kraken.ring import HashRing, RingConfig
@@ -47,7 +46,7 @@ class OriginClient:
     def __init__(self, addr: str, http: HttpClient, poll_timeout: float = 300.0) -> None:
         self.addr = addr
         self._http = http
-        self._base = base_url(addr)
+        self._base = http.base(addr)
         self._poll_timeout = poll_timeout
 
     def _blob_url(self, namespace: str, digest: Digest, prefix: str = "") -> str:

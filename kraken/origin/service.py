@@ -378,7 +378,8 @@ class OriginService:
         if self.p2p is None:
             raise SeedError("the P2P session is not running")
         try:
-            info_hash = await self.p2p.seed(metainfo, self.store.path(digest), self.config.tracker.announce_url())
+            info_hash = await self.p2p.seed(metainfo, self.store.path(digest),
+                                            self.config.tracker.announce_url(self._http))
         except (P2PError, ValueError, OSError) as e:
             log.error("cannot seed blob", digest=digest, error=f"{type(e).__name__}: {e}")
             raise SeedError(f"cannot seed {digest}: {e}") from e

@@ -3,8 +3,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from kraken.config import ByteSize, ConfigError, Duration, HttpServerConfig, ListenConfig
-from kraken.http.config import HttpClientConfig, TLSConfig
+from kraken.config import ByteSize, ConfigError, Duration, ListenConfig
+from kraken.http.config import HttpClientConfig, HttpServerConfig, TLSConfig
 from kraken.registry.references import DEFAULT_MAX_REFERENCES
 from kraken.ring import RingConfig
 

@@ -141,7 +141,7 @@ class ProxyStorage(RegistryStorage):
 
     async def catalog(self) -> list[str]:
         """Repositories are not stored anywhere by themselves: they are the repos of the tags."""
-        return sorted({name.rpartition(":")[0] for name in await self.build_index.list("")})
+        return sorted({name.rpartition(":")[0] for name in await self.build_index.list_prefix("")})
 
     async def check_tags_writable(self) -> None:
         """build-index answers: asked before a tagged manifest is stored, so a push refused

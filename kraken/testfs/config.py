@@ -5,8 +5,8 @@ import os
 import tempfile
 from dataclasses import dataclass, field
 
-from kraken.config import HttpServerConfig, ListenConfig
-from kraken.http.config import TLSConfig
+from kraken.config import ListenConfig
+from kraken.http.config import HttpServerConfig, TLSConfig
 
 DEFAULT_PORT = 14000
 

@@ -54,8 +54,7 @@ def _byte_range(request: web.Request, size: int) -> ByteRange | None:
     try:
         return parse_range(request.headers.get("Range"), size)
     except RangeNotSatisfiable as e:
-        raise JsonError(416, f"range starts at or past the end ({size} bytes)",
-                        headers={"Content-Range": e.content_range}) from None
+        raise JsonError(416, str(e), headers={"Content-Range": e.content_range}) from None
 
 
 async def head_file(request: web.Request) -> web.Response:

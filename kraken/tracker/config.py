@@ -13,8 +13,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Literal
 
-from kraken.config import ByteSize, Duration, HttpServerConfig, ListenConfig
-from kraken.http.config import HttpClientConfig, TLSConfig
+from kraken.config import ByteSize, Duration, ListenConfig
+from kraken.http.config import HttpClientConfig, HttpServerConfig, TLSConfig
 from kraken.ring import RingConfig
 
 DEFAULT_PORT = 15003

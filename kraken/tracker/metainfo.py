@@ -32,11 +32,12 @@ log = get_logger("tracker")
 
 @dataclass(frozen=True)
 class MetainfoAnswer:
-    """What the tracker answers: the status, and the metainfo (200) or a plain-text reason."""
+    """What the tracker answers: the status, and the metainfo (200) or the reason (``message``)."""
 
     status: int
-    body: bytes
+    body: bytes = b""
     info_hash: bytes | None = None
+    message: str = ""
 
 
 @dataclass
@@ -99,12 +100,12 @@ class MetainfoProxy:
         try:
             metainfo = await self._origins.get_metainfo(namespace, digest)
         except BlobNotFound:
-            return MetainfoAnswer(404, f"{digest} not found in namespace {namespace!r}\n".encode())
+            return MetainfoAnswer(404, message=f"{digest} not found in namespace {namespace!r}")
         except BlobNotReady:
-            return MetainfoAnswer(202, b"blob is being fetched from the storage backend\n")
+            return MetainfoAnswer(202, message="blob is being fetched from the storage backend")
         except HTTPStatusError as e:
             if 400 <= e.status < 500:
-                return MetainfoAnswer(e.status, e.body.encode())
+                return MetainfoAnswer(e.status, message=e.message)
             return self._origin_error("status", digest, e)
         except (TimeoutError, ConnectionError, aiohttp.ClientError) as e:
             return self._origin_error("unreachable", digest, e)
@@ -118,4 +119,4 @@ class MetainfoProxy:
     def _origin_error(self, kind: str, digest: Digest, error: BaseException) -> MetainfoAnswer:
         self._metrics.origin_errors.labels(kind).inc()
         log.warning("metainfo from origins failed", digest=digest, kind=kind, error=f"{type(error).__name__}: {error}")
-        return MetainfoAnswer(503, f"origins unavailable: {type(error).__name__}: {error}\n".encode())
+        return MetainfoAnswer(503, message=f"origins unavailable: {type(error).__name__}: {error}")

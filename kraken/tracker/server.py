@@ -14,7 +14,7 @@ from aiohttp import web
 
 from kraken.core.digest import Digest, DigestError
 from kraken.http.app import create_app
-from kraken.http.errors import ErrorTable, error_message, json_error
+from kraken.http.errors import ErrorTable, json_error
 from kraken.http.names import check_namespace
 from kraken.http.server import Site, site
 from kraken.metrics import Metrics
@@ -74,7 +74,7 @@ def create_tracker_app(config: TrackerConfig) -> web.Application:
             return web.Response(body=answer.body, content_type=TORRENT,
                                 headers={SLOT_HEADER: str(service.swarm_slots.next(digest))})
         # The origin's own error (passed on) or the tracker's account of the origins.
-        return json_error(answer.status, error_message(answer.body))
+        return json_error(answer.status, answer.message)
 
     app.router.add_get("/announce", announce)
     app.router.add_get("/announce/{tail:.*}", announce)

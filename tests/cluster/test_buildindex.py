@@ -378,10 +378,10 @@ async def test_list_endpoints(cluster: Cluster, http: HttpClient, origins: Origi
     assert await node.list_repository("test/lists") == ["latest", "v1", "v2"]
     assert await node.list_repository("test/lists/sub") == ["v1"]
     assert await node.list_repository("test/empty") == []
-    assert await node.list("test/lists:") == ["test/lists:latest", "test/lists:v1", "test/lists:v2"]
-    assert await node.list("test/lists") == sorted(names)
-    assert await node.list("test/lists/") == ["test/lists/sub:v1"]
-    everything = await node.list("")
+    assert await node.list_prefix("test/lists:") == ["test/lists:latest", "test/lists:v1", "test/lists:v2"]
+    assert await node.list_prefix("test/lists") == sorted(names)
+    assert await node.list_prefix("test/lists/") == ["test/lists/sub:v1"]
+    everything = await node.list_prefix("")
     assert set(names) <= set(everything)
     assert everything == sorted(everything)
 

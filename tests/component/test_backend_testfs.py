@@ -87,7 +87,7 @@ async def test_backend_against_testfs_subprocess(tmp_path: Path) -> None:
         await wait_healthy(f"http://127.0.0.1:{port}/health", 20, details=log.read_text,
                            alive=lambda: None if proc.returncode is None else f"testfs exited with {proc.returncode}")
         backend = TestfsBackend(TestfsBackendConfig(
-            addr=f"127.0.0.1:{port}", root="blobs", name_path="sharded_docker_blob"))
+            addr=f"127.0.0.1:{port}", root="blobs", name_path="sharded_docker_blob"), HttpClientConfig())
         data = os.urandom(5 << 20)
         hexd = digest_hex(data)
         src = tmp_path / "src"

@@ -209,6 +209,17 @@ def test_http_client_section_and_component_defaults(tmp_path: Path) -> None:
     assert (agent.connect_timeout, agent.read_timeout, agent.retries) == (3.0, 60.0, 2)
 
 
+def test_agent_http_client_keeps_its_defaults_for_keys_not_given(tmp_path: Path) -> None:
+    """A partial ``http_client:`` changes only the keys it gives, not the agent's defaults
+    back to the generic ones."""
+    from kraken.agent.config import AgentConfig
+
+    path = tmp_path / "agent.yaml"
+    path.write_text(f"store: {{root: {tmp_path}}}\nhttp_client: {{max_connections: 10}}\n")
+    client = load_config(AgentConfig, path).http_client
+    assert (client.max_connections, client.connect_timeout, client.retries) == (10, 3.0, 2)
+
+
 def test_tls_section_is_parsed_but_enabling_it_is_refused(tmp_path: Path) -> None:
     from kraken.tracker.config import TrackerConfig
 

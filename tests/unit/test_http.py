@@ -1,3 +1,6 @@
+import socket
+import time
+
 import aiohttp
 import pytest
 from aiohttp import web
@@ -7,6 +10,7 @@ from kraken.devcluster import free_port
 from kraken.http.app import create_app
 from kraken.http.client import HTTPStatusError, create_client
 from kraken.http.config import HttpClientConfig
+from kraken.http.health import PROBE_ERRORS, check
 
 
 class Teapot(Exception):
@@ -115,5 +119,43 @@ async def test_client_gives_up_on_refused_connection():
     try:
         with pytest.raises(aiohttp.ClientConnectionError):
             await client.request("GET", f"http://127.0.0.1:{free_port()}/")
+    finally:
+        await client.close()
+
+
+@pytest.fixture
+def unanswered_addr():
+    """``host:port`` of a listener whose accept queue is full: a connection to it neither
+    succeeds nor fails (its SYNs are dropped), like a host that has gone away."""
+    listener = socket.socket()
+    listener.bind(("127.0.0.1", 0))
+    listener.listen(0)
+    port = listener.getsockname()[1]
+    queued = socket.create_connection(("127.0.0.1", port))
+    yield f"127.0.0.1:{port}"
+    queued.close()
+    listener.close()
+
+
+async def test_health_probe_keeps_the_clients_connect_timeout(unanswered_addr):
+    """A probe's own bound is on the whole call; an unreachable host still fails within the
+    client's connect_timeout, not the probe's (a push waits on this probe)."""
+    client = create_client(HttpClientConfig(connect_timeout=0.3))
+    try:
+        start = time.monotonic()
+        with pytest.raises(PROBE_ERRORS):
+            await check(client, unanswered_addr, timeout=30)
+        assert time.monotonic() - start < 5
+    finally:
+        await client.close()
+
+
+async def test_client_builds_the_urls_of_kraken_services_in_its_scheme():
+    client = create_client(HttpClientConfig())
+    try:
+        assert client.url("origin:15002", "/health") == "http://origin:15002/health"
+        client.secure = True
+        assert client.base("origin:15002") == "https://origin:15002"
+        assert client.url("http://testfs:80/", "/files/a") == "http://testfs:80/files/a"
     finally:
         await client.close()

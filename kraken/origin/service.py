@@ -37,7 +37,7 @@ from aiohttp import web
 from kraken.backend import build_router
 from kraken.core.digest import Digest
 from kraken.core.metainfo import EmptyBlobError, generate_metainfo, piece_length_for
-from kraken.http.client import create_client
+from kraken.http.client import HttpClient, create_client
 from kraken.log import get_logger
 from kraken.metrics import Metrics
 from kraken.origin.cleanup import OriginCleanup
@@ -106,6 +106,7 @@ class _Running:
     """What exists only while the origin runs (opened in :meth:`OriginService.lifecycle`)."""
 
     store: CAStore
+    http: HttpClient
     writeback: WriteBack
     replicator: Replicator
     fetcher: BackendFetcher
@@ -189,7 +190,7 @@ class OriginService:
                 peers=lambda d: [h for h in self.ring.owners(d) if h != self.identity], http=http,
                 on_repaired=writeback.enqueue,
             )
-            self._running = _Running(store, writeback, replicator, fetcher,
+            self._running = _Running(store, http, writeback, replicator, fetcher,
                                      OriginCleanup(store, self._protected, config.cleanup, metrics))
             stack.callback(setattr, self, "_running", None)
             # First: an origin that cannot listen for peers fails to start (agents are sent to
@@ -379,7 +380,7 @@ class OriginService:
             raise SeedError("the P2P session is not running")
         try:
             info_hash = await self.p2p.seed(metainfo, self.store.path(digest),
-                                            self.config.tracker.announce_url(self._http))
+                                            self.config.tracker.announce_url(self.running.http))
         except (P2PError, ValueError, OSError) as e:
             log.error("cannot seed blob", digest=digest, error=f"{type(e).__name__}: {e}")
             raise SeedError(f"cannot seed {digest}: {e}") from e

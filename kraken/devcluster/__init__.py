@@ -5,11 +5,13 @@ integration tests and benchmarks start.
 The modules, each importing only those listed before it:
 
 * ``net``, ``procfs``: ports and probes; who listens on a port (standard library only).
+* ``dockercli``: the docker CLI; which of the Docker devcluster's containers run.
 * ``params``: where the files are, and the ports of ``examples/devcluster/*_param.sh``.
 * ``supervise``: :class:`Process` and :class:`Supervisor` (start, wait for health, stop).
 * ``plan``: the topology: the herd's and the agents' processes and their config overlays.
 * ``state``, ``advice``: ``<workdir>/devcluster.json``; what to say when a port is taken.
 * ``configcheck``: every config checked before anything starts, errors naming the user's file.
+* ``checks``: what both modes check before they create anything (the plan, the ports).
 * ``docker``: Docker mode (containers); ``native``: local processes, supervised.
 * ``__main__``: ``python -m kraken.devcluster start|stop|health``.
 

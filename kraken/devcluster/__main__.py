@@ -17,6 +17,7 @@ from pathlib import Path
 
 from kraken.devcluster import docker as dockermode
 from kraken.devcluster import native
+from kraken.devcluster.checks import check_plan, scratch_dir
 from kraken.devcluster.params import (
     CONFIG_ROOT,
     DEFAULT_WORKDIR,
@@ -27,7 +28,8 @@ from kraken.devcluster.params import (
     agent_name,
     ambiguous_overrides,
 )
-from kraken.devcluster.state import err, out, state_path
+from kraken.devcluster.plan import port_owners
+from kraken.devcluster.state import err, out, read_state, state_path
 
 MODE_ENV = "KRAKEN_DEVCLUSTER"
 #: The devcluster's modes (``KRAKEN_DEVCLUSTER``), as the start banner names them.
@@ -47,6 +49,20 @@ def choose_mode() -> tuple[str, str]:
     if asked in MODES:
         return asked, f"{MODE_ENV}={asked}"
     raise SystemExit(f"devcluster: {MODE_ENV}={asked!r} is not a mode: use docker or native")
+
+
+def stop_docker(workdir: Path) -> int:
+    """``make docker_stop``: remove every container of the Docker devcluster, and forget the
+    work dir's state only if it records a Docker devcluster (a native one there keeps running,
+    and ``make devcluster-stop`` still needs its state)."""
+    code = dockermode.stop()
+    state = read_state(workdir)
+    if state is not None and state.get("mode") == "docker":
+        state_path(workdir).unlink(missing_ok=True)
+    elif state is not None:
+        out(f"devcluster: {state_path(workdir)} records a {state.get('mode', 'native')} devcluster: kept "
+            f"(`make devcluster-stop` stops that one)")
+    return code
 
 
 def parser() -> argparse.ArgumentParser:
@@ -88,10 +104,8 @@ def main(argv: list[str] | None = None) -> int:
         return native.cmd_health(workdir)
     if args.action == "stop":  # creates nothing: a mistyped work dir must not appear on disk
         if args.docker:
-            state_path(workdir.resolve()).unlink(missing_ok=True)
-            return dockermode.stop()
+            return stop_docker(workdir.resolve())
         return native.cmd_stop(workdir)
-    workdir.mkdir(parents=True, exist_ok=True)
 
     agent_files = args.agent_params or [
         args.herd_params.parent / "agent_one_param.sh",
@@ -109,14 +123,21 @@ def main(argv: list[str] | None = None) -> int:
     mode, why = choose_mode()
     out(f"kraken devcluster: {MODES[mode]} ({why})")
     if mode == "docker":
-        problem = native.check_plan(native.plan(
-            workdir.resolve(), ports, agents, role=args.role, herd_host=args.herd_host,
-            config_name=args.config_name, config_dir=args.config_dir.resolve(), bind_address=args.bind_address))
+        # The containers run the plan's processes (the herd's with a redis-server) on its ports,
+        # from configs the images copied from this checkout's config/ (docker/build-images.sh;
+        # config_args maps --config-dir into the image): checking that config/ here checks the
+        # containers', as long as the images are built from this checkout (``make images``).
+        with scratch_dir() as scratch:
+            procs = native.plan(workdir.resolve(), ports, agents, role=args.role, herd_host=args.herd_host,
+                                config_name=args.config_name, config_dir=args.config_dir.resolve(),
+                                redis=True, bind_address=args.bind_address, overlay_dir=scratch)
+            owners = port_owners(procs)
+            problem = check_plan(owners, procs)
         if problem is not None:
             err(problem)
             return 1
         return dockermode.start(
-            workdir.resolve(), ports, agents, role=args.role, herd_host=args.herd_host,
+            workdir.resolve(), ports, agents, owners=owners, role=args.role, herd_host=args.herd_host,
             config_name=args.config_name, config_dir=args.config_dir.resolve(), peer_ip=args.peer_ip,
             bind_address=args.bind_address)
     return native.cmd_start(workdir, ports, agents, role=args.role, herd_host=args.herd_host,

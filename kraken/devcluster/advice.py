@@ -33,14 +33,23 @@ def _ports(items: Sequence[BusyPort]) -> str:
     return ", ".join(str(b.port) for b in items)
 
 
+def _docker_side(holder: Holder) -> bool:
+    """``holder`` is a container's process, or the docker-proxy that publishes a container's
+    port on the host (bridge networking)."""
+    program = holder.cmdline.split(maxsplit=1)[0] if holder.cmdline else ""
+    return holder.container or Path(program).name == "docker-proxy"
+
+
 def busy_ports_message(busy: Sequence[BusyPort], workdir: Path, kraken_containers: Sequence[str] = ()) -> str:
     """One line per process holding some of the ports, then who it is and how to free them.
 
-    A process in a container while ``kraken_containers`` (the Docker devcluster's) run is the
-    Docker devcluster: ``make docker_stop`` stops it (its processes' work dirs are paths inside
-    the containers, so ``make devcluster-stop`` with them would find nothing). A ``python -m
-    kraken`` process on this host with a devcluster overlay is a native devcluster: ``make
-    devcluster-stop`` with its work dir.
+    While ``kraken_containers`` (the Docker devcluster's) run, a port held by a container's
+    process, by docker-proxy, or by a process this user cannot see (the containers run as uid
+    10001, whose sockets only root can trace) is the Docker devcluster's: ``make docker_stop``
+    stops it (its processes' work dirs are paths inside the containers, so ``make
+    devcluster-stop`` with them would find nothing). A ``python -m kraken`` process on this
+    host with a devcluster overlay is a native devcluster: ``make devcluster-stop`` with its
+    work dir.
     """
     lines = []
     by_holder: dict[Holder | None, list[BusyPort]] = {}
@@ -53,23 +62,24 @@ def busy_ports_message(busy: Sequence[BusyPort], workdir: Path, kraken_container
         lines.append(f"devcluster: {'port' if len(items) == 1 else 'ports'} {ports} "
                      f"{'is' if len(items) == 1 else 'are'} already in use by {who}")
     lines.append("devcluster: not started. To free the port(s):")
-    in_containers = [b for b in busy if b.holder is not None and b.holder.container]
+    docker_side = [b for b in busy if (b.holder is None and kraken_containers)
+                   or (b.holder is not None and _docker_side(b.holder))]
     native: dict[Path, list[BusyPort]] = {}
     others: dict[int, list[BusyPort]] = {}
-    unknown = [b for b in busy if b.holder is None]
+    unknown = [b for b in busy if b.holder is None and not kraken_containers]
     for b in busy:
-        if b.holder is None or b.holder.container:
+        if b.holder is None or _docker_side(b.holder):
             continue
         d = holder_workdir(b.holder.cmdline)
         if d is not None:
             native.setdefault(d, []).append(b)
         else:
             others.setdefault(b.holder.pid, []).append(b)
-    if in_containers and kraken_containers:
-        lines.append(f"  - the Docker devcluster holds {_ports(in_containers)} (containers "
+    if docker_side and kraken_containers:
+        lines.append(f"  - the Docker devcluster holds {_ports(docker_side)} (containers "
                      f"{', '.join(kraken_containers)}): stop it with `make docker_stop`")
-    elif in_containers:
-        lines.append(f"  - a container holds {_ports(in_containers)}: find it with `docker ps`, then `docker stop` it")
+    elif docker_side:
+        lines.append(f"  - a container holds {_ports(docker_side)}: find it with `docker ps`, then `docker stop` it")
     for d, items in native.items():
         lines.append(f"  - a native devcluster (work dir {d}) holds {_ports(items)}: stop it with {stop_hint(d)}")
     for pid, items in others.items():

@@ -1,13 +1,14 @@
 """Check every process's config before the devcluster starts anything, and name the file the
 user edited, not the generated overlay.
 
-Each process's config is an overlay under ``<workdir>/config/`` that ``extends:`` a checked-in
-file. A component that fails on it names the overlay; here the same check (``kraken
-check-config``, in this process) runs first, and a failing key is traced through the
-``extends:`` chain to the file that sets it.
+Each process's config is an overlay (under ``<workdir>/config/``; a scratch directory while a
+start checks it) that ``extends:`` a checked-in file. A component that fails on it names the
+overlay; here the same check (``kraken check-config``, in this process) runs first, and a
+failing key is traced through the ``extends:`` chain to the file that sets it.
 """
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -63,8 +64,9 @@ def key_source(chain: list[Path], keypath: str) -> Path | None:
 def explain(error: str, overlay: Path) -> str:
     """``error`` (a ConfigError's message naming ``overlay``) as the user's file and key.
 
-    A key the overlay itself sets is the devcluster's (it is said so); a key no file sets (a
-    required one) is the user's file's to add.
+    A key the overlay itself sets is the devcluster's (it is said so, without the overlay's
+    path: a start checks overlays in a scratch directory); a key no file sets (a required one)
+    is the user's file's to add.
     """
     overlay = overlay.resolve()
     prefix = f"{overlay}: "
@@ -76,11 +78,11 @@ def explain(error: str, overlay: Path) -> str:
     user_file = chain[1] if len(chain) > 1 else overlay
     source = key_source(chain, keypath) if keypath != "<top level>" else None
     if source == overlay:
-        return f"{user_file}: {rest} (a value the devcluster sets in {overlay})"
+        return f"{user_file}: {rest} (a value the devcluster itself sets)"
     return f"{source or user_file}: {rest}"
 
 
-def check(procs: list[Process]) -> list[str]:
+def check(procs: Sequence[Process]) -> list[str]:
     """One message per process whose config ``kraken <component>`` would refuse at start."""
     from kraken.cli import check_config_args
 

@@ -32,17 +32,14 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 
-from kraken.devcluster.advice import BusyPort, busy_ports_message
-from kraken.devcluster.net import endpoint_url, http_ok, local_address, port_free
+from kraken.devcluster.checks import Owners, busy_ports
+from kraken.devcluster.dockercli import LABEL, daemon_answers, docker
+from kraken.devcluster.net import endpoint_url, http_ok, local_address
 from kraken.devcluster.params import CONFIG_ROOT, FILES_ROOT, REPO_ROOT, AgentPorts, HerdPorts
-from kraken.devcluster.plan import shared_ports
-from kraken.devcluster.procfs import port_holder
 from kraken.devcluster.state import err, out, write_state
 
 #: Where the images keep ``config/`` and ``examples/`` (their ``KRAKEN_ROOT``).
 IMAGE_FILES_ROOT = PurePosixPath("/etc/kraken")
-#: Marks every container this module starts, so a stop finds them all.
-LABEL = "org.kraken.devcluster"
 NETWORK = "kraken"
 NETWORK_ENV = "KRAKEN_DOCKER_NETWORK"
 SUBNET_ENV = "KRAKEN_DOCKER_SUBNET"
@@ -53,22 +50,6 @@ STOP_TIMEOUT = 20
 
 def image(role: str) -> str:
     return f"kraken-{role}:{os.environ.get('KRAKEN_IMAGE_TAG', 'dev')}"
-
-
-def docker(*args: str, timeout: float = 120.0) -> subprocess.CompletedProcess[str]:
-    """Run the docker CLI (``DOCKER_HOST`` as in the environment); never raises on its exit code."""
-    return subprocess.run(["docker", *args], capture_output=True, text=True, timeout=timeout,
-                          stdin=subprocess.DEVNULL)
-
-
-def daemon_answers(timeout: float = 5.0) -> bool:
-    """A Docker daemon answers the docker CLI (how ``make devcluster`` picks its mode)."""
-    if shutil.which("docker") is None:
-        return False
-    try:
-        return docker("info", "--format", "{{.ServerVersion}}", timeout=timeout).returncode == 0
-    except subprocess.TimeoutExpired:
-        return False
 
 
 def network_mode() -> tuple[str, str]:
@@ -195,13 +176,15 @@ def _logs(name: str, lines: int = 40) -> str:
     return (r.stdout + r.stderr).rstrip() or "(empty)"
 
 
-def start(workdir: Path, ports: HerdPorts, agents: dict[str, AgentPorts], *, role: str = "all",
+def start(workdir: Path, ports: HerdPorts, agents: dict[str, AgentPorts], *, owners: Owners, role: str = "all",
           herd_host: str = "127.0.0.1", config_name: str = "development", config_dir: Path = CONFIG_ROOT,
           peer_ip: str = "", bind_address: str = "") -> int:
     """Start ``role``'s containers detached and wait until each answers; 0 when all do.
 
-    A multi-host role (``herd``, ``agent``) always uses host networking: its peers are other
-    hosts, which reach it at ``herd_host`` / its own address.
+    The plan has been checked (``checks.check_plan``); ``owners`` are its processes' ports,
+    which the containers listen on, and here they must be free on the host (with bridge
+    networking only the published ones). A multi-host role (``herd``, ``agent``) always uses
+    host networking: its peers are other hosts, which reach it at ``herd_host`` / its own address.
     """
     if not daemon_answers():
         err(f"devcluster: no Docker daemon answers (DOCKER_HOST={os.environ.get('DOCKER_HOST', 'unset')}): "
@@ -216,15 +199,10 @@ def start(workdir: Path, ports: HerdPorts, agents: dict[str, AgentPorts], *, rol
         err(f"devcluster: {', '.join(running)} already running (docker ps --filter name=kraken); "
              f"stop with `make docker_stop`")
         return 1
-    shared = shared_ports((c.name, port) for c in containers for port in c.ports)
-    if shared:
-        err("devcluster: not started: " + "; ".join(shared) + " (the ports come from examples/devcluster/"
-            "*_param.sh and the environment)")
-        return 1
-    busy = [BusyPort(c.name, port, port_holder(port)) for c in containers
-            for port in (c.ports if network == "host" else c.published) if not port_free(port)]
-    if busy:
-        err(busy_ports_message(busy, workdir, running_containers()))
+    published = {port for c in containers for port in c.published}
+    problem = busy_ports([(who, port) for who, port in owners if network == "host" or port in published], workdir)
+    if problem is not None:
+        err(problem)
         return 1
     ensure_images({c.role for c in containers})
     for c in containers:
@@ -235,6 +213,7 @@ def start(workdir: Path, ports: HerdPorts, agents: dict[str, AgentPorts], *, rol
         if r.returncode != 0:
             err(f"devcluster: cannot create network {NETWORK} ({subnet}; {SUBNET_ENV} picks another): {r.stderr}")
             return 1
+    workdir.mkdir(parents=True, exist_ok=True)
     write_state(workdir, {"mode": "docker", "containers": [c.name for c in containers], "workdir": str(workdir)})
     try:
         for c in containers:
@@ -267,20 +246,12 @@ def _print_endpoints(containers: list[Container], ports: HerdPorts, agents: dict
         out(f"ready: pull through localhost:{next(iter(agents.values())).registry}")
 
 
-def running_containers() -> list[str]:
-    """The Docker devcluster's running containers (none when no daemon answers)."""
-    if shutil.which("docker") is None:
-        return []
-    try:
-        r = docker("ps", "--filter", f"label={LABEL}", "--format", "{{.Names}}", timeout=10)
-    except subprocess.TimeoutExpired:
-        return []
-    return sorted(r.stdout.split()) if r.returncode == 0 else []
-
-
 def stop(names: list[str] | None = None) -> int:
     """Stop and remove ``names`` (default: every container this module started) and the
     bridge network if nothing uses it any more."""
+    if shutil.which("docker") is None:
+        out("devcluster: no docker CLI here, so no kraken containers")
+        return 0
     if names is None:
         names = docker("ps", "-a", "--filter", f"label={LABEL}", "--format", "{{.Names}}").stdout.split()
     present = [n for n in names if _state(n) != "missing"]

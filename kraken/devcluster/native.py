@@ -18,13 +18,12 @@ import time
 from pathlib import Path
 from typing import Any
 
-from kraken.devcluster import configcheck
 from kraken.devcluster import docker as dockermode
-from kraken.devcluster.advice import BusyPort, busy_ports_message
-from kraken.devcluster.net import endpoint_url, port_free, probe_ok
+from kraken.devcluster.checks import busy_ports, check_plan, scratch_dir
+from kraken.devcluster.net import endpoint_url, probe_ok
 from kraken.devcluster.params import CONFIG_ROOT, AgentPorts, HerdPorts
-from kraken.devcluster.plan import agent_processes, herd_processes, port_owners, shared_ports
-from kraken.devcluster.procfs import pid_alive, port_holder
+from kraken.devcluster.plan import REDIS_DIR, agent_processes, herd_processes, port_owners
+from kraken.devcluster.procfs import pid_alive
 from kraken.devcluster.state import (
     err,
     is_our_child,
@@ -50,42 +49,23 @@ def _endpoint(proc: Process) -> str:
 
 def plan(workdir: Path, ports: HerdPorts, agents: dict[str, AgentPorts], *, role: str = "all",
          herd_host: str = "127.0.0.1", config_name: str = "development", peer_ip: str = "",
-         config_dir: Path = CONFIG_ROOT, redis: bool = False, bind_address: str = "") -> list[Process]:
-    """The processes of ``role``, in start order, their overlays written (see ``cmd_start``)."""
+         config_dir: Path = CONFIG_ROOT, redis: bool = False, bind_address: str = "",
+         overlay_dir: Path | None = None) -> list[Process]:
+    """The processes of ``role``, in start order, their overlays written to ``overlay_dir``
+    (default ``workdir/config``; see ``cmd_start``). The Docker mode's containers run these
+    processes too, so both modes check this plan."""
     procs = []
     if role in ("all", "herd"):
-        procs += herd_processes(workdir, ports, config_name, host=herd_host, config_dir=config_dir, redis=redis)
+        procs += herd_processes(workdir, ports, config_name, host=herd_host, config_dir=config_dir, redis=redis,
+                                overlay_dir=overlay_dir)
     if bind_address:
         for proc in procs:
             if proc.component != "redis":
                 proc.bind(bind_address)
     if role in ("all", "agent"):
         procs += agent_processes(workdir, ports, agents, config_name, herd_host=herd_host, peer_ip=peer_ip,
-                                 config_dir=config_dir)
+                                 config_dir=config_dir, overlay_dir=overlay_dir)
     return procs
-
-
-def check_plan(procs: list[Process]) -> str | None:
-    """Why ``procs`` cannot start, whatever the ports' state: two components on one port, or a
-    config a component would refuse (naming the user's file and key); None when they can. The
-    Docker mode checks this on the host before it starts a container."""
-    shared = shared_ports(port_owners(procs))
-    if shared:
-        return ("devcluster: not started: " + "; ".join(shared) +
-                " (the ports come from examples/devcluster/*_param.sh and the environment)")
-    problems = configcheck.check(procs)
-    if problems:
-        return "devcluster: not started: config error\n" + "\n".join(f"  {p}" for p in problems)
-    return None
-
-
-def busy_ports(procs: list[Process], workdir: Path) -> str | None:
-    """Who holds the ports ``procs`` need and how to free them; None when all are free."""
-    busy = [BusyPort(who, port, port_holder(port)) for who, port in port_owners(procs) if not port_free(port)]
-    if not busy:
-        return None
-    in_containers = any(b.holder is not None and b.holder.container for b in busy)
-    return busy_ports_message(busy, workdir, dockermode.running_containers() if in_containers else ())
 
 
 class _StopFlag:
@@ -122,12 +102,22 @@ def cmd_start(workdir: Path, ports: HerdPorts, agents: dict[str, AgentPorts],
             f"stop it with {stop_hint(workdir)}")
         return 1
 
-    procs = plan(workdir, ports, agents, role=role, herd_host=herd_host, config_name=config_name, peer_ip=peer_ip,
-                 config_dir=config_dir, redis=redis, bind_address=bind_address)
-    problem = check_plan(procs) or busy_ports(procs, workdir)
+    def planned(overlay_dir: Path | None = None) -> list[Process]:
+        return plan(workdir, ports, agents, role=role, herd_host=herd_host, config_name=config_name,
+                    peer_ip=peer_ip, config_dir=config_dir, redis=redis, bind_address=bind_address,
+                    overlay_dir=overlay_dir)
+
+    with scratch_dir() as scratch:  # checked before anything is created: a refused start leaves no trace
+        procs = planned(scratch)
+        owners = port_owners(procs)
+        problem = check_plan(owners, procs) or busy_ports(owners, workdir)
     if problem is not None:
         err(problem)
         return 1
+    workdir.mkdir(parents=True, exist_ok=True)
+    procs = planned()
+    if redis:
+        (workdir / REDIS_DIR).mkdir(exist_ok=True)
 
     stop = _StopFlag()
     for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):

@@ -28,7 +28,7 @@ def write_overlay(path: Path, extends: Path, overrides: dict[str, Any]) -> Path:
 def herd_processes(
     workdir: Path, ports: HerdPorts, config_name: str = "development", max_replica: int = 1,
     overrides: dict[str, dict[str, Any]] | None = None, host: str = "127.0.0.1",
-    config_dir: Path = CONFIG_ROOT, redis: bool = False,
+    config_dir: Path = CONFIG_ROOT, redis: bool = False, overlay_dir: Path | None = None,
 ) -> list[Process]:
     """The herd (testfs, the origins, tracker, build-index, proxy) wired to each other at
     ``host``: the address they advertise, and the one agents on other hosts reach them at.
@@ -39,12 +39,13 @@ def herd_processes(
     the tracker's ``origin_p2p`` maps; all write back to the one testfs. ``overrides`` (by
     component) is merged into each process's overlay, e.g. shorter intervals for a test.
     ``redis`` runs a redis-server on ``ports.redis`` (local to the herd) as the tracker's peer
-    store, as the seed's herd does.
+    store, as the seed's herd does. The overlays go to ``overlay_dir`` (default
+    ``workdir/config``; a scratch directory while a start checks them).
     """
     from kraken.config import deep_merge  # here, not at the top: ``stop`` must work without PyYAML
 
     workdir = Path(workdir)
-    cfg = workdir / "config"
+    cfg = overlay_dir or workdir / "config"
     origin_addrs = [f"{host}:{port}" for port in ports.origins]
     ring = {"hosts": origin_addrs, "max_replica": max_replica}
     extra = overrides or {}
@@ -91,11 +92,14 @@ def herd_processes(
     ]
 
 
+#: The redis-server's directory under the work dir (made by the start that runs it).
+REDIS_DIR = "redis"
+
+
 def redis_process(workdir: Path, port: int) -> Process:
     """A redis-server for the tracker, on loopback only, keeping nothing on disk: peers
     re-announce every few seconds, so a restarted store refills itself."""
-    data = Path(workdir) / "redis"
-    data.mkdir(parents=True, exist_ok=True)
+    data = Path(workdir) / REDIS_DIR
     argv = [shutil.which("redis-server") or "redis-server", "--port", str(port), "--bind", "127.0.0.1",
             "--save", "", "--appendonly", "no", "--dir", str(data), "--daemonize", "no"]
     return Process("redis", "redis", port, None, Path(workdir) / "logs" / "redis.log", argv=argv)
@@ -104,21 +108,23 @@ def redis_process(workdir: Path, port: int) -> Process:
 def agent_processes(
     workdir: Path, ports: HerdPorts, agents: dict[str, AgentPorts], config_name: str = "development",
     overrides: dict[str, Any] | None = None, herd_host: str = "127.0.0.1", peer_ip: str = "",
-    config_dir: Path = CONFIG_ROOT,
+    config_dir: Path = CONFIG_ROOT, overlay_dir: Path | None = None,
 ) -> list[Process]:
     """Agents (one per entry of ``agents``, by name) pulling from the herd at ``herd_host``, ``ports``.
 
     Each has its store in ``workdir/<name>`` and talks to the herd's tracker and build-index.
     The ports are given as the agent's flags (``--port``, ``--server-port``, ``--peer-port``)
     rather than in the overlay, so its log shows them; its ``/health`` is on the server port.
-    ``overrides`` is merged into every agent's overlay.
+    ``overrides`` is merged into every agent's overlay, written to ``overlay_dir`` (default
+    ``workdir/config``).
     """
     from kraken.config import deep_merge  # here, not at the top: ``stop`` must work without PyYAML
 
     workdir = Path(workdir)
     procs = []
+    overlays = overlay_dir or workdir / "config"
     for name, agent in agents.items():
-        config = write_overlay(workdir / "config" / f"{name}.yaml", config_dir / "agent" / f"{config_name}.yaml",
+        config = write_overlay(overlays / f"{name}.yaml", config_dir / "agent" / f"{config_name}.yaml",
                                deep_merge({
                                    "store": {"root": str(workdir / name)},
                                    "tracker": {"addr": f"{herd_host}:{ports.tracker}"},

@@ -3,11 +3,17 @@ listens on a port and whether it runs in a container. Standard library only (``s
 from __future__ import annotations
 
 import os
+import re
 from dataclasses import dataclass
 from pathlib import Path
 
-#: Words in ``/proc/<pid>/cgroup`` that mark a container's process.
-_CONTAINER_CGROUPS = ("docker", "containerd", "libpod", "kubepods")
+#: A container's cgroup, as a process in it shows from the host: Docker's (cgroupfs
+#: ``/docker/<id>``, systemd ``docker-<id>.scope``), podman's, containerd's and Kubernetes'. Not
+#: a daemon's own service cgroup (``docker.service``, ``containerd.service``), so dockerd and
+#: docker-proxy are host processes.
+_CONTAINER_CGROUP = re.compile(
+    r"/docker/[0-9a-f]{12,}|docker-[0-9a-f]{12,}\.scope|libpod-[0-9a-f]{12,}\.scope"
+    r"|cri-containerd-[0-9a-f]{12,}\.scope|/containerd/|/kubepods")
 
 
 def cmdline(pid: int) -> str:
@@ -28,19 +34,21 @@ def pid_alive(pid: int) -> bool:
     return stat[stat.rfind(b")") + 2: stat.rfind(b")") + 3] not in (b"Z", b"X")
 
 
+def container_cgroup(cgroup: str, ours: str = "") -> bool:
+    """``cgroup`` (a ``/proc/<pid>/cgroup``) is a container's, and not the one we run in (when
+    the devcluster itself runs in a container, its neighbours there are not "in a container")."""
+    return cgroup != ours and _CONTAINER_CGROUP.search(cgroup) is not None
+
+
 def in_container(pid: int) -> bool:
-    """``pid`` runs in a container: its cgroup is a container runtime's, or its mount
-    namespace is not ours (a process of the Docker devcluster seen from the host)."""
+    """``pid`` runs in a container (its cgroup is a container's). Another mount namespace
+    alone says nothing: systemd's PrivateTmp services and snaps have one too."""
     try:
         cgroup = Path(f"/proc/{pid}/cgroup").read_text()
+        ours = Path("/proc/self/cgroup").read_text()
     except OSError:
         return False
-    if any(word in cgroup for word in _CONTAINER_CGROUPS):
-        return True
-    try:
-        return os.readlink(f"/proc/{pid}/ns/mnt") != os.readlink("/proc/self/ns/mnt")
-    except OSError:
-        return False
+    return container_cgroup(cgroup, ours)
 
 
 @dataclass(frozen=True)

@@ -8,6 +8,7 @@ against a deadline.
 """
 from __future__ import annotations
 
+import json
 import os
 import queue
 import re
@@ -34,9 +35,7 @@ from kraken.devcluster import (
     port_free,
     write_overlay,
 )
-from kraken.devcluster.advice import BusyPort, busy_ports_message
 from kraken.devcluster.params import agent_variable, ambiguous_overrides
-from kraken.devcluster.procfs import Holder
 from tests.support.ocigen import generate_oci_layout
 from tests.support.skopeo import assert_dir_matches_image, skopeo_copy, skopeo_pull_dir
 from tests.support.waiting import wait_until
@@ -221,9 +220,9 @@ def test_port_in_use_is_a_clear_error(tmp_path: Path, default_ports_free: None) 
     # How to free it: stop that process (it is no devcluster), or move the component.
     assert f"kill {os.getpid()}" in out and "examples/devcluster/*_param.sh" in out, out
     assert "devcluster-stop" not in out and "docker_stop" not in out, out
-    # Nothing was started: every other port stayed free, and no log was written.
+    # Nothing was started: every other port stayed free, and nothing was written.
     assert not _busy_ports(), _busy_ports()
-    assert not list((tmp_path / "dc" / "logs").glob("*.log"))
+    assert not (tmp_path / "dc").exists()
 
 
 @pytest.mark.parametrize("mode, message", [
@@ -283,7 +282,7 @@ def test_a_bad_parameter_file_is_a_clear_error(tmp_path: Path) -> None:
         dc.cleanup()
     expected = rf"devcluster: {re.escape(str(agent_two))}: AGENT_PEER_PORT='x\d+' is not a port"
     assert re.search(expected, dc.output), dc.output
-    assert "ready:" not in dc.output and not list((tmp_path / "dc" / "logs").glob("*.log")), dc.output
+    assert "ready:" not in dc.output and not (tmp_path / "dc").exists(), dc.output
 
 
 def _start(tmp_path: Path, *args: str, **env: str) -> subprocess.CompletedProcess[str]:
@@ -300,7 +299,7 @@ def test_a_generic_agent_port_in_the_environment_is_refused(tmp_path: Path) -> N
     assert r.returncode == 1, r.stdout + r.stderr
     assert "AGENT_REGISTRY_PORT=18000 in the environment would apply to every agent (agent-one, agent-two)" in r.stderr
     assert "AGENT_ONE_REGISTRY_PORT=18000 or AGENT_TWO_REGISTRY_PORT=18000" in r.stderr, r.stderr
-    assert "Traceback" not in r.stderr and not list((tmp_path / "dc").glob("logs/*.log"))
+    assert "Traceback" not in r.stderr and not (tmp_path / "dc").exists()
 
 
 def test_each_agent_has_its_own_environment_names(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -321,7 +320,7 @@ def test_two_components_on_one_port_are_refused_before_starting(tmp_path: Path) 
     assert "port 16000 is given to both agent-one (registry) and agent-two (registry)" in r.stderr, r.stderr
     r = _start(tmp_path, PROXY_PORT="14000")
     assert "port 14000 is given to both testfs and proxy" in r.stderr, r.stderr
-    assert not list((tmp_path / "dc").glob("logs/*.log"))
+    assert not (tmp_path / "dc").exists()  # checked before anything is created
 
 
 def test_a_config_error_names_the_users_file_and_key(tmp_path: Path) -> None:
@@ -333,43 +332,24 @@ def test_a_config_error_names_the_users_file_and_key(tmp_path: Path) -> None:
     assert r.returncode == 1, r.stdout + r.stderr
     assert f"agent-one: {edited}: download.fallback_afterr: unknown key" in r.stderr, r.stderr
     assert str(tmp_path / "dc" / "config") not in r.stderr, r.stderr  # not the generated overlay
-    assert not list((tmp_path / "dc").glob("logs/*.log"))
+    assert "kraken-devcluster-check-" not in r.stderr, r.stderr  # nor the scratch copy it checked
+    assert not (tmp_path / "dc").exists()  # checked before anything is created
 
 
-# ---- the messages, without processes ---------------------------------------------------------
-
-HERD_IN_CONTAINER = Holder(4242, "/opt/kraken/bin/python -m kraken origin --config /var/cache/kraken/herd/config/"
-                                 "origin.yaml --port 15002", container=True)
-
-
-def test_ports_held_by_the_docker_devcluster_name_make_docker_stop() -> None:
-    busy = [BusyPort("origin", 15002, HERD_IN_CONTAINER), BusyPort("proxy", 15000, HERD_IN_CONTAINER)]
-    msg = busy_ports_message(busy, Path("/tmp/kraken-devcluster"), ["kraken-agent-one", "kraken-herd"])
-    assert msg.startswith("devcluster: ports 15002 (origin), 15000 (proxy) are already in use by pid 4242 ("), msg
-    assert "the Docker devcluster holds 15002, 15000 (containers kraken-agent-one, kraken-herd): " \
-           "stop it with `make docker_stop`" in msg, msg
-    # Not the paths inside the containers, not their PIDs.
-    assert "devcluster-stop" not in msg and "/var/cache/kraken/herd" not in msg.split("To free")[1], msg
-    assert "kill" not in msg, msg
-
-
-def test_ports_held_by_a_native_devcluster_name_its_work_dir() -> None:
-    holder = Holder(77, f"{sys.executable} -m kraken proxy --config /srv/dc/config/proxy.yaml --port 15000")
-    msg = busy_ports_message([BusyPort("proxy", 15000, holder)], Path("/tmp/kraken-devcluster"))
-    assert "a native devcluster (work dir /srv/dc) holds 15000: stop it with `make devcluster-stop " \
-           "DEVCLUSTER_DIR=/srv/dc`" in msg, msg
-    assert "docker_stop" not in msg and "kill" not in msg, msg
-
-
-def test_a_port_held_by_an_unknown_process() -> None:
-    msg = busy_ports_message([BusyPort("tracker", 15003, None)], Path("/tmp/kraken-devcluster"))
-    assert "port 15003 (tracker) is already in use by another process" in msg
-    assert "`make devcluster-stop`" in msg and "ss -ltnp 'sport = :15003'" in msg, msg
-
-
-def test_a_container_that_is_not_the_devcluster() -> None:
-    msg = busy_ports_message([BusyPort("proxy", 15000, HERD_IN_CONTAINER)], Path("/tmp/kraken-devcluster"), [])
-    assert "a container holds 15000: find it with `docker ps`" in msg and "docker_stop" not in msg, msg
+@pytest.mark.parametrize("mode, kept", [("native", True), ("docker", False)])
+def test_docker_stop_forgets_only_a_docker_devclusters_state(tmp_path: Path, mode: str, kept: bool) -> None:
+    # make docker_stop with a native devcluster's work dir: that devcluster's state must stay,
+    # or make devcluster-stop could no longer find its supervisor.
+    state = tmp_path / "dc" / "devcluster.json"
+    state.parent.mkdir()
+    state.write_text(json.dumps({"mode": mode, "supervisor": -1, "containers": [], "processes": {}}))
+    r = subprocess.run(
+        [sys.executable, "-m", "kraken.devcluster", "stop", "--docker", "--workdir", str(state.parent)],
+        env=_env(), cwd=REPO_ROOT, capture_output=True, text=True, timeout=EXIT_TIMEOUT, check=False,
+    )
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert state.exists() == kept, r.stdout + r.stderr
+    assert ("make devcluster-stop" in r.stdout) == kept, r.stdout
 
 
 def test_log_tail_shows_only_this_runs_lines(tmp_path: Path) -> None:
@@ -393,6 +373,6 @@ def test_a_config_error_is_traced_to_the_file_that_sets_the_key(tmp_path: Path) 
     assert configcheck.explain(f"{overlay}: registry.tls: unknown key", overlay) == \
         f"{user.parent / 'base.yaml'}: registry.tls: unknown key"
     assert configcheck.explain(f"{overlay}: store.root: bad", overlay) == \
-        f"{user}: store.root: bad (a value the devcluster sets in {overlay})"
+        f"{user}: store.root: bad (a value the devcluster itself sets)"
     assert configcheck.explain(f"{overlay}: origins: required key is missing", overlay) == \
         f"{user}: origins: required key is missing"

@@ -40,6 +40,7 @@ from kraken.http.errors import ErrorTable, json_error
 from kraken.http.health import check
 from kraken.http.names import check_namespace
 from kraken.http.server import Site, site
+from kraken.http.tls import trust_tracker_ca
 from kraken.log import get_logger
 from kraken.metrics import Metrics
 from kraken.origin.client import OriginCluster
@@ -104,8 +105,9 @@ class Agent:
         async with contextlib.AsyncExitStack() as stack:
             quarantined = metrics.counter("kraken_agent_blobs_quarantined_total", QUARANTINED_HELP)
             cas = await asyncio.to_thread(CAStore, root, False, quarantined)
-            http = create_client(config.http_client)
+            http = create_client(config.http_client, config.tls)
             stack.push_async_callback(http.close)
+            trust_tracker_ca(config.tls, root)
             session = await P2PSession.start(config.p2p, metrics, role="agent")
             stack.push_async_callback(session.close)
             tracker = TrackerClient(config.tracker.addr, http, config.download.metainfo_timeout)
@@ -206,7 +208,8 @@ def sites(config: AgentConfig) -> list[Site]:
     """The registry and the agent server, over one :class:`Agent` (the registry first: its
     cleanup context starts the agent)."""
     agent = Agent(config)
-    return [site(agent.registry_app(), config.listen), site(agent.server_app(), config.server)]
+    return [site(agent.registry_app(), config.listen, config.tls),
+            site(agent.server_app(), config.server, config.tls)]
 
 
 def _unavailable(what: str, error: Exception) -> web.Response:

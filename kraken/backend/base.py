@@ -17,7 +17,7 @@ from pathlib import Path
 
 from kraken.config import Secret
 from kraken.core.digest import Digest, hash_file
-from kraken.http.config import HttpClientConfig
+from kraken.http.config import HttpClientConfig, TLSConfig
 
 #: One credential set of the ``auth:`` section: field name -> secret
 #: (e.g. ``{access_key_id: ..., secret_access_key: ...}``).
@@ -37,12 +37,14 @@ class BackendContext:
 
     ``credentials`` holds this kind's credential sets from the ``auth:`` section (normally the
     ``--secrets`` file), by set name: ``auth: {s3: {team-a: {...}}}`` gives an s3 backend
-    ``{"team-a": {...}}``. Kinds that need none ignore it. ``http_client`` is the component's
-    ``http_client:`` section, for kinds that speak HTTP.
+    ``{"team-a": {...}}``. Kinds that need none ignore it. ``http_client`` and ``tls`` are the
+    component's ``http_client:`` and ``tls:`` sections, for kinds that call a Kraken service
+    (testfs).
     """
 
     credentials: Mapping[str, Credentials] = field(default_factory=dict)
     http_client: HttpClientConfig = field(default_factory=HttpClientConfig)
+    tls: TLSConfig = field(default_factory=TLSConfig)
 
 
 class BackendNotFound(Exception):

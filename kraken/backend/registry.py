@@ -75,5 +75,6 @@ class BackendRegistry:
 
 
 BACKENDS = BackendRegistry()
-BACKENDS.register("testfs", TestfsBackendConfig, lambda config, context: TestfsBackend(config, context.http_client))
+BACKENDS.register("testfs", TestfsBackendConfig,
+                  lambda config, context: TestfsBackend(config, context.http_client, context.tls))
 BACKENDS.register("file", FileBackendConfig, lambda config, context: FileBackend(config))

@@ -13,7 +13,7 @@ from contextlib import AsyncExitStack
 from kraken.backend.base import Backend, BackendContext, BackendError, Credentials
 from kraken.backend.config import BackendConfig, NamespaceBackendConfig
 from kraken.backend.registry import BACKENDS
-from kraken.http.config import HttpClientConfig
+from kraken.http.config import HttpClientConfig, TLSConfig
 from kraken.log import get_logger
 
 log = get_logger("kraken.backend")
@@ -23,11 +23,12 @@ Auth = Mapping[str, Mapping[str, Credentials]]
 
 
 def create_backend(config: BackendConfig, auth: Auth | None = None,
-                   http_client: HttpClientConfig | None = None) -> Backend:
+                   http_client: HttpClientConfig | None = None, tls: TLSConfig | None = None) -> Backend:
     """Build the backend ``config`` describes, with its kind's credential sets from ``auth``
-    and the component's ``http_client`` settings (inside a running loop: it may open a client)."""
+    and the component's ``http_client`` and ``tls`` settings (inside a running loop: it may
+    open a client)."""
     context = BackendContext(credentials=(auth or {}).get(config.kind, {}),
-                             http_client=http_client or HttpClientConfig())
+                             http_client=http_client or HttpClientConfig(), tls=tls or TLSConfig())
     return BACKENDS.get(config.kind).factory(config.config, context)
 
 
@@ -56,13 +57,13 @@ class BackendRouter:
 
 
 async def build_router(configs: list[NamespaceBackendConfig], auth: Auth | None = None,
-                       http_client: HttpClientConfig | None = None) -> BackendRouter:
+                       http_client: HttpClientConfig | None = None, tls: TLSConfig | None = None) -> BackendRouter:
     """One backend per entry (inside a running loop); when one cannot be built, those built
     before it are closed before the error propagates."""
     routes = []
     async with AsyncExitStack() as stack:
         for entry in configs:
-            backend = create_backend(entry.backend, auth, http_client)
+            backend = create_backend(entry.backend, auth, http_client, tls)
             stack.push_async_callback(backend.close)
             routes.append((re.compile(entry.namespace), backend))
             log.info("backend configured", namespace=entry.namespace, kind=entry.backend.kind)

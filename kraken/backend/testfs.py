@@ -18,7 +18,7 @@ from kraken.backend.base import Backend, BackendError, BackendNotFound, BlobInfo
 from kraken.backend.namepath import NamePathKind, ObjectLayout
 from kraken.backend.testfs_client import TestfsClient, TestfsNotFound
 from kraken.http.client import HTTPStatusError, create_client
-from kraken.http.config import HttpClientConfig
+from kraken.http.config import HttpClientConfig, TLSConfig
 
 
 @dataclass
@@ -37,10 +37,11 @@ class TestfsBackend(Backend):
 
     __test__ = False  # not a pytest test class despite the name
 
-    def __init__(self, config: TestfsBackendConfig, http_config: HttpClientConfig) -> None:
+    def __init__(self, config: TestfsBackendConfig, http_config: HttpClientConfig,
+                 tls: TLSConfig | None = None) -> None:
         self.addr = config.addr
         self.layout = ObjectLayout(config.root, config.name_path)
-        self.http = create_client(http_config)
+        self.http = create_client(http_config, tls)
         self.client = TestfsClient(config.addr, self.http)
 
     @contextmanager

@@ -35,6 +35,7 @@ from kraken.http.app import create_app
 from kraken.http.client import HTTPStatusError, create_client
 from kraken.http.errors import ErrorTable, JsonError
 from kraken.http.server import Site, site
+from kraken.http.tls import ClientAuth
 from kraken.log import get_logger
 from kraken.metrics import Metrics
 from kraken.origin.client import BlobNotFound, BlobNotReady, OriginCluster
@@ -141,9 +142,9 @@ class BuildIndex:
         what already started; closed in reverse order at shutdown."""
         config = self.config
         async with AsyncExitStack() as stack:
-            router = await build_router(config.backends, config.auth, config.http_client)
+            router = await build_router(config.backends, config.auth, config.http_client, config.tls)
             stack.push_async_callback(router.close)
-            http = create_client(config.http_client)
+            http = create_client(config.http_client, config.tls)
             stack.push_async_callback(http.close)
             self._running = _Running(router, TagStore(Path(config.store.root), router, config.cache_ttl),
                                      OriginCluster(config.origins, http))
@@ -219,4 +220,4 @@ def create_buildindex_app(config: BuildIndexConfig) -> web.Application:
 
 
 def sites(config: BuildIndexConfig) -> list[Site]:
-    return [site(create_buildindex_app(config), config.listen)]
+    return [site(create_buildindex_app(config), config.listen, config.tls, ClientAuth.REQUIRED)]

@@ -7,8 +7,10 @@ from __future__ import annotations
 
 import random
 import socket
+import ssl
 import urllib.error
 import urllib.request
+from dataclasses import dataclass
 from pathlib import Path
 
 from kraken.http.urls import service_url
@@ -83,23 +85,46 @@ def redis_probe(port: int) -> str:
     return f"redis://127.0.0.1:{port}"
 
 
-def probe_ok(probe: str) -> bool:
-    """A process's probe: an HTTP URL that must answer 200, or ``redis://127.0.0.1:<port>``."""
+@dataclass(frozen=True)
+class ProbeTLS:
+    """How to probe a process that serves HTTPS: the cluster CA, and the client certificate
+    and key to present (processes requiring one leave ``/health`` open, so they are optional)."""
+
+    ca: str
+    cert: str = ""
+    key: str = ""
+
+    def context(self) -> ssl.SSLContext:
+        """Verifies the chain against ``ca`` only. Not the host name: the probe dials loopback,
+        which names the certificate carries is the clients' concern (they check ``tls.name``)."""
+        ctx = ssl.create_default_context(ssl.Purpose.SERVER_AUTH, cafile=self.ca)
+        ctx.check_hostname = False
+        if self.cert:
+            ctx.load_cert_chain(self.cert, self.key or None)
+        return ctx
+
+
+def probe_ok(probe: str, tls: ProbeTLS | None = None) -> bool:
+    """A process's probe: an HTTP(S) URL that must answer 200, or ``redis://127.0.0.1:<port>``."""
     if probe.startswith("redis://"):
         return redis_ok(int(probe.rsplit(":", 1)[1]))
-    return http_ok(probe)
+    return http_ok(probe, tls=tls)
 
 
-def http_ok(url: str, timeout: float = 1.0) -> bool:
+def http_ok(url: str, timeout: float = 1.0, tls: ProbeTLS | None = None) -> bool:
     """GET ``url`` directly (never through an ``http_proxy`` from the environment): 200?"""
+    opener = _NO_PROXY_OPENER
+    if tls is not None:
+        opener = urllib.request.build_opener(urllib.request.ProxyHandler({}),
+                                             urllib.request.HTTPSHandler(context=tls.context()))
     try:
-        with _NO_PROXY_OPENER.open(url, timeout=timeout) as resp:
+        with opener.open(url, timeout=timeout) as resp:
             return bool(resp.status == 200)
     except (urllib.error.URLError, ConnectionError, TimeoutError, OSError):
         return False
 
 
-def endpoint_url(host: str, port: int, path: str) -> str:
+def endpoint_url(host: str, port: int, path: str, *, secure: bool = False) -> str:
     """The URL of ``path`` on a devcluster process at ``host:port`` (through kraken.http.urls,
     which decides the scheme)."""
-    return service_url(f"{host}:{port}", path)
+    return service_url(f"{host}:{port}", path, secure=secure)

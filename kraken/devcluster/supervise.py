@@ -15,7 +15,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from kraken.devcluster.net import endpoint_url, local_address, probe_ok, redis_probe
+from kraken.devcluster.net import ProbeTLS, endpoint_url, local_address, probe_ok, redis_probe
 from kraken.devcluster.params import REPO_ROOT
 from kraken.devcluster.procfs import port_holder
 
@@ -42,6 +42,8 @@ class Process:
     host: str = "127.0.0.1"
     #: Where this run's lines begin in ``log_path`` (the log is appended to across runs).
     log_offset: int = 0
+    #: Set when it serves HTTPS (its ``tls.server``): the probe's CA and client certificate.
+    tls: ProbeTLS | None = None
 
     def bind(self, address: str) -> None:
         """Listen on ``address`` only (``--host``; ``0.0.0.0``: every interface, the default)."""
@@ -54,11 +56,11 @@ class Process:
 
     @property
     def url(self) -> str:
-        return endpoint_url(self.host, self.port, "")
+        return endpoint_url(self.host, self.port, "", secure=self.tls is not None)
 
     @property
     def health_url(self) -> str:
-        return endpoint_url(self.host, self.health_port or self.port, "/health")
+        return endpoint_url(self.host, self.health_port or self.port, "/health", secure=self.tls is not None)
 
     @property
     def ports(self) -> list[int]:
@@ -70,7 +72,7 @@ class Process:
         return redis_probe(self.port) if self.component == "redis" else self.health_url
 
     def healthy(self) -> bool:
-        return probe_ok(self.probe)
+        return probe_ok(self.probe, self.tls)
 
     def command(self) -> list[str]:
         if self.argv is not None:

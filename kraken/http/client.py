@@ -6,7 +6,9 @@ requests whose body can be sent again (no body, or bytes). Streaming bodies are 
 
 The client also owns the scheme of the Kraken services it calls: every client of one
 (origin, build-index, tracker, testfs, the health probe, announce URLs) builds its URLs with
-:meth:`HttpClient.url` / :meth:`HttpClient.base`, so turning TLS on changes this module only.
+:meth:`HttpClient.url` / :meth:`HttpClient.base`, so turning TLS on changes this module only:
+with the component's ``tls:`` section calling over TLS, every URL is ``https`` and every
+request is verified against ``tls.cas`` and ``tls.name`` (:mod:`kraken.http.tls`).
 """
 from __future__ import annotations
 
@@ -16,8 +18,9 @@ from typing import Any
 
 import aiohttp
 
-from kraken.http.config import HttpClientConfig
+from kraken.http.config import HttpClientConfig, TLSConfig
 from kraken.http.errors import error_message
+from kraken.http.tls import client_context
 from kraken.http.urls import base_url
 from kraken.log import get_logger
 
@@ -37,27 +40,31 @@ class HTTPStatusError(Exception):
         super().__init__(f"{method} {url}: HTTP {status}: {self.message[:500]}")
 
 
-def create_client(config: HttpClientConfig) -> HttpClient:
-    """The one way Kraken makes an HTTP client: from a component's ``http_client:`` section.
-    Call it inside a running loop; ``close()`` the client."""
-    return HttpClient(config)
+def create_client(config: HttpClientConfig, tls: TLSConfig | None = None) -> HttpClient:
+    """The one way Kraken makes an HTTP client: from a component's ``http_client:`` and
+    ``tls:`` sections. Call it inside a running loop; ``close()`` the client."""
+    return HttpClient(config, tls)
 
 
 class HttpClient:
     """Owns one aiohttp session; made by :func:`create_client`."""
 
-    def __init__(self, config: HttpClientConfig) -> None:
+    def __init__(self, config: HttpClientConfig, tls: TLSConfig | None = None) -> None:
         self.config = config
-        #: Whether Kraken's services are called over TLS. Always False: the ``tls:`` section
-        #: refuses any certificate or CA until TLS is implemented; then it is set here from
-        #: that section, with the connector's ``ssl`` context.
-        self.secure = False
+        context = client_context(tls) if tls is not None else None
+        #: Whether Kraken's services are called over TLS (``tls.cas`` given, ``tls.client``
+        #: not disabled); then every request carries the context and ``tls.name``.
+        self.secure = context is not None
+        self._tls: dict[str, Any] = {}
+        if context is not None:
+            assert tls is not None
+            self._tls = {"ssl": context, **({"server_hostname": tls.name} if tls.name else {})}
         timeout = aiohttp.ClientTimeout(
             total=self.config.total_timeout,
             sock_connect=self.config.connect_timeout,
             sock_read=self.config.read_timeout,
         )
-        connector = aiohttp.TCPConnector(limit=self.config.max_connections)
+        connector = aiohttp.TCPConnector(limit=self.config.max_connections, ssl=context or True)
         self.session = aiohttp.ClientSession(
             connector=connector, timeout=timeout, auto_decompress=False, read_bufsize=self.config.read_buffer
         )
@@ -81,6 +88,8 @@ class HttpClient:
         Raises :class:`HTTPStatusError` for any other status, after retrying transient
         failures when the body can be replayed.
         """
+        if self._tls and url.startswith("https:"):
+            kwargs = {**self._tls, **kwargs}
         replayable = retry and not _is_stream(kwargs.get("data"))
         attempts = 1 + (self.config.retries if replayable else 0)
         for attempt in range(attempts):

@@ -1,7 +1,7 @@
 """The YAML sections of Kraken's HTTP stack that every component shares: ``http:`` (limits of
 its servers), ``http_client:`` (how it calls other components and storage) and ``tls:``
-(Kraken's shape, parsed now so configs have their place; turning it on is refused until TLS
-is implemented).
+(Kraken's shape: the CAs, the server certificate a component serves HTTPS with and the client
+certificate it presents to the others; the SSL contexts are built in :mod:`kraken.http.tls`).
 """
 from __future__ import annotations
 
@@ -95,7 +95,8 @@ class SecretFile:
 
 @dataclass
 class X509Pair:
-    """A certificate and its key (``tls.client``, ``tls.server``)."""
+    """A certificate and its key (``tls.client``, ``tls.server``); ``passphrase`` names the
+    file holding the key's passphrase when the key is encrypted."""
 
     disabled: bool = False
     cert: SecretFile = field(default_factory=SecretFile)
@@ -103,15 +104,31 @@ class X509Pair:
     passphrase: SecretFile = field(default_factory=SecretFile)
 
     def configured(self) -> bool:
-        return not self.disabled and bool(self.cert.path or self.key.path or self.passphrase.path)
+        """A certificate is given and not disabled."""
+        return not self.disabled and bool(self.cert.path)
+
+    def check(self, which: str) -> None:
+        if self.disabled:
+            return
+        if bool(self.cert.path) != bool(self.key.path):
+            raise ValueError(f"tls.{which}: cert and key go together")
+        if self.passphrase.path and not self.key.path:
+            raise ValueError(f"tls.{which}: a passphrase without a key")
 
 
 @dataclass
 class TLSConfig:
-    """Kraken's ``tls:`` section: the server name to verify, the CAs, and the client and
-    server certificates. Parsed so every component's config has its place; any certificate
-    or CA given is refused at start, since nothing serves or verifies TLS yet (plain HTTP
-    with a TLS section would silently send what the operator meant to protect)."""
+    """Kraken's ``tls:`` section: the server name clients verify, the CAs, and the client and
+    server certificates.
+
+    - ``server`` with a certificate: the component serves HTTPS. With ``cas`` as well, the
+      internal components (origin, build-index, testfs, the tracker but for its announces)
+      require a client certificate those CAs signed.
+    - ``cas`` (and ``client`` not disabled): every call to another Kraken component is HTTPS,
+      trusting only ``cas`` (never the system bundle), checking the server's certificate
+      against ``name`` (or the host dialled when ``name`` is empty), and presenting the
+      ``client`` certificate when one is given.
+    """
 
     name: str = ""
     cas: list[SecretFile] = field(default_factory=list)
@@ -119,5 +136,25 @@ class TLSConfig:
     server: X509Pair = field(default_factory=X509Pair)
 
     def __post_init__(self) -> None:
-        if self.cas or self.client.configured() or self.server.configured():
-            raise ValueError("tls is not supported yet: remove the tls certificates and CAs")
+        self.client.check("client")
+        self.server.check("server")
+        if any(not ca.path for ca in self.cas):
+            raise ValueError("tls.cas: every entry needs a path")
+        if self.client.configured() and not self.cas:
+            # A client certificate with no CA to verify the server by would send it to anyone.
+            raise ValueError("tls.client: a client certificate needs tls.cas to verify servers")
+
+    @property
+    def serves(self) -> bool:
+        """The component serves HTTPS."""
+        return self.server.configured()
+
+    @property
+    def calls(self) -> bool:
+        """Calls to other Kraken components are HTTPS."""
+        return bool(self.cas) and not self.client.disabled
+
+    @property
+    def verifies_clients(self) -> bool:
+        """A server that can verify client certificates (it serves HTTPS and has CAs)."""
+        return self.serves and bool(self.cas)

@@ -30,6 +30,7 @@ import dataclasses
 import resource
 import signal
 import socket
+import ssl
 import struct
 import sys
 from collections.abc import Sequence
@@ -39,8 +40,9 @@ from aiohttp import web
 from aiohttp.web_protocol import RequestHandler
 
 from kraken.config import ListenConfig
-from kraken.http.app import METRICS
-from kraken.http.config import HttpServerConfig
+from kraken.http.app import COMPONENT, METRICS
+from kraken.http.config import HttpServerConfig, TLSConfig
+from kraken.http.tls import ClientAuth, checks_clients, client_cert_guard, server_context
 from kraken.log import get_logger
 from kraken.metrics import Metrics
 from kraken.tasks import TaskOwner
@@ -49,9 +51,10 @@ if sys.platform == "linux":
     import fcntl
     import termios
 
-#: One listening app: ``(app, host, port)``. Each component's ``server.py`` has
-#: ``sites(config) -> list[Site]``, which its ``__main__`` hands to :func:`serve`.
-Site = tuple[web.Application, str, int]
+#: One listening app: ``(app, host, port, ssl context or None for plain HTTP)``. Each
+#: component's ``server.py`` has ``sites(config) -> list[Site]``, which its ``__main__`` hands
+#: to :func:`serve`.
+Site = tuple[web.Application, str, int, ssl.SSLContext | None]
 
 HEADER_TIMEOUT = "header_timeout"
 BODY_TIMEOUT = "body_timeout"
@@ -206,13 +209,20 @@ class _GuardedRunner(web.AppRunner):
         )
 
 
-def site(app: web.Application, listen: ListenConfig) -> Site:
-    """``app`` on a ``listen: {host, port}`` section."""
-    return app, listen.host, listen.port
+def site(app: web.Application, listen: ListenConfig, tls: TLSConfig | None = None,
+         clients: ClientAuth = ClientAuth.NONE, open_routes: tuple[str, ...] = ()) -> Site:
+    """``app`` on a ``listen: {host, port}`` section, over HTTPS when ``tls.server`` has a
+    certificate. With ``clients`` REQUIRED and ``tls.cas``, every route but ``open_routes``
+    (see :func:`~kraken.http.tls.client_cert_guard`) needs a client certificate."""
+    if tls is None:
+        return app, listen.host, listen.port, None
+    if checks_clients(tls, clients):
+        app.middlewares.append(client_cert_guard(app[COMPONENT], open_routes))
+    return app, listen.host, listen.port, server_context(tls, clients)
 
 
 async def serve(sites: Sequence[Site], component: str, limits: HttpServerConfig) -> None:
-    """Run every ``(app, host, port)`` until SIGINT/SIGTERM, then clean them all up (their
+    """Run every ``(app, host, port, ssl)`` until SIGINT/SIGTERM, then clean them all up (their
     cleanup hooks run). If one cannot listen, the ones already started are cleaned up too.
 
     Sites start in order and are cleaned up in reverse, so a service the first app's cleanup
@@ -226,14 +236,15 @@ async def serve(sites: Sequence[Site], component: str, limits: HttpServerConfig)
         loop.add_signal_handler(sig, stop.set)
     limits = _fit_descriptor_limit(component_log, limits, len(sites))
     try:
-        for app, host, port in sites:
+        for app, host, port, ssl_context in sites:
             runner = _GuardedRunner(app, limits, port)
             await runner.setup()
             runners.append(runner)
-            await web.TCPSite(runner, host, port, reuse_address=True).start()
+            await web.TCPSite(runner, host, port, reuse_address=True, ssl_context=ssl_context).start()
             assert isinstance(runner.server, GuardedServer)
             watchdogs.spawn(runner.server.watch(), f"watchdog-{port}")
-            component_log.info("listening", host=host, port=port, max_connections=limits.max_connections)
+            component_log.info("listening", host=host, port=port, tls=ssl_context is not None,
+                               max_connections=limits.max_connections)
         await stop.wait()
         component_log.info("shutting down")
     finally:

@@ -12,6 +12,7 @@ from kraken.http.app import create_app
 from kraken.http.errors import ErrorTable, json_error
 from kraken.http.names import check_namespace
 from kraken.http.server import Site, site
+from kraken.http.tls import ClientAuth
 from kraken.log import get_logger
 from kraken.metrics import Metrics
 from kraken.origin.config import OriginConfig
@@ -200,4 +201,4 @@ def create_origin_app(config: OriginConfig) -> web.Application:
 
 
 def sites(config: OriginConfig) -> list[Site]:
-    return [site(create_origin_app(config), config.listen)]
+    return [site(create_origin_app(config), config.listen, config.tls, ClientAuth.REQUIRED)]

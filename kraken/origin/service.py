@@ -38,6 +38,7 @@ from kraken.backend import build_router
 from kraken.core.digest import Digest
 from kraken.core.metainfo import EmptyBlobError, generate_metainfo, piece_length_for
 from kraken.http.client import HttpClient, create_client
+from kraken.http.tls import trust_tracker_ca
 from kraken.log import get_logger
 from kraken.metrics import Metrics
 from kraken.origin.cleanup import OriginCleanup
@@ -174,9 +175,9 @@ class OriginService:
         async with AsyncExitStack() as stack:
             quarantined = metrics.counter("kraken_origin_blobs_quarantined_total", QUARANTINED_HELP)
             store = await asyncio.to_thread(CAStore, root, True, quarantined)
-            router = await build_router(config.backends, config.auth, config.http_client)
+            router = await build_router(config.backends, config.auth, config.http_client, config.tls)
             stack.push_async_callback(router.close)
-            http = create_client(config.http_client)
+            http = create_client(config.http_client, config.tls)
             stack.push_async_callback(http.close)
             writeback_queue = await PersistedQueue.open(root / "writeback.db")
             stack.push_async_callback(writeback_queue.close)
@@ -195,6 +196,7 @@ class OriginService:
             stack.callback(setattr, self, "_running", None)
             # First: an origin that cannot listen for peers fails to start (agents are sent to
             # that port by the tracker) before it has started any other work.
+            trust_tracker_ca(config.tls, root)
             self.p2p = await P2PSession.start(config.p2p, metrics, role="origin")
             stack.push_async_callback(self._close_p2p, self.p2p)
             self.p2p.on_seed_corrupt = self._seed_corrupt

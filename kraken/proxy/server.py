@@ -27,7 +27,7 @@ def create_proxy_app(config: ProxyConfig) -> web.Application:
     metrics = Metrics(COMPONENT)
     manifests = ManifestCache(Path(config.store.root) / "manifests", config.manifest_cache_size)
     storage = ProxyStorage(config.origins, config.build_index.addr, ProxyMetrics(metrics), manifests,
-                           config.http_client)
+                           config.http_client, config.tls)
     staging = CAStore(config.store.root, durable=False)  # the origin keeps the durable copy
     app = create_app(COMPONENT, metrics, readiness=storage.readiness)
 
@@ -50,7 +50,7 @@ def create_proxy_app(config: ProxyConfig) -> web.Application:
 def sites(config: ProxyConfig) -> list[Site]:
     """The proxy serves the registry API only: its errors are OCI error JSON, so its app has
     no error table of its own (:mod:`kraken.registry.errors`)."""
-    return [site(create_proxy_app(config), config.listen)]
+    return [site(create_proxy_app(config), config.listen, config.tls)]
 
 
 async def _clear_staging(staging: CAStore) -> None:

@@ -21,7 +21,7 @@ from prometheus_client import Counter
 from kraken.buildindex.client import BuildIndexClient, ReferrerRefused, TagReferenceError
 from kraken.core.digest import Digest
 from kraken.http.client import HttpClient, create_client
-from kraken.http.config import HttpClientConfig
+from kraken.http.config import HttpClientConfig, TLSConfig
 from kraken.http.health import check, check_any
 from kraken.log import get_logger
 from kraken.metrics import Metrics
@@ -88,9 +88,10 @@ class ProxyStorage(RegistryStorage):
     and closes them."""
 
     def __init__(self, origins: RingConfig, build_index_addr: str, metrics: ProxyMetrics,
-                 manifests: ManifestCache, http_config: HttpClientConfig) -> None:
+                 manifests: ManifestCache, http_config: HttpClientConfig, tls: TLSConfig | None = None) -> None:
         self._origins_config = origins
         self._http_config = http_config
+        self._tls = tls
         self.manifests = manifests
         self._build_index_addr = build_index_addr
         self.metrics = metrics
@@ -101,7 +102,7 @@ class ProxyStorage(RegistryStorage):
         already started."""
         async with AsyncExitStack() as stack:
             await self.manifests.start()
-            http = create_client(self._http_config)
+            http = create_client(self._http_config, self._tls)
             stack.push_async_callback(http.close)
             self._running = _Running(http, OriginCluster(self._origins_config, http),
                                      BuildIndexClient(self._build_index_addr, http))

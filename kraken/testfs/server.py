@@ -23,6 +23,7 @@ from kraken.http.app import create_app
 from kraken.http.errors import ErrorTable, JsonError
 from kraken.http.files import write_file
 from kraken.http.server import Site, site
+from kraken.http.tls import ClientAuth
 from kraken.log import get_logger
 from kraken.testfs.config import TestfsConfig
 
@@ -141,4 +142,4 @@ def create_testfs_app(config: TestfsConfig) -> web.Application:
 
 
 def sites(config: TestfsConfig) -> list[Site]:
-    return [site(create_testfs_app(config), config.listen)]
+    return [site(create_testfs_app(config), config.listen, config.tls, ClientAuth.REQUIRED)]

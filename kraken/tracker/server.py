@@ -17,6 +17,7 @@ from kraken.http.app import create_app
 from kraken.http.errors import ErrorTable, json_error
 from kraken.http.names import check_namespace
 from kraken.http.server import Site, site
+from kraken.http.tls import ClientAuth
 from kraken.metrics import Metrics
 from kraken.tracker.announce import AnnounceError, encode_failure, parse_announce, peer_ip
 from kraken.tracker.config import TrackerConfig
@@ -83,4 +84,7 @@ def create_tracker_app(config: TrackerConfig) -> web.Application:
 
 
 def sites(config: TrackerConfig) -> list[Site]:
-    return [site(create_tracker_app(config), config.listen)]
+    """With mTLS, announces stay open: libtorrent presents no client certificate for an
+    ordinary torrent (docs/SECURITY.md)."""
+    return [site(create_tracker_app(config), config.listen, config.tls, ClientAuth.REQUIRED,
+                 open_routes=("/announce", "/announce/"))]

@@ -71,7 +71,7 @@ class TrackerService:
         what already started; closed in reverse order at shutdown."""
         config = self.config
         async with AsyncExitStack() as stack:
-            http = create_client(config.http_client)
+            http = create_client(config.http_client, config.tls)
             stack.push_async_callback(http.close)
             store = open_store(config)
             stack.push_async_callback(store.close)

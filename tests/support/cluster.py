@@ -10,6 +10,7 @@ from typing import Any
 
 from kraken.core.digest import Digest
 from kraken.devcluster import AgentPorts, HerdPorts, Process, StartupError, Supervisor, agent_processes, herd_processes
+from kraken.devcluster.net import ProbeTLS
 from tests.support.waiting import wait_until
 
 
@@ -94,7 +95,7 @@ class ProxyRegistry:
 
 def start_herd(
     workdir: Path, origins: int = 1, max_replica: int = 1, attempts: int = 3, agents: int = 0,
-    overrides: dict[str, dict[str, Any]] | None = None,
+    overrides: dict[str, dict[str, Any]] | None = None, probe_tls: dict[str, ProbeTLS] | None = None,
 ) -> Herd:
     """A herd on free ports with ``origins`` origins on one ring, ``max_replica`` owners per
     blob, and ``agents`` agents (``agent-1``, ...) pulling from it.
@@ -102,7 +103,8 @@ def start_herd(
     ``overrides`` (by component, ``agent`` included) is merged into each process's config.
     A port found free can be taken by someone else before the component binds it (the ports
     are chosen up front because every component's config names the others'); such a start is
-    retried on fresh ports.
+    retried on fresh ports. ``probe_tls`` (by component) is how to probe the components
+    that serve HTTPS.
     """
     extra = overrides or {}
     for attempt in range(1, attempts + 1):
@@ -111,6 +113,8 @@ def start_herd(
         sup = Supervisor(workdir / f"attempt-{attempt}" if attempt > 1 else workdir)
         procs = [*herd_processes(sup.workdir, ports, max_replica=max_replica, overrides=extra),
                  *agent_processes(sup.workdir, ports, agent_ports, overrides=extra.get("agent"))]
+        for proc in procs:
+            proc.tls = (probe_tls or {}).get(proc.component)
         try:
             for proc in procs:
                 sup.start(proc)

@@ -220,12 +220,19 @@ def test_agent_http_client_keeps_its_defaults_for_keys_not_given(tmp_path: Path)
     assert (client.max_connections, client.connect_timeout, client.retries) == (10, 3.0, 2)
 
 
-def test_tls_section_is_parsed_but_enabling_it_is_refused(tmp_path: Path) -> None:
+def test_tls_section_has_krakens_shape_and_refuses_half_pairs(tmp_path: Path) -> None:
     from kraken.tracker.config import TrackerConfig
 
     path = tmp_path / "tracker.yaml"
-    path.write_text("tls: {name: kraken}\n")
-    assert load_config(TrackerConfig, path).tls.name == "kraken"
-    path.write_text("tls: {server: {cert: {path: /etc/kraken/server.crt}, key: {path: /etc/kraken/server.key}}}\n")
-    with pytest.raises(ConfigError, match="tls: tls is not supported yet"):
+    path.write_text("tls: {name: kraken, cas: [{path: /ca.pem}],\n"
+                    "  server: {cert: {path: /s.pem}, key: {path: /k.pem}}}\n")
+    tls = load_config(TrackerConfig, path).tls
+    assert (tls.name, tls.serves, tls.calls, tls.verifies_clients) == ("kraken", True, True, True)
+    path.write_text("tls: {server: {cert: {path: /etc/kraken/server.crt}}}\n")
+    with pytest.raises(ConfigError, match="cert and key go together"):
         load_config(TrackerConfig, path)
+    path.write_text("tls: {client: {cert: {path: /c.pem}, key: {path: /k.pem}}}\n")
+    with pytest.raises(ConfigError, match="needs tls.cas"):
+        load_config(TrackerConfig, path)
+    path.write_text("tls: {cas: [{path: /ca.pem}], client: {disabled: true}}\n")
+    assert not load_config(TrackerConfig, path).tls.calls

@@ -20,7 +20,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.hazmat.primitives.serialization import Encoding
 from cryptography.x509.oid import NameOID
 
-from kraken.config import ConfigError, build
+from kraken.config import ConfigError, build, load_config
 from kraken.http.app import create_app
 from kraken.proxy.config import ProxyConfig
 from kraken.registry.app import add_registry_routes
@@ -351,3 +351,16 @@ async def test_every_registry_route_asks_the_authenticator(registry: TestServer)
             assert r.status == 202
         async with session.get(registry.make_url("/health")) as r:
             assert r.status == 200
+
+
+def test_proxy_auth_from_the_secrets_file(tmp_path: Path) -> None:
+    config = tmp_path / "proxy.yaml"
+    config.write_text("store: {root: /tmp/x}\norigins: {hosts: ['o:1']}\n")
+    secrets = tmp_path / "secrets.yaml"
+    secrets.write_text("auth: {htpasswd: {realm: r, path: /etc/kraken/htpasswd}}\n")
+    cfg = load_config(ProxyConfig, config, secrets=secrets)
+    assert cfg.auth == AuthConfig(htpasswd=HtpasswdConfig("r", "/etc/kraken/htpasswd"))
+    secrets.write_text("auth: {htpasswd: {realm: r, path: /p, max_failures: 0}}\n")
+    with pytest.raises(ConfigError) as e:
+        load_config(ProxyConfig, config, secrets=secrets)
+    assert "secrets.yaml" in str(e.value) and "<redacted>" in str(e.value)

@@ -5,6 +5,7 @@ from dataclasses import dataclass, field
 
 from kraken.config import ByteSize, ConfigError, Duration, ListenConfig
 from kraken.http.config import HttpClientConfig, HttpServerConfig, TLSConfig
+from kraken.registry.auth import AuthConfig
 from kraken.registry.references import DEFAULT_MAX_REFERENCES
 from kraken.ring import RingConfig
 
@@ -34,6 +35,9 @@ class ProxyConfig:
     http: HttpServerConfig = field(default_factory=HttpServerConfig)
     http_client: HttpClientConfig = field(default_factory=HttpClientConfig)
     tls: TLSConfig = field(default_factory=TLSConfig)
+    # Push (and pull) authentication, in distribution's shapes: htpasswd or token. Unset:
+    # every client may push. May come from the secrets file (--secrets).
+    auth: AuthConfig | None = None
     # Manifests are read into memory to validate them; bigger ones are refused with 413.
     max_manifest_size: ByteSize = 4 << 20
     # Most blobs and child manifests one pushed manifest may reference (more: 400

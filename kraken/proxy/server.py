@@ -15,6 +15,7 @@ from kraken.proxy.config import ProxyConfig
 from kraken.proxy.manifest_cache import ManifestCache
 from kraken.proxy.storage import ProxyMetrics, ProxyStorage
 from kraken.registry.app import add_registry_routes
+from kraken.registry.auth import create_authenticator
 from kraken.registry.uploads import UploadLimits
 from kraken.store.cas import CAStore
 
@@ -41,6 +42,7 @@ def create_proxy_app(config: ProxyConfig) -> web.Application:
         max_manifest_size=config.max_manifest_size, upload_ttl=config.upload_ttl,
         max_manifest_references=config.max_manifest_references,
         upload_limits=UploadLimits(config.max_uploads_per_client, config.max_uploads),
+        auth=create_authenticator(config.auth),
     )
     log.info("proxy configured", origins=",".join(config.origins.hosts), build_index=config.build_index.addr,
              store=config.store.root)

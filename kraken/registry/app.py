@@ -19,6 +19,7 @@ from kraken.http.app import ERROR_RENDERERS
 from kraken.http.client import HTTPStatusError
 from kraken.log import get_logger
 from kraken.registry import blob_routes, manifest_routes, referrers
+from kraken.registry.auth import Authenticator, required_access
 from kraken.registry.context import RegistryContext
 from kraken.registry.errors import API_VERSION, API_VERSION_HEADER, RegistryError
 from kraken.registry.names import parse_reference, validate_name
@@ -69,6 +70,7 @@ def add_registry_routes(
     upload_ttl: float = DEFAULT_UPLOAD_TTL,
     max_manifest_references: int = DEFAULT_MAX_REFERENCES,
     upload_limits: UploadLimits = DEFAULT_UPLOAD_LIMITS,
+    auth: Authenticator | None = None,
 ) -> None:
     """Serve ``/v2/`` from ``storage``.
 
@@ -77,6 +79,7 @@ def add_registry_routes(
     ``storage``); sessions idle for ``upload_ttl`` seconds are deleted by a background task.
     ``upload_limits`` caps the sessions open at once (per client address, in total). A pushed
     manifest may reference at most ``max_manifest_references`` blobs and manifests.
+    ``auth`` (the proxy's ``auth:``) is asked about every request first; None serves all.
     """
     if not read_only and uploads is None:
         raise ValueError("a writable registry needs an uploads store")
@@ -86,7 +89,7 @@ def add_registry_routes(
 
     async def dispatch(request: web.Request) -> web.StreamResponse:
         try:
-            return await _dispatch(ctx, request)
+            return await _dispatch(ctx, auth, request)
         except (TimeoutError, aiohttp.ClientError, ConnectionError) as e:
             raise _unavailable(request, e) from None
         except HTTPStatusError as e:
@@ -141,7 +144,7 @@ def _unavailable(request: web.Request, error: Exception) -> RegistryError:
     return RegistryError("UNAVAILABLE", detail=str(error)[:500])
 
 
-async def _dispatch(ctx: RegistryContext, request: web.Request) -> web.StreamResponse:
+async def _dispatch(ctx: RegistryContext, auth: Authenticator | None, request: web.Request) -> web.StreamResponse:
     tail = request.match_info.get("tail", "")
     params: dict[str, str]
     if tail.strip("/") == "":
@@ -151,6 +154,9 @@ async def _dispatch(ctx: RegistryContext, request: web.Request) -> web.StreamRes
     else:
         kind, name, params = _route(tail, request)
     try:
+        if auth is not None:
+            wanted = required_access(kind, request.method, validate_name(name) if name else name, request.query)
+            await auth.authenticate(request, wanted)
         if kind == "base":
             _allow(request, "GET", "HEAD")
             return web.json_response({})

@@ -32,6 +32,7 @@ CODES: dict[str, tuple[int, str]] = {
     "PAGINATION_NUMBER_INVALID": (400, "invalid number of results requested"),
     "RANGE_INVALID": (416, "invalid content range"),
     "UNSUPPORTED": (405, "The operation is unsupported."),
+    "UNAUTHORIZED": (401, "authentication required"),
     "DENIED": (403, "requested access to the resource is denied"),
     "UNAVAILABLE": (503, "service unavailable"),
     "TOOMANYREQUESTS": (429, "too many requests"),

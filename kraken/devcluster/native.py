@@ -60,7 +60,8 @@ def plan(workdir: Path, ports: HerdPorts, agents: dict[str, AgentPorts], *, role
 
     The whole cluster (``role`` all) with the herd at loopback listens on 127.0.0.1 only, P2P
     included; a multi-host role listens where ``bind_address`` says (every interface by
-    default), since other hosts reach it."""
+    default), since other hosts reach it, except testfs and redis: only the herd uses them, on
+    loopback."""
     procs = []
     # The whole cluster on this host, reached at loopback: no other host needs any of its
     # ports, so nothing listens beyond loopback (HTTP and P2P alike).
@@ -71,7 +72,8 @@ def plan(workdir: Path, ports: HerdPorts, agents: dict[str, AgentPorts], *, role
                                 overlay_dir=overlay_dir, overrides={"origin": p2p_local})
     if bind_address or local_only:
         for proc in procs:
-            if proc.component != "redis":
+            # redis and testfs are the herd's own: on loopback whatever the others listen on.
+            if proc.component not in ("redis", "testfs"):
                 proc.bind(bind_address or "127.0.0.1")
     if role in ("all", "agent"):
         agent_procs = agent_processes(workdir, ports, agents, config_name, herd_host=herd_host, peer_ip=peer_ip,

@@ -10,6 +10,7 @@ from dataclasses import dataclass, field
 
 from kraken.agent.preload import PreloadConfig
 from kraken.config import ByteSize, Duration, ListenConfig
+from kraken.http.allow import DEFAULT_ALLOWED_CIDRS, parse_networks
 from kraken.http.config import HttpClientConfig, HttpServerConfig, TLSConfig
 from kraken.p2p.config import P2PConfig
 from kraken.ring import RingConfig
@@ -103,3 +104,10 @@ class AgentConfig:
     preload: PreloadConfig = field(default_factory=PreloadConfig)
     # Manifests are read into memory; a bigger blob asked for as a manifest is MANIFEST_UNKNOWN.
     max_manifest_size: ByteSize = 4 << 20
+    # Who may call the registry (`listen`) and the agent server (`server`), by the connection's
+    # source address (never a header): CIDRs or single addresses. Others get 403 (`/health`
+    # excepted). Default: loopback and Docker's default bridge, i.e. this host and its containers.
+    allowed_cidrs: list[str] = field(default_factory=lambda: list(DEFAULT_ALLOWED_CIDRS))
+
+    def __post_init__(self) -> None:
+        parse_networks(self.allowed_cidrs)

@@ -1,10 +1,15 @@
 """Preloading: the agent asks this host's container runtime to pull an image through it.
 
-``GET /preload/tags/<repo>:<tag>?runtime=docker|containerd`` on the agent server makes the
+``POST /preload/tags/<repo>:<tag>?runtime=docker|containerd`` on the agent server makes the
 runtime pull ``<registry>/<repo>:<tag>``, where ``<registry>`` is how the runtime reaches this
 agent's registry (``localhost:16000`` by default). So an operator, or a scheduler about to
 place a container on this host, can warm the host's image store in one call, and the layers
 come through the agent, over P2P, like any pull.
+
+A preload starts work on the host (a Docker pull, a ``ctr`` process), so it is a ``POST`` (a
+link or a crawler's ``GET`` starts nothing; ``GET`` answers 405) and bounded: at most
+``max_concurrent`` pulls run at once, ``max_queued`` more wait their turn, and beyond that the
+answer is 429 with ``Retry-After``, before anything starts.
 
 Docker is driven through its Engine API on its unix socket (``POST /images/create``, whose
 streamed answer carries any error as a JSON line); containerd through ``ctr`` (its API is
@@ -41,10 +46,15 @@ class PreloadConfig:
     ctr: str = "ctr"
     # A pull not done within this long fails (504).
     timeout: Duration = 600.0
+    # Pulls running at once; `max_queued` more wait for a turn, beyond that 429.
+    max_concurrent: int = 2
+    max_queued: int = 8
 
     def __post_init__(self) -> None:
         if self.timeout <= 0:
             raise ValueError("preload.timeout must be positive")
+        if self.max_concurrent < 1 or self.max_queued < 0:
+            raise ValueError("preload.max_concurrent must be >= 1 and preload.max_queued >= 0")
 
 
 class PreloadError(Exception):
@@ -55,14 +65,38 @@ class PreloadError(Exception):
         self.status = status
 
 
+#: Seconds a client refused for a full queue is told to wait (``Retry-After``).
+RETRY_AFTER = 5
+
+
+class PreloadBusy(PreloadError):
+    """Too many preloads running and waiting: 429, try again later."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__(429, message)
+
+
 class Preloader:
     def __init__(self, config: PreloadConfig, registry: str) -> None:
         self.config = config
         self.registry = registry
+        self._slots = asyncio.Semaphore(config.max_concurrent)
+        self._admitted = 0  # running plus waiting
 
     async def pull(self, repo_tag: str, runtime: str) -> str:
-        """Have ``runtime`` pull ``repo:tag`` through this agent; returns the reference pulled."""
-        ref = f"{self.registry}/{repo_tag}"
+        """Have ``runtime`` pull ``repo:tag`` through this agent; returns the reference pulled.
+        Raises :class:`PreloadBusy` at once when ``max_concurrent + max_queued`` are admitted."""
+        limit = self.config.max_concurrent + self.config.max_queued
+        if self._admitted >= limit:
+            raise PreloadBusy(f"{self._admitted} preloads running or queued (limit {limit}); retry later")
+        self._admitted += 1
+        try:
+            async with self._slots:
+                return await self._pull(f"{self.registry}/{repo_tag}", runtime)
+        finally:
+            self._admitted -= 1
+
+    async def _pull(self, ref: str, runtime: str) -> str:
         log.info("preloading", ref=ref, runtime=runtime)
         try:
             async with asyncio.timeout(self.config.timeout):

@@ -4,7 +4,11 @@
   :class:`~kraken.agent.storage.AgentStorage`;
 - the agent server (``server``, 16002): ``/health``, ``/readiness`` (tracker and build-index
   answer), ``GET /tags/{repo:tag}``, ``GET /namespace/{ns}/blobs/{d}`` (cache or P2P, then
-  the file, Range supported), ``DELETE /blobs/{d}``, ``/metrics``.
+  the file, Range supported), ``DELETE /blobs/{d}``, ``POST /preload/tags/{repo:tag}``,
+  ``/metrics``.
+
+Both ports answer only callers in ``allowed_cidrs`` (:mod:`kraken.http.allow`; 403 ``DENIED``
+on the registry, ``{"error"}`` on the server).
 
 Both apps share one :class:`Agent` and one :class:`~kraken.metrics.Metrics` (the P2P
 session's metrics included), so ``/metrics`` on either port shows everything. The agent is
@@ -28,15 +32,16 @@ from kraken.agent.blobs import AgentBlobs, BlobUnavailable
 from kraken.agent.cleanup import CacheCleanup
 from kraken.agent.config import AgentConfig
 from kraken.agent.fallback import HttpFallback
-from kraken.agent.preload import RUNTIMES, Preloader, PreloadError
+from kraken.agent.preload import RETRY_AFTER, RUNTIMES, PreloadBusy, Preloader, PreloadError
 from kraken.agent.storage import AgentStorage
 from kraken.agent.tracker import TrackerClient
 from kraken.buildindex.client import BuildIndexClient
 from kraken.buildindex.tags import TagError, parse_tag
 from kraken.core.digest import Digest, DigestError
+from kraken.http.allow import AllowList, guard
 from kraken.http.app import create_app
 from kraken.http.client import HttpClient, HTTPStatusError, create_client
-from kraken.http.errors import ErrorTable, json_error
+from kraken.http.errors import ErrorTable, JsonError, json_error
 from kraken.http.health import check
 from kraken.http.names import check_namespace
 from kraken.http.server import Site, site
@@ -46,6 +51,7 @@ from kraken.metrics import Metrics
 from kraken.origin.client import OriginCluster
 from kraken.p2p import P2PSession
 from kraken.registry.app import add_registry_routes
+from kraken.registry.errors import RegistryError
 from kraken.store.cas import QUARANTINED_HELP, CAStore
 from kraken.tasks import TaskOwner
 
@@ -81,6 +87,7 @@ class Agent:
         self.config = config
         self.metrics = Metrics(COMPONENT)
         self.preloader = Preloader(config.preload, config.preload.registry or f"localhost:{config.listen.port}")
+        self.allow = AllowList(config.allowed_cidrs, self.metrics)
         self._running: _Running | None = None
 
     @property
@@ -135,17 +142,20 @@ class Agent:
         """The registry app; its cleanup context runs the agent (see the module docstring)."""
         app = create_app(COMPONENT, self.metrics, self.readiness)
         app.cleanup_ctx.append(self.lifecycle)
+        guard(app, self.allow, _registry_denied)
         add_registry_routes(app, AgentStorage(self), read_only=True, max_manifest_size=self.config.max_manifest_size)
         return app
 
     def server_app(self) -> web.Application:
         app = create_app(COMPONENT, self.metrics, self.readiness, errors=ERRORS)
+        guard(app, self.allow, _server_denied)
         app.middlewares.append(check_namespace)
         app.router.add_get("/tags/{tag:.+}", self._get_tag)
         app.router.add_get("/namespace/{ns:.+}/blobs/{digest}", self._get_blob, allow_head=False)
         app.router.add_head("/namespace/{ns:.+}/blobs/{digest}", self._head_blob)
         app.router.add_delete("/blobs/{digest}", self._delete_blob)
-        app.router.add_get("/preload/tags/{tag:.+}", self._preload)
+        app.router.add_post("/preload/tags/{tag:.+}", self._preload)
+        app.router.add_get("/preload/tags/{tag:.+}", _preload_needs_post)
         return app
 
     async def _get_tag(self, request: web.Request) -> web.Response:
@@ -193,6 +203,8 @@ class Agent:
             return json_error(400, "tag must be repo:tag")
         try:
             ref = await self.preloader.pull(tag, runtime)
+        except PreloadBusy as e:
+            return json_error(e.status, str(e), headers={"Retry-After": str(RETRY_AFTER)})
         except PreloadError as e:
             log.warning("preload failed", tag=tag, runtime=runtime, error=str(e))
             return json_error(e.status, str(e))
@@ -210,6 +222,19 @@ def sites(config: AgentConfig) -> list[Site]:
     agent = Agent(config)
     return [site(agent.registry_app(), config.listen, config.tls),
             site(agent.server_app(), config.server, config.tls)]
+
+
+async def _preload_needs_post(_: web.Request) -> web.Response:
+    """A preload starts a pull on the host: a GET (a link, a crawler) must not."""
+    return json_error(405, "preload is POST /preload/tags/<repo>:<tag>", headers={"Allow": "POST"})
+
+
+def _registry_denied(address: str) -> Exception:
+    return RegistryError("DENIED", detail=f"{address} is not in the agent's allowed_cidrs")
+
+
+def _server_denied(address: str) -> Exception:
+    return JsonError(403, f"{address} is not in the agent's allowed_cidrs")
 
 
 def _unavailable(what: str, error: Exception) -> web.Response:

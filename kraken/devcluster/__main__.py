@@ -87,7 +87,8 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--peer-ip", default="", help="an agent host's own address (labels its P2P log lines)")
     p.add_argument("--redis", action="store_true", help="run a redis-server as the tracker's peer store")
     p.add_argument("--bind-address", default="",
-                   help="where the herd's servers listen (default 0.0.0.0: every interface)")
+                   help="where the herd's servers listen (default: 127.0.0.1 for the whole cluster "
+                        "on this host, every interface for --role herd)")
     p.add_argument("--logs", default="", help="'-': every process's log to stdout, not <workdir>/logs/")
     p.add_argument("--docker", action="store_true",
                    help="with stop: remove the devcluster's containers whatever the work dir says "

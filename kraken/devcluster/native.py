@@ -36,6 +36,9 @@ from kraken.devcluster.state import (
 )
 from kraken.devcluster.supervise import Interrupted, Process, StartupError, Supervisor
 
+#: ``--herd-host`` values meaning "this host only".
+LOOPBACK_HOSTS = ("127.0.0.1", "localhost", "::1")
+
 #: What answers on each process's probe port (an agent's server port, else its port), for
 #: the endpoint table.
 _PROBES = {"proxy": "/v2/"}
@@ -53,18 +56,31 @@ def plan(workdir: Path, ports: HerdPorts, agents: dict[str, AgentPorts], *, role
          overlay_dir: Path | None = None) -> list[Process]:
     """The processes of ``role``, in start order, their overlays written to ``overlay_dir``
     (default ``workdir/config``; see ``cmd_start``). The Docker mode's containers run these
-    processes too, so both modes check this plan."""
+    processes too, so both modes check this plan.
+
+    The whole cluster (``role`` all) with the herd at loopback listens on 127.0.0.1 only, P2P
+    included; a multi-host role listens where ``bind_address`` says (every interface by
+    default), since other hosts reach it, except testfs and redis: only the herd uses them, on
+    loopback."""
     procs = []
+    # The whole cluster on this host, reached at loopback: no other host needs any of its
+    # ports, so nothing listens beyond loopback (HTTP and P2P alike).
+    local_only = role == "all" and not bind_address and herd_host in LOOPBACK_HOSTS
+    p2p_local = {"p2p": {"listen": {"host": "127.0.0.1"}}} if local_only else {}
     if role in ("all", "herd"):
         procs += herd_processes(workdir, ports, config_name, host=herd_host, config_dir=config_dir, redis=redis,
-                                overlay_dir=overlay_dir)
-    if bind_address:
+                                overlay_dir=overlay_dir, overrides={"origin": p2p_local})
+    if bind_address or local_only:
         for proc in procs:
-            if proc.component != "redis":
-                proc.bind(bind_address)
+            # redis and testfs are the herd's own: on loopback whatever the others listen on.
+            if proc.component not in ("redis", "testfs"):
+                proc.bind(bind_address or "127.0.0.1")
     if role in ("all", "agent"):
-        procs += agent_processes(workdir, ports, agents, config_name, herd_host=herd_host, peer_ip=peer_ip,
-                                 config_dir=config_dir, overlay_dir=overlay_dir)
+        agent_procs = agent_processes(workdir, ports, agents, config_name, herd_host=herd_host, peer_ip=peer_ip,
+                                      config_dir=config_dir, overlay_dir=overlay_dir, overrides=p2p_local)
+        for proc in agent_procs if local_only else ():
+            proc.bind("127.0.0.1")
+        procs += agent_procs
     return procs
 
 
@@ -93,7 +109,7 @@ def cmd_start(workdir: Path, ports: HerdPorts, agents: dict[str, AgentPorts],
     pulls from the herd at ``herd_host``.
     ``redis`` gives the herd a redis-server as the tracker's store; ``logs_to_stdout`` prints
     every process's log instead of writing ``logs/<name>.log`` (in a container);
-    ``bind_address`` is where the herd's servers listen (default every interface).
+    ``bind_address`` is where the herd's servers listen (default: see :func:`plan`).
     """
     workdir = workdir.resolve()
     running = read_state(workdir)

@@ -36,7 +36,8 @@ def herd_processes(
     Every origin is on one ring (each blob owned by ``max_replica`` of them) and the proxy,
     build-index and tracker route over that ring. The origins are named ``origin``,
     ``origin-2``, ..., each with its store in ``workdir/<name>`` and its own P2P port, which
-    the tracker's ``origin_p2p`` maps; all write back to the one testfs. ``overrides`` (by
+    the tracker's ``origin_p2p`` maps; all write back to the one testfs, at 127.0.0.1 (nothing
+    but the herd itself reads or writes it). ``overrides`` (by
     component) is merged into each process's overlay, e.g. shorter intervals for a test.
     ``redis`` runs a redis-server on ``ports.redis`` (local to the herd) as the tracker's peer
     store, as the seed's herd does. The overlays go to ``overlay_dir`` (default
@@ -51,8 +52,9 @@ def herd_processes(
     extra = overrides or {}
 
     def testfs_backend(name_path: str) -> list[dict[str, Any]]:
+        # testfs is local to the herd and listens on loopback only (see native.plan).
         return [{"namespace": ".*",
-                 "backend": {"testfs": {"addr": f"{host}:{ports.testfs}", "name_path": name_path}}}]
+                 "backend": {"testfs": {"addr": f"127.0.0.1:{ports.testfs}", "name_path": name_path}}}]
 
     def overlay(name: str, component: str, settings: dict[str, Any]) -> Path:
         return write_overlay(cfg / f"{name}.yaml", config_dir / component / f"{config_name}.yaml",

@@ -1,4 +1,8 @@
-"""The origin's HTTP API (see docs/CONTRACTS.md, "origin"): routes mapped onto OriginService."""
+"""The origin's HTTP API (see docs/CONTRACTS.md, "origin"): routes mapped onto OriginService.
+
+``POST /forcecleanup`` and uploads with ``?replica=true`` answer only cluster peers
+(:mod:`kraken.origin.peers`); anyone else gets 403.
+"""
 from __future__ import annotations
 
 import aiohttp
@@ -8,14 +12,16 @@ from kraken.backend import BackendError
 from kraken.core.digest import Digest, DigestError
 from kraken.core.metainfo import EmptyBlobError
 from kraken.core.ranges import parse_content_range
+from kraken.http.allow import peer_address
 from kraken.http.app import create_app
-from kraken.http.errors import ErrorTable, json_error
+from kraken.http.errors import ErrorTable, JsonError, json_error
 from kraken.http.names import check_namespace
 from kraken.http.server import Site, site
 from kraken.http.tls import ClientAuth
 from kraken.log import get_logger
 from kraken.metrics import Metrics
 from kraken.origin.config import OriginConfig
+from kraken.origin.peers import ClusterPeers
 from kraken.origin.service import Fetching, NotFound, OriginService, SeedError
 from kraken.store.cas import DigestMismatch, UploadOffsetMismatch, UploadUnknown, UploadWriteError
 
@@ -23,6 +29,7 @@ COMPONENT = "origin"
 log = get_logger(COMPONENT)
 
 SERVICE: web.AppKey[OriginService] = web.AppKey("origin_service", OriginService)
+PEERS: web.AppKey[ClusterPeers] = web.AppKey("origin_peers", ClusterPeers)
 
 BODY_CHUNK = 1 << 20
 FILE_CHUNK = 256 << 10
@@ -54,9 +61,20 @@ def _is_replica(request: web.Request) -> bool:
     return request.query.get("replica") == "true"
 
 
+async def _peers_only(request: web.Request, what: str) -> None:
+    """403 unless the caller is a cluster peer (or on this host)."""
+    address = peer_address(request)
+    if not await request.app[PEERS].allows(address):
+        log.warning("refused: not a cluster peer", peer=str(address), method=request.method, path=request.path)
+        raise JsonError(403, f"{what} is for the origin cluster's hosts only; {address} is not one")
+
+
 async def start_upload(request: web.Request) -> web.Response:
     ns, digest = request.match_info["ns"], _digest(request)
-    uid = await _svc(request).start_upload(ns, digest, _is_replica(request))
+    replica = _is_replica(request)
+    if replica:
+        await _peers_only(request, "a replica upload")
+    uid = await _svc(request).start_upload(ns, digest, replica)
     if uid is None:
         return json_error(409, "blob exists")
     return web.Response(status=200, headers={"Location": uid})
@@ -93,7 +111,10 @@ async def patch_upload(request: web.Request) -> web.Response:
 
 async def commit_upload(request: web.Request) -> web.Response:
     ns, digest = request.match_info["ns"], _digest(request)
-    created = await _svc(request).commit(ns, digest, request.match_info["uid"], _is_replica(request))
+    replica = _is_replica(request)
+    if replica:
+        await _peers_only(request, "a replica upload")
+    created = await _svc(request).commit(ns, digest, request.match_info["uid"], replica)
     if not created:
         return json_error(409, "blob exists")
     return web.Response(status=201)
@@ -163,6 +184,7 @@ async def locations(request: web.Request) -> web.Response:
 
 async def force_cleanup(request: web.Request) -> web.Response:
     """Evict blobs idle for ``ttl_hr`` hours (0: all) whose write-back has succeeded."""
+    await _peers_only(request, "forcecleanup")
     try:
         ttl_hr = float(request.query.get("ttl_hr", "0"))
     except ValueError:
@@ -178,6 +200,7 @@ def create_origin_app(config: OriginConfig) -> web.Application:
     service = OriginService(config, metrics)
     app = create_app(COMPONENT, metrics, errors=ERRORS)
     app[SERVICE] = service
+    app[PEERS] = ClusterPeers(config.ring.hosts)
     app.middlewares.append(check_namespace)
     app.cleanup_ctx.append(service.lifecycle)
 

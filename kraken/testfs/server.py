@@ -128,6 +128,9 @@ def create_testfs_app(config: TestfsConfig) -> web.Application:
         await asyncio.to_thread(tree.root.mkdir, parents=True, exist_ok=True)
         await asyncio.to_thread(tree.clear_tmp)
         log.info("serving files", root=tree.root)
+        log.warning("testfs is a development backend: no authentication, anyone who reaches it can "
+                    "read and replace every blob and tag; use a real storage backend in production",
+                    host=config.listen.host, port=config.listen.port)
         yield
 
     app = create_app(COMPONENT, readiness=readiness, errors=ERRORS)

@@ -30,6 +30,7 @@ from kraken.devcluster import CONFIG_ROOT, Process, Supervisor, free_port, write
 from kraken.metrics import Metrics
 from kraken.p2p import P2PConfig, P2PSession
 from kraken.registry.manifest import OCI_MANIFEST
+from tests.support.addresses import non_loopback_address, session_from
 from tests.support.cluster import Herd
 from tests.support.metrics import metric
 from tests.support.p2p import AnnounceTrackerForTests, running_tracker
@@ -341,6 +342,50 @@ async def test_delete_removes_the_blob_from_the_cache(cluster: Cluster) -> None:
         assert r.status == 404
     status, body, _ = await get(cluster.http, f"{agent.registry}/v2/{repo}/blobs/{digest}")
     assert status == 200 and body == data  # downloaded again
+
+
+async def test_callers_outside_allowed_cidrs_get_403_on_both_ports(cluster: Cluster) -> None:
+    """The agent answers only callers in ``allowed_cidrs``, by the connection's address: the
+    default (development) list refuses this host's own non-loopback address; a list of
+    127.0.0.1 alone refuses 127.0.0.3. The registry says DENIED, the server ``{"error"}``;
+    ``/health`` answers everyone; each refused address is logged once."""
+    digest = Digest.of_bytes(b"allow")
+    strict = await asyncio.to_thread(cluster.start_agent, "agent-allow", cluster.tracker.addr,
+                                     {"allowed_cidrs": ["127.0.0.1/32"]})
+    try:
+        for agent, stranger in ((cluster.agents[0], non_loopback_address()), (strict, "127.0.0.3")):
+            async with session_from(stranger) as s:
+                for _ in range(3):
+                    async with s.get(f"{agent.registry}/v2/") as r:
+                        assert r.status == 403 and error_codes(await r.read()) == ["DENIED"]
+                async with s.get(f"{agent.server}/tags/test%2Fx:v1") as r:
+                    assert r.status == 403
+                    assert await r.json() == {"error": f"{stranger} is not in the agent's allowed_cidrs"}
+                async with s.delete(f"{agent.server}/blobs/{digest}") as r:
+                    assert r.status == 403
+                async with s.post(f"{agent.server}/preload/tags/test/x:v1") as r:
+                    assert r.status == 403
+                async with s.get(f"{agent.server}/health") as r:
+                    assert r.status == 200
+            log = agent.log()
+            assert log.count(f"request refused: caller not in allowed_cidrs peer={stranger}") == 1, log[-3000:]
+        status, _, _ = await get(cluster.http, f"{strict.registry}/v2/")  # 127.0.0.1 is allowed
+        assert status == 200
+        for port in (strict.process.port, strict.server_port):  # 3 refusals on each
+            assert await cluster.metric(strict, "kraken_http_denied_total", port=str(port)) == 3
+    finally:
+        await asyncio.to_thread(cluster.supervisor.stop, "agent-allow")
+
+
+async def test_preload_is_a_post(cluster: Cluster) -> None:
+    """GET starts nothing (405, Allow: POST); a POST reaches the runtime (none here: 503)."""
+    agent = cluster.agents[0]
+    async with cluster.http.get(f"{agent.server}/preload/tags/test/x:v1") as r:
+        assert r.status == 405 and r.headers["Allow"] == "POST"
+        assert "POST" in (await r.json())["error"]
+    async with cluster.http.post(f"{agent.server}/preload/tags/test/x:v1",
+                                 params={"runtime": "docker"}) as r:
+        assert r.status in (502, 503), await r.text()
 
 
 async def test_tracker_down_is_503_then_pulls_work_once_it_is_back(cluster: Cluster) -> None:

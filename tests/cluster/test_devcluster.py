@@ -152,6 +152,19 @@ def devcluster(tmp_path: Path, default_ports_free: None) -> Iterator[Devcluster]
         dc.cleanup()
 
 
+def _listening_addresses(ports: set[int]) -> dict[int, set[str]]:
+    """Port -> the local addresses (hex, as the kernel shows them: 127.0.0.1 is ``0100007F``)
+    TCP sockets listen on, from /proc/net/tcp and /proc/net/tcp6."""
+    found: dict[int, set[str]] = {}
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        for line in Path(table).read_text().splitlines()[1:]:
+            fields = line.split()
+            address, port = fields[1].split(":")
+            if fields[3] == "0A" and int(port, 16) in ports:  # 0A: LISTEN
+                found.setdefault(int(port, 16), set()).add(address)
+    return found
+
+
 def _assert_ports_free() -> None:
     # The supervisor exits only after its children did, so the ports are free by now; the short
     # deadline only absorbs the kernel's closing of the listening sockets.
@@ -167,6 +180,10 @@ def test_start_push_pull_and_ctrl_c(devcluster: Devcluster, tmp_path: Path) -> N
     for name, port in PORTS.items():  # the endpoint table
         assert any(line.split()[:2] == [name, f"http://127.0.0.1:{port}{'/v2/' if name == 'proxy' else '/health'}"]
                    for line in devcluster.lines), f"no endpoint line for {name}:\n{out}"
+    # The whole cluster on one host: nothing listens beyond loopback, P2P included.
+    ports = {*PORTS.values(), HerdPorts.origin_p2p, 16000, 16001, 17000, 17001}
+    listening = _listening_addresses(ports)
+    assert set(listening) == ports and all(a == {"0100007F"} for a in listening.values()), listening
 
     image = generate_oci_layout(tmp_path / "oci", "v1", [64 * 1024, 3 * 1024], seed=15000)
     ref = f"docker://127.0.0.1:{PORTS['proxy']}/test/dev:1"

@@ -20,6 +20,7 @@ from kraken.http.client import HttpClient, HTTPStatusError
 from kraken.origin.client import BlobNotFound, BlobNotReady, OriginClient, OriginCluster
 from kraken.origin.stream import StreamBroken
 from kraken.ring import HashRing, RingConfig
+from tests.support.addresses import non_loopback_address, session_from
 from tests.support.metrics import metric
 from tests.support.origin import MB, NS, Origin, OriginFactory, Testfs, drained, random_blob, start_testfs
 from tests.support.waiting import until
@@ -148,6 +149,42 @@ async def test_empty_blob(origin: Origin) -> None:
     assert await origin.client.read_bytes(NS, digest) == b""
     url = f"{origin.url}/internal/namespace/test%2Fx/blobs/{digest}/metainfo"
     assert await origin.status("GET", url) == 422
+
+
+# ---- who may call what ---------------------------------------------------------------------
+
+
+async def test_forcecleanup_and_replica_uploads_answer_only_cluster_peers(origin: Origin) -> None:
+    """A caller that is not on the ring (nor on this host) gets 403 for what only peers do;
+    an ordinary upload stays open to it (the proxy's pushes)."""
+    stranger = non_loopback_address()
+    data, digest = random_blob(3000)
+    uploads = f"{origin.blob_url(digest)}/uploads"
+    async with session_from(stranger) as s:
+        async with s.post(f"{origin.url}/forcecleanup") as r:
+            body = await r.json()
+            assert r.status == 403 and stranger in body["error"] and "cluster" in body["error"], body
+        async with s.post(uploads, params={"replica": "true"}) as r:
+            assert r.status == 403, await r.text()
+        async with s.post(uploads) as r:
+            assert r.status == 200
+            uid = r.headers["Location"]
+        async with s.patch(f"{uploads}/{uid}", data=data, headers={"Content-Range": f"0-{len(data)}"}) as r:
+            assert r.status == 200
+        async with s.put(f"{uploads}/{uid}", params={"replica": "true"}) as r:
+            assert r.status == 403  # a replica commit would skip the write-back
+        async with s.put(f"{uploads}/{uid}") as r:
+            assert r.status == 201
+    assert await origin.force_cleanup() == []  # loopback: an operator on this host
+
+
+async def test_a_ring_member_address_may_force_a_cleanup(start_origin: OriginFactory, testfs_port: int) -> None:
+    peer = non_loopback_address()
+    port = free_port()
+    origin = await start_origin(testfs_port, port=port,
+                                ring={"hosts": [f"127.0.0.1:{port}", f"{peer}:{free_port()}"], "max_replica": 1})
+    async with session_from(peer) as s, s.post(f"{origin.url}/forcecleanup") as r:
+        assert r.status == 200, await r.text()
 
 
 # ---- write-back ----------------------------------------------------------------------------

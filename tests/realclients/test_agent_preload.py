@@ -1,4 +1,4 @@
-"""``GET /preload/tags/<repo>:<tag>?runtime=...``: the agent has this host's runtime pull an
+"""``POST /preload/tags/<repo>:<tag>?runtime=...``: the agent has this host's runtime pull an
 image through it, with a real dockerd (Engine API on its socket) and a real containerd (ctr).
 
 The herd and one agent are real processes; the agent is pointed at the test's dockerd and
@@ -50,11 +50,11 @@ def image(herd: Herd, tmp_path_factory: pytest.TempPathFactory) -> GeneratedImag
     return img
 
 
-def preload(herd: Herd, tag: str, runtime: str) -> tuple[int, str]:
+def preload(herd: Herd, tag: str, runtime: str, method: str = "POST") -> tuple[int, str]:
     agent = herd.agents[0]
     url = f"http://127.0.0.1:{agent.health_port}/preload/tags/{tag}?runtime={runtime}"
     try:
-        with urllib.request.urlopen(url, timeout=120) as resp:
+        with urllib.request.urlopen(urllib.request.Request(url, method=method), timeout=120) as resp:
             return resp.status, resp.read().decode()
     except urllib.error.HTTPError as e:
         return e.code, e.read().decode()
@@ -81,6 +81,8 @@ def test_preload_into_containerd(herd: Herd, image: GeneratedImage, containerd: 
 
 
 def test_preload_errors_are_clear(herd: Herd, image: GeneratedImage) -> None:
+    assert preload(herd, "test/preload:v1", "docker", method="GET") == (
+        405, '{"error": "preload is POST /preload/tags/<repo>:<tag>"}')
     assert preload(herd, "test/preload:v1", "rkt") == (400, '{"error": "runtime must be one of docker, containerd"}')
     assert preload(herd, "test/preload", "docker")[0] == 400
     status, body = preload(herd, "test/preload:missing", "docker")

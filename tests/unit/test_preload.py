@@ -77,3 +77,33 @@ async def test_docker_error_line_fails_the_pull(docker) -> None:
     with pytest.raises(PreloadError, match="docker: manifest unknown") as err:
         await Preloader(PreloadConfig(docker_socket=socket), "localhost:16000").pull("team/app:v1", "docker")
     assert err.value.status == 502
+
+
+async def test_preloads_beyond_the_running_and_queued_limit_get_429_at_once(docker) -> None:
+    """``max_concurrent`` pulls run, ``max_queued`` wait; the next one is refused before it starts."""
+    release = asyncio.Event()
+    running = 0
+    most = 0
+
+    async def slow(request: web.Request) -> web.StreamResponse:
+        nonlocal running, most
+        running += 1
+        most = max(most, running)
+        resp = web.StreamResponse()
+        await resp.prepare(request)
+        await release.wait()
+        running -= 1
+        return resp
+
+    socket = await docker(slow)
+    preloader = Preloader(PreloadConfig(docker_socket=socket, max_concurrent=2, max_queued=1), "localhost:16000")
+    admitted = [asyncio.create_task(preloader.pull(f"team/app:v{i}", "docker")) for i in range(3)]
+    await asyncio.sleep(0.3)
+    assert running == 2
+    with pytest.raises(PreloadError) as err:
+        await preloader.pull("team/app:v9", "docker")
+    assert err.value.status == 429
+    release.set()
+    assert len(await asyncio.gather(*admitted)) == 3
+    assert most == 2
+    assert await preloader.pull("team/app:v10", "docker") == "localhost:16000/team/app:v10"  # room again

@@ -41,6 +41,16 @@ class Pki:
             tls["client"] = {"cert": {"path": self["client.pem"]}, "key": {"path": self["client-key.pem"]}}
         return tls
 
+    def plain_server_key(self) -> str:
+        """The server key without its passphrase, for servers that take no passphrase
+        (distribution's ``http.tls.key``); written next to the others on first use."""
+        path = self.dir / "server-key-plain.pem"
+        if not path.exists():
+            key = serialization.load_pem_private_key((self.dir / "server-key.pem").read_bytes(), PASSPHRASE)
+            path.write_bytes(key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                                               serialization.NoEncryption()))
+        return str(path)
+
     def probe(self) -> ProbeTLS:
         return ProbeTLS(self["ca.pem"], self["client.pem"], self["client-key.pem"])
 

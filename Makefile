@@ -81,8 +81,9 @@ base-image:
 docker_stop:
 	@$(if $(wildcard $(PY)),$(PY),$(PYTHON)) -m kraken.devcluster stop --docker --workdir $(DEVCLUSTER_DIR)
 
+# BENCH_ARGS: benchmark names and options, e.g. make bench BENCH_ARGS="push --tls"
 bench: install system-deps
-	$(PY) -m bench
+	$(PY) -m bench $(BENCH_ARGS)
 
 clean:
 	rm -rf $(VENV) build *.egg-info

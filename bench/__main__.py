@@ -20,6 +20,8 @@ def build_parser() -> argparse.ArgumentParser:
                         help="the benchmarks to run (default: all)")
     parser.add_argument("--size-mb", type=int, default=500, help="push: layer size of the pushed image")
     parser.add_argument("--reps", type=int, default=3, help="push, agentpull: repetitions of each measurement")
+    parser.add_argument("--tls", action="store_true",
+                        help="push: both registries on HTTPS (distribution's http.tls), the herd's hops on TLS/mTLS")
     parser.add_argument("--agents", type=int, default=8, help="fanout: agent processes pulling at once")
     parser.add_argument("--fanout-size-mb", type=int, default=1024, help="fanout, agentpull: blob size")
     parser.add_argument("--fanout-reps", type=int, default=3, help="fanout: runs of the N pulls")

@@ -55,8 +55,11 @@ def wait_idle(herd: Herd, timeout: float = 300.0) -> None:
     """Until the origin has no write-back pending, so one step's background work is not
     billed to the next."""
 
+    origin = herd.origin
+    context = origin.tls.context() if origin.tls is not None else None
+
     def drained() -> bool:
-        text = scrape(herd.origin.url)
+        text = scrape(origin.url, context)
         return "kraken_origin_writeback_pending" in text and metric_sum(text, "kraken_origin_writeback_pending") == 0
 
     wait_until(drained, timeout, 0.2, message="the origin's write-back to drain")

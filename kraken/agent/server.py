@@ -45,7 +45,7 @@ from kraken.http.errors import ErrorTable, JsonError, json_error
 from kraken.http.health import check
 from kraken.http.names import check_namespace
 from kraken.http.server import Site, site
-from kraken.http.tls import trust_tracker_ca
+from kraken.http.tls import ClientAuth, trust_tracker_ca
 from kraken.log import get_logger
 from kraken.metrics import Metrics
 from kraken.origin.client import OriginCluster
@@ -57,6 +57,10 @@ from kraken.tasks import TaskOwner
 
 COMPONENT = "agent"
 log = get_logger(COMPONENT)
+#: The agent server's routes open without a client certificate when its ``tls:`` section has
+#: ``cas`` and a server pair: the probes and the scrape. Tags, blobs, ``DELETE`` and preload
+#: are for cluster hosts only (mTLS); the registry port never asks (Docker has no certificate).
+SERVER_OPEN_ROUTES = ("/readiness", "/metrics")
 # Why a blob cannot be had right now (the download, the tracker, the disk): 503, try again.
 _BLOB_ERRORS = (BlobUnavailable, ConnectionError, TimeoutError, HTTPStatusError, OSError, aiohttp.ClientError)
 
@@ -221,7 +225,7 @@ def sites(config: AgentConfig) -> list[Site]:
     cleanup context starts the agent)."""
     agent = Agent(config)
     return [site(agent.registry_app(), config.listen, config.tls),
-            site(agent.server_app(), config.server, config.tls)]
+            site(agent.server_app(), config.server, config.tls, ClientAuth.REQUIRED, open_routes=SERVER_OPEN_ROUTES)]
 
 
 async def _preload_needs_post(_: web.Request) -> web.Response:

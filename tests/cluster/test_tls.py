@@ -2,9 +2,10 @@
 
 The herd: testfs, origin, tracker and build-index serve HTTPS and require the cluster's
 client certificate (mTLS); the proxy's registry stays plain HTTP (client-facing, the
-default) and calls origin and build-index over mTLS; the agent serves its registry and
-server over TLS without asking for client certificates, calls tracker, build-index and
-origins over mTLS, and announces to the HTTPS tracker (libtorrent trusts the CA through
+default) and calls origin and build-index over mTLS; the agent serves its registry over TLS
+without asking for a client certificate and its server (tags, blobs, ``DELETE``, preload)
+over mTLS but for the probes and ``/metrics``, calls tracker, build-index and origins over
+mTLS, and announces to the HTTPS tracker (libtorrent trusts the CA through
 ``SSL_CERT_FILE``). The agent's HTTP fallback is off, so a pull can only be P2P.
 """
 from __future__ import annotations
@@ -89,6 +90,29 @@ async def test_internal_components_require_the_cluster_client_certificate(
         async with sessions["plain"].get(f"http://127.0.0.1:{proc.port}/metrics") as r:
             await r.read()
     assert "refused: no client certificate" in log_of(proc)
+
+
+async def test_agent_server_requires_the_cluster_client_certificate(
+    herd: Herd, sessions: dict[str, aiohttp.ClientSession],
+) -> None:
+    agent = herd.agents[0]
+    missing = f"/blobs/sha256:{'0' * 64}"
+    async with sessions["cluster"].delete(https(agent, missing)) as r:
+        assert r.status == 404  # let through: the blob is not cached
+    for method, path in (("DELETE", missing), ("GET", "/tags/tls%2Fapp:v1"),
+                         ("GET", f"/namespace/tls%2Fapp/blobs/sha256:{'0' * 64}")):
+        async with sessions["anonymous"].request(method, https(agent, path)) as r:
+            assert r.status == 403, (method, path)
+            assert "client certificate" in (await r.json())["error"]
+    for path in ("/health", "/readiness", "/metrics"):  # probes and the scrape
+        async with sessions["anonymous"].get(https(agent, path)) as r:
+            assert r.status == 200, path
+    with pytest.raises(aiohttp.ClientError):  # refused at the handshake
+        async with sessions["stranger"].delete(https(agent, missing)) as r:
+            await r.read()
+    async with sessions["anonymous"].get(f"https://127.0.0.1:{agent.port}/v2/") as r:
+        assert r.status == 200  # the registry port never asks for a certificate
+    assert "refused: no client certificate" in log_of(agent)
 
 
 async def test_tracker_announces_need_no_client_certificate(

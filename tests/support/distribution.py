@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import json
+import ssl
+import urllib.request
+from dataclasses import dataclass
 from pathlib import Path
 
 from kraken.devcluster import free_port
@@ -16,6 +19,19 @@ from tests.support.process import (
 )
 from tests.support.registry_http import fetch_blob, fetch_manifest, http_request
 from tests.support.waiting import wait_until
+
+
+@dataclass(frozen=True)
+class DistributionTLS:
+    """HTTPS for the registry (``http.tls``): its certificate and unencrypted key (distribution
+    takes no passphrase), and the CA that signed them (for the readiness check)."""
+
+    cert: str
+    key: str
+    ca: str
+
+    def context(self) -> ssl.SSLContext:
+        return ssl.create_default_context(ssl.Purpose.SERVER_AUTH, cafile=self.ca)
 
 
 class DistributionRegistry:
@@ -35,6 +51,7 @@ class DistributionRegistry:
         bind_host: str = "127.0.0.1",
         relative_urls: bool = False,
         proxy_remote_url: str | None = None,
+        tls: DistributionTLS | None = None,
         start_timeout: float = 30.0,
     ) -> None:
         self._own_root = root is None
@@ -43,6 +60,7 @@ class DistributionRegistry:
         self.port = port
         self.relative_urls = relative_urls
         self.proxy_remote_url = proxy_remote_url
+        self.tls = tls
         self.start_timeout = start_timeout
         self.process: BackgroundProcess | None = None
 
@@ -55,7 +73,7 @@ class DistributionRegistry:
 
     @property
     def url(self) -> str:
-        return f"http://{self.host}"
+        return f"{'https' if self.tls else 'http'}://{self.host}"
 
     @property
     def log_path(self) -> Path:
@@ -85,6 +103,7 @@ class DistributionRegistry:
             "http:",
             f"  addr: {self.bind_host}:{port}",
             f"  relativeurls: {'true' if self.relative_urls else 'false'}",
+            *(["  tls:", f"    certificate: {self.tls.cert}", f"    key: {self.tls.key}"] if self.tls else []),
             "health:",
             "  storagedriver:",
             "    enabled: false",
@@ -96,6 +115,11 @@ class DistributionRegistry:
     def _ready(self) -> bool:
         assert self.process is not None
         try:
+            if self.tls:
+                opener = urllib.request.build_opener(urllib.request.ProxyHandler({}),
+                                                     urllib.request.HTTPSHandler(context=self.tls.context()))
+                with opener.open(f"{self.url}/v2/", timeout=2) as resp:
+                    return bool(resp.status == 200)
             return http_request(f"{self.url}/v2/", timeout=2).status == 200
         except OSError:
             return False

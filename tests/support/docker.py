@@ -15,6 +15,7 @@ from tests.support.ociarchive import normalize_tagged
 from tests.support.ocigen import GeneratedImage
 from tests.support.process import (
     DEFAULT_TIMEOUT,
+    NO_PROXY_HOSTS,
     BackgroundProcess,
     client_env,
     kill_pid,
@@ -27,6 +28,11 @@ from tests.support.process import (
 )
 from tests.support.skopeo import skopeo_copy
 from tests.support.waiting import wait_until
+
+#: Where dockerd reads registry CAs and client certificates (not configurable).
+DOCKER_CERTS_DIR = "/etc/docker/certs.d"
+# Binds $1 over $2 in the command's private mount namespace, then runs the rest.
+_CERTS_WRAPPER = 'mkdir -p "$2" && mount --bind "$1" "$2" && shift 2 && exec "$@"'
 
 
 class Dockerd:
@@ -43,6 +49,16 @@ class Dockerd:
     daemon does not come up with it.  ``netns`` (a name under /run/netns)
     starts the daemon inside that network namespace via ``nsenter --net``
     (``ip netns exec`` would hide the cgroup mounts dockerd needs).
+
+    ``certs_dir`` is where this daemon reads registry CAs (``<host:port>/ca.crt``).
+    dockerd 20.10 has no option for it: it always reads ``/etc/docker/certs.d``
+    (rootless mode aside), on every registry call.  So the daemon runs in a
+    private mount namespace (``unshare --mount``) with ``certs_dir`` bound over
+    that path: the host's /etc/docker is never written (only the empty mount
+    point is created if missing, as dockerd would), and files added to
+    ``certs_dir`` later are seen at the next push or pull.  ``no_proxy`` adds
+    addresses the proxy trap must let through (a registry on a non-loopback
+    address: dockerd treats 127.0.0.0/8 as insecure and never verifies there).
     """
 
     def __init__(
@@ -54,6 +70,8 @@ class Dockerd:
         storage_driver: str | None = None,
         netns: str | None = None,
         extra_config: Mapping[str, Any] | None = None,
+        certs_dir: Path | None = None,
+        no_proxy: Sequence[str] = (),
         start_timeout: float = 60.0,
     ) -> None:
         self.dockerd_binary = require_binary("dockerd")
@@ -65,6 +83,8 @@ class Dockerd:
         self.storage_driver = storage_driver
         self.netns = netns
         self.extra_config = dict(extra_config or {})
+        self.certs_dir = certs_dir
+        self.no_proxy = list(no_proxy)
         self.start_timeout = start_timeout
         self.process: BackgroundProcess | None = None
         self.active_storage_driver: str | None = None
@@ -110,7 +130,11 @@ class Dockerd:
         return path
 
     def _env(self) -> dict[str, str]:
-        return client_env({"DOCKER_CONFIG": str(self.docker_config_dir), "TMPDIR": str(self.tmp_dir)})
+        extra = {"DOCKER_CONFIG": str(self.docker_config_dir), "TMPDIR": str(self.tmp_dir)}
+        if self.no_proxy:
+            hosts = ",".join([NO_PROXY_HOSTS, *self.no_proxy])
+            extra.update(NO_PROXY=hosts, no_proxy=hosts)
+        return client_env(extra)
 
     def _ready(self) -> bool:
         assert self.process is not None
@@ -132,6 +156,10 @@ class Dockerd:
             d.mkdir(parents=True, exist_ok=True)
         cfg = self._write_config(driver)
         argv: list[str] = [self.dockerd_binary, f"--config-file={cfg}"]
+        if self.certs_dir is not None:
+            self.certs_dir.mkdir(parents=True, exist_ok=True)
+            argv = ["unshare", "--mount", "--propagation", "private", "--",
+                    "sh", "-c", _CERTS_WRAPPER, "sh", str(self.certs_dir), DOCKER_CERTS_DIR, *argv]
         if self.netns:
             argv = ["nsenter", f"--net=/run/netns/{self.netns}", *argv]
         self.process = BackgroundProcess(argv, log_path=self.log_path, env=self._env())

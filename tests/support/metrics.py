@@ -1,14 +1,15 @@
 """Reading Prometheus text exposition (a component's ``/metrics``) in tests: one parser."""
 from __future__ import annotations
 
+import ssl
 import urllib.request
 
 from prometheus_client.parser import text_string_to_metric_families
 
 
-def scrape(url: str) -> str:
-    """The ``/metrics`` text of the component at ``url``."""
-    with urllib.request.urlopen(f"{url}/metrics", timeout=10) as resp:
+def scrape(url: str, context: ssl.SSLContext | None = None) -> str:
+    """The ``/metrics`` text of the component at ``url`` (over HTTPS with ``context``)."""
+    with urllib.request.urlopen(f"{url}/metrics", timeout=10, context=context) as resp:
         return resp.read().decode()
 
 

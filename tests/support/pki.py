@@ -7,6 +7,7 @@ from __future__ import annotations
 import datetime
 import ipaddress
 import ssl
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -39,6 +40,16 @@ class Pki:
         if client:
             tls["client"] = {"cert": {"path": self["client.pem"]}, "key": {"path": self["client-key.pem"]}}
         return tls
+
+    def plain_server_key(self) -> str:
+        """The server key without its passphrase, for servers that take no passphrase
+        (distribution's ``http.tls.key``); written next to the others on first use."""
+        path = self.dir / "server-key-plain.pem"
+        if not path.exists():
+            key = serialization.load_pem_private_key((self.dir / "server-key.pem").read_bytes(), PASSPHRASE)
+            path.write_bytes(key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                                               serialization.NoEncryption()))
+        return str(path)
 
     def probe(self) -> ProbeTLS:
         return ProbeTLS(self["ca.pem"], self["client.pem"], self["client-key.pem"])
@@ -73,7 +84,7 @@ def _ca(cn: str) -> tuple[ec.EllipticCurvePrivateKey, x509.Certificate]:
 
 
 def _leaf(ca: tuple[ec.EllipticCurvePrivateKey, x509.Certificate], cn: str, server: bool,
-          ) -> tuple[ec.EllipticCurvePrivateKey, x509.Certificate]:
+          ips: Sequence[str] = ()) -> tuple[ec.EllipticCurvePrivateKey, x509.Certificate]:
     ca_key, ca_cert = ca
     key = ec.generate_private_key(ec.SECP256R1())
     now = datetime.datetime.now(datetime.UTC)
@@ -85,7 +96,8 @@ def _leaf(ca: tuple[ec.EllipticCurvePrivateKey, x509.Certificate], cn: str, serv
                .add_extension(x509.ExtendedKeyUsage(usage), critical=False))
     if server:
         builder = builder.add_extension(x509.SubjectAlternativeName([
-            x509.DNSName(SERVER_NAME), x509.DNSName("localhost"), x509.IPAddress(ipaddress.ip_address("127.0.0.1")),
+            x509.DNSName(SERVER_NAME), x509.DNSName("localhost"),
+            *(x509.IPAddress(ipaddress.ip_address(ip)) for ip in ("127.0.0.1", *ips)),
         ]), critical=False)
     return key, builder.sign(ca_key, hashes.SHA256())
 
@@ -99,11 +111,13 @@ def _write(dir: Path, name: str, key: ec.EllipticCurvePrivateKey, cert: x509.Cer
         serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, encryption))
 
 
-def make_pki(dir: Path) -> Pki:
+def make_pki(dir: Path, server_ips: Sequence[str] = ()) -> Pki:
+    """The PKI in ``dir``; the server certificate also names ``server_ips`` (a registry that
+    dockerd must verify listens on a non-loopback address)."""
     dir.mkdir(parents=True, exist_ok=True)
     ca = _ca("kraken test CA")
     (dir / "ca.pem").write_bytes(ca[1].public_bytes(serialization.Encoding.PEM))
-    _write(dir, "server", *_leaf(ca, "kraken-server", server=True), passphrase=PASSPHRASE)
+    _write(dir, "server", *_leaf(ca, "kraken-server", server=True, ips=server_ips), passphrase=PASSPHRASE)
     (dir / "passphrase").write_bytes(PASSPHRASE + b"\n")
     _write(dir, "client", *_leaf(ca, "kraken-client", server=False))
     _write(dir, "stranger", *_leaf(_ca("another CA"), "stranger", server=False))

@@ -64,7 +64,7 @@ unit-test: install
 	if [ $$rc -eq 5 ]; then echo "make unit-test: pytest collected no tests"; rc=0; fi; exit $$rc
 
 devcluster: install
-	$(PY) -m kraken.devcluster start --workdir $(DEVCLUSTER_DIR)
+	$(PY) -m kraken.devcluster start --workdir $(DEVCLUSTER_DIR) $(if $(filter-out 0,$(KRAKEN_TLS)),--tls)
 
 # Needs no installed dependency: works with the system python3 too.
 devcluster-stop:

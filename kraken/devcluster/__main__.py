@@ -1,11 +1,14 @@
 """``python -m kraken.devcluster start|stop|health [--workdir DIR]``: what ``make devcluster``,
 ``make devcluster-stop``, ``make docker_stop``, the deploy scripts and the images' health
-checks run.
+checks run; ``tls --out DIR --hosts ...`` makes development certificates for a multi-host
+cluster.
 
 ``start`` picks the mode (``KRAKEN_DEVCLUSTER``: ``docker`` or ``native``; unset: Docker when
 a daemon answers) and hands over to :mod:`kraken.devcluster.docker` or
 :mod:`kraken.devcluster.native`; ``--role herd|agent`` starts one host's share of a multi-host
-cluster. ``stop`` stops it from any shell; ``health`` exits 0 when the supervisor runs and
+cluster; ``--tls`` (or ``KRAKEN_TLS=1``) turns TLS and mTLS on for every hop with certificates
+in ``<workdir>/tls/``, ``--tls-dir DIR`` with the ones in DIR. ``stop`` stops it from any
+shell; ``health`` exits 0 when the supervisor runs and
 every process answers its probe.
 """
 from __future__ import annotations
@@ -32,16 +35,24 @@ from kraken.devcluster.plan import port_owners
 from kraken.devcluster.state import err, out, read_state, state_path
 
 MODE_ENV = "KRAKEN_DEVCLUSTER"
+TLS_ENV = "KRAKEN_TLS"
 #: The devcluster's modes (``KRAKEN_DEVCLUSTER``), as the start banner names them.
 MODES = {"native": "native processes", "docker": "Docker containers"}
 #: What ``start --role`` runs: the whole devcluster, or one host's share of a multi-host cluster.
 ROLES = ("all", "herd", "agent")
 
 
-def choose_mode() -> tuple[str, str]:
-    """(mode, why): ``KRAKEN_DEVCLUSTER`` if set, else Docker when a daemon answers, else
-    native processes. Raises ``SystemExit`` for an unknown mode."""
+def choose_mode(tls: bool = False) -> tuple[str, str]:
+    """(mode, why): ``KRAKEN_DEVCLUSTER`` if set, else Docker when a daemon answers (native
+    processes with ``tls``: the containers do not mount certificates), else native
+    processes. Raises ``SystemExit`` for an unknown mode, or Docker asked with ``tls``."""
     asked = os.environ.get(MODE_ENV, "").strip().lower()
+    if tls:
+        if asked == "docker":
+            raise SystemExit(f"devcluster: TLS runs native processes only (the containers do not mount the "
+                             f"certificates): unset {MODE_ENV} or set {MODE_ENV}=native")
+        if asked in ("", "auto", "native"):
+            return "native", "TLS runs native processes"
     if asked in ("", "auto"):
         if dockermode.daemon_answers():
             return "docker", f"a Docker daemon answers; {MODE_ENV}=native runs local processes instead"
@@ -70,7 +81,7 @@ def parser() -> argparse.ArgumentParser:
         prog="python -m kraken.devcluster",
         description="Start, stop or probe the devcluster (Docker containers when a daemon answers, "
                     "else local processes), or one host's share of a multi-host cluster.")
-    p.add_argument("action", choices=["start", "stop", "health"])
+    p.add_argument("action", choices=["start", "stop", "health", "tls"])
     p.add_argument("--role", choices=ROLES, default="all",
                    help="all: the devcluster; herd or agent: this host's share of a multi-host cluster")
     p.add_argument("--herd-host", default="127.0.0.1",
@@ -93,6 +104,16 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--docker", action="store_true",
                    help="with stop: remove the devcluster's containers whatever the work dir says "
                         "(make docker_stop)")
+    p.add_argument("--tls", action="store_true", default=os.environ.get(TLS_ENV, "") not in ("", "0"),
+                   help=f"with start: TLS and mTLS on every hop, certificates made (or reused) in "
+                        f"<workdir>/tls/ (default: ${TLS_ENV}=1)")
+    p.add_argument("--tls-dir", type=Path, default=None,
+                   help="with start: TLS and mTLS on every hop with the certificates in DIR (ca.pem, "
+                        "client.pem, client-key.pem, <component>.pem and -key.pem), made by the tls action")
+    p.add_argument("--out", type=Path, help="with tls: where to write the certificates")
+    p.add_argument("--hosts", action="append", default=[],
+                   help="with tls: a name or address the servers are dialled at (repeat, or comma-separated); "
+                        "localhost and 127.0.0.1 are always included")
     p.add_argument("--workdir", default=os.environ.get("DEVCLUSTER_DIR") or str(DEFAULT_WORKDIR),
                    help="data, configs, logs and state (default: $DEVCLUSTER_DIR or %(default)s)")
     return p
@@ -103,6 +124,8 @@ def main(argv: list[str] | None = None) -> int:
     workdir = Path(args.workdir)
     if args.action == "health":
         return native.cmd_health(workdir)
+    if args.action == "tls":
+        return make_certificates(args.out, args.hosts)
     if args.action == "stop":  # creates nothing: a mistyped work dir must not appear on disk
         if args.docker:
             return stop_docker(workdir.resolve())
@@ -121,7 +144,18 @@ def main(argv: list[str] | None = None) -> int:
     except ParamsError as e:
         err(f"devcluster: {e}")
         return 1
-    mode, why = choose_mode()
+    tls = tls_dir = tls_hosts = None
+    if args.tls or args.tls_dir:
+        from kraken.devcluster.tls import DevPki, local_hosts  # here: stop and health run without cryptography
+
+        tls_dir = args.tls_dir or workdir / "tls"
+        tls = DevPki(tls_dir)
+        if args.tls_dir and tls.missing():
+            err(f"devcluster: --tls-dir {tls_dir} lacks {', '.join(tls.missing())} (make them with "
+                f"python -m kraken.devcluster tls --out {tls_dir} --hosts <herd address>)")
+            return 1
+        tls_hosts = None if args.tls_dir else local_hosts(args.herd_host)
+    mode, why = choose_mode(tls is not None)
     out(f"kraken devcluster: {MODES[mode]} ({why})")
     if mode == "docker":
         # The containers run the plan's processes (the herd's with a redis-server) on its ports,
@@ -143,7 +177,23 @@ def main(argv: list[str] | None = None) -> int:
             bind_address=args.bind_address)
     return native.cmd_start(workdir, ports, agents, role=args.role, herd_host=args.herd_host,
                             config_name=args.config_name, peer_ip=args.peer_ip, config_dir=args.config_dir.resolve(),
-                            redis=args.redis, logs_to_stdout=args.logs == "-", bind_address=args.bind_address)
+                            redis=args.redis, logs_to_stdout=args.logs == "-", bind_address=args.bind_address,
+                            tls=tls, tls_hosts=tls_hosts)
+
+
+def make_certificates(out_dir: Path | None, hosts: list[str]) -> int:
+    """``tls --out DIR --hosts ...``: a development CA, a client pair and one server pair per
+    component whose SANs are ``hosts`` plus loopback (files already valid there are kept)."""
+    from kraken.devcluster.tls import DevPki
+
+    if out_dir is None:
+        err("devcluster: tls needs --out DIR")
+        return 1
+    names = ["localhost", "127.0.0.1", *(h.strip() for arg in hosts for h in arg.split(",") if h.strip())]
+    written = DevPki(out_dir).ensure(list(dict.fromkeys(names)))
+    out(f"devcluster: certificates in {out_dir} for {', '.join(dict.fromkeys(names))}: "
+        f"{'made ' + ', '.join(written) if written else 'all reused'}")
+    return 0
 
 
 if __name__ == "__main__":

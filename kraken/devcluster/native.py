@@ -16,11 +16,11 @@ import os
 import signal
 import time
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from kraken.devcluster import docker as dockermode
 from kraken.devcluster.checks import busy_ports, check_plan, scratch_dir
-from kraken.devcluster.net import endpoint_url, probe_ok
+from kraken.devcluster.net import ProbeTLS, endpoint_url, probe_ok
 from kraken.devcluster.params import CONFIG_ROOT, AgentPorts, HerdPorts
 from kraken.devcluster.plan import REDIS_DIR, agent_processes, herd_processes, port_owners
 from kraken.devcluster.procfs import pid_alive
@@ -38,6 +38,8 @@ from kraken.devcluster.supervise import Interrupted, Process, StartupError, Supe
 
 #: ``--herd-host`` values meaning "this host only".
 LOOPBACK_HOSTS = ("127.0.0.1", "localhost", "::1")
+if TYPE_CHECKING:
+    from kraken.devcluster.tls import DevPki
 
 #: What answers on each process's probe port (an agent's server port, else its port), for
 #: the endpoint table.
@@ -47,13 +49,14 @@ _PROBES = {"proxy": "/v2/"}
 def _endpoint(proc: Process) -> str:
     if proc.component == "redis":
         return proc.probe
-    return endpoint_url(proc.host, proc.health_port or proc.port, _PROBES.get(proc.component, "/health"))
+    return endpoint_url(proc.host, proc.health_port or proc.port, _PROBES.get(proc.component, "/health"),
+                        secure=proc.tls is not None)
 
 
 def plan(workdir: Path, ports: HerdPorts, agents: dict[str, AgentPorts], *, role: str = "all",
          herd_host: str = "127.0.0.1", config_name: str = "development", peer_ip: str = "",
          config_dir: Path = CONFIG_ROOT, redis: bool = False, bind_address: str = "",
-         overlay_dir: Path | None = None) -> list[Process]:
+         overlay_dir: Path | None = None, tls: DevPki | None = None) -> list[Process]:
     """The processes of ``role``, in start order, their overlays written to ``overlay_dir``
     (default ``workdir/config``; see ``cmd_start``). The Docker mode's containers run these
     processes too, so both modes check this plan.
@@ -61,7 +64,12 @@ def plan(workdir: Path, ports: HerdPorts, agents: dict[str, AgentPorts], *, role
     The whole cluster (``role`` all) with the herd at loopback listens on 127.0.0.1 only, P2P
     included; a multi-host role listens where ``bind_address`` says (every interface by
     default), since other hosts reach it, except testfs and redis: only the herd uses them, on
-    loopback."""
+    loopback. With ``tls`` (a development PKI, see :mod:`kraken.devcluster.tls`) every hop is
+    TLS and the internal components require the cluster's client certificate; the processes
+    that serve HTTPS are probed with it."""
+    from kraken.config import deep_merge  # here, not at the top: ``stop`` must work without PyYAML
+
+    overrides = tls.overrides() if tls is not None else {}
     procs = []
     # The whole cluster on this host, reached at loopback: no other host needs any of its
     # ports, so nothing listens beyond loopback (HTTP and P2P alike).
@@ -69,7 +77,8 @@ def plan(workdir: Path, ports: HerdPorts, agents: dict[str, AgentPorts], *, role
     p2p_local = {"p2p": {"listen": {"host": "127.0.0.1"}}} if local_only else {}
     if role in ("all", "herd"):
         procs += herd_processes(workdir, ports, config_name, host=herd_host, config_dir=config_dir, redis=redis,
-                                overlay_dir=overlay_dir, overrides={"origin": p2p_local})
+                                overlay_dir=overlay_dir,
+                                overrides=deep_merge(overrides, {"origin": p2p_local}))
     if bind_address or local_only:
         for proc in procs:
             # redis and testfs are the herd's own: on loopback whatever the others listen on.
@@ -77,10 +86,15 @@ def plan(workdir: Path, ports: HerdPorts, agents: dict[str, AgentPorts], *, role
                 proc.bind(bind_address or "127.0.0.1")
     if role in ("all", "agent"):
         agent_procs = agent_processes(workdir, ports, agents, config_name, herd_host=herd_host, peer_ip=peer_ip,
-                                      config_dir=config_dir, overlay_dir=overlay_dir, overrides=p2p_local)
+                                      config_dir=config_dir, overlay_dir=overlay_dir,
+                                      overrides=deep_merge(overrides.get("agent", {}), p2p_local))
         for proc in agent_procs if local_only else ():
             proc.bind("127.0.0.1")
         procs += agent_procs
+    if tls is not None:
+        serving = {c for c, o in overrides.items() if "server" in o["tls"]}
+        for proc in procs:
+            proc.tls = tls.probe() if proc.component in serving else None
     return procs
 
 
@@ -101,7 +115,8 @@ class _StopFlag:
 def cmd_start(workdir: Path, ports: HerdPorts, agents: dict[str, AgentPorts],
               role: str = "all", herd_host: str = "127.0.0.1", config_name: str = "development",
               peer_ip: str = "", config_dir: Path = CONFIG_ROOT, redis: bool = False,
-              logs_to_stdout: bool = False, bind_address: str = "") -> int:
+              logs_to_stdout: bool = False, bind_address: str = "", tls: DevPki | None = None,
+              tls_hosts: list[str] | None = None) -> int:
     """The herd on ``ports``, then ``agents`` (name -> ports), supervised until a stop.
 
     ``role`` ``herd`` or ``agent`` starts only that part, for a multi-host cluster: the herd
@@ -110,6 +125,8 @@ def cmd_start(workdir: Path, ports: HerdPorts, agents: dict[str, AgentPorts],
     ``redis`` gives the herd a redis-server as the tracker's store; ``logs_to_stdout`` prints
     every process's log instead of writing ``logs/<name>.log`` (in a container);
     ``bind_address`` is where the herd's servers listen (default: see :func:`plan`).
+    ``tls`` turns TLS and mTLS on for every hop; with ``tls_hosts`` its files are made (or
+    renewed) for those names after the plan is checked, without it they must exist.
     """
     workdir = workdir.resolve()
     running = read_state(workdir)
@@ -121,7 +138,7 @@ def cmd_start(workdir: Path, ports: HerdPorts, agents: dict[str, AgentPorts],
     def planned(overlay_dir: Path | None = None) -> list[Process]:
         return plan(workdir, ports, agents, role=role, herd_host=herd_host, config_name=config_name,
                     peer_ip=peer_ip, config_dir=config_dir, redis=redis, bind_address=bind_address,
-                    overlay_dir=overlay_dir)
+                    overlay_dir=overlay_dir, tls=tls)
 
     with scratch_dir() as scratch:  # checked before anything is created: a refused start leaves no trace
         procs = planned(scratch)
@@ -131,6 +148,9 @@ def cmd_start(workdir: Path, ports: HerdPorts, agents: dict[str, AgentPorts],
         err(problem)
         return 1
     workdir.mkdir(parents=True, exist_ok=True)
+    if tls is not None and tls_hosts is not None:
+        written = tls.ensure(tls_hosts)
+        out(f"  tls       {tls.dir}: {'made ' + ', '.join(written) if written else 'certificates reused'}")
     procs = planned()
     if redis:
         (workdir / REDIS_DIR).mkdir(exist_ok=True)
@@ -156,7 +176,8 @@ def cmd_start(workdir: Path, ports: HerdPorts, agents: dict[str, AgentPorts],
                 with open(proc.log_path, "a") as log:
                     log.write(banner + "\n")
             pid = sup.start(proc).pid
-            children[proc.name] = {"pid": pid, "port": proc.port, "component": proc.component, "probe": proc.probe}
+            children[proc.name] = {"pid": pid, "port": proc.port, "component": proc.component, "probe": proc.probe,
+                                   **({"tls": vars(proc.tls)} if proc.tls else {})}
             write_state(workdir, state)
             out(f"  started   {proc.name} (pid {pid})")
         out("")
@@ -243,7 +264,8 @@ def cmd_health(workdir: Path) -> int:
     if state is None or not pid_alive(int(state.get("supervisor", -1))):
         err(f"devcluster: no supervisor running from {workdir}")
         return 1
-    failing = [name for name, info in state.get("processes", {}).items() if not probe_ok(info["probe"])]
+    failing = [name for name, info in state.get("processes", {}).items()
+               if not probe_ok(info["probe"], ProbeTLS(**info["tls"]) if info.get("tls") else None)]
     for name in failing:
         err(f"devcluster: {name} does not answer at {state['processes'][name]['probe']}")
     if not state.get("processes"):

@@ -10,15 +10,12 @@ from __future__ import annotations
 
 import json
 import os
-import queue
 import re
 import shutil
 import signal
 import socket
 import subprocess
 import sys
-import threading
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -30,12 +27,19 @@ from kraken.devcluster import (
     HerdPorts,
     Process,
     configcheck,
-    free_port,
     http_ok,
     port_free,
     write_overlay,
 )
 from kraken.devcluster.params import agent_variable, ambiguous_overrides
+from tests.support.devcluster import (
+    EXIT_TIMEOUT,
+    NO_DAEMON,
+    READY_TIMEOUT,
+    Devcluster,
+    devcluster_env,
+    params_with_free_ports,
+)
 from tests.support.ocigen import generate_oci_layout
 from tests.support.skopeo import assert_dir_matches_image, skopeo_copy, skopeo_pull_dir
 from tests.support.waiting import wait_until
@@ -43,19 +47,7 @@ from tests.support.waiting import wait_until
 PORTS = {"testfs": HerdPorts.testfs, "proxy": HerdPorts.proxy, "origin": HerdPorts.origin,
          "build-index": HerdPorts.build_index, "tracker": HerdPorts.tracker,
          "agent-one": 16002, "agent-two": 17002}
-READY_TIMEOUT = 90.0
-EXIT_TIMEOUT = 60.0
 
-
-#: A Docker socket nothing listens on: the devcluster's own choice must then be native processes.
-NO_DAEMON = "unix:///nonexistent/kraken-test/docker.sock"
-
-
-def _env() -> dict[str, str]:
-    env = dict(os.environ, PYTHONUNBUFFERED="1", DOCKER_HOST=NO_DAEMON)
-    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO_ROOT), env.get("PYTHONPATH")]))
-    env.pop("KRAKEN_DEVCLUSTER", None)
-    return env
 
 
 def _busy_ports() -> list[str]:
@@ -70,77 +62,7 @@ def default_ports_free() -> None:
                     f"(a devcluster running? `make devcluster-stop`)")
 
 
-class Devcluster:
-    """``python -m kraken.devcluster start`` in a subprocess, its output read line by line."""
 
-    def __init__(self, workdir: Path, *args: str) -> None:
-        self.workdir = workdir
-        self.lines: list[str] = []
-        self._queue: queue.Queue[str | None] = queue.Queue()
-        self.proc = subprocess.Popen(
-            [sys.executable, "-m", "kraken.devcluster", "start", "--workdir", str(workdir), *args],
-            stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-            text=True, env=_env(), cwd=REPO_ROOT,
-        )
-        self._reader = threading.Thread(target=self._read, daemon=True)
-        self._reader.start()
-
-    def _read(self) -> None:
-        assert self.proc.stdout is not None
-        for line in self.proc.stdout:
-            self._queue.put(line.rstrip("\n"))
-        self._queue.put(None)
-
-    @property
-    def output(self) -> str:
-        return "\n".join(self.lines)
-
-    def wait_for_line(self, prefix: str, timeout: float) -> str:
-        """Block until a line starting with ``prefix`` is printed; fail on exit or timeout."""
-        deadline = time.monotonic() + timeout
-        while True:
-            remaining = deadline - time.monotonic()
-            if remaining <= 0:
-                pytest.fail(f"no {prefix!r} line within {timeout}s; output so far:\n{self.output}")
-            try:
-                line = self._queue.get(timeout=remaining)
-            except queue.Empty:
-                continue
-            if line is None:
-                self.proc.wait(EXIT_TIMEOUT)
-                if "already in use" in self.output:  # taken between the fixture's check and the start
-                    pytest.skip(f"another process took a devcluster port meanwhile:\n{self.output}")
-                pytest.fail(f"devcluster exited ({self.proc.returncode}) before {prefix!r}:\n{self.output}")
-            self.lines.append(line)
-            if line.startswith(prefix):
-                return line
-
-    def wait_exit(self, timeout: float = EXIT_TIMEOUT) -> int:
-        code = self.proc.wait(timeout)
-        self._reader.join(timeout)
-        while True:  # collect what was printed after the last line waited for
-            try:
-                line = self._queue.get_nowait()
-            except queue.Empty:
-                break
-            if line is not None:
-                self.lines.append(line)
-        return code
-
-    def cleanup(self) -> None:
-        """Whatever happened: no supervisor and no component left running."""
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(EXIT_TIMEOUT)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
-        # Components whose supervisor died are stopped by PID from the state file.
-        subprocess.run([sys.executable, "-m", "kraken.devcluster", "stop", "--workdir", str(self.workdir)],
-                       env=_env(), cwd=REPO_ROOT, capture_output=True, timeout=EXIT_TIMEOUT, check=False)
-        if self.proc.stdout is not None:
-            self.proc.stdout.close()
 
 
 @pytest.fixture
@@ -207,7 +129,7 @@ def test_stop_from_another_process(devcluster: Devcluster) -> None:
     devcluster.wait_for_line("ready:", READY_TIMEOUT)
     stop = subprocess.run(
         [sys.executable, "-m", "kraken.devcluster", "stop", "--workdir", str(devcluster.workdir)],
-        env=_env(), cwd=REPO_ROOT, capture_output=True, text=True, timeout=EXIT_TIMEOUT, check=False,
+        env=devcluster_env(), cwd=REPO_ROOT, capture_output=True, text=True, timeout=EXIT_TIMEOUT, check=False,
     )
     assert stop.returncode == 0, stop.stdout + stop.stderr
     assert "stopped" in stop.stdout
@@ -216,7 +138,7 @@ def test_stop_from_another_process(devcluster: Devcluster) -> None:
 
     again = subprocess.run(
         [sys.executable, "-m", "kraken.devcluster", "stop", "--workdir", str(devcluster.workdir)],
-        env=_env(), cwd=REPO_ROOT, capture_output=True, text=True, timeout=EXIT_TIMEOUT, check=False,
+        env=devcluster_env(), cwd=REPO_ROOT, capture_output=True, text=True, timeout=EXIT_TIMEOUT, check=False,
     )
     assert again.returncode == 0 and "none running" in again.stdout, again.stdout + again.stderr
 
@@ -249,7 +171,7 @@ def test_port_in_use_is_a_clear_error(tmp_path: Path, default_ports_free: None) 
 def test_a_mode_that_cannot_run_is_a_clear_error(tmp_path: Path, mode: str, message: str) -> None:
     r = subprocess.run(
         [sys.executable, "-m", "kraken.devcluster", "start", "--workdir", str(tmp_path / "dc")],
-        env=dict(_env(), KRAKEN_DEVCLUSTER=mode), cwd=REPO_ROOT, capture_output=True, text=True,
+        env=dict(devcluster_env(), KRAKEN_DEVCLUSTER=mode), cwd=REPO_ROOT, capture_output=True, text=True,
         timeout=EXIT_TIMEOUT, check=False,
     )
     assert r.returncode != 0
@@ -257,23 +179,11 @@ def test_a_mode_that_cannot_run_is_a_clear_error(tmp_path: Path, mode: str, mess
     assert "KRAKEN_DEVCLUSTER=native" in r.stderr or "native" in r.stderr, r.stderr
 
 
-def _params_with_free_ports(tmp_path: Path) -> tuple[Path, dict[int, int]]:
-    """A copy of examples/devcluster's parameter files with every port moved to a free one, as
-    a user edits them (the seed's "16000 is taken: use 8080")."""
-    params = tmp_path / "params"
-    params.mkdir()
-    moved: dict[int, int] = {}
-    for src in (REPO_ROOT / "examples" / "devcluster").glob("*_param.sh"):
-        text = src.read_text()
-        for default in sorted({int(w) for w in re.findall(r":-(\d{5})}", text)}):
-            moved[default] = free_port()
-            text = text.replace(f":-{default}}}", f":-{moved[default]}}}")
-        (params / src.name).write_text(text)
-    return params, moved
+
 
 
 def test_ports_come_from_the_parameter_files(tmp_path: Path) -> None:
-    params, moved = _params_with_free_ports(tmp_path)
+    params, moved = params_with_free_ports(tmp_path)
     assert {16000, 17000, 15000, 15003}.issubset(moved), moved
     dc = Devcluster(tmp_path / "dc", "--herd-params", str(params / "herd_param.sh"))
     try:
@@ -289,7 +199,7 @@ def test_ports_come_from_the_parameter_files(tmp_path: Path) -> None:
 
 
 def test_a_bad_parameter_file_is_a_clear_error(tmp_path: Path) -> None:
-    params, _ = _params_with_free_ports(tmp_path)
+    params, _ = params_with_free_ports(tmp_path)
     agent_two = params / "agent_two_param.sh"
     agent_two.write_text(agent_two.read_text().replace("AGENT_PEER_PORT=", "AGENT_PEER_PORT=x"))
     dc = Devcluster(tmp_path / "dc", "--herd-params", str(params / "herd_param.sh"))
@@ -306,7 +216,12 @@ def _start(tmp_path: Path, *args: str, **env: str) -> subprocess.CompletedProces
     """``python -m kraken.devcluster start`` that is expected to refuse before starting anything."""
     return subprocess.run(
         [sys.executable, "-m", "kraken.devcluster", "start", "--workdir", str(tmp_path / "dc"), *args],
-        env=dict(_env(), **env), cwd=REPO_ROOT, capture_output=True, text=True, timeout=EXIT_TIMEOUT, check=False,
+        env=dict(devcluster_env(), **env),
+        cwd=REPO_ROOT,
+        capture_output=True,
+        text=True,
+        timeout=EXIT_TIMEOUT,
+        check=False,
     )
 
 
@@ -362,7 +277,7 @@ def test_docker_stop_forgets_only_a_docker_devclusters_state(tmp_path: Path, mod
     state.write_text(json.dumps({"mode": mode, "supervisor": -1, "containers": [], "processes": {}}))
     r = subprocess.run(
         [sys.executable, "-m", "kraken.devcluster", "stop", "--docker", "--workdir", str(state.parent)],
-        env=_env(), cwd=REPO_ROOT, capture_output=True, text=True, timeout=EXIT_TIMEOUT, check=False,
+        env=devcluster_env(), cwd=REPO_ROOT, capture_output=True, text=True, timeout=EXIT_TIMEOUT, check=False,
     )
     assert r.returncode == 0, r.stdout + r.stderr
     assert state.exists() == kept, r.stdout + r.stderr

@@ -34,17 +34,38 @@ agent_addresses() {  # [HERD_IP] [AGENT_IP]
   refuse_loopback AGENT_HOST_IP "$AGENT_HOST_IP"
 }
 
-# Which way to run: --docker (the kraken-herd/kraken-agent images, `make images`, host
-# networking) or --native (local processes); neither: Docker when a daemon answers.
-pick_mode() {  # the script's arguments
-  for a in "$@"; do
-    case "$a" in
-      --docker) echo docker; return ;;
-      --native) echo native; return ;;
-      *) die "unknown option $a (--docker or --native)" ;;
+# The deploy scripts' options, in $mode and $KRAKEN_TLS_DIR: --docker (the
+# kraken-herd/kraken-agent images, `make images`, host networking) or --native (local
+# processes), neither: Docker when a daemon answers; --tls-dir DIR: TLS and mTLS on every hop
+# with the certificates in DIR (`python -m kraken.devcluster tls --out DIR --hosts <HERD_IP>`),
+# which runs local processes (the containers do not mount certificates).
+parse_options() {  # the script's arguments
+  mode="" KRAKEN_TLS_DIR=${KRAKEN_TLS_DIR:-}
+  while [ $# -gt 0 ]; do
+    case "$1" in
+      --docker) mode=docker ;;
+      --native) mode=native ;;
+      --tls-dir) [ $# -ge 2 ] || die "--tls-dir needs a directory"; KRAKEN_TLS_DIR=$(cd "$2" && pwd) || die "no directory $2"; shift ;;
+      *) die "unknown option $1 (--docker, --native or --tls-dir DIR)" ;;
     esac
+    shift
   done
-  if command -v docker >/dev/null 2>&1 && docker info >/dev/null 2>&1; then echo docker; else echo native; fi
+  if [ -n "$KRAKEN_TLS_DIR" ]; then
+    [ "$mode" != docker ] || die "--tls-dir runs local processes only: use --native"
+    mode=native
+  elif [ -z "$mode" ]; then
+    if command -v docker >/dev/null 2>&1 && docker info >/dev/null 2>&1; then mode=docker; else mode=native; fi
+  fi
+  export KRAKEN_TLS_DIR
+}
+
+# The devcluster's TLS arguments ($tls_args) and how curl reaches the herd's internal ports
+# ($herd_scheme, $curl_tls): HTTPS with the cluster CA when KRAKEN_TLS_DIR is set.
+tls_options() {
+  tls_args=() herd_scheme=http curl_tls=()
+  if [ -n "${KRAKEN_TLS_DIR:-}" ]; then
+    tls_args=(--tls-dir "$KRAKEN_TLS_DIR") herd_scheme=https curl_tls=(--cacert "$KRAKEN_TLS_DIR/ca.pem")
+  fi
 }
 
 # Wait until URL answers 200, or fail with the end of LOG.

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Deploy an agent on this host, pulling from the herd at HERD_IP.
-#   deploy_agent.sh <HERD_IP> <AGENT_IP> [--docker|--native]   start it (registry localhost:16000;
+#   deploy_agent.sh <HERD_IP> <AGENT_IP> [--docker|--native] [--tls-dir DIR]   start it (registry localhost:16000;
 #                                                              default: Docker when a daemon answers)
 #   deploy_agent.sh --stop                                     stop it (either way)
 set -euo pipefail
@@ -9,10 +9,11 @@ source "$here/../agent_param.sh"
 source "$here/common.sh"
 
 if [ "${1:-}" = --stop ]; then stop_role agent; exit 0; fi
-[ $# -ge 2 ] || die "usage: $0 <HERD_IP> <AGENT_IP> [--docker|--native] | --stop"
+[ $# -ge 2 ] || die "usage: $0 <HERD_IP> <AGENT_IP> [--docker|--native] [--tls-dir DIR] | --stop"
 agent_addresses "$1" "$2"; shift 2
-mode=$(pick_mode "$@")
-curl -fsS -o /dev/null --noproxy '*' "http://$HERD_HOST:15003/health" \
+parse_options "$@"
+tls_options
+curl -fsS -o /dev/null --noproxy '*' "${curl_tls[@]}" "$herd_scheme://$HERD_HOST:15003/health" \
   || die "the herd's tracker does not answer at $HERD_HOST:15003 (is the herd up, is the port open?)"
 
 if [ "$mode" = docker ]; then

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Deploy the herd (testfs, origin, tracker, build-index, proxy) on this host.
-#   deploy_herd.sh <HERD_IP> [--docker|--native]   start it; HERD_IP: this host's address for the agents
+#   deploy_herd.sh <HERD_IP> [--docker|--native] [--tls-dir DIR]   start it; HERD_IP: this host's address for the agents
 #                                                  (default: Docker when a daemon answers)
 #   deploy_herd.sh --stop                          stop it (either way)
 set -euo pipefail
@@ -9,9 +9,9 @@ source "$here/../herd_param.sh"
 source "$here/common.sh"
 
 if [ "${1:-}" = --stop ]; then stop_role herd; exit 0; fi
-[ $# -ge 1 ] || die "usage: $0 <HERD_IP> [--docker|--native] | --stop"
+[ $# -ge 1 ] || die "usage: $0 <HERD_IP> [--docker|--native] [--tls-dir DIR] | --stop"
 herd_address "$1"; shift
-mode=$(pick_mode "$@")
+parse_options "$@"
 
 if [ "$mode" = docker ]; then
   "$here/../herd_start_container.sh" "$HERD_HOST_IP"

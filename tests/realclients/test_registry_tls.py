@@ -60,11 +60,14 @@ def pki(address: str, tmp_path_factory: pytest.TempPathFactory) -> Pki:
 
 
 @pytest.fixture(scope="module")
-def herd(pki: Pki, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Herd]:
+def herd(pki: Pki, address: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Herd]:
     everywhere = {"host": "0.0.0.0"}
     overrides = {name: {"tls": pki.section()} for name in ALL}
     overrides["proxy"]["listen"] = everywhere
     overrides["agent"]["listen"] = everywhere
+    # dockerd reaches the agent at this host's own non-loopback address: allow it (the
+    # default allow-list is loopback and the Docker bridge).
+    overrides["agent"]["allowed_cidrs"] = ["127.0.0.0/8", f"{address}/32"]
     h = start_herd(Path(tmp_path_factory.mktemp("herd")), agents=1, overrides=overrides,
                    probe_tls={name: pki.probe() for name in ALL})
     try:

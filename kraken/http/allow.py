@@ -20,12 +20,12 @@ from collections.abc import Callable, Iterable
 from aiohttp import web
 from aiohttp.typedefs import Middleware
 
+from kraken.http.addresses import IPAddress
 from kraken.http.app import Handler
 from kraken.log import get_logger
 from kraken.metrics import Metrics
 
 IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
-IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
 
 #: Loopback and Docker's default bridge (containers on this host): Kraken's agent default.
 DEFAULT_ALLOWED_CIDRS = ["127.0.0.0/8", "::1/128", "172.17.0.0/16"]

@@ -16,27 +16,21 @@ changed is recognised without a restart.
 from __future__ import annotations
 
 import asyncio
-import contextlib
-import ipaddress
-import socket
 import time
 
-from kraken.http.allow import IPAddress
-from kraken.log import get_logger
+from kraken.http.addresses import IPAddress, resolve, split_host_port
 
 REFRESH = 60.0
 RETRY = 5.0
 RESOLVE_TIMEOUT = 5.0
 
-log = get_logger("origin")
-
 
 def _hostname(addr: str) -> str:
-    """``host`` of ``host:port`` / ``[v6]:port`` / ``host``."""
-    if addr.startswith("["):
-        return addr[1:].split("]", 1)[0]
-    host, sep, port = addr.rpartition(":")
-    return host if sep and port.isdigit() and ":" not in host else addr
+    """``host`` of ``host:port`` / ``[v6]:port``; a bare host as is."""
+    try:
+        return split_host_port(addr)[0]
+    except ValueError:
+        return addr
 
 
 class ClusterPeers:
@@ -63,25 +57,8 @@ class ClusterPeers:
     async def _resolve(self) -> None:
         async with self._lock:
             for host in self.hosts:
-                addresses = await _resolve(host)
+                addresses = await resolve(host, RESOLVE_TIMEOUT)
                 if addresses is not None:  # a failed lookup keeps what the last one found
-                    self._by_host[host] = addresses
+                    self._by_host[host] = frozenset(addresses)
             self._addresses = frozenset().union(*self._by_host.values())
             self._resolved_at = time.monotonic()
-
-
-async def _resolve(host: str) -> frozenset[IPAddress] | None:
-    """``host``'s addresses (a literal address is itself), or None when the lookup fails."""
-    with contextlib.suppress(ValueError):
-        return frozenset({ipaddress.ip_address(host)})
-    try:
-        async with asyncio.timeout(RESOLVE_TIMEOUT):
-            infos = await asyncio.get_running_loop().getaddrinfo(host, None, type=socket.SOCK_STREAM)
-    except (OSError, TimeoutError) as e:
-        log.warning("cannot resolve a ring host", host=host, error=str(e))
-        return None
-    found: set[IPAddress] = set()
-    for info in infos:
-        with contextlib.suppress(ValueError):
-            found.add(ipaddress.ip_address(str(info[4][0]).split("%", 1)[0]))
-    return frozenset(found)

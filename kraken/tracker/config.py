@@ -14,18 +14,11 @@ from dataclasses import dataclass, field
 from typing import Literal
 
 from kraken.config import ByteSize, Duration, ListenConfig
+from kraken.http.addresses import split_host_port
 from kraken.http.config import HttpClientConfig, HttpServerConfig, TLSConfig
 from kraken.ring import RingConfig
 
 DEFAULT_PORT = 15003
-
-
-def split_host_port(addr: str) -> tuple[str, int]:
-    """``host:port`` (``[v6]:port`` for IPv6 literals) -> (host, port); ValueError if malformed."""
-    host, sep, port = addr.rpartition(":")
-    if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
-        raise ValueError(f"{addr!r} is not host:port")
-    return host.removeprefix("[").removesuffix("]"), int(port)
 
 
 @dataclass

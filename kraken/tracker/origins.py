@@ -7,16 +7,10 @@ not offered (agents still have the other peers and origins).
 """
 from __future__ import annotations
 
-import asyncio
-import ipaddress
-import socket
 import time
 
-from kraken.log import get_logger
-from kraken.tracker.config import split_host_port
+from kraken.http.addresses import resolve, split_host_port
 from kraken.tracker.peerstore import PeerAddr
-
-log = get_logger("tracker")
 
 RESOLVE_TTL = 60.0
 FAILED_TTL = 5.0
@@ -47,16 +41,8 @@ class OriginPeers:
 
 
 async def _resolve(host: str) -> str | None:
-    """An IP literal as is; a name to its first IPv4 address (compact lists prefer it), else IPv6."""
-    try:
-        return str(ipaddress.ip_address(host))
-    except ValueError:
-        pass
-    loop = asyncio.get_running_loop()
-    try:
-        infos = await asyncio.wait_for(loop.getaddrinfo(host, None, type=socket.SOCK_STREAM), RESOLVE_TIMEOUT)
-    except (TimeoutError, OSError) as e:
-        log.warning("cannot resolve origin P2P address", host=host, error=f"{type(e).__name__}: {e}")
+    """The host's first IPv4 address (compact lists prefer it), else its first IPv6 one."""
+    ips = await resolve(host, RESOLVE_TIMEOUT)
+    if not ips:
         return None
-    ips = [str(info[4][0]) for info in infos]
-    return next((ip for ip in ips if ":" not in ip), ips[0] if ips else None)
+    return str(next((ip for ip in ips if ip.version == 4), ips[0]))

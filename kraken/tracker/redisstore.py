@@ -33,7 +33,8 @@ from redis.backoff import ExponentialBackoff
 from redis.exceptions import RedisError
 
 from kraken.core.digest import Digest, DigestError
-from kraken.tracker.config import LimitsConfig, RedisConfig, split_host_port
+from kraken.http.addresses import split_host_port
+from kraken.tracker.config import LimitsConfig, RedisConfig
 from kraken.tracker.peerstore import AnnounceRefused, Peer, PeerAddr, PeerStore, PeerStoreError, Swarm
 
 EXPIRE_BATCH = 1000

@@ -52,11 +52,10 @@ class Pki:
 
     def context(self, cert: str | None = "client") -> ssl.SSLContext:
         """A client context trusting the cluster CA only, presenting ``cert`` (``client``,
-        ``stranger`` from the unrelated CA, or None), checking no host name (tests dial
-        127.0.0.1, whose SAN the server certificate carries anyway)."""
-        ctx = ssl.create_default_context(ssl.Purpose.SERVER_AUTH, cafile=self["ca.pem"])
-        if cert is not None:
-            ctx.load_cert_chain(self[f"{cert}.pem"], self[f"{cert}-key.pem"])
+        ``stranger`` from the unrelated CA, or None); the host name is checked too (tests dial
+        127.0.0.1, which the server certificate names)."""
+        ctx = ProbeTLS(self["ca.pem"], *((self[f"{cert}.pem"], self[f"{cert}-key.pem"]) if cert else ())).context()
+        ctx.check_hostname = True
         return ctx
 
 

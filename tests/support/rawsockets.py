@@ -6,6 +6,7 @@ a server must survive, which no library does on purpose.
 """
 from __future__ import annotations
 
+import contextlib
 import fcntl
 import socket
 import struct
@@ -52,9 +53,7 @@ def _wait_stalled(readers: list[socket.socket], timeout: float = 60.0, polls: in
 def read_until_closed(sock: socket.socket) -> bytes:
     """Everything the server sent before it closed the connection (a reset counts as closed)."""
     data = bytearray()
-    try:
+    with contextlib.suppress(ConnectionResetError):
         while chunk := sock.recv(1 << 16):
             data += chunk
-    except ConnectionResetError:
-        pass
     return bytes(data)

@@ -8,6 +8,7 @@ import pytest
 from aiohttp import web
 
 from kraken.agent.preload import PreloadConfig, Preloader, PreloadError
+from tests.support.waiting import until
 
 DockerHandler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
@@ -98,8 +99,7 @@ async def test_preloads_beyond_the_running_and_queued_limit_get_429_at_once(dock
     socket = await docker(slow)
     preloader = Preloader(PreloadConfig(docker_socket=socket, max_concurrent=2, max_queued=1), "localhost:16000")
     admitted = [asyncio.create_task(preloader.pull(f"team/app:v{i}", "docker")) for i in range(3)]
-    await asyncio.sleep(0.3)
-    assert running == 2
+    await until(lambda: running == 2, what="two pulls to reach the Docker API")
     with pytest.raises(PreloadError) as err:
         await preloader.pull("team/app:v9", "docker")
     assert err.value.status == 429

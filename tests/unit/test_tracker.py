@@ -11,8 +11,9 @@ import pytest
 from kraken.config import ConfigError, build, load_config
 from kraken.core.bencode import bencode
 from kraken.core.digest import Digest
+from kraken.http.addresses import split_host_port
 from kraken.tracker.announce import AnnounceError, compact, encode_peers, parse_announce, peer_ip
-from kraken.tracker.config import TrackerConfig, split_host_port
+from kraken.tracker.config import TrackerConfig
 from kraken.tracker.handout import handout
 from kraken.tracker.metainfo import MetainfoCache
 from kraken.tracker.peerstore import Peer, PeerAddr, Swarm

@@ -9,5 +9,6 @@ source "$here/herd_param.sh"
 source "$here/scripts/common.sh"
 herd_address "${1:-}"
 tls_options
+check_tls_names "$HERD_HOST_IP"
 start_processes herd "http://$herd_local:15000/v2/" --herd-host "$HERD_HOST_IP" --bind-address "$BIND_ADDRESS" \
   "${tls_args[@]}"

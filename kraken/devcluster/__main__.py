@@ -146,12 +146,14 @@ def main(argv: list[str] | None = None) -> int:
         return 1
     tls = tls_dir = tls_hosts = None
     if args.tls or args.tls_dir:
-        from kraken.devcluster.tls import DevPki, local_hosts  # here: stop and health run without cryptography
+        # Here: stop and health run without cryptography.
+        from kraken.devcluster.tls import INTERNAL, DevPki, local_hosts
 
         tls_dir = args.tls_dir or workdir / "tls"
         tls = DevPki(tls_dir)
-        if args.tls_dir and tls.missing():
-            err(f"devcluster: --tls-dir {tls_dir} lacks {', '.join(tls.missing())} (make them with "
+        missing = tls.missing(() if args.role == "agent" else INTERNAL)
+        if args.tls_dir and missing:
+            err(f"devcluster: --tls-dir {tls_dir} lacks {', '.join(missing)} (make them with "
                 f"python -m kraken.devcluster tls --out {tls_dir} --hosts <herd address>)")
             return 1
         tls_hosts = None if args.tls_dir else local_hosts(args.herd_host)

@@ -33,6 +33,8 @@ from kraken.devcluster.net import ProbeTLS
 COMPONENTS = ("testfs", "origin", "tracker", "build-index", "proxy", "agent")
 #: Serve HTTPS and require the cluster's client certificate (the tracker but for announces).
 INTERNAL = ("testfs", "origin", "tracker", "build-index")
+#: The servers other hosts (and the herd's own components) dial at the herd's address.
+DIALLED = ("origin", "tracker", "build-index")
 CA_DAYS = 365
 LEAF_DAYS = 90
 #: A certificate expiring sooner than this is made again.
@@ -139,6 +141,24 @@ def _signed_by(cert: x509.Certificate, ca: x509.Certificate) -> bool:
     return True
 
 
+def names_host(cert: x509.Certificate, host: str) -> bool:
+    """Whether a TLS client dialling ``host`` accepts ``cert``'s names: an address only by an
+    ``IP:`` SAN, a name by a ``DNS:`` SAN, ``*.`` matching one leftmost label."""
+    try:
+        ext = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+    except x509.ExtensionNotFound:
+        return False
+    try:
+        return ipaddress.ip_address(host) in ext.get_values_for_type(x509.IPAddress)
+    except ValueError:
+        pass
+    host = host.lower().rstrip(".")
+    for name in (str(n).lower().rstrip(".") for n in ext.get_values_for_type(x509.DNSName)):
+        if name == host or (name.startswith("*.") and host.partition(".")[2] == name[2:] and "." in host):
+            return True
+    return False
+
+
 def _names(cert: x509.Certificate) -> set[str]:
     try:
         ext = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
@@ -164,11 +184,19 @@ class DevPki:
     def ca(self) -> str:
         return self.path("ca.pem")
 
-    def missing(self) -> list[str]:
-        """The files a cluster needs that ``dir`` lacks (for ``--tls-dir``)."""
+    def missing(self, serving: Iterable[str] = INTERNAL) -> list[str]:
+        """The files a host needs that ``dir`` lacks (for ``--tls-dir``): the CA and the client
+        pair, and the server pairs of the components it runs that serve HTTPS (none on an agent
+        host, which so never holds a key the herd's servers prove themselves with)."""
         wanted = ["ca.pem", "client.pem", "client-key.pem",
-                  *(f"{c}{suffix}" for c in INTERNAL for suffix in (".pem", "-key.pem"))]
+                  *(f"{c}{suffix}" for c in serving for suffix in (".pem", "-key.pem"))]
         return [name for name in wanted if not (self.dir / name).is_file()]
+
+    def unnamed(self, host: str, components: Iterable[str] = DIALLED) -> list[str]:
+        """The server certificates of ``components`` in ``dir`` that a client dialling
+        ``host`` would refuse (no SAN matches it), so a deploy can say so before it starts."""
+        return [f"{c}.pem" for c in components
+                if (cert := _load(self.dir / f"{c}.pem")) is None or not names_host(cert, host)]
 
     def section(self, component: str, *, serve: bool) -> dict[str, Any]:
         """A component's ``tls:`` overlay: the CA, the client pair (every component calls

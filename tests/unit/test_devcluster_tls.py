@@ -11,7 +11,7 @@ from cryptography import x509
 
 from kraken.config import build
 from kraken.devcluster.__main__ import main
-from kraken.devcluster.tls import COMPONENTS, INTERNAL, DevPki, issue, new_ca, write_pair
+from kraken.devcluster.tls import COMPONENTS, INTERNAL, DevPki, issue, names_host, new_ca, write_pair
 from kraken.http.config import TLSConfig
 from kraken.http.tls import ClientAuth, client_context, server_context
 
@@ -83,3 +83,33 @@ def test_a_tls_dir_lacking_files_is_refused_before_anything_starts(
     assert code == 1
     assert "lacks ca.pem" in capsys.readouterr().err
     assert not (tmp_path / "dc").exists()
+
+
+def test_an_agent_host_needs_only_the_ca_and_the_client_pair(tmp_path: Path) -> None:
+    """``--role agent --tls-dir`` asks for no server key: an agent host never holds one of the
+    herd's (it could impersonate the herd with it)."""
+    pki = DevPki(tmp_path)
+    pki.ensure(["10.1.0.1"])
+    for name in [p.name for p in tmp_path.iterdir() if p.name not in ("ca.pem", "client.pem", "client-key.pem")]:
+        (tmp_path / name).unlink()
+    assert pki.missing(()) == []
+    assert "origin.pem" in pki.missing()
+
+
+def test_unnamed_lists_the_herd_certificates_a_client_would_refuse(tmp_path: Path) -> None:
+    pki = DevPki(tmp_path)
+    pki.ensure(["10.1.0.1", "herd.example"])
+    assert pki.unnamed("10.1.0.1") == pki.unnamed("herd.example") == pki.unnamed("HERD.example.") == []
+    assert pki.unnamed("10.1.0.2") == ["origin.pem", "tracker.pem", "build-index.pem"]
+    (tmp_path / "tracker.pem").unlink()
+    assert pki.unnamed("10.1.0.1") == ["tracker.pem"]
+
+
+@pytest.mark.parametrize(("host", "named"), [
+    ("10.1.0.1", True), ("10.1.0.2", False), ("::1", True), ("a.herd.example", True),
+    ("herd.example", False), ("b.a.herd.example", False), ("10.1.0.1.nip.io", False),
+])
+def test_names_host_matches_as_tls_clients_do(host: str, named: bool) -> None:
+    """An address only by an IP: SAN, a name by a DNS: SAN, a wildcard for one label."""
+    _, cert = issue(new_ca("ca"), "leaf", ["10.1.0.1", "::1", "*.herd.example"], server=True)
+    assert names_host(cert, host) is named

@@ -68,17 +68,18 @@ tls_options() {
   fi
 }
 
-# With KRAKEN_TLS_DIR: refuse to start when the herd's server certificates there (origin,
-# tracker, build-index) do not name HOST, the address every client dials them at: each client
-# would refuse them. Said here, with the fix, rather than as a probe that never answers.
-check_tls_names() {  # HOST
+# With KRAKEN_TLS_DIR: refuse to start when server certificates there do not name HOST, the
+# address a client dials them at (default: origin, tracker, build-index, which agents dial at
+# the herd's address): each client would refuse them. Said here, with the fix, rather than as
+# a probe that never answers.
+check_tls_names() {  # HOST [COMPONENT...]
   [ -n "${KRAKEN_TLS_DIR:-}" ] || return 0
   local unnamed
-  unnamed=$("$KRAKEN_PYTHON" -c 'import sys; from pathlib import Path; from kraken.devcluster.tls import DevPki
-print(" ".join(DevPki(Path(sys.argv[1])).unnamed(sys.argv[2])))' "$KRAKEN_TLS_DIR" "$1") \
+  unnamed=$("$KRAKEN_PYTHON" -c 'import sys; from pathlib import Path; from kraken.devcluster.tls import DIALLED, DevPki
+print(" ".join(DevPki(Path(sys.argv[1])).unnamed(sys.argv[2], sys.argv[3:] or DIALLED)))' "$KRAKEN_TLS_DIR" "$@") \
     || die "cannot read the certificates in $KRAKEN_TLS_DIR"
   [ -z "$unnamed" ] || die "$unnamed in $KRAKEN_TLS_DIR lack or do not name $1 (an address needs an IP: SAN).
-Make them again: python -m kraken.devcluster tls --out $KRAKEN_TLS_DIR --hosts $1[,<other names>]"
+Make them again: python -m kraken.devcluster tls --out $KRAKEN_TLS_DIR --hosts $HERD_HOST_IP[,<other names>]"
 }
 
 # Wait until URL answers 200, or fail with the end of LOG.

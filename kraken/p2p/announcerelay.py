@@ -91,6 +91,7 @@ class AnnounceRelay:
         self._listener: asyncio.Server | None = None
         self._tasks = TaskOwner("announce-relay")
         self._failing = False
+        self._reached = False
 
     @classmethod
     async def start(cls, tracker_addr: str, http_client: HttpClientConfig, tls: TLSConfig, p2p_host: str,
@@ -142,9 +143,10 @@ class AnnounceRelay:
             resp.release()
         if body is None:
             return self._failed(f"tracker answer larger than {MAX_ANSWER} bytes")
-        if self._failing:
-            self._failing = False
-            log.info("announce relay reaches the tracker again", tracker=self.tracker_base)
+        if self._failing or not self._reached:
+            # Once at the first answer and after each outage: the path works end to end.
+            log.info("announce relay reaches the tracker", tracker=self.tracker_base, status=resp.status)
+            self._failing, self._reached = False, True
         return web.Response(status=resp.status, body=body, content_type=_BENCODED)
 
     def _failed(self, reason: str) -> web.Response:

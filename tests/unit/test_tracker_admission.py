@@ -49,7 +49,8 @@ def test_nothing_is_checked_when_the_tracker_verifies_no_certificates() -> None:
     metrics = Metrics("t")
     admission = AnnounceAdmission("all", False, TrackerMetrics(metrics))
     assert check(admission, False, announce(0)) is None
-    assert metric(generate_latest(metrics.registry).decode(), "kraken_tracker_announce_certificates_total", 0, certificate="none") == 0
+    text = generate_latest(metrics.registry).decode()
+    assert metric(text, "kraken_tracker_announce_certificates_total", 0, certificate="none") == 0
 
 
 def test_refusals_are_counted_and_logged_once_per_peer(caplog: pytest.LogCaptureFixture) -> None:

@@ -45,11 +45,12 @@ from kraken.http.errors import ErrorTable, JsonError, json_error
 from kraken.http.health import check
 from kraken.http.names import check_namespace
 from kraken.http.server import Site, site
-from kraken.http.tls import ClientAuth, trust_tracker_ca
+from kraken.http.tls import ClientAuth
 from kraken.log import get_logger
 from kraken.metrics import Metrics
 from kraken.origin.client import OriginCluster
 from kraken.p2p import P2PSession
+from kraken.p2p.announcerelay import announce_url
 from kraken.registry.app import add_registry_routes
 from kraken.registry.errors import RegistryError
 from kraken.store.cas import QUARANTINED_HELP, CAStore
@@ -118,10 +119,12 @@ class Agent:
             cas = await asyncio.to_thread(CAStore, root, False, quarantined)
             http = create_client(config.http_client, config.tls)
             stack.push_async_callback(http.close)
-            trust_tracker_ca(config.tls, root)
+            # Before the session, so the relay (HTTPS trackers) outlives its stopped announces.
+            announce = await announce_url(stack, config.tracker.addr, http, config.http_client, config.tls,
+                                          config.p2p.listen.host, metrics)
             session = await P2PSession.start(config.p2p, metrics, role="agent")
             stack.push_async_callback(session.close)
-            tracker = TrackerClient(config.tracker.addr, http, config.download.metainfo_timeout)
+            tracker = TrackerClient(config.tracker.addr, http, config.download.metainfo_timeout, announce)
             fallback = None
             if config.origins.hosts and config.download.fallback_after > 0:
                 fallback = HttpFallback(OriginCluster(config.origins, http), cas, config.download.fallback_after,

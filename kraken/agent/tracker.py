@@ -50,16 +50,16 @@ class Metainfo:
 
 
 class TrackerClient:
-    def __init__(self, addr: str, http: HttpClient, poll_timeout: float) -> None:
+    """``announce_url`` is the URL libtorrent announces to: the tracker's ``/announce``, or the
+    announce relay's when the tracker is HTTPS (:mod:`kraken.p2p.announcerelay`); libtorrent's
+    SSRF check wants its path to start with ``/announce``."""
+
+    def __init__(self, addr: str, http: HttpClient, poll_timeout: float, announce_url: str = "") -> None:
         self.addr = addr
         self.base = http.base(addr)
         self.http = http
         self.poll_timeout = poll_timeout
-
-    @property
-    def announce_url(self) -> str:
-        """The URL libtorrent announces to (its SSRF check wants a path starting /announce)."""
-        return f"{self.base}/announce"
+        self.announce_url = announce_url or f"{self.base}/announce"
 
     async def get_metainfo(self, namespace: str, digest: Digest) -> Metainfo | None:
         """The blob's bencoded torrent; ``None`` if no origin has the blob.

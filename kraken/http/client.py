@@ -17,6 +17,7 @@ import random
 from typing import Any
 
 import aiohttp
+from yarl import URL
 
 from kraken.http.config import HttpClientConfig, TLSConfig
 from kraken.http.errors import error_message
@@ -81,14 +82,17 @@ class HttpClient:
         return self.base(addr) + path
 
     async def request(
-        self, method: str, url: str, *, ok: tuple[int, ...] = (200,), retry: bool = True, **kwargs: Any
+        self, method: str, url: str | URL, *, ok: tuple[int, ...] = (200,), retry: bool = True, **kwargs: Any
     ) -> aiohttp.ClientResponse:
         """Send a request and return the response (caller releases it) if its status is in ``ok``.
+
+        ``url`` may be a ``yarl.URL`` built with ``encoded=True``, sent exactly as it is
+        (the announce relay's raw query strings).
 
         Raises :class:`HTTPStatusError` for any other status, after retrying transient
         failures when the body can be replayed.
         """
-        if self._tls and url.startswith("https:"):
+        if self._tls and str(url).startswith("https:"):
             kwargs = {**self._tls, **kwargs}
         replayable = retry and not _is_stream(kwargs.get("data"))
         attempts = 1 + (self.config.retries if replayable else 0)
@@ -106,7 +110,7 @@ class HttpClient:
                 body = (await resp.read()).decode(errors="replace")
                 resp.release()
                 if last or resp.status not in RETRY_STATUSES:
-                    raise HTTPStatusError(method, url, resp.status, body)
+                    raise HTTPStatusError(method, str(url), resp.status, body)
                 log.warning("transient status, retrying", method=method, url=url, status=resp.status)
             delay = min(self.config.backoff_max, self.config.backoff * 2**attempt)
             await asyncio.sleep(delay * (0.5 + random.random()))

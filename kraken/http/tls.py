@@ -20,7 +20,6 @@ Passphrases are read from their files here and handed to OpenSSL; they are never
 """
 from __future__ import annotations
 
-import os
 import ssl
 from collections.abc import Iterable
 from enum import Enum
@@ -109,18 +108,3 @@ def client_cert_guard(component: str, open_routes: Iterable[str] = ()) -> Middle
 
     return guard
 
-
-def trust_tracker_ca(config: TLSConfig, workdir: Path) -> None:
-    """Make libtorrent verify an HTTPS tracker against ``cas``: the only way it takes a CA is
-    ``SSL_CERT_FILE``, read when a session is created (so call this before). Trust is
-    additive: libtorrent also trusts the system bundles. Python contexts made here pass
-    their CAs explicitly, so the variable changes none of them. Several CAs are joined into
-    one bundle, ``workdir/tracker-cas.pem``."""
-    if not config.calls:
-        return
-    if len(config.cas) == 1:
-        os.environ["SSL_CERT_FILE"] = str(Path(config.cas[0].path).resolve())
-        return
-    bundle = workdir / "tracker-cas.pem"
-    bundle.write_text(_cas_pem(config))
-    os.environ["SSL_CERT_FILE"] = str(bundle.resolve())

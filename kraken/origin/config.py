@@ -3,7 +3,6 @@ from __future__ import annotations
 
 import socket
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
 
 from kraken.backend.config import AuthConfig, NamespaceBackendConfig
 from kraken.config import ByteSize, Duration, ListenConfig
@@ -11,9 +10,6 @@ from kraken.core.metainfo import DEFAULT_PIECE_LENGTHS
 from kraken.http.config import HttpClientConfig, HttpServerConfig, TLSConfig
 from kraken.p2p.config import ORIGIN_P2P_PORT, P2PConfig
 from kraken.ring import RingConfig
-
-if TYPE_CHECKING:
-    from kraken.http.client import HttpClient
 
 DEFAULT_PORT = 15002
 
@@ -100,11 +96,6 @@ class TrackerConfig:
         host, sep, port = self.addr.rpartition(":")
         if self.addr and not (sep and host and port.isdigit()):
             raise ValueError(f"tracker.addr {self.addr!r} is not host:port")
-
-    def announce_url(self, http: HttpClient) -> str:
-        """The URL libtorrent announces to, in the scheme of the origin's client ``http``;
-        empty when the origin does not announce."""
-        return http.url(self.addr, "/announce") if self.addr else ""
 
 
 #: How long an origin keeps seeding a blob that uploads nothing. It must be longer than the

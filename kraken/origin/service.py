@@ -38,7 +38,6 @@ from kraken.backend import build_router
 from kraken.core.digest import Digest
 from kraken.core.metainfo import EmptyBlobError, generate_metainfo, piece_length_for
 from kraken.http.client import HttpClient, create_client
-from kraken.http.tls import trust_tracker_ca
 from kraken.log import get_logger
 from kraken.metrics import Metrics
 from kraken.origin.cleanup import OriginCleanup
@@ -47,6 +46,7 @@ from kraken.origin.fetch import BackendFetcher
 from kraken.origin.replication import Replicator
 from kraken.origin.writeback import WriteBack
 from kraken.p2p import P2PError, P2PSession
+from kraken.p2p.announcerelay import announce_url
 from kraken.persisted import PersistedQueue
 from kraken.ring import HashRing
 from kraken.store.cas import QUARANTINED_HELP, CAStore
@@ -112,6 +112,8 @@ class _Running:
     replicator: Replicator
     fetcher: BackendFetcher
     cleanup: OriginCleanup
+    #: Where libtorrent announces seeded blobs ("" when the origin does not announce).
+    announce_url: str
 
 
 class OriginService:
@@ -191,12 +193,16 @@ class OriginService:
                 peers=lambda d: [h for h in self.ring.owners(d) if h != self.identity], http=http,
                 on_repaired=writeback.enqueue,
             )
+            # Before the session, so the relay (HTTPS trackers) outlives its stopped announces.
+            announce = ""
+            if config.tracker.addr:
+                announce = await announce_url(stack, config.tracker.addr, http, config.http_client, config.tls,
+                                              config.p2p.listen.host, metrics)
             self._running = _Running(store, http, writeback, replicator, fetcher,
-                                     OriginCleanup(store, self._protected, config.cleanup, metrics))
+                                     OriginCleanup(store, self._protected, config.cleanup, metrics), announce)
             stack.callback(setattr, self, "_running", None)
             # First: an origin that cannot listen for peers fails to start (agents are sent to
             # that port by the tracker) before it has started any other work.
-            trust_tracker_ca(config.tls, root)
             self.p2p = await P2PSession.start(config.p2p, metrics, role="origin")
             stack.push_async_callback(self._close_p2p, self.p2p)
             self.p2p.on_seed_corrupt = self._seed_corrupt
@@ -381,8 +387,7 @@ class OriginService:
         if self.p2p is None:
             raise SeedError("the P2P session is not running")
         try:
-            info_hash = await self.p2p.seed(metainfo, self.store.path(digest),
-                                            self.config.tracker.announce_url(self.running.http))
+            info_hash = await self.p2p.seed(metainfo, self.store.path(digest), self.running.announce_url)
         except (P2PError, ValueError, OSError) as e:
             log.error("cannot seed blob", digest=digest, error=f"{type(e).__name__}: {e}")
             raise SeedError(f"cannot seed {digest}: {e}") from e

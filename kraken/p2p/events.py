@@ -1,7 +1,12 @@
 """The alerts that are only logged: connections, bans, tracker trouble, listen failures and
-libtorrent's performance warnings. Tracker errors are warnings: they are retried, and some
-are harmless (e.g. an IPv6 socket skipping an IPv4 tracker)."""
+libtorrent's performance warnings. Tracker errors are warnings (they are retried), except a
+listen socket skipping a tracker it cannot route to, which is harmless and logged at debug:
+libtorrent announces from each listen socket, and with a wildcard listen address only the
+loopback one reaches the announce relay on 127.0.0.1 (an IPv6 socket likewise skips an IPv4
+tracker)."""
 from __future__ import annotations
+
+import logging
 
 import libtorrent as lt
 
@@ -9,6 +14,9 @@ from kraken.log import KrakenLogger
 from kraken.p2p.alerts import AlertHandler
 from kraken.p2p.stats import endpoint
 from kraken.p2p.torrents import TorrentTable
+
+#: libtorrent's ``announce_skipped`` error ("skipping tracker announce (unreachable)").
+_ANNOUNCE_SKIPPED = ("libtorrent", 180)
 
 
 class EventLog:
@@ -40,7 +48,9 @@ class EventLog:
 
     def _on_tracker_error(self, alert: lt.tracker_error_alert) -> None:
         rec = self._torrents.of(alert)
-        self._log.warning(
+        skipped = (alert.error.category().name(), alert.error.value()) == _ANNOUNCE_SKIPPED
+        self._log.log(
+            logging.DEBUG if skipped else logging.WARNING,
             "tracker error",
             name=rec.name if rec else alert.torrent_name,
             url=alert.tracker_url(),

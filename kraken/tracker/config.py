@@ -20,6 +20,9 @@ from kraken.ring import RingConfig
 
 DEFAULT_PORT = 15003
 
+#: Which announces need a cluster client certificate (see :mod:`kraken.tracker.admission`).
+CertificateRule = Literal["seeders", "all", "none"]
+
 
 @dataclass
 class RedisConfig:
@@ -108,6 +111,7 @@ class TrackerConfig:
     peer_ttl: Duration = 3600.0
     max_peers_returned: int = 50
     trust_ip_param: bool = False
+    announce_requires_certificate: CertificateRule = "seeders"
     store: Literal["memory", "redis"] = "memory"
     redis: RedisConfig = field(default_factory=RedisConfig)
     metainfo: MetainfoConfig = field(default_factory=MetainfoConfig)

@@ -12,8 +12,15 @@ class TrackerMetrics:
         self.announce_failures = metrics.counter(
             "kraken_tracker_announce_failures_total",
             "Announces refused: invalid request, peer store down (store), beyond the address's or the "
-            "total torrent limit (limit_ip, limit_total)",
+            "total torrent limit (limit_ip, limit_total), no client certificate where one is required "
+            "(no_certificate)",
             ["reason"],
+        )
+        self.announce_certificates = metrics.counter(
+            "kraken_tracker_announce_certificates_total",
+            "Announces checked for a client certificate (announce_requires_certificate with mTLS): the "
+            "connection brought a verified cluster certificate (verified) or none",
+            ["certificate"],
         )
         self.peers_returned = metrics.counter(
             "kraken_tracker_peers_returned_total",

@@ -2,9 +2,11 @@
 
 ``GET /announce`` (any path under ``/announce`` too: libtorrent's SSRF mitigation only lets
 loopback trackers use such paths) speaks the BitTorrent tracker protocol; its errors are
-bencoded ``failure reason`` dictionaries (400 for a malformed announce, 503 when the peer
-store is down, which clients retry, 429 beyond the announcing address's torrent limit and
-503 beyond the tracker's total, see :mod:`kraken.tracker.peerstore`).
+bencoded ``failure reason`` dictionaries (400 for a malformed announce, 403 without the
+client certificate ``announce_requires_certificate`` asks for, see
+:mod:`kraken.tracker.admission`, 503 when the peer store is down, which clients retry, 429
+beyond the announcing address's torrent limit and 503 beyond the tracker's total, see
+:mod:`kraken.tracker.peerstore`).
 ``GET /namespace/{ns}/blobs/{d}/metainfo`` answers like the origin's internal metainfo
 endpoint, errors as ``{"error"}`` (:mod:`kraken.http.errors`).
 """
@@ -19,6 +21,7 @@ from kraken.http.names import check_namespace
 from kraken.http.server import Site, site
 from kraken.http.tls import ClientAuth
 from kraken.metrics import Metrics
+from kraken.tracker.admission import AnnounceAdmission
 from kraken.tracker.announce import AnnounceError, encode_failure, parse_announce, peer_ip
 from kraken.tracker.config import TrackerConfig
 from kraken.tracker.metrics import TrackerMetrics
@@ -42,6 +45,8 @@ def create_tracker_app(config: TrackerConfig) -> web.Application:
     metrics = Metrics(COMPONENT)
     tracker_metrics = TrackerMetrics(metrics)
     service = TrackerService(config, tracker_metrics)
+    admission = AnnounceAdmission(config.announce_requires_certificate, config.tls.verifies_clients,
+                                  tracker_metrics)
     app = create_app(
         COMPONENT, metrics, readiness=service.readiness, quiet_routes=("/announce", "/announce/{tail}"),
         errors=ERRORS,
@@ -56,6 +61,9 @@ def create_tracker_app(config: TrackerConfig) -> web.Application:
         except AnnounceError as e:
             tracker_metrics.announce_failures.labels("invalid").inc()
             return web.Response(status=400, body=encode_failure(str(e)), content_type=BENCODED)
+        refusal = admission.refusal(request, parsed, ip)
+        if refusal is not None:
+            return web.Response(status=403, body=encode_failure(refusal), content_type=BENCODED)
         try:
             body = await service.announce(parsed, ip)
         except PeerStoreError as e:
@@ -84,7 +92,8 @@ def create_tracker_app(config: TrackerConfig) -> web.Application:
 
 
 def sites(config: TrackerConfig) -> list[Site]:
-    """With mTLS, announces stay open: libtorrent presents no client certificate for an
-    ordinary torrent (docs/SECURITY.md)."""
+    """With mTLS, ``/announce`` stays open at the TLS layer and in the 403 middleware: which
+    announces need a certificate is :mod:`kraken.tracker.admission`'s decision, answered in
+    the BitTorrent protocol (docs/SECURITY.md)."""
     return [site(create_tracker_app(config), config.listen, config.tls, ClientAuth.REQUIRED,
                  open_routes=("/announce", "/announce/"))]

@@ -5,8 +5,10 @@ client certificate (mTLS); the proxy's registry stays plain HTTP (client-facing,
 default) and calls origin and build-index over mTLS; the agent serves its registry over TLS
 without asking for a client certificate and its server (tags, blobs, ``DELETE``, preload)
 over mTLS but for the probes and ``/metrics``, calls tracker, build-index and origins over
-mTLS, and announces to the HTTPS tracker (libtorrent trusts the CA through
-``SSL_CERT_FILE``). The agent's HTTP fallback is off, so a pull can only be P2P.
+mTLS. The origin and the agent announce to the HTTPS tracker through their announce relays
+(libtorrent on plain HTTP to loopback, the relay on mTLS), and the tracker refuses seeder
+announces without a cluster certificate. The agent's HTTP fallback is off, so a pull can only
+be P2P.
 """
 from __future__ import annotations
 
@@ -16,6 +18,7 @@ from pathlib import Path
 from urllib.parse import quote
 
 import aiohttp
+import libtorrent as lt
 import pytest
 
 from kraken.core.digest import Digest
@@ -25,7 +28,8 @@ from tests.support.cluster import Herd, start_herd
 from tests.support.metrics import metric
 from tests.support.pki import Pki, make_pki
 from tests.support.proxy import Proxy, manifest_for
-from tests.support.tracker import announce_query
+from tests.support.tracker import Answer, announce_query
+from tests.support.waiting import until
 
 REPO = "tls/app"
 INTERNAL = ("testfs", "origin", "tracker", "build-index")
@@ -42,7 +46,8 @@ def herd(pki: Pki, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Herd]:
     overrides["proxy"] = {"tls": pki.section(server=False)}
     overrides["agent"] = {"tls": pki.section(), "download": {"fallback_after": 0}}
     probes = {name: pki.probe() for name in (*INTERNAL, "agent")}
-    h = start_herd(Path(tmp_path_factory.mktemp("tls")), agents=1, overrides=overrides, probe_tls=probes)
+    h = start_herd(Path(tmp_path_factory.mktemp("tls")), agents=1, overrides=overrides, probe_tls=probes,
+                   origins_announce=True)
     try:
         yield h
     finally:
@@ -115,13 +120,34 @@ async def test_agent_server_requires_the_cluster_client_certificate(
     assert "refused: no client certificate" in log_of(agent)
 
 
-async def test_tracker_announces_need_no_client_certificate(
+async def announce(session: aiohttp.ClientSession, herd: Herd, ih: bytes, port: int, left: int) -> Answer:
+    async with session.get(https(herd.tracker, "/announce?" + announce_query(ih, port, left=left))) as r:
+        return Answer(r.status, lt.bdecode(await r.read()))
+
+
+async def test_a_leecher_announces_without_a_client_certificate(
     herd: Herd, sessions: dict[str, aiohttp.ClientSession],
 ) -> None:
-    query = announce_query(os.urandom(20), 6881)
-    async with sessions["anonymous"].get(https(herd.tracker, "/announce?" + query)) as r:
-        assert r.status == 200, await r.text()
-        assert (await r.read()).startswith(b"d")
+    answer = await announce(sessions["anonymous"], herd, os.urandom(20), 6881, left=5)
+    assert answer.status == 200, answer.body
+    assert b"peers" in answer.body
+
+
+async def test_a_seeder_without_a_client_certificate_is_refused_and_never_handed_out(
+    herd: Herd, sessions: dict[str, aiohttp.ClientSession],
+) -> None:
+    ih = os.urandom(20)
+    refused = await announce(sessions["anonymous"], herd, ih, 6882, left=0)
+    assert refused.status == 403
+    assert refused.body == {b"failure reason": b"seeding requires a cluster certificate"}
+    # A host with the cluster certificate (as an agent's relay announces) is not sent there.
+    answer = await announce(sessions["cluster"], herd, ih, 6883, left=5)
+    assert answer.status == 200, answer.body
+    assert all(peer.port != 6882 for peer in answer.peers)
+    assert answer.body[b"complete"] == 0
+    assert "announce refused: no client certificate" in log_of(herd.tracker)
+    async with sessions["cluster"].get(https(herd.tracker, "/metrics")) as r:
+        assert metric(await r.text(), "kraken_tracker_announce_failures_total", reason="no_certificate") >= 1
 
 
 async def test_push_through_the_proxy_and_p2p_pull_with_every_hop_on_tls(
@@ -159,7 +185,17 @@ async def test_push_through_the_proxy_and_p2p_pull_with_every_hop_on_tls(
         assert r.status == 200, await r.text()
         assert await r.read() == layer
     assert "tracker error" not in log_of(agent)
-    async with cluster.get(https(herd.tracker, "/metrics")) as r:
-        # The agent's two downloads announced "started" to the HTTPS tracker (libtorrent
-        # verified its certificate against the CA in SSL_CERT_FILE).
-        assert metric(await r.text(), "kraken_tracker_announces_total", 0, event="started") >= 2
+    async with cluster.get(https(agent, "/metrics")) as r:  # the origin served the pieces
+        assert metric(await r.text(), "kraken_p2p_download_bytes_total", source="origin") >= len(layer)
+
+    async def certified_announces() -> bool:
+        async with cluster.get(https(herd.tracker, "/metrics")) as r:
+            text = await r.text()
+        return metric(text, "kraken_tracker_announce_certificates_total", 0, certificate="verified") >= 4
+
+    # The agent's two downloads and the origin's two seeds announced through their relays,
+    # each with the cluster certificate (the tracker served the origin's as a seeder).
+    await until(certified_announces, 30, "four announces with the cluster certificate", interval=0.5)
+    for proc in (agent, herd.origin):  # the origin's announces are seeders': left=0
+        assert "announce relay reaches the tracker" in log_of(proc) and "status=200" in log_of(proc), proc.name
+        assert "announce relay cannot forward" not in log_of(proc)

@@ -8,6 +8,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from kraken.config import deep_merge
 from kraken.core.digest import Digest
 from kraken.devcluster import AgentPorts, HerdPorts, Process, StartupError, Supervisor, agent_processes, herd_processes
 from kraken.devcluster.net import ProbeTLS
@@ -96,6 +97,7 @@ class ProxyRegistry:
 def start_herd(
     workdir: Path, origins: int = 1, max_replica: int = 1, attempts: int = 3, agents: int = 0,
     overrides: dict[str, dict[str, Any]] | None = None, probe_tls: dict[str, ProbeTLS] | None = None,
+    origins_announce: bool = False,
 ) -> Herd:
     """A herd on free ports with ``origins`` origins on one ring, ``max_replica`` owners per
     blob, and ``agents`` agents (``agent-1``, ...) pulling from it.
@@ -104,14 +106,19 @@ def start_herd(
     A port found free can be taken by someone else before the component binds it (the ports
     are chosen up front because every component's config names the others'); such a start is
     retried on fresh ports. ``probe_tls`` (by component) is how to probe the components
-    that serve HTTPS.
+    that serve HTTPS. ``origins_announce``: the origins announce what they seed to the herd's
+    tracker (``tracker.addr``, which names a port chosen here).
     """
     extra = overrides or {}
     for attempt in range(1, attempts + 1):
         ports = HerdPorts.free(origins)
         agent_ports = {f"agent-{i + 1}": AgentPorts.free() for i in range(agents)}
         sup = Supervisor(workdir / f"attempt-{attempt}" if attempt > 1 else workdir)
-        procs = [*herd_processes(sup.workdir, ports, max_replica=max_replica, overrides=extra),
+        herd_extra = extra
+        if origins_announce:
+            announce = {"tracker": {"addr": f"127.0.0.1:{ports.tracker}"}}
+            herd_extra = {**extra, "origin": deep_merge(extra.get("origin", {}), announce)}
+        procs = [*herd_processes(sup.workdir, ports, max_replica=max_replica, overrides=herd_extra),
                  *agent_processes(sup.workdir, ports, agent_ports, overrides=extra.get("agent"))]
         for proc in procs:
             proc.tls = (probe_tls or {}).get(proc.component)

@@ -1,0 +1,182 @@
+"""The announce relay: libtorrent's announces to an HTTPS tracker, sent by Python with the host's
+client certificate and only the cluster CAs trusted.
+
+libtorrent cannot do either for an ordinary torrent: its tracker connections present no client
+certificate, and it takes a CA only from ``SSL_CERT_FILE`` and trusts the system bundles
+besides (``../shared/reference/tls.md``, sections 1.2 and 2.1). So when the tracker is HTTPS
+(the component's ``tls:`` section calls over TLS), libtorrent announces over plain HTTP to a
+small server inside the same process, which forwards each announce to the tracker through
+Kraken's HTTP client (:func:`~kraken.http.client.create_client`): trusting ``tls.cas`` only,
+checking ``tls.name``, presenting ``tls.client`` when one is configured.
+
+- The query string is forwarded byte for byte (``info_hash`` and ``peer_id`` are
+  percent-encoded bytes; re-encoding would change them), and so is the path, which is always
+  ``/announce``: libtorrent's SSRF mitigation only lets a loopback tracker's path start with
+  ``/announce``, and the relay serves nothing else (404).
+- The tracker takes the peer's address from the connection, which is now the relay's: the
+  same host, so the address handed to other peers stays right (the port is the ``port``
+  parameter, untouched).
+- It listens on loopback (a free port), or on the P2P listen address when that is one
+  specific address: libtorrent binds its announces to the listen socket's interface, and one
+  bound to an Ethernet device never reaches 127.0.0.1 (measured). There it answers only
+  this host's own address.
+- Bounded: :data:`MAX_CONNECTIONS` connections (the server's and the upstream's), the
+  component's ``http_client`` connect and read timeouts with a whole-request limit of
+  :data:`ANSWER_TIMEOUT` (libtorrent stops waiting after 10 s), no retries (libtorrent retries
+  with backoff), answers up to :data:`MAX_ANSWER` bytes (a 50-peer compact answer is under
+  1 KiB), anything larger is refused with 502.
+
+One relay serves one tracker; a process announcing to several starts one per tracker
+(:func:`announce_url`). The relay is started before the P2P session and closed after it, so
+the "stopped" announces at close still reach the tracker.
+"""
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import ipaddress
+from contextlib import AsyncExitStack
+
+import aiohttp
+from aiohttp import web
+from aiohttp.web_request import BaseRequest
+from yarl import URL
+
+from kraken.http.client import HttpClient, create_client
+from kraken.http.config import HttpClientConfig, HttpServerConfig, TLSConfig
+from kraken.http.server import GuardedServer
+from kraken.http.urls import base_url
+from kraken.log import get_logger
+from kraken.metrics import Metrics
+from kraken.tasks import TaskOwner
+
+log = get_logger("p2p.relay")
+
+ANNOUNCE_PATH = "/announce"
+#: Connections to the relay, and from it to the tracker, open at once.
+MAX_CONNECTIONS = 64
+#: Longest answer forwarded to libtorrent.
+MAX_ANSWER = 1 << 20
+#: Whole-request limit upstream: libtorrent's ``tracker_receive_timeout`` is 10 s.
+ANSWER_TIMEOUT = 10.0
+#: The relay's own connections: libtorrent sends a request at once and reads its answer.
+_SERVER_LIMITS = HttpServerConfig(header_timeout=5.0, body_timeout=5.0, write_timeout=10.0, idle_timeout=30.0,
+                                  max_connections=MAX_CONNECTIONS)
+_BENCODED = "text/plain"
+
+
+def relay_host(p2p_host: str) -> str:
+    """Where the relay listens for a P2P session listening on ``p2p_host``: loopback of the
+    same family for a wildcard (libtorrent then also announces from its loopback socket), the
+    address itself when it is one specific address (loopback or not)."""
+    try:
+        ip = ipaddress.ip_address(p2p_host.strip("[]"))
+    except ValueError:
+        return "127.0.0.1"
+    if ip.is_unspecified:
+        return "::1" if ip.version == 6 else "127.0.0.1"
+    return str(ip)
+
+
+class AnnounceRelay:
+    """One tracker's relay; :meth:`start` it, :meth:`close` it."""
+
+    def __init__(self, tracker_base: str, http: HttpClient, host: str, metrics: Metrics, label: str) -> None:
+        self.tracker_base = tracker_base
+        self.host = host
+        self.url = ""
+        self._http = http
+        self._label = label
+        self._server = GuardedServer(self._handle, limits=_SERVER_LIMITS, metrics=metrics, port=label)
+        self._listener: asyncio.Server | None = None
+        self._tasks = TaskOwner("announce-relay")
+        self._failing = False
+        self._reached = False
+
+    @classmethod
+    async def start(cls, tracker_addr: str, http_client: HttpClientConfig, tls: TLSConfig, p2p_host: str,
+                    metrics: Metrics, label: str = "announce-relay") -> AnnounceRelay:
+        """Listen on a free port of :func:`relay_host` and forward to the tracker at ``tracker_addr``."""
+        total = min(http_client.total_timeout or ANSWER_TIMEOUT, ANSWER_TIMEOUT)
+        upstream = dataclasses.replace(http_client, max_connections=MAX_CONNECTIONS, retries=0, total_timeout=total)
+        http = create_client(upstream, tls)
+        self = cls(http.base(tracker_addr), http, relay_host(p2p_host), metrics, label)
+        try:
+            loop = asyncio.get_running_loop()
+            self._listener = await loop.create_server(self._server, self.host, 0)
+        except BaseException:
+            await http.close()
+            raise
+        port = self._listener.sockets[0].getsockname()[1]
+        host = f"[{self.host}]" if ":" in self.host else self.host
+        self.url = base_url(f"{host}:{port}") + ANNOUNCE_PATH
+        self._tasks.spawn(self._server.watch(), "watchdog")
+        log.info("announce relay started", url=self.url, tracker=self.tracker_base,
+                 client_certificate=tls.client.configured())
+        return self
+
+    async def close(self) -> None:
+        await self._tasks.close()
+        if self._listener is not None:
+            self._listener.close()
+            await self._server.shutdown(1.0)
+            await self._listener.wait_closed()
+        await self._http.close()
+
+    async def _handle(self, request: BaseRequest) -> web.StreamResponse:
+        if request.method != "GET" or request.path != ANNOUNCE_PATH:
+            return web.Response(status=404, text="the announce relay serves GET /announce only\n")
+        if self.host not in ("127.0.0.1", "::1") and request.remote != self.host:
+            log.warning("announce relay: refused a caller that is not this host", remote=request.remote)
+            return web.Response(status=403, text="the announce relay serves this host only\n")
+        url = URL(self.tracker_base + request.raw_path, encoded=True)
+        headers = {"User-Agent": request.headers.get("User-Agent", "")}
+        try:
+            resp = await self._http.request("GET", url, ok=tuple(range(100, 600)), retry=False, headers=headers)
+        except (TimeoutError, aiohttp.ClientError, OSError) as e:
+            return self._failed(f"tracker unreachable: {type(e).__name__}: {e}")
+        try:
+            body = await _read_bounded(resp)
+        except (TimeoutError, aiohttp.ClientError, OSError) as e:
+            return self._failed(f"tracker answer unreadable: {type(e).__name__}: {e}")
+        finally:
+            resp.release()
+        if body is None:
+            return self._failed(f"tracker answer larger than {MAX_ANSWER} bytes")
+        if self._failing or not self._reached:
+            # Once at the first answer and after each outage: the path works end to end.
+            log.info("announce relay reaches the tracker", tracker=self.tracker_base, status=resp.status)
+            self._failing, self._reached = False, True
+        return web.Response(status=resp.status, body=body, content_type=_BENCODED)
+
+    def _failed(self, reason: str) -> web.Response:
+        """502 to libtorrent (which logs a tracker error and retries); logged here once per
+        outage rather than at every announce."""
+        if not self._failing:
+            self._failing = True
+            log.warning("announce relay cannot forward", tracker=self.tracker_base, reason=reason)
+        return web.Response(status=502, text=reason + "\n")
+
+
+async def _read_bounded(resp: aiohttp.ClientResponse) -> bytes | None:
+    """The body, or ``None`` once it exceeds :data:`MAX_ANSWER` (whatever Content-Length says)."""
+    if resp.content_length is not None and resp.content_length > MAX_ANSWER:
+        return None
+    body = bytearray()
+    async for chunk in resp.content.iter_chunked(64 << 10):
+        body += chunk
+        if len(body) > MAX_ANSWER:
+            return None
+    return bytes(body)
+
+
+async def announce_url(stack: AsyncExitStack, tracker_addr: str, http: HttpClient, http_client: HttpClientConfig,
+                       tls: TLSConfig, p2p_host: str, metrics: Metrics) -> str:
+    """The URL libtorrent announces to the tracker at ``tracker_addr`` with: the tracker's
+    own when the component calls it over plain HTTP, else a relay's, started now and closed
+    by ``stack`` (enter it before the P2P session, so it closes after)."""
+    if not http.secure:
+        return http.url(tracker_addr, ANNOUNCE_PATH)
+    relay = await AnnounceRelay.start(tracker_addr, http_client, tls, p2p_host, metrics)
+    stack.push_async_callback(relay.close)
+    return relay.url

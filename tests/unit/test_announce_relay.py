@@ -1,0 +1,159 @@
+"""The announce relay (kraken.p2p.announcerelay) against an HTTPS "tracker" in this process that
+requires the cluster CA's client certificates: what it forwards, and its bounds."""
+from __future__ import annotations
+
+import os
+from collections.abc import AsyncIterator
+from contextlib import AsyncExitStack
+from dataclasses import dataclass, field
+from urllib.parse import quote_from_bytes
+
+import aiohttp
+import pytest
+from aiohttp import web
+
+from kraken.http.client import create_client
+from kraken.http.config import HttpClientConfig, SecretFile, TLSConfig, X509Pair
+from kraken.http.tls import ClientAuth, server_context
+from kraken.metrics import Metrics
+from kraken.p2p.announcerelay import MAX_ANSWER, AnnounceRelay, announce_url, relay_host
+from tests.support.pki import Pki, make_pki
+
+
+@pytest.fixture(scope="module")
+def pki(tmp_path_factory: pytest.TempPathFactory) -> Pki:
+    return make_pki(tmp_path_factory.mktemp("pki"))
+
+
+def tls_config(pki: Pki, *, client: bool = True) -> TLSConfig:
+    pair = X509Pair(cert=SecretFile(pki["client.pem"]), key=SecretFile(pki["client-key.pem"])) if client else X509Pair()
+    return TLSConfig(name="kraken", cas=[SecretFile(pki["ca.pem"])], client=pair,
+                     server=X509Pair(cert=SecretFile(pki["server.pem"]), key=SecretFile(pki["server-key.pem"]),
+                                     passphrase=SecretFile(pki["passphrase"])))
+
+
+@dataclass
+class Tracker:
+    """What the fake tracker received, and what it answers."""
+
+    addr: str = ""
+    seen: list[tuple[str, str, bool]] = field(default_factory=list)  # raw path, user agent, certified
+    body: bytes = b"d8:intervali5e5:peers0:e"
+    status: int = 200
+
+
+@pytest.fixture
+async def tracker(pki: Pki) -> AsyncIterator[Tracker]:
+    state = Tracker()
+
+    async def handle(request: web.Request) -> web.Response:
+        state.seen.append((request.raw_path, request.headers.get("User-Agent", ""),
+                           bool(request.get_extra_info("peercert"))))
+        return web.Response(status=state.status, body=state.body)
+
+    app = web.Application()
+    app.router.add_route("*", "/{tail:.*}", handle)
+    runner = web.AppRunner(app)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0, ssl_context=server_context(tls_config(pki), ClientAuth.REQUIRED))
+    await site.start()
+    assert site._server is not None
+    state.addr = f"127.0.0.1:{site._server.sockets[0].getsockname()[1]}"  # type: ignore[union-attr]
+    try:
+        yield state
+    finally:
+        await runner.cleanup()
+
+
+@pytest.fixture
+async def relay(tracker: Tracker, pki: Pki) -> AsyncIterator[AnnounceRelay]:
+    relay = await AnnounceRelay.start(tracker.addr, HttpClientConfig(), tls_config(pki), "0.0.0.0", Metrics("t"))
+    try:
+        yield relay
+    finally:
+        await relay.close()
+
+
+async def get(url: str, method: str = "GET") -> tuple[int, bytes]:
+    async with aiohttp.ClientSession() as s, s.request(method, url, headers={"User-Agent": "libtorrent/2.1.1.0"}) as r:
+        return r.status, await r.read()
+
+
+async def test_announces_are_forwarded_byte_for_byte_with_the_client_certificate(
+    relay: AnnounceRelay, tracker: Tracker,
+) -> None:
+    assert relay.url.startswith("http://127.0.0.1:") and relay.url.endswith("/announce")
+    info_hash = bytes(range(256))[::13] + b"%2B+"
+    query = f"info_hash={quote_from_bytes(info_hash[:20], safe='')}&peer_id=-LT2110-%41%2b%7E+abcd&port=6881&left=0"
+    url = aiohttp.client.URL(f"{relay.url}?{query}", encoded=True)
+    async with aiohttp.ClientSession() as s, s.get(url, headers={"User-Agent": "libtorrent/2.1.1.0"}) as r:
+        assert (r.status, await r.read()) == (200, tracker.body)
+    assert tracker.seen == [(f"/announce?{query}", "libtorrent/2.1.1.0", True)]
+
+
+async def test_the_trackers_status_and_failure_reason_pass_through(relay: AnnounceRelay, tracker: Tracker) -> None:
+    tracker.status, tracker.body = 403, b"d14:failure reason38:seeding requires a cluster certificatee"
+    assert await get(relay.url + "?left=0") == (403, tracker.body)
+
+
+@pytest.mark.parametrize(("method", "path"), [("GET", "/"), ("GET", "/metrics"), ("GET", "/announce/x"),
+                                              ("GET", "/announcex"), ("POST", "/announce"), ("HEAD", "/announce")])
+async def test_only_get_announce_is_served(relay: AnnounceRelay, tracker: Tracker, method: str, path: str) -> None:
+    status, _ = await get(relay.url.removesuffix("/announce") + path, method)
+    assert status == 404
+    assert tracker.seen == []
+
+
+async def test_an_oversize_answer_is_refused(relay: AnnounceRelay, tracker: Tracker) -> None:
+    tracker.body = os.urandom(MAX_ANSWER + 1)
+    status, body = await get(relay.url + "?left=1")
+    assert status == 502 and b"larger than" in body
+    tracker.body = b"d8:intervali5e5:peers0:e"
+    assert await get(relay.url + "?left=1") == (200, tracker.body)  # the relay recovers
+
+
+async def test_an_unreachable_tracker_is_a_502(pki: Pki) -> None:
+    relay = await AnnounceRelay.start("127.0.0.1:1", HttpClientConfig(), tls_config(pki), "127.0.0.1", Metrics("t"))
+    try:
+        status, body = await get(relay.url + "?left=1")
+        assert status == 502 and b"unreachable" in body
+    finally:
+        await relay.close()
+
+
+async def test_without_a_client_certificate_the_relay_still_trusts_only_the_cluster_ca(
+    tracker: Tracker, pki: Pki,
+) -> None:
+    relay = await AnnounceRelay.start(tracker.addr, HttpClientConfig(), tls_config(pki, client=False), "0.0.0.0",
+                                      Metrics("t"))
+    try:
+        assert (await get(relay.url + "?left=1"))[0] == 200
+        assert tracker.seen[-1][2] is False
+    finally:
+        await relay.close()
+
+
+async def test_announce_url_starts_a_relay_only_for_an_https_tracker(tracker: Tracker, pki: Pki) -> None:
+    metrics = Metrics("t")
+    async with AsyncExitStack() as stack:
+        plain = create_client(HttpClientConfig())
+        stack.push_async_callback(plain.close)
+        assert await announce_url(stack, "tracker:15003", plain, HttpClientConfig(), TLSConfig(), "0.0.0.0",
+                                  metrics) == "http://tracker:15003/announce"
+        config = tls_config(pki)
+        secure = create_client(HttpClientConfig(), config)
+        stack.push_async_callback(secure.close)
+        url = await announce_url(stack, tracker.addr, secure, HttpClientConfig(), config, "0.0.0.0", metrics)
+        assert url.startswith("http://127.0.0.1:")
+        assert (await get(url + "?left=1"))[0] == 200
+    with pytest.raises(aiohttp.ClientConnectionError):  # closed with the stack
+        await get(url + "?left=1")
+
+
+def test_relay_host_follows_the_p2p_listen_address() -> None:
+    assert relay_host("0.0.0.0") == "127.0.0.1"
+    assert relay_host("::") == "::1"
+    assert relay_host("[::]") == "::1"
+    assert relay_host("127.0.0.1") == "127.0.0.1"
+    assert relay_host("10.1.2.3") == "10.1.2.3"  # libtorrent announces from that address only
+    assert relay_host("eth0") == "127.0.0.1"

@@ -105,11 +105,12 @@ def parser() -> argparse.ArgumentParser:
                    help="with stop: remove the devcluster's containers whatever the work dir says "
                         "(make docker_stop)")
     p.add_argument("--tls", action="store_true", default=os.environ.get(TLS_ENV, "") not in ("", "0"),
-                   help=f"with start: TLS and mTLS on every hop, certificates made (or reused) in "
-                        f"<workdir>/tls/ (default: ${TLS_ENV}=1)")
+                   help=f"with start: TLS and mTLS on every hop, piece traffic included (p2p.tls), certificates "
+                        f"made (or reused) in <workdir>/tls/ (default: ${TLS_ENV}=1)")
     p.add_argument("--tls-dir", type=Path, default=None,
                    help="with start: TLS and mTLS on every hop with the certificates in DIR (ca.pem, "
-                        "client.pem, client-key.pem, <component>.pem and -key.pem), made by the tls action")
+                        "client.pem, client-key.pem, <component>.pem and -key.pem), made by the tls action; "
+                        "piece traffic over TLS too when DIR has peer.pem and peer-key.pem")
     p.add_argument("--out", type=Path, help="with tls: where to write the certificates")
     p.add_argument("--hosts", action="append", default=[],
                    help="with tls: a name or address the servers are dialled at (repeat, or comma-separated); "
@@ -149,7 +150,8 @@ def main(argv: list[str] | None = None) -> int:
         from kraken.devcluster.tls import DevPki, local_hosts  # here: stop and health run without cryptography
 
         tls_dir = args.tls_dir or workdir / "tls"
-        tls = DevPki(tls_dir)
+        # Piece traffic over TLS too, unless a --tls-dir made before the peer pair existed lacks it.
+        tls = DevPki(tls_dir, p2p=not args.tls_dir or (tls_dir / "peer-key.pem").is_file())
         if args.tls_dir and tls.missing():
             err(f"devcluster: --tls-dir {tls_dir} lacks {', '.join(tls.missing())} (make them with "
                 f"python -m kraken.devcluster tls --out {tls_dir} --hosts <herd address>)")

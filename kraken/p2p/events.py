@@ -1,6 +1,6 @@
 """The alerts that are only logged: connections, bans, refused TLS handshakes (``p2p.tls``),
-tracker trouble, listen failures and libtorrent's performance warnings. Tracker errors are warnings: they are retried, and some
-are harmless (e.g. an IPv6 socket skipping an IPv4 tracker)."""
+tracker trouble, listen failures and libtorrent's performance warnings. Tracker errors are
+warnings: they are retried, and some are harmless (e.g. an IPv6 socket skipping an IPv4 tracker)."""
 from __future__ import annotations
 
 import libtorrent as lt

@@ -12,7 +12,9 @@ from cryptography import x509
 from kraken.config import build
 from kraken.devcluster.__main__ import main
 from kraken.devcluster.tls import COMPONENTS, INTERNAL, DevPki, issue, new_ca, write_pair
+from kraken.agent.config import AgentConfig
 from kraken.http.config import TLSConfig
+from kraken.origin.config import OriginConfig
 from kraken.http.tls import ClientAuth, client_context, server_context
 
 
@@ -26,8 +28,9 @@ def _sans(path: Path) -> set[str]:
 def test_makes_a_ca_a_client_pair_and_a_server_pair_per_component(tmp_path: Path) -> None:
     pki = DevPki(tmp_path / "tls")
     written = pki.ensure(["localhost", "127.0.0.1", "10.0.0.5"])
-    assert set(written) == {"ca.pem", "client.pem", *(f"{c}.pem" for c in COMPONENTS)}
+    assert set(written) == {"ca.pem", "client.pem", "peer.pem", *(f"{c}.pem" for c in COMPONENTS)}
     assert pki.missing() == []
+    assert _sans(tmp_path / "tls" / "peer.pem") == {"*"}  # joins every SSL torrent (p2p.tls)
     assert _sans(tmp_path / "tls" / "origin.pem") >= {"origin", "localhost", "127.0.0.1", "10.0.0.5"}
     assert (tmp_path / "tls" / "client-key.pem").stat().st_mode & 0o077 == 0
     # The overlays load as Kraken's tls: section and give working contexts; only the
@@ -39,6 +42,18 @@ def test_makes_a_ca_a_client_pair_and_a_server_pair_per_component(tmp_path: Path
         assert isinstance(client_context(tls), ssl.SSLContext)
         if tls.serves:
             assert isinstance(server_context(tls, ClientAuth.REQUIRED), ssl.SSLContext)
+
+
+def test_origins_and_agents_get_p2p_tls_with_the_peer_pair(tmp_path: Path) -> None:
+    pki = DevPki(tmp_path)
+    pki.ensure(["127.0.0.1"])
+    overlays = pki.overrides()
+    assert {c for c, o in overlays.items() if "p2p" in o} == {"origin", "agent"}
+    origin = build(OriginConfig, overlays["origin"])  # the files pass the checks made at load
+    assert origin.p2p.tls.enabled and origin.p2p.tls.ca.path == pki.ca
+    agent = build(AgentConfig, {**overlays["agent"], "store": {"root": str(tmp_path / "agent")}})
+    assert agent.p2p.listen_interfaces().endswith("s")
+    assert not any("p2p" in o for o in DevPki(tmp_path, p2p=False).overrides().values())
 
 
 def test_valid_files_are_reused_and_new_hosts_reissue_only_the_server_leaves(tmp_path: Path) -> None:
@@ -63,7 +78,8 @@ def test_an_expiring_or_foreign_file_is_made_again(tmp_path: Path) -> None:
     assert set(pki.ensure(["127.0.0.1"])) == {"origin.pem", "client.pem"}
     # An expiring CA: everything again.
     write_pair(tmp_path, "ca", new_ca("short", days=2))
-    assert set(pki.ensure(["127.0.0.1"])) == {"ca.pem", "client.pem", *(f"{c}.pem" for c in COMPONENTS)}
+    assert set(pki.ensure(["127.0.0.1"])) == {"ca.pem", "client.pem", "peer.pem",
+                                              *(f"{c}.pem" for c in COMPONENTS)}
     assert (tmp_path / "ca.pem").read_bytes() != ca
     cert = x509.load_pem_x509_certificate((tmp_path / "ca.pem").read_bytes())
     assert cert.not_valid_after_utc - datetime.datetime.now(datetime.UTC) > datetime.timedelta(days=300)

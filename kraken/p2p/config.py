@@ -49,17 +49,13 @@ class P2PTLSConfig:
             raise ValueError("a passphrase without a key")
 
     def resolve(self, cas: list[SecretFile]) -> None:
-        """Default ``ca`` to the component's first ``tls.cas`` entry, then check the files (a
-        component config calls this when it is loaded, so a bad file fails at start)."""
-        if not self.enabled:
-            return
-        if not self.ca.path:
+        """Default ``ca`` to the component's first ``tls.cas`` entry (a component config calls
+        this when it is loaded). The files themselves are checked when the P2P session starts
+        (:func:`kraken.p2p.tls.check_files`): a config may be checked before they are made."""
+        if self.enabled and not self.ca.path:
             if not cas:
                 raise ValueError("p2p.tls: enabled needs p2p.tls.ca or the component's tls.cas")
             self.ca = SecretFile(cas[0].path)
-        from kraken.p2p.tls import check_files  # cryptography is only loaded when p2p.tls is on
-
-        check_files(self)
 
 
 @dataclass

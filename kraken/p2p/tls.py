@@ -14,8 +14,9 @@ A session with ``p2p.tls`` takes only torrents rooted at its own CA: a torrent w
 libtorrent trust whichever peers that CA vouches for. A session without it refuses SSL
 torrents, which it could not join (no certificate), with an error that says so.
 
-The files are checked when the config is loaded (:func:`check_files`), so a wrong file
-fails at start with its key, not at the first download. The passphrase is read from its file
+The files are checked when the session starts (:func:`check_files`), so a wrong file fails
+the component's start with its key, not the first download (not when the config is loaded:
+the devcluster checks its configs before it makes the certificates). The passphrase is read from its file
 and handed to libtorrent; it is never logged.
 """
 from __future__ import annotations
@@ -130,6 +131,7 @@ class PeerTLS:
         :meth:`close`)."""
         if not config.ca.path:
             raise ValueError("p2p.tls.ca is not set (the component's config sets it from tls.cas)")
+        check_files(config)
         root = load_root(config.ca.path)
         passphrase = _passphrase(config)
         dh_dir = Path(tempfile.mkdtemp(prefix="kraken-p2p-tls-"))

@@ -9,13 +9,13 @@ from pathlib import Path
 import pytest
 from cryptography import x509
 
+from kraken.agent.config import AgentConfig
 from kraken.config import build
 from kraken.devcluster.__main__ import main
 from kraken.devcluster.tls import COMPONENTS, INTERNAL, DevPki, issue, new_ca, write_pair
-from kraken.agent.config import AgentConfig
 from kraken.http.config import TLSConfig
-from kraken.origin.config import OriginConfig
 from kraken.http.tls import ClientAuth, client_context, server_context
+from kraken.origin.config import OriginConfig
 
 
 def _sans(path: Path) -> set[str]:

@@ -1,5 +1,5 @@
-"""``p2p.tls``: its config is checked when loaded, and torrents carry (and are checked
-against) the cluster CA."""
+"""``p2p.tls``: its config is checked when loaded and its files when the session starts, and
+torrents carry (and are checked against) the cluster CA."""
 from __future__ import annotations
 
 import os
@@ -12,9 +12,11 @@ import pytest
 from kraken.agent.config import AgentConfig
 from kraken.config import ConfigError, load_config
 from kraken.core.metainfo import generate_metainfo, info_hash
+from kraken.metrics import Metrics
 from kraken.origin.config import OriginConfig
 from kraken.p2p.config import P2PTLSConfig
-from kraken.p2p.tls import PeerTLS, load_root, refuse_ssl_torrent
+from kraken.p2p.session import P2PError, P2PSession
+from kraken.p2p.tls import PeerTLS, check_files, load_root, refuse_ssl_torrent
 from tests.support.pki import Pki, make_pki
 
 
@@ -41,6 +43,16 @@ def test_the_ca_defaults_to_the_components_first_cas_entry(pki: Pki) -> None:
 @pytest.mark.parametrize(("change", "error"), [
     ({"cert": None}, "enabled needs cert and key"),
     ({"ca": None}, "needs p2p.tls.ca or the component's tls.cas"),
+])
+def test_an_incomplete_p2p_tls_fails_at_load(pki: Pki, change: dict[str, str | None], error: str) -> None:
+    tls = pki.p2p_section()
+    for key in change:
+        del tls[key]
+    with pytest.raises(ConfigError, match=error):
+        load(OriginConfig, {"p2p": {"tls": tls}})
+
+
+@pytest.mark.parametrize(("change", "error"), [
     ({"ca": "peer.pem"}, "not self-signed"),
     ({"cert": "stranger-peer.pem", "key": "stranger-peer-key.pem", "passphrase": None}, "not signed directly"),
     ({"cert": "client.pem", "key": "client-key.pem", "passphrase": None}, "SAN DNS:*"),
@@ -48,15 +60,18 @@ def test_the_ca_defaults_to_the_components_first_cas_entry(pki: Pki) -> None:
     ({"key": "client-key.pem", "passphrase": None}, "not the key of"),
     ({"ca": "missing.pem"}, "No such file"),
 ])
-def test_bad_p2p_tls_fails_at_load(pki: Pki, change: dict[str, str | None], error: str) -> None:
+async def test_bad_p2p_tls_files_fail_the_session_start(pki: Pki, change: dict[str, str | None], error: str) -> None:
     tls = pki.p2p_section()
     for key, name in change.items():
         if name is None:
             del tls[key]
         else:
             tls[key] = {"path": pki[name]}
-    with pytest.raises(ConfigError, match=error.replace("*", r"\*")):
-        load(OriginConfig, {"p2p": {"tls": tls}})
+    config = load(OriginConfig, {"p2p": {"tls": tls, "listen": {"host": "127.0.0.1", "port": 0}}})
+    with pytest.raises(ValueError, match=error.replace("*", r"\*")):
+        check_files(config.p2p.tls)
+    with pytest.raises(P2PError, match="cannot use p2p.tls: .*" + error.replace("*", r"\*")):
+        await P2PSession.start(config.p2p, Metrics("bad"), role="origin")
 
 
 def test_disabled_p2p_tls_checks_nothing() -> None:

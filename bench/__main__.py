@@ -29,6 +29,8 @@ def build_parser() -> argparse.ArgumentParser:
         "--rate-mb", type=int, default=20, help="fanout: upload cap of the origin and of each agent, MiB/s"
     )
     parser.add_argument("--piece-mb", type=int, default=0, help="fanout: torrent piece length (0: the origin's table)")
+    parser.add_argument("--p2p-tls", action="store_true",
+                        help="fanout: pieces over libtorrent's SSL torrents (p2p.tls on the origin and agents)")
     parser.add_argument("--no-baseline", dest="baseline", action="store_false",
                         help="fanout: skip the capped distribution registry (N*S/R seconds)")
     parser.add_argument("--readers", type=int, default=200, help="slowreaders: connections that read nothing")

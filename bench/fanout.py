@@ -17,11 +17,13 @@ the P2P design replaces.
 from __future__ import annotations
 
 import argparse
+import os
 import statistics
 import threading
 import time
 import urllib.request
 from dataclasses import dataclass
+from pathlib import Path
 
 from bench.capped_registry import CappedRegistry
 from bench.common import (
@@ -37,6 +39,7 @@ from bench.common import (
 from kraken.core.digest import Digest
 from tests.support.cluster import Herd, start_herd, wait_metainfo
 from tests.support.metrics import metric_sum, scrape
+from tests.support.pki import make_pki
 from tests.support.registry_http import push_blob_file
 
 REPO = "bench/fanout"
@@ -49,6 +52,16 @@ class FanoutRun:
     from_origin: list[float]
     from_peers: list[float]
     peers_uploaded: list[float]
+    cpu_seconds: float = 0.0
+
+
+def _cpu_seconds(herd: Herd) -> float:
+    """User + system CPU the origin and the agents have used so far (``/proc/<pid>/stat``)."""
+    total = 0
+    for proc in [herd.origin, *herd.agents]:
+        fields = Path(f"/proc/{proc.pid}/stat").read_text().rpartition(")")[2].split()
+        total += int(fields[11]) + int(fields[12])  # utime, stime (fields 14 and 15)
+    return total / os.sysconf("SC_CLK_TCK")
 
 
 def _origin_upload(herd: Herd) -> float:
@@ -109,11 +122,13 @@ def _agent_counters(herd: Herd) -> list[tuple[float, float, float]]:
 def pull_everywhere(herd: Herd, digest: Digest, stats_interval: float) -> FanoutRun:
     """Every agent pulls the blob at once; afterwards each drops it again (cold for the next run)."""
     origin_before, agents_before = _origin_upload(herd), _agent_counters(herd)
+    cpu_before = _cpu_seconds(herd)
     ns = REPO.replace("/", "%2F")
     procs = [start_curl(f"http://127.0.0.1:{a.health_port}/namespace/{ns}/blobs/{digest}") for a in herd.agents]
     timeline = Timeline(herd)
     timeline.start()
     timings = [finish_curl(p) for p in procs]
+    cpu = _cpu_seconds(herd) - cpu_before
     timeline.stop()
     origin_uploaded = _settled_origin_upload(herd, 2 * stats_interval) - origin_before
     deltas = [tuple(a - b for a, b in zip(after, before, strict=True))
@@ -126,7 +141,8 @@ def pull_everywhere(herd: Herd, digest: Digest, stats_interval: float) -> Fanout
         + " ".join(f"{t:.0f}:{o:.0f}/{a:.0f}" for t, o, a in timeline.rows),
         flush=True,
     )
-    return FanoutRun(timings, origin_uploaded, [d[0] for d in deltas], [d[1] for d in deltas], [d[2] for d in deltas])
+    return FanoutRun(timings, origin_uploaded, [d[0] for d in deltas], [d[1] for d in deltas], [d[2] for d in deltas],
+                     cpu)
 
 
 def run(args: argparse.Namespace) -> str:
@@ -136,6 +152,9 @@ def run(args: argparse.Namespace) -> str:
     digest = random_blob_file(blob, size)
     stats_interval = 0.5
     p2p = {"upload_rate_limit": rate, "stats_interval": f"{int(stats_interval * 1000)}ms"}
+    if args.p2p_tls:
+        # Pieces over libtorrent's SSL torrents (p2p.tls), the test PKI's peer pair.
+        p2p["tls"] = make_pki(workdir / "pki").p2p_section()
     origin: dict = {"p2p": p2p}
     if args.piece_mb:
         origin["metainfo"] = {"piece_lengths": {0: args.piece_mb * MiB}}
@@ -158,10 +177,10 @@ def run(args: argparse.Namespace) -> str:
         finally:
             registry.stop()
     blob.unlink()
-    return _report(n, size, rate, runs, baseline)
+    return _report(n, size, rate, runs, baseline, args.p2p_tls)
 
 
-def _report(n: int, size: int, rate: int, runs: list[FanoutRun], baseline: list[CurlTiming]) -> str:
+def _report(n: int, size: int, rate: int, runs: list[FanoutRun], baseline: list[CurlTiming], tls: bool = False) -> str:
     t_min = max(size / rate, n * size / (rate + n * rate))
     for run in runs:
         assert all(t.size == size for t in run.timings), [t.size for t in run.timings]
@@ -177,7 +196,8 @@ def _report(n: int, size: int, rate: int, runs: list[FanoutRun], baseline: list[
     p50_ready, p99_ready = [percentile(r, 50) for r in ready], [percentile(r, 99) for r in ready]
     p50_done, p99_done = [percentile(d, 50) for d in done], [percentile(d, 99) for d in done]
     lines = [
-        f"### Fan-out: {n} agents pull one {size / MiB:.0f} MiB blob at once, uploads capped at {rate / MiB:.0f} MiB/s",
+        f"### Fan-out: {n} agents pull one {size / MiB:.0f} MiB blob at once, uploads capped at {rate / MiB:.0f} MiB/s"
+        + (", pieces over TLS (p2p.tls)" if tls else ""),
         "",
         f"T_min = max(S/R, N*S/(R + N*R)) = {t_min:.1f} s; {len(runs)} runs: median (each run)",
         "",
@@ -188,6 +208,7 @@ def _report(n: int, size: int, rate: int, runs: list[FanoutRun], baseline: list[
                                 ("p50 last byte read by curl", p50_done), ("p99 last byte read by curl", p99_done))),
         f"| origin egress, copies of S | {across([r.origin_uploaded / size for r in runs], '{:.2f}')} | |",
         f"| agents' download from origin / peers, copies | {from_origin:.2f} / {from_peers:.2f} | |",
+        f"| CPU of the origin and agents during the pulls | {across([r.cpu_seconds for r in runs], '{:.1f}')} s | |",
     ]
     if baseline:
         base = [t.total for t in baseline]

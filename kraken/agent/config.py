@@ -111,3 +111,4 @@ class AgentConfig:
 
     def __post_init__(self) -> None:
         parse_networks(self.allowed_cidrs)
+        self.p2p.tls.resolve(self.tls.cas)

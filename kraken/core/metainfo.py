@@ -4,7 +4,8 @@ v1-only keeps the metadata small, makes one tracker announce per event (hybrid t
 two) and gives a plain SHA-1 info-hash; the blob's sha256 is still checked separately before a
 downloaded blob enters a cache. The torrent holds one file named after the digest hex, and
 only the ``info`` dictionary (no creation date), so every origin generating metainfo for the
-same blob and piece length produces the same bytes and the same info-hash.
+same blob and piece length produces the same bytes and the same info-hash (with ``p2p.tls``, as long as they embed the
+same CA).
 
 :func:`generate_metainfo` reads and hashes the whole file: call it through
 ``asyncio.to_thread``. Piece hashes are computed with :mod:`hashlib` rather than
@@ -39,12 +40,16 @@ def piece_length_for(size: int, piece_lengths: dict[int, int]) -> int:
     return piece_lengths[max(reached)]
 
 
-def generate_metainfo(path: Path, name: str, piece_length: int) -> bytes:
-    """Bencoded v1 torrent of the file at ``path``, whose single file is called ``name``."""
+def generate_metainfo(path: Path, name: str, piece_length: int, root_cert: str = "") -> bytes:
+    """Bencoded v1 torrent of the file at ``path``, whose single file is called ``name``;
+    with ``root_cert`` (a CA's PEM, ``p2p.tls``) an SSL torrent rooted at that CA, which is
+    part of the info dictionary and so of the info-hash."""
     size = path.stat().st_size
     if size == 0:
         raise EmptyBlobError(f"{path}: empty blob")
     creator = lt.create_torrent([lt.create_file_entry(name, size)], piece_length, lt.create_torrent.v1_only)
+    if root_cert:
+        creator.set_root_cert(root_cert)
     buf = bytearray(piece_length)
     view = memoryview(buf)
     with open(path, "rb") as f:

@@ -105,11 +105,12 @@ def parser() -> argparse.ArgumentParser:
                    help="with stop: remove the devcluster's containers whatever the work dir says "
                         "(make docker_stop)")
     p.add_argument("--tls", action="store_true", default=os.environ.get(TLS_ENV, "") not in ("", "0"),
-                   help=f"with start: TLS and mTLS on every hop, certificates made (or reused) in "
-                        f"<workdir>/tls/ (default: ${TLS_ENV}=1)")
+                   help=f"with start: TLS and mTLS on every hop, piece traffic included (p2p.tls), certificates "
+                        f"made (or reused) in <workdir>/tls/ (default: ${TLS_ENV}=1)")
     p.add_argument("--tls-dir", type=Path, default=None,
-                   help="with start: TLS and mTLS on every hop with the certificates in DIR (ca.pem, "
-                        "client.pem, client-key.pem, <component>.pem and -key.pem), made by the tls action")
+                   help="with start: TLS and mTLS on every hop, piece traffic included, with the certificates "
+                        "in DIR (ca.pem, client.pem, client-key.pem, peer.pem, peer-key.pem, and on the herd "
+                        "<component>.pem and -key.pem), made by the tls action")
     p.add_argument("--out", type=Path, help="with tls: where to write the certificates")
     p.add_argument("--hosts", action="append", default=[],
                    help="with tls: a name or address the servers are dialled at (repeat, or comma-separated); "

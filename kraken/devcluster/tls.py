@@ -1,6 +1,6 @@
-"""Development certificates: a cluster CA, one server pair per component and one client pair
-(ECDSA P-256, made with ``cryptography``), and the ``tls:`` overlays that turn TLS and mTLS on
-for every hop of the devcluster.
+"""Development certificates: a cluster CA, one server pair per component, one client pair and
+one peer pair (ECDSA P-256, made with ``cryptography``), and the ``tls:`` and ``p2p.tls``
+overlays that turn TLS and mTLS on for every hop of the devcluster, piece traffic included.
 
 ``python -m kraken.devcluster start --tls`` keeps them in ``<workdir>/tls/``;
 ``python -m kraken.devcluster tls --out DIR --hosts ...`` makes the same files for a
@@ -35,6 +35,13 @@ COMPONENTS = ("testfs", "origin", "tracker", "build-index", "proxy", "agent")
 INTERNAL = ("testfs", "origin", "tracker", "build-index")
 #: The servers other hosts (and the herd's own components) dial at the herd's address.
 DIALLED = ("origin", "tracker", "build-index")
+#: The components that exchange pieces, and so get ``p2p.tls`` (with the peer pair).
+PEERS = ("origin", "agent")
+#: The peer pair's name. Its only SAN is ``DNS:*``: libtorrent accepts a peer of an SSL torrent
+#: whose certificate names the torrent (a digest) or ``*``. It is a pair of its own rather than
+#: a star on ``client.pem``, so the certificate every HTTPS call presents claims no name.
+PEER = "peer"
+PEER_SAN = "*"
 CA_DAYS = 365
 LEAF_DAYS = 90
 #: A certificate expiring sooner than this is made again.
@@ -171,11 +178,14 @@ def _names(cert: x509.Certificate) -> set[str]:
 @dataclass(frozen=True)
 class DevPki:
     """The files of a development PKI in ``dir`` (``ca.pem``, ``client.pem``,
-    ``client-key.pem``, ``<component>.pem``/``<component>-key.pem``) and the ``tls:``
+    ``client-key.pem``, ``<component>.pem``/``<component>-key.pem``, and the peer pair
+    ``peer.pem``/``peer-key.pem`` for piece traffic) and the ``tls:`` and ``p2p.tls``
     sections that use them. Naming the files needs none of them to exist yet (a start checks
     its plan before it writes anything)."""
 
     dir: Path
+    #: Also turn ``p2p.tls`` on for origins and agents, with ``peer.pem``/``peer-key.pem``.
+    p2p: bool = True
 
     def path(self, name: str) -> str:
         return str(self.dir.resolve() / name)
@@ -185,10 +195,12 @@ class DevPki:
         return self.path("ca.pem")
 
     def missing(self, serving: Iterable[str] = INTERNAL) -> list[str]:
-        """The files a host needs that ``dir`` lacks (for ``--tls-dir``): the CA and the client
-        pair, and the server pairs of the components it runs that serve HTTPS (none on an agent
-        host, which so never holds a key the herd's servers prove themselves with)."""
+        """The files a host needs that ``dir`` lacks (for ``--tls-dir``): the CA, the client
+        pair, the peer pair (every host exchanges pieces over ``p2p.tls``: origins and agents
+        must agree), and the server pairs of the components it runs that serve HTTPS (none on
+        an agent host, which so never holds a key the herd's servers prove themselves with)."""
         wanted = ["ca.pem", "client.pem", "client-key.pem",
+                  *((f"{PEER}.pem", f"{PEER}-key.pem") if self.p2p else ()),
                   *(f"{c}{suffix}" for c in serving for suffix in (".pem", "-key.pem"))]
         return [name for name in wanted if not (self.dir / name).is_file()]
 
@@ -215,7 +227,15 @@ class DevPki:
         require client certificates where the component does), every component calls over
         mTLS; the proxy's and agents' registries stay plain HTTP unless named in ``serving``."""
         serve = set(serving)
-        return {c: {"tls": self.section(c, serve=c in serve)} for c in COMPONENTS}
+        overlays: dict[str, dict[str, Any]] = {c: {"tls": self.section(c, serve=c in serve)} for c in COMPONENTS}
+        if self.p2p:
+            for component in PEERS:
+                overlays[component]["p2p"] = {"tls": self.p2p_section()}
+        return overlays
+
+    def p2p_section(self) -> dict[str, Any]:
+        """``p2p.tls`` of origins and agents: the peer pair (SAN ``DNS:*``), the CA from ``tls.cas``."""
+        return {"enabled": True, "cert": {"path": self.path("peer.pem")}, "key": {"path": self.path("peer-key.pem")}}
 
     def probe(self) -> ProbeTLS:
         return ProbeTLS(self.ca, self.path("client.pem"), self.path("client-key.pem"))
@@ -230,12 +250,13 @@ class DevPki:
             ca = new_ca("kraken devcluster CA")
             write_pair(self.dir, "ca", ca)
             written.append("ca.pem")
-        wanted = set(hosts)
-        for name, cn, leaf_hosts, server in [("client", "kraken-client", (), False),
-                                              *((c, c, [c, *hosts], True) for c in components)]:
+        # name, CN, SANs, server (serverAuth too), the SANs a kept certificate must have
+        leaves = [("client", "kraken-client", (), False, set()), (PEER, "kraken-peer", [PEER_SAN], True, {PEER_SAN}),
+                  *((c, c, [c, *hosts], True, set(hosts)) for c in components)]
+        for name, cn, leaf_hosts, server, wanted in leaves:
             cert = _load(self.dir / f"{name}.pem")
             if (cert is not None and (self.dir / f"{name}-key.pem").is_file() and _fresh(cert)
-                    and _signed_by(cert, ca[1]) and (not server or wanted <= _names(cert))):
+                    and _signed_by(cert, ca[1]) and wanted <= _names(cert)):
                 continue
             write_pair(self.dir, name, issue(ca, cn, leaf_hosts, server=server, unit=name))
             written.append(f"{name}.pem")

@@ -143,6 +143,9 @@ class OriginConfig:
     # metainfo (which it does when an agent is about to download it).
     seed_on_commit: bool = False
 
+    def __post_init__(self) -> None:
+        self.p2p.tls.resolve(self.tls.cas)
+
     def identity(self) -> str:
         """The ``host:port`` other components know this origin by."""
         return self.advertise or f"{socket.gethostname()}:{self.listen.port}"

@@ -25,6 +25,7 @@ would make it fail the agents downloading it.
 from __future__ import annotations
 
 import asyncio
+import hashlib
 from collections import Counter, OrderedDict
 from collections.abc import AsyncIterable, AsyncIterator, Hashable, Iterator
 from contextlib import AsyncExitStack, contextmanager, suppress
@@ -55,6 +56,14 @@ from kraken.tasks import SingleFlight, TaskOwner
 log = get_logger("origin")
 
 METAINFO = "metainfo"
+
+
+def metainfo_name(root_cert: str) -> str:
+    """The store's name for a blob's metainfo: with ``p2p.tls`` one per embedded CA, so a
+    metainfo generated without the CA (or with another one) is never handed out."""
+    if not root_cert:
+        return METAINFO
+    return f"{METAINFO}-tls-{hashlib.sha256(root_cert.encode()).hexdigest()[:16]}"
 
 #: How many (namespace, digest) pairs the origin remembers having queued a write-back for, so
 #: that repeated reads of a blob in a namespace skip the SQLite insert. Forgetting a pair (a
@@ -137,6 +146,7 @@ class OriginService:
         # from eviction.
         self._seed_starting: Counter[Digest] = Counter()
         self._seeded: dict[str, tuple[Digest, str]] = {}  # info-hash -> (digest, namespace)
+        self._root_cert = ""  # the CA embedded in generated metainfo (p2p.tls), set once P2P starts
         # (namespace, digest) pairs whose write-back is queued (or done), and the insert of
         # each pair under way, which concurrent requests for the same pair share.
         self._in_namespace: RecentSet[tuple[str, Digest]] = RecentSet(NAMESPACE_MEMO_SIZE)
@@ -205,6 +215,7 @@ class OriginService:
             # that port by the tracker) before it has started any other work.
             self.p2p = await P2PSession.start(config.p2p, metrics, role="origin")
             stack.push_async_callback(self._close_p2p, self.p2p)
+            self._root_cert = self.p2p.tls_root
             self.p2p.on_seed_corrupt = self._seed_corrupt
             stack.push_async_callback(self.owner.close)
             await self._start(self.p2p.listen_port)
@@ -350,7 +361,7 @@ class OriginService:
         """
         with self._seed_guard(digest):
             await self._find_protected(namespace, digest)
-            data = await self.store.read_meta(digest, METAINFO)
+            data = await self.store.read_meta(digest, metainfo_name(self._root_cert))
             if data is None:
                 if self.store.size(digest) == 0:
                     raise EmptyBlobError(f"{digest} is empty")
@@ -430,15 +441,17 @@ class OriginService:
     async def _generate_metainfo(self, digest: Digest) -> bytes:
         """The one generation of ``digest``'s metainfo (a single flight: concurrent callers
         and the background start share it)."""
-        cached = await self.store.read_meta(digest, METAINFO)
+        root_cert = self._root_cert
+        name = metainfo_name(root_cert)
+        cached = await self.store.read_meta(digest, name)
         if cached is not None:
             return cached
         path = self.store.path(digest)
         size = (await asyncio.to_thread(path.stat)).st_size
         piece_length = piece_length_for(size, self.config.metainfo.piece_lengths)
-        data = await asyncio.to_thread(generate_metainfo, path, digest.hex, piece_length)
-        await self.store.write_meta(digest, METAINFO, data)
-        log.info("metainfo generated", digest=digest, size=size, piece_length=piece_length)
+        data = await asyncio.to_thread(generate_metainfo, path, digest.hex, piece_length, root_cert)
+        await self.store.write_meta(digest, name, data)
+        log.info("metainfo generated", digest=digest, size=size, piece_length=piece_length, tls=bool(root_cert))
         return data
 
     def owners(self, digest: Digest) -> list[str]:

@@ -9,9 +9,53 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from kraken.config import ByteSize, Duration, ListenConfig
+from kraken.http.config import SecretFile
 
 AGENT_P2P_PORT = 16001
 ORIGIN_P2P_PORT = 15001
+
+
+@dataclass
+class P2PTLSConfig:
+    """``p2p.tls``: pieces travel over libtorrent's SSL torrents (docs/SECURITY.md, "Piece
+    traffic").
+
+    ``enabled``: origins embed ``ca`` in every torrent they generate, and the session takes
+    only SSL torrents rooted at that CA, presents ``cert`` to every peer (and to an HTTPS
+    tracker) and listens for peers over TLS only, on ``p2p.listen``.
+
+    ``cert``/``key``/``passphrase``: this host's peer certificate, in ``tls.client``'s shape.
+    libtorrent accepts a peer whose certificate is signed **directly** by ``ca`` (no
+    intermediate) and names the torrent in a ``DNS:`` SAN: torrents are named after a blob's
+    digest, so the certificate must carry ``DNS:*``.
+
+    ``ca``: the self-signed CA embedded in the torrents; empty means the component's first
+    ``tls.cas`` entry. Every origin of a cluster must embed the same CA: it is part of the
+    info-hash, and agents refuse a torrent rooted elsewhere.
+    """
+
+    enabled: bool = False
+    cert: SecretFile = field(default_factory=SecretFile)
+    key: SecretFile = field(default_factory=SecretFile)
+    passphrase: SecretFile = field(default_factory=SecretFile)
+    ca: SecretFile = field(default_factory=SecretFile)
+
+    def __post_init__(self) -> None:
+        if not self.enabled:
+            return
+        if not (self.cert.path and self.key.path):
+            raise ValueError("enabled needs cert and key (the peer certificate, with SAN DNS:*)")
+        if self.passphrase.path and not self.key.path:
+            raise ValueError("a passphrase without a key")
+
+    def resolve(self, cas: list[SecretFile]) -> None:
+        """Default ``ca`` to the component's first ``tls.cas`` entry (a component config calls
+        this when it is loaded). The files themselves are checked when the P2P session starts
+        (:func:`kraken.p2p.tls.check_files`): a config may be checked before they are made."""
+        if self.enabled and not self.ca.path:
+            if not cas:
+                raise ValueError("p2p.tls: enabled needs p2p.tls.ca or the component's tls.cas")
+            self.ca = SecretFile(cas[0].path)
 
 
 @dataclass
@@ -49,6 +93,8 @@ class P2PConfig:
     fan-out benchmark cut the origin's duplicate uploads (1.36 -> 1.27 copies) and the time
     (1.45 -> 1.36 x T_min). Whole seconds, at least 1.
 
+    ``tls``: piece traffic over TLS (:class:`P2PTLSConfig`).
+
     ``alert_queue_size``: libtorrent's alert queue. Alerts are drained as soon as libtorrent
     signals them, so this only needs headroom for event-loop stalls; an overflow is logged
     and pending downloads are re-checked, never lost.
@@ -65,6 +111,7 @@ class P2PConfig:
     max_queued_disk_bytes: ByteSize = 16 << 20
     alert_queue_size: int = 10000
     request_queue_time: Duration = 1.0
+    tls: P2PTLSConfig = field(default_factory=P2PTLSConfig)
 
     def __post_init__(self) -> None:
         for limit in (self.upload_rate_limit, self.download_rate_limit):
@@ -88,8 +135,10 @@ class P2PConfig:
             raise ValueError(f"listen.port {self.listen.port} is not a TCP port")
 
     def listen_interfaces(self) -> str:
-        """libtorrent's ``listen_interfaces`` value (IPv6 hosts in brackets)."""
+        """libtorrent's ``listen_interfaces`` value (IPv6 hosts in brackets); with ``tls`` the
+        port is an SSL one (the ``s`` suffix) and the only one: peers of an SSL torrent talk
+        only SSL, and the port stays the one the tracker hands out for an origin."""
         host = self.listen.host
         if ":" in host and not host.startswith("["):
             host = f"[{host}]"
-        return f"{host}:{self.listen.port}"
+        return f"{host}:{self.listen.port}{'s' if self.tls.enabled else ''}"

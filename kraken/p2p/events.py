@@ -1,9 +1,9 @@
-"""The alerts that are only logged: connections, bans, tracker trouble, listen failures and
-libtorrent's performance warnings. Tracker errors are warnings (they are retried), except a
-listen socket skipping a tracker it cannot route to, which is harmless and logged at debug:
-libtorrent announces from each listen socket, and with a wildcard listen address only the
-loopback one reaches the announce relay on 127.0.0.1 (an IPv6 socket likewise skips an IPv4
-tracker)."""
+"""The alerts that are only logged: connections, bans, refused TLS handshakes (``p2p.tls``),
+tracker trouble, listen failures and libtorrent's performance warnings. Tracker errors are
+warnings (they are retried), except a listen socket skipping a tracker it cannot route to,
+which is harmless and logged at debug: libtorrent announces from each listen socket, and with a
+wildcard listen address only the loopback one reaches the announce relay on 127.0.0.1 (an IPv6
+socket likewise skips an IPv4 tracker)."""
 from __future__ import annotations
 
 import logging
@@ -30,6 +30,7 @@ class EventLog:
         return {
             lt.peer_connect_alert: self._on_peer_connect,
             lt.peer_ban_alert: self._on_peer_ban,
+            lt.peer_error_alert: self._on_peer_error,
             lt.tracker_error_alert: self._on_tracker_error,
             lt.tracker_warning_alert: self._on_tracker_warning,
             lt.listen_failed_alert: self._on_listen_failed,
@@ -45,6 +46,13 @@ class EventLog:
     def _on_peer_ban(self, alert: lt.peer_ban_alert) -> None:
         rec = self._torrents.of(alert)
         self._log.warning("peer banned (sent corrupt data)", name=rec.name if rec else "", peer=endpoint(alert.ip))
+
+    def _on_peer_error(self, alert: lt.peer_error_alert) -> None:
+        """A peer of an SSL torrent whose certificate the CA did not sign (or that sent none)
+        fails here, before any torrent is known; other peer errors are routine disconnects."""
+        if alert.op == lt.operation_t.ssl_handshake:
+            self._log.warning("peer refused: TLS handshake failed", peer=endpoint(alert.ip),
+                              error=alert.error.message())
 
     def _on_tracker_error(self, alert: lt.tracker_error_alert) -> None:
         rec = self._torrents.of(alert)

@@ -36,7 +36,12 @@ API (coroutine methods run on the loop that called :meth:`P2PSession.start`):
 - ``remove(info_hash, *, delete_files=False)``: drops the torrent (announces ``stopped``).
   Complete torrents are also removed automatically once they have uploaded nothing for
   ``seed_idle_time``; the file is left alone (it belongs to the caller's cache).
-- ``set_origin_addresses({"ip:port", ...})``, ``torrents()``, ``listen_port``, ``close()``.
+- ``set_origin_addresses({"ip:port", ...})``, ``torrents()``, ``listen_port``, ``tls_root``, ``close()``.
+
+With ``p2p.tls`` (:mod:`kraken.p2p.tls`) the session listens for peers over TLS only, adds
+every torrent paused, gives it the host's certificate and resumes it, and ``download`` and
+``seed`` refuse (:class:`DownloadError`, logged as ``torrent refused``) a torrent not rooted
+at its CA; without it they refuse SSL torrents.
 
 Tracker URLs must have a path starting with ``/announce`` and no query arguments named like
 libtorrent's own: libtorrent's SSRF mitigation refuses anything else on loopback.
@@ -85,6 +90,7 @@ from kraken.p2p.outcomes import DownloadError, DownloadResult, DownloadTimeout, 
 from kraken.p2p.settings import ORIGIN_PEER_ID_PREFIX, NativeSession, Role, create_session
 from kraken.p2p.shutdown import StopAnnouncer
 from kraken.p2p.stats import P2PMetrics, Stats
+from kraken.p2p.tls import PeerTLS, refuse_ssl_torrent
 from kraken.p2p.torrents import TorrentTable, parse_and_stat, parse_metainfo
 from kraken.tasks import TaskOwner
 
@@ -97,10 +103,12 @@ class P2PSession:
     """The process's BitTorrent session; create it with :meth:`start`."""
 
     def __init__(
-        self, config: P2PConfig, metrics: Metrics, native: NativeSession, pump: AlertPump, listen_port: int
+        self, config: P2PConfig, metrics: Metrics, native: NativeSession, pump: AlertPump, listen_port: int,
+        tls: PeerTLS | None = None,
     ) -> None:
         self.config = config
         self.listen_port = listen_port
+        self._tls = tls
         self._native = native
         self._pump = pump
         self._loop = asyncio.get_running_loop()
@@ -109,7 +117,7 @@ class P2PSession:
         self._log: KrakenLogger = get_logger("p2p", local=f"{config.peer_ip or config.listen.host}:{listen_port}")
         p2p_metrics = P2PMetrics.register(metrics)
         self._metrics = p2p_metrics
-        self._torrents = TorrentTable(config, native, p2p_metrics.active, self._log)
+        self._torrents = TorrentTable(config, native, p2p_metrics.active, self._log, tls)
         self._stats = Stats(config, p2p_metrics, self._torrents, self._tasks, self._log)
         self._completion = Completion(config, self._torrents, self._stats, self._tasks, self._log)
         self._shutdown = StopAnnouncer(native, self._log)
@@ -123,24 +131,35 @@ class P2PSession:
     @classmethod
     async def start(cls, config: P2PConfig, metrics: Metrics | None = None, *, role: Role = "agent") -> P2PSession:
         """Create the session, listening on ``config.listen``; raises :class:`P2PError` if it cannot."""
+        tls = None
+        if config.tls.enabled:
+            try:
+                tls = await asyncio.to_thread(PeerTLS.load, config.tls)
+            except ValueError as e:
+                raise P2PError(f"P2P session cannot use p2p.tls: {e}") from None
         pump = AlertPump()
         try:
             native, port, failures = await asyncio.to_thread(create_session, config, role)
         except BaseException:
             pump.close()
+            if tls is not None:
+                tls.close()
             raise
         try:
             if not port:
                 reason = "; ".join(failures) or "no listen socket"
                 raise P2PError(f"P2P session cannot listen on {config.listen_interfaces()}: {reason}")
-            self = cls(config, metrics or Metrics("p2p"), native, pump, port)
+            self = cls(config, metrics or Metrics("p2p"), native, pump, port, tls)
         except BaseException:  # e.g. these metrics are already registered on that registry
             await native.destroy()
             pump.close()
+            if tls is not None:
+                tls.close()
             raise
         pump.start(native, self._log)
         self._tasks.spawn(self._stats_loop(), "stats")
-        self._log.info("P2P session started", role=role, listen=config.listen_interfaces(), port=port)
+        self._log.info("P2P session started", role=role, listen=config.listen_interfaces(), port=port,
+                       tls=tls is not None)
         return self
 
     async def close(self) -> None:
@@ -157,6 +176,8 @@ class P2PSession:
         await self._native.destroy()
         # Only now: libtorrent may write to the pipe until its session is gone.
         self._pump.close()
+        if self._tls is not None:
+            self._tls.close()
         self._log.info("P2P session closed")
 
     async def _stats_loop(self) -> None:
@@ -180,6 +201,11 @@ class P2PSession:
     @on_seed_corrupt.setter
     def on_seed_corrupt(self, callback: Callable[[str, Path], None] | None) -> None:
         self._completion.on_seed_corrupt = callback
+
+    @property
+    def tls_root(self) -> str:
+        """The CA an origin embeds in the metainfo it generates (PEM); empty without ``p2p.tls``."""
+        return self._tls.root_pem if self._tls is not None else ""
 
     def set_origin_addresses(self, addresses: set[str]) -> None:
         """P2P ``ip:port`` addresses of the origins, for attributing downloaded bytes."""
@@ -210,6 +236,7 @@ class P2PSession:
         self._check_open()
         ti = await asyncio.to_thread(parse_metainfo, metainfo)
         self._check_open()
+        self._check_tls(ti)
         info_hash = str(ti.info_hashes().v1)
         rec = self._torrents.get(info_hash)
         if rec is None:
@@ -248,6 +275,7 @@ class P2PSession:
         self._check_open()
         ti, size = await asyncio.to_thread(parse_and_stat, metainfo, path)
         self._check_open()
+        self._check_tls(ti)
         if size != ti.total_size():
             raise ValueError(f"{path}: {size} bytes, the metainfo describes {ti.total_size()}")
         info_hash = str(ti.info_hashes().v1)
@@ -288,6 +316,19 @@ class P2PSession:
         await self._torrents.await_removal(
             self._torrents.start_removal(rec, delete_files=delete_files, reason="requested")
         )
+
+    def _check_tls(self, ti: lt.torrent_info) -> None:
+        """DownloadError (logged) unless the torrent suits ``p2p.tls``: with it, an SSL
+        torrent rooted at this host's CA; without it, an ordinary torrent (an SSL torrent
+        could not be joined without a certificate)."""
+        try:
+            if self._tls is not None:
+                self._tls.check(ti)
+            else:
+                refuse_ssl_torrent(ti)
+        except ValueError as e:
+            self._log.error("torrent refused", name=ti.name(), info_hash=str(ti.info_hashes().v1), error=str(e))
+            raise DownloadError(f"torrent {ti.name()} refused: {e}") from None
 
     def _check_open(self) -> None:
         if self._closed:

@@ -8,7 +8,8 @@ moved ~7 MB/s on loopback); no DHT/LSD/UPnP/NAT-PMP (the tracker is the peer sou
 loopback and private ranges from rate limits and unchoke slots by default); a 50 ms tick
 (rate-limit quota is handed out per tick); no smart_ban plugin (it blames corrupt blocks by
 IP address, which banned the origin where peers share one); a listen port that fails when
-taken instead of silently moving.
+taken instead of silently moving; with ``p2p.tls`` that port is an SSL one, and the only one
+(:mod:`kraken.p2p.tls`).
 
 Creating the session spawns libtorrent's threads and binds sockets, and destroying it joins
 those threads: both run in a worker thread. :class:`NativeSession` holds the only reference
@@ -126,6 +127,8 @@ def create_session(config: P2PConfig, role: Role) -> tuple[NativeSession, int, l
     for plugin in ("ut_metadata", "ut_pex"):
         session.add_extension(plugin)
     session.set_peer_class_filter(_peer_class_filter())
-    port = session.listen_port() if session.is_listening() else 0
+    port = 0
+    if session.is_listening():
+        port = session.ssl_listen_port() if config.tls.enabled else session.listen_port()
     messages = [a.message() for a in session.pop_alerts() if isinstance(a, lt.listen_failed_alert)]
     return NativeSession(session), port, messages

@@ -1,7 +1,8 @@
 """The session's torrents: one record per torrent, the table that finds them by info-hash or by
 libtorrent handle, and adding and removing them.
 
-A torrent is added started (not auto-managed, not paused, which saves 0.5-0.9 s) and
+A torrent is added started (not auto-managed, not paused, which saves 0.5-0.9 s; with
+``p2p.tls`` paused, given its certificate, then resumed, see :mod:`kraken.p2p.tls`) and
 subscribed to ``state_update`` alerts (they carry its upload counter). Removal takes the
 record out of the table at once and completes on libtorrent's ``torrent_removed`` or
 ``torrent_deleted`` alert; those carry only the info-hash (the handle is dead by then), so the
@@ -33,6 +34,7 @@ from kraken.p2p.attribution import SourceAttribution
 from kraken.p2p.config import P2PConfig
 from kraken.p2p.outcomes import DownloadError, P2PError
 from kraken.p2p.settings import NativeSession
+from kraken.p2p.tls import PeerTLS
 
 # libtorrent answers a removal with an alert within milliseconds; this bound only matters
 # if that alert was lost to a queue overflow.
@@ -108,8 +110,11 @@ class Torrent:
 class TorrentTable:
     """The torrents in the session, by info-hash and by handle; adds and removes them."""
 
-    def __init__(self, config: P2PConfig, native: NativeSession, active: Gauge, log: KrakenLogger) -> None:
+    def __init__(
+        self, config: P2PConfig, native: NativeSession, active: Gauge, log: KrakenLogger, tls: PeerTLS | None = None
+    ) -> None:
         self._config = config
+        self._tls = tls
         self._native = native
         self._active = active
         self._log = log
@@ -163,6 +168,10 @@ class TorrentTable:
         flags |= lt.torrent_flags.update_subscribe  # state_update alerts carry its upload counter
         if seed:
             flags |= lt.torrent_flags.seed_mode
+        if self._tls is not None:
+            # Paused until its certificate is set: the first announce and connections would
+            # otherwise go out without one and fail (then wait for libtorrent's backoff).
+            flags |= lt.torrent_flags.paused
         atp.flags = flags
         name = ti.name()
         if file_name is not None and file_name != name:
@@ -172,6 +181,9 @@ class TorrentTable:
             handle = self._native.get().add_torrent(atp)
         except RuntimeError as e:
             raise P2PError(f"cannot add torrent {name}: {e}") from None
+        if self._tls is not None:
+            self._tls.apply(handle)
+            handle.resume()
         now = time.monotonic()
         rec = Torrent(
             info_hash=str(ti.info_hashes().v1),

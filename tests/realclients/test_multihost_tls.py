@@ -10,7 +10,7 @@ internal ports really speak only TLS to the rest of the network.
 What the test checks, as an operator would:
 
 * ``deploy_herd.sh`` and two ``deploy_agent.sh --tls-dir`` come up (each agent host has its own
-  copy of ``ca.pem``, ``client.pem`` and ``client-key.pem`` only);
+  copy of ``ca.pem``, the client pair and the peer pair only);
 * skopeo pushes through the herd's proxy (plain HTTP, as the guide says) and pulls from each
   agent: same manifest and blob bytes, and the agents' P2P counters show the layer came over
   BitTorrent (the tracker announces went over HTTPS);
@@ -63,7 +63,7 @@ PROXY = f"{HERD_IP}:15000"
 INTERNAL_PORTS = (15002, 15003, 15004)
 LAYER = 8 * MiB
 #: What an agent host needs of the PKI: no server key, no CA key.
-AGENT_FILES = ("ca.pem", "client.pem", "client-key.pem")
+AGENT_FILES = ("ca.pem", "client.pem", "client-key.pem", "peer.pem", "peer-key.pem")
 #: An address no certificate of the cluster's PKI names.
 STRANGER = f"{SUBNET}.99"
 

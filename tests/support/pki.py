@@ -1,7 +1,9 @@
 """A throwaway PKI for TLS tests: a cluster CA, a server certificate (SAN ``kraken``,
 ``localhost``, ``127.0.0.1``) whose key is encrypted with a passphrase file, a client
 certificate, and a client certificate from an unrelated CA (ECDSA P-256, made with the
-devcluster's generator, :mod:`kraken.devcluster.tls`)."""
+devcluster's generator, :mod:`kraken.devcluster.tls`); for piece traffic (``p2p.tls``) a peer
+certificate (SAN ``DNS:*``, key protected by the passphrase file) and one from the unrelated
+CA (``stranger-peer``)."""
 from __future__ import annotations
 
 import ssl
@@ -13,7 +15,7 @@ from typing import Any
 from cryptography.hazmat.primitives import serialization
 
 from kraken.devcluster.net import ProbeTLS
-from kraken.devcluster.tls import issue, new_ca, write_pair
+from kraken.devcluster.tls import PEER_SAN, issue, new_ca, write_pair
 
 PASSPHRASE = b"correct horse"
 SERVER_NAME = "kraken"
@@ -36,6 +38,15 @@ class Pki:
         if client:
             tls["client"] = {"cert": {"path": self["client.pem"]}, "key": {"path": self["client-key.pem"]}}
         return tls
+
+    def p2p_section(self, peer: str = "peer") -> dict[str, Any]:
+        """``p2p.tls`` with the ``peer`` pair (``peer`` or ``stranger-peer``), the cluster CA
+        embedded."""
+        section: dict[str, Any] = {"enabled": True, "cert": {"path": self[f"{peer}.pem"]},
+                                   "key": {"path": self[f"{peer}-key.pem"]}, "ca": {"path": self["ca.pem"]}}
+        if peer == "peer":
+            section["passphrase"] = {"path": self["passphrase"]}
+        return section
 
     def plain_server_key(self) -> str:
         """The server key without its passphrase, for servers that take no passphrase
@@ -71,5 +82,8 @@ def make_pki(dir: Path, server_ips: Sequence[str] = ()) -> Pki:
                passphrase=PASSPHRASE)
     (dir / "passphrase").write_bytes(PASSPHRASE + b"\n")
     write_pair(dir, "client", issue(ca, "kraken-client", server=False, days=1))
-    write_pair(dir, "stranger", issue(new_ca("another CA", days=1), "stranger", server=False, days=1))
+    write_pair(dir, "peer", issue(ca, "kraken-peer", [PEER_SAN], server=True, days=1), passphrase=PASSPHRASE)
+    stranger_ca = new_ca("another CA", days=1)
+    write_pair(dir, "stranger", issue(stranger_ca, "stranger", server=False, days=1))
+    write_pair(dir, "stranger-peer", issue(stranger_ca, "stranger-peer", [PEER_SAN], server=True, days=1))
     return Pki(dir)

@@ -9,11 +9,13 @@ from pathlib import Path
 import pytest
 from cryptography import x509
 
+from kraken.agent.config import AgentConfig
 from kraken.config import build
 from kraken.devcluster.__main__ import main
 from kraken.devcluster.tls import COMPONENTS, INTERNAL, DevPki, issue, names_host, new_ca, write_pair
 from kraken.http.config import TLSConfig
 from kraken.http.tls import ClientAuth, client_context, server_context
+from kraken.origin.config import OriginConfig
 
 
 def _sans(path: Path) -> set[str]:
@@ -26,8 +28,9 @@ def _sans(path: Path) -> set[str]:
 def test_makes_a_ca_a_client_pair_and_a_server_pair_per_component(tmp_path: Path) -> None:
     pki = DevPki(tmp_path / "tls")
     written = pki.ensure(["localhost", "127.0.0.1", "10.0.0.5"])
-    assert set(written) == {"ca.pem", "client.pem", *(f"{c}.pem" for c in COMPONENTS)}
+    assert set(written) == {"ca.pem", "client.pem", "peer.pem", *(f"{c}.pem" for c in COMPONENTS)}
     assert pki.missing() == []
+    assert _sans(tmp_path / "tls" / "peer.pem") == {"*"}  # joins every SSL torrent (p2p.tls)
     assert _sans(tmp_path / "tls" / "origin.pem") >= {"origin", "localhost", "127.0.0.1", "10.0.0.5"}
     assert (tmp_path / "tls" / "client-key.pem").stat().st_mode & 0o077 == 0
     # The overlays load as Kraken's tls: section and give working contexts; only the
@@ -39,6 +42,18 @@ def test_makes_a_ca_a_client_pair_and_a_server_pair_per_component(tmp_path: Path
         assert isinstance(client_context(tls), ssl.SSLContext)
         if tls.serves:
             assert isinstance(server_context(tls, ClientAuth.REQUIRED), ssl.SSLContext)
+
+
+def test_origins_and_agents_get_p2p_tls_with_the_peer_pair(tmp_path: Path) -> None:
+    pki = DevPki(tmp_path)
+    pki.ensure(["127.0.0.1"])
+    overlays = pki.overrides()
+    assert {c for c, o in overlays.items() if "p2p" in o} == {"origin", "agent"}
+    origin = build(OriginConfig, overlays["origin"])  # the files pass the checks made at load
+    assert origin.p2p.tls.enabled and origin.p2p.tls.ca.path == pki.ca
+    agent = build(AgentConfig, {**overlays["agent"], "store": {"root": str(tmp_path / "agent")}})
+    assert agent.p2p.listen_interfaces().endswith("s")
+    assert not any("p2p" in o for o in DevPki(tmp_path, p2p=False).overrides().values())
 
 
 def test_valid_files_are_reused_and_new_hosts_reissue_only_the_server_leaves(tmp_path: Path) -> None:
@@ -63,7 +78,8 @@ def test_an_expiring_or_foreign_file_is_made_again(tmp_path: Path) -> None:
     assert set(pki.ensure(["127.0.0.1"])) == {"origin.pem", "client.pem"}
     # An expiring CA: everything again.
     write_pair(tmp_path, "ca", new_ca("short", days=2))
-    assert set(pki.ensure(["127.0.0.1"])) == {"ca.pem", "client.pem", *(f"{c}.pem" for c in COMPONENTS)}
+    assert set(pki.ensure(["127.0.0.1"])) == {"ca.pem", "client.pem", "peer.pem",
+                                              *(f"{c}.pem" for c in COMPONENTS)}
     assert (tmp_path / "ca.pem").read_bytes() != ca
     cert = x509.load_pem_x509_certificate((tmp_path / "ca.pem").read_bytes())
     assert cert.not_valid_after_utc - datetime.datetime.now(datetime.UTC) > datetime.timedelta(days=300)
@@ -85,15 +101,19 @@ def test_a_tls_dir_lacking_files_is_refused_before_anything_starts(
     assert not (tmp_path / "dc").exists()
 
 
-def test_an_agent_host_needs_only_the_ca_and_the_client_pair(tmp_path: Path) -> None:
+def test_an_agent_host_needs_only_the_ca_the_client_pair_and_the_peer_pair(tmp_path: Path) -> None:
     """``--role agent --tls-dir`` asks for no server key: an agent host never holds one of the
-    herd's (it could impersonate the herd with it)."""
+    herd's (it could impersonate the herd with it). It needs the peer pair: origins put pieces
+    on SSL torrents, which an agent without ``p2p.tls`` refuses."""
     pki = DevPki(tmp_path)
     pki.ensure(["10.1.0.1"])
-    for name in [p.name for p in tmp_path.iterdir() if p.name not in ("ca.pem", "client.pem", "client-key.pem")]:
+    agent_files = ("ca.pem", "client.pem", "client-key.pem", "peer.pem", "peer-key.pem")
+    for name in [p.name for p in tmp_path.iterdir() if p.name not in agent_files]:
         (tmp_path / name).unlink()
     assert pki.missing(()) == []
     assert "origin.pem" in pki.missing()
+    (tmp_path / "peer-key.pem").unlink()
+    assert pki.missing(()) == ["peer-key.pem"]
 
 
 def test_unnamed_lists_the_herd_certificates_a_client_would_refuse(tmp_path: Path) -> None:

@@ -225,9 +225,13 @@ class DevPki:
     def overrides(self, serving: Iterable[str] = INTERNAL) -> dict[str, dict[str, Any]]:
         """Per component, the ``tls:`` overlay of the devcluster: ``serving`` serve HTTPS (and
         require client certificates where the component does), every component calls over
-        mTLS; the proxy's and agents' registries stay plain HTTP unless named in ``serving``."""
+        mTLS; the proxy's and agents' registries stay plain HTTP unless named in ``serving``.
+        Every host holds the client certificate its announce relay presents, so the tracker
+        takes announces only from certificate holders (``announce_requires_certificate: all``)."""
         serve = set(serving)
         overlays: dict[str, dict[str, Any]] = {c: {"tls": self.section(c, serve=c in serve)} for c in COMPONENTS}
+        if "tracker" in serve:
+            overlays["tracker"]["announce_requires_certificate"] = "all"
         if self.p2p:
             for component in PEERS:
                 overlays[component]["p2p"] = {"tls": self.p2p_section()}

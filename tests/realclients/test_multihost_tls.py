@@ -194,8 +194,12 @@ def test_internal_ports_speak_only_tls(cluster: TlsCluster, pushed: Pushed) -> N
                  [f"https://{HERD_IP}:15003/namespace/company%2Ftlsapp/blobs/{pushed.image.layer_digests[0]}/metainfo"]):
         rc, status, body = _curl(agent, args[-1], "--cacert", ca, *args[:-1])
         assert status == "403" and "client certificate" in body, f"{args}: {status} {body}"
-    # Announces stay open (libtorrent cannot present a certificate), but only over HTTPS.
-    assert _curl(agent, f"https://{HERD_IP}:15003/announce", "--cacert", ca)[1] == "400"
+    # Announces need a certificate too (the hosts' announce relays present theirs): a
+    # well-formed leecher announce without one is refused, with one it is answered.
+    announce = f"https://{HERD_IP}:15003/announce?info_hash={'%41' * 20}&peer_id={'%42' * 20}&port=6881&left=1"
+    rc, status, body = _curl(agent, announce, "--cacert", ca)
+    assert status == "403" and "certificate" in body, f"announce without a certificate: {status} {body}"
+    assert _curl(agent, announce, *mine)[1] == "200"
 
     # A client certificate from another CA fails the handshake; nothing answers.
     other = cluster.base / "other-ca"

@@ -10,9 +10,9 @@ Kraken's HTTP client (:func:`~kraken.http.client.create_client`): trusting ``tls
 checking ``tls.name``, presenting ``tls.client`` when one is configured.
 
 - The query string is forwarded byte for byte (``info_hash`` and ``peer_id`` are
-  percent-encoded bytes; re-encoding would change them), and so is the path, which is always
-  ``/announce``: libtorrent's SSRF mitigation only lets a loopback tracker's path start with
-  ``/announce``, and the relay serves nothing else (404).
+  percent-encoded bytes; re-encoding would change them) to the tracker's ``/announce``, the
+  only path the relay serves (anything else: 404; libtorrent's SSRF mitigation only lets a
+  loopback tracker's path start with ``/announce``).
 - The tracker takes the peer's address from the connection, which is now the relay's: the
   same host, so the address handed to other peers stays right (the port is the ``port``
   parameter, untouched).
@@ -129,7 +129,7 @@ class AnnounceRelay:
         if self.host not in ("127.0.0.1", "::1") and request.remote != self.host:
             log.warning("announce relay: refused a caller that is not this host", remote=request.remote)
             return web.Response(status=403, text="the announce relay serves this host only\n")
-        url = URL(self.tracker_base + request.raw_path, encoded=True)
+        url = URL(self.tracker_base + ANNOUNCE_PATH + _raw_query(request.raw_path), encoded=True)
         headers = {"User-Agent": request.headers.get("User-Agent", "")}
         try:
             resp = await self._http.request("GET", url, ok=tuple(range(100, 600)), retry=False, headers=headers)
@@ -156,6 +156,15 @@ class AnnounceRelay:
             self._failing = True
             log.warning("announce relay cannot forward", tracker=self.tracker_base, reason=reason)
         return web.Response(status=502, text=reason + "\n")
+
+
+def _raw_query(raw_path: str) -> str:
+    """``?`` and the query string exactly as sent (``""`` without one). Only the query travels:
+    the raw target may be in absolute form (``http://host/announce?...``) or spell the path
+    differently (``/%61nnounce``), and neither may reach the tracker's URL; yarl's parsed query
+    is re-quoted, which would change the bytes."""
+    query = raw_path.partition("#")[0].partition("?")[2]
+    return "?" + query if query else ""
 
 
 async def _read_bounded(resp: aiohttp.ClientResponse) -> bytes | None:

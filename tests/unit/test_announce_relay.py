@@ -2,6 +2,7 @@
 requires the cluster CA's client certificates: what it forwards, and its bounds."""
 from __future__ import annotations
 
+import asyncio
 import os
 from collections.abc import AsyncIterator
 from contextlib import AsyncExitStack
@@ -157,3 +158,21 @@ def test_relay_host_follows_the_p2p_listen_address() -> None:
     assert relay_host("127.0.0.1") == "127.0.0.1"
     assert relay_host("10.1.2.3") == "10.1.2.3"  # libtorrent announces from that address only
     assert relay_host("eth0") == "127.0.0.1"
+
+
+@pytest.mark.parametrize("target", ["http://elsewhere.example:80/announce?left=1&x=%41", "/%61nnounce?left=1&x=%41",
+                                    "/announce?left=1&x=%41#fragment"])
+async def test_only_the_query_reaches_the_tracker_whatever_the_request_target(
+    relay: AnnounceRelay, tracker: Tracker, target: str,
+) -> None:
+    """An absolute-form target or another spelling of the path must not leak into the
+    tracker's URL (an absolute one used to crash the handler: 500)."""
+    host, port = relay.url.split("/")[2].rsplit(":", 1)
+    reader, writer = await asyncio.open_connection(host, int(port))
+    try:
+        writer.write(f"GET {target} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n".encode())
+        status_line = (await reader.read()).split(b"\r\n", 1)[0]
+    finally:
+        writer.close()
+    assert status_line == b"HTTP/1.1 200 OK"
+    assert [seen[0] for seen in tracker.seen] == ["/announce?left=1&x=%41"]

@@ -18,8 +18,10 @@ It applies only when the tracker verifies client certificates at all (``tls.serv
   handed out, not even as a leecher.
 - ``none``: announces are open, as before this check.
 
-A ``stopped`` announce is always served: it only removes the caller's own address (the
-tracker takes the address from the connection).
+A ``stopped`` announce that names the connection's own address is always served: it only
+removes the caller's own entry. One naming another address (``trust_ip_param`` and an ``ip=``
+parameter) needs a certificate under either rule, whatever its ``left``, or an uncertified
+caller could remove every seeder of a swarm from the tracker's answers.
 
 A refusal is answered 403 with a bencoded ``failure reason``, counted in
 ``kraken_tracker_announce_failures_total{reason="no_certificate"}`` and logged at warning the
@@ -34,7 +36,7 @@ from collections import OrderedDict
 from aiohttp import web
 
 from kraken.log import get_logger
-from kraken.tracker.announce import AnnounceRequest
+from kraken.tracker.announce import AnnounceError, AnnounceRequest, peer_ip
 from kraken.tracker.config import CertificateRule
 from kraken.tracker.metrics import TrackerMetrics
 
@@ -42,6 +44,7 @@ log = get_logger("tracker")
 
 SEEDING_REFUSED = "seeding requires a cluster certificate"
 ANNOUNCE_REFUSED = "announcing requires a cluster certificate"
+STOP_REFUSED = "removing another address requires a cluster certificate"
 LOGGED_PEERS = 4096
 
 
@@ -59,11 +62,17 @@ class AnnounceAdmission:
             return None
         certified = bool(request.get_extra_info("peercert"))
         self._metrics.announce_certificates.labels("verified" if certified else "none").inc()
-        if certified or announce.event == "stopped":
+        if certified:
             return None
-        if self.rule == "seeders" and not announce.complete:
+        if announce.event == "stopped":
+            if ip == _source(request):
+                return None
+            # A removal ignores left: whatever it says, the entry removed may be a seeder's.
+            reason = STOP_REFUSED
+        elif self.rule == "seeders" and not announce.complete:
             return None
-        reason = SEEDING_REFUSED if announce.complete else ANNOUNCE_REFUSED
+        else:
+            reason = SEEDING_REFUSED if announce.complete else ANNOUNCE_REFUSED
         self._metrics.announce_failures.labels("no_certificate").inc()
         self._log_once(f"{ip}:{announce.port}", announce, reason)
         return reason
@@ -77,3 +86,11 @@ class AnnounceAdmission:
             self._logged.popitem(last=False)
         log.warning("announce refused: no client certificate", peer=peer, info_hash=announce.info_hash.hex(),
                     left=announce.left, reason=reason)
+
+
+def _source(request: web.Request) -> str | None:
+    """The connection's address, in the form :func:`~kraken.tracker.announce.peer_ip` gives."""
+    try:
+        return peer_ip(request.remote, None, False)
+    except AnnounceError:
+        return None

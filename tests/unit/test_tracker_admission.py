@@ -7,7 +7,7 @@ import pytest
 from prometheus_client import generate_latest
 
 from kraken.metrics import Metrics
-from kraken.tracker.admission import ANNOUNCE_REFUSED, SEEDING_REFUSED, AnnounceAdmission
+from kraken.tracker.admission import ANNOUNCE_REFUSED, SEEDING_REFUSED, STOP_REFUSED, AnnounceAdmission
 from kraken.tracker.announce import AnnounceRequest
 from kraken.tracker.config import CertificateRule
 from kraken.tracker.metrics import TrackerMetrics
@@ -16,6 +16,8 @@ from tests.support.metrics import metric
 
 class Connection:
     """What the check asks of a request: its verified client certificate, if any."""
+
+    remote = "10.0.0.1"
 
     def __init__(self, certified: bool) -> None:
         self.peercert = {"subject": ((("commonName", "agent-1"),),)} if certified else None
@@ -28,8 +30,8 @@ def announce(left: int, event: str = "", port: int = 6881) -> AnnounceRequest:
     return AnnounceRequest(b"i" * 20, b"p" * 20, port, left, event, None, None)
 
 
-def check(admission: AnnounceAdmission, certified: bool, request: AnnounceRequest) -> str | None:
-    return admission.refusal(Connection(certified), request, "10.0.0.1")  # type: ignore[arg-type]
+def check(admission: AnnounceAdmission, certified: bool, request: AnnounceRequest, ip: str = "10.0.0.1") -> str | None:
+    return admission.refusal(Connection(certified), request, ip)  # type: ignore[arg-type]
 
 
 @pytest.mark.parametrize(("rule", "seeder", "leecher"), [
@@ -41,6 +43,11 @@ def test_the_rule_decides_what_needs_a_certificate(rule: CertificateRule, seeder
     assert check(admission, False, announce(0)) == seeder
     assert check(admission, False, announce(5)) == leecher
     assert check(admission, False, announce(0, "stopped")) is None  # only removes the caller's address
+    # Another address (trust_ip_param with ip=): an uncertified caller must not remove a seeder.
+    stop_refused = None if rule == "none" else STOP_REFUSED
+    assert check(admission, False, announce(0, "stopped"), ip="10.0.0.2") == stop_refused
+    assert check(admission, False, announce(5, "stopped"), ip="10.0.0.2") == stop_refused
+    assert check(admission, True, announce(0, "stopped"), ip="10.0.0.2") is None
     assert check(admission, True, announce(0)) is None
     assert check(admission, True, announce(5)) is None
 

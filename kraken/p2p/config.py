@@ -21,8 +21,8 @@ class P2PTLSConfig:
     traffic").
 
     ``enabled``: origins embed ``ca`` in every torrent they generate, and the session takes
-    only SSL torrents rooted at that CA, presents ``cert`` to every peer (and to an HTTPS
-    tracker) and listens for peers over TLS only, on ``p2p.listen``.
+    only SSL torrents rooted at that CA, presents ``cert`` to every peer (announces go through the
+    announce relay, which presents ``tls.client``) and listens for peers over TLS only, on ``p2p.listen``.
 
     ``cert``/``key``/``passphrase``: this host's peer certificate, in ``tls.client``'s shape.
     libtorrent accepts a peer whose certificate is signed **directly** by ``ca`` (no

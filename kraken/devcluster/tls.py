@@ -21,12 +21,12 @@ from pathlib import Path
 from typing import Any
 
 from cryptography import x509
-from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 from kraken.devcluster.net import ProbeTLS
+from kraken.http.tls import signed_directly_by
 
 #: The components that get a server pair (the proxy's and agents' are used only when their
 #: registries are asked to serve TLS).
@@ -138,14 +138,6 @@ def _load(path: Path) -> x509.Certificate | None:
 
 def _fresh(cert: x509.Certificate) -> bool:
     return cert.not_valid_after_utc - datetime.datetime.now(datetime.UTC) > RENEW_BEFORE
-
-
-def _signed_by(cert: x509.Certificate, ca: x509.Certificate) -> bool:
-    try:
-        cert.verify_directly_issued_by(ca)
-    except (ValueError, TypeError, InvalidSignature):
-        return False
-    return True
 
 
 def names_host(cert: x509.Certificate, host: str) -> bool:
@@ -260,7 +252,7 @@ class DevPki:
         for name, cn, leaf_hosts, server, wanted in leaves:
             cert = _load(self.dir / f"{name}.pem")
             if (cert is not None and (self.dir / f"{name}-key.pem").is_file() and _fresh(cert)
-                    and _signed_by(cert, ca[1]) and wanted <= _names(cert)):
+                    and signed_directly_by(cert, ca[1]) and wanted <= _names(cert)):
                 continue
             write_pair(self.dir, name, issue(ca, cn, leaf_hosts, server=server, unit=name))
             written.append(f"{name}.pem")

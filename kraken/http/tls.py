@@ -27,9 +27,11 @@ from pathlib import Path
 
 from aiohttp import web
 from aiohttp.typedefs import Middleware
+from cryptography import x509
+from cryptography.exceptions import InvalidSignature
 
 from kraken.http.app import Handler
-from kraken.http.config import TLSConfig, X509Pair
+from kraken.http.config import SecretFile, TLSConfig, X509Pair
 from kraken.http.errors import json_error
 from kraken.log import get_logger
 
@@ -52,14 +54,26 @@ def _cas_pem(config: TLSConfig) -> str:
     return "".join(Path(ca.path).read_text() for ca in config.cas)
 
 
-def _passphrase(pair: X509Pair) -> bytes | None:
-    if not pair.passphrase.path:
+def read_passphrase(file: SecretFile) -> bytes | None:
+    """A key's passphrase from its file (``None`` when none is named), without the line end an
+    editor adds; the one reading of passphrase files (``tls:`` pairs and ``p2p.tls``)."""
+    if not file.path:
         return None
-    return Path(pair.passphrase.path).read_bytes().rstrip(b"\r\n")
+    return Path(file.path).read_bytes().rstrip(b"\r\n")
+
+
+def signed_directly_by(cert: x509.Certificate, issuer: x509.Certificate) -> bool:
+    """Whether ``issuer`` signed ``cert`` itself (no chain): what libtorrent's SSL torrents
+    accept of a peer, and what the dev PKI checks before it keeps a certificate."""
+    try:
+        cert.verify_directly_issued_by(issuer)
+    except (ValueError, TypeError, InvalidSignature):
+        return False
+    return True
 
 
 def _load_pair(ctx: ssl.SSLContext, pair: X509Pair) -> None:
-    ctx.load_cert_chain(pair.cert.path, pair.key.path, password=_passphrase(pair))
+    ctx.load_cert_chain(pair.cert.path, pair.key.path, password=read_passphrase(pair.passphrase))
 
 
 def server_context(config: TLSConfig, clients: ClientAuth) -> ssl.SSLContext | None:

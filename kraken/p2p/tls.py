@@ -28,9 +28,9 @@ from pathlib import Path
 
 import libtorrent as lt
 from cryptography import x509
-from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import serialization
 
+from kraken.http.tls import read_passphrase, signed_directly_by
 from kraken.p2p.config import P2PTLSConfig
 
 #: RFC 7919's ffdhe2048 group. libtorrent posts a torrent error when a torrent's DH parameters
@@ -56,19 +56,11 @@ def _first_cert(path: str, key: str) -> x509.Certificate:
         raise ValueError(f"p2p.tls.{key} {path}: no PEM certificate") from None
 
 
-def _signed_by(cert: x509.Certificate, issuer: x509.Certificate) -> bool:
-    try:
-        cert.verify_directly_issued_by(issuer)
-    except (ValueError, TypeError, InvalidSignature):
-        return False
-    return True
-
-
 def load_root(path: str) -> x509.Certificate:
     """The first certificate of ``path``, which must be self-signed (libtorrent trusts only
     that one, and accepts no chain above it)."""
     root = _first_cert(path, "ca")
-    if not _signed_by(root, root):
+    if not signed_directly_by(root, root):
         raise ValueError(f"p2p.tls.ca {path}: the first certificate is not self-signed (libtorrent's SSL "
                          "torrents need the root CA that signs the peer certificates directly)")
     return root
@@ -81,10 +73,8 @@ def root_pem(root: x509.Certificate) -> str:
 
 
 def _passphrase(config: P2PTLSConfig) -> bytes | None:
-    if not config.passphrase.path:
-        return None
     try:
-        return Path(config.passphrase.path).read_bytes().rstrip(b"\r\n")
+        return read_passphrase(config.passphrase)
     except OSError as e:
         raise ValueError(f"p2p.tls.passphrase {config.passphrase.path}: {e.strerror or e}") from None
 
@@ -94,7 +84,7 @@ def check_files(config: P2PTLSConfig) -> None:
     the key opens (with the passphrase) and belongs to the certificate."""
     root = load_root(config.ca.path)
     cert = _first_cert(config.cert.path, "cert")
-    if not _signed_by(cert, root):
+    if not signed_directly_by(cert, root):
         raise ValueError(f"p2p.tls.cert {config.cert.path}: not signed directly by p2p.tls.ca {config.ca.path}")
     try:
         names = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value

@@ -142,8 +142,6 @@ class P2PSession:
             native, port, failures = await asyncio.to_thread(create_session, config, role)
         except BaseException:
             pump.close()
-            if tls is not None:
-                tls.close()
             raise
         try:
             if not port:
@@ -153,8 +151,6 @@ class P2PSession:
         except BaseException:  # e.g. these metrics are already registered on that registry
             await native.destroy()
             pump.close()
-            if tls is not None:
-                tls.close()
             raise
         pump.start(native, self._log)
         self._tasks.spawn(self._stats_loop(), "stats")
@@ -176,8 +172,6 @@ class P2PSession:
         await self._native.destroy()
         # Only now: libtorrent may write to the pipe until its session is gone.
         self._pump.close()
-        if self._tls is not None:
-            self._tls.close()
         self._log.info("P2P session closed")
 
     async def _stats_loop(self) -> None:

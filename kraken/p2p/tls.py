@@ -16,25 +16,26 @@ torrents, which it could not join (no certificate), with an error that says so.
 
 The files are checked when the session starts (:func:`check_files`), so a wrong file fails
 the component's start with its key, not the first download (not when the config is loaded:
-the devcluster checks its configs before it makes the certificates). The passphrase is read from its file
-and handed to libtorrent; it is never logged.
+the devcluster checks its configs before it makes the certificates). The key is opened there,
+with its passphrase (never logged), and handed to libtorrent in memory with the DH parameters
+(``set_ssl_certificate_buffer``): no file is written, so none can be left behind by a crash or a
+cancelled start, and libtorrent never asks for a passphrase on the terminal.
 """
 from __future__ import annotations
 
-import shutil
-import tempfile
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import libtorrent as lt
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric.types import PrivateKeyTypes
 
 from kraken.http.tls import read_passphrase, signed_directly_by
 from kraken.p2p.config import P2PTLSConfig
 
 #: RFC 7919's ffdhe2048 group. libtorrent posts a torrent error when a torrent's DH parameters
-#: are missing, although TLS 1.3 and ECDHE never use them; a fixed standard group costs
+#: are missing or empty, although TLS 1.3 and ECDHE never use them; a fixed standard group costs
 #: nothing to load, where generating parameters takes seconds.
 FFDHE2048_PEM = """-----BEGIN DH PARAMETERS-----
 MIIBCAKCAQEA//////////+t+FRYortKmq/cViAnPTzx2LnFg84tNpWp4TZBFGQz
@@ -79,9 +80,9 @@ def _passphrase(config: P2PTLSConfig) -> bytes | None:
         raise ValueError(f"p2p.tls.passphrase {config.passphrase.path}: {e.strerror or e}") from None
 
 
-def check_files(config: P2PTLSConfig) -> None:
+def check_files(config: P2PTLSConfig) -> tuple[x509.Certificate, x509.Certificate, PrivateKeyTypes]:
     """The CA is self-signed, the certificate is signed directly by it and names ``*``, and
-    the key opens (with the passphrase) and belongs to the certificate."""
+    the key opens (with the passphrase) and belongs to the certificate; returns the three."""
     root = load_root(config.ca.path)
     cert = _first_cert(config.cert.path, "cert")
     if not signed_directly_by(cert, root):
@@ -103,6 +104,7 @@ def check_files(config: P2PTLSConfig) -> None:
                          "open it") from None
     if key.public_key() != cert.public_key():
         raise ValueError(f"p2p.tls.key {config.key.path}: not the key of p2p.tls.cert {config.cert.path}")
+    return root, cert, key
 
 
 @dataclass(frozen=True)
@@ -110,23 +112,20 @@ class PeerTLS:
     """A session's peer certificate and CA, loaded once (:meth:`load`, a worker thread)."""
 
     root: x509.Certificate
-    cert: str
-    key: str
-    passphrase: str
-    dh_dir: Path
+    cert_pem: str
+    #: Unencrypted (the buffer API takes no passphrase): kept in this process's memory only, as
+    #: OpenSSL keeps it anyway, and out of ``repr``.
+    key_pem: str = field(repr=False)
 
     @classmethod
     def load(cls, config: P2PTLSConfig) -> PeerTLS:
-        """Load the CA and write the DH parameters libtorrent wants as a file (removed by
-        :meth:`close`)."""
+        """Check the files (:func:`check_files`) and keep what libtorrent is given."""
         if not config.ca.path:
             raise ValueError("p2p.tls.ca is not set (the component's config sets it from tls.cas)")
-        check_files(config)
-        root = load_root(config.ca.path)
-        passphrase = _passphrase(config)
-        dh_dir = Path(tempfile.mkdtemp(prefix="kraken-p2p-tls-"))
-        (dh_dir / "dh.pem").write_text(FFDHE2048_PEM)
-        return cls(root, config.cert.path, config.key.path, passphrase.decode() if passphrase else "", dh_dir)
+        root, cert, key = check_files(config)
+        key_pem = key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                                    serialization.NoEncryption())
+        return cls(root, cert.public_bytes(serialization.Encoding.PEM).decode(), key_pem.decode())
 
     @property
     def root_pem(self) -> str:
@@ -148,10 +147,7 @@ class PeerTLS:
 
     def apply(self, handle: lt.torrent_handle) -> None:
         """Give a torrent (added paused) this host's certificate."""
-        handle.set_ssl_certificate(self.cert, self.key, str(self.dh_dir / "dh.pem"), self.passphrase)
-
-    def close(self) -> None:
-        shutil.rmtree(self.dh_dir, ignore_errors=True)
+        handle.set_ssl_certificate_buffer(self.cert_pem, self.key_pem, FFDHE2048_PEM)
 
 
 def refuse_ssl_torrent(ti: lt.torrent_info) -> None:

@@ -3,11 +3,14 @@ torrents carry (and are checked against) the cluster CA."""
 from __future__ import annotations
 
 import os
+import tempfile
 from pathlib import Path
 from typing import Any
 
 import libtorrent as lt
 import pytest
+from cryptography import x509
+from cryptography.hazmat.primitives import serialization
 
 from kraken.agent.config import AgentConfig
 from kraken.config import ConfigError, load_config
@@ -84,22 +87,31 @@ def test_an_ssl_torrent_embeds_the_ca_and_is_checked_against_it(pki: Pki, tmp_pa
     blob.write_bytes(os.urandom(300_000))
     root = load_root(pki["ca.pem"])
     tls = PeerTLS.load(load(OriginConfig, {"p2p": {"tls": pki.p2p_section()}}).p2p.tls)
-    try:
-        plain = generate_metainfo(blob, "blob", 1 << 16)
-        ssl = generate_metainfo(blob, "blob", 1 << 16, tls.root_pem)
-        assert info_hash(ssl) != info_hash(plain)  # the CA is part of the info dictionary
-        assert generate_metainfo(blob, "blob", 1 << 16, tls.root_pem) == ssl  # deterministic
-        assert lt.torrent_info(ssl).ssl_cert() == tls.root_pem and tls.root == root
-        tls.check(lt.torrent_info(ssl))
-        with pytest.raises(ValueError, match="not an SSL torrent"):
-            tls.check(lt.torrent_info(plain))
-        stranger_root = Path(pki["stranger-peer.pem"]).read_text()  # not a CA, but a different root
-        with pytest.raises(ValueError, match="is not p2p.tls.ca"):
-            tls.check(lt.torrent_info(generate_metainfo(blob, "blob", 1 << 16, stranger_root)))
-        with pytest.raises(ValueError, match="has no p2p.tls"):
-            refuse_ssl_torrent(lt.torrent_info(ssl))
-        refuse_ssl_torrent(lt.torrent_info(plain))
-        assert (tls.dh_dir / "dh.pem").read_text().startswith("-----BEGIN DH PARAMETERS-----")
-    finally:
-        tls.close()
-    assert not tls.dh_dir.exists()
+    plain = generate_metainfo(blob, "blob", 1 << 16)
+    ssl = generate_metainfo(blob, "blob", 1 << 16, tls.root_pem)
+    assert info_hash(ssl) != info_hash(plain)  # the CA is part of the info dictionary
+    assert generate_metainfo(blob, "blob", 1 << 16, tls.root_pem) == ssl  # deterministic
+    assert lt.torrent_info(ssl).ssl_cert() == tls.root_pem and tls.root == root
+    tls.check(lt.torrent_info(ssl))
+    with pytest.raises(ValueError, match="not an SSL torrent"):
+        tls.check(lt.torrent_info(plain))
+    stranger_root = Path(pki["stranger-peer.pem"]).read_text()  # not a CA, but a different root
+    with pytest.raises(ValueError, match="is not p2p.tls.ca"):
+        tls.check(lt.torrent_info(generate_metainfo(blob, "blob", 1 << 16, stranger_root)))
+    with pytest.raises(ValueError, match="has no p2p.tls"):
+        refuse_ssl_torrent(lt.torrent_info(ssl))
+    refuse_ssl_torrent(lt.torrent_info(plain))
+
+
+def test_the_peer_pair_is_handed_over_in_memory(pki: Pki, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """No file is written (a temporary DH file used to outlive a crash or a cancelled start),
+    and the key, opened with its passphrase, stays out of repr."""
+    scratch = tmp_path / "tmp"
+    scratch.mkdir()
+    monkeypatch.setattr(tempfile, "tempdir", str(scratch))
+    tls = PeerTLS.load(load(OriginConfig, {"p2p": {"tls": pki.p2p_section()}}).p2p.tls)
+    assert list(scratch.iterdir()) == []
+    key = serialization.load_pem_private_key(tls.key_pem.encode(), None)  # no passphrase needed any more
+    cert = x509.load_pem_x509_certificate(tls.cert_pem.encode())
+    assert key.public_key() == cert.public_key()
+    assert "PRIVATE KEY" not in repr(tls)

@@ -45,8 +45,6 @@ class P2PTLSConfig:
             return
         if not (self.cert.path and self.key.path):
             raise ValueError("enabled needs cert and key (the peer certificate, with SAN DNS:*)")
-        if self.passphrase.path and not self.key.path:
-            raise ValueError("a passphrase without a key")
 
     def resolve(self, cas: list[SecretFile]) -> None:
         """Default ``ca`` to the component's first ``tls.cas`` entry (a component config calls

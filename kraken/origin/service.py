@@ -26,12 +26,11 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
-from collections import Counter, OrderedDict
-from collections.abc import AsyncIterable, AsyncIterator, Hashable, Iterator
+from collections import Counter
+from collections.abc import AsyncIterable, AsyncIterator, Iterator
 from contextlib import AsyncExitStack, contextmanager, suppress
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Generic, TypeVar
 
 from aiohttp import web
 
@@ -40,6 +39,7 @@ from kraken.core.digest import Digest
 from kraken.core.metainfo import EmptyBlobError, generate_metainfo, piece_length_for
 from kraken.http.client import HttpClient, create_client
 from kraken.log import get_logger
+from kraken.memo import RecentSet
 from kraken.metrics import Metrics
 from kraken.origin.cleanup import OriginCleanup
 from kraken.origin.config import OriginConfig
@@ -65,13 +65,12 @@ def metainfo_name(root_cert: str) -> str:
         return METAINFO
     return f"{METAINFO}-tls-{hashlib.sha256(root_cert.encode()).hexdigest()[:16]}"
 
+
 #: How many (namespace, digest) pairs the origin remembers having queued a write-back for, so
 #: that repeated reads of a blob in a namespace skip the SQLite insert. Forgetting a pair (a
 #: restart, or more pairs than this) only costs one redundant task: the write-back worker
 #: stats the backend first and stops there when it has the blob.
 NAMESPACE_MEMO_SIZE = 100_000
-
-K = TypeVar("K", bound=Hashable)
 
 
 class Fetching(Exception):
@@ -85,30 +84,6 @@ class NotFound(Exception):
 class SeedError(Exception):
     """The blob cannot be seeded (HTTP 503): its metainfo is withheld, so that the tracker
     does not send agents to an origin that will not serve them."""
-
-
-class RecentSet(Generic[K]):
-    """A set keeping only its ``size`` most recently used members (a bounded memo)."""
-
-    def __init__(self, size: int) -> None:
-        self._size = size
-        self._items: OrderedDict[K, None] = OrderedDict()
-
-    def hit(self, key: K) -> bool:
-        """Whether ``key`` is a member; a member becomes the most recently used."""
-        if key not in self._items:
-            return False
-        self._items.move_to_end(key)
-        return True
-
-    def add(self, key: K) -> None:
-        self._items[key] = None
-        self._items.move_to_end(key)
-        if len(self._items) > self._size:
-            self._items.popitem(last=False)
-
-    def discard(self, key: K) -> None:
-        self._items.pop(key, None)
 
 
 @dataclass

@@ -31,11 +31,10 @@ the announces the check saw with a verified certificate and without.
 """
 from __future__ import annotations
 
-from collections import OrderedDict
-
 from aiohttp import web
 
 from kraken.log import get_logger
+from kraken.memo import RecentSet
 from kraken.tracker.announce import AnnounceError, AnnounceRequest, peer_ip
 from kraken.tracker.config import CertificateRule
 from kraken.tracker.metrics import TrackerMetrics
@@ -54,7 +53,7 @@ class AnnounceAdmission:
     def __init__(self, rule: CertificateRule, verifies_clients: bool, metrics: TrackerMetrics) -> None:
         self.rule: CertificateRule = rule if verifies_clients else "none"
         self._metrics = metrics
-        self._logged: OrderedDict[str, None] = OrderedDict()
+        self._logged: RecentSet[str] = RecentSet(LOGGED_PEERS)
 
     def refusal(self, request: web.Request, announce: AnnounceRequest, ip: str) -> str | None:
         """The failure reason to answer ``announce`` with, or ``None`` to serve it."""
@@ -78,12 +77,9 @@ class AnnounceAdmission:
         return reason
 
     def _log_once(self, peer: str, announce: AnnounceRequest, reason: str) -> None:
-        if peer in self._logged:
-            self._logged.move_to_end(peer)
+        if self._logged.hit(peer):
             return
-        self._logged[peer] = None
-        if len(self._logged) > LOGGED_PEERS:
-            self._logged.popitem(last=False)
+        self._logged.add(peer)
         log.warning("announce refused: no client certificate", peer=peer, info_hash=announce.info_hash.hex(),
                     left=announce.left, reason=reason)
 

@@ -130,3 +130,6 @@ class TrackerConfig:
             raise ValueError(f"origin_p2p has no P2P address for origin(s) {', '.join(missing)}")
         for addr in self.origin_p2p.values():
             split_host_port(addr)
+        if self.announce_requires_certificate == "all" and not self.tls.verifies_clients:
+            # Without both the tracker sees no certificate and would silently take every announce.
+            raise ValueError("announce_requires_certificate: all needs mTLS on the tracker (tls.server and tls.cas)")

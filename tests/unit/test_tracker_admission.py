@@ -6,10 +6,11 @@ from typing import Any
 import pytest
 from prometheus_client import generate_latest
 
+from kraken.config import ConfigError, load_config
 from kraken.metrics import Metrics
 from kraken.tracker.admission import ANNOUNCE_REFUSED, SEEDING_REFUSED, STOP_REFUSED, AnnounceAdmission
 from kraken.tracker.announce import AnnounceRequest
-from kraken.tracker.config import CertificateRule
+from kraken.tracker.config import CertificateRule, TrackerConfig
 from kraken.tracker.metrics import TrackerMetrics
 from tests.support.metrics import metric
 
@@ -73,3 +74,10 @@ def test_refusals_are_counted_and_logged_once_per_peer(caplog: pytest.LogCapture
     assert metric(text, "kraken_tracker_announce_certificates_total", 0, certificate="verified") == 1
     lines = [r for r in caplog.records if "announce refused" in r.getMessage()]
     assert len(lines) == 2
+
+
+def test_all_without_mtls_on_the_tracker_is_a_config_error() -> None:
+    """It would otherwise take every announce while the operator believes it takes none."""
+    with pytest.raises(ConfigError, match="announce_requires_certificate: all needs mTLS"):
+        load_config(TrackerConfig, None, overrides={"announce_requires_certificate": "all"})
+    assert load_config(TrackerConfig, None, overrides={}).announce_requires_certificate == "seeders"

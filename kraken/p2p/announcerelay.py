@@ -19,7 +19,8 @@ checking ``tls.name``, presenting ``tls.client`` when one is configured.
 - It listens on loopback (a free port), or on the P2P listen address when that is one
   specific address: libtorrent binds its announces to the listen socket's interface, and one
   bound to an Ethernet device never reaches 127.0.0.1 (measured). There it answers only
-  this host's own address.
+  this host's own address (others: 403, the connection closed, logged through
+  :class:`~kraken.http.allow.AllowList`).
 - Bounded: :data:`MAX_CONNECTIONS` connections (the server's and the upstream's), the
   component's ``http_client`` connect and read timeouts with a whole-request limit of
   :data:`ANSWER_TIMEOUT` (libtorrent stops waiting after 10 s), no retries (libtorrent retries
@@ -42,6 +43,7 @@ from aiohttp import web
 from aiohttp.web_request import BaseRequest
 from yarl import URL
 
+from kraken.http.allow import AllowList, peer_address
 from kraken.http.client import HttpClient, create_client
 from kraken.http.config import HttpClientConfig, HttpServerConfig, TLSConfig
 from kraken.http.server import GuardedServer
@@ -89,6 +91,9 @@ class AnnounceRelay:
         self._label = label
         self._server = GuardedServer(self._handle, limits=_SERVER_LIMITS, metrics=metrics, port=label)
         self._listener: asyncio.Server | None = None
+        # Loopback needs no check; on a specific address, outsiders can connect and are refused
+        # (logged with the allow-list's bound, so a scan cannot flood the log).
+        self._allow = None if host in ("127.0.0.1", "::1") else AllowList([host], name="the announce relay's host")
         self._tasks = TaskOwner("announce-relay")
         self._failing = False
         self._reached = False
@@ -126,9 +131,13 @@ class AnnounceRelay:
     async def _handle(self, request: BaseRequest) -> web.StreamResponse:
         if request.method != "GET" or request.path != ANNOUNCE_PATH:
             return web.Response(status=404, text="the announce relay serves GET /announce only\n")
-        if self.host not in ("127.0.0.1", "::1") and request.remote != self.host:
-            log.warning("announce relay: refused a caller that is not this host", remote=request.remote)
-            return web.Response(status=403, text="the announce relay serves this host only\n")
+        if self._allow is not None:
+            address = peer_address(request)
+            if not self._allow.allows(address):
+                self._allow.refused(address, request)
+                refused = web.Response(status=403, text="the announce relay serves this host only\n")
+                refused.force_close()  # no idle keep-alive holding one of the MAX_CONNECTIONS slots
+                return refused
         url = URL(self.tracker_base + ANNOUNCE_PATH + _raw_query(request.raw_path), encoded=True)
         headers = {"User-Agent": request.headers.get("User-Agent", "")}
         try:

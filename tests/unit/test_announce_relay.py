@@ -176,3 +176,24 @@ async def test_only_the_query_reaches_the_tracker_whatever_the_request_target(
         writer.close()
     assert status_line == b"HTTP/1.1 200 OK"
     assert [seen[0] for seen in tracker.seen] == ["/announce?left=1&x=%41"]
+
+
+async def test_on_a_specific_address_other_callers_are_refused_closed_and_logged_once(
+    tracker: Tracker, pki: Pki, caplog: pytest.LogCaptureFixture,
+) -> None:
+    """A scan of a relay on a non-loopback address must neither flood the log nor keep
+    connections parked in the relay's few slots."""
+    relay = await AnnounceRelay.start(tracker.addr, HttpClientConfig(), tls_config(pki), "127.0.0.2", Metrics("t"))
+    try:
+        connector = aiohttp.TCPConnector(local_addr=("127.0.0.3", 0))
+        async with aiohttp.ClientSession(connector=connector) as s:
+            for _ in range(5):
+                async with s.get(relay.url + "?left=1") as r:
+                    assert r.status == 403 and r.headers.get("Connection", "").lower() == "close"
+        connector = aiohttp.TCPConnector(local_addr=("127.0.0.2", 0))
+        async with aiohttp.ClientSession(connector=connector) as s, s.get(relay.url + "?left=1") as r:
+            assert r.status == 200  # this host's own address
+    finally:
+        await relay.close()
+    assert [seen[0] for seen in tracker.seen] == ["/announce?left=1"]
+    assert len([r for r in caplog.records if "refused" in r.getMessage()]) == 1

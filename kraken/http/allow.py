@@ -19,6 +19,7 @@ from collections.abc import Callable, Iterable
 
 from aiohttp import web
 from aiohttp.typedefs import Middleware
+from aiohttp.web_request import BaseRequest
 
 from kraken.http.addresses import IPAddress
 from kraken.http.app import Handler
@@ -51,7 +52,7 @@ def parse_networks(cidrs: Iterable[str]) -> list[IPNetwork]:
     return networks
 
 
-def peer_address(request: web.Request) -> IPAddress | None:
+def peer_address(request: BaseRequest) -> IPAddress | None:
     """The source address of the request's connection (an IPv4-mapped IPv6 address as IPv4),
     or None when it has none (a unix socket, a closed transport)."""
     transport = request.transport
@@ -67,7 +68,7 @@ def peer_address(request: web.Request) -> IPAddress | None:
     return address
 
 
-def _local_port(request: web.Request) -> str:
+def _local_port(request: BaseRequest) -> str:
     """The port the request came in on (its socket's, not the Host header's)."""
     transport = request.transport
     local = transport.get_extra_info("sockname") if transport is not None else None
@@ -94,7 +95,7 @@ class AllowList:
             return False
         return any(address.version == net.version and address in net for net in self.networks)
 
-    def refused(self, address: IPAddress | None, request: web.Request) -> None:
+    def refused(self, address: IPAddress | None, request: BaseRequest) -> None:
         """Count a refusal; log it if this address was not logged yet and the rate allows."""
         if self._denied is not None:
             self._denied.labels(_local_port(request)).inc()

@@ -36,10 +36,10 @@ from aiohttp import web
 
 from kraken.backend import build_router
 from kraken.core.digest import Digest
+from kraken.core.memo import RecentSet
 from kraken.core.metainfo import EmptyBlobError, generate_metainfo, piece_length_for
 from kraken.http.client import HttpClient, create_client
 from kraken.log import get_logger
-from kraken.memo import RecentSet
 from kraken.metrics import Metrics
 from kraken.origin.cleanup import OriginCleanup
 from kraken.origin.config import OriginConfig

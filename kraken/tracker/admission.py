@@ -33,8 +33,8 @@ from __future__ import annotations
 
 from aiohttp import web
 
+from kraken.core.memo import RecentSet
 from kraken.log import get_logger
-from kraken.memo import RecentSet
 from kraken.tracker.announce import AnnounceError, AnnounceRequest, peer_ip
 from kraken.tracker.config import CertificateRule
 from kraken.tracker.metrics import TrackerMetrics

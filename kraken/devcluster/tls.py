@@ -189,6 +189,10 @@ class DevPki:
         serve = set(serving)
         return {c: {"tls": self.section(c, serve=c in serve)} for c in COMPONENTS}
 
+    def serving(self) -> set[str]:
+        """The components :meth:`overrides` has serve HTTPS: their probes need :meth:`probe`."""
+        return {c for c, o in self.overrides().items() if "server" in o["tls"]}
+
     def probe(self) -> ProbeTLS:
         return ProbeTLS(self.ca, self.path("client.pem"), self.path("client-key.pem"))
 

@@ -181,7 +181,7 @@ def test_devcluster_in_docker_with_tls_on_every_hop(devcluster_tls: subprocess.C
     assert "kraken devcluster: Docker containers (a Docker daemon answers" in out, out
     assert f"tls       {tls_dir}: made ca.pem" in out and "ready: push through localhost:15000" in out, out
     # The server certificates name what is dialled: loopback (host networking) and the containers.
-    assert {"origin", "localhost", "127.0.0.1", *CONTAINERS} <= _sans(tls_dir / "tracker.pem")
+    assert {"tracker", "localhost", "127.0.0.1", *CONTAINERS} <= _sans(tls_dir / "tracker.pem")
     # The containers' health checks probe the HTTPS servers with the CA and client certificate.
     wait_until(lambda: all("(healthy)" in _health(dockerd).get(c, "") for c in CONTAINERS), 90,
                message=f"{CONTAINERS} to be healthy")

@@ -42,17 +42,10 @@ MODES = {"native": "native processes", "docker": "Docker containers"}
 ROLES = ("all", "herd", "agent")
 
 
-def choose_mode(tls: bool = False) -> tuple[str, str]:
-    """(mode, why): ``KRAKEN_DEVCLUSTER`` if set, else Docker when a daemon answers (native
-    processes with ``tls``: the containers do not mount certificates), else native
-    processes. Raises ``SystemExit`` for an unknown mode, or Docker asked with ``tls``."""
+def choose_mode() -> tuple[str, str]:
+    """(mode, why): ``KRAKEN_DEVCLUSTER`` if set, else Docker when a daemon answers, else
+    native processes (``--tls`` runs in either). Raises ``SystemExit`` for an unknown mode."""
     asked = os.environ.get(MODE_ENV, "").strip().lower()
-    if tls:
-        if asked == "docker":
-            raise SystemExit(f"devcluster: TLS runs native processes only (the containers do not mount the "
-                             f"certificates): unset {MODE_ENV} or set {MODE_ENV}=native")
-        if asked in ("", "auto", "native"):
-            return "native", "TLS runs native processes"
     if asked in ("", "auto"):
         if dockermode.daemon_answers():
             return "docker", f"a Docker daemon answers; {MODE_ENV}=native runs local processes instead"
@@ -158,7 +151,7 @@ def main(argv: list[str] | None = None) -> int:
                 f"python -m kraken.devcluster tls --out {tls_dir} --hosts <herd address>)")
             return 1
         tls_hosts = None if args.tls_dir else local_hosts(args.herd_host)
-    mode, why = choose_mode(tls is not None)
+    mode, why = choose_mode()
     out(f"kraken devcluster: {MODES[mode]} ({why})")
     if mode == "docker":
         # The containers run the plan's processes (the herd's with a redis-server) on its ports,
@@ -168,7 +161,7 @@ def main(argv: list[str] | None = None) -> int:
         with scratch_dir() as scratch:
             procs = native.plan(workdir.resolve(), ports, agents, role=args.role, herd_host=args.herd_host,
                                 config_name=args.config_name, config_dir=args.config_dir.resolve(),
-                                redis=True, bind_address=args.bind_address, overlay_dir=scratch)
+                                redis=True, bind_address=args.bind_address, overlay_dir=scratch, tls=tls)
             owners = port_owners(procs)
             problem = check_plan(owners, procs)
         if problem is not None:
@@ -177,7 +170,7 @@ def main(argv: list[str] | None = None) -> int:
         return dockermode.start(
             workdir.resolve(), ports, agents, owners=owners, role=args.role, herd_host=args.herd_host,
             config_name=args.config_name, config_dir=args.config_dir.resolve(), peer_ip=args.peer_ip,
-            bind_address=args.bind_address)
+            bind_address=args.bind_address, tls=tls, tls_hosts=tls_hosts)
     return native.cmd_start(workdir, ports, agents, role=args.role, herd_host=args.herd_host,
                             config_name=args.config_name, peer_ip=args.peer_ip, config_dir=args.config_dir.resolve(),
                             redis=args.redis, logs_to_stdout=args.logs == "-", bind_address=args.bind_address,

@@ -92,7 +92,7 @@ def plan(workdir: Path, ports: HerdPorts, agents: dict[str, AgentPorts], *, role
             proc.bind("127.0.0.1")
         procs += agent_procs
     if tls is not None:
-        serving = {c for c, o in overrides.items() if "server" in o["tls"]}
+        serving = tls.serving()
         for proc in procs:
             proc.tls = tls.probe() if proc.component in serving else None
     return procs

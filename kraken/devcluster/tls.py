@@ -233,6 +233,10 @@ class DevPki:
         """``p2p.tls`` of origins and agents: the peer pair (SAN ``DNS:*``), the CA from ``tls.cas``."""
         return {"enabled": True, "cert": {"path": self.path("peer.pem")}, "key": {"path": self.path("peer-key.pem")}}
 
+    def serving(self) -> set[str]:
+        """The components :meth:`overrides` has serve HTTPS: their probes need :meth:`probe`."""
+        return {c for c, o in self.overrides().items() if "server" in o["tls"]}
+
     def probe(self) -> ProbeTLS:
         return ProbeTLS(self.ca, self.path("client.pem"), self.path("client-key.pem"))
 

@@ -7,19 +7,30 @@ registry is reachable here), the images from wheels made on this host (``make im
 ``docker push`` to :15000, ``docker pull`` from :16000 and then from :17000 (agent-two takes
 pieces from agent-one), and ``make docker_stop`` removes everything.
 
+``KRAKEN_TLS=1 make devcluster`` does the same with every hop on TLS and mTLS: the
+certificates made on the host and mounted into the containers (the CA's key stays out), the
+configs the native mode writes, the containers' health checks on HTTPS with the client
+certificate, the internal ports refusing a client without it, and the same push and P2P pulls.
+
 The daemon is the suite's private dockerd; the containers listen on the devcluster's fixed
 host ports, so the test skips, naming them, when one is taken (a developer's devcluster).
 """
 from __future__ import annotations
 
+import ssl
 import subprocess
+import urllib.error
 import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+import yaml
+from cryptography import x509
 
 from kraken.devcluster import REPO_ROOT, port_free
+from kraken.devcluster.docker import IMAGE_TLS_DIR
+from kraken.devcluster.tls import DevPki
 from tests.support.docker import Dockerd
 from tests.support.kraken_images import make
 from tests.support.metrics import metric
@@ -61,15 +72,34 @@ def _health(dockerd: Dockerd) -> dict[str, str]:
     return {line.split()[0]: line for line in r.stdout.splitlines()}
 
 
-@pytest.fixture
-def devcluster(kraken_images: None, docker_env: dict[str, str]) -> Iterator[subprocess.CompletedProcess[str]]:
+def _skip_if_ports_busy() -> None:
     busy = [p for p in HOST_PORTS if not port_free(p)]
     if busy:
         pytest.skip(f"the devcluster's fixed ports are in use: {busy} (a devcluster running? make devcluster-stop)")
+
+
+@pytest.fixture
+def devcluster(kraken_images: None, docker_env: dict[str, str]) -> Iterator[subprocess.CompletedProcess[str]]:
+    _skip_if_ports_busy()
     try:
         yield make(docker_env, "devcluster", timeout=300)
     finally:
         subprocess.run(["make", "docker_stop"], cwd=REPO_ROOT, env=docker_env, capture_output=True, timeout=120)
+
+
+@pytest.fixture
+def tls_env(docker_env: dict[str, str], tmp_path: Path) -> dict[str, str]:
+    """``KRAKEN_TLS=1``, and a work dir of the test's own (its ``tls/`` holds the certificates)."""
+    return {**docker_env, "KRAKEN_TLS": "1", "DEVCLUSTER_DIR": str(tmp_path / "dc")}
+
+
+@pytest.fixture
+def devcluster_tls(kraken_images: None, tls_env: dict[str, str]) -> Iterator[subprocess.CompletedProcess[str]]:
+    _skip_if_ports_busy()
+    try:
+        yield make(tls_env, "devcluster", timeout=300)
+    finally:
+        subprocess.run(["make", "docker_stop"], cwd=REPO_ROOT, env=tls_env, capture_output=True, timeout=120)
 
 
 def _push(dockerd: Dockerd, tmp_path: Path) -> tuple[GeneratedImage, str]:
@@ -121,4 +151,72 @@ def test_devcluster_in_docker_push_pull_stop(devcluster: subprocess.CompletedPro
     stop = make(docker_env, "docker_stop").stdout
     assert "stopping" in stop, stop
     assert not _health(dockerd), _health(dockerd)
+    wait_until(lambda: all(port_free(p) for p in HOST_PORTS), 10, message="the devcluster's ports to be free")
+
+
+def _status(tls_dir: Path, url: str, *, cert: bool) -> int:
+    ctx = ssl.create_default_context(ssl.Purpose.SERVER_AUTH, cafile=str(tls_dir / "ca.pem"))
+    if cert:
+        ctx.load_cert_chain(tls_dir / "client.pem", tls_dir / "client-key.pem")
+    opener = urllib.request.build_opener(urllib.request.ProxyHandler({}), urllib.request.HTTPSHandler(context=ctx))
+    try:
+        with opener.open(url, timeout=30) as r:
+            return int(r.status)
+    except urllib.error.HTTPError as e:
+        return e.code
+
+
+def _sans(path: Path) -> set[str]:
+    ext = x509.load_pem_x509_certificate(path.read_bytes()).extensions.get_extension_for_class(
+        x509.SubjectAlternativeName).value
+    return {str(v) for v in ext.get_values_for_type(x509.DNSName)} | {
+        str(v) for v in ext.get_values_for_type(x509.IPAddress)}
+
+
+def test_devcluster_in_docker_with_tls_on_every_hop(devcluster_tls: subprocess.CompletedProcess[str],
+                                                    dockerd: Dockerd, tls_env: dict[str, str],
+                                                    tmp_path: Path) -> None:
+    out = devcluster_tls.stdout
+    tls_dir = Path(tls_env["DEVCLUSTER_DIR"]) / "tls"
+    assert "kraken devcluster: Docker containers (a Docker daemon answers" in out, out
+    assert f"tls       {tls_dir}: made ca.pem" in out and "ready: push through localhost:15000" in out, out
+    # The server certificates name what is dialled: loopback (host networking) and the containers.
+    assert {"tracker", "localhost", "127.0.0.1", *CONTAINERS} <= _sans(tls_dir / "tracker.pem")
+    # The containers' health checks probe the HTTPS servers with the CA and client certificate.
+    wait_until(lambda: all("(healthy)" in _health(dockerd).get(c, "") for c in CONTAINERS), 90,
+               message=f"{CONTAINERS} to be healthy")
+
+    # Every file but the CA's key is in each container, read-only, readable by its processes.
+    for name in CONTAINERS:
+        listed = dockerd.run("exec", name, "ls", "/etc/kraken/tls").stdout.split()
+        assert "ca.pem" in listed and "client-key.pem" in listed and "ca-key.pem" not in listed, listed
+        assert dockerd.run("exec", name, "head", "-c1", "/etc/kraken/tls/origin-key.pem").stdout == "-"
+        touch = dockerd.run("exec", "-u", "0", name, "touch", "/etc/kraken/tls/ca.pem", check=False)
+        assert touch.returncode != 0 and "Read-only" in touch.stderr, touch.stderr
+    # The supervisors inside wrote the native mode's tls: sections, with the mounted files.
+    inside = DevPki(Path(IMAGE_TLS_DIR))
+    herd_cfg = yaml.safe_load(dockerd.run("exec", "kraken-herd", "cat",
+                                          "/var/cache/kraken/herd/config/origin.yaml").stdout)
+    assert herd_cfg["tls"] == inside.overrides()["origin"]["tls"], herd_cfg
+    agent_cfg = yaml.safe_load(dockerd.run("exec", "kraken-agent-one", "cat",
+                                           "/var/cache/kraken/agent/config/agent.yaml").stdout)
+    assert agent_cfg["tls"] == inside.overrides()["agent"]["tls"], agent_cfg
+
+    # The herd's internal servers are HTTPS and want the cluster's client certificate.
+    for port in (14000, 15002, 15004):
+        assert _status(tls_dir, f"https://127.0.0.1:{port}/metrics", cert=True) == 200, port
+        assert _status(tls_dir, f"https://127.0.0.1:{port}/metrics", cert=False) == 403, port
+    assert "refused: no client certificate" in dockerd.run("logs", "kraken-herd").stdout
+
+    # The registries stay plain HTTP, as in the native mode: the same push and P2P pulls.
+    image, digest = _push(dockerd, tmp_path)
+    _pull(dockerd, "localhost:16000/test/codelab:v1", image, digest)
+    _pull(dockerd, "localhost:17000/test/codelab:v1", image, digest)
+    assert metric(_metrics(17002), "kraken_p2p_download_bytes_total", 0.0, source="peer") > 0
+    for name in CONTAINERS:  # origin and agents announced to the HTTPS tracker, verifying it
+        log = dockerd.run("logs", name)
+        assert "tracker error" not in log.stdout + log.stderr, name
+
+    stop = make(tls_env, "docker_stop").stdout
+    assert "stopping" in stop, stop
     wait_until(lambda: all(port_free(p) for p in HOST_PORTS), 10, message="the devcluster's ports to be free")

@@ -209,6 +209,21 @@ async def test_wrong_digest_is_refused_and_stored_nowhere(proxy: Proxy) -> None:
         assert r.status == 404 and await error_codes(r) == ["BLOB_UPLOAD_UNKNOWN"]
 
 
+async def test_wrong_bytes_under_a_stored_digest_are_refused(proxy: Proxy) -> None:
+    """The proxy hashes no upload itself: the origin checks the bytes even when it has the
+    blob named already, so wrong bytes are refused, not taken for the stored blob."""
+    data = b"the real content" * 1000
+    digest = await proxy.push_chunked("bad/again", data, chunk=len(data))
+    location = await proxy.start_upload("bad/again")
+    async with proxy.request("PATCH", location, data=b"other bytes" * 1000) as r:
+        assert r.status == 202
+    async with proxy.request("PUT", location, params={"digest": str(digest)}) as r:
+        assert r.status == 400 and await error_codes(r) == ["DIGEST_INVALID"]
+    async with proxy.request("GET", f"/v2/bad/again/blobs/{digest}") as r:
+        assert r.status == 200 and await r.read() == data
+    assert proxy.staged_blobs() == [] and URL(location).name not in proxy.upload_sessions()
+
+
 async def test_manifest_errors_store_no_tag(proxy: Proxy) -> None:
     repo = "bad/manifest"
     cd = await proxy.push_monolithic(repo, b"{}")

@@ -19,7 +19,7 @@ import aiohttp
 from kraken.core.digest import Digest
 from kraken.http.client import HttpClient
 from kraken.log import get_logger
-from kraken.origin.stream import UploadStream
+from kraken.origin.stream import UploadStream, commit_upload
 from kraken.ring import HashRing, RingConfig
 
 T = TypeVar("T")
@@ -81,7 +81,8 @@ class OriginClient:
     async def upload_file(self, namespace: str, digest: Digest, path: Path, *, replica: bool = False) -> None:
         """Upload a file: one POST, one PATCH streaming the whole file, one PUT.
 
-        A blob the origin already has is a success. ``replica`` marks a copy between ring
+        A blob the origin already has is a success; bytes that do not hash to ``digest``
+        raise :class:`~kraken.origin.stream.DigestRefused`. ``replica`` marks a copy between ring
         owners (the receiver neither replicates it further nor writes it back at once).
         """
         size = (await asyncio.to_thread(path.stat)).st_size
@@ -102,7 +103,7 @@ class OriginClient:
         upload = f"{uploads}/{resp.headers['Location']}"
         headers = {"Content-Range": f"0-{size}", "Content-Length": str(size)}
         (await self._http.request("PATCH", upload, ok=(200,), data=body, headers=headers)).release()
-        (await self._http.request("PUT", upload, ok=(201, 409), params=params)).release()
+        await commit_upload(self._http, upload, params)
 
     async def open(
         self, namespace: str, digest: Digest, range_header: str | None = None

@@ -239,9 +239,12 @@ class OriginService:
         return await self.store.write(uid, chunks, offset)
 
     async def commit(self, namespace: str, digest: Digest, uid: str, replica: bool) -> bool:
-        """Verify and cache the upload; False if the blob was cached already (HTTP 409)."""
+        """Verify and cache the upload; False if the blob was cached already (HTTP 409).
+        Bytes that do not hash to ``digest`` raise DigestMismatch (HTTP 400) either way: a
+        proxy relies on this answer to refuse a wrong upload (it does not hash uploads
+        itself, see kraken.registry.uploads)."""
         if await self._cached_in_namespace(namespace, digest, replica):
-            await self.store.abort(uid)
+            await self.store.discard_checked(uid, digest)
             return False
         self._committing[digest] += 1
         try:

@@ -13,7 +13,7 @@ import asyncio
 from collections.abc import AsyncIterator
 
 from kraken.core.digest import Digest
-from kraken.http.client import HttpClient
+from kraken.http.client import HttpClient, HTTPStatusError
 from kraken.log import get_logger
 
 log = get_logger("kraken.origin.stream")
@@ -23,6 +23,23 @@ QUEUE_CHUNKS = 64
 
 class StreamBroken(Exception):
     """The stream to the origin failed; the caller falls back to its own copy."""
+
+
+class DigestRefused(Exception):
+    """The origin refused to commit an upload (HTTP 400 to the commit): its bytes do not hash
+    to the digest named. The origin kept nothing of it."""
+
+
+async def commit_upload(http: HttpClient, url: str, params: dict[str, str] | None) -> None:
+    """PUT ``url`` (an upload's commit): 201 (committed) and 409 (cached already) are
+    success, 400 is :class:`DigestRefused`."""
+    try:
+        resp = await http.request("PUT", url, ok=(201, 409), params=params)
+    except HTTPStatusError as e:
+        if e.status == 400:
+            raise DigestRefused(e.message) from None
+        raise
+    resp.release()
 
 
 class UploadStream:
@@ -70,7 +87,8 @@ class UploadStream:
         return f"{type(error).__name__}: {error}" if error else "finished early"
 
     async def commit(self, digest: Digest) -> None:
-        """End the body, then have the origin verify the bytes against ``digest`` and keep them."""
+        """End the body, then have the origin verify the bytes against ``digest`` and keep them
+        (:class:`DigestRefused` when they do not match)."""
         await self._end_body()
         try:
             received = await self._task
@@ -78,8 +96,7 @@ class UploadStream:
             raise StreamBroken(f"stream to {self.origin} failed: {type(e).__name__}: {e}") from e
         if received != self.sent:
             raise StreamBroken(f"origin {self.origin} received {received} of {self.sent} bytes")
-        resp = await self._http.request("PUT", self._url, ok=(201, 409), params={"digest": str(digest)})
-        resp.release()
+        await commit_upload(self._http, self._url, {"digest": str(digest)})
 
     async def _end_body(self) -> None:
         if self._task.done():

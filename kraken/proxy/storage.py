@@ -26,7 +26,7 @@ from kraken.http.health import check, check_any
 from kraken.log import get_logger
 from kraken.metrics import Metrics
 from kraken.origin.client import BlobNotFound, OriginCluster
-from kraken.origin.stream import UploadStream
+from kraken.origin.stream import DigestRefused, UploadStream
 from kraken.proxy.manifest_cache import ManifestCache, ManifestMissing
 from kraken.registry.errors import RegistryError
 from kraken.registry.ranges import ByteRange
@@ -85,7 +85,14 @@ class _Running:
 class ProxyStorage(RegistryStorage):
     """Made from the config when the app is built (no I/O); :meth:`lifecycle`, the app's
     cleanup context, loads the manifest cache and opens the clients (they need a running loop)
-    and closes them."""
+    and closes them.
+
+    Uploads reach it unhashed (:attr:`verifies_uploads`): the origin that commits a blob
+    checks it against its digest first (``CAStore.commit``, also when it has the blob
+    already) and answers 400 otherwise, which becomes DIGEST_INVALID here. So each pushed
+    byte is hashed once, by the origin that keeps it, not once more by the proxy."""
+
+    verifies_uploads = True
 
     def __init__(self, origins: RingConfig, build_index_addr: str, metrics: ProxyMetrics,
                  manifests: ManifestCache, http_config: HttpClientConfig, tls: TLSConfig | None = None) -> None:
@@ -230,7 +237,10 @@ class ProxyStorage(RegistryStorage):
 
     async def put_blob_from_file(self, repo: str, digest: Digest, path: Path) -> None:
         size = (await asyncio.to_thread(path.stat)).st_size
-        await self.origins.upload_file(repo, digest, path)
+        try:
+            await self.origins.upload_file(repo, digest, path)
+        except DigestRefused as e:
+            raise _digest_invalid(repo, digest, e) from None
         self.uploaded(repo, digest, size, SENT_AT_COMMIT)
 
     async def start_blob_writer(self, repo: str) -> BlobWriter | None:
@@ -259,6 +269,11 @@ class ProxyStorage(RegistryStorage):
         return mounted
 
 
+def _digest_invalid(repo: str, digest: Digest, refused: DigestRefused) -> RegistryError:
+    log.warning("upload refused by the origin: wrong digest", repo=repo, digest=digest, error=str(refused))
+    return RegistryError("DIGEST_INVALID", detail=str(refused))
+
+
 def _releaser(resp: aiohttp.ClientResponse) -> Callable[[], Awaitable[None]]:
     async def release() -> None:
         resp.release()
@@ -282,7 +297,10 @@ class OriginBlobWriter(BlobWriter):
         """Commit on the origin if it owns ``digest``; False sends the blob to the owner."""
         if self._stream.origin not in await self._storage.origins.locations(digest):
             return False
-        await self._stream.commit(digest)
+        try:
+            await self._stream.commit(digest)
+        except DigestRefused as e:
+            raise _digest_invalid(self._repo, digest, e) from None
         self._storage.uploaded(self._repo, digest, self._stream.sent, STREAMED)
         return True
 

@@ -107,7 +107,7 @@ class FileBlobReader(BlobReader):
 class BlobWriter(ABC):
     """Receives an upload's bytes while they arrive, so the storage may already hold the blob
     when the client commits it (the proxy streams them on to an origin). Best effort: the
-    sessions stage and verify every upload locally anyway and fall back to
+    sessions stage every upload locally anyway and fall back to
     :meth:`RegistryStorage.put_blob_from_file` whenever a writer fails or declines."""
 
     @abstractmethod
@@ -116,8 +116,9 @@ class BlobWriter(ABC):
 
     @abstractmethod
     async def commit(self, digest: Digest) -> bool:
-        """Store the bytes written as the (already verified) blob ``digest``; False (or an
-        exception) sends the caller to its fallback."""
+        """Store the bytes written as the blob ``digest`` (verified already, or by the storage
+        when it :attr:`~RegistryStorage.verifies_uploads`); False (or an exception other than
+        a :class:`RegistryError`) sends the caller to its fallback."""
 
     @abstractmethod
     async def abort(self) -> None:
@@ -131,6 +132,12 @@ class RegistryStorage(ABC):
     ``aiohttp.ClientError``, ``TimeoutError``, ``ConnectionError`` and a 5xx ``HTTPStatusError``
     become ``UNAVAILABLE`` (503), which clients retry; a :class:`RegistryError` is sent as is.
     """
+
+    #: True when the storage checks every uploaded blob against its digest before it keeps
+    #: it (:meth:`put_blob_from_file` and a :class:`BlobWriter`'s commit raise DIGEST_INVALID
+    #: for wrong bytes): the upload sessions then hand over their bytes unhashed instead of
+    #: hashing every byte a second time.
+    verifies_uploads = False
 
     # ---- reads (every storage) -------------------------------------------------------------
 
@@ -171,8 +178,9 @@ class RegistryStorage(ABC):
     # ---- writes (read-write storages override) ---------------------------------------------
 
     async def put_blob_from_file(self, repo: str, digest: Digest, path: Path) -> None:
-        """Store a verified blob. ``path`` belongs to the caller and is deleted after the call,
-        so the storage must copy (or stream) it before returning."""
+        """Store a verified blob (or verify it, see :attr:`verifies_uploads`). ``path`` belongs
+        to the caller and is deleted after the call, so the storage must copy (or stream) it
+        before returning."""
         raise _read_only()
 
     async def start_blob_writer(self, repo: str) -> BlobWriter | None:

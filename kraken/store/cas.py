@@ -14,7 +14,9 @@ succeed: the rename is atomic and the contents are identical by construction.
 
 Writes and hashing happen in worker threads in batches of ``WRITE_BATCH`` bytes, so a large
 upload neither blocks the event loop nor sits in memory. The running hash of each upload is
-kept, so commit does not re-read the file when the upload was written through this store.
+kept, so commit does not re-read the file when the upload was written through this store;
+a durable store flushes an upload to disk while it arrives (kraken.store.flush), so the
+fsync at commit is short.
 
 A file in the cache can still go bad later (a disk error, an operator's mistake, a planted
 file), so whoever serves cached bytes reads them through :meth:`CAStore.verified_path`. The
@@ -41,6 +43,7 @@ from prometheus_client import Counter
 
 from kraken.core.digest import Digest, DigestError, hash_file_sync, new_hasher
 from kraken.log import get_logger
+from kraken.store.flush import EarlyFlush
 from kraken.tasks import SingleFlight
 
 WRITE_BATCH = 4 << 20
@@ -101,6 +104,7 @@ class _Upload:
     hashers: dict = field(default_factory=dict)
     lock: asyncio.Lock = field(default_factory=asyncio.Lock)
     last_active: float = field(default_factory=lambda: time.time())
+    flush: EarlyFlush | None = None
 
 
 class CAStore:
@@ -129,11 +133,15 @@ class CAStore:
 
     # ---- uploads -------------------------------------------------------------------------
 
-    def create_upload(self) -> str:
+    def create_upload(self, hashed: bool = True) -> str:
+        """A new upload; ``hashed=False`` keeps no running hash, for an upload that is never
+        committed here but handed over with :meth:`take_upload` to a store that verifies it
+        (saves a sha256 pass over every byte)."""
         uid = uuid.uuid4().hex
         path = self.upload_dir / uid
         path.touch(exist_ok=False)
-        self._uploads[uid] = _Upload(path=path, hashers={"sha256": new_hasher("sha256")})
+        hashers = {"sha256": new_hasher("sha256")} if hashed else {}
+        self._uploads[uid] = _Upload(path=path, hashers=hashers, flush=EarlyFlush(path) if self.durable else None)
         return uid
 
     def _upload(self, uid: str) -> _Upload:
@@ -191,8 +199,11 @@ class CAStore:
             upload.path.unlink(missing_ok=True)
             log.error("upload write failed; upload removed", upload=uid, error=f"{type(e).__name__}: {e}")
             raise UploadWriteError(f"cannot store upload {uid}: {e.strerror or e}") from e
-        upload.size += sum(map(len, batch))
+        written = sum(map(len, batch))
+        upload.size += written
         upload.last_active = time.time()
+        if upload.flush is not None:
+            upload.flush.written(written)
 
     async def commit(self, uid: str, digest: Digest, size: int | None = None) -> Path:
         """Verify the upload against ``digest`` and move it into the cache.
@@ -206,17 +217,46 @@ class CAStore:
             try:
                 if size is not None and size != upload.size:
                     raise SizeMismatch(f"upload has {upload.size} bytes, expected {size}")
-                hasher = upload.hashers.get(digest.algorithm)
-                if hasher is not None:
-                    actual = Digest(digest.algorithm, hasher.hexdigest())
-                else:
-                    actual = await asyncio.to_thread(hash_file_sync, upload.path, digest.algorithm)
-                if actual != digest:
-                    raise DigestMismatch(digest, actual)
+                await self._check_digest(upload, digest)
+                if upload.flush is not None:
+                    await upload.flush.wait()
                 return await asyncio.to_thread(self._install, upload.path, digest)
             finally:
                 self._uploads.pop(uid, None)
                 upload.path.unlink(missing_ok=True)
+
+    async def discard_checked(self, uid: str, digest: Digest) -> None:
+        """Delete the upload, raising :class:`DigestMismatch` if it does not hash to
+        ``digest``: for a caller that needs none of its bytes (the blob is cached already) but
+        still answers a wrong upload as wrong."""
+        upload = self._upload(uid)
+        async with upload.lock:
+            self._check_live(uid, upload)
+            try:
+                await self._check_digest(upload, digest)
+            finally:
+                self._uploads.pop(uid, None)
+                upload.path.unlink(missing_ok=True)
+
+    async def _check_digest(self, upload: _Upload, digest: Digest) -> None:
+        """From the running hash when the upload keeps one, else by reading its file."""
+        hasher = upload.hashers.get(digest.algorithm)
+        if hasher is not None:
+            actual = Digest(digest.algorithm, hasher.hexdigest())
+        else:
+            actual = await asyncio.to_thread(hash_file_sync, upload.path, digest.algorithm)
+        if actual != digest:
+            raise DigestMismatch(digest, actual)
+
+    async def take_upload(self, uid: str) -> Path:
+        """End the upload without verifying it and hand its file (still in the upload dir,
+        never in the cache) to the caller, who deletes it: for bytes that a store verifying
+        them keeps, if anyone does."""
+        upload = self._upload(uid)
+        async with upload.lock:
+            self._check_live(uid, upload)
+            del self._uploads[uid]
+        return upload.path
 
     async def abort(self, uid: str) -> None:
         upload = self._uploads.pop(uid, None)

@@ -203,10 +203,26 @@ async def test_wrong_digest_is_refused_and_stored_nowhere(proxy: Proxy) -> None:
         async with proxy.request("HEAD", f"/v2/bad/digest/blobs/{digest}") as r:
             assert r.status == 404
     assert proxy.staged_blobs() == []
-    assert URL(location).name not in proxy.upload_sessions()
+    await until(lambda: URL(location).name not in proxy.upload_sessions(), what="the session's file to be deleted")
     assert proxy.origin_uploads() == origin_uploads_before  # the bytes streamed ahead are dropped too
     async with proxy.request("GET", location) as r:
         assert r.status == 404 and await error_codes(r) == ["BLOB_UPLOAD_UNKNOWN"]
+
+
+async def test_wrong_bytes_under_a_stored_digest_are_refused(proxy: Proxy) -> None:
+    """The proxy hashes no upload itself: the origin checks the bytes even when it has the
+    blob named already, so wrong bytes are refused, not taken for the stored blob."""
+    data = b"the real content" * 1000
+    digest = await proxy.push_chunked("bad/again", data, chunk=len(data))
+    location = await proxy.start_upload("bad/again")
+    async with proxy.request("PATCH", location, data=b"other bytes" * 1000) as r:
+        assert r.status == 202
+    async with proxy.request("PUT", location, params={"digest": str(digest)}) as r:
+        assert r.status == 400 and await error_codes(r) == ["DIGEST_INVALID"]
+    async with proxy.request("GET", f"/v2/bad/again/blobs/{digest}") as r:
+        assert r.status == 200 and await r.read() == data
+    assert proxy.staged_blobs() == []
+    await until(lambda: URL(location).name not in proxy.upload_sessions(), what="the session's file to be deleted")
 
 
 async def test_manifest_errors_store_no_tag(proxy: Proxy) -> None:
@@ -275,7 +291,8 @@ async def test_client_disconnect_leaves_no_partial_blob(proxy: Proxy) -> None:
     async with proxy.request("PUT", str(location), params={"digest": str(digest)}) as r:  # partial bytes
         assert r.status == 400 and await error_codes(r) == ["DIGEST_INVALID"]
     assert not await proxy.origin_has("cut/off", digest)
-    assert proxy.staged_blobs() == [] and location.name not in proxy.upload_sessions()
+    assert proxy.staged_blobs() == []
+    await until(lambda: location.name not in proxy.upload_sessions(), what="the session's file to be deleted")
 
     async def origin_uploads_dropped() -> bool:
         return proxy.origin_uploads() == origin_uploads_before

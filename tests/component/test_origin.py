@@ -16,9 +16,9 @@ import pytest
 from kraken.core.digest import Digest
 from kraken.core.metainfo import info_hash
 from kraken.devcluster import Supervisor, free_port
-from kraken.http.client import HttpClient, HTTPStatusError
+from kraken.http.client import HttpClient
 from kraken.origin.client import BlobNotFound, BlobNotReady, OriginClient, OriginCluster
-from kraken.origin.stream import StreamBroken
+from kraken.origin.stream import DigestRefused, StreamBroken
 from kraken.ring import HashRing, RingConfig
 from tests.support.addresses import non_loopback_address, session_from
 from tests.support.metrics import metric
@@ -444,11 +444,24 @@ async def test_streamed_upload_with_a_wrong_digest_leaves_nothing(origin: Origin
     claimed = Digest.of_bytes(b"not these bytes")
     stream = await origin.client.start_stream(NS)
     await stream.write(data)
-    with pytest.raises(HTTPStatusError) as err:
+    with pytest.raises(DigestRefused, match="digest mismatch"):
         await stream.commit(claimed)
-    assert err.value.status == 400 and "digest mismatch" in err.value.body
     store = origin.service.store
     assert not store.exists(claimed) and not store.exists(Digest.of_bytes(data))
+    assert list(store.upload_dir.iterdir()) == []
+
+
+async def test_wrong_bytes_under_a_cached_digest_are_refused(origin: Origin) -> None:
+    """A commit naming a blob the origin has already is refused when its own bytes are
+    wrong, not taken for the cached blob: a proxy relies on this answer to refuse the push."""
+    data, digest = random_blob(100_000)
+    await origin.client.upload_bytes(NS, digest, data)
+    stream = await origin.client.start_stream(NS)
+    await stream.write(os.urandom(100_000))
+    with pytest.raises(DigestRefused, match="digest mismatch"):
+        await stream.commit(digest)
+    store = origin.service.store
+    assert await store.verified_path(digest) is not None
     assert list(store.upload_dir.iterdir()) == []
 
 

@@ -11,6 +11,7 @@ import pytest
 
 from kraken.core.digest import Digest
 from kraken.store import cas as cas_module
+from kraken.store import flush as flush_module
 from kraken.store.cas import CAStore, DigestMismatch, UploadOffsetMismatch, UploadUnknown
 
 
@@ -197,3 +198,33 @@ async def test_verified_path_quarantines_a_changed_file_and_keeps_a_few(store: C
         assert await store.verified_path(digest) is None
         assert not store.exists(digest)
     assert len(list(store.quarantine_dir.iterdir())) == cas_module.QUARANTINE_KEEP
+
+
+async def test_a_durable_upload_is_flushed_while_it_arrives(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Every FLUSH_EVERY bytes an fdatasync starts (one at a time); commit waits for it."""
+    synced: list[int] = []
+
+    def datasync(path: Path) -> None:
+        synced.append(path.stat().st_size)
+
+    monkeypatch.setattr(flush_module, "FLUSH_EVERY", 1000)
+    monkeypatch.setattr(flush_module, "_datasync", datasync)
+    monkeypatch.setattr(cas_module, "WRITE_BATCH", 1000)
+    store = CAStore(tmp_path, durable=True)
+    data = os.urandom(5000)
+    uid = store.create_upload()
+    await store.write(uid, chunks(*(data[i:i + 1000] for i in range(0, 5000, 1000))))
+    await store.commit(uid, Digest.of_bytes(data))
+    assert synced and all(size >= 1000 for size in synced)
+    assert store.path(Digest.of_bytes(data)).read_bytes() == data
+
+
+async def test_a_staging_store_is_not_flushed(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(flush_module, "FLUSH_EVERY", 1)
+    monkeypatch.setattr(flush_module, "_datasync", lambda path: pytest.fail("flushed"))
+    store = CAStore(tmp_path, durable=False)
+    uid = store.create_upload(hashed=False)
+    await store.write(uid, chunks(b"abc", b"def"))
+    path = await store.take_upload(uid)
+    assert path.read_bytes() == b"abcdef" and not store.has_upload(uid)
+    assert list(store.cache_dir.rglob("*")) == []

@@ -8,6 +8,7 @@ from kraken.backend.config import AuthConfig, NamespaceBackendConfig
 from kraken.config import ByteSize, Duration, ListenConfig
 from kraken.core.metainfo import DEFAULT_PIECE_LENGTHS
 from kraken.http.config import HttpClientConfig, HttpServerConfig, TLSConfig
+from kraken.origin.foreground import ForegroundConfig
 from kraken.p2p.config import ORIGIN_P2P_PORT, P2PConfig
 from kraken.ring import RingConfig
 
@@ -142,6 +143,9 @@ class OriginConfig:
     # Also seed every blob as soon as it is committed, not only once the tracker asks for its
     # metainfo (which it does when an agent is about to download it).
     seed_on_commit: bool = False
+    # Background work on pushed blobs (write-back, metainfo ahead of requests) defers to
+    # client transfers (kraken.origin.foreground).
+    background: ForegroundConfig = field(default_factory=ForegroundConfig)
 
     def __post_init__(self) -> None:
         self.p2p.tls.resolve(self.tls.cas)

@@ -5,6 +5,8 @@
 """
 from __future__ import annotations
 
+from pathlib import Path
+
 import aiohttp
 from aiohttp import web
 
@@ -149,7 +151,17 @@ async def get_blob(request: web.Request) -> web.StreamResponse:
         log.warning("blob not cached and backend unavailable", digest=digest, error=str(e))
         return web.Response(status=404)
     svc.store.touch(digest)
-    return web.FileResponse(path, chunk_size=FILE_CHUNK)
+    return await _send_blob(request, path)
+
+
+async def _send_blob(request: web.Request, path: Path) -> web.StreamResponse:
+    """The cached file, sent as a client transfer: background work waits meanwhile
+    (kraken.origin.foreground)."""
+    response = web.FileResponse(path, chunk_size=FILE_CHUNK)
+    if request.method == "GET":
+        with _svc(request).foreground.transfer():
+            await response.prepare(request)
+    return response
 
 
 async def head_local_blob(request: web.Request) -> web.Response:
@@ -168,7 +180,7 @@ async def get_local_blob(request: web.Request) -> web.StreamResponse:
     if path is None:
         return json_error(404, f"{digest} not cached here")
     svc.store.touch(digest)
-    return web.FileResponse(path, chunk_size=FILE_CHUNK)
+    return await _send_blob(request, path)
 
 
 async def get_metainfo(request: web.Request) -> web.Response:

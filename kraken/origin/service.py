@@ -44,6 +44,7 @@ from kraken.metrics import Metrics
 from kraken.origin.cleanup import OriginCleanup
 from kraken.origin.config import OriginConfig
 from kraken.origin.fetch import BackendFetcher
+from kraken.origin.foreground import ForegroundGate
 from kraken.origin.replication import Replicator
 from kraken.origin.writeback import WriteBack
 from kraken.p2p import P2PError, P2PSession
@@ -114,6 +115,7 @@ class OriginService:
         # Digests between "commit started" and "write-back queued": protected from eviction.
         self._committing: Counter[Digest] = Counter()
         self._metainfo_jobs: SingleFlight[Digest, bytes] = SingleFlight(self.owner, "metainfo")
+        self.foreground = ForegroundGate(config.background)
         # Set while the origin runs: None before and after.
         self.p2p: P2PSession | None = None
         # Digests on their way into the P2P session, and the info-hash -> digest of each blob
@@ -170,7 +172,8 @@ class OriginService:
             stack.push_async_callback(writeback_queue.close)
             replication_queue = await PersistedQueue.open(root / "replication.db")
             stack.push_async_callback(replication_queue.close)
-            writeback = WriteBack(writeback_queue, store, router, config.writeback, metrics, root / "fetch")
+            writeback = WriteBack(writeback_queue, store, router, config.writeback, metrics, root / "fetch",
+                                  self.foreground)
             replicator = Replicator(replication_queue, store, self.ring, self.identity, http, config.replication,
                                     metrics)
             fetcher = BackendFetcher(
@@ -236,24 +239,26 @@ class OriginService:
         return self.store.create_upload()
 
     async def write(self, uid: str, chunks: AsyncIterable[bytes], offset: int | None) -> int:
-        return await self.store.write(uid, chunks, offset)
+        with self.foreground.transfer():
+            return await self.store.write(uid, chunks, offset)
 
     async def commit(self, namespace: str, digest: Digest, uid: str, replica: bool) -> bool:
         """Verify and cache the upload; False if the blob was cached already (HTTP 409).
         Bytes that do not hash to ``digest`` raise DigestMismatch (HTTP 400) either way: a
         proxy relies on this answer to refuse a wrong upload (it does not hash uploads
         itself, see kraken.registry.uploads)."""
-        if await self._cached_in_namespace(namespace, digest, replica):
-            await self.store.discard_checked(uid, digest)
-            return False
-        self._committing[digest] += 1
-        try:
-            await self.store.commit(uid, digest)
-            await self._queue_writeback(namespace, digest, replica)
-        finally:
-            self._committing[digest] -= 1
-            if self._committing[digest] <= 0:
-                del self._committing[digest]
+        with self.foreground.transfer():
+            if await self._cached_in_namespace(namespace, digest, replica):
+                await self.store.discard_checked(uid, digest)
+                return False
+            self._committing[digest] += 1
+            try:
+                await self.store.commit(uid, digest)
+                await self._queue_writeback(namespace, digest, replica)
+            finally:
+                self._committing[digest] -= 1
+                if self._committing[digest] <= 0:
+                    del self._committing[digest]
         if not replica:
             await self.replicator.enqueue(namespace, digest)
         self._start_metainfo(digest)
@@ -390,6 +395,7 @@ class OriginService:
             self.store.touch(digest)  # see _find_protected
             if not self.store.exists(digest):
                 return
+            await self.foreground.lull()
             data = await self._metainfo_jobs.run(digest, lambda: self._generate_metainfo(digest))
             with suppress(SeedError):  # logged; the tracker's metainfo request tries again
                 await self._seed(namespace, digest, data)
@@ -412,9 +418,16 @@ class OriginService:
             self.owner.spawn(self.store.recheck(digest), f"recheck:{digest}")
 
     def _start_metainfo(self, digest: Digest) -> None:
-        """Generate a new blob's metainfo in the background, so it is ready when peers ask."""
+        """Generate a new blob's metainfo in the background, so it is ready when peers ask,
+        once uploads allow (kraken.origin.foreground); a request for it meanwhile generates
+        it at once, and this then finds it done."""
         if self.store.size(digest):
-            self._metainfo_jobs.start(digest, lambda: self._generate_metainfo(digest))
+            self.owner.spawn(self._metainfo_after_lull(digest), f"metainfo:{digest}")
+
+    async def _metainfo_after_lull(self, digest: Digest) -> None:
+        await self.foreground.lull()
+        if self.store.exists(digest):
+            await self._metainfo_jobs.run(digest, lambda: self._generate_metainfo(digest))
 
     async def _generate_metainfo(self, digest: Digest) -> bytes:
         """The one generation of ``digest``'s metainfo (a single flight: concurrent callers

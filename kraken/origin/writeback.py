@@ -22,6 +22,7 @@ from kraken.core.digest import Digest
 from kraken.log import get_logger
 from kraken.metrics import Metrics
 from kraken.origin.config import WritebackConfig
+from kraken.origin.foreground import ForegroundGate
 from kraken.persisted import PersistedQueue, RetryWorker, Task
 from kraken.store.cas import CAStore
 
@@ -35,9 +36,10 @@ def _key(namespace: str, digest: Digest) -> str:
 class WriteBack:
     def __init__(
         self, queue: PersistedQueue, store: CAStore, router: BackendRouter, config: WritebackConfig, metrics: Metrics,
-        tmp_dir: Path,
+        tmp_dir: Path, foreground: ForegroundGate,
     ) -> None:
         self._store = store
+        self._foreground = foreground
         self._router = router
         self._tmp_dir = tmp_dir
         self._bad_copies = metrics.counter(
@@ -59,6 +61,7 @@ class WriteBack:
         return {Digest.parse(task.payload["digest"]) for task in await self.worker.queue.all()}
 
     async def _handle(self, task: Task) -> None:
+        await self._foreground.lull()
         try:
             await self._write_back(task.payload["namespace"], Digest.parse(task.payload["digest"]))
         except Exception:

@@ -81,7 +81,7 @@ base-image:
 docker_stop:
 	@$(if $(wildcard $(PY)),$(PY),$(PYTHON)) -m kraken.devcluster stop --docker --workdir $(DEVCLUSTER_DIR)
 
-# BENCH_ARGS: benchmark names and options, e.g. make bench BENCH_ARGS="push --tls"
+# BENCH_ARGS: benchmark names and options, e.g. make bench BENCH_ARGS="push-tls" (push over TLS; all by default)
 bench: install system-deps
 	$(PY) -m bench $(BENCH_ARGS)
 

@@ -1,5 +1,6 @@
-"""``python -m bench [push] [fanout] [agentpull] [slowreaders] [options]``: run the benchmarks and print
-their tables."""
+"""``python -m bench [push] [push-tls] [fanout] [agentpull] [slowreaders] [options]``: run the
+benchmarks and print their tables. ``push-tls`` is ``push --tls``, so that ``make bench`` measures
+the push with and without TLS."""
 
 from __future__ import annotations
 
@@ -9,7 +10,14 @@ from pathlib import Path
 
 from bench import agentpull, fanout, push, slowreaders
 
-BENCHMARKS = {"push": push.run, "fanout": fanout.run, "agentpull": agentpull.run, "slowreaders": slowreaders.run}
+
+
+def push_tls(args: argparse.Namespace) -> str:
+    return push.run(argparse.Namespace(**{**vars(args), "tls": True}))
+
+
+BENCHMARKS = {"push": push.run, "push-tls": push_tls, "fanout": fanout.run, "agentpull": agentpull.run,
+              "slowreaders": slowreaders.run}
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -11,7 +11,6 @@ from pathlib import Path
 from bench import agentpull, fanout, push, slowreaders
 
 
-
 def push_tls(args: argparse.Namespace) -> str:
     return push.run(argparse.Namespace(**{**vars(args), "tls": True}))
 

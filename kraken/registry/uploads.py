@@ -192,8 +192,7 @@ class UploadSessions:
             finally:
                 self._forget(uid)
             try:
-                if not await self._commit_writer(uid, digest):
-                    await self.storage.put_blob_from_file(repo, digest, path)
+                await self._store(repo, uid, digest, path)
             finally:
                 await asyncio.to_thread(self.cas.delete, digest)
 
@@ -209,10 +208,14 @@ class UploadSessions:
         finally:
             self._forget(uid)
         try:
-            if not await self._commit_writer(uid, digest):
-                await self.storage.put_blob_from_file(repo, digest, path)
+            await self._store(repo, uid, digest, path)
         finally:
             _delete_later(path)
+
+    async def _store(self, repo: str, uid: str, digest: Digest, path: Path) -> None:
+        """The blob to the storage: the streamed copy's commit, or else the whole file sent."""
+        if not await self._commit_writer(uid, digest):
+            await self.storage.put_blob_from_file(repo, digest, path)
 
     async def _commit_writer(self, uid: str, digest: Digest) -> bool:
         writer = self._writers.pop(uid, None)

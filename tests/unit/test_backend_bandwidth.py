@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import asyncio
 import os
+import re
 import time
+from collections.abc import Awaitable
 from pathlib import Path
 
 import pytest
@@ -12,7 +14,7 @@ import pytest
 from kraken.backend import BackendConfig, BackendError, BackendNotFound, FileBackendConfig, NamespaceBackendConfig
 from kraken.backend.bandwidth import BandwidthConfig, BandwidthLimiter, ThrottledBackend, TokenBucket
 from kraken.backend.base import READINESS_NAMES, Backend, BlobInfo
-from kraken.backend.router import BackendRouter, build_router
+from kraken.backend.router import BackendRouter, Route, build_router
 from kraken.config import ConfigError, build
 
 KIB = 1 << 10
@@ -30,9 +32,9 @@ def limited(root: Path, egress: int = RATE_BYTES, ingress: int = RATE_BYTES) -> 
     })
 
 
-async def timed(coro: object) -> float:
+async def timed(transfer: Awaitable[object]) -> float:
     start = time.monotonic()
-    await coro  # type: ignore[misc]
+    await transfer
     return time.monotonic() - start
 
 
@@ -171,10 +173,6 @@ class _Unreachable(Backend):
 
 
 async def test_check_ready_names_every_failing_must_ready_backend() -> None:
-    import re
-
-    from kraken.backend.router import Route
-
     down, hung, ignored = _Unreachable(), _Unreachable(hang=True), _Unreachable()
     router = BackendRouter([Route(re.compile("library/.*"), down, "s3", must_ready=True),
                             Route(re.compile("team/.*"), hung, "gcs", must_ready=True),

@@ -19,6 +19,12 @@ from kraken.config import Secret
 from kraken.core.digest import Digest, hash_file
 from kraken.http.config import HttpClientConfig, TLSConfig
 
+#: The namespace and names a readiness probe asks about (:meth:`Backend.ready`): a blob name
+#: (64 hex digits no content hashes to in practice) and a tag name no tag can have (a tag part
+#: never starts with "."), so each layout accepts one of them and no store ever holds either.
+READINESS_NAMESPACE = "kraken-readiness"
+READINESS_NAMES = ("0" * 64, "kraken-readiness:.probe")
+
 #: One credential set of the ``auth:`` section: field name -> secret
 #: (e.g. ``{access_key_id: ..., secret_access_key: ...}``).
 Credentials = Mapping[str, Secret]
@@ -105,6 +111,20 @@ class Backend(ABC):
             return False
         finally:
             await asyncio.to_thread(tmp.unlink, True)
+
+    async def ready(self) -> None:
+        """Raise unless the store answers a cheap request now (the origin's ``/readiness`` asks
+        the backends marked ``must_ready``). The default stats a name that is never stored: the
+        answer "absent" proves the store is reachable (and, for stores with credentials, that
+        they are accepted). A kind with a cheaper or more telling probe overrides this.
+        """
+        for name in READINESS_NAMES[:-1]:
+            try:
+                await self.stat(READINESS_NAMESPACE, name)
+                return
+            except InvalidName:
+                continue  # this layout holds only the other shape of name
+        await self.stat(READINESS_NAMESPACE, READINESS_NAMES[-1])
 
     @abstractmethod
     async def close(self) -> None:

@@ -6,6 +6,8 @@ backends:
     backend:
       testfs: {addr: "localhost:14000", root: "", name_path: sharded_docker_blob}
       # or: file: {root: /var/lib/kraken/backend, name_path: sharded_docker_blob}
+    bandwidth: {enable: true, egress_bits_per_sec: 800000000, ingress_bits_per_sec: 800000000}
+    must_ready: true         # the origin's /readiness answers 503 while this backend does not answer
 auth:                        # normally in the --secrets file, never in the config
   <backend kind>:
     <credential set>: {<field>: <secret>, ...}
@@ -18,9 +20,10 @@ loaded, so a component never starts with a backend it cannot build.
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Annotated, ClassVar
 
+from kraken.backend.bandwidth import BandwidthConfig
 from kraken.backend.registry import BACKENDS
 from kraken.config import ConfigError, NamedIn, OneOf, Secret
 
@@ -40,6 +43,10 @@ class BackendConfig(OneOf):
 class NamespaceBackendConfig:
     namespace: str
     backend: BackendConfig
+    #: Upload/download rate limits of this backend (kraken.backend.bandwidth).
+    bandwidth: BandwidthConfig = field(default_factory=BandwidthConfig)
+    #: The origin is ready only while this backend answers (Backend.ready).
+    must_ready: bool = False
 
     def __post_init__(self) -> None:
         try:

@@ -7,6 +7,7 @@ description of each component. Nothing here starts anything (see ``supervise``).
 """
 from __future__ import annotations
 
+import copy
 import shutil
 from collections.abc import Iterable
 from pathlib import Path
@@ -36,8 +37,9 @@ def herd_processes(
     Every origin is on one ring (each blob owned by ``max_replica`` of them) and the proxy,
     build-index and tracker route over that ring. The origins are named ``origin``,
     ``origin-2``, ..., each with its store in ``workdir/<name>`` and its own P2P port, which
-    the tracker's ``origin_p2p`` maps; all write back to the one testfs, at 127.0.0.1 (nothing
-    but the herd itself reads or writes it). ``overrides`` (by
+    the tracker's ``origin_p2p`` maps. Origins and build-index keep the backends of the chosen
+    config (:func:`herd_backends`): only testfs entries are pointed at the herd's testfs, at
+    127.0.0.1 (nothing but the herd itself reads or writes it). ``overrides`` (by
     component) is merged into each process's overlay, e.g. shorter intervals for a test.
     ``redis`` runs a redis-server on ``ports.redis`` (local to the herd) as the tracker's peer
     store, as the seed's herd does. The overlays go to ``overlay_dir`` (default
@@ -51,14 +53,15 @@ def herd_processes(
     ring = {"hosts": origin_addrs, "max_replica": max_replica}
     extra = overrides or {}
 
-    def testfs_backend(name_path: str) -> list[dict[str, Any]]:
+    def chosen(component: str) -> Path:
+        return config_dir / component / f"{config_name}.yaml"
+
+    def backends(component: str) -> dict[str, Any]:
         # testfs is local to the herd and listens on loopback only (see native.plan).
-        return [{"namespace": ".*",
-                 "backend": {"testfs": {"addr": f"127.0.0.1:{ports.testfs}", "name_path": name_path}}}]
+        return herd_backends(chosen(component), f"127.0.0.1:{ports.testfs}")
 
     def overlay(name: str, component: str, settings: dict[str, Any]) -> Path:
-        return write_overlay(cfg / f"{name}.yaml", config_dir / component / f"{config_name}.yaml",
-                             deep_merge(settings, extra.get(component, {})))
+        return write_overlay(cfg / f"{name}.yaml", chosen(component), deep_merge(settings, extra.get(component, {})))
 
     def proc(name: str, component: str, port: int, settings: dict[str, Any],
              other_ports: tuple[int, ...] = ()) -> Process:
@@ -70,7 +73,7 @@ def herd_processes(
         name = "origin" if i == 0 else f"origin-{i + 1}"
         origins.append(proc(name, "origin", port, {
             "store": {"root": str(workdir / name)}, "advertise": addr, "ring": ring,
-            "backends": testfs_backend("sharded_docker_blob"),
+            **backends("origin"),
             "p2p": {"listen": {"port": p2p_port}},
         }, (p2p_port,)))
     tracker_store = {"store": "redis", "redis": {"addr": f"127.0.0.1:{ports.redis}"}} if redis else {}
@@ -85,13 +88,41 @@ def herd_processes(
         }),
         proc("build-index", "build-index", ports.build_index, {
             "store": {"root": str(workdir / "build-index")}, "origins": ring,
-            "backends": testfs_backend("docker_tag"),
+            **backends("build-index"),
         }),
         proc("proxy", "proxy", ports.proxy, {
             "store": {"root": str(workdir / "proxy")}, "origins": ring,
             "build_index": {"addr": f"{host}:{ports.build_index}"},
         }),
     ]
+
+
+def herd_backends(config: Path, testfs_addr: str) -> dict[str, Any]:
+    """The overlay's ``backends`` for a component whose chosen config is ``config``: that
+    config's own entries (s3, gcs, file, ... and their bandwidth and must_ready), with every
+    testfs entry pointed at the herd's testfs at ``testfs_addr``; nothing (``{}``) when it has
+    no testfs entry, so the chosen config's backends apply as they are.
+
+    A config that cannot be read is left to the plan's config check, which names the problem
+    (``kraken.devcluster.configcheck``).
+    """
+    from kraken.config import ConfigError, read_yaml_chain  # here: ``stop`` must work without PyYAML
+
+    try:
+        entries = read_yaml_chain(config).get("backends")
+    except ConfigError:
+        return {}
+    if not isinstance(entries, list):
+        return {}
+    entries = copy.deepcopy(entries)
+    rewritten = False
+    for entry in entries:
+        backend = entry.get("backend") if isinstance(entry, dict) else None
+        testfs = backend.get("testfs") if isinstance(backend, dict) else None
+        if isinstance(testfs, dict):
+            testfs["addr"] = testfs_addr
+            rewritten = True
+    return {"backends": entries} if rewritten else {}
 
 
 #: The redis-server's directory under the work dir (made by the start that runs it).

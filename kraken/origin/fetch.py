@@ -123,7 +123,8 @@ class BackendFetcher:
             result = "not_found"
             log.warning("blob vanished from backend during fetch", namespace=namespace, digest=digest)
         except Exception as e:  # noqa: BLE001 - the next request retries; say why this one failed
-            log.error("backend fetch failed", namespace=namespace, digest=digest, error=f"{type(e).__name__}: {e}")
+            log.error("backend fetch failed", namespace=namespace, digest=digest,
+                      backend=self._router.route(namespace).describe(), error=f"{type(e).__name__}: {e}")
         finally:
             self._fetches.labels(result).inc()
             await asyncio.to_thread(_unlink, tmp)

@@ -210,7 +210,7 @@ async def force_cleanup(request: web.Request) -> web.Response:
 def create_origin_app(config: OriginConfig) -> web.Application:
     metrics = Metrics(COMPONENT)
     service = OriginService(config, metrics)
-    app = create_app(COMPONENT, metrics, errors=ERRORS)
+    app = create_app(COMPONENT, metrics, readiness=service.readiness, errors=ERRORS)
     app[SERVICE] = service
     app[PEERS] = ClusterPeers(config.ring.hosts)
     app.middlewares.append(check_namespace)

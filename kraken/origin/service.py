@@ -34,7 +34,7 @@ from pathlib import Path
 
 from aiohttp import web
 
-from kraken.backend import build_router
+from kraken.backend import BackendRouter, build_router
 from kraken.core.digest import Digest
 from kraken.core.memo import RecentSet
 from kraken.core.metainfo import EmptyBlobError, generate_metainfo, piece_length_for
@@ -92,6 +92,7 @@ class _Running:
     """What exists only while the origin runs (opened in :meth:`OriginService.lifecycle`)."""
 
     store: CAStore
+    router: BackendRouter
     http: HttpClient
     writeback: WriteBack
     replicator: Replicator
@@ -166,6 +167,8 @@ class OriginService:
             store = await asyncio.to_thread(CAStore, root, True, quarantined)
             router = await build_router(config.backends, config.auth, config.http_client, config.tls)
             stack.push_async_callback(router.close)
+            # Every origin on the ring moves blobs to and from the same stores: each gets its share.
+            router.adjust_bandwidth(len(self.ring.hosts) or 1)
             http = create_client(config.http_client, config.tls)
             stack.push_async_callback(http.close)
             writeback_queue = await PersistedQueue.open(root / "writeback.db")
@@ -186,7 +189,7 @@ class OriginService:
             if config.tracker.addr:
                 announce = await announce_url(stack, config.tracker.addr, http, config.http_client, config.tls,
                                               config.p2p.listen.host, metrics)
-            self._running = _Running(store, http, writeback, replicator, fetcher,
+            self._running = _Running(store, router, http, writeback, replicator, fetcher,
                                      OriginCleanup(store, self._protected, config.cleanup, metrics), announce)
             stack.callback(setattr, self, "_running", None)
             # First: an origin that cannot listen for peers fails to start (agents are sent to
@@ -198,6 +201,11 @@ class OriginService:
             stack.push_async_callback(self.owner.close)
             await self._start(self.p2p.listen_port)
             yield
+
+    async def readiness(self) -> None:
+        """Ready once started and while every backend marked ``must_ready`` answers its probe
+        (503 naming each that does not; :meth:`BackendRouter.check_ready`)."""
+        await self.running.router.check_ready()
 
     async def _close_p2p(self, session: P2PSession) -> None:
         self.p2p = None

@@ -62,10 +62,19 @@ class WriteBack:
 
     async def _handle(self, task: Task) -> None:
         await self._foreground.lull()
+        namespace, digest = task.payload["namespace"], Digest.parse(task.payload["digest"])
         try:
-            await self._write_back(task.payload["namespace"], Digest.parse(task.payload["digest"]))
-        except Exception:
+            await self._write_back(namespace, digest)
+        except Exception as e:
             self._failures.inc()
+            # Name the backend (kind and config entry) and the namespace: with several backends,
+            # "which store refuses us" (down, wrong credentials) is the first question.
+            try:
+                backend = self._router.route(namespace).describe()
+            except BackendError:
+                backend = "none"
+            log.warning("write-back failed, will retry", namespace=namespace, digest=digest, backend=backend,
+                        attempt=task.attempts + 1, error=f"{type(e).__name__}: {e}")
             raise
 
     async def _write_back(self, namespace: str, digest: Digest) -> None:

@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 
 from kraken.backend import BackendError, BackendNotFound, BackendRouter, BlobInfo
+from kraken.backend.router import Route
 from kraken.buildindex.client import _reference_error
 from kraken.buildindex.config import BuildIndexConfig
 from kraken.buildindex.tags import Tag, TagError, parse_tag, validate_repo
@@ -79,7 +80,7 @@ class FakeBackend:
 
 def open_store(root: Path, backend: FakeBackend, ttl: float) -> TagStore:
     """A tag store whose only backend serves every repository."""
-    return TagStore(root, BackendRouter([(re.compile(".*"), backend)]), ttl=ttl)  # type: ignore[list-item]
+    return TagStore(root, BackendRouter([Route(re.compile(".*"), backend, "fake")]), ttl=ttl)  # type: ignore[arg-type]
 
 
 def image_manifest(config: Digest, layers: list[Digest], media_type: str = DOCKER_MANIFEST) -> bytes:
@@ -318,7 +319,8 @@ async def test_tagstore_list_filters_invalid_names(tmp_path: Path) -> None:
 
 async def test_tagstore_routes_repositories_to_their_backend(tmp_path: Path) -> None:
     library, rest = FakeBackend(), FakeBackend()
-    router = BackendRouter([(re.compile("library/.*"), library), (re.compile(".*"), rest)])  # type: ignore[list-item]
+    router = BackendRouter([Route(re.compile("library/.*"), library, "fake"),  # type: ignore[arg-type]
+                            Route(re.compile(".*"), rest, "fake")])  # type: ignore[arg-type]
     store = TagStore(tmp_path, router, ttl=0)  # type: ignore[list-item]
     await store.put(parse_tag("library/a:1"), D1)
     await store.put(parse_tag("team/b:2"), D2)

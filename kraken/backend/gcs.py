@@ -65,7 +65,7 @@ class GcsBackendConfig:
     root_directory: str = ""
     name_path: NamePathKind = "identity"
     username: str = ""
-    upload_chunk_size: ByteSize | None = None
+    upload_chunk_size: ByteSize = DEFAULT_CHUNK_SIZE
     upload_part_size: ByteSize | None = None
     list_max_keys: int = 250
     endpoint: str = ""
@@ -79,7 +79,7 @@ class GcsBackendConfig:
         root = self.root_directory.strip("/")
         if root:
             check_relative_path(root, "root_directory")
-        if self.upload_chunk_size is not None and self.upload_part_size is not None:
+        if self.upload_part_size is not None and self.upload_chunk_size != DEFAULT_CHUNK_SIZE:
             raise ConfigError("set upload_chunk_size or upload_part_size (Kraken's spelling), not both")
         chunk = self.chunk_size
         if chunk <= 0 or chunk % CHUNK_ALIGN:
@@ -93,10 +93,8 @@ class GcsBackendConfig:
 
     @property
     def chunk_size(self) -> int:
-        for size in (self.upload_chunk_size, self.upload_part_size):
-            if size is not None:
-                return size
-        return DEFAULT_CHUNK_SIZE
+        """``upload_part_size`` if given (Kraken's YAML key for this setting), else ``upload_chunk_size``."""
+        return self.upload_chunk_size if self.upload_part_size is None else self.upload_part_size
 
 
 class _Stopped(BackendError):

@@ -333,7 +333,8 @@ async def test_refused_credential_is_a_backend_error(
     ('["SECRET-KEY-MATERIAL"]', "access_blob is not a JSON object"),
     ('{"type": "service_account", "private_key": "SECRET-KEY-MATERIAL"}',
      "access_blob is not a usable credential: .*missing fields"),
-    ('{"type": "service_account", "client_email": "a@b", "token_uri": "http://x", "private_key": "SECRET-KEY-MATERIAL"}',
+    ('{"type": "service_account", "client_email": "a@b", "token_uri": "http://x", '
+     '"private_key": "SECRET-KEY-MATERIAL"}',
      "access_blob is not a usable credential: .*PEM"),
     ('{"type": "external_account", "private_key": "SECRET-KEY-MATERIAL"}',
      "access_blob has type 'external_account'; expected service_account or authorized_user"),

@@ -145,9 +145,10 @@ class GcsBackend(Backend):
         endpoint = config.endpoint or os.environ.get(EMULATOR_ENV, "")
         credentials, source = resolve_credentials(self.what, config.username, endpoint, context.credentials)
         self.session = AuthorizedSession(credentials, refresh_timeout=config.timeout)
+        # requests keeps 10 connections per host; one per worker thread instead.
         adapter = requests.adapters.HTTPAdapter(pool_connections=1, pool_maxsize=config.concurrency)
-        self.session.mount("https://", adapter)
-        self.session.mount("http://", adapter)
+        for prefix in list(self.session.adapters):
+            self.session.mount(prefix, adapter)
         options = {"api_endpoint": endpoint} if endpoint else None
         self.client = storage.Client(project=None, credentials=credentials, _http=self.session,
                                      client_options=options)

@@ -22,10 +22,12 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
 
 from kraken.backend import Backend, BackendConfig, BackendContext, BackendError, create_backend
-from kraken.backend.config import AuthConfig, NamespaceBackendConfig
+from kraken.backend.config import AuthConfig, NamespaceBackendConfig, kind_credentials
 from kraken.backend.gcs import GcsBackend, GcsBackendConfig
-from kraken.config import ConfigError, Secret, build
+from kraken.buildindex.config import BuildIndexConfig
+from kraken.config import ConfigError, Secret, build, load_config
 from kraken.devcluster import free_port
+from kraken.origin.config import OriginConfig
 from tests.support.backend_suite import BackendSuite, ConfigFactory, sha256_file, write_random_file
 from tests.support.gcs import FakeGcs, fake_gcs_server
 
@@ -360,3 +362,14 @@ def test_missing_credentials_are_clear_errors(monkeypatch: pytest.MonkeyPatch) -
     monkeypatch.setenv("GOOGLE_APPLICATION_CREDENTIALS", "/nonexistent/key.json")
     with pytest.raises(ConfigError, match=r"gcs backend \(bucket b\): no credentials: set username"):
         GcsBackend(GcsBackendConfig(bucket="b"), BackendContext())
+
+
+def test_example_configs_load_with_krakens_secrets_shape() -> None:
+    example = Path(__file__).resolve().parents[2] / "examples" / "backends" / "gcs"
+    origin = load_config(OriginConfig, example / "origin" / "gcs.yaml", secrets=example / "secrets.example.yaml")
+    build_index = load_config(BuildIndexConfig, example / "build-index" / "gcs.yaml")
+    assert origin.backends[0].backend.kind == build_index.backends[0].backend.kind == "gcs"
+    assert origin.backends[0].backend.config.name_path == "sharded_docker_blob"
+    assert build_index.backends[0].backend.config.name_path == "docker_tag"
+    blob = kind_credentials(origin.auth, "gcs")["kraken"]["access_blob"].reveal()
+    assert json.loads(blob)["type"] == "service_account"

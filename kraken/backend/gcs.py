@@ -135,14 +135,13 @@ class GcsBackend(Backend):
     """Objects under ``root_directory`` of one bucket; the namespace is not part of the path."""
 
     def __init__(self, config: GcsBackendConfig, context: BackendContext) -> None:
-        self.bucket_name = config.bucket
         self.what = f"gcs backend (bucket {config.bucket})"
         self.layout = ObjectLayout(config.root_directory, config.name_path)
         self.chunk_size = config.chunk_size
         self.list_max_keys = config.list_max_keys
         self.timeout = (config.timeout, config.timeout)
         self.retry: Retry = DEFAULT_RETRY.with_timeout(config.retry_deadline)
-        endpoint = config.endpoint or os.environ.get(EMULATOR_ENV, "")
+        endpoint = (config.endpoint or os.environ.get(EMULATOR_ENV, "")).rstrip("/")
         credentials, source = resolve_credentials(self.what, config.username, endpoint, context.credentials)
         self.session = AuthorizedSession(credentials, refresh_timeout=config.timeout)
         # requests keeps 10 connections per host; one per worker thread instead.
@@ -165,20 +164,21 @@ class GcsBackend(Backend):
     # ---- running blocking calls ----------------------------------------------------------
 
     @contextlib.contextmanager
-    def _errors(self, op: str, name: str) -> Iterator[None]:
+    def _errors(self, op: str, name: str, namespace: str = "") -> Iterator[None]:
         """Library failures in the backend's terms. A 404 on a read is a missing object; on a
         write or a listing only the bucket can be missing, which is a failure, not absence."""
+        what = f"{op} {name}" + (f" (namespace {namespace})" if namespace else "")
         try:
             yield
         except NotFound as e:
             if op in ("upload", "list"):
-                raise BackendError(f"{self.what}: {op} {name}: bucket not found ({e})") from e
+                raise BackendError(f"{self.what}: {what}: bucket not found ({e})") from e
             raise BackendNotFound(f"{name}: not found in {self.what}") from None
         except _Stopped:
             raise
         except (GoogleAPIError, GoogleAuthError, requests.RequestException, DataCorruption, InvalidResponse,
                 OSError, ValueError) as e:
-            raise BackendError(f"{self.what}: {op} {name}: {type(e).__name__}: {e}") from e
+            raise BackendError(f"{self.what}: {what}: {type(e).__name__}: {e}") from e
 
     async def _call(self, fn: Callable[[threading.Event], T], wait_on_cancel: bool = False) -> T:
         """Run ``fn(stop)`` on the pool. If the caller is cancelled, ``stop`` is set (a queued
@@ -204,7 +204,7 @@ class GcsBackend(Backend):
         path = self.layout.path(name)
 
         def stat(_: threading.Event) -> BlobInfo | None:
-            with self._errors("stat", name):
+            with self._errors("stat", name, namespace):
                 blob = self.bucket.get_blob(path, timeout=self.timeout, retry=self.retry)
             return None if blob is None else BlobInfo(int(blob.size or 0))
 
@@ -217,7 +217,7 @@ class GcsBackend(Backend):
             with open(src, "rb") as f:  # a missing src is the caller's error, raised as is
                 size = os.fstat(f.fileno()).st_size
                 blob = self.bucket.blob(path, chunk_size=self.chunk_size)
-                with self._errors("upload", name):
+                with self._errors("upload", name, namespace):
                     blob.upload_from_file(_Guarded(f, stop), size=size, timeout=self.timeout, retry=self.retry)
 
         await self._call(upload)
@@ -227,7 +227,7 @@ class GcsBackend(Backend):
 
         def upload(_: threading.Event) -> None:
             blob = self.bucket.blob(path, chunk_size=self.chunk_size)
-            with self._errors("upload", name):
+            with self._errors("upload", name, namespace):
                 blob.upload_from_string(data, timeout=self.timeout, retry=self.retry)
 
         await self._call(upload)
@@ -240,7 +240,7 @@ class GcsBackend(Backend):
         def download(stop: threading.Event) -> None:
             fd, tmp = tempfile.mkstemp(dir=dst.parent, prefix=f".{dst.name[:64]}.", suffix=".gcs-tmp")
             try:
-                with open(fd, "wb", buffering=1 << 20) as f, self._errors("download", name):
+                with open(fd, "wb", buffering=1 << 20) as f, self._errors("download", name, namespace):
                     self.bucket.blob(path).download_to_file(_Guarded(f, stop), timeout=self.timeout,
                                                             retry=self.retry)
                 os.replace(tmp, dst)
@@ -255,7 +255,7 @@ class GcsBackend(Backend):
         path = self.layout.path(name)
 
         def download(_: threading.Event) -> bytes:
-            with self._errors("download", name):
+            with self._errors("download", name, namespace):
                 data: bytes = self.bucket.blob(path).download_as_bytes(timeout=self.timeout, retry=self.retry)
             return data
 

@@ -6,6 +6,8 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import subprocess
+import sys
 import threading
 import time
 import uuid
@@ -208,7 +210,7 @@ async def test_loop_stays_responsive_during_a_large_transfer(
 async def test_storage_emulator_host_is_honoured(
     gcs: FakeGcs, bucket: str, backends: list[Backend], monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setenv("STORAGE_EMULATOR_HOST", gcs.url)
+    monkeypatch.setenv("STORAGE_EMULATOR_HOST", gcs.url + "/")
     backend = gcs_backend(backends, BackendConfig("gcs", GcsBackendConfig(bucket=bucket)))
     await backend.upload_bytes("ns", "via-env", b"emulated")
     assert gcs.read(bucket, "via-env") == b"emulated"
@@ -234,7 +236,7 @@ async def test_endpoint_down_is_a_quick_backend_error(backends: list[Backend], t
 
 async def test_missing_bucket_is_an_error_not_absence(gcs: FakeGcs, backends: list[Backend]) -> None:
     backend = gcs_backend(backends, gcs.backend_config("no-such-bucket", retry_deadline=1))
-    with pytest.raises(BackendError, match="no-such-bucket"):
+    with pytest.raises(BackendError, match=r"no-such-bucket\): upload blob \(namespace ns\): bucket not found"):
         await backend.upload_bytes("ns", "blob", b"x")
 
 
@@ -326,7 +328,8 @@ async def test_refused_credential_is_a_backend_error(
 ) -> None:
     auth = kraken_auth("team-a", service_account_json(token_server.url + "?refuse"))
     backend = gcs_backend(backends, gcs.backend_config(bucket, username="team-a", retry_deadline=1), auth=auth)
-    with pytest.raises(BackendError, match=rf"gcs backend \(bucket {bucket}\): upload x: RefreshError.*invalid_grant"):
+    with pytest.raises(BackendError, match=rf"gcs backend \(bucket {bucket}\): upload x \(namespace ns\): "
+                                           r"RefreshError.*invalid_grant"):
         await backend.upload_bytes("ns", "x", b"x")
 
 
@@ -373,3 +376,17 @@ def test_example_configs_load_with_krakens_secrets_shape() -> None:
     assert build_index.backends[0].backend.config.name_path == "docker_tag"
     blob = kind_credentials(origin.auth, "gcs")["kraken"]["access_blob"].reveal()
     assert json.loads(blob)["type"] == "service_account"
+
+
+def test_origin_refuses_to_start_without_its_gcs_credential(tmp_path: Path) -> None:
+    root = Path(__file__).resolve().parents[2]
+    config = tmp_path / "origin.yaml"
+    config.write_text(f"extends: {root}/config/origin/development.yaml\n"
+                      f"store: {{root: {tmp_path}/store}}\nlisten: {{port: 0}}\n"
+                      "backends:\n  - namespace: '.*'\n    backend: {gcs: {bucket: b, username: team-a}}\n")
+    done = subprocess.run([sys.executable, "-m", "kraken", "origin", "--config", str(config)], cwd=root,
+                          capture_output=True, text=True, timeout=60,
+                          env={**os.environ, "PYTHONPATH": str(root)})
+    assert done.returncode == 2, done.stderr
+    assert ("kraken origin: config error: gcs backend (bucket b): username 'team-a' has no credential set "
+            "under auth.gcs") in done.stderr

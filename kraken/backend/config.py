@@ -11,6 +11,8 @@ backends:
 auth:                        # normally in the --secrets file, never in the config
   <backend kind>:
     <credential set>: {<field>: <secret>, ...}
+    # or Kraken's shape, the same fields one level down under the kind's name:
+    <credential set>: {<backend kind>: {<field>: <secret>, ...}}
 ```
 
 The backend kinds are those of :data:`kraken.backend.registry.BACKENDS`. Mistakes (no backend
@@ -20,16 +22,45 @@ loaded, so a component never starts with a backend it cannot build.
 from __future__ import annotations
 
 import re
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Annotated, ClassVar
 
 from kraken.backend.bandwidth import BandwidthConfig
+from kraken.backend.base import Credentials
 from kraken.backend.registry import BACKENDS
 from kraken.config import ConfigError, NamedIn, OneOf, Secret
 
+#: One credential set as written: field -> secret, or (Kraken's shape, so its secrets files load
+#: unchanged) the same fields nested under the kind's name. The mapping is tried first so that a
+#: wrong scalar is reported as "expected a string (a secret, not shown)".
+CredentialSetConfig = dict[str, dict[str, Secret] | Secret]
+
 #: The ``auth:`` section: backend kind -> credential-set name -> field -> secret. Each backend
-#: gets its kind's sets (:class:`~kraken.backend.base.BackendContext`).
-AuthConfig = Annotated[dict[str, dict[str, dict[str, Secret]]], NamedIn("backend", BACKENDS.names)]
+#: gets its kind's sets (:class:`~kraken.backend.base.BackendContext`), flattened by
+#: :func:`kind_credentials`.
+AuthConfig = Annotated[dict[str, dict[str, CredentialSetConfig]], NamedIn("backend", BACKENDS.names)]
+
+#: The ``auth:`` section as built (or as a caller passes it): kind -> set name -> fields.
+Auth = Mapping[str, Mapping[str, Mapping[str, Secret | Mapping[str, Secret]]]]
+
+
+def kind_credentials(auth: Auth, kind: str) -> dict[str, Credentials]:
+    """``kind``'s credential sets with Kraken's ``{<kind>: {...}}`` level unwrapped, so every
+    backend reads plain ``field -> secret`` sets whichever shape the secrets file used."""
+    sets: dict[str, Credentials] = {}
+    for set_name, fields in auth.get(kind, {}).items():
+        flat: dict[str, Secret] = {}
+        for key, value in fields.items():
+            if isinstance(value, Secret):
+                flat[key] = value
+            elif key == kind:
+                flat.update(value)
+            else:
+                raise ConfigError(f"auth.{kind}.{set_name}.{key}: expected a string (a secret, not shown); "
+                                  f"only {kind!r} may hold a mapping (Kraken's shape)")
+        sets[set_name] = flat
+    return sets
 
 
 class BackendConfig(OneOf):

@@ -13,6 +13,7 @@ from typing import Any, TypeVar
 
 from kraken.backend.base import Backend, BackendContext
 from kraken.backend.file import FileBackend, FileBackendConfig
+from kraken.backend.gcs import GcsBackend, GcsBackendConfig
 from kraken.backend.testfs import TestfsBackend, TestfsBackendConfig
 from kraken.config import ConfigError
 
@@ -78,3 +79,4 @@ BACKENDS = BackendRegistry()
 BACKENDS.register("testfs", TestfsBackendConfig,
                   lambda config, context: TestfsBackend(config, context.http_client, context.tls))
 BACKENDS.register("file", FileBackendConfig, lambda config, context: FileBackend(config))
+BACKENDS.register("gcs", GcsBackendConfig, GcsBackend)

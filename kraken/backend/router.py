@@ -8,29 +8,24 @@ from __future__ import annotations
 
 import asyncio
 import re
-from collections.abc import Mapping
 from contextlib import AsyncExitStack
 from dataclasses import dataclass
 
 from kraken.backend.bandwidth import ThrottledBackend, throttle
-from kraken.backend.base import Backend, BackendContext, BackendError, Credentials
-from kraken.backend.config import BackendConfig, NamespaceBackendConfig
+from kraken.backend.base import Backend, BackendContext, BackendError
+from kraken.backend.config import Auth, BackendConfig, NamespaceBackendConfig, kind_credentials
 from kraken.backend.registry import BACKENDS
 from kraken.http.config import HttpClientConfig, TLSConfig
 from kraken.log import get_logger
 
 log = get_logger("kraken.backend")
 
-#: The ``auth:`` section as built: backend kind -> credential-set name -> credentials.
-Auth = Mapping[str, Mapping[str, Credentials]]
-
-
 def create_backend(config: BackendConfig, auth: Auth | None = None,
                    http_client: HttpClientConfig | None = None, tls: TLSConfig | None = None) -> Backend:
     """Build the backend ``config`` describes, with its kind's credential sets from ``auth``
     and the component's ``http_client`` and ``tls`` settings (inside a running loop: it may
     open a client)."""
-    context = BackendContext(credentials=(auth or {}).get(config.kind, {}),
+    context = BackendContext(credentials=kind_credentials(auth or {}, config.kind),
                              http_client=http_client or HttpClientConfig(), tls=tls or TLSConfig())
     return BACKENDS.get(config.kind).factory(config.config, context)
 

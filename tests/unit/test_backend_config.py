@@ -18,7 +18,11 @@ from kraken.backend import (
     NamespaceBackendConfig,
     create_backend,
 )
+from kraken.backend.config import kind_credentials
 from kraken.config import ConfigError, Secret, build
+
+#: The registered kinds as messages list them (other backends register more).
+KINDS = ", ".join(BACKENDS.names())
 
 
 def test_builds_the_documented_shape() -> None:
@@ -33,10 +37,10 @@ def test_builds_the_documented_shape() -> None:
 
 
 @pytest.mark.parametrize("backend,message", [
-    ({}, "exactly one of testfs, file must be set, got none"),
+    ({}, f"exactly one of {KINDS} must be set, got none"),
     ({"testfs": {"addr": "a:1"}, "file": {"root": "/x"}}, "got testfs, file"),
     ({"file": {"root": "/x", "name_path": "flat"}}, "name_path"),
-    ({"nosuch": {"bucket": "b"}}, r"backend\.nosuch: unknown backend 'nosuch' \(registered: testfs, file\)"),
+    ({"nosuch": {"bucket": "b"}}, rf"backend\.nosuch: unknown backend 'nosuch' \(registered: {KINDS}\)"),
     ({"testfs": {"addr": "a:1"}, "nosuch": {}}, "unknown backend 'nosuch'"),
     ("testfs", "expected a mapping"),
     ({"testfs": {}}, "addr: required key is missing"),
@@ -101,5 +105,22 @@ def test_auth_names_registered_kinds_and_holds_secrets() -> None:
     auth = build(AuthHolder, {"auth": {"testfs": {"team-a": {"token": "s3cr3t"}}}}).auth
     assert auth == {"testfs": {"team-a": {"token": Secret("s3cr3t")}}}
     assert "s3cr3t" not in repr(auth)
-    with pytest.raises(ConfigError, match=r"auth\.nosuch: unknown backend 'nosuch' \(registered: testfs, file\)"):
+    with pytest.raises(ConfigError, match=rf"auth\.nosuch: unknown backend 'nosuch' \(registered: {KINDS}\)"):
         build(AuthHolder, {"auth": {"nosuch": {}}})
+
+
+def test_auth_in_krakens_nested_shape_reaches_backends_flat() -> None:
+    """Kraken's secrets nest a set's fields under the kind's name (``{s3: {user: {s3: {...}}}}``):
+    both shapes load, and a backend sees plain ``field -> secret`` sets either way."""
+    auth = build(AuthHolder, {"auth": {"file": {
+        "kraken-style": {"file": {"token": "n3st3d"}},
+        "plain": {"token": "fl4t"},
+    }}}).auth
+    assert "n3st3d" not in repr(auth)
+    assert kind_credentials(auth, "file") == {"kraken-style": {"token": Secret("n3st3d")},
+                                              "plain": {"token": Secret("fl4t")}}
+    assert kind_credentials(auth, "testfs") == {}
+    other = build(AuthHolder, {"auth": {"file": {"team": {"s3": {"token": "x"}}}}}).auth
+    with pytest.raises(ConfigError, match=r"auth\.file\.team\.s3: expected a string \(a secret, not shown\); "
+                                          r"only 'file' may hold a mapping"):
+        kind_credentials(other, "file")

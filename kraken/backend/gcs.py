@@ -1,0 +1,291 @@
+"""The ``gcs`` backend: objects in a Google Cloud Storage bucket, through google-cloud-storage.
+
+The config keys are Kraken's (``bucket``, ``root_directory``, ``name_path``, ``username``,
+``upload_chunk_size`` or Kraken's YAML spelling ``upload_part_size``, ``list_max_keys``), plus
+``endpoint`` for emulators and private endpoints; credentials are decided at start
+(:mod:`kraken.backend.gcs_auth`).
+
+google-cloud-storage blocks (requests underneath), so every call runs on this backend's own
+pool of ``concurrency`` threads: the event loop never waits on the network or a file, at most
+``concurrency`` calls run at once (more queue), and the component's other worker threads (CAS
+file I/O) are never starved by slow transfers. Files are streamed: an upload holds at most one
+``upload_chunk_size`` chunk in memory (the resumable-upload protocol sends the file in such
+chunks; files up to 8 MiB go in one request), a download is written to a temporary file beside
+the destination as it arrives and renamed over it when complete and checksummed.
+
+Every request has a timeout and the library's retries stop after ``retry_deadline``, so a dead
+endpoint surfaces as :class:`BackendError` instead of a hang; a missing object is
+:class:`BackendNotFound`. Messages name the backend and the bucket, never a credential.
+"""
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import tempfile
+import threading
+from collections.abc import Callable, Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+from typing import IO, TypeVar
+
+import requests
+from google.api_core.exceptions import GoogleAPIError, NotFound
+from google.api_core.retry import Retry
+from google.auth.exceptions import GoogleAuthError
+from google.auth.transport.requests import AuthorizedSession
+from google.cloud import storage
+from google.cloud.storage.exceptions import DataCorruption, InvalidResponse
+from google.cloud.storage.retry import DEFAULT_RETRY
+
+from kraken.backend.base import Backend, BackendContext, BackendError, BackendNotFound, BlobInfo
+from kraken.backend.gcs_auth import resolve_credentials
+from kraken.backend.namepath import NamePathKind, ObjectLayout, check_relative_path
+from kraken.config import ByteSize, ConfigError, Duration
+from kraken.log import get_logger
+
+log = get_logger("kraken.backend.gcs")
+
+T = TypeVar("T")
+
+#: Kraken's default part size (lib/backend/constants.go).
+DEFAULT_CHUNK_SIZE = 64 << 20
+#: The resumable-upload protocol wants every chunk but the last to be a multiple of this.
+CHUNK_ALIGN = 256 << 10
+#: How the emulator endpoint is given to every Google client library.
+EMULATOR_ENV = "STORAGE_EMULATOR_HOST"
+
+
+@dataclass
+class GcsBackendConfig:
+    """A Google Cloud Storage bucket (or an emulator of one)."""
+
+    bucket: str
+    root_directory: str = ""
+    name_path: NamePathKind = "identity"
+    username: str = ""
+    upload_chunk_size: ByteSize = DEFAULT_CHUNK_SIZE
+    upload_part_size: ByteSize | None = None
+    list_max_keys: int = 250
+    endpoint: str = ""
+    concurrency: int = 8
+    timeout: Duration = 60.0
+    retry_deadline: Duration = 30.0
+
+    def __post_init__(self) -> None:
+        if not self.bucket:
+            raise ConfigError("bucket is required")
+        root = self.root_directory.strip("/")
+        if root:
+            check_relative_path(root, "root_directory")
+        if self.upload_part_size is not None and self.upload_chunk_size != DEFAULT_CHUNK_SIZE:
+            raise ConfigError("set upload_chunk_size or upload_part_size (Kraken's spelling), not both")
+        chunk = self.chunk_size
+        if chunk <= 0 or chunk % CHUNK_ALIGN:
+            raise ConfigError(f"upload_chunk_size must be a positive multiple of 256KiB, got {chunk}")
+        if self.list_max_keys < 1:
+            raise ConfigError(f"list_max_keys must be >= 1, got {self.list_max_keys}")
+        if self.concurrency < 1:
+            raise ConfigError(f"concurrency must be >= 1, got {self.concurrency}")
+        if self.timeout <= 0 or self.retry_deadline < 0:
+            raise ConfigError("timeout must be > 0 and retry_deadline >= 0")
+
+    @property
+    def chunk_size(self) -> int:
+        """``upload_part_size`` if given (Kraken's YAML key for this setting), else ``upload_chunk_size``."""
+        return self.upload_chunk_size if self.upload_part_size is None else self.upload_part_size
+
+
+class _Stopped(BackendError):
+    """Raised inside a worker thread whose caller was cancelled or whose backend was closed."""
+
+
+class _Guarded:
+    """A file the library reads or writes through, which fails once ``stop`` is set, so a
+    transfer whose caller gave up ends at its next chunk instead of running to the end."""
+
+    def __init__(self, file: IO[bytes], stop: threading.Event) -> None:
+        self._file = file
+        self._stop = stop
+
+    def _check(self) -> None:
+        if self._stop.is_set():
+            raise _Stopped("gcs backend: transfer stopped (cancelled or closed)")
+
+    def read(self, size: int = -1) -> bytes:
+        self._check()
+        return self._file.read(size)
+
+    def write(self, data: bytes) -> int:
+        self._check()
+        return self._file.write(data)
+
+    def seek(self, offset: int, whence: int = os.SEEK_SET) -> int:
+        return self._file.seek(offset, whence)
+
+    def tell(self) -> int:
+        return self._file.tell()
+
+    def flush(self) -> None:
+        self._file.flush()
+
+
+class GcsBackend(Backend):
+    """Objects under ``root_directory`` of one bucket; the namespace is not part of the path."""
+
+    def __init__(self, config: GcsBackendConfig, context: BackendContext) -> None:
+        self.what = f"gcs backend (bucket {config.bucket})"
+        self.layout = ObjectLayout(config.root_directory, config.name_path)
+        self.chunk_size = config.chunk_size
+        self.list_max_keys = config.list_max_keys
+        self.timeout = (config.timeout, config.timeout)
+        self.retry: Retry = DEFAULT_RETRY.with_timeout(config.retry_deadline)
+        endpoint = (config.endpoint or os.environ.get(EMULATOR_ENV, "")).rstrip("/")
+        credentials, source = resolve_credentials(self.what, config.username, endpoint, context.credentials)
+        self.session = AuthorizedSession(credentials, refresh_timeout=config.timeout)
+        # requests keeps 10 connections per host; one per worker thread instead.
+        adapter = requests.adapters.HTTPAdapter(pool_connections=1, pool_maxsize=config.concurrency)
+        for prefix in list(self.session.adapters):
+            self.session.mount(prefix, adapter)
+        options = {"api_endpoint": endpoint} if endpoint else None
+        self.client = storage.Client(project=None, credentials=credentials, _http=self.session,
+                                     client_options=options)
+        # The library (3.x) otherwise starts a thread per bucket, outside this pool, to read
+        # the bucket's metadata for its traces: an unbounded thread and a storage.buckets.get
+        # permission this backend neither needs nor asks for.
+        self.client._bucket_metadata_cache = None
+        self.bucket = self.client.bucket(config.bucket)
+        self._pool = ThreadPoolExecutor(config.concurrency, thread_name_prefix=f"gcs-{config.bucket}")
+        self._running: set[threading.Event] = set()
+        log.info("gcs backend ready", bucket=config.bucket, endpoint=endpoint or "storage.googleapis.com",
+                 credentials=source, root=self.layout.root, name_path=config.name_path)
+
+    # ---- running blocking calls ----------------------------------------------------------
+
+    @contextlib.contextmanager
+    def _errors(self, op: str, name: str, namespace: str = "") -> Iterator[None]:
+        """Library failures in the backend's terms. A 404 on a read is a missing object; on a
+        write or a listing only the bucket can be missing, which is a failure, not absence."""
+        what = f"{op} {name}" + (f" (namespace {namespace})" if namespace else "")
+        try:
+            yield
+        except NotFound as e:
+            if op in ("upload", "list"):
+                raise BackendError(f"{self.what}: {what}: bucket not found ({e})") from e
+            raise BackendNotFound(f"{name}: not found in {self.what}") from None
+        except _Stopped:
+            raise
+        except (GoogleAPIError, GoogleAuthError, requests.RequestException, DataCorruption, InvalidResponse,
+                OSError, ValueError) as e:
+            raise BackendError(f"{self.what}: {what}: {type(e).__name__}: {e}") from e
+
+    async def _call(self, fn: Callable[[threading.Event], T], wait_on_cancel: bool = False) -> T:
+        """Run ``fn(stop)`` on the pool. If the caller is cancelled, ``stop`` is set (a queued
+        call never starts, a transfer ends at its next chunk); with ``wait_on_cancel`` the
+        cancellation waits for the thread to end, so a caller that then removes files (the
+        destination of a download) does not race it."""
+        stop = threading.Event()
+        self._running.add(stop)
+        future: Future[T] = self._pool.submit(fn, stop)
+        try:
+            return await asyncio.wrap_future(future)
+        except asyncio.CancelledError:
+            stop.set()
+            if not future.cancel() and wait_on_cancel:
+                await asyncio.wait({asyncio.wrap_future(future)})
+            raise
+        finally:
+            self._running.discard(stop)
+
+    # ---- the Backend interface -------------------------------------------------------------
+
+    async def stat(self, namespace: str, name: str) -> BlobInfo | None:
+        path = self.layout.path(name)
+
+        def stat(_: threading.Event) -> BlobInfo | None:
+            with self._errors("stat", name, namespace):
+                blob = self.bucket.get_blob(path, timeout=self.timeout, retry=self.retry)
+            return None if blob is None else BlobInfo(int(blob.size or 0))
+
+        return await self._call(stat)
+
+    async def upload(self, namespace: str, name: str, src: Path) -> None:
+        path = self.layout.path(name)
+
+        def upload(stop: threading.Event) -> None:
+            with open(src, "rb") as f:  # a missing src is the caller's error, raised as is
+                size = os.fstat(f.fileno()).st_size
+                blob = self.bucket.blob(path, chunk_size=self.chunk_size)
+                with self._errors("upload", name, namespace):
+                    blob.upload_from_file(_Guarded(f, stop), size=size, timeout=self.timeout, retry=self.retry)
+
+        await self._call(upload)
+
+    async def upload_bytes(self, namespace: str, name: str, data: bytes) -> None:
+        path = self.layout.path(name)
+
+        def upload(_: threading.Event) -> None:
+            blob = self.bucket.blob(path, chunk_size=self.chunk_size)
+            with self._errors("upload", name, namespace):
+                blob.upload_from_string(data, timeout=self.timeout, retry=self.retry)
+
+        await self._call(upload)
+
+    async def download(self, namespace: str, name: str, dst: Path) -> None:
+        """Streamed into a temporary file beside ``dst``, renamed over it once complete (not
+        fsynced: callers import the file into the CAS, which makes it durable)."""
+        path = self.layout.path(name)
+
+        def download(stop: threading.Event) -> None:
+            fd, tmp = tempfile.mkstemp(dir=dst.parent, prefix=f".{dst.name[:64]}.", suffix=".gcs-tmp")
+            try:
+                with open(fd, "wb", buffering=1 << 20) as f, self._errors("download", name, namespace):
+                    self.bucket.blob(path).download_to_file(_Guarded(f, stop), timeout=self.timeout,
+                                                            retry=self.retry)
+                os.replace(tmp, dst)
+            except BaseException:
+                with contextlib.suppress(FileNotFoundError):
+                    os.unlink(tmp)
+                raise
+
+        await self._call(download, wait_on_cancel=True)
+
+    async def download_bytes(self, namespace: str, name: str) -> bytes:
+        path = self.layout.path(name)
+
+        def download(_: threading.Event) -> bytes:
+            with self._errors("download", name, namespace):
+                data: bytes = self.bucket.blob(path).download_as_bytes(timeout=self.timeout, retry=self.retry)
+            return data
+
+        return await self._call(download)
+
+    async def list(self, prefix: str) -> list[str]:
+        """Every object under the layout's directory for ``prefix``, read ``list_max_keys`` a
+        page, mapped back to names."""
+        directory = self.layout.list_dir(prefix)
+        if directory is None:
+            return []
+
+        def list_paths(stop: threading.Event) -> list[str]:
+            paths: list[str] = []
+            with self._errors("list", prefix):
+                pages = self.client.list_blobs(
+                    self.bucket, prefix=f"{directory}/" if directory else None, page_size=self.list_max_keys,
+                    fields="items(name),nextPageToken", timeout=self.timeout, retry=self.retry).pages
+                for page in pages:
+                    if stop.is_set():
+                        raise _Stopped(f"{self.what}: stopped (cancelled or closed)")
+                    paths.extend(blob.name for blob in page)
+            return paths
+
+        return self.layout.names(await self._call(list_paths), prefix)
+
+    async def close(self) -> None:
+        """Stop running transfers at their next chunk, drop queued calls, wait for the
+        threads, then close the connections."""
+        for stop in list(self._running):
+            stop.set()
+        await asyncio.to_thread(self._pool.shutdown, True, cancel_futures=True)
+        await asyncio.to_thread(self.session.close)

@@ -20,8 +20,9 @@ from kraken.core.digest import Digest, hash_file
 from kraken.http.config import HttpClientConfig, TLSConfig
 
 #: One credential set of the ``auth:`` section: field name -> secret
-#: (e.g. ``{access_key_id: ..., secret_access_key: ...}``).
-Credentials = Mapping[str, Secret]
+#: (e.g. ``{access_key_id: ..., secret_access_key: ...}``), or, in Kraken's shape, a group of
+#: such fields under the kind's name (``{s3: {aws_access_key_id: ..., ...}}``).
+Credentials = Mapping[str, Secret | Mapping[str, Secret]]
 
 
 @dataclass(frozen=True)

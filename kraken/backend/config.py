@@ -6,9 +6,10 @@ backends:
     backend:
       testfs: {addr: "localhost:14000", root: "", name_path: sharded_docker_blob}
       # or: file: {root: /var/lib/kraken/backend, name_path: sharded_docker_blob}
+      # or: s3: {region: us-east-1, bucket: b, name_path: sharded_docker_blob, username: u}
 auth:                        # normally in the --secrets file, never in the config
   <backend kind>:
-    <credential set>: {<field>: <secret>, ...}
+    <credential set>: {<field>: <secret>, ...}   # or Kraken's {<group>: {<field>: <secret>}}
 ```
 
 The backend kinds are those of :data:`kraken.backend.registry.BACKENDS`. Mistakes (no backend
@@ -24,9 +25,11 @@ from typing import Annotated, ClassVar
 from kraken.backend.registry import BACKENDS
 from kraken.config import ConfigError, NamedIn, OneOf, Secret
 
-#: The ``auth:`` section: backend kind -> credential-set name -> field -> secret. Each backend
-#: gets its kind's sets (:class:`~kraken.backend.base.BackendContext`).
-AuthConfig = Annotated[dict[str, dict[str, dict[str, Secret]]], NamedIn("backend", BACKENDS.names)]
+#: The ``auth:`` section: backend kind -> credential-set name -> field -> secret (or, as Kraken
+#: writes them, group -> field -> secret: ``s3: {team: {s3: {aws_access_key_id: ...}}}``). Each
+#: backend gets its kind's sets (:class:`~kraken.backend.base.BackendContext`).
+AuthConfig = Annotated[dict[str, dict[str, dict[str, Secret | dict[str, Secret]]]],
+                       NamedIn("backend", BACKENDS.names)]
 
 
 class BackendConfig(OneOf):

@@ -28,7 +28,7 @@ from kraken.config import ConfigError, NamedIn, OneOf, Secret
 #: The ``auth:`` section: backend kind -> credential-set name -> field -> secret (or, as Kraken
 #: writes them, group -> field -> secret: ``s3: {team: {s3: {aws_access_key_id: ...}}}``). Each
 #: backend gets its kind's sets (:class:`~kraken.backend.base.BackendContext`).
-AuthConfig = Annotated[dict[str, dict[str, dict[str, Secret | dict[str, Secret]]]],
+AuthConfig = Annotated[dict[str, dict[str, dict[str, dict[str, Secret] | Secret]]],
                        NamedIn("backend", BACKENDS.names)]
 
 

@@ -101,5 +101,5 @@ def test_auth_names_registered_kinds_and_holds_secrets() -> None:
     auth = build(AuthHolder, {"auth": {"testfs": {"team-a": {"token": "s3cr3t"}}}}).auth
     assert auth == {"testfs": {"team-a": {"token": Secret("s3cr3t")}}}
     assert "s3cr3t" not in repr(auth)
-    with pytest.raises(ConfigError, match=r"auth\.nosuch: unknown backend 'nosuch' \(registered: testfs, file(, \w+)*\)"):
+    with pytest.raises(ConfigError, match=r"auth\.nosuch: unknown backend 'nosuch' \(registered: testfs, file\b"):
         build(AuthHolder, {"auth": {"nosuch": {}}})

@@ -1,4 +1,4 @@
-"""``python -m bench [push] [push-tls] [fanout] [agentpull] [slowreaders] [options]``: run the
+"""``python -m bench [push] [push-tls] [fanout] [agentpull] [slowreaders] [backends] [options]``: run the
 benchmarks and print their tables. ``push-tls`` is ``push --tls``, so that ``make bench`` measures
 the push with and without TLS."""
 
@@ -8,7 +8,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from bench import agentpull, fanout, push, slowreaders
+from bench import agentpull, backends, fanout, push, slowreaders
 
 
 def push_tls(args: argparse.Namespace) -> str:
@@ -16,7 +16,7 @@ def push_tls(args: argparse.Namespace) -> str:
 
 
 BENCHMARKS = {"push": push.run, "push-tls": push_tls, "fanout": fanout.run, "agentpull": agentpull.run,
-              "slowreaders": slowreaders.run}
+              "slowreaders": slowreaders.run, "backends": backends.run}
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -42,6 +42,7 @@ def build_parser() -> argparse.ArgumentParser:
                         help="fanout: skip the capped distribution registry (N*S/R seconds)")
     parser.add_argument("--readers", type=int, default=200, help="slowreaders: connections that read nothing")
     parser.add_argument("--slow-blob-mb", type=int, default=200, help="slowreaders: size of the blob they ask for")
+    parser.add_argument("--backend-size-mb", type=int, default=1024, help="backends: size of the blob moved")
     parser.add_argument("--workdir", type=Path, default=Path("/tmp/kraken-bench"))
     return parser
 

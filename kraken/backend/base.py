@@ -26,7 +26,8 @@ READINESS_NAMESPACE = "kraken-readiness"
 READINESS_NAMES = ("0" * 64, "kraken-readiness:.probe")
 
 #: One credential set of the ``auth:`` section: field name -> secret
-#: (e.g. ``{access_key_id: ..., secret_access_key: ...}``).
+#: (e.g. ``{access_key_id: ..., secret_access_key: ...}``); Kraken's nested shape is flattened
+#: to this before a backend sees it (:func:`kraken.backend.config.kind_credentials`).
 Credentials = Mapping[str, Secret]
 
 

@@ -6,6 +6,7 @@ backends:
     backend:
       testfs: {addr: "localhost:14000", root: "", name_path: sharded_docker_blob}
       # or: file: {root: /var/lib/kraken/backend, name_path: sharded_docker_blob}
+      # or: s3: {region: us-east-1, bucket: b, name_path: sharded_docker_blob, username: u}
     bandwidth: {enable: true, egress_bits_per_sec: 800000000, ingress_bits_per_sec: 800000000}
     must_ready: true         # the origin's /readiness answers 503 while this backend does not answer
 auth:                        # normally in the --secrets file, never in the config

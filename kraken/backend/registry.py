@@ -14,6 +14,8 @@ from typing import Any, TypeVar
 from kraken.backend.base import Backend, BackendContext
 from kraken.backend.file import FileBackend, FileBackendConfig
 from kraken.backend.gcs import GcsBackend, GcsBackendConfig
+from kraken.backend.s3 import S3Backend
+from kraken.backend.s3config import S3BackendConfig
 from kraken.backend.testfs import TestfsBackend, TestfsBackendConfig
 from kraken.config import ConfigError
 
@@ -80,3 +82,4 @@ BACKENDS.register("testfs", TestfsBackendConfig,
                   lambda config, context: TestfsBackend(config, context.http_client, context.tls))
 BACKENDS.register("file", FileBackendConfig, lambda config, context: FileBackend(config))
 BACKENDS.register("gcs", GcsBackendConfig, GcsBackend)
+BACKENDS.register("s3", S3BackendConfig, S3Backend)

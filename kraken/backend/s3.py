@@ -1,0 +1,228 @@
+"""The ``s3`` backend: objects in an S3 bucket (boto3), under ``root_directory`` in ``name_path`` layout.
+
+boto3 blocks, so every S3 request runs in the backend's own thread pool of
+``upload_concurrency + download_concurrency`` workers (as many pooled connections): the event
+loop never waits on S3, and one backend never has more requests in flight than that, however
+many transfers the origin runs. A file larger than ``upload_part_size`` is uploaded as a
+multipart upload, ``upload_concurrency`` parts at a time, each part streamed from the file; an
+object larger than ``download_part_size`` is downloaded as parallel ranged GETs, each streamed
+straight to its offset in a temporary file beside the destination, which then replaces the
+destination. Every range asks for the ETag the first HEAD saw, so an object overwritten
+meanwhile fails the download (retry later) instead of mixing two versions. The client itself is
+made in the constructor, on the loop, once at start (botocore loads its S3 model: about 0.1 s
+before the component serves anything).
+
+Failures are reported in the backend's terms: a missing object is :class:`BackendNotFound`
+(``stat`` answers None); anything else (connection refused, a timeout, throttling, 5xx, bad
+credentials, a missing bucket) is :class:`BackendError`, naming the bucket, the operation and
+the namespace. A HEAD cannot tell a missing bucket from a missing key (404 without a body), so
+``stat`` in a missing bucket answers None; uploads to it fail with ``NoSuchBucket``.
+"""
+from __future__ import annotations
+
+import asyncio
+import math
+import os
+import tempfile
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
+from functools import partial
+from pathlib import Path
+from typing import Any, TypeVar
+
+from botocore.exceptions import BotoCoreError, ClientError
+from urllib3.exceptions import HTTPError as Urllib3Error
+
+from kraken.backend.base import Backend, BackendContext, BackendError, BackendNotFound, BlobInfo
+from kraken.backend.s3config import S3BackendConfig, make_client, static_credentials
+from kraken.backend.s3transfer import FileSlice, part_ranges, run_bounded, write_body
+from kraken.log import get_logger
+
+log = get_logger("kraken.backend.s3")
+
+T = TypeVar("T")
+
+#: Error codes that mean "no such object" (HEAD answers a bare 404).
+_NOT_FOUND = {"NoSuchKey", "NotFound", "404"}
+#: S3 accepts at most this many parts in one multipart upload.
+MAX_PARTS = 10_000
+
+
+class _Missing(Exception):
+    """Raised inside the backend when S3 says the object does not exist."""
+
+
+class S3Backend(Backend):
+    """One bucket; the namespace is not part of the key (routing picks the bucket and root)."""
+
+    def __init__(self, config: S3BackendConfig, context: BackendContext) -> None:
+        self.config = config
+        self.bucket = config.bucket
+        self.layout = config.layout()
+        self.where = config.endpoint or f"AWS {config.region}"
+        static = static_credentials(config, context.credentials)
+        if config.username and static is None:
+            log.warning("no auth: s3 set for username; using boto3's default credential chain",
+                        bucket=config.bucket, username=config.username)
+        workers = config.upload_concurrency + config.download_concurrency
+        self.client = make_client(config, static, context.http_client, workers)
+        self._pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix=f"s3-{config.bucket}")
+        log.info("s3 backend", bucket=config.bucket, endpoint=self.where, root=self.layout.root or "/",
+                 credentials=f"auth set {config.username}" if static else "default chain")
+
+    async def _call(self, fn: Any, /, *args: Any, **kwargs: Any) -> Any:
+        """One blocking call in the backend's pool."""
+        return await asyncio.get_running_loop().run_in_executor(self._pool, partial(fn, *args, **kwargs))
+
+    @contextmanager
+    def _errors(self, op: str, namespace: str, name: str) -> Iterator[None]:
+        of = f" of namespace {namespace!r}" if namespace else ""
+        what = f"s3 backend (bucket {self.bucket!r} at {self.where}): {op} {name!r}{of}"
+        try:
+            yield
+        except _Missing:
+            raise BackendNotFound(f"{name}: not found in s3 bucket {self.bucket!r}") from None
+        except ClientError as e:
+            if _code(e) in _NOT_FOUND:
+                raise BackendNotFound(f"{name}: not found in s3 bucket {self.bucket!r}") from None
+            raise BackendError(f"{what}: {e}") from e
+        except (BotoCoreError, Urllib3Error, ConnectionError) as e:
+            raise BackendError(f"{what}: {e}") from e
+
+    # ---- blocking requests (worker threads) ---------------------------------------------
+
+    def _head(self, key: str) -> tuple[int, str]:
+        try:
+            head = self.client.head_object(Bucket=self.bucket, Key=key)
+        except ClientError as e:
+            if _code(e) in _NOT_FOUND:
+                raise _Missing from None
+            raise
+        return head["ContentLength"], head["ETag"]
+
+    def _put_file(self, key: str, src: Path, size: int) -> None:
+        with FileSlice(src, 0, size) as body:
+            self.client.put_object(Bucket=self.bucket, Key=key, Body=body, ContentLength=size)
+
+    def _upload_part(self, key: str, upload_id: str, number: int, src: Path, start: int, length: int) -> str:
+        with FileSlice(src, start, length) as body:
+            part = self.client.upload_part(Bucket=self.bucket, Key=key, UploadId=upload_id, PartNumber=number,
+                                           Body=body, ContentLength=length)
+        return str(part["ETag"])
+
+    def _get_range(self, key: str, etag: str, start: int, length: int, whole: bool, path: Path) -> None:
+        kwargs = {} if whole else {"Range": f"bytes={start}-{start + length - 1}"}
+        response = self.client.get_object(Bucket=self.bucket, Key=key, IfMatch=etag, **kwargs)
+        write_body(response["Body"], path, start, length)
+
+    def _list_page(self, prefix: str, token: str | None) -> tuple[list[str], str | None]:
+        kwargs = {"ContinuationToken": token} if token else {}
+        page = self.client.list_objects_v2(Bucket=self.bucket, Prefix=prefix, MaxKeys=self.config.list_max_keys,
+                                           **kwargs)
+        keys = [obj["Key"] for obj in page.get("Contents", [])]
+        return keys, page.get("NextContinuationToken") if page.get("IsTruncated") else None
+
+    # ---- the interface --------------------------------------------------------------------
+
+    async def stat(self, namespace: str, name: str) -> BlobInfo | None:
+        key = self.layout.path(name)
+        try:
+            with self._errors("stat", namespace, name):
+                size, _ = await self._call(self._head, key)
+        except BackendNotFound:
+            return None
+        return BlobInfo(size)
+
+    async def upload(self, namespace: str, name: str, src: Path) -> None:
+        key = self.layout.path(name)
+        size = (await asyncio.to_thread(os.stat, src)).st_size  # a missing src is the caller's error
+        with self._errors("upload", namespace, name):
+            if size <= self.config.upload_part_size:
+                await self._call(self._put_file, key, src, size)
+            else:
+                await self._upload_multipart(key, src, size)
+
+    async def _upload_multipart(self, key: str, src: Path, size: int) -> None:
+        part_size = max(self.config.upload_part_size, math.ceil(size / MAX_PARTS))
+        created = await self._call(self.client.create_multipart_upload, Bucket=self.bucket, Key=key)
+        upload_id = created["UploadId"]
+        try:
+            jobs = [partial(self._upload_part, key, upload_id, number, src, start, length)
+                    for number, (start, length) in enumerate(part_ranges(size, part_size), 1)]
+            etags = await run_bounded(self._pool, jobs, self.config.upload_concurrency)
+            parts = [{"PartNumber": number, "ETag": etag} for number, etag in enumerate(etags, 1)]
+            await self._call(self.client.complete_multipart_upload, Bucket=self.bucket, Key=key,
+                             UploadId=upload_id, MultipartUpload={"Parts": parts})
+        except BaseException:
+            await self._abort(key, upload_id)
+            raise
+
+    async def _abort(self, key: str, upload_id: str) -> None:
+        """Drop a failed upload's parts (best effort: a bucket lifecycle rule catches the rest)."""
+        try:
+            await self._call(self.client.abort_multipart_upload, Bucket=self.bucket, Key=key, UploadId=upload_id)
+        except (ClientError, BotoCoreError, Urllib3Error, ConnectionError) as e:
+            log.warning("aborting a multipart upload failed", bucket=self.bucket, key=key, error=str(e))
+
+    async def upload_bytes(self, namespace: str, name: str, data: bytes) -> None:
+        key = self.layout.path(name)
+        with self._errors("upload", namespace, name):
+            await self._call(self.client.put_object, Bucket=self.bucket, Key=key, Body=data)
+
+    async def download(self, namespace: str, name: str, dst: Path) -> None:
+        key = self.layout.path(name)
+        with self._errors("download", namespace, name):
+            size, etag = await self._call(self._head, key)
+            tmp = await asyncio.to_thread(_temp_beside, dst, size)
+            try:
+                ranges = part_ranges(size, self.config.download_part_size)
+                jobs = [partial(self._get_range, key, etag, start, length, len(ranges) == 1, tmp)
+                        for start, length in ranges]
+                await run_bounded(self._pool, jobs, self.config.download_concurrency)
+                await asyncio.to_thread(os.replace, tmp, dst)
+            except BaseException:
+                await asyncio.to_thread(tmp.unlink, True)
+                raise
+
+    async def download_bytes(self, namespace: str, name: str) -> bytes:
+        key = self.layout.path(name)
+        with self._errors("download", namespace, name):
+            return await self._call(self._get_bytes, key)
+
+    def _get_bytes(self, key: str) -> bytes:
+        return bytes(self.client.get_object(Bucket=self.bucket, Key=key)["Body"].read())
+
+    async def list(self, prefix: str) -> list[str]:
+        directory = self.layout.list_dir(prefix)
+        if directory is None:
+            return []
+        key_prefix = directory + "/" if directory else ""
+        keys: list[str] = []
+        token: str | None = None
+        with self._errors("list", "", prefix):
+            while True:
+                page, token = await self._call(self._list_page, key_prefix, token)
+                keys.extend(page)
+                if token is None:
+                    break
+        return self.layout.names(keys, prefix)
+
+    async def close(self) -> None:
+        """Stop taking requests; requests still running finish in their threads."""
+        self._pool.shutdown(wait=False, cancel_futures=True)
+        self.client.close()
+
+
+def _code(error: ClientError) -> str:
+    return str(error.response.get("Error", {}).get("Code", ""))
+
+
+def _temp_beside(dst: Path, size: int) -> Path:
+    """An empty file of ``size`` bytes in ``dst``'s directory, for ranges to be written into."""
+    fd, name = tempfile.mkstemp(dir=dst.parent, prefix=f".{dst.name}.", suffix=".s3")
+    try:
+        os.ftruncate(fd, size)
+    finally:
+        os.close(fd)
+    return Path(name)

@@ -1,0 +1,108 @@
+"""The blocking pieces of S3 transfers, each one S3 request, run in the backend's worker threads.
+
+Every piece opens and closes its own file handle, so a piece still running after its transfer
+gave up (cancelled, or failed elsewhere) never writes through a descriptor that was closed and
+reused meanwhile; at worst it writes into a temporary file that is already unlinked. Bodies
+are streamed in :data:`CHUNK` pieces: no part or range is ever held in memory whole.
+"""
+from __future__ import annotations
+
+import asyncio
+import os
+from collections.abc import Callable, Sequence
+from concurrent.futures import Executor
+from pathlib import Path
+from typing import Any, BinaryIO, TypeVar
+
+T = TypeVar("T")
+
+#: Bytes read from a response body (written to the file) at a time.
+CHUNK = 1 << 20
+
+
+class FileSlice:
+    """``length`` bytes of a file from ``start``, as a seekable body for one upload request.
+
+    botocore reads it to sign and checksum the request and seeks back to its start to send
+    (or resend, on a retry) it; it only needs ``read``, ``seek`` and ``tell``.
+    """
+
+    def __init__(self, path: Path, start: int, length: int) -> None:
+        self._file: BinaryIO = open(path, "rb")  # noqa: SIM115 - closed by close(), as botocore expects of a body
+        self._start = start
+        self._length = length
+        self._file.seek(start)
+
+    def tell(self) -> int:
+        return self._file.tell() - self._start
+
+    def seek(self, offset: int, whence: int = os.SEEK_SET) -> int:
+        base = {os.SEEK_SET: 0, os.SEEK_CUR: self.tell(), os.SEEK_END: self._length}[whence]
+        position = min(max(base + offset, 0), self._length)
+        self._file.seek(self._start + position)
+        return position
+
+    def read(self, size: int = -1) -> bytes:
+        left = self._length - self.tell()
+        return self._file.read(left if size is None or size < 0 else min(size, left))
+
+    def close(self) -> None:
+        self._file.close()
+
+    def __enter__(self) -> FileSlice:
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        self.close()
+
+
+def part_ranges(size: int, part_size: int) -> list[tuple[int, int]]:
+    """``(start, length)`` of each part of a ``size``-byte object (one empty part for 0 bytes)."""
+    if size == 0:
+        return [(0, 0)]
+    return [(start, min(part_size, size - start)) for start in range(0, size, part_size)]
+
+
+def write_body(body: Any, path: Path, offset: int, expected: int) -> None:
+    """Stream a GET response ``body`` into ``path`` at ``offset``; it must hold ``expected`` bytes."""
+    written = 0
+    with open(path, "r+b") as f:
+        f.seek(offset)
+        for chunk in body.iter_chunks(CHUNK):
+            f.write(chunk)
+            written += len(chunk)
+    if written != expected:
+        raise ConnectionError(f"response body ended after {written} of {expected} bytes")
+
+
+async def run_bounded(pool: Executor, jobs: Sequence[Callable[[], T]], limit: int) -> list[T]:
+    """Run blocking ``jobs`` in ``pool``, at most ``limit`` at once; their results in order.
+
+    On the first failure no further job starts and the running ones are waited for (a part
+    must not land after its upload was aborted), then the failure is raised. If the caller is
+    cancelled, running jobs finish on their own in the pool.
+    """
+    loop = asyncio.get_running_loop()
+    results: list[Any] = [None] * len(jobs)
+    running: dict[asyncio.Future[T], int] = {}
+    queue = iter(enumerate(jobs))
+    error: BaseException | None = None
+    try:
+        while True:
+            while error is None and len(running) < limit and (item := next(queue, None)) is not None:
+                running[loop.run_in_executor(pool, item[1])] = item[0]
+            if not running:
+                break
+            done, _ = await asyncio.wait(running, return_when=asyncio.FIRST_COMPLETED)
+            for future in done:
+                index = running.pop(future)
+                if future.exception() is not None:
+                    error = error or future.exception()
+                else:
+                    results[index] = future.result()
+    finally:
+        for future in running:  # only after a cancellation: nobody waits for these any more
+            future.add_done_callback(lambda f: f.cancelled() or f.exception())
+    if error is not None:
+        raise error
+    return results

@@ -13,7 +13,9 @@ from typing import Any, TypeVar
 
 from kraken.backend.base import Backend, BackendContext
 from kraken.backend.file import FileBackend, FileBackendConfig
+from kraken.backend.http import HttpBackend, HttpBackendConfig
 from kraken.backend.testfs import TestfsBackend, TestfsBackendConfig
+from kraken.backend.upstream import RegistryBackendConfig, RegistryBlobBackend, RegistryTagBackend
 from kraken.config import ConfigError
 
 C = TypeVar("C")
@@ -78,3 +80,6 @@ BACKENDS = BackendRegistry()
 BACKENDS.register("testfs", TestfsBackendConfig,
                   lambda config, context: TestfsBackend(config, context.http_client, context.tls))
 BACKENDS.register("file", FileBackendConfig, lambda config, context: FileBackend(config))
+BACKENDS.register("http", HttpBackendConfig, HttpBackend)
+BACKENDS.register("registry_blob", RegistryBackendConfig, RegistryBlobBackend)
+BACKENDS.register("registry_tag", RegistryBackendConfig, RegistryTagBackend)

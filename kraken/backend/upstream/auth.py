@@ -100,7 +100,7 @@ class RegistryAuth:
         self._http = http
         self._basic = basic
         self._timeout = timeout
-        self._tokens = tokens or TokenCache()
+        self._tokens = tokens if tokens is not None else TokenCache()
         self._fetching: SingleFlight[TokenKey, str] = SingleFlight(report_orphans=False)
         #: What the registry asked for last (None: nothing yet).
         self._challenge: Challenge | None = None

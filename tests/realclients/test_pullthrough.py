@@ -170,11 +170,21 @@ def test_wrong_credentials_are_a_clear_error(pullthrough: tuple[Herd, Upstream, 
         pytest.skip("an anonymous upstream asks for no credentials")
     agent = herd.agents[0]
     r = http_request(f"{agent.url}/v2/denied/app/manifests/v1", headers={"Accept": MANIFEST_ACCEPT}, timeout=60)
-    assert r.status in (404, 503), r
+    assert r.status == 503, r
     error = json.loads(r.body)["errors"][0]
     text = f"{error['message']} {error['detail']}"
     assert f"registry_tag {upstream.addr}: namespace 'denied/app'" in text, text
     assert "authentication failed" in text and "'puller'" in text, text
+
+
+def test_push_to_a_pulled_through_namespace_is_refused(
+        pullthrough: tuple[Herd, Upstream, FakeCorruptRegistry | None], image: GeneratedImage) -> None:
+    herd, upstream, _ = pullthrough
+    if upstream.mode != "anonymous":
+        pytest.skip("one herd is enough")
+    with pytest.raises(ClientError) as refused:
+        skopeo_copy(image.oci_ref, f"docker://{herd.proxy.addr}/library/pushed:v1")
+    assert "read-only" in str(refused.value), refused.value
 
 
 def test_corrupt_upstream_blob_is_never_cached(pullthrough: tuple[Herd, Upstream, FakeCorruptRegistry | None],

@@ -33,10 +33,11 @@ def test_builds_the_documented_shape() -> None:
 
 
 @pytest.mark.parametrize("backend,message", [
-    ({}, "exactly one of testfs, file must be set, got none"),
+    ({}, f"exactly one of {', '.join(BACKENDS.names())} must be set, got none"),
     ({"testfs": {"addr": "a:1"}, "file": {"root": "/x"}}, "got testfs, file"),
     ({"file": {"root": "/x", "name_path": "flat"}}, "name_path"),
-    ({"nosuch": {"bucket": "b"}}, r"backend\.nosuch: unknown backend 'nosuch' \(registered: testfs, file\)"),
+    ({"nosuch": {"bucket": "b"}},
+     rf"backend\.nosuch: unknown backend 'nosuch' \(registered: {', '.join(BACKENDS.names())}\)"),
     ({"testfs": {"addr": "a:1"}, "nosuch": {}}, "unknown backend 'nosuch'"),
     ("testfs", "expected a mapping"),
     ({"testfs": {}}, "addr: required key is missing"),
@@ -101,5 +102,6 @@ def test_auth_names_registered_kinds_and_holds_secrets() -> None:
     auth = build(AuthHolder, {"auth": {"testfs": {"team-a": {"token": "s3cr3t"}}}}).auth
     assert auth == {"testfs": {"team-a": {"token": Secret("s3cr3t")}}}
     assert "s3cr3t" not in repr(auth)
-    with pytest.raises(ConfigError, match=r"auth\.nosuch: unknown backend 'nosuch' \(registered: testfs, file\)"):
+    registered = ", ".join(BACKENDS.names())
+    with pytest.raises(ConfigError, match=rf"auth\.nosuch: unknown backend 'nosuch' \(registered: {registered}\)"):
         build(AuthHolder, {"auth": {"nosuch": {}}})

@@ -45,7 +45,7 @@ class RegistryUpstream:
         self.name = f"{kind} {config.address}"
         credentials = basic_credentials(config, context)
         self.base = base_url(config.address, secure=not config.security.tls.client.disabled)
-        self.http = create_client(context.http_client, config.security.tls)
+        self.http = create_client(context.http_client, config.security.tls.as_tls())
         #: Whole-request limit (HEAD, manifests, tokens).
         self.short = aiohttp.ClientTimeout(total=config.timeout)
         #: A blob body may take long, but not stall.

@@ -18,7 +18,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from kraken.config import Duration, Secret
-from kraken.http.config import TLSConfig
+from kraken.http.config import SecretFile, TLSConfig, X509Pair
 
 
 @dataclass
@@ -30,11 +30,29 @@ class BasicAuthConfig:
 
 
 @dataclass
+class UpstreamTLSConfig:
+    """How the upstream is reached, in the client half of Kraken's ``tls:`` shape."""
+
+    #: Name the upstream's certificate must carry (default: the host dialled).
+    name: str = ""
+    #: CAs the upstream's certificate must chain to; none: the system's CAs.
+    cas: list[SecretFile] = field(default_factory=list)
+    #: ``disabled: true``: plain HTTP. A ``cert``/``key`` pair is presented to the upstream.
+    client: X509Pair = field(default_factory=X509Pair)
+
+    def __post_init__(self) -> None:
+        self.client.check("client")
+        if self.client.configured() and not self.cas:
+            raise ValueError("tls.client: a client certificate needs tls.cas to verify the upstream by")
+
+    def as_tls(self) -> TLSConfig:
+        """The section as :func:`~kraken.http.client.create_client` takes it."""
+        return TLSConfig(name=self.name, cas=self.cas, client=self.client)
+
+
+@dataclass
 class RegistrySecurityConfig:
-    #: How the upstream is reached: ``tls.client.disabled`` for plain HTTP; ``tls.cas``
-    #: (only those CAs are trusted, the system's otherwise), ``tls.name`` and a client
-    #: certificate as in Kraken's ``tls:`` section.
-    tls: TLSConfig = field(default_factory=TLSConfig)
+    tls: UpstreamTLSConfig = field(default_factory=UpstreamTLSConfig)
     basic: BasicAuthConfig | None = None
 
 

@@ -96,7 +96,7 @@ async def test_refused_token_is_dropped() -> None:
         cache.put(key, "tok", 300)
         sent = await auth.headers("repository:x:pull")  # cached: no token request
         assert sent == {"Authorization": "Bearer tok"}
-        with pytest.raises(AuthFailed, match="refused the token.*anonymous"):
+        with pytest.raises(AuthFailed, match="refused the token.*anonymous access"):
             auth.challenged([challenge], "repository:x:pull", sent)
         assert cache.get(key) is None
     finally:

@@ -131,8 +131,9 @@ class RegistryAuth:
             key = TokenKey(bearer.realm, bearer.params.get("service", ""), scope)
             if previous.startswith("Bearer "):
                 self._tokens.drop(key)
-                raise AuthFailed(f"the registry refused the token for {scope!r}"
-                                 f"{'' if self._basic else ' (anonymous; configure security.basic)'}")
+                who = f"user {self._basic[0]!r}" if self._basic else "anonymous access (see security.basic)"
+                raise AuthFailed(f"the registry refused the token for {scope!r}: the repository does not exist, "
+                                 f"or {who} may not pull it")
             self._challenge = bearer
             return
         if "basic" in by_scheme:

@@ -12,6 +12,7 @@ from kraken.backend.base import (
     BlobInfo,
     Credentials,
     InvalidName,
+    ReadOnlyBackend,
 )
 from kraken.backend.config import AuthConfig, BackendConfig, NamespaceBackendConfig
 from kraken.backend.file import FileBackend, FileBackendConfig
@@ -39,6 +40,7 @@ __all__ = [
     "NamePath",
     "NamespaceBackendConfig",
     "ObjectLayout",
+    "ReadOnlyBackend",
     "TestfsBackend",
     "TestfsBackendConfig",
     "build_router",

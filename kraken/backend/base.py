@@ -14,6 +14,7 @@ from abc import ABC, abstractmethod
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import ClassVar
 
 from kraken.config import Secret
 from kraken.core.digest import Digest, hash_file
@@ -62,6 +63,12 @@ class BackendError(Exception):
     """The backend is unreachable or failed; the same call may succeed later."""
 
 
+class ReadOnlyBackend(BackendError):
+    """A write to a backend that only reads (http, registry_blob, registry_tag): it never
+    succeeds, however often it is retried, so callers must not queue one (the origin refuses
+    pushes to such a namespace and queues no write-back for it)."""
+
+
 class InvalidName(ValueError):
     """A name cannot be mapped to an object path (empty, ``..``, wrong shape for the layout).
 
@@ -72,6 +79,11 @@ class InvalidName(ValueError):
 
 class Backend(ABC):
     """One configured storage backend; created inside a running event loop, closed with close()."""
+
+    #: The backend only reads (a pull-through of another registry, a download URL): uploads
+    #: raise :class:`ReadOnlyBackend`, and the origin neither accepts pushes nor queues
+    #: write-backs for a namespace routed to it.
+    read_only: ClassVar[bool] = False
 
     @abstractmethod
     async def stat(self, namespace: str, name: str) -> BlobInfo | None:

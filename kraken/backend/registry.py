@@ -14,9 +14,11 @@ from typing import Any, TypeVar
 from kraken.backend.base import Backend, BackendContext
 from kraken.backend.file import FileBackend, FileBackendConfig
 from kraken.backend.gcs import GcsBackend, GcsBackendConfig
+from kraken.backend.http import HttpBackend, HttpBackendConfig
 from kraken.backend.s3 import S3Backend
 from kraken.backend.s3config import S3BackendConfig
 from kraken.backend.testfs import TestfsBackend, TestfsBackendConfig
+from kraken.backend.upstream import RegistryBackendConfig, RegistryBlobBackend, RegistryTagBackend
 from kraken.config import ConfigError
 
 C = TypeVar("C")
@@ -83,3 +85,6 @@ BACKENDS.register("testfs", TestfsBackendConfig,
 BACKENDS.register("file", FileBackendConfig, lambda config, context: FileBackend(config))
 BACKENDS.register("gcs", GcsBackendConfig, GcsBackend)
 BACKENDS.register("s3", S3BackendConfig, S3Backend)
+BACKENDS.register("http", HttpBackendConfig, HttpBackend)
+BACKENDS.register("registry_blob", RegistryBackendConfig, RegistryBlobBackend)
+BACKENDS.register("registry_tag", RegistryBackendConfig, RegistryTagBackend)

@@ -25,7 +25,7 @@ from pathlib import Path
 import aiohttp
 from aiohttp import web
 
-from kraken.backend import BackendError, BackendRouter, build_router
+from kraken.backend import BackendError, BackendRouter, ReadOnlyBackend, build_router
 from kraken.buildindex.config import BuildIndexConfig
 from kraken.buildindex.referrer_routes import add_referrer_routes
 from kraken.buildindex.tags import TagError, parse_tag, validate_repo
@@ -55,6 +55,7 @@ _ORIGINS_UNAVAILABLE = (503, "origins unavailable: {error}")
 ERRORS: ErrorTable = {
     TagError: 400,
     BackendError: (503, "storage backend unavailable: {error}"),
+    ReadOnlyBackend: (405, "{error}"),
     aiohttp.ClientError: _ORIGINS_UNAVAILABLE,
     TimeoutError: _ORIGINS_UNAVAILABLE,
     ConnectionError: _ORIGINS_UNAVAILABLE,

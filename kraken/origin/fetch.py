@@ -13,11 +13,18 @@ backend's bad copy (see kraken.origin.writeback). Such a fetch counts as
 ``result="repaired"``, one that found no good copy as ``"corrupt"``. The other owners are
 also asked, once, for a blob this origin quarantined while the backend lacks it
 (``result="replica"``, or ``"not_found"``).
+
+A fetch that failed is remembered for :data:`FAILURE_MEMORY`: requests meanwhile get its
+error (HTTP 503 naming the backend and the reason) instead of a 202 and a new attempt, so a
+client polling a blob the backend cannot deliver (a pull-through upstream that refuses the
+credentials or serves corrupt bytes) fails in seconds rather than at its own deadline, and the
+backend is not asked again on every poll.
 """
 from __future__ import annotations
 
 import asyncio
 import shutil
+import time
 import uuid
 from collections.abc import Awaitable, Callable
 from pathlib import Path
@@ -34,6 +41,11 @@ from kraken.store.cas import CAStore, DigestMismatch
 from kraken.tasks import SingleFlight, TaskOwner
 
 log = get_logger("origin")
+
+#: Seconds a failed fetch is answered with its error before the backend is tried again.
+FAILURE_MEMORY = 10.0
+#: Failed fetches remembered at most (the oldest are forgotten first).
+MAX_FAILURES = 4096
 
 
 class BackendFetcher:
@@ -57,6 +69,7 @@ class BackendFetcher:
         self._on_repaired = on_repaired
         self._limit = asyncio.Semaphore(concurrency)
         self._fetching: SingleFlight[Digest, None] = SingleFlight(owner, "fetch")
+        self._failed: dict[Digest, tuple[float, str]] = {}  # digest -> (monotonic time, why)
         self._tmp_dir = store.root / "fetch"
         self._fetches = metrics.counter(
             "kraken_origin_backend_fetches_total", "Blob fetches from a storage backend", ["result"]
@@ -76,6 +89,7 @@ class BackendFetcher:
         """
         if digest in self._fetching:
             return True
+        self._raise_recent_failure(digest)
         try:
             backend = self._router.for_namespace(namespace)
         except BackendError:
@@ -89,6 +103,21 @@ class BackendFetcher:
         if not self._store.exists(digest):
             self._fetching.start(digest, lambda: fetch(namespace, digest))
         return True
+
+    def _raise_recent_failure(self, digest: Digest) -> None:
+        failed = self._failed.get(digest)
+        if failed is None:
+            return
+        at, reason = failed
+        if time.monotonic() - at < FAILURE_MEMORY:
+            raise BackendError(reason)
+        del self._failed[digest]
+
+    def _remember_failure(self, digest: Digest, reason: str) -> None:
+        self._failed.pop(digest, None)
+        self._failed[digest] = (time.monotonic(), reason)
+        while len(self._failed) > MAX_FAILURES:
+            del self._failed[next(iter(self._failed))]
 
     async def _fetch_from_peers(self, namespace: str, digest: Digest) -> None:
         tmp = self._tmp_dir / f"{digest.hex}.{uuid.uuid4().hex}"
@@ -114,6 +143,7 @@ class BackendFetcher:
                               namespace=namespace, digest=digest, error=str(e))
                     result = "repaired" if await self._from_peers(namespace, digest, tmp) else "corrupt"
                     if result == "corrupt":
+                        self._remember_failure(digest, f"the backend's copy of {digest} fails verification")
                         return
                 else:
                     result = "ok"
@@ -125,6 +155,7 @@ class BackendFetcher:
         except Exception as e:  # noqa: BLE001 - the next request retries; say why this one failed
             log.error("backend fetch failed", namespace=namespace, digest=digest,
                       backend=self._router.route(namespace).describe(), error=f"{type(e).__name__}: {e}")
+            self._remember_failure(digest, f"fetch of {digest} failed: {e}")
         finally:
             self._fetches.labels(result).inc()
             await asyncio.to_thread(_unlink, tmp)

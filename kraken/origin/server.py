@@ -10,7 +10,7 @@ from pathlib import Path
 import aiohttp
 from aiohttp import web
 
-from kraken.backend import BackendError
+from kraken.backend import BackendError, ReadOnlyBackend
 from kraken.core.digest import Digest, DigestError
 from kraken.core.metainfo import EmptyBlobError
 from kraken.core.ranges import parse_content_range
@@ -47,6 +47,7 @@ ERRORS: ErrorTable = {
     UploadWriteError: (507, "{error}; the upload was removed, start again"),
     EmptyBlobError: (422, "no metainfo for an empty blob: {error}"),
     BackendError: (503, "storage backend unavailable: {error}"),
+    ReadOnlyBackend: (405, "{error}"),
     SeedError: 503,
 }
 

@@ -238,6 +238,7 @@ class OriginService:
         namespace's backend, so the write-back is queued anyway (it is cheap when the backend
         already has the blob).
         """
+        self.writeback.check_writable(namespace)
         if await self._cached_in_namespace(namespace, digest, replica):
             return None
         return self.store.create_upload()
@@ -255,6 +256,7 @@ class OriginService:
         Bytes that do not hash to ``digest`` raise DigestMismatch (HTTP 400) either way: a
         proxy relies on this answer to refuse a wrong upload (it does not hash uploads
         itself, see kraken.registry.uploads)."""
+        self.writeback.check_writable(namespace)
         with self.foreground.transfer():
             if await self._cached_in_namespace(namespace, digest, replica):
                 await self.store.discard_checked(uid, digest)

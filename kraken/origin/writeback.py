@@ -17,7 +17,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from kraken.backend import BackendError, BackendRouter
+from kraken.backend import BackendError, BackendRouter, ReadOnlyBackend
 from kraken.core.digest import Digest
 from kraken.log import get_logger
 from kraken.metrics import Metrics
@@ -54,7 +54,26 @@ class WriteBack:
             config.concurrency, on_count=pending.set,
         )
 
+    def check_writable(self, namespace: str) -> None:
+        """Raise :class:`ReadOnlyBackend` when ``namespace`` routes to a read-only backend (a
+        pull-through): a blob pushed there could never be written back, and would be lost
+        when evicted, so the push is refused up front."""
+        if self._read_only(namespace):
+            raise ReadOnlyBackend(f"namespace {namespace!r} is served by a read-only backend (a pull-through): "
+                                  "push to its upstream instead")
+
+    def _read_only(self, namespace: str) -> bool:
+        try:
+            return self._router.for_namespace(namespace).read_only
+        except BackendError:
+            return False  # no backend: the task is queued and fails (retried) until one is configured
+
     async def enqueue(self, namespace: str, digest: Digest, delay: float = 0.0) -> None:
+        """Queue the write-back, except to a read-only backend: the blob came from it (a pull
+        through), or was restored from a ring owner after it served a bad copy, and a write
+        there can never succeed."""
+        if self._read_only(namespace):
+            return
         await self.worker.add(_key(namespace, digest), {"namespace": namespace, "digest": str(digest)}, delay)
 
     async def pending_digests(self) -> set[Digest]:

@@ -93,6 +93,9 @@ def add_registry_routes(
         except (TimeoutError, aiohttp.ClientError, ConnectionError) as e:
             raise _unavailable(request, e) from None
         except HTTPStatusError as e:
+            if e.status == 405:
+                # A backend that refuses the write (a pull-through namespace's origin).
+                raise RegistryError("UNSUPPORTED", message=e.message[:500]) from None
             if e.status < 500:
                 raise
             raise _unavailable(request, e) from None

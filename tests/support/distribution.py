@@ -52,6 +52,7 @@ class DistributionRegistry:
         relative_urls: bool = False,
         proxy_remote_url: str | None = None,
         tls: DistributionTLS | None = None,
+        auth: dict[str, dict[str, str]] | None = None,
         start_timeout: float = 30.0,
     ) -> None:
         self._own_root = root is None
@@ -61,6 +62,9 @@ class DistributionRegistry:
         self.relative_urls = relative_urls
         self.proxy_remote_url = proxy_remote_url
         self.tls = tls
+        #: distribution's ``auth:`` section, e.g. ``{"htpasswd": {"realm": ..., "path": ...}}``
+        #: or ``{"token": {"realm", "service", "issuer", "rootcertbundle"}}``.
+        self.auth = auth
         self.start_timeout = start_timeout
         self.process: BackgroundProcess | None = None
 
@@ -110,6 +114,8 @@ class DistributionRegistry:
         ]
         if self.proxy_remote_url:
             lines += ["proxy:", f"  remoteurl: {self.proxy_remote_url}"]
+        for scheme, options in (self.auth or {}).items():
+            lines += ["auth:", f"  {scheme}:", *(f"    {key}: {json.dumps(value)}" for key, value in options.items())]
         return "\n".join(lines) + "\n"
 
     def _ready(self) -> bool:
@@ -120,7 +126,8 @@ class DistributionRegistry:
                                                      urllib.request.HTTPSHandler(context=self.tls.context()))
                 with opener.open(f"{self.url}/v2/", timeout=2) as resp:
                     return bool(resp.status == 200)
-            return http_request(f"{self.url}/v2/", timeout=2).status == 200
+            # With auth configured, an anonymous /v2/ is refused: the registry is up.
+            return http_request(f"{self.url}/v2/", timeout=2).status in ((401,) if self.auth else (200,))
         except OSError:
             return False
 

@@ -127,13 +127,23 @@ def start_moto(workdir: Path, attempts: int = 3) -> MotoServer:
     raise AssertionError("unreachable")
 
 
+def moto_on_port(workdir: Path, port: int) -> MotoServer:
+    """``moto_server`` on a given port (an example config's endpoint), answering."""
+    workdir.mkdir(parents=True, exist_ok=True)
+    server = _launch(workdir, port)
+    try:
+        wait_until(lambda: _answers(server), 30, 0.1, message=f"moto_server on port {port}",
+                   alive=server.exited, details=server.log_tail)
+    except BaseException:
+        server.stop()
+        raise
+    return server
+
+
 def restart_moto(server: MotoServer, workdir: Path) -> MotoServer:
     """A new, empty moto_server on ``server``'s port (moto keeps nothing across a restart)."""
     server.stop()
-    again = _launch(workdir, server.port)
-    wait_until(lambda: _answers(again), 30, 0.1, message=f"moto_server again on port {again.port}",
-               alive=again.exited, details=again.log_tail)
-    return again
+    return moto_on_port(workdir, server.port)
 
 
 def _launch(workdir: Path, port: int) -> MotoServer:

@@ -111,6 +111,12 @@ async def start_origin(sup: Supervisor, http: tuple[aiohttp.ClientSession, aioht
     return S3Origin(process, OriginClient(addr, client, poll_timeout=30), session)
 
 
+async def _refusal(session: aiohttp.ClientSession, url: str) -> str | None:
+    """The body of a 503 to GET ``url`` (None while the origin still answers 202: fetching)."""
+    async with session.get(url) as resp:
+        return await resp.text() if resp.status == 503 else None
+
+
 async def positive(value: Any) -> bool:
     return bool(await value > 0)
 
@@ -177,6 +183,13 @@ async def test_wrong_credentials_fail_the_write_back_by_name_and_the_push_still_
         # The write-back's first call is a HEAD, whose 403 has no body: the error says what it means.
         assert f"s3 backend (bucket '{bucket}'" in failure and "wrong key id or secret" in failure, failure
         assert "not-the-secret" not in origin.process.log_path.read_text()
+        # A blob the origin lacks cannot be fetched either: the reader is told why, by name.
+        session, _ = http
+        _, absent = random_blob(1000)
+        url = f"{origin.process.url}/namespace/{NS.replace('/', '%2F')}/blobs/{absent}"
+        reason = await until(lambda: _refusal(session, url), timeout=30, what="a 503 for a blob the origin lacks")
+        assert f"s3 backend (bucket '{bucket}'" in reason and f"namespace '{NS}'" in reason, reason
+        assert "wrong key id or secret" in reason, reason
 
         await asyncio.to_thread(supervisor.stop, "origin")
         fixed = await start_origin(supervisor, http, tmp_path, moto, bucket, port=origin.process.port,

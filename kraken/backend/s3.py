@@ -45,6 +45,9 @@ T = TypeVar("T")
 
 #: Error codes that mean "no such object" (HEAD answers a bare 404).
 _NOT_FOUND = {"NoSuchKey", "NotFound", "404"}
+#: What a HEAD's bare 403 (no body, so no error code) almost always means, said in the error.
+_HEAD_DENIED = ("access denied; a HEAD's 403 gives no reason: a wrong key id or secret, or a policy without "
+                "s3:GetObject on the objects or s3:ListBucket on the bucket")
 #: S3 accepts at most this many parts in one multipart upload.
 MAX_PARTS = 10_000
 
@@ -86,6 +89,8 @@ class S3Backend(Backend):
         except ClientError as e:
             if _code(e) in _NOT_FOUND:
                 raise BackendNotFound(f"{name}: not found in s3 bucket {self.bucket!r}") from None
+            if _code(e) == "403":
+                raise BackendError(f"{what}: {_HEAD_DENIED}: {e}") from e
             raise BackendError(f"{what}: {e}") from e
         except (BotoCoreError, Urllib3Error, ConnectionError) as e:
             raise BackendError(f"{what}: {e}") from e

@@ -88,6 +88,8 @@ async def test_testfs_killed_during_write_back_is_retried_and_nothing_is_lost(tm
     config = write_overlay(tmp_path / "origin.yaml", CONFIG_ROOT / "origin" / "development.yaml", {
         "store": {"root": str(tmp_path / "origin")},
         "ring": {"hosts": [addr], "max_replica": 1},
+        # Not development's fixed 15001, which a devcluster running meanwhile holds.
+        "p2p": {"listen": {"host": "127.0.0.1", "port": free_port()}},
         "backends": backends_on(testfs_port, bandwidth=bandwidth),
         "writeback": {"retry_interval": "200ms", "max_retry_interval": "500ms"},
         "http_client": {"retries": 0},

@@ -164,6 +164,26 @@ def test_docker_pull_through_agent(dockerd: Dockerd, pullthrough: tuple[Herd, Up
         dockerd.rmi(ref)
 
 
+def test_docker_hub_names_pull_through_the_agent_as_registry_mirror(
+        pullthrough: tuple[Herd, Upstream, FakeCorruptRegistry | None], image: GeneratedImage) -> None:
+    """The documented setup: dockerd's ``registry-mirrors`` is the agent, and ``docker pull
+    app:v1`` (Docker Hub's ``library/app``) is served from the upstream, which only the herd
+    reaches."""
+    herd, upstream, _ = pullthrough
+    if upstream.mode != "token":
+        pytest.skip("the Bearer flow is Docker Hub's; one upstream is enough for dockerd")
+    agent = herd.agents[0]
+    mirrored = Dockerd(registry_mirrors=[agent.url])
+    try:
+        mirrored.start()
+        mirrored.pull("app:v1")
+        assert mirrored.image_id("app:v1") == image.config_digest
+    finally:
+        mirrored.stop()
+    log = agent.log_path.read_text(errors="replace")
+    assert "path=/v2/library/app/manifests/v1 status=200" in log, log[-3000:]
+
+
 def test_wrong_credentials_are_a_clear_error(pullthrough: tuple[Herd, Upstream, FakeCorruptRegistry | None]) -> None:
     herd, upstream, _ = pullthrough
     if upstream.mode == "anonymous":

@@ -98,13 +98,14 @@ class FakeGcs:
 
 
 @contextmanager
-def fake_gcs_server(workdir: Path | None = None) -> Iterator[FakeGcs]:
-    """Start fake-gcs-server on a free port; stop it on exit. Its log goes to ``workdir``."""
+def fake_gcs_server(workdir: Path | None = None, port: int = 0) -> Iterator[FakeGcs]:
+    """Start fake-gcs-server on ``port`` (default: a free one); stop it on exit. Its log goes
+    to ``workdir``."""
     with tempfile.TemporaryDirectory(prefix="fake-gcs-") as scratch:
         logdir = workdir or Path(scratch)
         logdir.mkdir(parents=True, exist_ok=True)
         log_path = logdir / "fake-gcs-server.log"
-        port = free_port()
+        port = port or free_port()
         url = f"http://127.0.0.1:{port}"
         with open(log_path, "ab") as log:
             process = subprocess.Popen(

@@ -3,6 +3,7 @@ the s3 backend: started on a free port, stopped after; any key id and secret are
 until :meth:`MotoServer.require_auth`."""
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 import urllib.request
@@ -70,6 +71,26 @@ class MotoServer:
         return {"region": REGION, "bucket": bucket, "endpoint": self.endpoint, "force_path_style": True,
                 "username": "kraken", **extra}
 
+    def user_credentials(self, bucket: str, user: str = "kraken") -> dict[str, str]:
+        """A new IAM user allowed everything on ``bucket``, and an access key of it (what
+        :meth:`require_auth` then accepts). ``s3:*``, not the narrower policy of
+        docs/OPERATIONS.md: moto checks the API operation's name (``s3:HeadObject``,
+        ``s3:UploadPart``) where AWS checks the IAM action (``s3:GetObject``, ``s3:PutObject``)."""
+        iam = boto3.client("iam", endpoint_url=self.endpoint, region_name=REGION,
+                           aws_access_key_id=ACCESS_KEY, aws_secret_access_key=SECRET_KEY)
+        iam.create_user(UserName=user)
+        policy = {"Version": "2012-10-17", "Statement": [{
+            "Effect": "Allow", "Action": ["s3:*"],
+            "Resource": [f"arn:aws:s3:::{bucket}", f"arn:aws:s3:::{bucket}/*"]}]}
+        iam.put_user_policy(UserName=user, PolicyName="kraken", PolicyDocument=json.dumps(policy))
+        key = iam.create_access_key(UserName=user)["AccessKey"]
+        return {"aws_access_key_id": key["AccessKeyId"], "aws_secret_access_key": key["SecretAccessKey"]}
+
+    def kill(self) -> None:
+        """SIGKILL: connections drop mid-request, as when the store's host dies."""
+        self.process.kill()
+        self.process.wait()
+
     def exited(self) -> str | None:
         return None if self.process.poll() is None else f"moto_server exited with {self.process.returncode}"
 
@@ -106,9 +127,28 @@ def start_moto(workdir: Path, attempts: int = 3) -> MotoServer:
     raise AssertionError("unreachable")
 
 
+def moto_on_port(workdir: Path, port: int) -> MotoServer:
+    """``moto_server`` on a given port (an example config's endpoint), answering."""
+    workdir.mkdir(parents=True, exist_ok=True)
+    server = _launch(workdir, port)
+    try:
+        wait_until(lambda: _answers(server), 30, 0.1, message=f"moto_server on port {port}",
+                   alive=server.exited, details=server.log_tail)
+    except BaseException:
+        server.stop()
+        raise
+    return server
+
+
+def restart_moto(server: MotoServer, workdir: Path) -> MotoServer:
+    """A new, empty moto_server on ``server``'s port (moto keeps nothing across a restart)."""
+    server.stop()
+    return moto_on_port(workdir, server.port)
+
+
 def _launch(workdir: Path, port: int) -> MotoServer:
     log_path = workdir / f"moto-{port}.log"
-    with open(log_path, "wb") as log:
+    with open(log_path, "ab") as log:
         process = subprocess.Popen(
             [sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
             stdout=log, stderr=subprocess.STDOUT,

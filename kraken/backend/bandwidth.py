@@ -141,6 +141,9 @@ class ThrottledBackend(Backend):
     def __init__(self, inner: Backend, limiter: BandwidthLimiter) -> None:
         self.inner = inner
         self.limiter = limiter
+        # The origin asks the routed backend whether it takes pushes: a limited pull-through
+        # must still refuse them, or pushes would queue write-backs that can never succeed.
+        self.read_only = inner.read_only
 
     async def stat(self, namespace: str, name: str) -> BlobInfo | None:
         return await self.inner.stat(namespace, name)

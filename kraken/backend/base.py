@@ -14,7 +14,6 @@ from abc import ABC, abstractmethod
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import ClassVar
 
 from kraken.config import Secret
 from kraken.core.digest import Digest, hash_file
@@ -82,8 +81,9 @@ class Backend(ABC):
 
     #: The backend only reads (a pull-through of another registry, a download URL): uploads
     #: raise :class:`ReadOnlyBackend`, and the origin neither accepts pushes nor queues
-    #: write-backs for a namespace routed to it.
-    read_only: ClassVar[bool] = False
+    #: write-backs for a namespace routed to it. Not a ClassVar: a wrapper (the bandwidth
+    #: limiter) copies its inner backend's value onto the instance.
+    read_only: bool = False
 
     @abstractmethod
     async def stat(self, namespace: str, name: str) -> BlobInfo | None:

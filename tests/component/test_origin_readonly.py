@@ -43,10 +43,14 @@ async def files(tmp_path: Path) -> AsyncIterator[tuple[Files, int]]:
     await server.close()
 
 
-@pytest.fixture
-async def origin(start_origin: OriginFactory, testfs_port: int, files: tuple[Files, int]) -> Origin:
+@pytest.fixture(params=[False, True], ids=["unlimited", "bandwidth-limited"])
+async def origin(start_origin: OriginFactory, testfs_port: int, files: tuple[Files, int],
+                 request: pytest.FixtureRequest) -> Origin:
+    """The pull-through namespace with and without ``bandwidth:`` (which wraps its backend:
+    the wrapper must still say read-only)."""
     url = "http" + f"://127.0.0.1:{files[1]}/blobs/%s"
-    backends = [{"namespace": "pull/.*", "backend": {"http": {"download_url": url}}},
+    bandwidth = {"enable": request.param, "ingress_bits_per_sec": 1 << 30}
+    backends = [{"namespace": "pull/.*", "backend": {"http": {"download_url": url}}, "bandwidth": bandwidth},
                 {"namespace": ".*", "backend": {"testfs": {"addr": f"127.0.0.1:{testfs_port}",
                                                            "name_path": "sharded_docker_blob"}}}]
     return await start_origin(testfs_port, backends=backends)

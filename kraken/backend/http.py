@@ -25,12 +25,9 @@ import aiohttp
 
 from kraken.backend.base import BackendContext, BackendError, BackendNotFound, BlobInfo
 from kraken.backend.filetree import AtomicWriter
-from kraken.backend.readonly import ReadOnly
+from kraken.backend.readonly import ReadOnly, read_capped
 from kraken.config import Duration
 from kraken.http.client import HTTPStatusError, create_client
-
-#: Largest object :meth:`HttpBackend.download_bytes` reads into memory.
-MAX_IN_MEMORY = 16 << 20
 
 
 @dataclass
@@ -136,16 +133,11 @@ class HttpBackend(ReadOnly):
             raise BackendError(f"{self.describe()}: namespace {namespace!r}: download {name}: {e!r}") from None
 
     async def download_bytes(self, namespace: str, name: str) -> bytes:
-        buf = bytearray()
         try:
             async with self._get(namespace, name) as resp:
-                async for chunk in resp.content.iter_any():
-                    buf += chunk
-                    if len(buf) > MAX_IN_MEMORY:
-                        raise BackendError(f"{self.describe()}: {name}: larger than {MAX_IN_MEMORY} bytes")
+                return await read_capped(resp, f"{self.describe()}: {name}")
         except (TimeoutError, aiohttp.ClientError, ConnectionError) as e:
             raise BackendError(f"{self.describe()}: namespace {namespace!r}: download {name}: {e!r}") from None
-        return bytes(buf)
 
     async def list(self, prefix: str) -> list[str]:
         """A URL template cannot be listed: none are listed."""

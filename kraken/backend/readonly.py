@@ -1,11 +1,29 @@
 """What every read-only backend (http, registry_blob, registry_tag) shares: writes fail with
-:class:`~kraken.backend.base.ReadOnlyBackend`, naming the backend and the namespace."""
+:class:`~kraken.backend.base.ReadOnlyBackend`, naming the backend and the namespace; bodies
+read into memory are capped (:func:`read_capped`)."""
 from __future__ import annotations
 
 from abc import abstractmethod
 from pathlib import Path
 
-from kraken.backend.base import Backend, ReadOnlyBackend
+import aiohttp
+
+from kraken.backend.base import Backend, BackendError, ReadOnlyBackend
+
+#: Largest body read into memory (a manifest, a tag list, a token answer, a small object
+#: through ``download_bytes``): the server at the other end is not ours, and must not be able
+#: to make a component hold whatever it sends.
+MAX_IN_MEMORY = 16 << 20
+
+
+async def read_capped(resp: aiohttp.ClientResponse, what: str, limit: int = MAX_IN_MEMORY) -> bytes:
+    """The body of ``resp``, or :class:`BackendError` (naming ``what``) once it passes ``limit``."""
+    buf = bytearray()
+    async for chunk in resp.content.iter_any():
+        buf += chunk
+        if len(buf) > limit:
+            raise BackendError(f"{what}: larger than {limit} bytes; refused")
+    return bytes(buf)
 
 
 class ReadOnly(Backend):

@@ -167,3 +167,78 @@ async def test_corrupt_blob_is_refused(corrupt_upstream: str, tmp_path: Path) ->
         assert list(tmp_path.iterdir()) == []
     finally:
         await backend.close()
+
+
+class FakeRedirectingUpstream:
+    """A fake upstream (not a registry) whose blob GETs redirect to a second server (as Docker
+    Hub's do, to its CDN), and that second server answering 401 with a Bearer realm of its
+    own: a host the upstream sent us to must never receive our credentials."""
+
+    def __init__(self) -> None:
+        self.token_requests: list[str | None] = []
+        self.elsewhere = ""
+
+    async def blob(self, request: web.Request) -> web.Response:
+        raise web.HTTPTemporaryRedirect(f"{self.elsewhere}/cdn/blob")
+
+    async def cdn(self, request: web.Request) -> web.Response:
+        realm = f'Bearer realm="{self.elsewhere}/token",service="cdn"'
+        return web.Response(status=401, headers={"WWW-Authenticate": realm})
+
+    async def token(self, request: web.Request) -> web.Response:
+        self.token_requests.append(request.headers.get("Authorization"))
+        return web.json_response({"token": "stolen"})
+
+
+async def test_a_401_after_a_redirect_gets_no_credentials(tmp_path: Path) -> None:
+    fake = FakeRedirectingUpstream()
+    upstream_app, elsewhere_app = web.Application(), web.Application()
+    upstream_app.router.add_get("/v2/{repo:.+}/blobs/{digest}", fake.blob)
+    elsewhere_app.router.add_get("/cdn/blob", fake.cdn)
+    elsewhere_app.router.add_get("/token", fake.token)
+    upstream, elsewhere = TestServer(upstream_app, host="127.0.0.1"), TestServer(elsewhere_app, host="127.0.0.1")
+    await upstream.start_server()
+    await elsewhere.start_server()
+    fake.elsewhere = "http" + f"://127.0.0.1:{elsewhere.port}"
+    section = {"address": f"127.0.0.1:{upstream.port}",
+               "security": {"tls": {"client": {"disabled": True}}, "basic": {"username": "u", "password": "pw"}}}
+    backend = create_backend(_config("registry_blob", section))
+    try:
+        with pytest.raises(BackendError, match="redirect"):
+            await backend.download("lib/x", Digest.of_bytes(b"x").hex, tmp_path / "out")
+        assert fake.token_requests == []
+    finally:
+        await backend.close()
+        await upstream.close()
+        await elsewhere.close()
+
+
+@pytest.fixture
+async def bloated_tokens() -> AsyncIterator[str]:
+    """A fake upstream (not a registry) whose token server answers with a 17 MiB token."""
+    app = web.Application()
+    base = ""
+
+    async def challenge(request: web.Request) -> web.Response:
+        return web.Response(status=401, headers={"WWW-Authenticate": f'Bearer realm="{base}/token"'})
+
+    async def token(request: web.Request) -> web.Response:
+        return web.Response(body=b'{"token": "' + b"a" * (17 << 20) + b'"}', content_type="application/json")
+
+    app.router.add_route("*", "/v2/{rest:.*}", challenge)
+    app.router.add_get("/token", token)
+    server = TestServer(app, host="127.0.0.1")
+    await server.start_server()
+    base = "http" + f"://127.0.0.1:{server.port}"
+    yield f"127.0.0.1:{server.port}"
+    await server.close()
+
+
+async def test_an_oversized_token_answer_is_refused(bloated_tokens: str) -> None:
+    section = {"address": bloated_tokens, "security": {"tls": {"client": {"disabled": True}}}}
+    backend = create_backend(_config("registry_blob", section))
+    try:
+        with pytest.raises(BackendError, match="larger than"):
+            await backend.stat("lib/x", Digest.of_bytes(b"x").hex)
+    finally:
+        await backend.close()

@@ -101,3 +101,19 @@ async def test_refused_token_is_dropped() -> None:
         assert cache.get(key) is None
     finally:
         await http.close()
+
+
+@pytest.mark.parametrize("realm,match", [("file:///etc/passwd", "not an http"), ("/token", "not an http"),
+                                         ("http://auth.example/token", "plain HTTP")])
+async def test_credentials_never_go_to_an_unsafe_realm(realm: str, match: str) -> None:
+    """A Bearer realm must be an http(s) URL, and never plain HTTP for an HTTPS upstream
+    when the Basic credentials would be sent to it."""
+    http = create_client(HttpClientConfig())
+    try:
+        auth = RegistryAuth(http, ("alice", "pw"), aiohttp.ClientTimeout(total=5), secure=True)
+        with pytest.raises(AuthFailed, match=match):
+            auth.challenged([f'Bearer realm="{realm}"'], "repository:x:pull", {})
+        anonymous = RegistryAuth(http, None, aiohttp.ClientTimeout(total=5), secure=True)
+        anonymous.challenged(['Bearer realm="http://auth.example/token"'], "repository:x:pull", {})
+    finally:
+        await http.close()

@@ -8,7 +8,11 @@ the registry's challenge (:mod:`kraken.backend.upstream.challenge`) says what to
   ``realm`` (with the configured credentials, anonymously without) and send it.
 
 The request is then sent once more; a second 401 means the credentials or the token were
-refused. Tokens are cached per (realm, service, scope) until shortly before they expire, in a
+refused. The configured credentials go only where they cannot leak: a realm must be an
+http(s) URL, and never plain HTTP when the upstream is HTTPS (a MITM would read them there);
+a challenge only counts when the upstream itself sent it (:mod:`.client` refuses a 401 from a
+host a redirect led to). Docker learns challenges from the registry's own ``/v2/`` only,
+which amounts to the same. Tokens are cached per (realm, service, scope) until shortly before they expire, in a
 bounded table (the least recently used is dropped), so pulling an image costs one token
 request per repository, not one per blob; concurrent requests of one scope share one token
 request.
@@ -21,9 +25,11 @@ import time
 from collections import OrderedDict
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
+from urllib.parse import urlsplit
 
 import aiohttp
 
+from kraken.backend.readonly import read_capped
 from kraken.backend.upstream.challenge import Challenge, ChallengeError, parse_challenges
 from kraken.http.client import HttpClient, HTTPStatusError
 from kraken.tasks import SingleFlight
@@ -35,6 +41,8 @@ DEFAULT_TOKEN_TTL = 60.0
 #: request sent just before expiry may arrive after it).
 TOKEN_USE_FRACTION = 0.9
 MAX_TOKENS = 1024
+#: Largest token answer read (a token is a few KiB; Docker Hub's are about 5).
+MAX_TOKEN_ANSWER = 1 << 20
 
 
 class AuthFailed(Exception):
@@ -96,9 +104,11 @@ class RegistryAuth:
     """The ``Authorization`` headers for one upstream registry (one per backend)."""
 
     def __init__(self, http: HttpClient, basic: tuple[str, str] | None,
-                 timeout: aiohttp.ClientTimeout, tokens: TokenCache | None = None) -> None:
+                 timeout: aiohttp.ClientTimeout, tokens: TokenCache | None = None, *, secure: bool = True) -> None:
         self._http = http
         self._basic = basic
+        #: The upstream is reached over HTTPS: the credentials never go out over plain HTTP.
+        self._secure = secure
         self._timeout = timeout
         self._tokens = tokens if tokens is not None else TokenCache()
         self._fetching: SingleFlight[TokenKey, str] = SingleFlight(report_orphans=False)
@@ -128,6 +138,7 @@ class RegistryAuth:
         bearer = by_scheme.get("bearer")
         previous = sent.get("Authorization", "")
         if bearer is not None and bearer.realm:
+            self._check_realm(bearer.realm)
             key = TokenKey(bearer.realm, bearer.params.get("service", ""), scope)
             if previous.startswith("Bearer "):
                 self._tokens.drop(key)
@@ -145,13 +156,23 @@ class RegistryAuth:
             return
         raise AuthFailed(f"unsupported authentication challenge {values!r}")
 
+    def _check_realm(self, realm: str) -> None:
+        """Refuse a token realm the credentials must not be sent to (the realm is the
+        upstream's word, and only as trustworthy as the channel it came over)."""
+        url = urlsplit(realm)
+        if url.scheme not in ("http", "https") or not url.hostname:
+            raise AuthFailed(f"the token realm {realm[:200]!r} is not an http(s) URL")
+        if url.scheme == "http" and self._secure and self._basic is not None:
+            raise AuthFailed(f"the token realm {realm[:200]!r} is plain HTTP while the upstream is HTTPS: "
+                             f"the credentials of user {self._basic[0]!r} are not sent over it")
+
     async def _fetch_token(self, key: TokenKey) -> str:
         params = {"scope": key.scope, **({"service": key.service} if key.service else {})}
         headers = {"Authorization": basic_header(*self._basic)} if self._basic else {}
         try:
             async with await self._http.request("GET", key.realm, params=params, headers=headers,
                                                 timeout=self._timeout) as resp:
-                body = json.loads(await resp.read())
+                body = json.loads(await read_capped(resp, f"the token server {key.realm}", MAX_TOKEN_ANSWER))
         except HTTPStatusError as e:
             if e.status in (401, 403):
                 who = f"user {self._basic[0]!r}" if self._basic else "anonymous access"

@@ -24,7 +24,7 @@ import aiohttp
 
 from kraken.backend.base import BackendContext, BackendError, BackendNotFound, BlobInfo, InvalidName
 from kraken.backend.filetree import AtomicWriter, atomic_write_bytes
-from kraken.backend.readonly import ReadOnly
+from kraken.backend.readonly import MAX_IN_MEMORY, ReadOnly, read_capped
 from kraken.backend.upstream.client import MANIFEST_ACCEPT, RegistryUpstream
 from kraken.backend.upstream.config import RegistryBackendConfig
 from kraken.core.digest import Digest
@@ -35,8 +35,6 @@ from kraken.registry.manifest import ManifestError, parse_manifest
 log = get_logger("kraken.backend")
 
 _HEX = re.compile(r"[0-9a-f]{64}")
-#: Largest object read into memory (a manifest, a small blob through ``download_bytes``).
-MAX_IN_MEMORY = 16 << 20
 #: Bytes hashed per worker-thread call, so hashing a large blob never holds the loop.
 HASH_BATCH = 1 << 20
 
@@ -131,15 +129,6 @@ async def _verified_copy(resp: aiohttp.ClientResponse, hex_digest: str,
     await write(bytes(batch))
 
 
-async def _read_limited(resp: aiohttp.ClientResponse, what: str) -> bytes:
-    buf = bytearray()
-    async for chunk in resp.content.iter_any():
-        buf += chunk
-        if len(buf) > MAX_IN_MEMORY:
-            raise BackendError(f"{what} larger than {MAX_IN_MEMORY} bytes")
-    return bytes(buf)
-
-
 class RegistryTagBackend(ReadOnly):
     """Tags of an upstream registry: ``repo:tag`` -> the digest of its manifest, as build-index
     stores them (the namespace is ignored: the name carries the repository)."""
@@ -181,7 +170,7 @@ class RegistryTagBackend(ReadOnly):
                                                 headers={"Accept": MANIFEST_ACCEPT}) as resp:
                 if resp.status == 404:
                     raise BackendNotFound(f"{name}: no such tag in {self.describe()}")
-                body = await _read_limited(resp, f"{self.describe()}: {name}: manifest")
+                body = await read_capped(resp, f"{self.describe()}: {name}: manifest")
                 content_type = resp.headers.get("Content-Type")
             try:
                 parse_manifest(body, content_type)
@@ -203,7 +192,7 @@ class RegistryTagBackend(ReadOnly):
             async with await self.upstream.send("GET", repo, f"{repo}/tags/list", ok=(200, 404)) as resp:
                 if resp.status == 404:
                     return []
-                body = json.loads(await resp.read())
+                body = json.loads(await read_capped(resp, f"{self.describe()}: {repo}: tag list"))
         tags = body.get("tags") if isinstance(body, dict) else None
         names = (f"{repo}:{t}" for t in tags or [] if isinstance(t, str))
         return sorted(n for n in names if n.startswith(prefix))

@@ -11,6 +11,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 
 import aiohttp
+from yarl import URL
 
 from kraken.backend.base import BackendContext, BackendError, BackendNotFound, InvalidName
 from kraken.backend.upstream.auth import AuthFailed, RegistryAuth
@@ -44,13 +45,15 @@ class RegistryUpstream:
     def __init__(self, kind: str, config: RegistryBackendConfig, context: BackendContext) -> None:
         self.name = f"{kind} {config.address}"
         credentials = basic_credentials(config, context)
-        self.base = base_url(config.address, secure=not config.security.tls.client.disabled)
+        secure = not config.security.tls.client.disabled
+        self.base = base_url(config.address, secure=secure)
+        self._origin = URL(self.base).origin()
         self.http = create_client(context.http_client, config.security.tls.as_tls())
         #: Whole-request limit (HEAD, manifests, tokens).
         self.short = aiohttp.ClientTimeout(total=config.timeout)
         #: A blob body may take long, but not stall.
         self.long = aiohttp.ClientTimeout(total=None, sock_connect=config.timeout, sock_read=config.timeout)
-        self.auth = RegistryAuth(self.http, credentials, self.short)
+        self.auth = RegistryAuth(self.http, credentials, self.short, secure=secure)
 
     async def send(self, method: str, repo: str, path: str, *, ok: tuple[int, ...],
                    headers: dict[str, str] | None = None, long: bool = False) -> aiohttp.ClientResponse:
@@ -65,7 +68,13 @@ class RegistryUpstream:
             if resp.status != 401:
                 return resp
             challenge = resp.headers.getall("WWW-Authenticate", [])
+            answered_by = resp.url.origin()
             resp.release()
+            if answered_by != self._origin:
+                # A redirect (a CDN) asks for credentials: its realm is not the upstream's
+                # word, and following it would hand the upstream's credentials to that host.
+                raise AuthFailed(f"{answered_by} (a redirect of the upstream) asked for authentication; "
+                                 "the upstream's credentials are sent only to the upstream and its token server")
             self.auth.challenged(challenge, scope, sent)
         raise AuthFailed("the registry asked for authentication again after it was given")
 

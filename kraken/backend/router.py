@@ -79,10 +79,11 @@ class BackendRouter:
                          egress_bits_per_sec=route.backend.limiter.egress_bits_per_sec or "unlimited",
                          ingress_bits_per_sec=route.backend.limiter.ingress_bits_per_sec or "unlimited")
 
-    async def check_ready(self, timeout: float = READY_TIMEOUT) -> None:
-        """Raise :class:`BackendError` naming every ``must_ready`` backend that does not answer
-        its probe within ``timeout`` (probed concurrently)."""
-        required = [route for route in self.routes if route.must_ready]
+    async def check_ready(self, timeout: float = READY_TIMEOUT, *, every: bool = False) -> None:
+        """Raise :class:`BackendError` naming every ``must_ready`` backend (with ``every``: every
+        backend) that does not answer its probe within ``timeout`` (probed concurrently, so a
+        store that hangs costs a probe ``timeout``, not its own request timeouts)."""
+        required = [route for route in self.routes if every or route.must_ready]
         results = await asyncio.gather(*(asyncio.wait_for(route.backend.ready(), timeout) for route in required),
                                        return_exceptions=True)
         failed = [f"{route.describe()}: {_reason(result)}"

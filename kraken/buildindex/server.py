@@ -42,8 +42,6 @@ from kraken.origin.client import BlobNotFound, BlobNotReady, OriginCluster
 from kraken.registry.references import InvalidManifest, find_missing
 
 COMPONENT = "build-index"
-# A name that no tag can have (a tag part never starts with "."), used to probe backends.
-READINESS_PROBE = "kraken-readiness:.probe"
 
 log = get_logger(COMPONENT)
 
@@ -155,9 +153,9 @@ class BuildIndex:
             yield
 
     async def readiness(self) -> None:
-        """Ready when every backend answers (a probe name that is never a real tag)."""
-        for backend in self.router.backends:
-            await backend.stat("kraken-readiness", READINESS_PROBE)
+        """Ready when every backend answers its probe in time (tags are written through to all
+        of them, so none is optional here)."""
+        await self.router.check_ready(every=True)
 
     async def put_tag(self, request: web.Request) -> web.Response:
         try:

@@ -8,6 +8,7 @@ import re
 import time
 from collections.abc import Awaitable
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 
@@ -15,7 +16,11 @@ from kraken.backend import BackendConfig, BackendError, BackendNotFound, FileBac
 from kraken.backend.bandwidth import BandwidthConfig, BandwidthLimiter, ThrottledBackend, TokenBucket
 from kraken.backend.base import READINESS_NAMES, Backend, BlobInfo
 from kraken.backend.router import BackendRouter, Route, build_router
-from kraken.config import ConfigError, build
+from kraken.buildindex.config import BuildIndexConfig
+from kraken.buildindex.server import BuildIndex
+from kraken.config import ConfigError, build, load_config
+from kraken.devcluster import CONFIG_ROOT
+from kraken.metrics import Metrics
 
 KIB = 1 << 10
 #: 256 KiB/s, in bits, with a 64 KiB bucket (token_size is in bits too).
@@ -182,3 +187,14 @@ async def test_check_ready_names_every_failing_must_ready_backend() -> None:
     assert str(e.value) == ("s3 backend for namespaces 'library/.*': BackendError: connection refused; "
                             "gcs backend for namespaces 'team/.*': no answer in time")
     assert down.asked == [READINESS_NAMES[0]] and ignored.asked == []
+
+
+async def test_build_index_readiness_gives_up_on_a_hung_backend() -> None:
+    """build-index probes every backend (none is optional there), each within the probe's
+    timeout: a store that never answers makes it unready in seconds, not never."""
+    hung = _Unreachable(hang=True)
+    config = load_config(BuildIndexConfig, CONFIG_ROOT / "build-index" / "development.yaml")
+    index = BuildIndex(config, Metrics("build-index"))
+    index._running = SimpleNamespace(router=BackendRouter([Route(re.compile(".*"), hung, "s3")]))  # type: ignore[assignment]
+    with pytest.raises(BackendError, match="s3 backend for namespaces '.*': no answer in time"):
+        await asyncio.wait_for(index.readiness(), 10)

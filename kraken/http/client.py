@@ -28,6 +28,9 @@ from kraken.log import get_logger
 log = get_logger("kraken.http.client")
 
 RETRY_STATUSES = frozenset({502, 503, 504})
+#: How much of an unexpected answer's body an error keeps: enough for any error JSON, and a
+#: server (an upstream registry, a backend) cannot make the caller buffer more.
+ERROR_BODY_LIMIT = 64 * 1024
 
 
 class HTTPStatusError(Exception):
@@ -107,7 +110,7 @@ class HttpClient:
             else:
                 if resp.status in ok:
                     return resp
-                body = (await resp.read()).decode(errors="replace")
+                body = (await read_prefix(resp, ERROR_BODY_LIMIT)).decode(errors="replace")
                 resp.release()
                 if last or resp.status not in RETRY_STATUSES:
                     raise HTTPStatusError(method, str(url), resp.status, body)
@@ -115,6 +118,17 @@ class HttpClient:
             delay = min(self.config.backoff_max, self.config.backoff * 2**attempt)
             await asyncio.sleep(delay * (0.5 + random.random()))
         raise AssertionError("unreachable")
+
+
+async def read_prefix(resp: aiohttp.ClientResponse, limit: int) -> bytes:
+    """At most the first ``limit`` bytes of ``resp``'s body (the rest is never read)."""
+    buf = bytearray()
+    while len(buf) < limit:
+        chunk = await resp.content.read(limit - len(buf))
+        if not chunk:
+            break
+        buf += chunk
+    return bytes(buf)
 
 
 def _is_stream(data: Any) -> bool:

@@ -8,7 +8,7 @@ from aiohttp.test_utils import TestServer
 
 from kraken.devcluster import free_port
 from kraken.http.app import create_app
-from kraken.http.client import HTTPStatusError, create_client
+from kraken.http.client import ERROR_BODY_LIMIT, HTTPStatusError, create_client
 from kraken.http.config import HttpClientConfig
 from kraken.http.health import PROBE_ERRORS, check
 
@@ -112,6 +112,34 @@ async def test_client_does_not_retry_client_errors_or_streams():
         finally:
             await client.close()
     assert len(calls) == 2
+
+
+async def test_an_error_keeps_only_the_start_of_a_huge_body() -> None:
+    """A server answering an error with 8 MiB (an upstream registry, a backend) costs the
+    caller ERROR_BODY_LIMIT bytes, not the whole body; error JSON stays readable."""
+
+    async def handler(request: web.Request) -> web.StreamResponse:
+        if request.path == "/json":
+            return web.json_response({"error": "no such tag"}, status=404)
+        resp = web.StreamResponse(status=500)
+        await resp.prepare(request)
+        for _ in range(128):
+            await resp.write(b"x" * 65536)
+        return resp
+
+    app = web.Application()
+    app.router.add_route("*", "/{p}", handler)
+    async with TestServer(app) as srv:
+        client = create_client(HttpClientConfig(retries=0))
+        try:
+            with pytest.raises(HTTPStatusError) as err:
+                await client.request("GET", str(srv.make_url("/huge")))
+            assert err.value.status == 500 and len(err.value.body) == ERROR_BODY_LIMIT
+            with pytest.raises(HTTPStatusError) as err:
+                await client.request("GET", str(srv.make_url("/json")))
+            assert err.value.message == "no such tag"
+        finally:
+            await client.close()
 
 
 async def test_client_gives_up_on_refused_connection():

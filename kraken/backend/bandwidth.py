@@ -24,6 +24,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from kraken.backend.base import Backend, BackendNotFound, BlobInfo
+from kraken.core.digest import Digest
 from kraken.log import get_logger
 
 log = get_logger("kraken.backend")
@@ -135,7 +136,7 @@ class ThrottledBackend(Backend):
 
     Metadata calls (stat, list, the readiness probe) pass straight through: they move no
     object bytes. :meth:`Backend.holds` is the interface's own (not the inner backend's), so
-    its read-back goes through :meth:`download` and counts against ingress.
+    its read-back goes through :meth:`download_hashed` and counts against ingress.
     """
 
     def __init__(self, inner: Backend, limiter: BandwidthLimiter) -> None:
@@ -166,6 +167,10 @@ class ThrottledBackend(Backend):
     async def download(self, namespace: str, name: str, dst: Path) -> None:
         await self._reserve_download(namespace, name)
         await self.inner.download(namespace, name, dst)
+
+    async def download_hashed(self, namespace: str, name: str, dst: Path, algorithm: str = "sha256") -> Digest:
+        await self._reserve_download(namespace, name)
+        return await self.inner.download_hashed(namespace, name, dst, algorithm)
 
     async def download_bytes(self, namespace: str, name: str) -> bytes:
         await self._reserve_download(namespace, name)

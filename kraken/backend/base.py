@@ -109,17 +109,28 @@ class Backend(ABC):
     async def list(self, prefix: str) -> list[str]:
         """Names (not paths) of stored objects whose name starts with ``prefix``, sorted."""
 
+    async def download_hashed(self, namespace: str, name: str, dst: Path, algorithm: str = "sha256") -> Digest:
+        """:meth:`download`, and the digest (``algorithm``) of exactly the bytes now in ``dst``.
+
+        The caller verifies a blob with it before trusting the file (the origin's lazy fetch,
+        :meth:`holds`). This default hashes the file once it is complete: a second pass over
+        it. A kind that writes the object in order overrides it to hash the bytes as it writes
+        them, so the check costs no pass of its own.
+        """
+        await self.download(namespace, name, dst)
+        return await hash_file(dst, algorithm)
+
     async def holds(self, namespace: str, digest: Digest, tmp_dir: Path) -> bool:
         """Whether the object named ``digest.hex`` exists and its content hashes to ``digest``.
 
         Size alone proves nothing (a broken earlier write, a planted object), so the object is
-        read back: downloaded to a temporary file in ``tmp_dir`` and hashed in a worker thread,
-        never held in memory. Costs one full read of the object from the store.
+        read back: downloaded to a temporary file in ``tmp_dir`` and hashed
+        (:meth:`download_hashed`), never held in memory. Costs one full read of the object
+        from the store.
         """
         tmp = tmp_dir / f"verify.{digest.hex}.{uuid.uuid4().hex}"
         try:
-            await self.download(namespace, digest.hex, tmp)
-            return await hash_file(tmp, digest.algorithm) == digest
+            return await self.download_hashed(namespace, digest.hex, tmp, digest.algorithm) == digest
         except BackendNotFound:
             return False
         finally:

@@ -4,7 +4,8 @@ A request for a missing blob asks the backend whether it has it: if not, the ans
 if so, a fetch starts in the background and the request is answered 202 (the client polls).
 Concurrent requests for the same digest share that one fetch (a single flight of the
 origin's task owner). The download goes to a temporary file beside the cache and enters the
-cache only after its sha256 matches.
+cache only after its sha256 matches: hashed as it is written where the backend writes the
+object in order (gcs; see Backend.download_hashed), else read once more when complete.
 
 A backend copy that fails that check is logged, and the blob is asked of the other ring
 owners, from their caches only (verified there, and again here): when one has a good copy,
@@ -135,9 +136,10 @@ class BackendFetcher:
         result = "error"
         try:
             async with self._limit:
-                await self._router.for_namespace(namespace).download(namespace, digest.hex, tmp)
+                backend = self._router.for_namespace(namespace)
+                hashed = await backend.download_hashed(namespace, digest.hex, tmp, digest.algorithm)
                 try:
-                    await self._store.import_file(tmp, digest)
+                    await self._store.import_file(tmp, digest, hashed)
                 except DigestMismatch as e:
                     log.error("backend blob failed verification; asking the other ring owners",
                               namespace=namespace, digest=digest, error=str(e))

@@ -437,9 +437,14 @@ class CAStore:
     async def read_bytes(self, digest: Digest) -> bytes:
         return await asyncio.to_thread(self.path(digest).read_bytes)
 
-    async def import_file(self, src: Path, digest: Digest) -> Path:
-        """Verify a file written elsewhere on the same filesystem and move it into the cache."""
-        actual = await asyncio.to_thread(hash_file_sync, src, digest.algorithm)
+    async def import_file(self, src: Path, digest: Digest, hashed: Digest | None = None) -> Path:
+        """Verify a file written elsewhere on the same filesystem and move it into the cache.
+
+        ``hashed``: the digest of ``src`` computed by whoever wrote it, of the bytes as they
+        were written (a backend's :meth:`~kraken.backend.Backend.download_hashed`); it is
+        trusted as the running hash of an upload is at :meth:`commit`, so the file is not
+        read again."""
+        actual = hashed if hashed is not None else await asyncio.to_thread(hash_file_sync, src, digest.algorithm)
         if actual != digest:
             src.unlink(missing_ok=True)
             raise DigestMismatch(digest, actual)

@@ -112,6 +112,18 @@ class BackendSuite:
         assert await backend.holds(NS, digest, scratch)
         assert list(scratch.iterdir()) == []  # the read-back copy is gone
 
+    async def test_download_hashed_is_the_digest_of_the_file(self, backend: Backend, tmp_path: Path) -> None:
+        """Whether a kind hashes while it writes or after, the digest is of the bytes in ``dst``."""
+        data = os.urandom(3_000_000)
+        await backend.upload_bytes(NS, "blob", data)
+        dst = tmp_path / "out"
+        for algorithm in ("sha256", "sha512"):
+            digest = await backend.download_hashed(NS, "blob", dst, algorithm)
+            assert dst.read_bytes() == data
+            assert digest == Digest(algorithm, hashlib.new(algorithm, data).hexdigest())
+        with pytest.raises(BackendNotFound):
+            await backend.download_hashed(NS, "absent", tmp_path / "absent")
+
     async def test_download_writes_identical_bytes(self, backend: Backend, tmp_path: Path) -> None:
         data = os.urandom(300_000)
         src = tmp_path / "src"

@@ -70,7 +70,9 @@ class BackendFetcher:
         self._on_repaired = on_repaired
         self._limit = asyncio.Semaphore(concurrency)
         self._fetching: SingleFlight[Digest, None] = SingleFlight(owner, "fetch")
-        self._failed: dict[Digest, tuple[float, str]] = {}  # digest -> (monotonic time, why)
+        # (namespace, digest) -> (monotonic time, why): a failure in one namespace's backend
+        # says nothing about another's.
+        self._failed: dict[tuple[str, Digest], tuple[float, str]] = {}
         self._tmp_dir = store.root / "fetch"
         self._fetches = metrics.counter(
             "kraken_origin_backend_fetches_total", "Blob fetches from a storage backend", ["result"]
@@ -90,7 +92,7 @@ class BackendFetcher:
         """
         if digest in self._fetching:
             return True
-        self._raise_recent_failure(digest)
+        self._raise_recent_failure(namespace, digest)
         try:
             backend = self._router.for_namespace(namespace)
         except BackendError:
@@ -105,18 +107,18 @@ class BackendFetcher:
             self._fetching.start(digest, lambda: fetch(namespace, digest))
         return True
 
-    def _raise_recent_failure(self, digest: Digest) -> None:
-        failed = self._failed.get(digest)
+    def _raise_recent_failure(self, namespace: str, digest: Digest) -> None:
+        failed = self._failed.get((namespace, digest))
         if failed is None:
             return
         at, reason = failed
         if time.monotonic() - at < FAILURE_MEMORY:
             raise BackendError(reason)
-        del self._failed[digest]
+        del self._failed[(namespace, digest)]
 
-    def _remember_failure(self, digest: Digest, reason: str) -> None:
-        self._failed.pop(digest, None)
-        self._failed[digest] = (time.monotonic(), reason)
+    def _remember_failure(self, namespace: str, digest: Digest, reason: str) -> None:
+        self._failed.pop((namespace, digest), None)
+        self._failed[(namespace, digest)] = (time.monotonic(), reason)
         while len(self._failed) > MAX_FAILURES:
             del self._failed[next(iter(self._failed))]
 
@@ -145,7 +147,7 @@ class BackendFetcher:
                               namespace=namespace, digest=digest, error=str(e))
                     result = "repaired" if await self._from_peers(namespace, digest, tmp) else "corrupt"
                     if result == "corrupt":
-                        self._remember_failure(digest, f"the backend's copy of {digest} fails verification")
+                        self._remember_failure(namespace, digest, f"the backend's copy of {digest} fails verification")
                         return
                 else:
                     result = "ok"
@@ -157,7 +159,7 @@ class BackendFetcher:
         except Exception as e:  # noqa: BLE001 - the next request retries; say why this one failed
             log.error("backend fetch failed", namespace=namespace, digest=digest,
                       backend=self._router.route(namespace).describe(), error=f"{type(e).__name__}: {e}")
-            self._remember_failure(digest, f"fetch of {digest} failed: {e}")
+            self._remember_failure(namespace, digest, f"fetch of {digest} failed: {e}")
         finally:
             self._fetches.labels(result).inc()
             await asyncio.to_thread(_unlink, tmp)

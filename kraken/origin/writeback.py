@@ -83,6 +83,14 @@ class WriteBack:
         await self._foreground.lull()
         namespace, digest = task.payload["namespace"], Digest.parse(task.payload["digest"])
         try:
+            self.check_writable(namespace)
+        except ReadOnlyBackend as e:
+            # Queued before a config change made the namespace a pull-through: it can never
+            # succeed, so it is dropped rather than retried for ever.
+            log.warning("write-back dropped: the namespace's backend is read-only", namespace=namespace,
+                        digest=digest, error=str(e))
+            return
+        try:
             await self._write_back(namespace, digest)
         except Exception as e:
             self._failures.inc()

@@ -5,6 +5,7 @@ queued for it, and a fetch that failed is answered 503 with its reason for a whi
 of an endless 202."""
 from __future__ import annotations
 
+import json
 from collections.abc import AsyncIterator
 from pathlib import Path
 
@@ -89,3 +90,36 @@ async def test_a_failed_fetch_is_a_503_with_its_reason(origin: Origin, files: tu
     assert await refused() and files[0].gets == gets  # not asked again meanwhile
     assert not origin.cached(digest)
     assert await origin.service.writeback.pending_digests() == set()
+
+
+async def test_a_failed_fetch_in_one_namespace_says_nothing_of_another(
+    origin: Origin, files: tuple[Files, int],
+) -> None:
+    """The pull-through's corrupt copy is remembered for ``pull/*`` only: the same digest in a
+    namespace routed to testfs is looked up there (which lacks it: 404), not refused with the
+    other backend's reason."""
+    data, digest = random_blob(10_000)
+    (files[0].root / digest.hex).write_bytes(data[:-1] + b"!")
+    url = origin.blob_url(digest, "pull%2Fapp")
+    assert await origin.status("GET", url) == 202
+
+    async def refused() -> bool:
+        async with origin.session.get(url) as resp:
+            return resp.status == 503
+
+    await until(refused, what="the failed fetch to be reported")
+    assert await origin.status("GET", origin.blob_url(digest, "other%2Fapp")) == 404
+
+
+async def test_a_write_back_queued_before_the_namespace_became_read_only_is_dropped(origin: Origin) -> None:
+    """A persisted task from before a config change routed ``pull/*`` to a pull-through (put
+    in the queue directly: ``enqueue`` no longer takes one) is dropped, not retried for ever."""
+    data, digest = random_blob(1000)
+    await origin.client.upload_bytes("other/app", digest, data)  # cached, so only the backend can refuse
+    await origin.service.writeback.worker.add(json.dumps([PULL, str(digest)]),
+                                              {"namespace": PULL, "digest": str(digest)}, 0)
+
+    async def dropped() -> bool:
+        return digest not in await origin.service.writeback.pending_digests()
+
+    await until(dropped, what="the write-back to the read-only namespace to be dropped")

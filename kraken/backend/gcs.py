@@ -5,10 +5,12 @@ The config keys are Kraken's (``bucket``, ``root_directory``, ``name_path``, ``u
 ``endpoint`` for emulators and private endpoints; credentials are decided at start
 (:mod:`kraken.backend.gcs_auth`).
 
-google-cloud-storage blocks (requests underneath), so every call runs on this backend's own
-pool of ``concurrency`` threads: the event loop never waits on the network or a file, at most
-``concurrency`` calls run at once (more queue), and the component's other worker threads (CAS
-file I/O) are never starved by slow transfers. Files are streamed: an upload holds at most one
+google-cloud-storage blocks (requests underneath), so every call runs on one of this backend's
+own thread pools (:mod:`kraken.backend.blocking`): transfers on ``concurrency`` threads, stats
+and listings on a few of their own, so a readiness probe never queues behind blobs moving. The
+event loop never waits on the network or a file, at most ``concurrency`` transfers run at once
+(more queue), and the component's other worker threads (CAS file I/O) are never starved by slow
+transfers. Files are streamed: an upload holds at most one
 ``upload_chunk_size`` chunk in memory (the resumable-upload protocol sends the file in such
 chunks; files up to 8 MiB go in one request), a download is written to a temporary file beside
 the destination as it arrives and renamed over it when complete and checksummed.
@@ -25,11 +27,10 @@ import hashlib
 import os
 import tempfile
 import threading
-from collections.abc import Callable, Iterator
-from concurrent.futures import Future, ThreadPoolExecutor
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import IO, TypeVar
+from typing import IO
 
 import requests
 from google.api_core.exceptions import GoogleAPIError, NotFound
@@ -41,6 +42,7 @@ from google.cloud.storage.exceptions import DataCorruption, InvalidResponse
 from google.cloud.storage.retry import DEFAULT_RETRY
 
 from kraken.backend.base import Backend, BackendContext, BackendError, BackendNotFound, BlobInfo
+from kraken.backend.blocking import METADATA_WORKERS, BlockingPool
 from kraken.backend.gcs_auth import resolve_credentials
 from kraken.backend.namepath import NamePathKind, ObjectLayout, check_relative_path
 from kraken.config import ByteSize, ConfigError, Duration
@@ -48,8 +50,6 @@ from kraken.core.digest import Digest, hash_file, new_hasher
 from kraken.log import get_logger
 
 log = get_logger("kraken.backend.gcs")
-
-T = TypeVar("T")
 
 #: Kraken's default part size (lib/backend/constants.go).
 DEFAULT_CHUNK_SIZE = 64 << 20
@@ -162,7 +162,8 @@ class GcsBackend(Backend):
         credentials, source = resolve_credentials(self.what, config.username, endpoint, context.credentials)
         self.session = AuthorizedSession(credentials, refresh_timeout=config.timeout)
         # requests keeps 10 connections per host; one per worker thread instead.
-        adapter = requests.adapters.HTTPAdapter(pool_connections=1, pool_maxsize=config.concurrency)
+        adapter = requests.adapters.HTTPAdapter(pool_connections=1,
+                                                pool_maxsize=config.concurrency + METADATA_WORKERS)
         for prefix in list(self.session.adapters):
             self.session.mount(prefix, adapter)
         options = {"api_endpoint": endpoint} if endpoint else None
@@ -173,12 +174,12 @@ class GcsBackend(Backend):
         # permission this backend neither needs nor asks for.
         self.client._bucket_metadata_cache = None
         self.bucket = self.client.bucket(config.bucket)
-        self._pool = ThreadPoolExecutor(config.concurrency, thread_name_prefix=f"gcs-{config.bucket}")
-        self._running: set[threading.Event] = set()
+        self._transfers = BlockingPool(config.concurrency, f"gcs-{config.bucket}")
+        self._metadata = BlockingPool(METADATA_WORKERS, f"gcs-meta-{config.bucket}")
         log.info("gcs backend ready", bucket=config.bucket, endpoint=endpoint or "storage.googleapis.com",
                  credentials=source, root=self.layout.root, name_path=config.name_path)
 
-    # ---- running blocking calls ----------------------------------------------------------
+    # ---- errors in the backend's terms ----------------------------------------------------
 
     @contextlib.contextmanager
     def _errors(self, op: str, name: str, namespace: str = "") -> Iterator[None]:
@@ -197,24 +198,6 @@ class GcsBackend(Backend):
                 OSError, ValueError) as e:
             raise BackendError(f"{self.what}: {what}: {type(e).__name__}: {e}") from e
 
-    async def _call(self, fn: Callable[[threading.Event], T], wait_on_cancel: bool = False) -> T:
-        """Run ``fn(stop)`` on the pool. If the caller is cancelled, ``stop`` is set (a queued
-        call never starts, a transfer ends at its next chunk); with ``wait_on_cancel`` the
-        cancellation waits for the thread to end, so a caller that then removes files (the
-        destination of a download) does not race it."""
-        stop = threading.Event()
-        self._running.add(stop)
-        future: Future[T] = self._pool.submit(fn, stop)
-        try:
-            return await asyncio.wrap_future(future)
-        except asyncio.CancelledError:
-            stop.set()
-            if not future.cancel() and wait_on_cancel:
-                await asyncio.wait({asyncio.wrap_future(future)})
-            raise
-        finally:
-            self._running.discard(stop)
-
     # ---- the Backend interface -------------------------------------------------------------
 
     async def stat(self, namespace: str, name: str) -> BlobInfo | None:
@@ -225,7 +208,7 @@ class GcsBackend(Backend):
                 blob = self.bucket.get_blob(path, timeout=self.timeout, retry=self.retry)
             return None if blob is None else BlobInfo(int(blob.size or 0))
 
-        return await self._call(stat)
+        return await self._metadata.call_stoppable(stat)
 
     async def upload(self, namespace: str, name: str, src: Path) -> None:
         path = self.layout.path(name)
@@ -237,7 +220,7 @@ class GcsBackend(Backend):
                 with self._errors("upload", name, namespace):
                     blob.upload_from_file(_Guarded(f, stop), size=size, timeout=self.timeout, retry=self.retry)
 
-        await self._call(upload)
+        await self._transfers.call_stoppable(upload)
 
     async def upload_bytes(self, namespace: str, name: str, data: bytes) -> None:
         path = self.layout.path(name)
@@ -247,7 +230,7 @@ class GcsBackend(Backend):
             with self._errors("upload", name, namespace):
                 blob.upload_from_string(data, timeout=self.timeout, retry=self.retry)
 
-        await self._call(upload)
+        await self._transfers.call_stoppable(upload)
 
     async def download(self, namespace: str, name: str, dst: Path) -> None:
         """Streamed into a temporary file beside ``dst``, renamed over it once complete (not
@@ -279,7 +262,7 @@ class GcsBackend(Backend):
                 raise
             return guarded.in_order
 
-        return await self._call(download, wait_on_cancel=True)
+        return await self._transfers.call_stoppable(download, wait_on_cancel=True)
 
     async def download_bytes(self, namespace: str, name: str) -> bytes:
         path = self.layout.path(name)
@@ -289,7 +272,7 @@ class GcsBackend(Backend):
                 data: bytes = self.bucket.blob(path).download_as_bytes(timeout=self.timeout, retry=self.retry)
             return data
 
-        return await self._call(download)
+        return await self._transfers.call_stoppable(download)
 
     async def list(self, prefix: str) -> list[str]:
         """Every object under the layout's directory for ``prefix``, read ``list_max_keys`` a
@@ -310,12 +293,10 @@ class GcsBackend(Backend):
                     paths.extend(blob.name for blob in page)
             return paths
 
-        return self.layout.names(await self._call(list_paths), prefix)
+        return self.layout.names(await self._metadata.call_stoppable(list_paths), prefix)
 
     async def close(self) -> None:
         """Stop running transfers at their next chunk, drop queued calls, wait for the
         threads, then close the connections."""
-        for stop in list(self._running):
-            stop.set()
-        await asyncio.to_thread(self._pool.shutdown, True, cancel_futures=True)
+        await asyncio.gather(self._transfers.close(), self._metadata.close())
         await asyncio.to_thread(self.session.close)

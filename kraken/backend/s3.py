@@ -1,16 +1,18 @@
 """The ``s3`` backend: objects in an S3 bucket (boto3), under ``root_directory`` in ``name_path`` layout.
 
-boto3 blocks, so every S3 request runs in the backend's own thread pool of
-``upload_concurrency + download_concurrency`` workers (as many pooled connections): the event
-loop never waits on S3, and one backend never has more requests in flight than that, however
-many transfers the origin runs. A file larger than ``upload_part_size`` is uploaded as a
-multipart upload, ``upload_concurrency`` parts at a time, each part streamed from the file; an
-object larger than ``download_part_size`` is downloaded as parallel ranged GETs, each streamed
-straight to its offset in a temporary file beside the destination, which then replaces the
-destination. Every range asks for the ETag the first HEAD saw, so an object overwritten
-meanwhile fails the download (retry later) instead of mixing two versions. The client itself is
-made in the constructor, on the loop, once at start (botocore loads its S3 model: about 0.1 s
-before the component serves anything).
+boto3 blocks, so every S3 request runs in one of the backend's own thread pools
+(:mod:`kraken.backend.blocking`): transfers on ``upload_concurrency + download_concurrency``
+workers, stats and listings on a few of their own, so a readiness probe never queues behind
+transfers (as many pooled connections as threads). The event loop never waits on S3, and one
+backend never has more requests in flight than that, however many transfers the origin runs.
+A file larger than ``upload_part_size`` is uploaded as a multipart upload,
+``upload_concurrency`` parts at a time, each part streamed from the file; an object larger than
+``download_part_size`` is downloaded as parallel ranged GETs, each streamed straight to its
+offset in a temporary file beside the destination, which then replaces the destination. Every
+range asks for the ETag the first HEAD saw, so an object overwritten meanwhile fails the
+download (retry later) instead of mixing two versions. The client itself is made in the
+constructor, on the loop, once at start (botocore loads its S3 model: about 0.1 s before the
+component serves anything).
 
 Failures are reported in the backend's terms: a missing object is :class:`BackendNotFound`
 (``stat`` answers None); anything else (connection refused, a timeout, throttling, 5xx, bad
@@ -25,23 +27,20 @@ import math
 import os
 import tempfile
 from collections.abc import Iterator
-from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from functools import partial
 from pathlib import Path
-from typing import Any, TypeVar
 
 from botocore.exceptions import BotoCoreError, ClientError
 from urllib3.exceptions import HTTPError as Urllib3Error
 
 from kraken.backend.base import Backend, BackendContext, BackendError, BackendNotFound, BlobInfo
+from kraken.backend.blocking import METADATA_WORKERS, BlockingPool
 from kraken.backend.s3config import S3BackendConfig, make_client, static_credentials
-from kraken.backend.s3transfer import FileSlice, part_ranges, run_bounded, write_body
+from kraken.backend.s3transfer import FileSlice, part_ranges, write_body
 from kraken.log import get_logger
 
 log = get_logger("kraken.backend.s3")
-
-T = TypeVar("T")
 
 #: Error codes that mean "no such object" (HEAD answers a bare 404).
 _NOT_FOUND = {"NoSuchKey", "NotFound", "404"}
@@ -69,14 +68,11 @@ class S3Backend(Backend):
             log.warning("no auth: s3 set for username; using boto3's default credential chain",
                         bucket=config.bucket, username=config.username)
         workers = config.upload_concurrency + config.download_concurrency
-        self.client = make_client(config, static, context.http_client, workers)
-        self._pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix=f"s3-{config.bucket}")
+        self.client = make_client(config, static, context.http_client, workers + METADATA_WORKERS)
+        self._transfers = BlockingPool(workers, f"s3-{config.bucket}")
+        self._metadata = BlockingPool(METADATA_WORKERS, f"s3-meta-{config.bucket}")
         log.info("s3 backend", bucket=config.bucket, endpoint=self.where, root=self.layout.root or "/",
                  credentials=f"auth set {config.username}" if static else "default chain")
-
-    async def _call(self, fn: Any, /, *args: Any, **kwargs: Any) -> Any:
-        """One blocking call in the backend's pool."""
-        return await asyncio.get_running_loop().run_in_executor(self._pool, partial(fn, *args, **kwargs))
 
     @contextmanager
     def _errors(self, op: str, namespace: str, name: str) -> Iterator[None]:
@@ -134,7 +130,7 @@ class S3Backend(Backend):
         key = self.layout.path(name)
         try:
             with self._errors("stat", namespace, name):
-                size, _ = await self._call(self._head, key)
+                size, _ = await self._metadata.call(self._head, key)
         except BackendNotFound:
             return None
         return BlobInfo(size)
@@ -144,20 +140,20 @@ class S3Backend(Backend):
         size = (await asyncio.to_thread(os.stat, src)).st_size  # a missing src is the caller's error
         with self._errors("upload", namespace, name):
             if size <= self.config.upload_part_size:
-                await self._call(self._put_file, key, src, size)
+                await self._transfers.call(self._put_file, key, src, size)
             else:
                 await self._upload_multipart(key, src, size)
 
     async def _upload_multipart(self, key: str, src: Path, size: int) -> None:
         part_size = max(self.config.upload_part_size, math.ceil(size / MAX_PARTS))
-        created = await self._call(self.client.create_multipart_upload, Bucket=self.bucket, Key=key)
+        created = await self._transfers.call(self.client.create_multipart_upload, Bucket=self.bucket, Key=key)
         upload_id = created["UploadId"]
         try:
             jobs = [partial(self._upload_part, key, upload_id, number, src, start, length)
                     for number, (start, length) in enumerate(part_ranges(size, part_size), 1)]
-            etags = await run_bounded(self._pool, jobs, self.config.upload_concurrency)
+            etags = await self._transfers.run_bounded(jobs, self.config.upload_concurrency)
             parts = [{"PartNumber": number, "ETag": etag} for number, etag in enumerate(etags, 1)]
-            await self._call(self.client.complete_multipart_upload, Bucket=self.bucket, Key=key,
+            await self._transfers.call(self.client.complete_multipart_upload, Bucket=self.bucket, Key=key,
                              UploadId=upload_id, MultipartUpload={"Parts": parts})
         except BaseException:
             await self._abort(key, upload_id)
@@ -166,25 +162,26 @@ class S3Backend(Backend):
     async def _abort(self, key: str, upload_id: str) -> None:
         """Drop a failed upload's parts (best effort: a bucket lifecycle rule catches the rest)."""
         try:
-            await self._call(self.client.abort_multipart_upload, Bucket=self.bucket, Key=key, UploadId=upload_id)
+            await self._transfers.call(self.client.abort_multipart_upload, Bucket=self.bucket, Key=key,
+                                       UploadId=upload_id)
         except (ClientError, BotoCoreError, Urllib3Error, ConnectionError) as e:
             log.warning("aborting a multipart upload failed", bucket=self.bucket, key=key, error=str(e))
 
     async def upload_bytes(self, namespace: str, name: str, data: bytes) -> None:
         key = self.layout.path(name)
         with self._errors("upload", namespace, name):
-            await self._call(self.client.put_object, Bucket=self.bucket, Key=key, Body=data)
+            await self._transfers.call(self.client.put_object, Bucket=self.bucket, Key=key, Body=data)
 
     async def download(self, namespace: str, name: str, dst: Path) -> None:
         key = self.layout.path(name)
         with self._errors("download", namespace, name):
-            size, etag = await self._call(self._head, key)
+            size, etag = await self._transfers.call(self._head, key)
             tmp = await asyncio.to_thread(_temp_beside, dst, size)
             try:
                 ranges = part_ranges(size, self.config.download_part_size)
                 jobs = [partial(self._get_range, key, etag, start, length, len(ranges) == 1, tmp)
                         for start, length in ranges]
-                await run_bounded(self._pool, jobs, self.config.download_concurrency)
+                await self._transfers.run_bounded(jobs, self.config.download_concurrency)
                 await asyncio.to_thread(os.replace, tmp, dst)
             except BaseException:
                 await asyncio.to_thread(tmp.unlink, True)
@@ -193,7 +190,7 @@ class S3Backend(Backend):
     async def download_bytes(self, namespace: str, name: str) -> bytes:
         key = self.layout.path(name)
         with self._errors("download", namespace, name):
-            return await self._call(self._get_bytes, key)
+            return await self._transfers.call(self._get_bytes, key)
 
     def _get_bytes(self, key: str) -> bytes:
         return bytes(self.client.get_object(Bucket=self.bucket, Key=key)["Body"].read())
@@ -207,7 +204,7 @@ class S3Backend(Backend):
         token: str | None = None
         with self._errors("list", "", prefix):
             while True:
-                page, token = await self._call(self._list_page, key_prefix, token)
+                page, token = await self._metadata.call(self._list_page, key_prefix, token)
                 keys.extend(page)
                 if token is None:
                     break
@@ -215,7 +212,8 @@ class S3Backend(Backend):
 
     async def close(self) -> None:
         """Stop taking requests; requests still running finish in their threads."""
-        self._pool.shutdown(wait=False, cancel_futures=True)
+        await self._transfers.close(wait=False)
+        await self._metadata.close(wait=False)
         self.client.close()
 
 

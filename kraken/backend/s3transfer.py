@@ -1,4 +1,5 @@
-"""The blocking pieces of S3 transfers, each one S3 request, run in the backend's worker threads.
+"""The blocking pieces of S3 transfers, each one S3 request, run in the backend's transfer pool
+(:meth:`kraken.backend.blocking.BlockingPool.run_bounded`).
 
 Every piece opens and closes its own file handle, so a piece still running after its transfer
 gave up (cancelled, or failed elsewhere) never writes through a descriptor that was closed and
@@ -7,14 +8,9 @@ are streamed in :data:`CHUNK` pieces: no part or range is ever held in memory wh
 """
 from __future__ import annotations
 
-import asyncio
 import os
-from collections.abc import Callable, Sequence
-from concurrent.futures import Executor
 from pathlib import Path
-from typing import Any, BinaryIO, TypeVar
-
-T = TypeVar("T")
+from typing import Any, BinaryIO
 
 #: Bytes read from a response body (written to the file) at a time.
 CHUNK = 1 << 20
@@ -73,36 +69,3 @@ def write_body(body: Any, path: Path, offset: int, expected: int) -> None:
             written += len(chunk)
     if written != expected:
         raise ConnectionError(f"response body ended after {written} of {expected} bytes")
-
-
-async def run_bounded(pool: Executor, jobs: Sequence[Callable[[], T]], limit: int) -> list[T]:
-    """Run blocking ``jobs`` in ``pool``, at most ``limit`` at once; their results in order.
-
-    On the first failure no further job starts and the running ones are waited for (a part
-    must not land after its upload was aborted), then the failure is raised. If the caller is
-    cancelled, running jobs finish on their own in the pool.
-    """
-    loop = asyncio.get_running_loop()
-    results: list[Any] = [None] * len(jobs)
-    running: dict[asyncio.Future[T], int] = {}
-    queue = iter(enumerate(jobs))
-    error: BaseException | None = None
-    try:
-        while True:
-            while error is None and len(running) < limit and (item := next(queue, None)) is not None:
-                running[loop.run_in_executor(pool, item[1])] = item[0]
-            if not running:
-                break
-            done, _ = await asyncio.wait(running, return_when=asyncio.FIRST_COMPLETED)
-            for future in done:
-                index = running.pop(future)
-                if future.exception() is not None:
-                    error = error or future.exception()
-                else:
-                    results[index] = future.result()
-    finally:
-        for future in running:  # only after a cancellation: nobody waits for these any more
-            future.add_done_callback(lambda f: f.cancelled() or f.exception())
-    if error is not None:
-        raise error
-    return results

@@ -32,6 +32,8 @@ from kraken.devcluster import free_port
 from kraken.origin.config import OriginConfig
 from tests.support.backend_suite import BackendSuite, ConfigFactory, sha256_file, write_random_file
 from tests.support.gcs import FakeGcs, fake_gcs_server
+from tests.support.stall import pool_threads, stalled_file
+from tests.support.waiting import until
 
 MiB = 1 << 20
 #: The size moved while the loop's lag is measured; KRAKEN_GCS_LAG_MB=1024 for the 1 GiB figure.
@@ -152,6 +154,25 @@ async def test_calls_run_on_at_most_concurrency_threads(
     await asyncio.gather(*(backend.upload_bytes("ns", f"o{i}", os.urandom(MiB)) for i in range(8)))
     workers = [t for t in threading.enumerate() if t.name.startswith(f"gcs-{bucket}")]
     assert 1 <= len(workers) <= 2
+
+
+async def test_readiness_answers_while_every_transfer_thread_is_busy(
+    gcs: FakeGcs, bucket: str, backends: list[Backend], tmp_path: Path
+) -> None:
+    """Uploads hold the only transfer thread (and one more waits): the readiness probe's stat
+    runs on the metadata pool, so it answers at once instead of queueing behind them."""
+    backend = gcs_backend(backends, gcs.backend_config(bucket, concurrency=1))
+    with stalled_file(tmp_path / "slow") as stall:
+        uploads = [asyncio.create_task(backend.upload("ns", f"o{i}", stall.path)) for i in range(2)]
+        await until(lambda: pool_threads(f"gcs-{bucket}") == 1, 10, "the upload holding the transfer thread")
+        await asyncio.sleep(0.2)
+        try:
+            await asyncio.wait_for(backend.ready(), 5)
+            assert await asyncio.wait_for(backend.stat("ns", "o0"), 5) is None
+            assert not any(upload.done() for upload in uploads)
+        finally:
+            stall.release()  # a FIFO cannot be seeked: the uploads may then fail, which is not the point
+            await asyncio.gather(*uploads, return_exceptions=True)
 
 
 async def test_loop_stays_responsive_during_a_large_transfer(

@@ -21,6 +21,8 @@ from kraken.http.config import HttpClientConfig
 from kraken.origin.config import OriginConfig
 from tests.support.backend_suite import BackendSuite, ConfigFactory, digest_hex, sha256_file, write_random_file
 from tests.support.moto import ACCESS_KEY, AUTH, SECRET_KEY, MotoServer, moto, running_moto  # noqa: F401
+from tests.support.stall import pool_threads, stalled_file
+from tests.support.waiting import until
 
 NS = "test/x"
 MiB = 1 << 20
@@ -265,6 +267,29 @@ def test_bad_credential_sets_fail_without_showing_values() -> None:
 
 
 # ---- the event loop ------------------------------------------------------------------------
+
+async def test_readiness_answers_while_every_transfer_thread_is_busy(
+    moto: MotoServer, tmp_path: Path  # noqa: F811
+) -> None:
+    """Uploads hold both transfer threads (and one more waits): the readiness probe's HEAD
+    runs on the metadata pool, so it answers at once instead of queueing behind them."""
+    bucket = moto.create_bucket()
+    backend = make(moto, bucket, upload_concurrency=1, download_concurrency=1)
+    try:
+        with stalled_file(tmp_path / "slow") as stall:
+            uploads = [asyncio.create_task(backend.upload(NS, f"b{i}", stall.path)) for i in range(3)]
+            await until(lambda: pool_threads(f"s3-{bucket}") == 2, 10, "uploads holding the transfer threads")
+            await asyncio.sleep(0.2)
+            try:
+                await asyncio.wait_for(backend.ready(), 5)
+                assert await asyncio.wait_for(backend.list(""), 5) == []
+                assert not any(upload.done() for upload in uploads)
+            finally:
+                stall.release()  # a FIFO cannot be seeked: the uploads then fail, which is not the point
+                await asyncio.gather(*uploads, return_exceptions=True)
+    finally:
+        await backend.close()
+
 
 async def test_event_loop_stays_responsive_during_a_large_transfer(moto: MotoServer, tmp_path: Path) -> None:  # noqa: F811
     """A 10 ms ticker keeps ticking on time while 256 MiB go up (multipart) and come back (ranges)."""

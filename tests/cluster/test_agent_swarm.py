@@ -24,7 +24,7 @@ from __future__ import annotations
 import asyncio
 import os
 import time
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 
 import aiohttp
@@ -68,11 +68,6 @@ def herd(swarm_herd: Herd) -> Herd:
             swarm_herd.supervisor.restart(agent.name)
     return swarm_herd
 
-
-@pytest.fixture
-async def http() -> AsyncIterator[aiohttp.ClientSession]:
-    async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=120)) as s:
-        yield s
 
 
 # ---- helpers -------------------------------------------------------------------------------

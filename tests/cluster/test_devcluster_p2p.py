@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import json
 import os
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 
 import aiohttp
@@ -38,11 +38,6 @@ def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Herd]:
     finally:
         h.stop()
 
-
-@pytest.fixture
-async def http() -> AsyncIterator[aiohttp.ClientSession]:
-    async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=120)) as s:
-        yield s
 
 
 async def pull(http: aiohttp.ClientSession, agent: Process, repo: str, tag: str) -> dict[str, bytes]:

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import shutil
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -54,11 +54,6 @@ def herd(gcs: FakeGcs, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Her
     finally:
         h.stop()
 
-
-@pytest.fixture
-async def http() -> AsyncIterator[aiohttp.ClientSession]:
-    async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=120)) as s:
-        yield s
 
 
 def blob_key(digest: Digest) -> str:

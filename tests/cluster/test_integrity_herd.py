@@ -60,11 +60,6 @@ async def quarantined(http: aiohttp.ClientSession, url: str, component: str) -> 
         return metric(await r.text(), f"kraken_{component}_blobs_quarantined_total")
 
 
-@pytest.fixture
-async def http() -> AsyncIterator[aiohttp.ClientSession]:
-    async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=60)) as s:
-        yield s
-
 
 async def test_proxy_serves_the_right_bytes_of_a_blob_corrupt_in_the_origin_cache(
     herd: Herd, http: aiohttp.ClientSession

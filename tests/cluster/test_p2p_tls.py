@@ -18,7 +18,7 @@ import asyncio
 import os
 import re
 import time
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from urllib.parse import quote
 
@@ -61,11 +61,6 @@ def herd(pki: Pki, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Herd]:
     finally:
         h.stop()
 
-
-@pytest.fixture
-async def http() -> AsyncIterator[aiohttp.ClientSession]:
-    async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=120)) as s:
-        yield s
 
 
 def log_of(herd: Herd, name: str) -> str:

@@ -37,8 +37,9 @@ def herd(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Herd]:
 
 @pytest.fixture
 async def session() -> AsyncIterator[aiohttp.ClientSession]:
-    """A plain HTTP client for tests that talk to real processes (modules may define their own)."""
-    async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=60)) as s:
+    """A plain HTTP client for tests that talk to real processes (modules may define their own);
+    its deadline leaves room for whole blobs pulled through a herd on a loaded machine."""
+    async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=120)) as s:
         yield s
 
 

@@ -7,12 +7,15 @@ down or cut. Network namespaces joined by a bridge give exactly that on one mach
 
 Every name this module creates starts with the caller's prefix (``kmh-`` in the multi-host
 test), so nothing collides with other tests, and ``Network.destroy`` removes all of it (tc
-qdiscs, namespaces, veths, the bridge) even after a partial ``create``.
+qdiscs, namespaces, veths, the bridge) even after a partial ``create``; ``create`` first
+removes what a run killed before its teardown left under the same prefix.
 """
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
+import signal
 import subprocess
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -102,10 +105,27 @@ class Network:
 
     def create(self) -> None:
         """The bridge, with the host namespace's address on it, up."""
+        self._remove_leftovers()
         ip("link", "add", self.bridge, "type", "bridge")
         ip("addr", "add", f"{self.subnet}.254/24", "dev", self.bridge)
         ip("link", "set", self.bridge, "up")
         self._allow_bridged_traffic()
+
+    def _remove_leftovers(self) -> None:
+        """A run killed before ``destroy`` (a CI timeout, an interrupted session) leaves its
+        namespaces, the processes in them, its veths and its bridge. Every name with this
+        prefix is this test's own, so they go before anything is made again."""
+        stale = sorted(p.name for p in NETNS_DIR.iterdir()) if NETNS_DIR.is_dir() else []
+        for name in (n for n in stale if n.startswith(self.prefix)):
+            for pid in ip("netns", "pids", name, check=False).stdout.split():
+                with contextlib.suppress(ProcessLookupError, ValueError):
+                    os.kill(int(pid), signal.SIGKILL)
+            ip("netns", "del", name, check=False)
+        for line in ip("-o", "link", "show", check=False).stdout.splitlines():
+            fields = line.split(":")
+            link = fields[1].strip().split("@")[0] if len(fields) > 1 else ""
+            if link.startswith(self.prefix):
+                ip("link", "del", link, check=False)
 
     def _allow_bridged_traffic(self) -> None:
         """Accept traffic between the bridge's ports even under a FORWARD DROP policy.

@@ -138,7 +138,7 @@ async def test_cancelled_download_leaves_nothing(
     out = tmp_path / "out"
     out.mkdir()
     task = asyncio.create_task(backend.download("ns", "big", out / "dst"))
-    await asyncio.sleep(0.05)
+    await until(lambda: any(out.iterdir()), 10, "the download's temporary file")  # under way
     task.cancel()
     with pytest.raises(asyncio.CancelledError):
         await task
@@ -165,7 +165,7 @@ async def test_readiness_answers_while_every_transfer_thread_is_busy(
     with stalled_file(tmp_path / "slow") as stall:
         uploads = [asyncio.create_task(backend.upload("ns", f"o{i}", stall.path)) for i in range(2)]
         await until(lambda: pool_threads(f"gcs-{bucket}") == 1, 10, "the upload holding the transfer thread")
-        await asyncio.sleep(0.2)
+        await asyncio.sleep(0.2)  # time for the second upload to queue behind it (nothing to poll)
         try:
             await asyncio.wait_for(backend.ready(), 5)
             assert await asyncio.wait_for(backend.stat("ns", "o0"), 5) is None

@@ -279,7 +279,7 @@ async def test_readiness_answers_while_every_transfer_thread_is_busy(
         with stalled_file(tmp_path / "slow") as stall:
             uploads = [asyncio.create_task(backend.upload(NS, f"b{i}", stall.path)) for i in range(3)]
             await until(lambda: pool_threads(f"s3-{bucket}") == 2, 10, "uploads holding the transfer threads")
-            await asyncio.sleep(0.2)
+            await asyncio.sleep(0.2)  # time for the third upload to queue behind them (nothing to poll)
             try:
                 await asyncio.wait_for(backend.ready(), 5)
                 assert await asyncio.wait_for(backend.list(""), 5) == []

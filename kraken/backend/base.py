@@ -22,6 +22,10 @@ from kraken.http.config import HttpClientConfig, TLSConfig
 #: The namespace and names a readiness probe asks about (:meth:`Backend.ready`): a blob name
 #: (64 hex digits no content hashes to in practice) and a tag name no tag can have (a tag part
 #: never starts with "."), so each layout accepts one of them and no store ever holds either.
+#: Largest object read into memory (``download_bytes``: a tag, a manifest; a tag list, a token
+#: answer): a store or upstream must not be able to make a component hold whatever it sends.
+MAX_IN_MEMORY = 16 << 20
+
 READINESS_NAMESPACE = "kraken-readiness"
 READINESS_NAMES = ("0" * 64, "kraken-readiness:.probe")
 

@@ -41,7 +41,7 @@ from google.cloud import storage
 from google.cloud.storage.exceptions import DataCorruption, InvalidResponse
 from google.cloud.storage.retry import DEFAULT_RETRY
 
-from kraken.backend.base import Backend, BackendContext, BackendError, BackendNotFound, BlobInfo
+from kraken.backend.base import MAX_IN_MEMORY, Backend, BackendContext, BackendError, BackendNotFound, BlobInfo
 from kraken.backend.blocking import METADATA_WORKERS, BlockingPool
 from kraken.backend.gcs_auth import resolve_credentials
 from kraken.backend.namepath import NamePathKind, ObjectLayout, check_relative_path
@@ -269,7 +269,10 @@ class GcsBackend(Backend):
 
         def download(_: threading.Event) -> bytes:
             with self._errors("download", name, namespace):
-                data: bytes = self.bucket.blob(path).download_as_bytes(timeout=self.timeout, retry=self.retry)
+                data: bytes = self.bucket.blob(path).download_as_bytes(
+                    end=MAX_IN_MEMORY, timeout=self.timeout, retry=self.retry)  # end is inclusive
+            if len(data) > MAX_IN_MEMORY:
+                raise BackendError(f"{path}: larger than {MAX_IN_MEMORY} bytes, refused in memory")
             return data
 
         return await self._transfers.call_stoppable(download)

@@ -8,12 +8,7 @@ from pathlib import Path
 
 import aiohttp
 
-from kraken.backend.base import Backend, BackendError, ReadOnlyBackend
-
-#: Largest body read into memory (a manifest, a tag list, a token answer, a small object
-#: through ``download_bytes``): the server at the other end is not ours, and must not be able
-#: to make a component hold whatever it sends.
-MAX_IN_MEMORY = 16 << 20
+from kraken.backend.base import MAX_IN_MEMORY, Backend, BackendError, ReadOnlyBackend
 
 
 async def read_capped(resp: aiohttp.ClientResponse, what: str, limit: int = MAX_IN_MEMORY) -> bytes:

@@ -34,7 +34,7 @@ from pathlib import Path
 from botocore.exceptions import BotoCoreError, ClientError
 from urllib3.exceptions import HTTPError as Urllib3Error
 
-from kraken.backend.base import Backend, BackendContext, BackendError, BackendNotFound, BlobInfo
+from kraken.backend.base import MAX_IN_MEMORY, Backend, BackendContext, BackendError, BackendNotFound, BlobInfo
 from kraken.backend.blocking import METADATA_WORKERS, BlockingPool
 from kraken.backend.s3config import S3BackendConfig, make_client, static_credentials
 from kraken.backend.s3transfer import FileSlice, part_ranges, write_body
@@ -193,7 +193,10 @@ class S3Backend(Backend):
             return await self._transfers.call(self._get_bytes, key)
 
     def _get_bytes(self, key: str) -> bytes:
-        return bytes(self.client.get_object(Bucket=self.bucket, Key=key)["Body"].read())
+        data = bytes(self.client.get_object(Bucket=self.bucket, Key=key)["Body"].read(MAX_IN_MEMORY + 1))
+        if len(data) > MAX_IN_MEMORY:
+            raise BackendError(f"{key}: larger than {MAX_IN_MEMORY} bytes, refused in memory")
+        return data
 
     async def list(self, prefix: str) -> list[str]:
         directory = self.layout.list_dir(prefix)

@@ -24,6 +24,7 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
 
 from kraken.backend import Backend, BackendConfig, BackendContext, BackendError, create_backend
+from kraken.backend.base import MAX_IN_MEMORY
 from kraken.backend.config import AuthConfig, NamespaceBackendConfig, kind_credentials
 from kraken.backend.gcs import GcsBackend, GcsBackendConfig
 from kraken.buildindex.config import BuildIndexConfig
@@ -126,6 +127,21 @@ async def test_listing_reads_every_page(gcs: FakeGcs, bucket: str, backends: lis
     requests_made = record(backend)
     assert await backend.list("dir/") == names
     assert requests_made.count("GET", "maxResults=3") == 4  # 3 + 3 + 3 + 1
+
+
+async def test_download_bytes_refuses_an_object_too_large_for_memory(
+    gcs: FakeGcs, bucket: str, backends: list[Backend], tmp_path: Path
+) -> None:
+    """``download_bytes`` (tags, manifests) reads at most MAX_IN_MEMORY bytes: a larger object
+    is an error, not a 17 MiB allocation."""
+    backend = gcs_backend(backends, gcs.backend_config(bucket))
+    src = tmp_path / "src"
+    write_random_file(src, MAX_IN_MEMORY + 1)
+    await backend.upload("ns", "huge", src)
+    with pytest.raises(BackendError, match="larger than"):
+        await backend.download_bytes("ns", "huge")
+    await backend.upload_bytes("ns", "small", b"tag")
+    assert await backend.download_bytes("ns", "small") == b"tag"
 
 
 async def test_cancelled_download_leaves_nothing(

@@ -11,6 +11,7 @@ from typing import Any
 import pytest
 
 from kraken.backend import BackendConfig, BackendError, BackendNotFound, create_backend
+from kraken.backend.base import MAX_IN_MEMORY
 from kraken.backend.config import kind_credentials
 from kraken.backend.s3 import S3Backend
 from kraken.backend.s3config import S3BackendConfig, static_credentials
@@ -148,6 +149,22 @@ async def test_listing_is_paginated(moto: MotoServer) -> None:  # noqa: F811
         await asyncio.gather(*(backend.upload_bytes(NS, name, b"x") for name in names))
         assert await backend.list("") == names
         assert len(requests) == 4
+    finally:
+        await backend.close()
+
+
+async def test_download_bytes_refuses_an_object_too_large_for_memory(moto: MotoServer, tmp_path: Path) -> None:  # noqa: F811
+    """``download_bytes`` (tags, manifests) reads at most MAX_IN_MEMORY bytes: a larger object
+    is an error, not a 17 MiB allocation."""
+    backend = make(moto, moto.create_bucket())
+    try:
+        src = tmp_path / "src"
+        write_random_file(src, MAX_IN_MEMORY + 1)
+        await backend.upload(NS, "huge", src)
+        with pytest.raises(BackendError, match="larger than"):
+            await backend.download_bytes(NS, "huge")
+        await backend.upload_bytes(NS, "small", b"tag")
+        assert await backend.download_bytes(NS, "small") == b"tag"
     finally:
         await backend.close()
 

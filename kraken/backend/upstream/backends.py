@@ -22,9 +22,9 @@ from pathlib import Path
 
 import aiohttp
 
-from kraken.backend.base import BackendContext, BackendError, BackendNotFound, BlobInfo, InvalidName
+from kraken.backend.base import MAX_IN_MEMORY, BackendContext, BackendError, BackendNotFound, BlobInfo, InvalidName
 from kraken.backend.filetree import AtomicWriter, atomic_write_bytes
-from kraken.backend.readonly import MAX_IN_MEMORY, ReadOnly, read_capped
+from kraken.backend.readonly import ReadOnly, read_capped
 from kraken.backend.upstream.client import MANIFEST_ACCEPT, RegistryUpstream
 from kraken.backend.upstream.config import RegistryBackendConfig
 from kraken.core.digest import Digest

@@ -17,8 +17,7 @@ from __future__ import annotations
 import asyncio
 import os
 import re
-import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from urllib.parse import quote
 
@@ -35,9 +34,10 @@ from tests.support.cluster import Herd, start_herd
 from tests.support.pki import Pki, make_pki
 from tests.support.proxy import Proxy
 from tests.support.swarm import REPO, STATS_INTERVAL, counters, pull, settled
-from tests.support.waiting import until
+from tests.support.waiting import until, wait_until
 
 MB = 1 << 20
+REFUSED = "peer refused: TLS handshake failed"
 BLOB_SIZE = 24 * MB
 ORIGIN_UPLOAD_CAP = 8 * MB
 
@@ -77,8 +77,9 @@ async def metainfo_of(http: aiohttp.ClientSession, herd: Herd, digest: Digest) -
     return await until(fetch, timeout=60, what="the blob's metainfo")
 
 
-def stranger_download(metainfo: bytes, announce: str, pki: Pki, save: Path, seconds: float = 8.0) -> int:
-    """Bytes a libtorrent session presenting ``stranger-peer`` (another CA) gets in ``seconds``."""
+def stranger_download(metainfo: bytes, announce: str, pki: Pki, save: Path, refused: Callable[[], bool]) -> int:
+    """Bytes a libtorrent session presenting ``stranger-peer`` (another CA) has got once
+    ``refused`` holds (the origin logged the refused handshake: the attempt is over)."""
     session = lt.session({"listen_interfaces": "127.0.0.1:0s", "enable_dht": False, "enable_lsd": False,
                           "enable_upnp": False, "enable_natpmp": False, "enable_outgoing_utp": False,
                           "enable_incoming_utp": False, "min_announce_interval": 1})
@@ -90,10 +91,7 @@ def stranger_download(metainfo: bytes, announce: str, pki: Pki, save: Path, seco
     handle = session.add_torrent(atp)
     handle.set_ssl_certificate(pki["stranger-peer.pem"], pki["stranger-peer-key.pem"], "", "")
     handle.resume()
-    # A non-event (no bytes) has no condition to poll for: watch for the whole window.
-    deadline = time.monotonic() + seconds
-    while time.monotonic() < deadline:
-        time.sleep(0.2)
+    wait_until(refused, 30, message="the origin's log of the refused handshake")
     received = handle.status().total_payload_download
     session.remove_torrent(handle, lt.session.delete_files)
     return received
@@ -137,10 +135,10 @@ async def test_a_host_without_a_cluster_peer_certificate_gets_no_piece(
     # A host with a peer certificate another CA signed (a plain libtorrent session: Kraken's
     # own refuses such files at start): every handshake with the origin fails, so not one
     # byte arrives.
-    received = await asyncio.to_thread(stranger_download, metainfo, announce, pki, tmp_path / "stranger")
+    before = log_of(herd, herd.origin.name).count(REFUSED)
+    received = await asyncio.to_thread(stranger_download, metainfo, announce, pki, tmp_path / "stranger",
+                                       lambda: log_of(herd, herd.origin.name).count(REFUSED) > before)
     assert received == 0
-    await until(lambda: "peer refused: TLS handshake failed" in log_of(herd, herd.origin.name) or None,
-                timeout=10, what="the origin's log of the refused handshake")
 
     # No p2p.tls at all: the SSL torrent is refused, with the reason.
     plain = await P2PSession.start(session_config(P2PTLSConfig()), Metrics("plain"))

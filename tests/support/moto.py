@@ -63,8 +63,8 @@ class MotoServer:
         body = b"0" if enabled else b"inf"
         req = urllib.request.Request(f"{self.endpoint}/moto-api/reset-auth", data=body, method="POST",
                                      headers={"Content-Type": "application/octet-stream"})
-        with urllib.request.urlopen(req, timeout=10):
-            pass
+        with urllib.request.urlopen(req, timeout=10) as resp:
+            assert resp.status == 200, f"moto reset-auth answered {resp.status}"
 
     def backend_settings(self, bucket: str, **extra: Any) -> dict[str, Any]:
         """An ``s3:`` backend section (plain data, as in a config file) for ``bucket`` here."""

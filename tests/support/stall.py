@@ -10,7 +10,6 @@ import contextlib
 import errno
 import os
 import threading
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -39,7 +38,7 @@ class Stall:
             except OSError as e:
                 if e.errno != errno.ENXIO:  # ENXIO: no reader right now
                     raise
-            time.sleep(0.02)
+            self._done.wait(0.02)
 
     def close(self) -> None:
         self._released.set()

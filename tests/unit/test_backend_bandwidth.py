@@ -155,7 +155,7 @@ class _Unreachable(Backend):
     async def stat(self, namespace: str, name: str) -> BlobInfo | None:
         self.asked.append(name)
         if self.hang:
-            await asyncio.sleep(60)
+            await asyncio.Event().wait()  # a backend that never answers (the probe's timeout ends it)
         raise BackendError("connection refused")
 
     async def upload(self, namespace: str, name: str, src: Path) -> None:
@@ -174,7 +174,7 @@ class _Unreachable(Backend):
         return []
 
     async def close(self) -> None:
-        pass
+        """Nothing to release."""
 
 
 async def test_check_ready_names_every_failing_must_ready_backend() -> None:

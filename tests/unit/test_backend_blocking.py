@@ -30,7 +30,7 @@ async def test_run_bounded_keeps_order_and_the_limit() -> None:
         with lock:
             running += 1
             peak = max(peak, running)
-        time.sleep(0.01)
+        time.sleep(0.01)  # the job's own work: long enough for jobs to overlap if the bound let them
         with lock:
             running -= 1
         return i
@@ -67,9 +67,8 @@ async def test_cancelling_a_stoppable_call_sets_stop_and_can_wait_for_the_thread
 
     def transfer(stop: threading.Event) -> None:
         entered.set()
-        while not stop.wait(0.01):
-            pass
-        time.sleep(0.05)
+        assert stop.wait(10), "the cancellation never set the stop event"
+        time.sleep(0.05)  # the chunk a real transfer finishes before it stops: what the cancel waits for
         ended.set()
 
     try:

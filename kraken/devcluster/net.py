@@ -5,6 +5,7 @@ without the project's dependencies.
 """
 from __future__ import annotations
 
+import collections
 import random
 import socket
 import ssl
@@ -18,6 +19,10 @@ from kraken.http.urls import service_url
 #: Where :func:`free_port` looks: above the dev ports (14000-17002), below the kernel's
 #: ephemeral range.
 _TEST_PORTS_FROM = 20000
+
+#: Ports :func:`free_port` handed out lately: nothing listens on them yet, so only this
+#: memory keeps two calls in a row (one process's several servers) from getting the same one.
+_RECENTLY_GIVEN: collections.deque[int] = collections.deque(maxlen=1024)
 
 _NO_PROXY_OPENER = urllib.request.build_opener(urllib.request.ProxyHandler({}))
 
@@ -34,18 +39,22 @@ def free_port() -> int:
 
     Chosen below the kernel's ephemeral range: a port from that range can become the source
     port of any outgoing connection as soon as its server stops, and then restarting that
-    server on its port fails.
+    server on its port fails. Never the same port twice within :data:`_RECENTLY_GIVEN`'s span,
+    so a caller wanting several ports gets distinct ones.
     """
     top = _ephemeral_ports_from()
-    if top - _TEST_PORTS_FROM < 1000:
-        with socket.socket() as s:
-            s.bind(("127.0.0.1", 0))
-            port: int = s.getsockname()[1]
-            return port
     while True:
-        port = random.randrange(_TEST_PORTS_FROM, top)
-        if port_free(port) and port_free(port, "127.0.0.1"):
+        port = _kernel_port() if top - _TEST_PORTS_FROM < 1000 else random.randrange(_TEST_PORTS_FROM, top)
+        if port not in _RECENTLY_GIVEN and port_free(port) and port_free(port, "127.0.0.1"):
+            _RECENTLY_GIVEN.append(port)
             return port
+
+
+def _kernel_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port: int = s.getsockname()[1]
+        return port
 
 
 def port_free(port: int, host: str = "0.0.0.0") -> bool:

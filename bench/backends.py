@@ -14,7 +14,10 @@ order of the two sides alternated:
   ``download_to_filename``);
 - origin: the blob is pushed to the origin (not timed); from the commit, the write-back (which
   starts at once: ``background.quiet`` is 0 here, the lull it waits for otherwise is no cost
-  of the store) is timed until the object is in the store ("upload") and until the task ends
+  of the store) is timed until the store acknowledged the upload ("upload": the origin's
+  ``kraken_origin_writeback_upload_seconds`` counts it, polled there rather than in the store,
+  whose own CPU the native side does not share with a poller either; the object is then
+  checked to be in the store) and until the task ends
   ("task": the origin then reads the object back and hashes it before it lets go of the only
   other copy); then the
   origin's cache is emptied (``/forcecleanup``) and a ``HEAD`` of the blob starts the lazy fetch,
@@ -146,10 +149,15 @@ def _writebacks(herd: Herd) -> float:
     return metric_sum(scrape(herd.origin.url), "kraken_origin_writebacks_total")
 
 
+def _uploads(herd: Herd) -> float:
+    """Backend uploads the origin saw acknowledged (the store answered the last request)."""
+    return metric_sum(scrape(herd.origin.url), "kraken_origin_writeback_upload_seconds_count")
+
+
 def _origin_side(herd: Herd, store: NativeStore, path: Path, digest: Digest, rep: int) -> tuple[float, float, float]:
     """(write-back upload, write-back task, lazy fetch) seconds of one blob."""
     key = ShardedDockerBlobPath().path(digest.hex)
-    done_before = _writebacks(herd)
+    done_before, uploads_before = _writebacks(herd), _uploads(herd)
 
     async def push() -> None:
         http = create_client(HttpClientConfig())
@@ -160,8 +168,9 @@ def _origin_side(herd: Herd, store: NativeStore, path: Path, digest: Digest, rep
 
     asyncio.run(push())
     committed = time.monotonic()
-    wait_until(lambda: store.exists(key), 3600, POLL, message=f"blob {rep} in the store")
+    wait_until(lambda: _uploads(herd) > uploads_before, 3600, POLL, message=f"blob {rep} uploaded")
     uploaded = time.monotonic() - committed
+    assert store.exists(key), f"the origin's upload of blob {rep} acknowledged, yet the store lacks it"
     wait_until(lambda: _writebacks(herd) > done_before, 3600, POLL, message=f"write-back {rep} to end")
     task = time.monotonic() - committed
     wait_idle(herd)

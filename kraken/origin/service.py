@@ -429,13 +429,16 @@ class OriginService:
 
     def _start_metainfo(self, digest: Digest) -> None:
         """Generate a new blob's metainfo in the background, so it is ready when peers ask,
-        once uploads allow (kraken.origin.foreground); a request for it meanwhile generates
-        it at once, and this then finds it done."""
+        once uploads allow (kraken.origin.foreground) and the blob's first write-back attempt
+        ended (at most ``background.max_wait`` later); a request for it meanwhile generates it
+        at once, and this then finds it done."""
         if self.store.size(digest):
             self.owner.spawn(self._metainfo_after_lull(digest), f"metainfo:{digest}")
 
     async def _metainfo_after_lull(self, digest: Digest) -> None:
         await self.foreground.lull()
+        # A new blob's upload to its backend goes first (see kraken.origin.writeback).
+        await self.writeback.first_attempt(digest, self.config.background.max_wait)
         if self.store.exists(digest):
             await self._metainfo_jobs.run(digest, lambda: self._generate_metainfo(digest))
 

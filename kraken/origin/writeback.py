@@ -11,10 +11,18 @@ write, or planted, is overwritten. A task ends only once the backend copy verifi
 upload, so eviction never drops the last good copy. The cost is one read-back of the blob
 from the backend per (blob, namespace) written back, and one more for a blob the backend
 already had (same size) when the task ran.
+
+A blob's first upload goes before its other background work: the origin's eager metainfo
+generation (a SHA-1 pass over the whole blob) waits for it (:meth:`WriteBack.first_attempt`),
+so on a small host the two do not share the CPU and the disk while the blob still has no
+other copy. A tracker asking for the metainfo meanwhile does not wait: it is generated at once.
 """
 from __future__ import annotations
 
+import asyncio
 import json
+import time
+from contextlib import suppress
 from pathlib import Path
 
 from kraken.backend import BackendError, BackendRouter, ReadOnlyBackend
@@ -27,6 +35,10 @@ from kraken.persisted import PersistedQueue, RetryWorker, Task
 from kraken.store.cas import CAStore
 
 log = get_logger("origin")
+
+#: Blobs remembered as awaiting their first write-back attempt, at most (beyond it, other work
+#: on a new blob simply does not wait for its write-back).
+MAX_AWAITED = 10_000
 
 
 def _key(namespace: str, digest: Digest) -> str:
@@ -49,6 +61,11 @@ class WriteBack:
         pending = metrics.gauge("kraken_origin_writeback_pending", "Blobs queued for write-back to a backend")
         self._failures = metrics.counter("kraken_origin_writeback_failures_total", "Failed write-back attempts")
         self._done = metrics.counter("kraken_origin_writebacks_total", "Blobs written back to a backend")
+        self._upload_seconds = metrics.histogram(
+            "kraken_origin_writeback_upload_seconds",
+            "Time one blob's upload to its backend took (a write-back attempt, before its read-back)",
+        )
+        self._awaiting_first_attempt: dict[Digest, asyncio.Event] = {}
         self.worker = RetryWorker(
             "writeback", queue, self._handle, config.retry_interval, config.max_retry_interval,
             config.concurrency, on_count=pending.set,
@@ -74,14 +91,37 @@ class WriteBack:
         there can never succeed."""
         if self._read_only(namespace):
             return
+        if delay == 0 and len(self._awaiting_first_attempt) < MAX_AWAITED:
+            self._awaiting_first_attempt.setdefault(digest, asyncio.Event())
         await self.worker.add(_key(namespace, digest), {"namespace": namespace, "digest": str(digest)}, delay)
+
+    async def first_attempt(self, digest: Digest, timeout: float) -> None:
+        """Until the first write-back attempt of ``digest`` queued without delay uploaded the
+        blob, or ended without (found it stored, failed, dropped it), at most ``timeout``
+        seconds; at once if none is awaited."""
+        event = self._awaiting_first_attempt.get(digest)
+        if event is not None:
+            with suppress(TimeoutError):
+                await asyncio.wait_for(event.wait(), timeout)
+
+    def _attempted(self, digest: Digest) -> None:
+        event = self._awaiting_first_attempt.pop(digest, None)
+        if event is not None:
+            event.set()
 
     async def pending_digests(self) -> set[Digest]:
         return {Digest.parse(task.payload["digest"]) for task in await self.worker.queue.all()}
 
     async def _handle(self, task: Task) -> None:
+        digest = Digest.parse(task.payload["digest"])
+        try:
+            await self._attempt(task, digest)
+        finally:
+            self._attempted(digest)
+
+    async def _attempt(self, task: Task, digest: Digest) -> None:
         await self._foreground.lull()
-        namespace, digest = task.payload["namespace"], Digest.parse(task.payload["digest"])
+        namespace = task.payload["namespace"]
         try:
             self.check_writable(namespace)
         except ReadOnlyBackend as e:
@@ -122,7 +162,10 @@ class WriteBack:
             # quarantined as corrupt): there is nothing good left here to write.
             log.error("write-back dropped, blob no longer cached", namespace=namespace, digest=digest)
             return
+        started = time.monotonic()
         await backend.upload(namespace, digest.hex, path)
+        self._upload_seconds.observe(time.monotonic() - started)
+        self._attempted(digest)  # uploaded: the read-back need not keep other work waiting
         if not await backend.holds(namespace, digest, self._tmp_dir):
             raise BackendError(f"{digest} does not verify in the backend after its upload")
         self._done.inc()

@@ -14,7 +14,9 @@ guarantees it.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
+import threading
 from pathlib import Path
 
 FLUSH_EVERY = 16 << 20
@@ -55,3 +57,34 @@ def _datasync(path: Path) -> None:
         os.fdatasync(fd)
     finally:
         os.close(fd)
+
+
+class ThreadFlush:
+    """:class:`EarlyFlush` for a file written by a worker thread (a backend download): each
+    flush runs on a short-lived thread of its own, at most one at a time, so the writer never
+    waits for the disk. :meth:`wait` before the file is imported; the import's fsync is still
+    what makes it durable."""
+
+    def __init__(self, path: Path) -> None:
+        self._path = path
+        self._unflushed = 0
+        self._thread: threading.Thread | None = None
+
+    def written(self, count: int) -> None:
+        self._unflushed += count
+        if self._unflushed < FLUSH_EVERY or (self._thread is not None and self._thread.is_alive()):
+            return
+        self._unflushed = 0
+        self._thread = threading.Thread(target=_datasync_quietly, args=(self._path,), name="flush", daemon=True)
+        self._thread.start()
+
+    def wait(self) -> None:
+        if self._thread is not None:
+            self._thread.join()
+            self._thread = None
+
+
+def _datasync_quietly(path: Path) -> None:
+    """An early flush's failure is not the download's: the import's own fsync reports it."""
+    with contextlib.suppress(OSError):
+        _datasync(path)

@@ -15,6 +15,7 @@ from kraken.devcluster import CONFIG_ROOT, Process, Supervisor, free_port, write
 from kraken.http.client import create_client
 from kraken.http.config import HttpClientConfig
 from kraken.origin.client import OriginClient
+from kraken.origin.service import metainfo_name
 from tests.support.metrics import metric
 from tests.support.origin import MB, NS, OriginFactory, Testfs, random_blob, start_testfs
 from tests.support.waiting import until
@@ -73,6 +74,23 @@ async def test_bandwidth_is_divided_by_the_origins_on_the_ring(start_origin: Ori
     assert isinstance(backend, ThrottledBackend)
     assert backend.limiter.egress_bits_per_sec == 300_000_000
     assert backend.limiter.ingress_bits_per_sec == 100_000_000
+
+
+async def test_a_new_blobs_write_back_goes_before_its_eager_metainfo(
+    start_origin: OriginFactory, testfs_port: int, testfs: Testfs,
+) -> None:
+    """The origin's own SHA-1 pass over a pushed blob waits for the blob's upload to its
+    backend, stretched to a few seconds here by a bandwidth limit: when the metainfo appears
+    beside the blob, the backend holds the blob already."""
+    bandwidth = {"enable": True, "egress_bits_per_sec": 16 * MB, "ingress_bits_per_sec": 16 * MB}
+    origin = await start_origin(testfs_port, backends=backends_on(testfs_port, bandwidth=bandwidth),
+                                background={"quiet": "100ms", "max_wait": "30s"})
+    data, digest = random_blob(6 * MB)
+    await origin.client.upload_bytes(NS, digest, data)
+    assert not await testfs.exists(digest)  # 2 MB/s: the upload has only begun
+    meta = origin.service.store.meta_path(digest, metainfo_name(""))
+    await until(lambda: meta.exists(), what="the eager metainfo")
+    assert await testfs.read(digest) == data
 
 
 async def test_testfs_killed_during_write_back_is_retried_and_nothing_is_lost(tmp_path: Path) -> None:

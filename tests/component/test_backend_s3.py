@@ -76,6 +76,9 @@ async def test_multipart_upload_and_ranged_download(moto: MotoServer, tmp_path: 
         assert moto.keys(bucket) == [key]
         head = moto.client().head_object(Bucket=bucket, Key=key)
         assert head["ContentLength"] == 13 * MiB + 123 and head["ETag"].endswith('-3"')  # a multipart ETag
+        # Every part carried a CRC32 for S3 to check it against on receipt.
+        checked = moto.client().head_object(Bucket=bucket, Key=key, ChecksumMode="ENABLED")
+        assert checked.get("ChecksumCRC32"), checked
         requests.clear()
         await backend.download(NS, hexd, tmp_path / "dst")
         assert requests.count("GetObject") == 14
@@ -93,6 +96,8 @@ async def test_small_file_is_one_put(moto: MotoServer, tmp_path: Path) -> None: 
         (tmp_path / "src").write_bytes(os.urandom(5 * MiB))
         await backend.upload(NS, "blob", tmp_path / "src")
         assert requests == ["PutObject"]
+        head = moto.client().head_object(Bucket=backend.bucket, Key="blob", ChecksumMode="ENABLED")
+        assert head["ChecksumCRC32"], head
     finally:
         await backend.close()
 

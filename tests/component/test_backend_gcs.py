@@ -20,8 +20,6 @@ import pytest
 import requests
 from aiohttp import web
 from aiohttp.test_utils import TestServer
-from cryptography.hazmat.primitives import serialization
-from cryptography.hazmat.primitives.asymmetric import rsa
 
 from kraken.backend import Backend, BackendConfig, BackendContext, BackendError, create_backend
 from kraken.backend.base import MAX_IN_MEMORY
@@ -32,7 +30,7 @@ from kraken.config import ConfigError, Secret, build, load_config
 from kraken.devcluster import free_port
 from kraken.origin.config import OriginConfig
 from tests.support.backend_suite import BackendSuite, ConfigFactory, sha256_file, write_random_file
-from tests.support.gcs import FakeGcs, fake_gcs_server
+from tests.support.gcs import FakeGcs, fake_gcs_server, service_account_json
 from tests.support.stall import pool_threads, stalled_file
 from tests.support.waiting import until
 
@@ -297,16 +295,6 @@ def test_config_checks() -> None:
 
 
 # ---- credentials -------------------------------------------------------------------------------
-
-
-def service_account_json(token_uri: str) -> str:
-    key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
-    pem = key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
-                            serialization.NoEncryption()).decode()
-    return json.dumps({
-        "type": "service_account", "project_id": "test", "private_key_id": "k1", "private_key": pem,
-        "client_email": "kraken@test.iam.gserviceaccount.com", "client_id": "1", "token_uri": token_uri,
-    })
 
 
 @dataclass

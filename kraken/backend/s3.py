@@ -26,7 +26,7 @@ import asyncio
 import math
 import os
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from functools import partial
 from pathlib import Path
@@ -38,6 +38,8 @@ from kraken.backend.base import MAX_IN_MEMORY, Backend, BackendContext, BackendE
 from kraken.backend.blocking import METADATA_WORKERS, BlockingPool
 from kraken.backend.s3config import S3BackendConfig, make_client, static_credentials
 from kraken.backend.s3transfer import FileSlice, part_ranges, write_body
+from kraken.core.digest import Digest, new_hasher
+from kraken.core.hashthread import RangeHasher
 from kraken.log import get_logger
 
 log = get_logger("kraken.backend.s3")
@@ -123,10 +125,13 @@ class S3Backend(Backend):
             done[f"Checksum{CHECKSUM}"] = part[f"Checksum{CHECKSUM}"]
         return done
 
-    def _get_range(self, key: str, etag: str, start: int, length: int, whole: bool, path: Path) -> None:
+    def _get_range(self, key: str, etag: str, start: int, length: int, whole: bool, path: Path,
+                   on_done: Callable[[int, int], None] | None) -> None:
         kwargs = {} if whole else {"Range": f"bytes={start}-{start + length - 1}"}
         response = self.client.get_object(Bucket=self.bucket, Key=key, IfMatch=etag, **kwargs)
         write_body(response["Body"], path, start, length)
+        if on_done is not None:
+            on_done(start, length)
 
     def _list_page(self, prefix: str, token: str | None) -> tuple[list[str], str | None]:
         kwargs = {"ContinuationToken": token} if token else {}
@@ -185,19 +190,39 @@ class S3Backend(Backend):
                                        ChecksumAlgorithm=CHECKSUM)
 
     async def download(self, namespace: str, name: str, dst: Path) -> None:
+        await self._download(namespace, name, dst, None)
+
+    async def download_hashed(self, namespace: str, name: str, dst: Path, algorithm: str = "sha256") -> Digest:
+        """Ranges land out of order, in parallel: a thread hashes the file's complete prefix as
+        it grows (:class:`~kraken.core.hashthread.RangeHasher`), so the origin's check of a
+        fetched blob ends just after its last range instead of a whole pass later."""
+        digest = await self._download(namespace, name, dst, algorithm)
+        assert digest is not None
+        return digest
+
+    async def _download(self, namespace: str, name: str, dst: Path, algorithm: str | None) -> Digest | None:
+        """Parallel ranges into a temporary file beside ``dst``, renamed over it when all are
+        in; with an ``algorithm``, the digest of the file, hashed as the ranges land."""
         key = self.layout.path(name)
         with self._errors("download", namespace, name):
             size, etag = await self._transfers.call(self._head, key)
             tmp = await asyncio.to_thread(_temp_beside, dst, size)
+            hasher = RangeHasher(tmp, size, new_hasher(algorithm)) if algorithm else None
             try:
+                on_done = hasher.range_done if hasher else None
                 ranges = part_ranges(size, self.config.download_part_size)
-                jobs = [partial(self._get_range, key, etag, start, length, len(ranges) == 1, tmp)
+                jobs = [partial(self._get_range, key, etag, start, length, len(ranges) == 1, tmp, on_done)
                         for start, length in ranges]
                 await self._transfers.run_bounded(jobs, self.config.download_concurrency)
+                digest = Digest(algorithm, await asyncio.to_thread(hasher.hexdigest)) if algorithm and hasher else None
                 await asyncio.to_thread(os.replace, tmp, dst)
+                return digest
             except BaseException:
                 await asyncio.to_thread(tmp.unlink, True)
                 raise
+            finally:
+                if hasher is not None:
+                    await asyncio.to_thread(hasher.close)
 
     async def download_bytes(self, namespace: str, name: str) -> bytes:
         key = self.layout.path(name)

@@ -17,6 +17,7 @@ from kraken.backend.s3 import S3Backend
 from kraken.backend.s3config import S3BackendConfig, static_credentials
 from kraken.buildindex.config import BuildIndexConfig
 from kraken.config import ConfigError, Secret, build, load_config
+from kraken.core.digest import Digest
 from kraken.devcluster import free_port
 from kraken.http.config import HttpClientConfig
 from kraken.origin.config import OriginConfig
@@ -84,6 +85,9 @@ async def test_multipart_upload_and_ranged_download(moto: MotoServer, tmp_path: 
         assert requests.count("GetObject") == 14
         assert sha256_file(tmp_path / "dst") == hexd
         assert sorted(os.listdir(tmp_path)) == ["dst", "src"]
+        # Hashed while the 14 ranges land, four at a time, out of order.
+        assert await backend.download_hashed(NS, hexd, tmp_path / "hashed") == Digest("sha256", hexd)
+        assert sha256_file(tmp_path / "hashed") == hexd
     finally:
         await backend.close()
 

@@ -174,12 +174,22 @@ def _origin_side(herd: Herd, store: NativeStore, path: Path, digest: Digest, rep
     wait_until(lambda: _writebacks(herd) > done_before, 3600, POLL, message=f"write-back {rep} to end")
     task = time.monotonic() - committed
     wait_idle(herd)
+    wait_until(lambda: _metainfos_generated(herd, digest) >= 1, 600, POLL, message=f"metainfo {rep} after the push")
     evicted = http_request(f"{herd.origin.url}/forcecleanup?ttl_hr=0", method="POST")
     assert evicted.status == 200 and str(digest).encode() in evicted.body, evicted
     url = f"{herd.origin.url}/namespace/{NS.replace('/', '%2F')}/blobs/{digest}"
     started = time.monotonic()
     wait_until(lambda: http_request(url, method="HEAD").status == 200, 3600, POLL, message=f"lazy fetch {rep}")
-    return uploaded, task, time.monotonic() - started
+    fetched = time.monotonic() - started
+    # The fetch starts the metainfo's SHA-1 pass in the background (as the commit did): let it
+    # end here rather than beside the next repetition's transfers.
+    wait_until(lambda: _metainfos_generated(herd, digest) >= 2, 600, POLL, message=f"metainfo {rep}")
+    return uploaded, task, fetched
+
+
+def _metainfos_generated(herd: Herd, digest: Digest) -> int:
+    return sum(1 for line in herd.origin.log_tail(400).splitlines()
+               if "metainfo generated" in line and str(digest) in line)
 
 
 def _timed(fn: Callable[[], object]) -> float:

@@ -354,7 +354,7 @@ async def test_event_loop_stays_responsive_during_a_large_transfer(moto: MotoSer
 def test_example_configs_load_with_their_secrets() -> None:
     """examples/backends/s3: Kraken's keys and auth: shape load as they are."""
     examples = Path(__file__).resolve().parents[2] / "examples" / "backends" / "s3"
-    secrets = examples / "secrets.yaml"
+    secrets = examples / "secrets.example.yaml"
     origin = load_config(OriginConfig, examples / "origin" / "s3.yaml", secrets=secrets)
     build_index = load_config(BuildIndexConfig, examples / "build-index" / "s3.yaml", secrets=secrets)
     for config, name_path in ((origin, "sharded_docker_blob"), (build_index, "docker_tag")):

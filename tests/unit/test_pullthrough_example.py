@@ -33,5 +33,5 @@ def test_library_is_pulled_through() -> None:
 
 
 def test_secrets_example_reads() -> None:
-    auth = read_secrets(EXAMPLE / "secrets.yaml.example")["auth"]
+    auth = read_secrets(EXAMPLE / "secrets.example.yaml")["auth"]
     assert set(auth) == {"registry_blob", "registry_tag"}

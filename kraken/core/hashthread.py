@@ -32,7 +32,7 @@ class ThreadedHasher:
         self._hasher = hasher
         self._batch = batch
         self._buffer = bytearray()
-        self._queue: queue.Queue[bytes | None] = queue.Queue(max_batches)
+        self._queue: queue.Queue[bytearray | None] = queue.Queue(max_batches)
         self._thread: threading.Thread | None = None
 
     def update(self, data: bytes | memoryview) -> None:
@@ -44,8 +44,9 @@ class ThreadedHasher:
         if self._thread is None:
             self._thread = threading.Thread(target=self._run, name="hasher", daemon=True)
             self._thread.start()
-        self._queue.put(bytes(self._buffer))
-        self._buffer.clear()
+        # The filled buffer itself goes (no copy); the receiver fills a new one.
+        self._queue.put(self._buffer)
+        self._buffer = bytearray()
 
     def _run(self) -> None:
         while (batch := self._queue.get()) is not None:

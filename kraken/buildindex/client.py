@@ -37,11 +37,12 @@ class BuildIndexClient:
         self.base = http.base(addr)
         self.http = http
 
-    async def put_tag(self, tag: str, digest: Digest) -> None:
-        """Point ``tag`` (``repo:tag``) at manifest ``digest``; returns once it is durable."""
+    async def put_tag(self, tag: str, digest: Digest, *, replicate: bool = False) -> None:
+        """Point ``tag`` (``repo:tag``) at manifest ``digest``; returns once it is durable.
+        ``replicate``: also copy it to the remote clusters whose ``remotes`` match it."""
         url = f"{self.base}/tags/{quote(tag, safe=':')}/digest/{digest}"
         try:
-            resp = await self.http.request("PUT", url)
+            resp = await self.http.request("PUT", url, params={"replicate": "true"} if replicate else None)
         except HTTPStatusError as e:
             if e.status != 400:
                 raise

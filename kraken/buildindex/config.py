@@ -4,6 +4,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from kraken.backend.config import AuthConfig, NamespaceBackendConfig
+from kraken.buildindex.remotes import ClusterConfig, TagReplicationConfig, TagServerConfig, build_remotes
 from kraken.config import ByteSize, ConfigError, Duration, ListenConfig
 from kraken.http.config import HttpClientConfig, HttpServerConfig, TLSConfig
 from kraken.registry.references import DEFAULT_MAX_REFERENCES
@@ -53,6 +54,14 @@ class BuildIndexConfig:
     max_referrers: int = 256
     # A referrer's descriptor (its annotations, mostly) must fit in this many bytes of JSON.
     max_referrer_size: ByteSize = 16 << 10
+    # Cross-cluster replication (kraken.buildindex.remotes): remote build-index "host:port" ->
+    # regexes searched in "repo:tag"; a replicated tag PUT copies the image to each match.
+    remotes: dict[str, list[str]] = field(default_factory=dict)
+    tag_replication: TagReplicationConfig = field(default_factory=TagReplicationConfig)
+    # The other build-indexes of this cluster: each gets a delayed duplicate of every
+    # replication task, so one dying node loses none.
+    cluster: ClusterConfig = field(default_factory=ClusterConfig)
+    tagserver: TagServerConfig = field(default_factory=TagServerConfig)
 
     def __post_init__(self) -> None:
         if self.cache_ttl < 0:
@@ -63,3 +72,4 @@ class BuildIndexConfig:
             raise ConfigError(f"max_manifest_references must be >= 1, got {self.max_manifest_references}")
         if self.max_referrers < 1:
             raise ConfigError(f"max_referrers must be >= 1, got {self.max_referrers}")
+        build_remotes(self.remotes)

@@ -28,18 +28,21 @@ from aiohttp import web
 from kraken.backend import BackendError, BackendRouter, ReadOnlyBackend, build_router
 from kraken.buildindex.config import BuildIndexConfig
 from kraken.buildindex.referrer_routes import add_referrer_routes
-from kraken.buildindex.tags import TagError, parse_tag, validate_repo
+from kraken.buildindex.remotes import RemoteBuildIndex, TagReplicator, build_remotes
+from kraken.buildindex.tags import Tag, TagError, parse_tag, validate_repo
 from kraken.buildindex.tagstore import TagStore
 from kraken.core.digest import Digest, DigestError
 from kraken.http.app import create_app
-from kraken.http.client import HTTPStatusError, create_client
+from kraken.http.client import HttpClient, HTTPStatusError, create_client
 from kraken.http.errors import ErrorTable, JsonError
 from kraken.http.server import Site, site
 from kraken.http.tls import ClientAuth
 from kraken.log import get_logger
 from kraken.metrics import Metrics
 from kraken.origin.client import BlobNotFound, BlobNotReady, OriginCluster
-from kraken.registry.references import InvalidManifest, find_missing
+from kraken.persisted import PersistedQueue
+from kraken.registry.references import InvalidManifest, MissingReference, reachable
+from kraken.tasks import TaskOwner
 
 COMPONENT = "build-index"
 
@@ -99,6 +102,8 @@ class _Running:
     router: BackendRouter
     store: TagStore
     origins: OriginCluster
+    replicator: TagReplicator
+    http: HttpClient
 
 
 class BuildIndex:
@@ -108,6 +113,7 @@ class BuildIndex:
 
     def __init__(self, config: BuildIndexConfig, metrics: Metrics) -> None:
         self.config = config
+        self.metrics = metrics
         self.puts = metrics.counter(
             "kraken_buildindex_tag_puts_total", "Tag PUTs by result", ["result"]
         )
@@ -145,8 +151,16 @@ class BuildIndex:
             stack.push_async_callback(router.close)
             http = create_client(config.http_client, config.tls)
             stack.push_async_callback(http.close)
+            origins = OriginCluster(config.origins, http)
+            queue = await PersistedQueue.open(Path(config.store.root) / "replication.db")
+            stack.push_async_callback(queue.close)
+            replicator = TagReplicator(queue, build_remotes(config.remotes), origins, http, config.tag_replication,
+                                       self.metrics)
+            owner = TaskOwner(COMPONENT)
+            stack.push_async_callback(owner.close)
+            replicator.start(owner)
             self._running = _Running(router, TagStore(Path(config.store.root), router, config.cache_ttl),
-                                     OriginCluster(config.origins, http))
+                                     origins, replicator, http)
             stack.callback(setattr, self, "_running", None)
             log.info("build-index started", origins=",".join(config.origins.hosts),
                      backends=len(router.backends), cache_ttl=config.cache_ttl)
@@ -158,29 +172,87 @@ class BuildIndex:
         await self.router.check_ready(every=True)
 
     async def put_tag(self, request: web.Request) -> web.Response:
+        """Store the tag once everything its manifest reaches is on the origins; with
+        ``?replicate=true`` (the proxy's PUT), queue its copy to the matching remotes."""
         try:
             tag = parse_tag(request.match_info["tag"])
             digest = Digest.parse(request.match_info["digest"])
         except (TagError, DigestError) as e:
             self.puts.labels("invalid").inc()
             raise JsonError(400, str(e)) from None
+        dependencies = await self._dependencies(tag, digest)
+        await self.store.put(tag, digest)
+        self.puts.labels("ok").inc()
+        if request.query.get("replicate") == "true":
+            await self._replicate(tag, digest, dependencies)
+        return web.Response(status=200)
+
+    async def _dependencies(self, tag: Tag, digest: Digest) -> list[Digest]:
+        """Every manifest and blob ``digest`` reaches, all on the origins; 400 otherwise."""
         try:
-            missing = await find_missing(
+            found = await reachable(
                 _OriginSource(self.origins, tag.repo), digest, max_manifest_size=self.config.max_manifest_size,
                 max_references=self.config.max_manifest_references, concurrency=self.config.verify_concurrency,
             )
         except InvalidManifest as e:
             self.puts.labels("invalid").inc()
             raise JsonError(400, str(e), missing=[]) from None
-        if missing is not None:
+        except MissingReference as e:
             self.puts.labels("missing").inc()
-            log.warning("tag refused: reference missing from origins", tag=tag, digest=digest, missing=missing)
+            log.warning("tag refused: reference missing from origins", tag=tag, digest=digest, missing=e.digest)
             raise JsonError(
-                400, f"manifest {digest} references content missing from the origins", missing=[str(missing)],
-            )
-        await self.store.put(tag, digest)
-        self.puts.labels("ok").inc()
+                400, f"manifest {digest} references content missing from the origins", missing=[str(e.digest)],
+            ) from None
+        return sorted(found, key=str)
+
+    async def _replicate(self, tag: Tag, digest: Digest, dependencies: list[Digest]) -> None:
+        """Queue the tag's replication here, then hand a delayed duplicate to each neighbour
+        (kraken.buildindex.remotes); a neighbour that does not answer is logged, not fatal."""
+        try:
+            if not await self.running.replicator.replicate(tag, digest, dependencies):
+                return
+        except OverflowError as e:
+            raise JsonError(503, str(e)) from None
+        delay = 0.0
+        for neighbour in self.config.cluster.static:
+            delay += self.config.tagserver.duplicate_replicate_stagger
+            try:
+                await RemoteBuildIndex(neighbour, self.running.http).duplicate_replicate(
+                    tag, digest, dependencies, delay)
+            except (aiohttp.ClientError, TimeoutError, ConnectionError, HTTPStatusError) as e:
+                log.warning("duplicate replication not handed to neighbour", tag=tag, neighbour=neighbour,
+                            error=f"{type(e).__name__}: {e}")
+
+    async def replicate_tag(self, request: web.Request) -> web.Response:
+        """``POST /remotes/tags/{tag}``: replicate a stored tag again (to every matching remote)."""
+        tag = parse_tag(request.match_info["tag"])
+        lookup = await self.store.get(tag)
+        if lookup.digest is None:
+            raise JsonError(404, f"tag {tag} not found")
+        await self._replicate(tag, lookup.digest, await self._dependencies(tag, lookup.digest))
         return web.Response(status=200)
+
+    async def duplicate_replicate(self, request: web.Request) -> web.Response:
+        """A neighbour's task, queued here ``delay`` seconds later (kraken.buildindex.remotes)."""
+        try:
+            tag = parse_tag(request.match_info["tag"])
+            digest = Digest.parse(request.match_info["digest"])
+            body = await request.json()
+            dependencies = [Digest.parse(d) for d in body["dependencies"]]
+            delay = float(body["delay"])
+            if not 0 <= delay <= 86400:
+                raise ValueError(f"delay {delay} out of range")
+        except (TagError, DigestError, ValueError, KeyError, TypeError) as e:
+            raise JsonError(400, f"bad duplicate replication request: {e}") from None
+        try:
+            await self.running.replicator.replicate(tag, digest, dependencies, delay)
+        except OverflowError as e:
+            raise JsonError(503, str(e)) from None
+        return web.Response(status=200)
+
+    async def origin(self, _: web.Request) -> web.Response:
+        """``GET /origin``: this cluster's origins, for another cluster's replication."""
+        return web.Response(text=",".join(self.config.origins.hosts), content_type="text/plain")
 
     async def get_tag(self, request: web.Request) -> web.Response:
         tag = parse_tag(request.match_info["tag"])
@@ -214,6 +286,9 @@ def create_buildindex_app(config: BuildIndexConfig) -> web.Application:
     app.router.add_get(r"/tags/{tag:.+}", server.get_tag)
     app.router.add_get(r"/repositories/{repo:.+}/tags", server.list_repository)
     app.router.add_get(r"/list/{prefix:.*}", server.list_prefix)
+    app.router.add_post(r"/remotes/tags/{tag:.+}", server.replicate_tag)
+    app.router.add_post(r"/internal/duplicate/remotes/tags/{tag:.+}/digest/{digest}", server.duplicate_replicate)
+    app.router.add_get("/origin", server.origin)
     add_referrer_routes(app, server, metrics)
     return app
 

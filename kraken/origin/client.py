@@ -146,6 +146,13 @@ class OriginClient:
         resp.release()
         return [h.strip() for h in resp.headers.get("Origin-Locations", "").split(",") if h.strip()]
 
+    async def replicate_to_remote(self, namespace: str, digest: Digest, remote: list[str]) -> None:
+        """Have this origin copy the blob to the origin cluster ``remote`` (kraken.origin.remote);
+        waits while it fetches the blob from its backend. Raises BlobNotFound when no copy
+        exists, HTTPStatusError (503) when the remote cluster did not take it."""
+        url = f"{self._blob_url(namespace, digest)}/remote/{quote(','.join(remote), safe=':,')}"
+        (await self._poll("POST", url)).release()
+
     async def get_metainfo(self, namespace: str, digest: Digest) -> bytes:
         """The blob's bencoded v1 torrent; waits while the origin fetches the blob."""
         resp = await self._poll("GET", f"{self._blob_url(namespace, digest, '/internal')}/metainfo")
@@ -245,3 +252,6 @@ class OriginCluster:
 
     async def get_metainfo(self, namespace: str, digest: Digest) -> bytes:
         return await self._route(digest, lambda c: c.get_metainfo(namespace, digest))
+
+    async def replicate_to_remote(self, namespace: str, digest: Digest, remote: list[str]) -> None:
+        await self._route(digest, lambda c: c.replicate_to_remote(namespace, digest, remote))

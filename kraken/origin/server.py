@@ -24,6 +24,7 @@ from kraken.log import get_logger
 from kraken.metrics import Metrics
 from kraken.origin.config import OriginConfig
 from kraken.origin.peers import ClusterPeers
+from kraken.origin.remote import RemoteUnavailable, copy_to_remote, parse_remote
 from kraken.origin.service import Fetching, NotFound, OriginService, SeedError
 from kraken.store.cas import DigestMismatch, UploadOffsetMismatch, UploadUnknown, UploadWriteError
 
@@ -195,6 +196,25 @@ async def locations(request: web.Request) -> web.Response:
     return web.Response(status=200, headers={"Origin-Locations": ",".join(owners)})
 
 
+async def replicate_to_remote(request: web.Request) -> web.Response:
+    """Copy the blob to the origin cluster named in the path (kraken.origin.remote); 202 while
+    this origin still fetches it from its backend, 404 if the backend lacks it. For herd hosts
+    only: it makes this origin send data to the address it is given."""
+    await _peers_only(request, "copying a blob to a remote cluster")
+    svc, ns, digest = _svc(request), request.match_info["ns"], _digest(request)
+    try:
+        remote = parse_remote(request.match_info["remote"])
+    except ValueError as e:
+        return json_error(400, str(e))
+    path = await svc.find(ns, digest)
+    svc.store.touch(digest)
+    try:
+        owner = await copy_to_remote(svc.running.http, ns, digest, path, remote)
+    except RemoteUnavailable as e:
+        return json_error(503, str(e))
+    return web.json_response({"remote_origin": owner})
+
+
 async def force_cleanup(request: web.Request) -> web.Response:
     """Evict blobs idle for ``ttl_hr`` hours (0: all) whose write-back has succeeded."""
     await _peers_only(request, "forcecleanup")
@@ -231,6 +251,7 @@ def create_origin_app(config: OriginConfig) -> web.Application:
     app.router.add_head(f"/internal{blob}", head_local_blob)
     app.router.add_get(f"/internal{blob}", get_local_blob, allow_head=False)
     app.router.add_get(f"/internal{blob}/metainfo", get_metainfo)
+    app.router.add_post(f"{blob}/remote/{{remote}}", replicate_to_remote)
     app.router.add_get("/blobs/{digest}/locations", locations)
     app.router.add_post("/forcecleanup", force_cleanup)
     return app

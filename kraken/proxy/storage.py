@@ -159,7 +159,7 @@ class ProxyStorage(RegistryStorage):
 
     async def put_tag(self, repo: str, tag: str, digest: Digest) -> None:
         try:
-            await self.build_index.put_tag(f"{repo}:{tag}", digest)
+            await self.build_index.put_tag(f"{repo}:{tag}", digest, replicate=True)
         except TagReferenceError as e:
             if not e.missing:
                 raise RegistryError("MANIFEST_INVALID", detail=str(e)) from None

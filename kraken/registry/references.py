@@ -39,7 +39,9 @@ class InvalidManifest(Exception):
     or has more references than allowed."""
 
 
-class _Missing(Exception):
+class MissingReference(Exception):
+    """A manifest or blob reachable from the root is not in the source."""
+
     def __init__(self, digest: Digest) -> None:
         super().__init__(str(digest))
         self.digest = digest
@@ -76,6 +78,27 @@ async def find_missing(
     Raises :class:`InvalidManifest` for a manifest that does not parse, is too big, does not
     match its digest, or references more than ``max_references`` blobs and manifests.
     """
+    try:
+        await reachable(source, root, max_manifest_size=max_manifest_size, max_references=max_references,
+                        concurrency=concurrency, root_media_type=root_media_type)
+    except MissingReference as e:
+        return e.digest
+    return None
+
+
+async def reachable(
+    source: ManifestSource,
+    root: Digest,
+    *,
+    max_manifest_size: int,
+    max_references: int = DEFAULT_MAX_REFERENCES,
+    concurrency: int = DEFAULT_CONCURRENCY,
+    root_media_type: str | None = None,
+) -> set[Digest]:
+    """Every manifest and blob reachable from ``root``, ``root`` included (what a copy of the
+    image elsewhere needs). Raises :class:`MissingReference` for the first one missing, and
+    :class:`InvalidManifest` as :func:`find_missing` says.
+    """
     limit = asyncio.Semaphore(concurrency)
     seen: set[Digest] = {root}
 
@@ -83,18 +106,18 @@ async def find_missing(
         async with limit:
             size = await source.stat(digest)
         if size is None:
-            raise _Missing(digest)
+            raise MissingReference(digest)
 
     async def check_manifest(tasks: asyncio.TaskGroup, digest: Digest, media_type: str | None) -> None:
         async with limit:
             size = await source.stat(digest)
             if size is None:
-                raise _Missing(digest)
+                raise MissingReference(digest)
             if size > max_manifest_size:
                 raise InvalidManifest(f"manifest {digest} is {size} bytes, over the {max_manifest_size} byte limit")
             raw = await source.read(digest, max_manifest_size)
             if raw is None:
-                raise _Missing(digest)
+                raise MissingReference(digest)
         if Digest.of_bytes(raw, digest.algorithm) != digest:
             raise InvalidManifest(f"manifest {digest}: content does not match its digest")
         try:
@@ -119,8 +142,5 @@ async def find_missing(
         async with asyncio.TaskGroup() as tasks:
             tasks.create_task(check_manifest(tasks, root, root_media_type))
     except ExceptionGroup as group:
-        first = group.exceptions[0]
-        if isinstance(first, _Missing):
-            return first.digest
-        raise first from None
-    return None
+        raise group.exceptions[0] from None
+    return seen

@@ -1,0 +1,204 @@
+"""Cross-cluster tag replication: a tag pushed here, and every blob its image needs, copied to
+the build-indexes and origins of other clusters (Kraken's ``remotes`` and ``tag_replication``).
+
+``remotes`` maps a remote cluster's build-index (``host:port``) to tag regexes (searched in the
+whole tag ``repo:tag``, unanchored, as Kraken's do). A tag PUT with ``?replicate=true`` (what the
+proxy sends) queues, per matching remote, a persisted task (``<store.root>/replication.db``)
+retried with backoff until it succeeds, across restarts. A task:
+
+1. asks the remote build-index for the tag: if it has it, the work is done (its own
+   replication, or an earlier attempt, got there first);
+2. asks the remote build-index for its origin cluster (``GET /origin``);
+3. has the owner of each blob here copy it to that cluster (origin ``POST .../remote/<cluster>``,
+   kraken.origin.remote): the manifest, its children for an index, and every layer and config;
+4. puts the tag on the remote build-index with ``?replicate=true``, so the remote replicates it
+   onwards to its own remotes (step 1 ends a cycle).
+
+With several build-indexes in this cluster (``cluster``), each one that takes a replicated PUT
+also hands the task to the others (``POST /internal/duplicate/remotes/tags/<tag>/digest/<d>``),
+each with ``tagserver.duplicate_replicate_stagger`` more delay than the last: if this node dies
+before its task succeeds, a neighbour's copy runs later; if it succeeded, step 1 makes the
+duplicate a no-op.
+"""
+from __future__ import annotations
+
+import json
+import re
+from dataclasses import dataclass, field
+from urllib.parse import quote
+
+import aiohttp
+
+from kraken.buildindex.tags import Tag, parse_tag
+from kraken.config import ConfigError, Duration
+from kraken.core.digest import Digest
+from kraken.http.client import HttpClient, HTTPStatusError
+from kraken.log import get_logger
+from kraken.metrics import Metrics
+from kraken.origin.client import BlobNotFound, BlobNotReady, OriginCluster
+from kraken.persisted import PersistedQueue, RetryWorker, Task
+from kraken.tasks import TaskOwner
+
+log = get_logger("build-index")
+
+#: Tasks queued at most (a tag PUT beyond it is refused with 503 rather than growing the queue).
+MAX_QUEUED = 100_000
+#: Dependencies a task may carry (a manifest's own references are capped far below this).
+MAX_DEPENDENCIES = 10_000
+
+
+@dataclass
+class TagReplicationConfig:
+    """Retry schedule of the replication tasks (Kraken's ``tag_replication``)."""
+
+    retry_interval: Duration = 1.0
+    max_retry_interval: Duration = 300.0
+    concurrency: int = 4
+
+    def __post_init__(self) -> None:
+        if self.retry_interval <= 0 or self.max_retry_interval < self.retry_interval or self.concurrency < 1:
+            raise ConfigError("tag_replication: retry_interval > 0, max_retry_interval >= retry_interval, "
+                              "concurrency >= 1")
+
+
+@dataclass
+class TagServerConfig:
+    """Kraken's ``tagserver`` section: the delay between neighbours' duplicate tasks."""
+
+    duplicate_replicate_stagger: Duration = 1200.0
+
+
+@dataclass
+class ClusterConfig:
+    """The other build-indexes of this cluster (Kraken's ``cluster: {static: [...]}``)."""
+
+    static: list[str] = field(default_factory=list)
+
+
+@dataclass(frozen=True)
+class Remote:
+    addr: str
+    pattern: re.Pattern[str]
+
+
+def build_remotes(config: dict[str, list[str]]) -> list[Remote]:
+    """``remotes:`` -> matchers; a bad address or regex is a config error at start."""
+    remotes = []
+    for addr, patterns in config.items():
+        if addr.count(":") != 1 or not addr.rsplit(":", 1)[1].isdigit():
+            raise ConfigError(f"remotes: {addr!r} is not host:port")
+        for pattern in patterns:
+            try:
+                remotes.append(Remote(addr, re.compile(pattern)))
+            except re.error as e:
+                raise ConfigError(f"remotes.{addr}: bad regex {pattern!r}: {e}") from None
+    return remotes
+
+
+class TagReplicator:
+    """The persisted replication queue and its worker; started and closed by the build-index."""
+
+    def __init__(self, queue: PersistedQueue, remotes: list[Remote], origins: OriginCluster, http: HttpClient,
+                 config: TagReplicationConfig, metrics: Metrics) -> None:
+        self._queue = queue
+        self._remotes = remotes
+        self._origins = origins
+        self._http = http
+        pending = metrics.gauge("kraken_buildindex_replication_pending", "Tag replication tasks queued")
+        self._done = metrics.counter("kraken_buildindex_replications_total",
+                                     "Tag replication tasks by result (copied, present)", ["result"])
+        self._failures = metrics.counter("kraken_buildindex_replication_failures_total",
+                                         "Failed tag replication attempts")
+        self.worker = RetryWorker("tag-replication", queue, self._handle, config.retry_interval,
+                                  config.max_retry_interval, config.concurrency, on_count=pending.set)
+
+    def start(self, owner: TaskOwner) -> None:
+        self.worker.start(owner)
+
+    def destinations(self, tag: Tag) -> list[str]:
+        """The remotes whose regexes match ``tag``, each once, in config order."""
+        matched: list[str] = []
+        for remote in self._remotes:
+            if remote.pattern.search(str(tag)) and remote.addr not in matched:
+                matched.append(remote.addr)
+        return matched
+
+    async def replicate(self, tag: Tag, digest: Digest, dependencies: list[Digest], delay: float = 0.0,
+                        only: list[str] | None = None) -> list[str]:
+        """Queue one task per matching remote (or per remote of ``only`` that matches); the
+        remotes queued for. Raises OverflowError when the queue is full."""
+        if len(dependencies) > MAX_DEPENDENCIES:
+            raise ValueError(f"{len(dependencies)} dependencies, over {MAX_DEPENDENCIES}")
+        destinations = [d for d in self.destinations(tag) if only is None or d in only]
+        if destinations and await self._queue.count() >= MAX_QUEUED:
+            raise OverflowError(f"tag replication queue full ({MAX_QUEUED} tasks)")
+        for dest in destinations:
+            payload = {"tag": str(tag), "digest": str(digest), "destination": dest,
+                       "dependencies": [str(d) for d in dependencies]}
+            await self.worker.add(json.dumps([str(tag), dest]), payload, delay)
+            log.info("tag replication queued", tag=tag, digest=digest, remote=dest, delay=delay)
+        return destinations
+
+    async def _handle(self, task: Task) -> None:
+        tag, dest = parse_tag(task.payload["tag"]), task.payload["destination"]
+        digest = Digest.parse(task.payload["digest"])
+        try:
+            copied = await self._replicate(tag, digest, [Digest.parse(d) for d in task.payload["dependencies"]], dest)
+        except (aiohttp.ClientError, TimeoutError, ConnectionError, HTTPStatusError, LookupError, BlobNotFound,
+                BlobNotReady) as e:
+            self._failures.inc()
+            log.warning("tag replication failed, will retry", tag=tag, digest=digest, remote=dest,
+                        attempt=task.attempts + 1, error=f"{type(e).__name__}: {e}")
+            raise
+        self._done.labels("copied" if copied else "present").inc()
+
+    async def _replicate(self, tag: Tag, digest: Digest, dependencies: list[Digest], dest: str) -> bool:
+        """False if the remote had the tag already, True once blobs and tag are copied."""
+        remote = RemoteBuildIndex(dest, self._http)
+        if await remote.get_tag(tag) == digest:
+            log.info("tag replication not needed, remote has the tag", tag=tag, digest=digest, remote=dest)
+            return False
+        cluster = await remote.origin()
+        for dep in dependencies:
+            await self._origins.replicate_to_remote(tag.repo, dep, cluster)
+        await remote.put_tag(tag, digest)
+        log.info("tag replicated", tag=tag, digest=digest, remote=dest, blobs=len(dependencies))
+        return True
+
+
+class RemoteBuildIndex:
+    """The calls replication makes to another cluster's build-index (or a neighbour)."""
+
+    def __init__(self, addr: str, http: HttpClient) -> None:
+        self._addr = addr
+        self._http = http
+
+    def _url(self, path: str) -> str:
+        return self._http.url(self._addr, path)
+
+    async def get_tag(self, tag: Tag) -> Digest | None:
+        resp = await self._http.request("GET", self._url(f"/tags/{quote(str(tag), safe=':')}"), ok=(200, 404))
+        try:
+            return None if resp.status == 404 else Digest.parse((await resp.text()).strip())
+        finally:
+            resp.release()
+
+    async def origin(self) -> list[str]:
+        """The remote cluster's origins (its ``GET /origin``)."""
+        resp = await self._http.request("GET", self._url("/origin"))
+        try:
+            hosts = [h.strip() for h in (await resp.text()).split(",") if h.strip()]
+        finally:
+            resp.release()
+        if not hosts:
+            raise LookupError(f"build-index {self._addr} names no origin")
+        return hosts
+
+    async def put_tag(self, tag: Tag, digest: Digest) -> None:
+        url = self._url(f"/tags/{quote(str(tag), safe=':')}/digest/{digest}")
+        (await self._http.request("PUT", url, params={"replicate": "true"})).release()
+
+    async def duplicate_replicate(self, tag: Tag, digest: Digest, dependencies: list[Digest], delay: float) -> None:
+        url = self._url(f"/internal/duplicate/remotes/tags/{quote(str(tag), safe=':')}/digest/{digest}")
+        body = {"dependencies": [str(d) for d in dependencies], "delay": delay}
+        (await self._http.request("POST", url, json=body)).release()

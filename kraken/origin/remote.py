@@ -1,0 +1,68 @@
+"""Copying a blob to another cluster's origins: the blob half of cross-cluster tag replication.
+
+Kraken's ``POST /namespace/<ns>/blobs/<d>/remote/<remote>``: build-index's replication task
+(kraken.buildindex.remotes) asks the blob's owner here to copy the blob to the origin cluster
+``remote`` (comma-separated ``host:port`` of that cluster's origins, as the remote build-index's
+``GET /origin`` names them). The owner makes sure it holds the blob (fetching it from its
+backend first: 202 meanwhile, as for reads), asks the remote cluster which of its origins own
+the digest (``GET /blobs/<d>/locations`` on the first that answers), and uploads the blob to
+the first owner that takes it, as an ordinary push there: that origin replicates it within its
+own ring and writes it back to its own backend. A remote that already has the blob answers
+409, which is success. The remote origin hashes what it receives, so nothing unverified lands
+there; with TLS the calls carry this cluster's client certificate, which the remote must trust.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+import aiohttp
+
+from kraken.core.digest import Digest
+from kraken.http.client import HttpClient, HTTPStatusError
+from kraken.log import get_logger
+from kraken.origin.client import OriginClient
+
+log = get_logger("origin")
+
+#: What makes one remote origin unusable for this copy: the next one is tried.
+_REMOTE_ERRORS = (aiohttp.ClientError, TimeoutError, HTTPStatusError, ConnectionError)
+
+
+class RemoteUnavailable(Exception):
+    """No origin of the remote cluster answered, or none of its owners took the blob."""
+
+
+def parse_remote(remote: str) -> list[str]:
+    """``host:port[,host:port...]`` -> the addresses; ValueError for anything else."""
+    hosts = [h.strip() for h in remote.split(",") if h.strip()]
+    if not hosts or len(hosts) > 64 or any(h.count(":") != 1 or not h.rsplit(":", 1)[1].isdigit() for h in hosts):
+        raise ValueError(f"remote must be host:port[,host:port...], got {remote!r}")
+    return hosts
+
+
+async def copy_to_remote(http: HttpClient, namespace: str, digest: Digest, path: Path, remote_hosts: list[str]) -> str:
+    """Upload the cached file ``path`` to an owner of ``digest`` in the remote cluster; the
+    origin that took it."""
+    owners = await _remote_owners(http, digest, remote_hosts)
+    errors: list[str] = []
+    for owner in owners:
+        try:
+            await OriginClient(owner, http).upload_file(namespace, digest, path)
+        except _REMOTE_ERRORS as e:
+            errors.append(f"{owner}: {type(e).__name__}: {e}")
+            continue
+        log.info("blob copied to remote cluster", namespace=namespace, digest=digest, remote_origin=owner)
+        return owner
+    raise RemoteUnavailable(f"no owner of {digest} in the remote cluster took it ({'; '.join(errors)})")
+
+
+async def _remote_owners(http: HttpClient, digest: Digest, remote_hosts: list[str]) -> list[str]:
+    errors: list[str] = []
+    for host in remote_hosts:
+        try:
+            owners = await OriginClient(host, http).locations(digest)
+        except _REMOTE_ERRORS as e:
+            errors.append(f"{host}: {type(e).__name__}: {e}")
+            continue
+        return owners or [host]
+    raise RemoteUnavailable(f"no origin of the remote cluster answered ({'; '.join(errors)})")

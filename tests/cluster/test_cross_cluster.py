@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pytest
 
+from kraken.core.digest import Digest
 from tests.support.cluster import Herd, start_herd
 from tests.support.registry_http import fetch_blob, fetch_manifest, http_request, push_blob_bytes, push_manifest
 from tests.support.waiting import wait_until
@@ -105,3 +106,37 @@ def test_replication_waits_out_a_remote_that_is_down_and_survives_a_restart(herd
     wait_until(lambda: _tag_on(b, f"{REPO}:v3") is not None, 60, 0.1, message="the tag on cluster B")
     assert _tag_on(b, f"{REPO}:v3") == str(md)
     assert fetch_blob(b.agents[0].addr, REPO, str(ld)) == layer
+
+
+def _push_unreplicated(a: Herd, tag: str) -> tuple[Digest, bytes, list[Digest]]:
+    """An image on A's origins, tagged on A's build-index directly, without ``?replicate``."""
+    config, layer = b'{"os": "linux", "tag": "%s"}' % tag.encode(), os.urandom(50_000)
+    cd, ld = push_blob_bytes(a.proxy.url, REPO, config), push_blob_bytes(a.proxy.url, REPO, layer)
+    manifest = json.dumps({"schemaVersion": 2, "mediaType": "application/vnd.oci.image.manifest.v1+json",
+                           "config": {"mediaType": "application/vnd.oci.image.config.v1+json", "digest": str(cd),
+                                      "size": len(config)},
+                           "layers": [{"mediaType": "application/vnd.oci.image.layer.v1.tar", "digest": str(ld),
+                                       "size": len(layer)}]}).encode()
+    md = push_blob_bytes(a.proxy.url, REPO, manifest)
+    put = http_request(f"{a.build_index.url}/tags/{REPO.replace('/', '%2F')}:{tag}/digest/{md}", method="PUT")
+    assert put.status == 200, put
+    return md, layer, [cd, ld, md]
+
+
+def test_a_neighbours_duplicate_and_a_manual_replication_copy_the_tag(herds: tuple[Herd, Herd]) -> None:
+    a, b = herds
+    md, layer, deps = _push_unreplicated(a, "dup")
+    assert _tag_on(b, f"{REPO}:dup") is None  # not asked to replicate
+    url = f"{a.build_index.url}/internal/duplicate/remotes/tags/{REPO.replace('/', '%2F')}:dup/digest/{md}"
+    bad = http_request(url, method="POST", data=b'{"dependencies": ["nope"], "delay": 0}')
+    assert bad.status == 400, bad
+    body = json.dumps({"dependencies": [str(d) for d in deps], "delay": 0}).encode()
+    ok = http_request(url, method="POST", data=body)
+    assert ok.status == 200, ok
+    wait_until(lambda: _tag_on(b, f"{REPO}:dup") == str(md), 60, 0.1, message="the duplicate's tag on B")
+    assert fetch_blob(b.agents[0].addr, REPO, str(deps[1])) == layer
+
+    md2, _, _ = _push_unreplicated(a, "manual")
+    again = http_request(f"{a.build_index.url}/remotes/tags/{REPO.replace('/', '%2F')}:manual", method="POST")
+    assert again.status == 200, again
+    wait_until(lambda: _tag_on(b, f"{REPO}:manual") == str(md2), 60, 0.1, message="the re-replicated tag on B")

@@ -3,7 +3,8 @@
 Endpoints (tags are ``repo:tag``, percent-encoded in paths, e.g. ``test%2Fx:latest``):
 
 * ``PUT /tags/{tag}/digest/{d}``: 200 once every reference of manifest ``d`` exists on the
-  origins and the tag is in the backend; 400 ``{"error", "missing": [...]}`` otherwise
+  origins and the tag is in the backend (``tag_store.write_through: false``: on this node's
+  disk, its write-back queued); 400 ``{"error", "missing": [...]}`` otherwise
   (the first missing digest found; empty for an invalid manifest or one over
   ``max_manifest_references``).
 * ``GET|HEAD /tags/{tag}``: 200 with body ``sha256:...``; 404.
@@ -30,6 +31,7 @@ from kraken.buildindex.config import BuildIndexConfig
 from kraken.buildindex.referrer_routes import add_referrer_routes
 from kraken.buildindex.tags import TagError, parse_tag, validate_repo
 from kraken.buildindex.tagstore import TagStore
+from kraken.buildindex.tagwriteback import PendingTags, TagWriteBack
 from kraken.core.digest import Digest, DigestError
 from kraken.http.app import create_app
 from kraken.http.client import HTTPStatusError, create_client
@@ -39,7 +41,9 @@ from kraken.http.tls import ClientAuth
 from kraken.log import get_logger
 from kraken.metrics import Metrics
 from kraken.origin.client import BlobNotFound, BlobNotReady, OriginCluster
+from kraken.persisted import PersistedQueue
 from kraken.registry.references import InvalidManifest, find_missing
+from kraken.tasks import TaskOwner
 
 COMPONENT = "build-index"
 
@@ -108,12 +112,14 @@ class BuildIndex:
 
     def __init__(self, config: BuildIndexConfig, metrics: Metrics) -> None:
         self.config = config
+        self.metrics = metrics
         self.puts = metrics.counter(
             "kraken_buildindex_tag_puts_total", "Tag PUTs by result", ["result"]
         )
         self.gets = metrics.counter(
             "kraken_buildindex_tag_gets_total",
-            "Tag lookups by result (backend, cache, fallback = backend down, not_found)",
+            "Tag lookups by result (backend, cache, fallback = backend down, pending = not yet "
+            "written back, not_found)",
             ["result"],
         )
         self._running: _Running | None = None
@@ -145,11 +151,20 @@ class BuildIndex:
             stack.push_async_callback(router.close)
             http = create_client(config.http_client, config.tls)
             stack.push_async_callback(http.close)
-            self._running = _Running(router, TagStore(Path(config.store.root), router, config.cache_ttl),
-                                     OriginCluster(config.origins, http))
+            root = Path(config.store.root)
+            # Opened in write-through mode too: it drains what a write-back run left.
+            queue = await PersistedQueue.open(root / "tag_writeback.db")
+            stack.push_async_callback(queue.close)
+            writeback = TagWriteBack(PendingTags(root), queue, config.tag_store, self.metrics)
+            store = TagStore(root, router, config.cache_ttl, writeback)
+            owner = TaskOwner(COMPONENT)
+            stack.push_async_callback(owner.close)
+            await writeback.start(owner, store.write_pending)
+            self._running = _Running(router, store, OriginCluster(config.origins, http))
             stack.callback(setattr, self, "_running", None)
             log.info("build-index started", origins=",".join(config.origins.hosts),
-                     backends=len(router.backends), cache_ttl=config.cache_ttl)
+                     backends=len(router.backends), cache_ttl=config.cache_ttl,
+                     write_through=config.tag_store.write_through)
             yield
 
     async def readiness(self) -> None:

@@ -148,6 +148,7 @@ class TagWriteBack:
             await self._queue.add(_key(tag, digest), {"tag": str(tag), "digest": str(digest)})
         if len(self.pending):
             log.info("tags pending write-back", count=len(self.pending))
+        self._pending_gauge.set(await self._queue.count())
         self.worker.start(owner)
 
     async def enqueue(self, tag: Tag, digest: Digest) -> None:

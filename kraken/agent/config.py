@@ -9,6 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from kraken.agent.preload import PreloadConfig
+from kraken.buildindex.hosts import BuildIndexHostsConfig
 from kraken.config import ByteSize, Duration, ListenConfig
 from kraken.http.allow import DEFAULT_ALLOWED_CIDRS, parse_networks
 from kraken.http.config import HttpClientConfig, HttpServerConfig, TLSConfig
@@ -95,7 +96,7 @@ class AgentConfig:
     server: ListenConfig = field(default_factory=lambda: ListenConfig(port=DEFAULT_SERVER_PORT))
     p2p: P2PConfig = field(default_factory=P2PConfig)
     tracker: AddrConfig = field(default_factory=lambda: AddrConfig("localhost:15003"))
-    build_index: AddrConfig = field(default_factory=lambda: AddrConfig("localhost:15004"))
+    build_index: BuildIndexHostsConfig = field(default_factory=BuildIndexHostsConfig)
     # The origins' ring, for fetching a blob over HTTP when P2P makes no progress
     # (`download.fallback_after`); empty hosts: no fallback.
     origins: RingConfig = field(default_factory=RingConfig)

@@ -35,14 +35,13 @@ from kraken.agent.fallback import HttpFallback
 from kraken.agent.preload import RETRY_AFTER, RUNTIMES, PreloadBusy, Preloader, PreloadError
 from kraken.agent.storage import AgentStorage
 from kraken.agent.tracker import TrackerClient
-from kraken.buildindex.client import BuildIndexClient
+from kraken.buildindex.client import BuildIndexClient, failover_counter
 from kraken.buildindex.tags import TagError, parse_tag
 from kraken.core.digest import Digest, DigestError
 from kraken.http.allow import AllowList, guard
 from kraken.http.app import create_app
 from kraken.http.client import HttpClient, HTTPStatusError, create_client
 from kraken.http.errors import ErrorTable, JsonError, json_error
-from kraken.http.health import check
 from kraken.http.names import check_namespace
 from kraken.http.server import Site, site
 from kraken.http.tls import ClientAuth
@@ -135,7 +134,8 @@ class Agent:
             tasks = TaskOwner("agent")
             stack.push_async_callback(tasks.close)
             tasks.spawn(CacheCleanup(blobs, config.cleanup, metrics).run(), "cleanup")
-            self._running = _Running(http, session, blobs, tracker, BuildIndexClient(config.build_index.addr, http))
+            self._running = _Running(http, session, blobs, tracker, BuildIndexClient(
+                config.build_index, http, failover_counter(metrics)))
             stack.callback(setattr, self, "_running", None)
             yield
 
@@ -143,7 +143,7 @@ class Agent:
         """The tracker and build-index answer ``/health``."""
         running = self.running
         await running.tracker.ping()
-        await check(running.http, self.config.build_index.addr)
+        await running.build_index.ping()
 
     def registry_app(self) -> web.Application:
         """The registry app; its cleanup context runs the agent (see the module docstring)."""

@@ -1,13 +1,36 @@
-"""Client of the build-index HTTP API (used by the proxy, agents and replication)."""
+"""Client of the build-index HTTP API (used by the proxy, agents and replication).
+
+Failover: the client knows every build-index of the cluster (:mod:`kraken.buildindex.hosts`;
+they share one tag backend, so any answers any request) and sends each request to the one
+that last answered. A connection failure, a timeout or a 502/503/504 moves the request to the
+next address at once; any other answer (a 4xx included) is the answer. Only when every
+address failed does it pause (``http_client.backoff``) and go round again, up to
+``http_client.retries`` more times, as a single-address client retries today. So losing one
+build-index costs a request one connection attempt (a refused connection, or at most
+``http_client.connect_timeout`` for a host that is gone), and the next requests go straight
+to a live node.
+"""
 from __future__ import annotations
 
+import asyncio
 import json
+import random
+from collections.abc import Sequence
 from urllib.parse import quote
 
+import aiohttp
+from prometheus_client import Counter
+
+from kraken.buildindex.hosts import BuildIndexHosts, BuildIndexHostsConfig
 from kraken.core.digest import Digest
-from kraken.http.client import HttpClient, HTTPStatusError
+from kraken.http.client import RETRY_STATUSES, HttpClient, HTTPStatusError
 from kraken.http.errors import error_extra, error_message
+from kraken.http.health import PROBE_TIMEOUT, check_any
+from kraken.log import get_logger
+from kraken.metrics import Metrics
 from kraken.registry.referrer_index import ReferrerDescriptor
+
+log = get_logger("kraken.buildindex.client")
 
 #: A referrers answer is bounded by build-index's ``max_referrers`` x ``max_referrer_size``
 #: (4 MiB by default); a body past this is refused rather than read into memory.
@@ -32,17 +55,80 @@ class ReferrerRefused(Exception):
         self.limit = limit
 
 
+def failover_counter(metrics: Metrics) -> Counter:
+    """The metric a component's build-index client counts its failovers in."""
+    return metrics.counter("kraken_build_index_failovers_total",
+                           "build-index requests moved to the next build-index (connection failure, "
+                           "timeout or 502/503/504)")
+
+
 class BuildIndexClient:
-    def __init__(self, addr: str, http: HttpClient) -> None:
-        self.base = http.base(addr)
+    """``where``: a ``build_index:`` config, or one ``host:port``, or a list of them."""
+
+    def __init__(self, where: BuildIndexHostsConfig | str | Sequence[str], http: HttpClient,
+                 failovers: Counter | None = None) -> None:
+        if isinstance(where, str):
+            where = BuildIndexHostsConfig(addr=where)
+        elif not isinstance(where, BuildIndexHostsConfig):
+            where = BuildIndexHostsConfig(addrs=list(where))
+        self.hosts = BuildIndexHosts(where)
         self.http = http
+        self._failovers = failovers
+        # Where requests go first: the address that answered last. Clients start at a random
+        # one, so a fleet of agents spreads over the build-indexes.
+        self._preferred: str | None = None
+
+    async def _order(self) -> list[str]:
+        addrs = await self.hosts.current()
+        if self._preferred not in addrs:
+            self._preferred = random.choice(addrs)
+        at = addrs.index(self._preferred)
+        return addrs[at:] + addrs[:at]
+
+    async def _request(self, method: str, path: str, ok: tuple[int, ...] = (200,)) -> aiohttp.ClientResponse:
+        """The first answer in ``ok`` from a build-index, failing over as the module says."""
+        config = self.http.config
+        rounds = 1 + config.retries
+        for round_ in range(rounds):
+            addrs = await self._order()
+            for i, addr in enumerate(addrs):
+                try:
+                    resp = await self.http.request(method, self.http.url(addr, path), ok=ok, retry=False)
+                except (TimeoutError, aiohttp.ClientConnectionError, HTTPStatusError) as e:
+                    if isinstance(e, HTTPStatusError) and e.status not in RETRY_STATUSES:
+                        raise
+                    if round_ == rounds - 1 and i == len(addrs) - 1:
+                        raise
+                    if len(addrs) > 1:
+                        self._fail_over(addr, addrs[(i + 1) % len(addrs)], method, path, e)
+                    else:
+                        log.warning("build-index request failed, retrying", addr=addr, method=method, path=path,
+                                    error=f"{type(e).__name__}: {e}", attempt=round_ + 1)
+                    continue
+                self._preferred = addr
+                return resp
+            delay = min(config.backoff_max, config.backoff * 2**round_)
+            await asyncio.sleep(delay * (0.5 + random.random()))
+        raise AssertionError("unreachable")
+
+    def _fail_over(self, failed: str, to: str, method: str, path: str, error: Exception) -> None:
+        self._preferred = to
+        if self._failovers is not None:
+            self._failovers.inc()
+        log.warning("build-index failed, trying the next one", failed=failed, next=to, method=method, path=path,
+                    error=f"{type(error).__name__}: {error}")
+
+    async def ping(self, timeout: float = PROBE_TIMEOUT) -> None:
+        """Return once one build-index answers ``/health`` (each may take ``timeout``
+        seconds); else ConnectionError naming every failure."""
+        await check_any(self.http, await self._order(), "build-index", timeout)
 
     async def put_tag(self, tag: str, digest: Digest, *, replicate: bool = False) -> None:
         """Point ``tag`` (``repo:tag``) at manifest ``digest``; returns once it is durable.
         ``replicate``: also copy it to the remote clusters whose ``remotes`` match it."""
-        url = f"{self.base}/tags/{quote(tag, safe=':')}/digest/{digest}"
+        path = f"/tags/{quote(tag, safe=':')}/digest/{digest}" + ("?replicate=true" if replicate else "")
         try:
-            resp = await self.http.request("PUT", url, params={"replicate": "true"} if replicate else None)
+            resp = await self._request("PUT", path)
         except HTTPStatusError as e:
             if e.status != 400:
                 raise
@@ -51,7 +137,7 @@ class BuildIndexClient:
 
     async def get_tag(self, tag: str) -> Digest | None:
         """The digest ``tag`` points at, or ``None`` if there is no such tag."""
-        resp = await self.http.request("GET", f"{self.base}/tags/{quote(tag, safe=':')}", ok=(200, 404))
+        resp = await self._request("GET", f"/tags/{quote(tag, safe=':')}", ok=(200, 404))
         try:
             if resp.status == 404:
                 return None
@@ -61,17 +147,16 @@ class BuildIndexClient:
 
     async def list_repository(self, repo: str) -> list[str]:
         """Tag names (without ``repo:``) of ``repo``, sorted."""
-        return await self._get_result(f"{self.base}/repositories/{quote(repo, safe='')}/tags")
+        return await self._get_result(f"/repositories/{quote(repo, safe='')}/tags")
 
     async def list_prefix(self, prefix: str) -> list[str]:
         """Every ``repo:tag`` whose name starts with ``prefix``, sorted."""
-        return await self._get_result(f"{self.base}/list/{quote(prefix, safe=':')}")
+        return await self._get_result(f"/list/{quote(prefix, safe=':')}")
 
     async def put_referrer(self, repo: str, subject: Digest, referrer: Digest) -> None:
         """Record manifest ``referrer`` (already on the origins) as a referrer of ``subject``."""
-        url = f"{self.base}/referrers/{quote(repo, safe='')}/{subject}/{referrer}"
         try:
-            resp = await self.http.request("PUT", url)
+            resp = await self._request("PUT", f"/referrers/{quote(repo, safe='')}/{subject}/{referrer}")
         except HTTPStatusError as e:
             if e.status not in (400, 403):
                 raise
@@ -81,8 +166,8 @@ class BuildIndexClient:
     async def list_referrers(self, repo: str, subject: Digest) -> list[ReferrerDescriptor]:
         """The referrers of ``subject`` in ``repo`` (``[]`` when none). An oversized or
         malformed answer is an upstream failure (HTTPStatusError 502), like a 5xx."""
-        url = f"{self.base}/referrers/{quote(repo, safe='')}/{subject}"
-        resp = await self.http.request("GET", url)
+        url = f"/referrers/{quote(repo, safe='')}/{subject}"
+        resp = await self._request("GET", url)
         try:
             body = bytearray()
             async for chunk in resp.content.iter_any():
@@ -96,8 +181,8 @@ class BuildIndexClient:
         except (ValueError, KeyError, TypeError) as e:
             raise HTTPStatusError("GET", url, 502, f"malformed referrers answer: {e}") from None
 
-    async def _get_result(self, url: str) -> list[str]:
-        resp = await self.http.request("GET", url)
+    async def _get_result(self, path: str) -> list[str]:
+        resp = await self._request("GET", path)
         try:
             return list((await resp.json())["result"])
         finally:

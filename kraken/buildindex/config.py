@@ -17,12 +17,37 @@ DEFAULT_PORT = 15004
 class StoreConfig:
     """Where the local tag cache lives.
 
-    The cache is a fallback, not the source of truth: tags are always written through to the
-    backend, and the cache answers reads only within ``cache_ttl`` or while the backend is
-    unreachable.
+    The cache is a fallback, not the source of truth: the backend holds every tag, and the
+    cache answers reads only within ``cache_ttl`` or while the backend is unreachable. With
+    ``tag_store.write_through: false`` it also holds the tags not yet written back
+    (``root/pending``) and their write-back queue (``root/tag_writeback.db``).
     """
 
     root: str
+
+
+@dataclass
+class TagStoreConfig:
+    """How a tag PUT reaches the backend (Kraken's ``tag_store`` section).
+
+    ``write_through: true`` (the default, as in Kraken's ``config/build-index/base.yaml``): a
+    PUT returns once the backend holds the tag, and fails (503) while it cannot be written.
+    ``false``: a PUT returns once the tag is on this node's disk and its write-back is queued
+    (persisted, retried with backoff from ``retry_interval`` up to ``max_retry_interval``), so
+    pushes keep working while the backend is down; other nodes see the tag once it is written.
+    """
+
+    write_through: bool = True
+    retry_interval: Duration = 1.0
+    max_retry_interval: Duration = 60.0
+    # Tag write-backs in flight at once.
+    concurrency: int = 4
+
+    def __post_init__(self) -> None:
+        if self.retry_interval <= 0 or self.max_retry_interval < self.retry_interval:
+            raise ConfigError("tag_store: want 0 < retry_interval <= max_retry_interval")
+        if self.concurrency < 1:
+            raise ConfigError(f"tag_store.concurrency must be >= 1, got {self.concurrency}")
 
 
 @dataclass
@@ -33,6 +58,7 @@ class BuildIndexConfig:
     backends: list[NamespaceBackendConfig]
     # Backend credentials (kind -> set -> secrets); keep them in the --secrets file.
     auth: AuthConfig = field(default_factory=dict)
+    tag_store: TagStoreConfig = field(default_factory=TagStoreConfig)
     listen: ListenConfig = field(default_factory=lambda: ListenConfig(port=DEFAULT_PORT))
     http: HttpServerConfig = field(default_factory=HttpServerConfig)
     http_client: HttpClientConfig = field(default_factory=HttpClientConfig)

@@ -3,7 +3,8 @@
 Endpoints (tags are ``repo:tag``, percent-encoded in paths, e.g. ``test%2Fx:latest``):
 
 * ``PUT /tags/{tag}/digest/{d}``: 200 once every reference of manifest ``d`` exists on the
-  origins and the tag is in the backend; 400 ``{"error", "missing": [...]}`` otherwise
+  origins and the tag is in the backend (``tag_store.write_through: false``: on this node's
+  disk, its write-back queued); 400 ``{"error", "missing": [...]}`` otherwise
   (the first missing digest found; empty for an invalid manifest or one over
   ``max_manifest_references``).
 * ``GET|HEAD /tags/{tag}``: 200 with body ``sha256:...``; 404.
@@ -31,6 +32,7 @@ from kraken.buildindex.referrer_routes import add_referrer_routes
 from kraken.buildindex.remotes import RemoteBuildIndex, TagReplicator, build_remotes
 from kraken.buildindex.tags import Tag, TagError, parse_tag, validate_repo
 from kraken.buildindex.tagstore import TagStore
+from kraken.buildindex.tagwriteback import PendingTags, TagWriteBack
 from kraken.core.digest import Digest, DigestError
 from kraken.http.app import create_app
 from kraken.http.client import HttpClient, HTTPStatusError, create_client
@@ -119,7 +121,8 @@ class BuildIndex:
         )
         self.gets = metrics.counter(
             "kraken_buildindex_tag_gets_total",
-            "Tag lookups by result (backend, cache, fallback = backend down, not_found)",
+            "Tag lookups by result (backend, cache, fallback = backend down, pending = not yet "
+            "written back, not_found)",
             ["result"],
         )
         self._running: _Running | None = None
@@ -151,19 +154,26 @@ class BuildIndex:
             stack.push_async_callback(router.close)
             http = create_client(config.http_client, config.tls)
             stack.push_async_callback(http.close)
+            root = Path(config.store.root)
             origins = OriginCluster(config.origins, http)
-            queue = await PersistedQueue.open(Path(config.store.root) / "replication.db")
-            stack.push_async_callback(queue.close)
-            replicator = TagReplicator(queue, build_remotes(config.remotes), origins, http, config.tag_replication,
-                                       self.metrics)
             owner = TaskOwner(COMPONENT)
+            # Opened in write-through mode too: it drains what a write-back run left.
+            queue = await PersistedQueue.open(root / "tag_writeback.db")
+            stack.push_async_callback(queue.close)
+            replication_queue = await PersistedQueue.open(root / "replication.db")
+            stack.push_async_callback(replication_queue.close)
             stack.push_async_callback(owner.close)
+            writeback = TagWriteBack(PendingTags(root), queue, config.tag_store, self.metrics)
+            store = TagStore(root, router, config.cache_ttl, writeback)
+            await writeback.start(owner, store.write_pending)
+            replicator = TagReplicator(replication_queue, build_remotes(config.remotes), origins, http,
+                                       config.tag_replication, self.metrics)
             replicator.start(owner)
-            self._running = _Running(router, TagStore(Path(config.store.root), router, config.cache_ttl),
-                                     origins, replicator, http)
+            self._running = _Running(router, store, origins, replicator, http)
             stack.callback(setattr, self, "_running", None)
             log.info("build-index started", origins=",".join(config.origins.hosts),
-                     backends=len(router.backends), cache_ttl=config.cache_ttl)
+                     backends=len(router.backends), cache_ttl=config.cache_ttl,
+                     write_through=config.tag_store.write_through)
             yield
 
     async def readiness(self) -> None:

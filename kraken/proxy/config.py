@@ -3,6 +3,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from kraken.buildindex.hosts import BuildIndexHostsConfig
 from kraken.config import ByteSize, ConfigError, Duration, ListenConfig
 from kraken.http.config import HttpClientConfig, HttpServerConfig, TLSConfig
 from kraken.registry.auth import AuthConfig
@@ -21,9 +22,8 @@ class StoreConfig:
     root: str
 
 
-@dataclass
-class BuildIndexConfig:
-    addr: str = "localhost:15004"
+#: The ``build_index:`` section: one address, a list or a DNS name (failover between them).
+BuildIndexConfig = BuildIndexHostsConfig
 
 
 @dataclass

@@ -27,7 +27,7 @@ log = get_logger(COMPONENT)
 def create_proxy_app(config: ProxyConfig) -> web.Application:
     metrics = Metrics(COMPONENT)
     manifests = ManifestCache(Path(config.store.root) / "manifests", config.manifest_cache_size)
-    storage = ProxyStorage(config.origins, config.build_index.addr, ProxyMetrics(metrics), manifests,
+    storage = ProxyStorage(config.origins, config.build_index, ProxyMetrics(metrics), manifests,
                            config.http_client, config.tls)
     staging = CAStore(config.store.root, durable=False)  # the origin keeps the durable copy
     app = create_app(COMPONENT, metrics, readiness=storage.readiness)
@@ -44,7 +44,7 @@ def create_proxy_app(config: ProxyConfig) -> web.Application:
         upload_limits=UploadLimits(config.max_uploads_per_client, config.max_uploads),
         auth=create_authenticator(config.auth),
     )
-    log.info("proxy configured", origins=",".join(config.origins.hosts), build_index=config.build_index.addr,
+    log.info("proxy configured", origins=",".join(config.origins.hosts), build_index=config.build_index.describe(),
              store=config.store.root)
     return app
 

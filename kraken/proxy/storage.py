@@ -18,11 +18,12 @@ import aiohttp
 from aiohttp import web
 from prometheus_client import Counter
 
-from kraken.buildindex.client import BuildIndexClient, ReferrerRefused, TagReferenceError
+from kraken.buildindex.client import BuildIndexClient, ReferrerRefused, TagReferenceError, failover_counter
+from kraken.buildindex.hosts import BuildIndexHostsConfig
 from kraken.core.digest import Digest
 from kraken.http.client import HttpClient, create_client
 from kraken.http.config import HttpClientConfig, TLSConfig
-from kraken.http.health import check, check_any
+from kraken.http.health import check_any
 from kraken.log import get_logger
 from kraken.metrics import Metrics
 from kraken.origin.client import BlobNotFound, OriginCluster
@@ -54,6 +55,7 @@ SENT_AT_COMMIT = "sent_at_commit"
 
 class ProxyMetrics:
     def __init__(self, metrics: Metrics) -> None:
+        self.build_index_failovers: Counter = failover_counter(metrics)
         self.bytes_uploaded: Counter = metrics.counter(
             "kraken_proxy_blob_bytes_uploaded_total", "Blob bytes pushed to the origins")
         self.blobs_uploaded: Counter = metrics.counter(
@@ -94,13 +96,13 @@ class ProxyStorage(RegistryStorage):
 
     verifies_uploads = True
 
-    def __init__(self, origins: RingConfig, build_index_addr: str, metrics: ProxyMetrics,
+    def __init__(self, origins: RingConfig, build_index: BuildIndexHostsConfig, metrics: ProxyMetrics,
                  manifests: ManifestCache, http_config: HttpClientConfig, tls: TLSConfig | None = None) -> None:
         self._origins_config = origins
         self._http_config = http_config
         self._tls = tls
         self.manifests = manifests
-        self._build_index_addr = build_index_addr
+        self._build_index = build_index
         self.metrics = metrics
         self._running: _Running | None = None
 
@@ -112,7 +114,8 @@ class ProxyStorage(RegistryStorage):
             http = create_client(self._http_config, self._tls)
             stack.push_async_callback(http.close)
             self._running = _Running(http, OriginCluster(self._origins_config, http),
-                                     BuildIndexClient(self._build_index_addr, http))
+                                     BuildIndexClient(self._build_index, http,
+                                                      self.metrics.build_index_failovers))
             stack.callback(setattr, self, "_running", None)
             yield
 
@@ -136,7 +139,7 @@ class ProxyStorage(RegistryStorage):
 
     async def readiness(self) -> None:
         """Ready when build-index and at least one origin answer (the ring routes around the rest)."""
-        await check(self.http, self._build_index_addr)
+        await self.build_index.ping()
         await check_any(self.http, self._origins_config.hosts, "origin")
 
     # ---- tags ------------------------------------------------------------------------------
@@ -155,7 +158,7 @@ class ProxyStorage(RegistryStorage):
         """build-index answers: asked before a tagged manifest is stored, so a push refused
         with 503 while build-index is down stores nothing. (build-index failing between this
         check and the tag PUT still leaves the manifest stored, untagged.)"""
-        await check(self.http, self._build_index_addr, timeout=self._http_config.read_timeout)
+        await self.build_index.ping(timeout=self._http_config.read_timeout)
 
     async def put_tag(self, repo: str, tag: str, digest: Digest) -> None:
         try:

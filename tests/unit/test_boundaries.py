@@ -39,6 +39,9 @@ ANYTHING = {"", "__main__", "tools", "devcluster"}
 PUBLIC = {
     # The typed client of build-index's HTTP API (the proxy and the agent resolve tags with it).
     "kraken.buildindex.client",
+    # The clients' ``build_index:`` section (addr, addrs, dns) and its resolution, which the
+    # proxy's and the agent's configs embed.
+    "kraken.buildindex.hosts",
     # The tag grammar of build-index's API (``repo:tag``, parse_tag): a client (the agent's
     # registry) checks a tag with it before asking; it imports only kraken.core.
     "kraken.buildindex.tags",

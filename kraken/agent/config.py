@@ -14,17 +14,11 @@ from kraken.config import ByteSize, Duration, ListenConfig
 from kraken.http.allow import DEFAULT_ALLOWED_CIDRS, parse_networks
 from kraken.http.config import HttpClientConfig, HttpServerConfig, TLSConfig
 from kraken.p2p.config import P2PConfig
+from kraken.p2p.trackers import TrackersConfig
 from kraken.ring import RingConfig
 
 DEFAULT_REGISTRY_PORT = 16000
 DEFAULT_SERVER_PORT = 16002
-
-
-@dataclass
-class AddrConfig:
-    """A ``host:port`` of a herd component."""
-
-    addr: str
 
 
 @dataclass
@@ -95,7 +89,7 @@ class AgentConfig:
     tls: TLSConfig = field(default_factory=TLSConfig)
     server: ListenConfig = field(default_factory=lambda: ListenConfig(port=DEFAULT_SERVER_PORT))
     p2p: P2PConfig = field(default_factory=P2PConfig)
-    tracker: AddrConfig = field(default_factory=lambda: AddrConfig("localhost:15003"))
+    tracker: TrackersConfig = field(default_factory=lambda: TrackersConfig("localhost:15003"))
     build_index: BuildIndexHostsConfig = field(default_factory=BuildIndexHostsConfig)
     # The origins' ring, for fetching a blob over HTTP when P2P makes no progress
     # (`download.fallback_after`); empty hosts: no fallback.
@@ -111,5 +105,7 @@ class AgentConfig:
     allowed_cidrs: list[str] = field(default_factory=lambda: list(DEFAULT_ALLOWED_CIDRS))
 
     def __post_init__(self) -> None:
+        if not self.tracker.configured():
+            raise ValueError("tracker: give addr, addrs or dns")
         parse_networks(self.allowed_cidrs)
         self.p2p.tls.resolve(self.tls.cas)

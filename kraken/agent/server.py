@@ -50,6 +50,7 @@ from kraken.metrics import Metrics
 from kraken.origin.client import OriginCluster
 from kraken.p2p import P2PSession
 from kraken.p2p.announcerelay import announce_url
+from kraken.p2p.trackers import TrackerList
 from kraken.registry.app import add_registry_routes
 from kraken.registry.errors import RegistryError
 from kraken.store.cas import QUARANTINED_HELP, CAStore
@@ -118,12 +119,15 @@ class Agent:
             cas = await asyncio.to_thread(CAStore, root, False, quarantined)
             http = create_client(config.http_client, config.tls)
             stack.push_async_callback(http.close)
-            # Before the session, so the relay (HTTPS trackers) outlives its stopped announces.
-            announce = await announce_url(stack, config.tracker.addr, http, config.http_client, config.tls,
+            trackers = TrackerList(config.tracker, metrics)
+            await trackers.start()
+            stack.push_async_callback(trackers.close)
+            # Before the session, so the relay (HTTPS or several trackers) outlives its stopped announces.
+            announce = await announce_url(stack, trackers, http, config.http_client, config.tls,
                                           config.p2p.listen.host, metrics)
             session = await P2PSession.start(config.p2p, metrics, role="agent")
             stack.push_async_callback(session.close)
-            tracker = TrackerClient(config.tracker.addr, http, config.download.metainfo_timeout, announce)
+            tracker = TrackerClient(trackers, http, config.download.metainfo_timeout, announce)
             fallback = None
             if config.origins.hosts and config.download.fallback_after > 0:
                 fallback = HttpFallback(OriginCluster(config.origins, http), cas, config.download.fallback_after,

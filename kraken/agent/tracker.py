@@ -2,10 +2,13 @@
 a blob's torrent metainfo (``GET /namespace/{ns}/blobs/{d}/metainfo``).
 
 The tracker answers 202 while the owning origin fetches the blob from its backend, so the
-agent polls with backoff up to a deadline. A tracker that cannot be reached is logged as
-``tracker unreachable`` (the line to grep for when pulls answer 503) and raised as a
+agent polls with backoff up to a deadline. With several trackers (``tracker.addrs`` /
+``tracker.dns``) each request goes to the first that answers (:class:`~kraken.p2p.trackers.
+TrackerList`: a connection failure or timeout fails over to the next at once, logged as
+``tracker failover``). When no tracker can be reached that is logged as ``tracker
+unreachable`` (the line to grep for when pulls answer 503) and raised as a
 :class:`TrackerUnavailable`, a ``ConnectionError``, which the registry answers with 503
-UNAVAILABLE; the next pull asks again, so pulls work as soon as the tracker is back.
+UNAVAILABLE; the next pull asks again, so pulls work as soon as a tracker is back.
 """
 from __future__ import annotations
 
@@ -18,8 +21,9 @@ import aiohttp
 
 from kraken.core.digest import Digest
 from kraken.http.client import HttpClient, HTTPStatusError
-from kraken.http.health import check
+from kraken.http.health import check_any
 from kraken.log import get_logger
+from kraken.p2p.trackers import FAILOVER_ERRORS, TrackerList
 from kraken.tracker.protocol import SLOT_HEADER
 
 log = get_logger("agent")
@@ -29,7 +33,7 @@ POLL_MAX = 2.0
 
 
 class TrackerUnavailable(ConnectionError):
-    """The tracker could not be reached or answered 5xx."""
+    """No tracker could be reached, or the one reached answered 5xx."""
 
 
 class EmptyBlob(Exception):
@@ -51,27 +55,27 @@ class Metainfo:
 
 class TrackerClient:
     """``announce_url`` is the URL libtorrent announces to: the tracker's ``/announce``, or the
-    announce relay's when the tracker is HTTPS (:mod:`kraken.p2p.announcerelay`); libtorrent's
-    SSRF check wants its path to start with ``/announce``."""
+    announce relay's when the tracker is HTTPS or there are several
+    (:mod:`kraken.p2p.announcerelay`); libtorrent's SSRF check wants its path to start with
+    ``/announce``."""
 
-    def __init__(self, addr: str, http: HttpClient, poll_timeout: float, announce_url: str = "") -> None:
-        self.addr = addr
-        self.base = http.base(addr)
+    def __init__(self, trackers: TrackerList, http: HttpClient, poll_timeout: float, announce_url: str) -> None:
+        self.trackers = trackers
         self.http = http
         self.poll_timeout = poll_timeout
-        self.announce_url = announce_url or f"{self.base}/announce"
+        self.announce_url = announce_url
 
     async def get_metainfo(self, namespace: str, digest: Digest) -> Metainfo | None:
         """The blob's bencoded torrent; ``None`` if no origin has the blob.
 
         Raises :class:`EmptyBlob` for a zero-byte blob, :class:`MetainfoNotReady` after
-        ``poll_timeout`` of 202s, :class:`TrackerUnavailable` if the tracker is down.
+        ``poll_timeout`` of 202s, :class:`TrackerUnavailable` if no tracker answers.
         """
-        url = f"{self.base}/namespace/{quote(namespace, safe='')}/blobs/{digest}/metainfo"
+        path = f"/namespace/{quote(namespace, safe='')}/blobs/{digest}/metainfo"
         deadline = time.monotonic() + self.poll_timeout
         delay = POLL_START
         while True:
-            status, body, slot = await self._get(url, digest)
+            status, body, slot = await self._get(path, digest)
             if status == 200:
                 return Metainfo(body, slot)
             if status == 404:
@@ -83,23 +87,30 @@ class TrackerClient:
             await asyncio.sleep(delay)
             delay = min(delay * 2, POLL_MAX)
 
-    async def _get(self, url: str, digest: Digest) -> tuple[int, bytes, int]:
+    async def _get(self, path: str, digest: Digest) -> tuple[int, bytes, int]:
+        # One tracker: the client's own retries; several: the next tracker instead.
+        retry = len(self.trackers.order()) == 1
+
+        async def attempt(addr: str) -> tuple[int, bytes, int]:
+            resp = await self.http.request("GET", self.http.url(addr, path), ok=(200, 202, 404, 422), retry=retry)
+            slot = resp.headers.get(SLOT_HEADER, "0")
+            try:
+                return resp.status, await resp.read(), int(slot) if slot.isdigit() else 0
+            finally:
+                resp.release()
+
         try:
-            resp = await self.http.request("GET", url, ok=(200, 202, 404, 422))
-        except (TimeoutError, aiohttp.ClientError) as e:
-            log.warning("tracker unreachable", tracker=self.addr, digest=digest, error=repr(e))
-            raise TrackerUnavailable(f"tracker {self.addr} unreachable: {e!r}") from None
+            return await self.trackers.call(attempt)
         except HTTPStatusError as e:
             if e.status < 500:
                 raise
-            log.warning("tracker unreachable", tracker=self.addr, digest=digest, status=e.status, error=e.message[:200])
-            raise TrackerUnavailable(f"tracker {self.addr} answered {e.status}: {e.message[:200]}") from None
-        slot = resp.headers.get(SLOT_HEADER, "0")
-        try:
-            return resp.status, await resp.read(), int(slot) if slot.isdigit() else 0
-        finally:
-            resp.release()
+            log.warning("tracker unreachable", digest=digest, status=e.status, error=str(e)[:300])
+            raise TrackerUnavailable(f"tracker answered {e.status}: {e.message[:200]}") from None
+        except (*FAILOVER_ERRORS, aiohttp.ClientError) as e:
+            trackers = self.trackers.describe()
+            log.warning("tracker unreachable", tracker=trackers, digest=digest, error=repr(e))
+            raise TrackerUnavailable(f"tracker unreachable ({trackers}): {e!r}") from None
 
     async def ping(self) -> None:
-        """Raise unless the tracker answers ``/health`` (readiness)."""
-        await check(self.http, self.addr)
+        """Raise unless a tracker answers ``/health`` (readiness)."""
+        await check_any(self.http, self.trackers.order(), "tracker")

@@ -10,6 +10,7 @@ from kraken.core.metainfo import DEFAULT_PIECE_LENGTHS
 from kraken.http.config import HttpClientConfig, HttpServerConfig, TLSConfig
 from kraken.origin.foreground import ForegroundConfig
 from kraken.p2p.config import ORIGIN_P2P_PORT, P2PConfig
+from kraken.p2p.trackers import TrackersConfig
 from kraken.ring import RingConfig
 
 DEFAULT_PORT = 15002
@@ -81,8 +82,9 @@ class FetchConfig:
 
 
 @dataclass
-class TrackerConfig:
-    """The tracker this origin announces the blobs it seeds to (``addr: host:port``).
+class TrackerConfig(TrackersConfig):
+    """The trackers this origin announces the blobs it seeds to (``addr: host:port``, or
+    several: ``addrs``, ``dns``; each announce goes to the first that answers).
 
     Empty (the default): the origin announces nothing and only answers the peers that connect
     to it. Announcing is not needed for agents to find an origin: the tracker always hands out
@@ -90,13 +92,6 @@ class TrackerConfig:
     the tracker sees (the announce's source IP and ``p2p.listen.port``) must be this origin's
     ``origin_p2p`` entry, or agents are handed the origin twice.
     """
-
-    addr: str = ""
-
-    def __post_init__(self) -> None:
-        host, sep, port = self.addr.rpartition(":")
-        if self.addr and not (sep and host and port.isdigit()):
-            raise ValueError(f"tracker.addr {self.addr!r} is not host:port")
 
 
 #: How long an origin keeps seeding a blob that uploads nothing. It must be longer than the

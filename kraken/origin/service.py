@@ -49,6 +49,7 @@ from kraken.origin.replication import Replicator
 from kraken.origin.writeback import WriteBack
 from kraken.p2p import P2PError, P2PSession
 from kraken.p2p.announcerelay import announce_url
+from kraken.p2p.trackers import TrackerList
 from kraken.persisted import PersistedQueue
 from kraken.ring import HashRing
 from kraken.store.cas import QUARANTINED_HELP, CAStore
@@ -184,10 +185,13 @@ class OriginService:
                 peers=lambda d: [h for h in self.ring.owners(d) if h != self.identity], http=http,
                 on_repaired=writeback.enqueue,
             )
-            # Before the session, so the relay (HTTPS trackers) outlives its stopped announces.
+            # Before the session, so the relay (HTTPS or several trackers) outlives its stopped announces.
             announce = ""
-            if config.tracker.addr:
-                announce = await announce_url(stack, config.tracker.addr, http, config.http_client, config.tls,
+            if config.tracker.configured():
+                trackers = TrackerList(config.tracker, metrics)
+                await trackers.start()
+                stack.push_async_callback(trackers.close)
+                announce = await announce_url(stack, trackers, http, config.http_client, config.tls,
                                               config.p2p.listen.host, metrics)
             self._running = _Running(store, router, http, writeback, replicator, fetcher,
                                      OriginCleanup(store, self._protected, config.cleanup, metrics), announce)
@@ -226,7 +230,7 @@ class OriginService:
             root=str(self.store.root),
             ring=",".join(self.ring.hosts),
             p2p_port=p2p_port,
-            tracker=self.config.tracker.addr or "-",
+            tracker=",".join(self.config.tracker.static()) or self.config.tracker.dns or "-",
         )
 
     # ---- uploads -------------------------------------------------------------------------

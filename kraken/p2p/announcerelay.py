@@ -1,5 +1,6 @@
-"""The announce relay: libtorrent's announces to an HTTPS tracker, sent by Python with the host's
-client certificate and only the cluster CAs trusted.
+"""The announce relay: libtorrent's announces sent on by Python, to an HTTPS tracker with the
+host's client certificate and only the cluster CAs trusted, and to whichever of several
+trackers answers.
 
 libtorrent cannot do either for an ordinary torrent: its tracker connections present no client
 certificate, and it takes a CA only from ``SSL_CERT_FILE`` and trusts the system bundles
@@ -8,6 +9,13 @@ besides (``../shared/reference/tls.md``, sections 1.2 and 2.1). So when the trac
 small server inside the same process, which forwards each announce to the tracker through
 Kraken's HTTP client (:func:`~kraken.http.client.create_client`): trusting ``tls.cas`` only,
 checking ``tls.name``, presenting ``tls.client`` when one is configured.
+
+With several trackers (``tracker.addrs`` or ``tracker.dns``, over HTTP or HTTPS) the relay
+is what makes announces survive the loss of one: libtorrent knows one URL, the relay's, and
+each announce goes to the first tracker that answers (:class:`~kraken.p2p.trackers.
+TrackerList`, shared with the component's other tracker calls), so a tracker killed
+mid-download costs no announce. The trackers share one peer store, so a peer announced to
+one is handed out by the others.
 
 - The query string is forwarded byte for byte (``info_hash`` and ``peer_id`` are
   percent-encoded bytes; re-encoding would change them) to the tracker's ``/announce``, the
@@ -23,13 +31,14 @@ checking ``tls.name``, presenting ``tls.client`` when one is configured.
   :class:`~kraken.http.allow.AllowList`).
 - Bounded: :data:`MAX_CONNECTIONS` connections (the server's and the upstream's), the
   component's ``http_client`` connect and read timeouts with a whole-request limit of
-  :data:`ANSWER_TIMEOUT` (libtorrent stops waiting after 10 s), no retries (libtorrent retries
+  :data:`ANSWER_TIMEOUT` (libtorrent stops waiting after 10 s; with several trackers each
+  attempt gets an equal share of what is left), no retries of one tracker (libtorrent retries
   with backoff), answers up to :data:`MAX_ANSWER` bytes (a 50-peer compact answer is under
   1 KiB), anything larger is refused with 502.
 
-One relay serves one tracker; a process announcing to several starts one per tracker
-(:func:`announce_url`). The relay is started before the P2P session and closed after it, so
-the "stopped" announces at close still reach the tracker.
+One relay serves one component's tracker list (:func:`announce_url`). The relay is started
+before the P2P session and closed after it, so the "stopped" announces at close still reach
+the tracker.
 """
 from __future__ import annotations
 
@@ -50,6 +59,7 @@ from kraken.http.server import GuardedServer
 from kraken.http.urls import base_url
 from kraken.log import get_logger
 from kraken.metrics import Metrics
+from kraken.p2p.trackers import FAILOVER_ERRORS, TrackerList
 from kraken.tasks import TaskOwner
 
 log = get_logger("p2p.relay")
@@ -81,10 +91,10 @@ def relay_host(p2p_host: str) -> str:
 
 
 class AnnounceRelay:
-    """One tracker's relay; :meth:`start` it, :meth:`close` it."""
+    """The relay to a list of trackers; :meth:`start` it, :meth:`close` it."""
 
-    def __init__(self, tracker_base: str, http: HttpClient, host: str, metrics: Metrics, label: str) -> None:
-        self.tracker_base = tracker_base
+    def __init__(self, trackers: TrackerList, http: HttpClient, host: str, metrics: Metrics, label: str) -> None:
+        self.trackers = trackers
         self.host = host
         self.url = ""
         self._http = http
@@ -96,16 +106,17 @@ class AnnounceRelay:
         self._allow = None if host in ("127.0.0.1", "::1") else AllowList([host], name="the announce relay's host")
         self._tasks = TaskOwner("announce-relay")
         self._failing = False
-        self._reached = False
+        self._reached = ""
 
     @classmethod
-    async def start(cls, tracker_addr: str, http_client: HttpClientConfig, tls: TLSConfig, p2p_host: str,
+    async def start(cls, trackers: TrackerList, http_client: HttpClientConfig, tls: TLSConfig, p2p_host: str,
                     metrics: Metrics, label: str = "announce-relay") -> AnnounceRelay:
-        """Listen on a free port of :func:`relay_host` and forward to the tracker at ``tracker_addr``."""
+        """Listen on a free port of :func:`relay_host` and forward to the first of ``trackers``
+        that answers."""
         total = min(http_client.total_timeout or ANSWER_TIMEOUT, ANSWER_TIMEOUT)
         upstream = dataclasses.replace(http_client, max_connections=MAX_CONNECTIONS, retries=0, total_timeout=total)
         http = create_client(upstream, tls)
-        self = cls(http.base(tracker_addr), http, relay_host(p2p_host), metrics, label)
+        self = cls(trackers, http, relay_host(p2p_host), metrics, label)
         try:
             loop = asyncio.get_running_loop()
             self._listener = await loop.create_server(self._server, self.host, 0)
@@ -116,7 +127,7 @@ class AnnounceRelay:
         host = f"[{self.host}]" if ":" in self.host else self.host
         self.url = base_url(f"{host}:{port}") + ANNOUNCE_PATH
         self._tasks.spawn(self._server.watch(), "watchdog")
-        log.info("announce relay started", url=self.url, tracker=self.tracker_base,
+        log.info("announce relay started", url=self.url, tracker=trackers.describe(),
                  client_certificate=tls.client.configured())
         return self
 
@@ -138,32 +149,36 @@ class AnnounceRelay:
                 refused = web.Response(status=403, text="the announce relay serves this host only\n")
                 refused.force_close()  # no idle keep-alive holding one of the MAX_CONNECTIONS slots
                 return refused
-        url = URL(self.tracker_base + ANNOUNCE_PATH + _raw_query(request.raw_path), encoded=True)
+        query = _raw_query(request.raw_path)
         headers = {"User-Agent": request.headers.get("User-Agent", "")}
-        try:
+
+        async def forward(addr: str) -> tuple[str, int, bytes | None]:
+            url = URL(self._http.url(addr, ANNOUNCE_PATH) + query, encoded=True)
             resp = await self._http.request("GET", url, ok=tuple(range(100, 600)), retry=False, headers=headers)
-        except (TimeoutError, aiohttp.ClientError, OSError) as e:
-            return self._failed(f"tracker unreachable: {type(e).__name__}: {e}")
+            try:
+                return addr, resp.status, await _read_bounded(resp)
+            finally:
+                resp.release()
+
         try:
-            body = await _read_bounded(resp)
-        except (TimeoutError, aiohttp.ClientError, OSError) as e:
-            return self._failed(f"tracker answer unreadable: {type(e).__name__}: {e}")
-        finally:
-            resp.release()
+            addr, status, body = await self.trackers.call(forward, ANSWER_TIMEOUT)
+        except (*FAILOVER_ERRORS, aiohttp.ClientError) as e:
+            return self._failed(f"tracker unreachable: {type(e).__name__}: {e}")
         if body is None:
             return self._failed(f"tracker answer larger than {MAX_ANSWER} bytes")
-        if self._failing or not self._reached:
-            # Once at the first answer and after each outage: the path works end to end.
-            log.info("announce relay reaches the tracker", tracker=self.tracker_base, status=resp.status)
-            self._failing, self._reached = False, True
-        return web.Response(status=resp.status, body=body, content_type=_BENCODED)
+        if self._failing or self._reached != addr:
+            # At the first answer, after each outage and at each change of tracker: the path
+            # works end to end, through this tracker.
+            log.info("announce relay reaches the tracker", tracker=addr, status=status)
+            self._failing, self._reached = False, addr
+        return web.Response(status=status, body=body, content_type=_BENCODED)
 
     def _failed(self, reason: str) -> web.Response:
         """502 to libtorrent (which logs a tracker error and retries); logged here once per
         outage rather than at every announce."""
         if not self._failing:
             self._failing = True
-            log.warning("announce relay cannot forward", tracker=self.tracker_base, reason=reason)
+            log.warning("announce relay cannot forward", tracker=self.trackers.describe(), reason=reason)
         return web.Response(status=502, text=reason + "\n")
 
 
@@ -188,13 +203,13 @@ async def _read_bounded(resp: aiohttp.ClientResponse) -> bytes | None:
     return bytes(body)
 
 
-async def announce_url(stack: AsyncExitStack, tracker_addr: str, http: HttpClient, http_client: HttpClientConfig,
+async def announce_url(stack: AsyncExitStack, trackers: TrackerList, http: HttpClient, http_client: HttpClientConfig,
                        tls: TLSConfig, p2p_host: str, metrics: Metrics) -> str:
-    """The URL libtorrent announces to the tracker at ``tracker_addr`` with: the tracker's
-    own when the component calls it over plain HTTP, else a relay's, started now and closed
-    by ``stack`` (enter it before the P2P session, so it closes after)."""
-    if not http.secure:
-        return http.url(tracker_addr, ANNOUNCE_PATH)
-    relay = await AnnounceRelay.start(tracker_addr, http_client, tls, p2p_host, metrics)
+    """The URL libtorrent announces to ``trackers`` with: the tracker's own when there is one
+    tracker called over plain HTTP, else a relay's, started now and closed by ``stack``
+    (enter it before the P2P session, so it closes after)."""
+    if not http.secure and not trackers.config.several():
+        return http.url(trackers.addrs[0], ANNOUNCE_PATH)
+    relay = await AnnounceRelay.start(trackers, http_client, tls, p2p_host, metrics)
     stack.push_async_callback(relay.close)
     return relay.url

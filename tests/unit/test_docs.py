@@ -3,6 +3,7 @@ the checked-in configs load, and the files, metrics and make targets the docs na
 from __future__ import annotations
 
 import re
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
@@ -155,14 +156,27 @@ def test_configdoc_reads_help_from_yaml_comments(tmp_path: Path) -> None:
     assert configdoc.yaml_comments(path) == {"listen": "first"}
 
 
+@dataclass
+class _Addr:
+    addr: str
+
+
+@dataclass
+class _WithSection:
+    peer: _Addr = field(default_factory=lambda: _Addr("localhost:1"))
+
+
 def test_configdoc_shows_the_section_default_of_a_required_key() -> None:
-    row = next(r for r in configdoc.rows("agent") if r.path == "tracker.addr")
-    assert row.required and row.section_default == "localhost:15003"
-    assert configdoc.default_cell(row) == "`localhost:15003` if `tracker` is absent, else required"
+    row = next(r for r in configdoc.walk(_WithSection) if r.path == "peer.addr")
+    assert row.required and row.section_default == "localhost:1"
+    assert configdoc.default_cell(row) == "`localhost:1` if `peer` is absent, else required"
+
+
+def test_configdoc_checks_a_section_default() -> None:
     doc = CONFIGURATION.read_text()
-    cell = "| `tracker.addr` | string | `localhost:15003` if `tracker` is absent, else required |"
+    cell = '| `tracker.addr` | string | `localhost:15003` if `tracker` is absent, else `""` |'
     assert cell in doc
-    wrong = doc.replace(cell, "| `tracker.addr` | string | required |")
+    wrong = doc.replace(cell, '| `tracker.addr` | string | `""` |')
     assert any("tracker.addr" in p for p in configdoc.check_doc(wrong, ["agent"]))
 
 

@@ -113,7 +113,7 @@ class PreheatJob:
 
 class PreheatMetrics:
     def __init__(self, metrics: Metrics, jobs: PreheatJobs) -> None:
-        gauge = metrics.gauge("kraken_proxy_preheat_jobs", "Preheat jobs remembered, by state", ["state"])
+        gauge = metrics.gauge("kraken_proxy_preheat_jobs_current", "Preheat jobs remembered, by state", ["state"])
         for state in JobState:
             gauge.labels(str(state)).set_function(partial(jobs.count, state))
         self.jobs = metrics.counter(

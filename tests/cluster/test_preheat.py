@@ -201,7 +201,7 @@ def test_registry_notification_preheats_every_blob_of_a_pushed_image(preheat: Pr
     assert backend_fetches(herd) - before == 2 * len(image.blobs)
     text = scrape(herd.proxy.url)
     assert metric_sum(text, "kraken_proxy_preheat_blobs_total", result="prefetched") >= len(image.blobs)
-    assert metric_sum(text, "kraken_proxy_preheat_jobs", state="done") >= 1
+    assert metric_sum(text, "kraken_proxy_preheat_jobs_current", state="done") >= 1
     listed = json.loads(http_request(f"{preheat.url}/preheat").body)["jobs"]
     assert job["id"] in [j["id"] for j in listed]
 

@@ -67,7 +67,8 @@ def _if_finished(job: dict[str, Any]) -> dict[str, Any] | None:
 def preheat(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Preheat]:
     port = free_port()
     herd = start_herd(Path(tmp_path_factory.mktemp("preheat")), origins=2, max_replica=2, overrides={
-        "origin": {"writeback": {"retry_interval": "50ms", "max_retry_interval": "200ms"}},
+        "origin": {"writeback": {"retry_interval": "50ms", "max_retry_interval": "200ms"},
+                   "replication": {"writeback_delay": "100ms"}},
         "proxy": {"server": {"listen": {"host": "127.0.0.1", "port": port}, "allowed_cidrs": ["127.0.0.1/32"],
                              "token": TOKEN, "manifest_wait": "1s"}},
     })
@@ -93,7 +94,16 @@ def push_manifest(herd: Herd, repo: str, reference: str, doc: dict[str, Any]) ->
     r = http_request(f"{herd.proxy.url}/v2/{repo}/manifests/{reference}", method="PUT", data=body,
                      headers={"Content-Type": doc["mediaType"]})
     assert r.status == 201, r.body
-    return Digest.of_bytes(body), len(body)
+    digest = Digest.of_bytes(body)
+    wait_replicated(herd, repo, [digest])
+    return digest, len(body)
+
+
+def wait_replicated(herd: Herd, repo: str, digests: list[Digest]) -> None:
+    """Until every origin has the blobs: a blob pushed to one owner reaches the other by
+    replication, after the push, and a manifest naming it is checked on its first owner."""
+    wait_until(lambda: all(internal_head(o.url, repo, d) == 200 for o in herd.origins for d in digests), 60, 0.1,
+               message="the blobs replicated to every owner")
 
 
 def push_image(herd: Herd, repo: str, tag: str, layers: int = 2) -> Image:
@@ -107,6 +117,7 @@ def push_image(herd: Herd, repo: str, tag: str, layers: int = 2) -> Image:
         digest = push_blob_bytes(herd.proxy.url, repo, data)
         blobs[digest] = len(data)
         layer_descriptors.append({"mediaType": LAYER_TYPE, "digest": str(digest), "size": len(data)})
+    wait_replicated(herd, repo, list(blobs))
     config_digest = next(iter(blobs))
     doc = {"schemaVersion": 2, "mediaType": OCI_MANIFEST,
            "config": {"mediaType": CONFIG_TYPE, "digest": str(config_digest), "size": len(config)},

@@ -166,6 +166,16 @@ async def _send_blob(request: web.Request, path: Path) -> web.StreamResponse:
     return response
 
 
+async def prefetch_blob(request: web.Request) -> web.Response:
+    """Kraken's prefetch: bring the blob into this origin's cache before anyone reads it (the
+    proxy's preheat asks each owner of an image's blobs). 200 ``{"digest", "size"}`` once it
+    is cached, 202 while it is fetched from the backend (ask again), 404 when the backend
+    lacks it, 503 when the fetch failed. Idempotent: a cached blob costs one lookup."""
+    svc, digest = _svc(request), _digest(request)
+    await svc.find(request.match_info["ns"], digest)
+    return web.json_response({"digest": str(digest), "size": svc.store.size(digest)})
+
+
 async def head_local_blob(request: web.Request) -> web.Response:
     """HEAD from the local cache only: never starts a backend fetch."""
     size = _svc(request).store.size(_digest(request))
@@ -243,6 +253,7 @@ def create_origin_app(config: OriginConfig) -> web.Application:
     app.router.add_patch(f"{blob}/uploads/{{uid}}", patch_upload)
     app.router.add_put(f"{blob}/uploads/{{uid}}", commit_upload)
     app.router.add_get(blob, get_blob)  # also HEAD
+    app.router.add_post(f"{blob}/prefetch", prefetch_blob)
     stream = r"/namespace/{ns:[\s\S]+}/uploads"
     app.router.add_post(stream, start_stream)
     app.router.add_patch(f"{stream}/{{uid}}", patch_upload)

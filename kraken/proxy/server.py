@@ -13,6 +13,7 @@ from kraken.log import get_logger
 from kraken.metrics import Metrics
 from kraken.proxy.config import ProxyConfig
 from kraken.proxy.manifest_cache import ManifestCache
+from kraken.proxy.preheat_server import preheat_site
 from kraken.proxy.storage import ProxyMetrics, ProxyStorage
 from kraken.registry.app import add_registry_routes
 from kraken.registry.auth import create_authenticator
@@ -23,6 +24,8 @@ COMPONENT = "proxy"
 
 log = get_logger(COMPONENT)
 
+STORAGE: web.AppKey[ProxyStorage] = web.AppKey("proxy_storage", ProxyStorage)
+
 
 def create_proxy_app(config: ProxyConfig) -> web.Application:
     metrics = Metrics(COMPONENT)
@@ -31,6 +34,7 @@ def create_proxy_app(config: ProxyConfig) -> web.Application:
                            config.http_client, config.tls)
     staging = CAStore(config.store.root, durable=False)  # the origin keeps the durable copy
     app = create_app(COMPONENT, metrics, readiness=storage.readiness)
+    app[STORAGE] = storage
 
     async def clear_staging(_: web.Application) -> AsyncIterator[None]:
         await _clear_staging(staging)
@@ -50,9 +54,14 @@ def create_proxy_app(config: ProxyConfig) -> web.Application:
 
 
 def sites(config: ProxyConfig) -> list[Site]:
-    """The proxy serves the registry API only: its errors are OCI error JSON, so its app has
-    no error table of its own (:mod:`kraken.registry.errors`)."""
-    return [site(create_proxy_app(config), config.listen, config.tls)]
+    """The registry API (its errors are OCI error JSON, so its app has no error table of its
+    own: :mod:`kraken.registry.errors`) and, with a ``server:`` section, the second server
+    (kraken.proxy.preheat_server), which shares its clients and metrics."""
+    app = create_proxy_app(config)
+    served = [site(app, config.listen, config.tls)]
+    if config.server is not None:
+        served.append(preheat_site(config, config.server, app[STORAGE], app))
+    return served
 
 
 async def _clear_staging(staging: CAStore) -> None:

@@ -34,6 +34,7 @@ from kraken.core.digest import Digest, DigestError
 from kraken.http.app import create_app
 from kraken.http.client import HTTPStatusError, create_client
 from kraken.http.errors import ErrorTable, JsonError
+from kraken.http.healthcheck import RingMetrics
 from kraken.http.server import Site, site
 from kraken.http.tls import ClientAuth
 from kraken.log import get_logger
@@ -116,6 +117,7 @@ class BuildIndex:
             "Tag lookups by result (backend, cache, fallback = backend down, not_found)",
             ["result"],
         )
+        self.ring_metrics = RingMetrics(metrics)
         self._running: _Running | None = None
 
     @property
@@ -145,8 +147,10 @@ class BuildIndex:
             stack.push_async_callback(router.close)
             http = create_client(config.http_client, config.tls)
             stack.push_async_callback(http.close)
-            self._running = _Running(router, TagStore(Path(config.store.root), router, config.cache_ttl),
-                                     OriginCluster(config.origins, http))
+            origins = OriginCluster(config.origins, http, metrics=self.ring_metrics)
+            origins.start()
+            stack.push_async_callback(origins.close)
+            self._running = _Running(router, TagStore(Path(config.store.root), router, config.cache_ttl), origins)
             stack.callback(setattr, self, "_running", None)
             log.info("build-index started", origins=",".join(config.origins.hosts),
                      backends=len(router.backends), cache_ttl=config.cache_ttl)

@@ -7,9 +7,10 @@ digests that host wins or loses (about ``1/n`` of them), unlike ``hash mod n``.
 
 Health: the ring's clients check its hosts (:mod:`kraken.http.healthcheck`, configured by
 :class:`HealthCheckConfig` and :class:`PassiveConfig` in the ring's section) and pass the hosts
-believed alive to :meth:`HashRing.set_healthy`; owners are then picked among those, so traffic
-for a dead host's digests falls to the host that ranks next for each digest. When no host is
-healthy the ring falls back to all hosts: a guess is better than refusing every request.
+believed alive to :meth:`HashRing.set_healthy`. A digest's healthy owners then serve it; only
+when all of them are down does the healthy host that ranks next for the digest stand in. When
+no host is healthy the ring falls back to all hosts: a guess is better than refusing every
+request.
 """
 from __future__ import annotations
 
@@ -92,10 +93,17 @@ class HashRing:
         return self._healthy
 
     def owners(self, digest: Digest) -> list[str]:
-        """The ``min(max_replica, n)`` healthy hosts that own ``digest``, highest score first."""
-        candidates = self._healthy or self.hosts
-        ranked = sorted(candidates, key=lambda host: _score(host, digest), reverse=True)
-        return ranked[: self.max_replica]
+        """The healthy ones of the ``max_replica`` hosts that own ``digest``, highest score
+        first (as Kraken's hashring locations): a dead owner's share is not handed to a host
+        that does not own the digest while another owner is healthy. When every owner is
+        unhealthy, the healthy host ranked next stands in; when no host is, the owners."""
+        ranked = sorted(self.hosts, key=lambda host: _score(host, digest), reverse=True)
+        replicas = ranked[: self.max_replica]
+        alive = set(self._healthy)
+        healthy = [h for h in replicas if h in alive]
+        if healthy:
+            return healthy
+        return next(([h] for h in ranked if h in alive), replicas)
 
     def ranked(self, digest: Digest) -> list[str]:
         """Every host in the order a call for ``digest`` tries them: the healthy hosts by score

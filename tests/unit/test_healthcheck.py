@@ -251,7 +251,7 @@ def test_ranked_puts_the_healthy_hosts_first() -> None:
         assert ring.ranked(d) == full
         ring.set_healthy([h for h in hosts if h != full[0]])
         assert ring.ranked(d) == full[1:] + full[:1]
-        assert ring.owners(d) == full[1:3]
+        assert ring.owners(d) == full[1:2]
         ring.set_healthy(hosts)
 
 

@@ -165,6 +165,10 @@ async def test_a_killed_origin_leaves_every_view_its_blobs_stay_readable_and_wri
         config_blob = b'{"architecture":"amd64","os":"linux"}'
         config = await push(session, herd, config_blob)
         layers = [(old_digest, len(old)), (new_digest, len(new))]
+        # Each reference on every live owner first: build-index may ask the owner a streamed
+        # blob was not committed on before its replica arrived (that one then answers 404).
+        for digest in (config, new_digest):
+            await until(lambda d=digest: _on_live_owners(session, herd, d), what="replicas on the live owners")
         manifest = manifest_for((config, len(config_blob)), layers, DOCKER_MANIFEST)
         async with session.put(f"{herd.proxy.url}/v2/{REPO}/manifests/v1", data=manifest,
                                headers={"Content-Type": DOCKER_MANIFEST}) as r:
@@ -181,6 +185,11 @@ async def test_a_killed_origin_leaves_every_view_its_blobs_stay_readable_and_wri
 
 async def _has_both(session: aiohttp.ClientSession, herd: Herd, digest: Digest) -> bool:
     return set(ring(herd).owners(digest)) <= await cached_on(session, herd, digest)
+
+
+async def _on_live_owners(session: aiohttp.ClientSession, herd: Herd, digest: Digest) -> bool:
+    live = {o.addr for o in herd.origins if o.alive()}
+    return set(ring(herd).owners(digest)) & live <= await cached_on(session, herd, digest)
 
 
 async def _holds(session: aiohttp.ClientSession, herd: Herd, digest: Digest, host: str) -> bool:

@@ -18,7 +18,7 @@ import aiohttp
 
 from kraken.core.digest import Digest
 from kraken.http.client import HttpClient
-from kraken.http.health import check
+from kraken.http.health import check, probe_timeout
 from kraken.http.healthcheck import HostHealth, RingMetrics
 from kraken.log import get_logger
 from kraken.metrics import Metrics
@@ -114,6 +114,14 @@ class OriginClient:
         """GET the blob (200, or 206 for a range); the caller reads and releases the response."""
         headers = {"Range": range_header} if range_header else None
         return await self._poll("GET", self._blob_url(namespace, digest), headers)
+
+    async def has_local(self, namespace: str, digest: Digest, timeout: float) -> bool:
+        """Whether this origin's cache holds the blob (no backend fetch); one try, at most
+        ``timeout`` seconds."""
+        resp = await self._http.request("HEAD", self._blob_url(namespace, digest, "/internal"), ok=(200, 404),
+                                        retry=False, timeout=probe_timeout(self._http, timeout))
+        resp.release()
+        return resp.status == 200
 
     async def download_local(self, namespace: str, digest: Digest, dst: Path) -> None:
         """Copy the blob from this origin's cache only (no backend fetch) into file ``dst``;

@@ -12,7 +12,9 @@ owners, from their caches only (verified there, and again here): when one has a 
 the blob is cached from it and ``on_repaired`` queues a write-back, which overwrites the
 backend's bad copy (see kraken.origin.writeback). Such a fetch counts as
 ``result="repaired"``, one that found no good copy as ``"corrupt"``. The other owners are
-also asked, once, for a blob this origin quarantined while the backend lacks it
+also asked, once, for a blob this origin quarantined while the backend lacks it, and for any
+blob the backend lacks that one of them holds in its cache: a blob just pushed to another owner,
+whose replication here and write-back have not happened yet, would otherwise be "unknown" here
 (``result="replica"``, or ``"not_found"``).
 
 A fetch that failed is remembered for :data:`FAILURE_MEMORY`: requests meanwhile get its
@@ -45,6 +47,8 @@ log = get_logger("origin")
 
 #: Seconds a failed fetch is answered with its error before the backend is tried again.
 FAILURE_MEMORY = 10.0
+#: Seconds another ring owner may take to say whether its cache holds a blob.
+PEER_CHECK_TIMEOUT = 2.0
 #: Failed fetches remembered at most (the oldest are forgotten first).
 MAX_FAILURES = 4096
 
@@ -99,13 +103,24 @@ class BackendFetcher:
             backend = None  # no backend serves this namespace: only another origin may have it
         if backend is not None and await backend.stat(namespace, digest.hex) is not None:
             fetch = self._fetch
-        elif self._store.take_quarantined(digest) and self._peers(digest):
+        elif self._peers(digest) and (self._store.take_quarantined(digest) or await self._peer_has(namespace, digest)):
             fetch = self._fetch_from_peers
         else:
             return False
         if not self._store.exists(digest):
             self._fetching.start(digest, lambda: fetch(namespace, digest))
         return True
+
+    async def _peer_has(self, namespace: str, digest: Digest) -> bool:
+        """Whether another ring owner's cache has the blob: one just pushed there, not yet
+        replicated here nor written back (a manifest's references are checked on any owner)."""
+        for host in self._peers(digest):
+            try:
+                if await OriginClient(host, self._http).has_local(namespace, digest, PEER_CHECK_TIMEOUT):
+                    return True
+            except (TimeoutError, HTTPStatusError, aiohttp.ClientError) as e:
+                log.info("ring owner not asked", host=host, digest=digest, error=f"{type(e).__name__}: {e}")
+        return False
 
     def _raise_recent_failure(self, namespace: str, digest: Digest) -> None:
         failed = self._failed.get((namespace, digest))

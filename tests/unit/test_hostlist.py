@@ -10,21 +10,13 @@ import pytest
 from kraken.http import hostlist as hostlist_module
 from kraken.http.addresses import IPAddress
 from kraken.http.hostlist import DOWN_MIN, HostList, HostListConfig
-
-
-class Clock:
-    def __init__(self) -> None:
-        self.now = 1000.0
-
-    def monotonic(self) -> float:
-        return self.now
+from tests.support.clock import Clock, patch_clock
 
 
 @pytest.fixture
 def clock(monkeypatch: pytest.MonkeyPatch) -> Clock:
-    fake = Clock()
-    monkeypatch.setattr(hostlist_module, "time", fake)
-    return fake
+    """kraken.http.hostlist's time (down periods, DNS ttl) moves only when the test moves it."""
+    return patch_clock(monkeypatch, hostlist_module)
 
 
 def test_config_precedence_and_the_one_conflict() -> None:

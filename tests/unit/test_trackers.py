@@ -24,25 +24,15 @@ from kraken.http.hostlist import DOWN_MAX, DOWN_MIN, host_offset
 from kraken.metrics import Metrics
 from kraken.origin.config import OriginConfig
 from kraken.p2p.trackers import TrackerList, TrackersConfig
+from tests.support.clock import Clock, patch_clock
 
 DIGEST = Digest.of_bytes(b"blob")
 
 
-class Clock:
-    """Stands in for ``time`` in kraken.http.hostlist: ``monotonic`` moves only when told."""
-
-    def __init__(self) -> None:
-        self.now = 1000.0
-
-    def monotonic(self) -> float:
-        return self.now
-
-
 @pytest.fixture
 def clock(monkeypatch: pytest.MonkeyPatch) -> Clock:
-    fake = Clock()
-    monkeypatch.setattr(hostlist_module, "time", fake)
-    return fake
+    """kraken.http.hostlist's time (down periods, DNS ttl) moves only when the test moves it."""
+    return patch_clock(monkeypatch, hostlist_module)
 
 
 def listed(*addrs: str, metrics: Metrics | None = None) -> TrackerList:

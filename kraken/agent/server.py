@@ -42,6 +42,7 @@ from kraken.http.allow import AllowList, guard
 from kraken.http.app import create_app
 from kraken.http.client import HttpClient, HTTPStatusError, create_client
 from kraken.http.errors import ErrorTable, JsonError, json_error
+from kraken.http.healthcheck import RingMetrics
 from kraken.http.names import check_namespace
 from kraken.http.server import Site, site
 from kraken.http.tls import ClientAuth
@@ -129,8 +130,10 @@ class Agent:
             tracker = TrackerClient(trackers, http, config.download.metainfo_timeout, announce)
             fallback = None
             if config.origins.hosts and config.download.fallback_after > 0:
-                fallback = HttpFallback(OriginCluster(config.origins, http), cas, config.download.fallback_after,
-                                        metrics)
+                origins = OriginCluster(config.origins, http, metrics=RingMetrics(metrics))
+                origins.start()
+                stack.push_async_callback(origins.close)
+                fallback = HttpFallback(origins, cas, config.download.fallback_after, metrics)
             blobs = await AgentBlobs.create(cas, root / "download", session, tracker, config.download.timeout,
                                             metrics, fallback)
             stack.push_async_callback(blobs.close)

@@ -37,6 +37,7 @@ from kraken.core.digest import Digest, DigestError
 from kraken.http.app import create_app
 from kraken.http.client import HttpClient, HTTPStatusError, create_client
 from kraken.http.errors import ErrorTable, JsonError
+from kraken.http.healthcheck import RingMetrics
 from kraken.http.server import Site, site
 from kraken.http.tls import ClientAuth
 from kraken.log import get_logger
@@ -125,6 +126,7 @@ class BuildIndex:
             "written back, not_found)",
             ["result"],
         )
+        self.ring_metrics = RingMetrics(metrics)
         self._running: _Running | None = None
 
     @property
@@ -155,7 +157,9 @@ class BuildIndex:
             http = create_client(config.http_client, config.tls)
             stack.push_async_callback(http.close)
             root = Path(config.store.root)
-            origins = OriginCluster(config.origins, http)
+            origins = OriginCluster(config.origins, http, metrics=self.ring_metrics)
+            origins.start()
+            stack.push_async_callback(origins.close)
             owner = TaskOwner(COMPONENT)
             # Opened in write-through mode too: it drains what a write-back run left.
             queue = await PersistedQueue.open(root / "tag_writeback.db")

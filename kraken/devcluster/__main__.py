@@ -21,6 +21,7 @@ from pathlib import Path
 from kraken.devcluster import docker as dockermode
 from kraken.devcluster import native
 from kraken.devcluster.checks import check_plan, scratch_dir
+from kraken.devcluster.net import free_port
 from kraken.devcluster.params import (
     CONFIG_ROOT,
     DEFAULT_WORKDIR,
@@ -90,6 +91,11 @@ def parser() -> argparse.ArgumentParser:
                         "agent_two_param.sh beside the herd's; with --role agent, agent_one_param.sh)")
     p.add_argument("--peer-ip", default="", help="an agent host's own address (labels its P2P log lines)")
     p.add_argument("--redis", action="store_true", help="run a redis-server as the tracker's peer store")
+    p.add_argument("--origins", type=int, default=1,
+                   help="origins on the ring (default 1); with more, each blob is on two of them. The first "
+                        "takes the parameter file's ports, the others free ones")
+    p.add_argument("--trackers", type=int, default=1,
+                   help="trackers (default 1); with more, they share a redis-server and agents fail over")
     p.add_argument("--bind-address", default="",
                    help="where the herd's servers listen (default: 127.0.0.1 for the whole cluster "
                         "on this host, every interface for --role herd)")
@@ -132,8 +138,14 @@ def main(argv: list[str] | None = None) -> int:
     if ambiguous is not None:
         err(f"devcluster: not started: {ambiguous}")
         return 1
+    if not (1 <= args.origins <= 16 and 1 <= args.trackers <= 8):
+        err("devcluster: --origins must be 1-16 and --trackers 1-8")
+        return 1
     try:
         ports = HerdPorts.from_params(args.herd_params)
+        ports.extra_origins = [free_port() for _ in range(args.origins - 1)]
+        ports.extra_origins_p2p = [free_port() for _ in range(args.origins - 1)]
+        ports.extra_trackers = [free_port() for _ in range(args.trackers - 1)]
         agents = {("agent" if args.role == "agent" else agent_name(f)): AgentPorts.from_params(f) for f in agent_files}
     except ParamsError as e:
         err(f"devcluster: {e}")
@@ -152,6 +164,12 @@ def main(argv: list[str] | None = None) -> int:
             return 1
         tls_hosts = None if args.tls_dir else local_hosts(args.herd_host)
     mode, why = choose_mode()
+    if mode == "docker" and (args.origins > 1 or args.trackers > 1):
+        if os.environ.get(MODE_ENV, "").strip().lower() == "docker":
+            err("devcluster: --origins and --trackers above 1 run as native processes only; "
+                f"unset {MODE_ENV} or set it to native")
+            return 1
+        mode, why = "native", "several origins or trackers: the images run one of each"
     out(f"kraken devcluster: {MODES[mode]} ({why})")
     if mode == "docker":
         # The containers run the plan's processes (the herd's with a redis-server) on its ports,

@@ -76,8 +76,9 @@ def plan(workdir: Path, ports: HerdPorts, agents: dict[str, AgentPorts], *, role
     local_only = role == "all" and not bind_address and herd_host in LOOPBACK_HOSTS
     p2p_local = {"p2p": {"listen": {"host": "127.0.0.1"}}} if local_only else {}
     if role in ("all", "herd"):
+        # Several origins: each blob on two of them, so losing one loses nothing.
         procs += herd_processes(workdir, ports, config_name, host=herd_host, config_dir=config_dir, redis=redis,
-                                overlay_dir=overlay_dir,
+                                overlay_dir=overlay_dir, max_replica=min(2, len(ports.origins)),
                                 overrides=deep_merge(overrides, {"origin": p2p_local}))
     if bind_address or local_only:
         for proc in procs:
@@ -152,7 +153,7 @@ def cmd_start(workdir: Path, ports: HerdPorts, agents: dict[str, AgentPorts],
         written = tls.ensure(tls_hosts)
         out(f"  tls       {tls.dir}: {'made ' + ', '.join(written) if written else 'certificates reused'}")
     procs = planned()
-    if redis:
+    if any(proc.component == "redis" for proc in procs):  # asked for, or several trackers
         (workdir / REDIS_DIR).mkdir(exist_ok=True)
 
     stop = _StopFlag()

@@ -92,21 +92,28 @@ class HerdPorts(PortParams):
     extra_origins_p2p: list[int] = field(default_factory=list)
     #: The herd's redis-server (the tracker's peer store), when it runs one.
     redis: int = 14001
+    #: Further trackers beside ``tracker`` (``--trackers``), sharing the redis peer store.
+    extra_trackers: list[int] = field(default_factory=list)
 
     def __post_init__(self) -> None:
         missing = len(self.extra_origins) - len(self.extra_origins_p2p)
         self.extra_origins_p2p = [*self.extra_origins_p2p, *(free_port() for _ in range(missing))]
 
     @classmethod
-    def free(cls, origins: int = 1) -> HerdPorts:
+    def free(cls, origins: int = 1, trackers: int = 1) -> HerdPorts:
         """Every port free (tests run herds beside each other and beside ``make devcluster``)."""
         return cls(testfs=free_port(), proxy=free_port(), origin=free_port(), build_index=free_port(),
                    tracker=free_port(), origin_p2p=free_port(),
-                   extra_origins=[free_port() for _ in range(origins - 1)], redis=free_port())
+                   extra_origins=[free_port() for _ in range(origins - 1)], redis=free_port(),
+                   extra_trackers=[free_port() for _ in range(trackers - 1)])
 
     @property
     def origins(self) -> list[int]:
         return [self.origin, *self.extra_origins]
+
+    @property
+    def trackers(self) -> list[int]:
+        return [self.tracker, *self.extra_trackers]
 
     @property
     def origins_p2p(self) -> list[int]:

@@ -42,13 +42,15 @@ def herd_processes(
     127.0.0.1 (nothing but the herd itself reads or writes it). ``overrides`` (by
     component) is merged into each process's overlay, e.g. shorter intervals for a test.
     ``redis`` runs a redis-server on ``ports.redis`` (local to the herd) as the tracker's peer
-    store, as the seed's herd does. The overlays go to ``overlay_dir`` (default
+    store, as the seed's herd does; always with several trackers (``tracker``, ``tracker-2``,
+    ...), which must share their peers. The overlays go to ``overlay_dir`` (default
     ``workdir/config``; a scratch directory while a start checks them).
     """
     from kraken.config import deep_merge  # here, not at the top: ``stop`` must work without PyYAML
 
     workdir = Path(workdir)
     cfg = overlay_dir or workdir / "config"
+    redis = redis or len(ports.trackers) > 1  # several trackers share one peer store
     origin_addrs = [f"{host}:{port}" for port in ports.origins]
     ring = {"hosts": origin_addrs, "max_replica": max_replica}
     extra = overrides or {}
@@ -77,15 +79,16 @@ def herd_processes(
             "p2p": {"listen": {"port": p2p_port}},
         }, (p2p_port,)))
     tracker_store = {"store": "redis", "redis": {"addr": f"127.0.0.1:{ports.redis}"}} if redis else {}
+    trackers = [proc("tracker" if i == 0 else f"tracker-{i + 1}", "tracker", port, {
+        "origins": ring,
+        "origin_p2p": {addr: f"{host}:{p2p}" for addr, p2p in zip(origin_addrs, ports.origins_p2p, strict=True)},
+        **tracker_store,
+    }) for i, port in enumerate(ports.trackers)]
     return [
         *([redis_process(workdir, ports.redis)] if redis else []),
         proc("testfs", "testfs", ports.testfs, {"root": str(workdir / "testfs")}),
         *origins,
-        proc("tracker", "tracker", ports.tracker, {
-            "origins": ring,
-            "origin_p2p": {addr: f"{host}:{p2p}" for addr, p2p in zip(origin_addrs, ports.origins_p2p, strict=True)},
-            **tracker_store,
-        }),
+        *trackers,
         proc("build-index", "build-index", ports.build_index, {
             "store": {"root": str(workdir / "build-index")}, "origins": ring,
             **backends("build-index"),
@@ -95,6 +98,12 @@ def herd_processes(
             "build_index": {"addr": f"{host}:{ports.build_index}"},
         }),
     ]
+
+
+def tracker_section(host: str, ports: HerdPorts) -> dict[str, Any]:
+    """An agent's ``tracker:``: the herd's tracker, or every one of them (failover)."""
+    addrs = [f"{host}:{port}" for port in ports.trackers]
+    return {"addr": addrs[0]} if len(addrs) == 1 else {"addrs": addrs}
 
 
 def herd_backends(config: Path, testfs_addr: str) -> dict[str, Any]:
@@ -160,7 +169,7 @@ def agent_processes(
         config = write_overlay(overlays / f"{name}.yaml", config_dir / "agent" / f"{config_name}.yaml",
                                deep_merge({
                                    "store": {"root": str(workdir / name)},
-                                   "tracker": {"addr": f"{herd_host}:{ports.tracker}"},
+                                   "tracker": tracker_section(herd_host, ports),
                                    "build_index": {"addr": f"{herd_host}:{ports.build_index}"},
                                    "origins": {"hosts": [f"{herd_host}:{port}" for port in ports.origins]},
                                }, overrides or {}))

@@ -18,7 +18,10 @@ import aiohttp
 
 from kraken.core.digest import Digest
 from kraken.http.client import HttpClient
+from kraken.http.health import check
+from kraken.http.healthcheck import HostHealth, RingMetrics
 from kraken.log import get_logger
+from kraken.metrics import Metrics
 from kraken.origin.stream import UploadStream, commit_upload
 from kraken.ring import HashRing, RingConfig
 
@@ -179,46 +182,68 @@ _UNREACHABLE = (aiohttp.ClientConnectionError, asyncio.TimeoutError)
 class OriginCluster:
     """The origin cluster seen through the hash ring: each call goes to the digest's owner.
 
-    An origin that cannot be reached (connection failure or timeout) is taken off the ring
-    for ``down_for`` seconds and the call moves on to the next owner; that owner fetches the
+    Which origins are healthy is this process's own view (:mod:`kraken.http.healthcheck`,
+    configured in the ring's section): active ``/health`` checks, run by :meth:`start` until
+    :meth:`close`, and passive ones, the calls here that fail to connect or time out. A call
+    goes to the healthy owners first; one that cannot reach its origin moves on to the next
+    host in the ring's order (counted in ``kraken_ring_failovers_total``), which fetches the
     blob from the storage backend if it lacks it.
     """
 
-    def __init__(
-        self, config: RingConfig, http: HttpClient, down_for: float = 30.0, poll_timeout: float = 300.0
-    ) -> None:
+    def __init__(self, config: RingConfig, http: HttpClient, poll_timeout: float = 300.0,
+                 metrics: RingMetrics | None = None) -> None:
         self._ring = HashRing.from_config(config)
         self._clients = {host: OriginClient(host, http, poll_timeout) for host in self._ring.hosts}
-        self._down_for = down_for
-        self._down_until: dict[str, float] = {}
+        self._http = http
+        self._timeout = config.health_check.timeout
+        self._metrics = metrics or RingMetrics(Metrics("ring"))
+        self.health = HostHealth(self._ring.hosts, config.health_check, config.passive, self._metrics, "origin")
+        self._checker: asyncio.Task | None = None
 
-    def _mark_down(self, host: str, error: BaseException) -> None:
-        log.warning("origin unreachable, routing around it", origin=host, error=f"{type(error).__name__}: {error}")
-        self._down_until[host] = time.monotonic() + self._down_for
-        self._update_ring()
+    def start(self) -> None:
+        """Start the active health checks (inside the component's running loop)."""
+        if self._checker is None:
+            self._checker = asyncio.get_running_loop().create_task(self.health.run(self._probe), name="origin-health")
 
-    def _update_ring(self) -> None:
-        now = time.monotonic()
-        self._down_until = {h: t for h, t in self._down_until.items() if t > now}
-        self._ring.set_healthy([h for h in self._ring.hosts if h not in self._down_until])
+    async def close(self) -> None:
+        """Stop the active health checks."""
+        task, self._checker = self._checker, None
+        if task is not None:
+            task.cancel()
+            await asyncio.gather(task, return_exceptions=True)
 
-    async def _route(self, digest: Digest, op: Callable[[OriginClient], Awaitable[T]]) -> T:
-        self._update_ring()
-        tried: set[str] = set()
-        while True:
-            host = next((h for h in self._ring.owners(digest) if h not in tried), None)
-            if host is None:
-                raise ConnectionError(f"no origin reachable for {digest} (tried {', '.join(sorted(tried))})")
-            tried.add(host)
+    async def _probe(self, host: str) -> None:
+        await check(self._http, host, self._timeout)
+
+    def _sync(self) -> None:
+        self._ring.set_healthy(self.health.healthy())
+
+    def _failed(self, host: str, error: BaseException) -> None:
+        log.warning("origin unreachable, trying the next", origin=host, error=f"{type(error).__name__}: {error}")
+        self.health.failed(host, error)
+        self._sync()
+
+    async def _first_reachable(self, hosts: list[str], what: str, op: Callable[[OriginClient], Awaitable[T]]) -> T:
+        """``op`` on the first of ``hosts`` that can be reached."""
+        for i, host in enumerate(hosts):
+            if i:
+                self._metrics.failovers.inc()
             try:
                 return await op(self._clients[host])
             except _UNREACHABLE as e:
-                self._mark_down(host, e)
+                self._failed(host, e)
+        raise ConnectionError(f"no origin reachable for {what} (tried {', '.join(hosts)})")
+
+    async def _route(self, digest: Digest, op: Callable[[OriginClient], Awaitable[T]]) -> T:
+        self._sync()
+        return await self._first_reachable(self._ring.ranked(digest), str(digest), op)
 
     async def stat(self, namespace: str, digest: Digest) -> int | None:
         return await self._route(digest, lambda c: c.stat(namespace, digest))
 
     async def upload_file(self, namespace: str, digest: Digest, path: Path) -> None:
+        """A whole file to the first reachable owner: an origin that dies mid-upload is not
+        retried, the file is sent again to the next."""
         await self._route(digest, lambda c: c.upload_file(namespace, digest, path))
 
     async def upload_bytes(self, namespace: str, digest: Digest, data: bytes) -> None:
@@ -233,21 +258,17 @@ class OriginCluster:
         return await self._route(digest, lambda c: c.read_bytes(namespace, digest))
 
     async def start_stream(self, namespace: str) -> UploadStream:
-        """Stream an upload of unknown digest to a reachable origin, picked at random: with one
+        """Stream an upload of unknown digest to a healthy origin, picked at random: with one
         origin (or ``max_replica`` equal to the ring size) it always owns the blob; otherwise
         the caller checks :meth:`locations` at commit and falls back when it does not."""
-        self._update_ring()
-        hosts = [h for h in self._ring.hosts if h not in self._down_until] or list(self._ring.hosts)
-        host = random.choice(hosts)
-        try:
-            return await self._clients[host].start_stream(namespace)
-        except _UNREACHABLE as e:
-            self._mark_down(host, e)
-            raise
+        self._sync()
+        hosts = list(self._ring.healthy or self._ring.hosts)
+        random.shuffle(hosts)
+        return await self._first_reachable(hosts, "a streamed upload", lambda c: c.start_stream(namespace))
 
     async def locations(self, digest: Digest) -> list[str]:
-        """The reachable owners of ``digest`` (computed locally: the ring is configured alike everywhere)."""
-        self._update_ring()
+        """The healthy owners of ``digest`` (computed locally: the ring is configured alike everywhere)."""
+        self._sync()
         return self._ring.owners(digest)
 
     async def get_metainfo(self, namespace: str, digest: Digest) -> bytes:

@@ -24,6 +24,7 @@ from kraken.core.digest import Digest
 from kraken.http.client import HttpClient, create_client
 from kraken.http.config import HttpClientConfig, TLSConfig
 from kraken.http.health import check_any
+from kraken.http.healthcheck import RingMetrics
 from kraken.log import get_logger
 from kraken.metrics import Metrics
 from kraken.origin.client import BlobNotFound, OriginCluster
@@ -73,6 +74,7 @@ class ProxyMetrics:
         self.digest_mismatches: Counter = metrics.counter(
             "kraken_proxy_blob_digest_mismatches_total",
             "Whole blobs read from an origin whose bytes failed their digest (the response was cut short)")
+        self.ring = RingMetrics(metrics)
 
 
 @dataclass
@@ -113,9 +115,11 @@ class ProxyStorage(RegistryStorage):
             await self.manifests.start()
             http = create_client(self._http_config, self._tls)
             stack.push_async_callback(http.close)
-            self._running = _Running(http, OriginCluster(self._origins_config, http),
-                                     BuildIndexClient(self._build_index, http,
-                                                      self.metrics.build_index_failovers))
+            origins = OriginCluster(self._origins_config, http, metrics=self.metrics.ring)
+            origins.start()
+            stack.push_async_callback(origins.close)
+            self._running = _Running(http, origins, BuildIndexClient(self._build_index, http,
+                                                                     self.metrics.build_index_failovers))
             stack.callback(setattr, self, "_running", None)
             yield
 

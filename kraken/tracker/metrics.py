@@ -1,11 +1,13 @@
 """The tracker's own Prometheus metrics (beside the per-route HTTP metrics every app has)."""
 from __future__ import annotations
 
+from kraken.http.healthcheck import RingMetrics
 from kraken.metrics import Metrics
 
 
 class TrackerMetrics:
     def __init__(self, metrics: Metrics) -> None:
+        self.ring = RingMetrics(metrics)
         self.announces = metrics.counter(
             "kraken_tracker_announces_total", "Announces served, by event (none = a periodic re-announce)", ["event"]
         )

@@ -78,7 +78,9 @@ class TrackerService:
             await store.start()
             owner = TaskOwner("tracker")
             stack.push_async_callback(owner.close)
-            origins = OriginCluster(config.origins, http, poll_timeout=config.metainfo.poll_timeout)
+            origins = OriginCluster(config.origins, http, config.metainfo.poll_timeout, self._metrics.ring)
+            origins.start()
+            stack.push_async_callback(origins.close)
             cache = MetainfoCache(config.metainfo.cache_size, config.metainfo.cache_ttl)
             self._running = _Running(store, http, origins, MetainfoProxy(origins, cache, self._metrics, owner),
                                      SeederProbe(config.probe, owner))

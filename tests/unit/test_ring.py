@@ -54,12 +54,14 @@ def test_adding_a_host_moves_only_its_share_and_only_to_it() -> None:
     assert 0.06 < share < 0.12, share  # about 1/11
 
 
-def test_unhealthy_hosts_are_skipped_and_the_next_ranked_takes_over() -> None:
+def test_an_unhealthy_owner_leaves_the_others_and_the_next_ranked_stands_in_for_all() -> None:
     ring = HashRing(HOSTS, 2)
     for d in digests(100):
         full = HashRing(HOSTS, len(HOSTS)).owners(d)
         ring.set_healthy([h for h in HOSTS if h != full[0]])
-        assert ring.owners(d) == full[1:3]
+        assert ring.owners(d) == full[1:2]  # no non-owner while an owner is healthy
+        ring.set_healthy([h for h in HOSTS if h not in full[:2]])
+        assert ring.owners(d) == full[2:3]
         ring.set_healthy(HOSTS)
         assert ring.owners(d) == full[:2]
 

@@ -122,7 +122,6 @@ class Agent:
             stack.push_async_callback(http.close)
             trackers = TrackerList(config.tracker, metrics)
             await trackers.start()
-            stack.push_async_callback(trackers.close)
             # Before the session, so the relay (HTTPS or several trackers) outlives its stopped announces.
             announce = await announce_url(stack, trackers, http, config.http_client, config.tls,
                                           config.p2p.listen.host, metrics)

@@ -1,14 +1,15 @@
 """Client of the build-index HTTP API (used by the proxy, agents and replication).
 
-Failover: the client knows every build-index of the cluster (:mod:`kraken.buildindex.hosts`;
-they share one tag backend, so any answers any request) and sends each request to the one
-that last answered. A connection failure, a timeout or a 502/503/504 moves the request to the
-next address at once; any other answer (a 4xx included) is the answer. Only when every
-address failed does it pause (``http_client.backoff``) and go round again, up to
-``http_client.retries`` more times, as a single-address client retries today. So losing one
-build-index costs a request one connection attempt (a refused connection, or at most
-``http_client.connect_timeout`` for a host that is gone), and the next requests go straight
-to a live node.
+Failover: the client knows every build-index of the cluster (a host list,
+:mod:`kraken.http.hostlist`; they share one tag backend, so any answers any request) and sends
+each request to this host's preferred one, skipping those that failed recently. A connection
+failure, a timeout or a 502/503/504 moves the request to the next address at once, and the
+address that failed is tried last for a while (doubling while it keeps failing); any other
+answer (a 4xx included) is the answer. Only when every address failed does it pause
+(``http_client.backoff``) and go round again, up to ``http_client.retries`` more times, as a
+single-address client retries today. So losing one build-index costs a request one
+connection attempt (a refused connection, or at most ``http_client.connect_timeout`` for a
+host that is gone), and the next requests go straight to a live node.
 """
 from __future__ import annotations
 
@@ -21,11 +22,12 @@ from urllib.parse import quote
 import aiohttp
 from prometheus_client import Counter
 
-from kraken.buildindex.hosts import BuildIndexHosts, BuildIndexHostsConfig
+from kraken.buildindex.hosts import BuildIndexHostsConfig
 from kraken.core.digest import Digest
 from kraken.http.client import RETRY_STATUSES, HttpClient, HTTPStatusError
 from kraken.http.errors import error_extra, error_message
 from kraken.http.health import PROBE_TIMEOUT, check_any
+from kraken.http.hostlist import HostList
 from kraken.log import get_logger
 from kraken.metrics import Metrics
 from kraken.registry.referrer_index import ReferrerDescriptor
@@ -63,27 +65,22 @@ def failover_counter(metrics: Metrics) -> Counter:
 
 
 class BuildIndexClient:
-    """``where``: a ``build_index:`` config, or one ``host:port``, or a list of them."""
+    """``where``: a ``build_index:`` config, or one ``host:port``, or a list of them.
+    ``hostname``: whose preference to follow (this host's by default)."""
 
     def __init__(self, where: BuildIndexHostsConfig | str | Sequence[str], http: HttpClient,
-                 failovers: Counter | None = None) -> None:
+                 failovers: Counter | None = None, hostname: str | None = None) -> None:
         if isinstance(where, str):
             where = BuildIndexHostsConfig(addr=where)
         elif not isinstance(where, BuildIndexHostsConfig):
             where = BuildIndexHostsConfig(addrs=list(where))
-        self.hosts = BuildIndexHosts(where)
+        self.hosts = HostList(where, "build-index", hostname=hostname)
         self.http = http
         self._failovers = failovers
-        # Where requests go first: the address that answered last. Clients start at a random
-        # one, so a fleet of agents spreads over the build-indexes.
-        self._preferred: str | None = None
 
     async def _order(self) -> list[str]:
-        addrs = await self.hosts.current()
-        if self._preferred not in addrs:
-            self._preferred = random.choice(addrs)
-        at = addrs.index(self._preferred)
-        return addrs[at:] + addrs[:at]
+        await self.hosts.refresh()
+        return self.hosts.order()
 
     async def _request(self, method: str, path: str, ok: tuple[int, ...] = (200,)) -> aiohttp.ClientResponse:
         """The first answer in ``ok`` from a build-index, failing over as the module says."""
@@ -96,7 +93,9 @@ class BuildIndexClient:
                     resp = await self.http.request(method, self.http.url(addr, path), ok=ok, retry=False)
                 except (TimeoutError, aiohttp.ClientConnectionError, HTTPStatusError) as e:
                     if isinstance(e, HTTPStatusError) and e.status not in RETRY_STATUSES:
+                        self.hosts.answered(addr)
                         raise
+                    self.hosts.failed(addr)
                     if round_ == rounds - 1 and i == len(addrs) - 1:
                         raise
                     if len(addrs) > 1:
@@ -105,14 +104,13 @@ class BuildIndexClient:
                         log.warning("build-index request failed, retrying", addr=addr, method=method, path=path,
                                     error=f"{type(e).__name__}: {e}", attempt=round_ + 1)
                     continue
-                self._preferred = addr
+                self.hosts.answered(addr)
                 return resp
             delay = min(config.backoff_max, config.backoff * 2**round_)
             await asyncio.sleep(delay * (0.5 + random.random()))
         raise AssertionError("unreachable")
 
     def _fail_over(self, failed: str, to: str, method: str, path: str, error: Exception) -> None:
-        self._preferred = to
         if self._failovers is not None:
             self._failovers.inc()
         log.warning("build-index failed, trying the next one", failed=failed, next=to, method=method, path=path,

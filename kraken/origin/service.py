@@ -190,7 +190,6 @@ class OriginService:
             if config.tracker.configured():
                 trackers = TrackerList(config.tracker, metrics)
                 await trackers.start()
-                stack.push_async_callback(trackers.close)
                 announce = await announce_url(stack, trackers, http, config.http_client, config.tls,
                                               config.p2p.listen.host, metrics)
             self._running = _Running(store, router, http, writeback, replicator, fetcher,

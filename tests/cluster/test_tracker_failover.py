@@ -2,7 +2,7 @@
 
 The herd (redis-server, testfs, origin, two trackers, build-index, proxy) and two agents run
 as real processes; the origin and both agents list both trackers (``tracker.addrs``). Every
-process on this host prefers the same tracker (:func:`kraken.p2p.trackers.host_offset`), the
+process on this host prefers the same tracker (:func:`kraken.http.hostlist.host_offset`), the
 one this module kills with SIGKILL while an agent downloads a blob the origin uploads slowly
 (``p2p.upload_rate_limit``). The agents' HTTP fallback is off (``download.fallback_after:
 0``): every byte an agent returns came over P2P, so a swarm that lost its tracker shows up as
@@ -27,7 +27,7 @@ from kraken.core.digest import Digest
 from kraken.core.metainfo import info_hash
 from kraken.devcluster import AgentPorts, HerdPorts, Process, Supervisor, agent_processes, free_port, herd_processes
 from kraken.devcluster.plan import REDIS_DIR
-from kraken.p2p.trackers import host_offset
+from kraken.http.hostlist import host_offset
 from tests.support.cluster import Herd
 from tests.support.metrics import metric
 from tests.support.proxy import Proxy

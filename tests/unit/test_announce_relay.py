@@ -17,10 +17,11 @@ from aiohttp import web
 from kraken.devcluster import free_port
 from kraken.http.client import create_client
 from kraken.http.config import HttpClientConfig, SecretFile, TLSConfig, X509Pair
+from kraken.http.hostlist import host_offset
 from kraken.http.tls import ClientAuth, server_context
 from kraken.metrics import Metrics
 from kraken.p2p.announcerelay import MAX_ANSWER, AnnounceRelay, announce_url, relay_host
-from kraken.p2p.trackers import TrackerList, TrackersConfig, host_offset
+from kraken.p2p.trackers import TrackerList, TrackersConfig
 from tests.support.pki import Pki, make_pki
 
 

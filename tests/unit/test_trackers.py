@@ -1,5 +1,6 @@
-"""Several trackers (kraken.p2p.trackers): the config, the failover order, DNS re-resolution,
-and the agent's metainfo client failing over between real HTTP servers in this process."""
+"""Several trackers (kraken.p2p.trackers over kraken.http.hostlist): the config, the failover
+order, DNS re-resolution, and the agent's metainfo client failing over between real HTTP
+servers in this process."""
 from __future__ import annotations
 
 import asyncio
@@ -16,31 +17,22 @@ from kraken.agent.tracker import TrackerClient, TrackerUnavailable
 from kraken.config import build
 from kraken.core.digest import Digest
 from kraken.devcluster import free_port
+from kraken.http import hostlist as hostlist_module
 from kraken.http.client import create_client
 from kraken.http.config import HttpClientConfig
+from kraken.http.hostlist import DOWN_MAX, DOWN_MIN, host_offset
 from kraken.metrics import Metrics
 from kraken.origin.config import OriginConfig
-from kraken.p2p import trackers as trackers_module
-from kraken.p2p.trackers import DOWN_MAX, DOWN_MIN, TrackerList, TrackersConfig, host_offset
+from kraken.p2p.trackers import TrackerList, TrackersConfig
+from tests.support.clock import Clock, patch_clock
 
 DIGEST = Digest.of_bytes(b"blob")
 
 
-class Clock:
-    """Stands in for ``time`` in kraken.p2p.trackers: ``monotonic`` moves only when told."""
-
-    def __init__(self) -> None:
-        self.now = 1000.0
-
-    def monotonic(self) -> float:
-        return self.now
-
-
 @pytest.fixture
 def clock(monkeypatch: pytest.MonkeyPatch) -> Clock:
-    fake = Clock()
-    monkeypatch.setattr(trackers_module, "time", fake)
-    return fake
+    """kraken.http.hostlist's time (down periods, DNS ttl) moves only when the test moves it."""
+    return patch_clock(monkeypatch, hostlist_module)
 
 
 def listed(*addrs: str, metrics: Metrics | None = None) -> TrackerList:
@@ -49,13 +41,16 @@ def listed(*addrs: str, metrics: Metrics | None = None) -> TrackerList:
 
 # ---- config ----------------------------------------------------------------------------------
 
-def test_dns_wins_over_addrs_which_win_over_addr() -> None:
-    """So a config listing ``addrs`` over a base with ``addr`` gets exactly its list."""
+def test_dns_or_addrs_win_over_addr() -> None:
+    """So a config listing ``addrs`` over a base with ``addr`` gets exactly its list; ``addrs``
+    and ``dns`` together are refused (as in Kraken's hostlist)."""
     config = TrackersConfig(addr="a:1", addrs=["b:2", "c:3", "b:2"])
     assert config.static() == ["b:2", "c:3"] and config.several()
     assert TrackersConfig(addr="a:1").static() == ["a:1"] and not TrackersConfig(addr="a:1").several()
-    with_dns = TrackersConfig(addr="a:1", addrs=["b:2"], dns="t:1")
+    with_dns = TrackersConfig(addr="a:1", dns="t:1")
     assert with_dns.static() == [] and with_dns.several() and with_dns.configured()
+    with pytest.raises(ValueError, match="not both"):
+        TrackersConfig(addrs=["b:2"], dns="t:1")
     assert not TrackersConfig().configured()
 
 
@@ -126,7 +121,7 @@ async def test_the_down_period_is_bounded(clock: Clock) -> None:
         with pytest.raises(ConnectionRefusedError):
             await trackers.call(refused)
         clock.now += DOWN_MAX
-    assert trackers._down["t1:1"][1] == DOWN_MAX
+    assert trackers.hosts._down["t1:1"][1] == DOWN_MAX
 
 
 async def test_answers_and_other_errors_do_not_fail_over() -> None:
@@ -182,19 +177,25 @@ class FakeDns:
         return None if answer is None else [ipaddress.ip_address(a) for a in answer]
 
 
-async def test_dns_is_resolved_at_start_and_again_every_ttl_keeping_the_last_answer_on_failure() -> None:
+async def test_dns_is_resolved_at_start_and_again_after_the_ttl_keeping_the_last_answer(clock: Clock) -> None:
     dns = FakeDns([["10.0.0.2", "10.0.0.1"], None, ["10.0.0.3", "::1"]])
-    trackers = TrackerList(TrackersConfig(dns="trackers.example:15003", dns_ttl=0.05), Metrics("t"), dns)
+    trackers = TrackerList(TrackersConfig(dns="trackers.example:15003", dns_ttl=5), Metrics("t"), dns)
     await trackers.start()
-    try:
-        assert sorted(trackers.addrs) == ["10.0.0.1:15003", "10.0.0.2:15003"]
-        await _until(lambda: len(dns.asked) >= 2)
-        assert sorted(trackers.addrs) == ["10.0.0.1:15003", "10.0.0.2:15003"]  # the failed lookup changed nothing
-        await _until(lambda: "10.0.0.3:15003" in trackers.addrs)
-        assert sorted(trackers.addrs) == ["10.0.0.3:15003", "[::1]:15003"]
-        assert dns.asked[0] == "trackers.example"
-    finally:
-        await trackers.close()
+
+    async def attempt(addr: str) -> str:
+        return addr
+
+    assert trackers.addrs == ("10.0.0.1:15003", "10.0.0.2:15003") or trackers.addrs == ("10.0.0.2:15003",
+                                                                                         "10.0.0.1:15003")
+    await trackers.call(attempt)
+    assert len(dns.asked) == 1  # within the ttl: no lookup
+    clock.now += 5
+    await trackers.call(attempt)
+    assert len(dns.asked) == 2 and sorted(trackers.addrs) == ["10.0.0.1:15003", "10.0.0.2:15003"]  # failed: kept
+    clock.now += 5
+    assert await trackers.call(attempt) in ("10.0.0.3:15003", "[::1]:15003")
+    assert sorted(trackers.addrs) == ["10.0.0.3:15003", "[::1]:15003"] and dns.asked[0] == "trackers.example"
+    assert trackers.describe().startswith("dns:trackers.example:15003,")
 
 
 async def test_dns_that_does_not_resolve_at_start_fails_the_start() -> None:
@@ -205,16 +206,7 @@ async def test_dns_that_does_not_resolve_at_start_fails_the_start() -> None:
 async def test_a_real_lookup_of_localhost() -> None:
     trackers = TrackerList(TrackersConfig(dns="localhost:15003"), Metrics("t"))
     await trackers.start()
-    try:
-        assert "127.0.0.1:15003" in trackers.addrs
-    finally:
-        await trackers.close()
-
-
-async def _until(condition: object, timeout: float = 5.0) -> None:
-    async with asyncio.timeout(timeout):
-        while not condition():  # type: ignore[operator]
-            await asyncio.sleep(0.01)
+    assert "127.0.0.1:15003" in trackers.addrs
 
 
 # ---- the agent's metainfo client -------------------------------------------------------------
@@ -299,5 +291,5 @@ async def test_requests_failing_together_count_as_one_failure_of_the_tracker(clo
     await asyncio.sleep(0)
     gate.set()
     assert {await c for c in calls} == {trackers.order()[0]}
-    assert trackers._down[dead][1] == DOWN_MIN
+    assert trackers.hosts._down[dead][1] == DOWN_MIN
     assert metrics.registry.get_sample_value("kraken_t_tracker_failovers_total", {"tracker": dead}) == 5

@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import json
 import re
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from urllib.parse import quote
 
@@ -33,6 +34,7 @@ from kraken.buildindex.tags import Tag, parse_tag
 from kraken.config import ConfigError, Duration
 from kraken.core.digest import Digest
 from kraken.http.client import HttpClient, HTTPStatusError
+from kraken.http.health import probe_timeout
 from kraken.log import get_logger
 from kraken.metrics import Metrics
 from kraken.origin.client import BlobNotFound, BlobNotReady, OriginCluster
@@ -43,8 +45,13 @@ log = get_logger("build-index")
 
 #: Tasks queued at most (a tag PUT beyond it is refused with 503 rather than growing the queue).
 MAX_QUEUED = 100_000
-#: Dependencies a task may carry (a manifest's own references are capped far below this).
+#: Dependencies a task may carry: an image reaching more is not replicated (logged and counted).
 MAX_DEPENDENCIES = 10_000
+#: Attempts after which an error that retrying cannot fix (the remote refuses with a 4xx, a
+#: blob is gone from every origin) drops the task instead of retrying it for ever.
+MAX_PERMANENT_FAILURES = 10
+#: Seconds a neighbour may take to take a duplicate task (a tag PUT waits for it).
+NEIGHBOUR_TIMEOUT = 2.0
 
 
 @dataclass
@@ -99,14 +106,17 @@ class TagReplicator:
     """The persisted replication queue and its worker; started and closed by the build-index."""
 
     def __init__(self, queue: PersistedQueue, remotes: list[Remote], origins: OriginCluster, http: HttpClient,
-                 config: TagReplicationConfig, metrics: Metrics) -> None:
+                 config: TagReplicationConfig, metrics: Metrics,
+                 current: Callable[[Tag], Awaitable[Digest | None]]) -> None:
         self._queue = queue
         self._remotes = remotes
         self._origins = origins
         self._http = http
+        self._current = current
         pending = metrics.gauge("kraken_buildindex_replication_pending", "Tag replication tasks queued")
         self._done = metrics.counter("kraken_buildindex_replications_total",
-                                     "Tag replication tasks by result (copied, present)", ["result"])
+                                     "Tag replication tasks by result (copied, present, superseded, dropped, "
+                                     "too_large)", ["result"])
         self._failures = metrics.counter("kraken_buildindex_replication_failures_total",
                                          "Failed tag replication attempts")
         self.worker = RetryWorker("tag-replication", queue, self._handle, config.retry_interval,
@@ -123,30 +133,46 @@ class TagReplicator:
                 matched.append(remote.addr)
         return matched
 
-    async def replicate(self, tag: Tag, digest: Digest, dependencies: list[Digest], delay: float = 0.0,
-                        only: list[str] | None = None) -> list[str]:
-        """Queue one task per matching remote (or per remote of ``only`` that matches); the
-        remotes queued for. Raises OverflowError when the queue is full."""
+    async def replicate(self, tag: Tag, digest: Digest, dependencies: list[Digest], delay: float = 0.0) -> list[str]:
+        """Queue one task per matching remote; the remotes queued for. A task per (tag, digest,
+        remote): a re-pushed tag gets its own, never swallowed by an older one still waiting.
+        Raises OverflowError when the queue is full."""
+        destinations = self.destinations(tag)
+        if not destinations:
+            return []
         if len(dependencies) > MAX_DEPENDENCIES:
-            raise ValueError(f"{len(dependencies)} dependencies, over {MAX_DEPENDENCIES}")
-        destinations = [d for d in self.destinations(tag) if only is None or d in only]
-        if destinations and await self._queue.count() >= MAX_QUEUED:
+            self._done.labels("too_large").inc()
+            log.error("tag not replicated: its image reaches too many blobs", tag=tag, digest=digest,
+                      blobs=len(dependencies), limit=MAX_DEPENDENCIES)
+            return []
+        if await self._queue.count() >= MAX_QUEUED:
             raise OverflowError(f"tag replication queue full ({MAX_QUEUED} tasks)")
         for dest in destinations:
             payload = {"tag": str(tag), "digest": str(digest), "destination": dest,
                        "dependencies": [str(d) for d in dependencies]}
-            await self.worker.add(json.dumps([str(tag), dest]), payload, delay)
-            log.info("tag replication queued", tag=tag, digest=digest, remote=dest, delay=delay)
+            if await self.worker.add(json.dumps([str(tag), str(digest), dest]), payload, delay):
+                log.info("tag replication queued", tag=tag, digest=digest, remote=dest, delay=delay)
         return destinations
 
     async def _handle(self, task: Task) -> None:
         tag, dest = parse_tag(task.payload["tag"]), task.payload["destination"]
         digest = Digest.parse(task.payload["digest"])
+        if await self._current(tag) != digest:
+            # Re-pushed (or gone) since: the newer digest has a task of its own, and this one
+            # must not put the older image back on the remote.
+            self._done.labels("superseded").inc()
+            log.info("tag replication dropped: the tag points elsewhere now", tag=tag, digest=digest, remote=dest)
+            return
         try:
             copied = await self._replicate(tag, digest, [Digest.parse(d) for d in task.payload["dependencies"]], dest)
         except (aiohttp.ClientError, TimeoutError, ConnectionError, HTTPStatusError, LookupError, BlobNotFound,
                 BlobNotReady) as e:
             self._failures.inc()
+            if _permanent(e) and task.attempts + 1 >= MAX_PERMANENT_FAILURES:
+                self._done.labels("dropped").inc()
+                log.error("tag replication given up", tag=tag, digest=digest, remote=dest,
+                          attempts=task.attempts + 1, error=f"{type(e).__name__}: {e}")
+                return
             log.warning("tag replication failed, will retry", tag=tag, digest=digest, remote=dest,
                         attempt=task.attempts + 1, error=f"{type(e).__name__}: {e}")
             raise
@@ -164,6 +190,11 @@ class TagReplicator:
         await remote.put_tag(tag, digest)
         log.info("tag replicated", tag=tag, digest=digest, remote=dest, blobs=len(dependencies))
         return True
+
+
+def _permanent(error: BaseException) -> bool:
+    """An error that retrying will not fix: refused by the remote (4xx), or a blob no origin has."""
+    return isinstance(error, BlobNotFound) or (isinstance(error, HTTPStatusError) and 400 <= error.status < 500)
 
 
 class RemoteBuildIndex:
@@ -198,7 +229,9 @@ class RemoteBuildIndex:
         url = self._url(f"/tags/{quote(str(tag), safe=':')}/digest/{digest}")
         (await self._http.request("PUT", url, params={"replicate": "true"})).release()
 
-    async def duplicate_replicate(self, tag: Tag, digest: Digest, dependencies: list[Digest], delay: float) -> None:
+    async def duplicate_replicate(self, tag: Tag, digest: Digest, delay: float) -> None:
+        """Hand a neighbour this tag's replication, ``delay`` seconds later: one try, bounded."""
         url = self._url(f"/internal/duplicate/remotes/tags/{quote(str(tag), safe=':')}/digest/{digest}")
-        body = {"dependencies": [str(d) for d in dependencies], "delay": delay}
-        (await self._http.request("POST", url, json=body)).release()
+        resp = await self._http.request("POST", url, json={"delay": delay}, retry=False,
+                                        timeout=probe_timeout(self._http, NEIGHBOUR_TIMEOUT))
+        resp.release()

@@ -18,7 +18,8 @@ accept the repository's slashes whether or not the client encoded them.
 """
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+import asyncio
+from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import AsyncExitStack
 from dataclasses import dataclass
 from pathlib import Path
@@ -34,10 +35,12 @@ from kraken.buildindex.tags import Tag, TagError, parse_tag, validate_repo
 from kraken.buildindex.tagstore import TagStore
 from kraken.buildindex.tagwriteback import PendingTags, TagWriteBack
 from kraken.core.digest import Digest, DigestError
+from kraken.http.allow import peer_address
 from kraken.http.app import create_app
 from kraken.http.client import HttpClient, HTTPStatusError, create_client
 from kraken.http.errors import ErrorTable, JsonError
 from kraken.http.healthcheck import RingMetrics
+from kraken.http.peers import ClusterPeers
 from kraken.http.server import Site, site
 from kraken.http.tls import ClientAuth
 from kraken.log import get_logger
@@ -66,6 +69,17 @@ ERRORS: ErrorTable = {
     HTTPStatusError: _ORIGINS_UNAVAILABLE,
     BlobNotReady: _ORIGINS_UNAVAILABLE,
 }
+
+
+#: The longest a neighbour's duplicate task may be deferred (several staggers of 20 minutes).
+MAX_DUPLICATE_DELAY = 86400.0
+
+
+def _current_digest(store: TagStore) -> Callable[[Tag], Awaitable[Digest | None]]:
+    async def current(tag: Tag) -> Digest | None:
+        return (await store.get(tag)).digest
+
+    return current
 
 
 def _query_int(request: web.Request, name: str, minimum: int) -> int | None:
@@ -117,6 +131,7 @@ class BuildIndex:
     def __init__(self, config: BuildIndexConfig, metrics: Metrics) -> None:
         self.config = config
         self.metrics = metrics
+        self._neighbours = ClusterPeers(config.cluster.static)
         self.puts = metrics.counter(
             "kraken_buildindex_tag_puts_total", "Tag PUTs by result", ["result"]
         )
@@ -171,7 +186,7 @@ class BuildIndex:
             store = TagStore(root, router, config.cache_ttl, writeback)
             await writeback.start(owner, store.write_pending)
             replicator = TagReplicator(replication_queue, build_remotes(config.remotes), origins, http,
-                                       config.tag_replication, self.metrics)
+                                       config.tag_replication, self.metrics, _current_digest(store))
             replicator.start(owner)
             self._running = _Running(router, store, origins, replicator, http)
             stack.callback(setattr, self, "_running", None)
@@ -227,15 +242,17 @@ class BuildIndex:
                 return
         except OverflowError as e:
             raise JsonError(503, str(e)) from None
-        delay = 0.0
-        for neighbour in self.config.cluster.static:
-            delay += self.config.tagserver.duplicate_replicate_stagger
-            try:
-                await RemoteBuildIndex(neighbour, self.running.http).duplicate_replicate(
-                    tag, digest, dependencies, delay)
-            except (aiohttp.ClientError, TimeoutError, ConnectionError, HTTPStatusError) as e:
-                log.warning("duplicate replication not handed to neighbour", tag=tag, neighbour=neighbour,
-                            error=f"{type(e).__name__}: {e}")
+        stagger = self.config.tagserver.duplicate_replicate_stagger
+        await asyncio.gather(*(self._hand_to_neighbour(neighbour, tag, digest, (i + 1) * stagger)
+                               for i, neighbour in enumerate(self.config.cluster.static)))
+
+    async def _hand_to_neighbour(self, neighbour: str, tag: Tag, digest: Digest, delay: float) -> None:
+        """One try, bounded like a probe: a dead neighbour costs this PUT at most that."""
+        try:
+            await RemoteBuildIndex(neighbour, self.running.http).duplicate_replicate(tag, digest, delay)
+        except (aiohttp.ClientError, TimeoutError, ConnectionError, HTTPStatusError) as e:
+            log.warning("duplicate replication not handed to neighbour", tag=tag, neighbour=neighbour,
+                        error=f"{type(e).__name__}: {e}")
 
     async def replicate_tag(self, request: web.Request) -> web.Response:
         """``POST /remotes/tags/{tag}``: replicate a stored tag again (to every matching remote)."""
@@ -247,19 +264,26 @@ class BuildIndex:
         return web.Response(status=200)
 
     async def duplicate_replicate(self, request: web.Request) -> web.Response:
-        """A neighbour's task, queued here ``delay`` seconds later (kraken.buildindex.remotes)."""
+        """A neighbour's task, queued here ``delay`` seconds later (kraken.buildindex.remotes).
+        Only from this cluster's build-indexes (``cluster.static``), loopback, or, with TLS, a
+        cluster certificate; the image's blobs are found here again, not taken from the body."""
+        address = peer_address(request)
+        if not request.get_extra_info("peercert") and not await self._neighbours.allows(address):
+            log.warning("refused: not a neighbour build-index", peer=str(address), path=request.path)
+            raise JsonError(403, f"duplicate replication is for this cluster's build-indexes; {address} is not one")
         try:
             tag = parse_tag(request.match_info["tag"])
             digest = Digest.parse(request.match_info["digest"])
-            body = await request.json()
-            dependencies = [Digest.parse(d) for d in body["dependencies"]]
-            delay = float(body["delay"])
-            if not 0 <= delay <= 86400:
+            delay = float((await request.json())["delay"])
+            if not 0 <= delay <= MAX_DUPLICATE_DELAY:
                 raise ValueError(f"delay {delay} out of range")
         except (TagError, DigestError, ValueError, KeyError, TypeError) as e:
             raise JsonError(400, f"bad duplicate replication request: {e}") from None
+        lookup = await self.store.get(tag)
+        if lookup.digest != digest:
+            raise JsonError(409, f"tag {tag} does not point at {digest} here")
         try:
-            await self.running.replicator.replicate(tag, digest, dependencies, delay)
+            await self.running.replicator.replicate(tag, digest, await self._dependencies(tag, digest), delay)
         except OverflowError as e:
             raise JsonError(503, str(e)) from None
         return web.Response(status=200)

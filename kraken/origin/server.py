@@ -1,7 +1,7 @@
 """The origin's HTTP API (see docs/CONTRACTS.md, "origin"): routes mapped onto OriginService.
 
 ``POST /forcecleanup`` and uploads with ``?replica=true`` answer only cluster peers
-(:mod:`kraken.origin.peers`); anyone else gets 403.
+(:mod:`kraken.http.peers`); anyone else gets 403.
 """
 from __future__ import annotations
 
@@ -18,13 +18,13 @@ from kraken.http.allow import peer_address
 from kraken.http.app import create_app
 from kraken.http.errors import ErrorTable, JsonError, json_error
 from kraken.http.names import check_namespace
+from kraken.http.peers import ClusterPeers
 from kraken.http.server import Site, site
 from kraken.http.tls import ClientAuth
 from kraken.log import get_logger
 from kraken.metrics import Metrics
 from kraken.origin.config import OriginConfig
-from kraken.origin.peers import ClusterPeers
-from kraken.origin.remote import RemoteUnavailable, copy_to_remote, parse_remote
+from kraken.origin.remote import RemoteUnavailable, parse_remote
 from kraken.origin.service import Fetching, NotFound, OriginService, SeedError
 from kraken.store.cas import DigestMismatch, UploadOffsetMismatch, UploadUnknown, UploadWriteError
 
@@ -207,10 +207,13 @@ async def locations(request: web.Request) -> web.Response:
 
 
 async def replicate_to_remote(request: web.Request) -> web.Response:
-    """Copy the blob to the origin cluster named in the path (kraken.origin.remote); 202 while
-    this origin still fetches it from its backend, 404 if the backend lacks it. For herd hosts
-    only: it makes this origin send data to the address it is given."""
-    await _peers_only(request, "copying a blob to a remote cluster")
+    """Copy the blob to the origin cluster named in the path (kraken.origin.remote): 202 while
+    this origin fetches it from its backend or the copy runs (poll again), 200 with the remote
+    origin that took it, 404 if no copy exists, 503 if the remote cluster did not take it. For
+    herd hosts, or any caller holding the cluster's client certificate: it makes this origin
+    send data to the address it is given."""
+    if not request.get_extra_info("peercert"):
+        await _peers_only(request, "copying a blob to a remote cluster")
     svc, ns, digest = _svc(request), request.match_info["ns"], _digest(request)
     try:
         remote = parse_remote(request.match_info["remote"])
@@ -219,9 +222,11 @@ async def replicate_to_remote(request: web.Request) -> web.Response:
     path = await svc.find(ns, digest)
     svc.store.touch(digest)
     try:
-        owner = await copy_to_remote(svc.running.http, ns, digest, path, remote)
+        owner = svc.remote_copies.request(ns, digest, path, remote)
     except RemoteUnavailable as e:
         return json_error(503, str(e))
+    if owner is None:
+        return web.json_response({"status": "copying"}, status=202)
     return web.json_response({"remote_origin": owner})
 
 

@@ -45,6 +45,7 @@ from kraken.origin.cleanup import OriginCleanup
 from kraken.origin.config import OriginConfig
 from kraken.origin.fetch import BackendFetcher
 from kraken.origin.foreground import ForegroundGate
+from kraken.origin.remote import RemoteCopies
 from kraken.origin.replication import Replicator
 from kraken.origin.writeback import WriteBack
 from kraken.p2p import P2PError, P2PSession
@@ -101,6 +102,7 @@ class _Running:
     cleanup: OriginCleanup
     #: Where libtorrent announces seeded blobs ("" when the origin does not announce).
     announce_url: str
+    remote_copies: RemoteCopies
 
 
 class OriginService:
@@ -155,6 +157,10 @@ class OriginService:
         return self.running.fetcher
 
     @property
+    def remote_copies(self) -> RemoteCopies:
+        return self.running.remote_copies
+
+    @property
     def cleanup(self) -> OriginCleanup:
         return self.running.cleanup
 
@@ -193,7 +199,8 @@ class OriginService:
                 announce = await announce_url(stack, trackers, http, config.http_client, config.tls,
                                               config.p2p.listen.host, metrics)
             self._running = _Running(store, router, http, writeback, replicator, fetcher,
-                                     OriginCleanup(store, self._protected, config.cleanup, metrics), announce)
+                                     OriginCleanup(store, self._protected, config.cleanup, metrics), announce,
+                                     RemoteCopies(self.owner, http))
             stack.callback(setattr, self, "_running", None)
             # First: an origin that cannot listen for peers fails to start (agents are sent to
             # that port by the tracker) before it has started any other work.

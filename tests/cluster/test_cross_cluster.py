@@ -128,10 +128,11 @@ def test_a_neighbours_duplicate_and_a_manual_replication_copy_the_tag(herds: tup
     md, layer, deps = _push_unreplicated(a, "dup")
     assert _tag_on(b, f"{REPO}:dup") is None  # not asked to replicate
     url = f"{a.build_index.url}/internal/duplicate/remotes/tags/{REPO.replace('/', '%2F')}:dup/digest/{md}"
-    bad = http_request(url, method="POST", data=b'{"dependencies": ["nope"], "delay": 0}')
+    bad = http_request(url, method="POST", data=b'{"delay": -1}')
     assert bad.status == 400, bad
-    body = json.dumps({"dependencies": [str(d) for d in deps], "delay": 0}).encode()
-    ok = http_request(url, method="POST", data=body)
+    elsewhere = url.replace(str(md), str(deps[0]))  # the tag does not point there: refused
+    assert http_request(elsewhere, method="POST", data=b'{"delay": 0}').status == 409
+    ok = http_request(url, method="POST", data=b'{"delay": 0}')
     assert ok.status == 200, ok
     wait_until(lambda: _tag_on(b, f"{REPO}:dup") == str(md), 60, 0.1, message="the duplicate's tag on B")
     assert fetch_blob(b.agents[0].addr, REPO, str(deps[1])) == layer

@@ -1,4 +1,5 @@
-"""Which callers are the origin's cluster peers, for the endpoints only they may call.
+"""Which callers are a component's cluster peers, for the endpoints only they may call (the
+origin's ring hosts; build-index's neighbours in ``cluster``).
 
 ``POST /forcecleanup`` evicts the cache and an upload with ``?replica=true`` skips the
 write-back for minutes: a stranger on the network must not do either. Without TLS the only

@@ -21,7 +21,6 @@ from pathlib import Path
 from kraken.devcluster import docker as dockermode
 from kraken.devcluster import native
 from kraken.devcluster.checks import check_plan, scratch_dir
-from kraken.devcluster.net import free_port
 from kraken.devcluster.params import (
     CONFIG_ROOT,
     DEFAULT_WORKDIR,
@@ -93,9 +92,10 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--redis", action="store_true", help="run a redis-server as the tracker's peer store")
     p.add_argument("--origins", type=int, default=1,
                    help="origins on the ring (default 1); with more, each blob is on two of them. The first "
-                        "takes the parameter file's ports, the others free ones")
+                        "takes the parameter file's ports, origin N those plus 10*(N-1) (15012/15011, ...)")
     p.add_argument("--trackers", type=int, default=1,
-                   help="trackers (default 1); with more, they share a redis-server and agents fail over")
+                   help="trackers (default 1); with more, they share a redis-server and agents fail over; "
+                        "tracker N on the file's port plus 10*(N-1) (15013, ...)")
     p.add_argument("--bind-address", default="",
                    help="where the herd's servers listen (default: 127.0.0.1 for the whole cluster "
                         "on this host, every interface for --role herd)")
@@ -143,9 +143,7 @@ def main(argv: list[str] | None = None) -> int:
         return 1
     try:
         ports = HerdPorts.from_params(args.herd_params)
-        ports.extra_origins = [free_port() for _ in range(args.origins - 1)]
-        ports.extra_origins_p2p = [free_port() for _ in range(args.origins - 1)]
-        ports.extra_trackers = [free_port() for _ in range(args.trackers - 1)]
+        ports.add_fleet(args.origins, args.trackers)
         agents = {("agent" if args.role == "agent" else agent_name(f)): AgentPorts.from_params(f) for f in agent_files}
     except ParamsError as e:
         err(f"devcluster: {e}")

@@ -71,6 +71,10 @@ class PortParams:
         return {var: str(getattr(self, field_name)) for var, field_name in self.PARAMS.items()}
 
 
+#: Port distance between the origins (and trackers) of ``--origins``/``--trackers``.
+FLEET_STEP = 10
+
+
 @dataclass
 class HerdPorts(PortParams):
     #: ``herd_param.sh``'s variables (the seed's names).
@@ -114,6 +118,13 @@ class HerdPorts(PortParams):
     @property
     def trackers(self) -> list[int]:
         return [self.tracker, *self.extra_trackers]
+
+    def add_fleet(self, origins: int, trackers: int) -> None:
+        """``--origins``/``--trackers``: the further ones on the first's ports plus 10, 20, ...
+        (derived, not picked: an agent host given the same flags finds the same ports)."""
+        self.extra_origins = [self.origin + FLEET_STEP * i for i in range(1, origins)]
+        self.extra_origins_p2p = [self.origin_p2p + FLEET_STEP * i for i in range(1, origins)]
+        self.extra_trackers = [self.tracker + FLEET_STEP * i for i in range(1, trackers)]
 
     @property
     def origins_p2p(self) -> list[int]:

@@ -12,7 +12,8 @@ from pathlib import Path
 
 import yaml
 
-from kraken.devcluster import http_ok
+from kraken.devcluster import http_ok, port_free
+from kraken.devcluster.params import FLEET_STEP
 from tests.support.devcluster import READY_TIMEOUT, Devcluster, params_with_free_ports
 from tests.support.registry_http import fetch_blob, fetch_manifest, push_blob_bytes, push_manifest
 
@@ -24,8 +25,21 @@ def _pids(workdir: Path) -> dict[str, int]:
     return {name: int(info["pid"]) for name, info in state["processes"].items()}
 
 
+def _fleet_params(tmp_path: Path) -> tuple[Path, dict[int, int]]:
+    """Parameter files on free ports whose derived fleet ports (origin-2/3 and tracker-2, at
+    +10 and +20: FLEET_STEP) are free too and clash with none of them."""
+    for attempt in range(20):
+        (tmp_path / f"try-{attempt}").mkdir()
+        params, moved = params_with_free_ports(tmp_path / f"try-{attempt}")
+        derived = {moved[base] + FLEET_STEP * i for base in (15002, 15001) for i in (1, 2)}
+        derived.add(moved[15003] + FLEET_STEP)
+        if not derived & set(moved.values()) and all(port_free(p) for p in derived):
+            return params, moved
+    raise AssertionError("no free set of fleet ports found in 20 tries")
+
+
 def test_three_origins_and_two_trackers(tmp_path: Path) -> None:
-    params, moved = params_with_free_ports(tmp_path)
+    params, moved = _fleet_params(tmp_path)
     workdir = tmp_path / "dc"
     dc = Devcluster(workdir, "--herd-params", str(params / "herd_param.sh"), "--origins", "3", "--trackers", "2")
     try:

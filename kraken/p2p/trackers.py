@@ -38,6 +38,9 @@ T = TypeVar("T")
 
 #: What makes a request move to the next tracker: the tracker did not answer.
 FAILOVER_ERRORS = (TimeoutError, aiohttp.ClientConnectionError, aiohttp.ClientPayloadError, OSError)
+#: Answers that also do: a tracker that lost its own store, or is draining, says so with these
+#: (as the build-index client fails over on them); any other status is the answer.
+FAILOVER_STATUSES = (502, 503, 504)
 
 
 @dataclass
@@ -98,7 +101,9 @@ class TrackerList:
                 else:
                     async with asyncio.timeout(max(0.0, deadline - time.monotonic()) / (len(order) - i)):
                         result = await attempt(addr)
-            except FAILOVER_ERRORS as e:
+            except (*FAILOVER_ERRORS, HTTPStatusError) as e:
+                if isinstance(e, HTTPStatusError) and e.status not in FAILOVER_STATUSES:
+                    raise
                 self._failed(addr, e, order[i + 1] if i + 1 < len(order) else None)
                 if i + 1 == len(order):
                     raise

@@ -8,9 +8,9 @@ tracker first), DNS re-resolution and the down periods of a tracker that failed 
 :mod:`kraken.http.hostlist`'s, shared with the build-index clients; this module adds:
 
 - **Failover.** A connection failure or a timeout moves the request to the next tracker at
-  once, within the request's own time budget (:meth:`TrackerList.call`). Answers, whatever
-  their status, are not failures: a 5xx from one tracker would come from the others too (the
-  store they share is down).
+  once, within the request's own time budget (:meth:`TrackerList.call`), and so does a
+  502/503/504 (a tracker that lost its own connection to the store, or is draining); any other
+  answer is the answer.
 - **Start.** ``dns`` must resolve when the component starts (as in Kraken, the start fails fast).
 
 Each failover is logged (``tracker failover``, with the tracker left and the reason) and
@@ -28,6 +28,7 @@ from typing import TypeVar
 import aiohttp
 
 from kraken.http.addresses import resolve
+from kraken.http.client import HTTPStatusError
 from kraken.http.hostlist import DOWN_MIN, HostList, HostListConfig, Resolver
 from kraken.log import get_logger
 from kraken.metrics import Metrics

@@ -256,12 +256,18 @@ async def test_metainfo_fails_over_to_the_tracker_that_answers(caplog: pytest.Lo
     assert "tracker failover" in [r.getMessage() for r in caplog.records]
 
 
-async def test_a_5xx_answer_is_no_failover_and_no_tracker_is_unavailable() -> None:
+async def test_a_503_fails_over_a_500_does_not_and_no_tracker_is_unavailable() -> None:
+    """A tracker answering 502/503/504 (its store lost, draining) is passed over like a dead
+    one; any other status is the answer."""
     http = create_client(HttpClientConfig(retries=0))
     try:
         async with fake_tracker(503, b'{"error": "redis down"}') as (failing, _), fake_tracker() as (alive, seen):
             client = TrackerClient(preferring(failing, alive, Metrics("t")), http, 5.0, "unused")
-            with pytest.raises(TrackerUnavailable, match="503"):
+            await client.get_metainfo("ns", DIGEST)
+            assert seen, "the request did not move to the tracker that answers"
+        async with fake_tracker(500, b'{"error": "bug"}') as (broken, _), fake_tracker() as (alive, seen):
+            client = TrackerClient(preferring(broken, alive, Metrics("t")), http, 5.0, "unused")
+            with pytest.raises(TrackerUnavailable, match="500"):
                 await client.get_metainfo("ns", DIGEST)
             assert seen == []
         dead = [f"127.0.0.1:{free_port()}", f"127.0.0.1:{free_port()}"]

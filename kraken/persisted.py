@@ -193,6 +193,11 @@ class RetryWorker:
         await self._report_count()
         return added
 
+    async def complete(self, key: str) -> None:
+        """The work of task ``key`` was done outside the worker (it must not be running)."""
+        await self.queue.done(key)
+        await self._report_count()
+
     async def _report_count(self) -> None:
         if self._on_count is not None:
             self._on_count(await self.queue.count())

@@ -38,12 +38,21 @@ class ReplicationConfig:
 
     A replica defers its own write-back by ``writeback_delay``: the origin that took the push
     normally writes the blob back first, and the replica then only has to see it is there.
+    ``sync_copies`` of the copies are made before the push is acknowledged (each within
+    ``sync_timeout``; the rest, and any that failed, from the queue): a blob acknowledged
+    is then on two origins, so losing one right after the push loses nothing a client relies on.
     """
 
     retry_interval: Duration = 1.0
     max_retry_interval: Duration = 60.0
     concurrency: int = 2
     writeback_delay: Duration = 300.0
+    sync_copies: int = 1
+    sync_timeout: Duration = 30.0
+
+    def __post_init__(self) -> None:
+        if self.sync_copies < 0 or self.sync_timeout <= 0:
+            raise ValueError("replication.sync_copies must be >= 0 and sync_timeout > 0")
 
 
 @dataclass

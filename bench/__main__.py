@@ -1,4 +1,4 @@
-"""``python -m bench [push] [push-tls] [fanout] [agentpull] [slowreaders] [backends] [options]``: run the
+"""``python -m bench [push] [push-tls] [fanout] [agentpull] [slowreaders] [backends] [failover] [options]``: run the
 benchmarks and print their tables. ``push-tls`` is ``push --tls``, so that ``make bench`` measures
 the push with and without TLS."""
 
@@ -8,7 +8,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from bench import agentpull, backends, fanout, push, slowreaders
+from bench import agentpull, backends, failover, fanout, push, slowreaders
 
 
 def push_tls(args: argparse.Namespace) -> str:
@@ -16,7 +16,7 @@ def push_tls(args: argparse.Namespace) -> str:
 
 
 BENCHMARKS = {"push": push.run, "push-tls": push_tls, "fanout": fanout.run, "agentpull": agentpull.run,
-              "slowreaders": slowreaders.run, "backends": backends.run}
+              "slowreaders": slowreaders.run, "backends": backends.run, "failover": failover.run}
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -26,7 +26,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("names", nargs="*", metavar="{" + ",".join(BENCHMARKS) + "}",
                         help="the benchmarks to run (default: all)")
     parser.add_argument("--size-mb", type=int, default=500, help="push: layer size of the pushed image")
-    parser.add_argument("--reps", type=int, default=3, help="push, agentpull: repetitions of each measurement")
+    parser.add_argument("--reps", type=int, default=3, help="push, agentpull, failover: repetitions")
     parser.add_argument("--tls", action="store_true",
                         help="push: both registries on HTTPS (distribution's http.tls), the herd's hops on TLS/mTLS")
     parser.add_argument("--agents", type=int, default=8, help="fanout: agent processes pulling at once")
@@ -43,6 +43,13 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--readers", type=int, default=200, help="slowreaders: connections that read nothing")
     parser.add_argument("--slow-blob-mb", type=int, default=200, help="slowreaders: size of the blob they ask for")
     parser.add_argument("--backend-size-mb", type=int, default=1024, help="backends: size of the blob moved")
+    parser.add_argument("--failover-size-mb", type=int, default=64,
+                        help="failover: layer size of each image whose owner is killed")
+    parser.add_argument("--steady-size-mb", type=int, default=128,
+                        help="failover: blob pulled with every origin up and during a repair")
+    parser.add_argument("--repair-blobs", type=int, default=24,
+                        help="failover: blobs pushed while their owner is down (repaired on its return)")
+    parser.add_argument("--repair-blob-mb", type=int, default=32, help="failover: size of each of them")
     parser.add_argument("--workdir", type=Path, default=Path("/tmp/kraken-bench"))
     return parser
 

@@ -85,7 +85,8 @@ class HttpClient:
         return self.base(addr) + path
 
     async def request(
-        self, method: str, url: str | URL, *, ok: tuple[int, ...] = (200,), retry: bool = True, **kwargs: Any
+        self, method: str, url: str | URL, *, ok: tuple[int, ...] = (200,), retry: bool = True,
+        retry_connect: bool = True, **kwargs: Any
     ) -> aiohttp.ClientResponse:
         """Send a request and return the response (caller releases it) if its status is in ``ok``.
 
@@ -93,7 +94,10 @@ class HttpClient:
         (the announce relay's raw query strings).
 
         Raises :class:`HTTPStatusError` for any other status, after retrying transient
-        failures when the body can be replayed.
+        failures when the body can be replayed. ``retry_connect=False``: a connection that
+        cannot be opened (refused, unreachable, connect timeout) fails at once, not retried: a
+        caller with another host to try (a ring of origins) goes there instead, while a
+        connection lost after it opened (a stale keep-alive) is still retried.
         """
         if self._tls and str(url).startswith("https:"):
             kwargs = {**self._tls, **kwargs}
@@ -104,7 +108,7 @@ class HttpClient:
             try:
                 resp = await self.session.request(method, url, **kwargs)
             except (TimeoutError, aiohttp.ClientConnectionError) as e:
-                if last:
+                if last or (not retry_connect and isinstance(e, _CONNECT_FAILURES)):
                     raise
                 log.warning("request failed, retrying", method=method, url=url, error=repr(e), attempt=attempt + 1)
             else:
@@ -118,6 +122,10 @@ class HttpClient:
             delay = min(self.config.backoff_max, self.config.backoff * 2**attempt)
             await asyncio.sleep(delay * (0.5 + random.random()))
         raise AssertionError("unreachable")
+
+
+#: A connection that could not be opened at all (see ``retry_connect``).
+_CONNECT_FAILURES = (aiohttp.ClientConnectorError, aiohttp.ConnectionTimeoutError)
 
 
 async def read_prefix(resp: aiohttp.ClientResponse, limit: int) -> bytes:

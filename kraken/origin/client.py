@@ -11,7 +11,7 @@ import random
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
-from typing import TypeVar
+from typing import Any, TypeVar
 from urllib.parse import quote
 
 import aiohttp
@@ -46,11 +46,18 @@ class BlobNotReady(Exception):
 class OriginClient:
     """Talks to one origin at ``addr`` (``host:port``)."""
 
-    def __init__(self, addr: str, http: HttpClient, poll_timeout: float = 300.0) -> None:
+    def __init__(self, addr: str, http: HttpClient, poll_timeout: float = 300.0, *, retry: bool = True) -> None:
+        """``retry``: the HTTP client's own retries of a connection that cannot be opened; a
+        ring of several origins turns them off and moves to the next owner instead
+        (kraken.http.healthcheck). Other transient failures are retried either way."""
         self.addr = addr
         self._http = http
         self._base = http.base(addr)
         self._poll_timeout = poll_timeout
+        self._retry = retry
+
+    async def _request(self, method: str, url: str, **kwargs: Any) -> aiohttp.ClientResponse:
+        return await self._http.request(method, url, retry_connect=self._retry, **kwargs)
 
     def _blob_url(self, namespace: str, digest: Digest, prefix: str = "") -> str:
         return f"{self._base}{prefix}/namespace/{quote(namespace, safe='')}/blobs/{digest}"
@@ -60,7 +67,7 @@ class OriginClient:
         deadline = time.monotonic() + self._poll_timeout
         delay = 0.05
         while True:
-            resp = await self._http.request(method, url, ok=(200, 202, 206, 404), headers=headers)
+            resp = await self._request(method, url, ok=(200, 202, 206, 404), headers=headers)
             if resp.status == 404:
                 resp.release()
                 raise BlobNotFound(url)
@@ -99,13 +106,13 @@ class OriginClient:
     ) -> None:
         uploads = f"{self._blob_url(namespace, digest)}/uploads"
         params = {"replica": "true"} if replica else None
-        resp = await self._http.request("POST", uploads, ok=(200, 409), params=params)
+        resp = await self._request("POST", uploads, ok=(200, 409), params=params)
         resp.release()
         if resp.status == 409:
             return
         upload = f"{uploads}/{resp.headers['Location']}"
         headers = {"Content-Range": f"0-{size}", "Content-Length": str(size)}
-        (await self._http.request("PATCH", upload, ok=(200,), data=body, headers=headers)).release()
+        (await self._request("PATCH", upload, ok=(200,), data=body, headers=headers)).release()
         await commit_upload(self._http, upload, params)
 
     async def open(
@@ -127,7 +134,7 @@ class OriginClient:
         """Copy the blob from this origin's cache only (no backend fetch) into file ``dst``;
         raises BlobNotFound if the origin has no verified copy. The caller verifies ``dst``."""
         url = self._blob_url(namespace, digest, "/internal")
-        async with await self._http.request("GET", url, ok=(200, 404)) as resp:
+        async with await self._request("GET", url, ok=(200, 404)) as resp:
             if resp.status == 404:
                 raise BlobNotFound(url)
             f = await asyncio.to_thread(open, dst, "wb")
@@ -147,13 +154,13 @@ class OriginClient:
     async def start_stream(self, namespace: str) -> UploadStream:
         """A digest-less upload fed while its bytes arrive (see kraken.origin.stream)."""
         url = f"{self._base}/namespace/{quote(namespace, safe='')}/uploads"
-        resp = await self._http.request("POST", url)
+        resp = await self._request("POST", url)
         resp.release()
         return UploadStream(self._http, self.addr, f"{url}/{resp.headers['Location']}")
 
     async def locations(self, digest: Digest) -> list[str]:
         """The origins that own ``digest`` according to this origin's ring."""
-        resp = await self._http.request("GET", f"{self._base}/blobs/{digest}/locations")
+        resp = await self._request("GET", f"{self._base}/blobs/{digest}/locations")
         resp.release()
         return [h.strip() for h in resp.headers.get("Origin-Locations", "").split(",") if h.strip()]
 
@@ -201,7 +208,9 @@ class OriginCluster:
     def __init__(self, config: RingConfig, http: HttpClient, poll_timeout: float = 300.0,
                  metrics: RingMetrics | None = None) -> None:
         self._ring = HashRing.from_config(config)
-        self._clients = {host: OriginClient(host, http, poll_timeout) for host in self._ring.hosts}
+        # Several origins: a connection refused moves on to the next owner, not retried on the same one.
+        retry = len(self._ring.hosts) == 1
+        self._clients = {host: OriginClient(host, http, poll_timeout, retry=retry) for host in self._ring.hosts}
         self._http = http
         self._timeout = config.health_check.timeout
         self._metrics = metrics or RingMetrics(Metrics("ring"))

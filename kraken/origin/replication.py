@@ -22,6 +22,7 @@ from kraken.log import get_logger
 from kraken.metrics import Metrics
 from kraken.origin.client import OriginClient
 from kraken.origin.config import ReplicationConfig
+from kraken.origin.foreground import ForegroundGate
 from kraken.persisted import PersistedQueue, RetryWorker, Task
 from kraken.ring import HashRing
 from kraken.store.cas import CAStore
@@ -42,9 +43,11 @@ class Replicator:
         http: HttpClient,
         config: ReplicationConfig,
         metrics: Metrics,
+        foreground: ForegroundGate,
     ) -> None:
         self._store = store
         self._config = config
+        self._foreground = foreground
         # host -> when a copy made while a push waited last failed (one entry per ring host).
         self._sync_failed: dict[str, float] = {}
         self._ring = ring
@@ -93,6 +96,9 @@ class Replicator:
         return {Digest.parse(task.payload["digest"]) for task in await self.worker.queue.all()}
 
     async def _handle(self, task: Task) -> None:
+        # Queued copies (a repair of an owner that was down, say) yield to client transfers
+        # as the write-back does; the copies a push waits for do not.
+        await self._foreground.lull()
         host, namespace = task.payload["host"], task.payload["namespace"]
         digest = Digest.parse(task.payload["digest"])
         path = await self._store.verified_path(digest)

@@ -185,7 +185,7 @@ class OriginService:
             writeback = WriteBack(writeback_queue, store, router, config.writeback, metrics, root / "fetch",
                                   self.foreground)
             replicator = Replicator(replication_queue, store, self.ring, self.identity, http, config.replication,
-                                    metrics)
+                                    metrics, self.foreground)
             fetcher = BackendFetcher(
                 store, router, self.owner, metrics, config.fetch.concurrency, on_fetched=self._start_metainfo,
                 peers=lambda d: [h for h in self.ring.owners(d) if h != self.identity], http=http,

@@ -9,3 +9,10 @@ HERD_HOST=${HERD_HOST:-}
 AGENT_HOST_IP=${AGENT_HOST_IP:-}
 # Data, configs, logs and state of the agent on this host.
 KRAKEN_HOME=${KRAKEN_HOME:-/var/lib/kraken}
+
+# A herd on several hosts (herd_param.sh): the same HERD_HOSTS, TRACKER_HOSTS and
+# BUILD_INDEX_HOSTS as the herd hosts were deployed with. The agent then uses every tracker,
+# build-index and origin, and fails over between them.
+HERD_HOSTS=${HERD_HOSTS:-}
+TRACKER_HOSTS=${TRACKER_HOSTS:-}
+BUILD_INDEX_HOSTS=${BUILD_INDEX_HOSTS:-}

@@ -8,5 +8,6 @@ source "$here/agent_param.sh"
 source "$here/scripts/common.sh"
 agent_addresses "${1:-}" "${2:-}"
 tls_options
+herd_layout agent
 start_processes agent "http://127.0.0.1:16002/health" --herd-host "$HERD_HOST" --peer-ip "$AGENT_HOST_IP" \
-  "${tls_args[@]}"
+  "${tls_args[@]}" "${herd_args[@]}"

@@ -21,6 +21,7 @@ from pathlib import Path
 from kraken.devcluster import docker as dockermode
 from kraken.devcluster import native
 from kraken.devcluster.checks import check_plan, scratch_dir
+from kraken.devcluster.multiherd import HerdLayout, host_list
 from kraken.devcluster.params import (
     CONFIG_ROOT,
     DEFAULT_WORKDIR,
@@ -96,6 +97,16 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--trackers", type=int, default=1,
                    help="trackers (default 1); with more, they share a redis-server and agents fail over; "
                         "tracker N on the file's port plus 10*(N-1) (15013, ...)")
+    p.add_argument("--herd-hosts", default="",
+                   help="a herd on several hosts (comma-separated addresses, native mode): with --role herd, "
+                        "--herd-host is this one of them; each runs an origin and a proxy")
+    p.add_argument("--tracker-hosts", default="", help="with --herd-hosts: the ones running a tracker (default all)")
+    p.add_argument("--build-index-hosts", default="",
+                   help="with --herd-hosts: the ones running a build-index (default all)")
+    p.add_argument("--shared-host", default="",
+                   help="with --herd-hosts: the one running testfs and redis (default the first)")
+    p.add_argument("--restart-after", type=float, default=None,
+                   help="native mode: start a component that exits again after SECONDS, instead of stopping")
     p.add_argument("--bind-address", default="",
                    help="where the herd's servers listen (default: 127.0.0.1 for the whole cluster "
                         "on this host, every interface for --role herd)")
@@ -148,6 +159,18 @@ def main(argv: list[str] | None = None) -> int:
     except ParamsError as e:
         err(f"devcluster: {e}")
         return 1
+    layout = None
+    if args.herd_hosts:
+        layout = HerdLayout(host_list(args.herd_hosts), host_list(args.tracker_hosts),
+                            host_list(args.build_index_hosts), args.shared_host)
+        problem = layout.problem()
+        if problem is None and args.role == "herd" and args.herd_host not in layout.hosts:
+            problem = f"--herd-host {args.herd_host} is not one of --herd-hosts"
+        if problem is None and (args.role == "all" or args.tls or args.tls_dir):
+            problem = "--herd-hosts runs --role herd or agent, without TLS"
+        if problem is not None:
+            err(f"devcluster: not started: {problem}")
+            return 1
     tls = tls_dir = tls_hosts = None
     if args.tls or args.tls_dir:
         # Here: stop and health run without cryptography.
@@ -162,12 +185,13 @@ def main(argv: list[str] | None = None) -> int:
             return 1
         tls_hosts = None if args.tls_dir else local_hosts(args.herd_host)
     mode, why = choose_mode()
-    if mode == "docker" and (args.origins > 1 or args.trackers > 1):
+    if mode == "docker" and (args.origins > 1 or args.trackers > 1 or layout is not None or args.restart_after):
         if os.environ.get(MODE_ENV, "").strip().lower() == "docker":
-            err("devcluster: --origins and --trackers above 1 run as native processes only; "
+            err("devcluster: --origins and --trackers above 1, --herd-hosts and --restart-after run as native "
+                "processes only; "
                 f"unset {MODE_ENV} or set it to native")
             return 1
-        mode, why = "native", "several origins or trackers: the images run one of each"
+        mode, why = "native", "several origins, trackers or herd hosts: the images run one of each"
     out(f"kraken devcluster: {MODES[mode]} ({why})")
     if mode == "docker":
         # The containers run the plan's processes (the herd's with a redis-server) on its ports,
@@ -190,7 +214,7 @@ def main(argv: list[str] | None = None) -> int:
     return native.cmd_start(workdir, ports, agents, role=args.role, herd_host=args.herd_host,
                             config_name=args.config_name, peer_ip=args.peer_ip, config_dir=args.config_dir.resolve(),
                             redis=args.redis, logs_to_stdout=args.logs == "-", bind_address=args.bind_address,
-                            tls=tls, tls_hosts=tls_hosts)
+                            tls=tls, tls_hosts=tls_hosts, layout=layout, restart_after=args.restart_after)
 
 
 def make_certificates(out_dir: Path | None, hosts: list[str]) -> int:

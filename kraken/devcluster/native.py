@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING, Any
 
 from kraken.devcluster import docker as dockermode
 from kraken.devcluster.checks import busy_ports, check_plan, scratch_dir
+from kraken.devcluster.multiherd import HerdLayout, agent_sections, host_processes
 from kraken.devcluster.net import ProbeTLS, endpoint_url, probe_ok
 from kraken.devcluster.params import CONFIG_ROOT, AgentPorts, HerdPorts
 from kraken.devcluster.plan import REDIS_DIR, agent_processes, herd_processes, port_owners
@@ -56,7 +57,8 @@ def _endpoint(proc: Process) -> str:
 def plan(workdir: Path, ports: HerdPorts, agents: dict[str, AgentPorts], *, role: str = "all",
          herd_host: str = "127.0.0.1", config_name: str = "development", peer_ip: str = "",
          config_dir: Path = CONFIG_ROOT, redis: bool = False, bind_address: str = "",
-         overlay_dir: Path | None = None, tls: DevPki | None = None) -> list[Process]:
+         overlay_dir: Path | None = None, tls: DevPki | None = None,
+         layout: HerdLayout | None = None) -> list[Process]:
     """The processes of ``role``, in start order, their overlays written to ``overlay_dir``
     (default ``workdir/config``; see ``cmd_start``). The Docker mode's containers run these
     processes too, so both modes check this plan.
@@ -66,7 +68,9 @@ def plan(workdir: Path, ports: HerdPorts, agents: dict[str, AgentPorts], *, role
     default), since other hosts reach it, except testfs and redis: only the herd uses them, on
     loopback. With ``tls`` (a development PKI, see :mod:`kraken.devcluster.tls`) every hop is
     TLS and the internal components require the cluster's client certificate; the processes
-    that serve HTTPS are probed with it."""
+    that serve HTTPS are probed with it. With ``layout`` (a herd on several hosts) the herd
+    role runs this host's share of it (``herd_host`` is this host, one of ``layout.hosts``) and
+    agents use all its trackers, build-indexes and origins."""
     from kraken.config import deep_merge  # here, not at the top: ``stop`` must work without PyYAML
 
     overrides = tls.overrides() if tls is not None else {}
@@ -75,6 +79,9 @@ def plan(workdir: Path, ports: HerdPorts, agents: dict[str, AgentPorts], *, role
     # ports, so nothing listens beyond loopback (HTTP and P2P alike).
     local_only = role == "all" and not bind_address and herd_host in LOOPBACK_HOSTS
     p2p_local = {"p2p": {"listen": {"host": "127.0.0.1"}}} if local_only else {}
+    if role == "herd" and layout is not None:
+        return host_processes(workdir, ports, layout, herd_host, config_name=config_name, config_dir=config_dir,
+                              overlay_dir=overlay_dir)
     if role in ("all", "herd"):
         # Several origins: each blob on two of them, so losing one loses nothing.
         procs += herd_processes(workdir, ports, config_name, host=herd_host, config_dir=config_dir, redis=redis,
@@ -88,6 +95,7 @@ def plan(workdir: Path, ports: HerdPorts, agents: dict[str, AgentPorts], *, role
     if role in ("all", "agent"):
         agent_procs = agent_processes(workdir, ports, agents, config_name, herd_host=herd_host, peer_ip=peer_ip,
                                       config_dir=config_dir, overlay_dir=overlay_dir,
+                                      herd=agent_sections(layout, ports) if layout is not None else None,
                                       overrides=deep_merge(overrides.get("agent", {}), p2p_local))
         for proc in agent_procs if local_only else ():
             proc.bind("127.0.0.1")
@@ -117,7 +125,8 @@ def cmd_start(workdir: Path, ports: HerdPorts, agents: dict[str, AgentPorts],
               role: str = "all", herd_host: str = "127.0.0.1", config_name: str = "development",
               peer_ip: str = "", config_dir: Path = CONFIG_ROOT, redis: bool = False,
               logs_to_stdout: bool = False, bind_address: str = "", tls: DevPki | None = None,
-              tls_hosts: list[str] | None = None) -> int:
+              tls_hosts: list[str] | None = None, layout: HerdLayout | None = None,
+              restart_after: float | None = None) -> int:
     """The herd on ``ports``, then ``agents`` (name -> ports), supervised until a stop.
 
     ``role`` ``herd`` or ``agent`` starts only that part, for a multi-host cluster: the herd
@@ -128,6 +137,9 @@ def cmd_start(workdir: Path, ports: HerdPorts, agents: dict[str, AgentPorts],
     ``bind_address`` is where the herd's servers listen (default: see :func:`plan`).
     ``tls`` turns TLS and mTLS on for every hop; with ``tls_hosts`` its files are made (or
     renewed) for those names after the plan is checked, without it they must exist.
+    ``layout``: a herd on several hosts (see :func:`plan`). ``restart_after``: a component that
+    exits is started again that many seconds later (as systemd or a container's restart
+    policy would), instead of the whole host stopping: a herd host that survives a crash.
     """
     workdir = workdir.resolve()
     running = read_state(workdir)
@@ -139,7 +151,7 @@ def cmd_start(workdir: Path, ports: HerdPorts, agents: dict[str, AgentPorts],
     def planned(overlay_dir: Path | None = None) -> list[Process]:
         return plan(workdir, ports, agents, role=role, herd_host=herd_host, config_name=config_name,
                     peer_ip=peer_ip, config_dir=config_dir, redis=redis, bind_address=bind_address,
-                    overlay_dir=overlay_dir, tls=tls)
+                    overlay_dir=overlay_dir, tls=tls, layout=layout)
 
     with scratch_dir() as scratch:  # checked before anything is created: a refused start leaves no trace
         procs = planned(scratch)
@@ -196,13 +208,15 @@ def cmd_start(workdir: Path, ports: HerdPorts, agents: dict[str, AgentPorts],
                 f"localhost:{ports.proxy}/<repo>:<tag>   (Ctrl-C or `make devcluster-stop` stops it)")
         else:
             out(f"ready: pull through localhost:{procs[0].port} (herd at {herd_host})")
+        restarts = _Restarts(sup, children, state, workdir, restart_after)
         while not stop():
             dead = [p for p in procs if not p.alive()]
-            if dead:
+            if dead and restart_after is None:
                 err(f"devcluster: {dead[0].name} exited unexpectedly with {dead[0].returncode}; "
                     f"this run's end of {dead[0].log_path}:\n{dead[0].log_tail()}")
                 code = 1
                 break
+            restarts.handle(dead)
             time.sleep(0.2)
     except Interrupted:
         out("devcluster: stop requested during startup")
@@ -217,6 +231,35 @@ def cmd_start(workdir: Path, ports: HerdPorts, agents: dict[str, AgentPorts],
             state_path(workdir).unlink(missing_ok=True)
     out(f"devcluster: stopped{'' if code == 0 else ' (after a failure)'}")
     return code
+
+
+class _Restarts:
+    """``--restart-after``: a component that exited is started again after the delay; its
+    new PID goes to the state file. One that fails to start is tried again after the delay."""
+
+    def __init__(self, sup: Supervisor, children: dict[str, dict[str, Any]], state: dict[str, Any],
+                 workdir: Path, delay: float | None) -> None:
+        self.sup, self.children, self.state, self.workdir = sup, children, state, workdir
+        self.delay = delay or 0.0
+        self.due: dict[str, float] = {}
+
+    def handle(self, dead: list[Process]) -> None:
+        now = time.monotonic()
+        for proc in dead:
+            if proc.name not in self.due:
+                err(f"devcluster: {proc.name} exited with {proc.returncode}; starting it again in {self.delay:g}s")
+                self.due[proc.name] = now + self.delay
+            elif now >= self.due[proc.name]:
+                try:
+                    self.sup.start(proc)
+                except StartupError as e:
+                    err(f"devcluster: {proc.name} did not start again: {e}")
+                    self.due[proc.name] = time.monotonic() + self.delay
+                    continue
+                del self.due[proc.name]
+                self.children[proc.name]["pid"] = proc.pid
+                write_state(self.workdir, self.state)
+                out(f"  restarted {proc.name} (pid {proc.pid})")
 
 
 def cmd_stop(workdir: Path, timeout: float = 60.0) -> int:

@@ -150,7 +150,7 @@ def redis_process(workdir: Path, port: int) -> Process:
 def agent_processes(
     workdir: Path, ports: HerdPorts, agents: dict[str, AgentPorts], config_name: str = "development",
     overrides: dict[str, Any] | None = None, herd_host: str = "127.0.0.1", peer_ip: str = "",
-    config_dir: Path = CONFIG_ROOT, overlay_dir: Path | None = None,
+    config_dir: Path = CONFIG_ROOT, overlay_dir: Path | None = None, herd: dict[str, Any] | None = None,
 ) -> list[Process]:
     """Agents (one per entry of ``agents``, by name) pulling from the herd at ``herd_host``, ``ports``.
 
@@ -158,7 +158,8 @@ def agent_processes(
     The ports are given as the agent's flags (``--port``, ``--server-port``, ``--peer-port``)
     rather than in the overlay, so its log shows them; its ``/health`` is on the server port.
     ``overrides`` is merged into every agent's overlay, written to ``overlay_dir`` (default
-    ``workdir/config``).
+    ``workdir/config``). ``herd`` replaces the ``tracker``, ``build_index`` and ``origins``
+    sections (a herd on several hosts: ``multiherd.agent_sections``).
     """
     from kraken.config import deep_merge  # here, not at the top: ``stop`` must work without PyYAML
 
@@ -169,9 +170,11 @@ def agent_processes(
         config = write_overlay(overlays / f"{name}.yaml", config_dir / "agent" / f"{config_name}.yaml",
                                deep_merge({
                                    "store": {"root": str(workdir / name)},
-                                   "tracker": tracker_section(herd_host, ports),
-                                   "build_index": {"addr": f"{herd_host}:{ports.build_index}"},
-                                   "origins": {"hosts": [f"{herd_host}:{port}" for port in ports.origins]},
+                                   **(herd or {
+                                       "tracker": tracker_section(herd_host, ports),
+                                       "build_index": {"addr": f"{herd_host}:{ports.build_index}"},
+                                       "origins": {"hosts": [f"{herd_host}:{port}" for port in ports.origins]},
+                                   }),
                                }, overrides or {}))
         procs.append(Process(
             name, "agent", agent.registry, config, workdir / "logs" / f"{name}.log",

@@ -20,9 +20,9 @@ from tests.support.waiting import wait_until
 
 TRAP_PROXY_URL = "http://127.0.0.1:9"
 #: Loopback and the test hosts' subnets (network namespaces: 10.200 for the real-client tests,
-#: 10.201 for the multi-host deployment, 10.202 for its Docker mode, 10.203 for it with TLS), which
-#: clients reach directly.
-NO_PROXY_HOSTS = "127.0.0.1,localhost,10.200.0.0/24,10.201.0.0/24,10.202.0.0/24,10.203.0.0/24"
+#: 10.201 for the multi-host deployment, 10.202 for its Docker mode, 10.203 for it with TLS,
+#: 10.204 for the multi-host HA test), which clients reach directly.
+NO_PROXY_HOSTS = "127.0.0.1,localhost,10.200.0.0/24,10.201.0.0/24,10.202.0.0/24,10.203.0.0/24,10.204.0.0/24"
 #: Environment that sends any non-local HTTP(S) request to a closed port.
 #: Both spellings are set because Go prefers upper case and Python's urllib /
 #: requests prefer lower case; a stray inherited proxy variable of the other

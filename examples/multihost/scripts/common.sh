@@ -97,6 +97,22 @@ wait_http() {  # URL LOG [SECONDS]
   done
 }
 
+# With HERD_HOSTS (a herd on several hosts): the supervisor's arguments that say which host
+# runs what, in $herd_args (herd hosts also restart a component that exits); else none.
+herd_layout() {  # ROLE
+  herd_args=()
+  [ -n "${HERD_HOSTS:-}" ] || return 0
+  [ -z "${KRAKEN_TLS_DIR:-}" ] || die "HERD_HOSTS (a herd on several hosts) runs without --tls-dir for now"
+  herd_args=(--herd-hosts "$HERD_HOSTS" --tracker-hosts "${TRACKER_HOSTS:-}" --build-index-hosts "${BUILD_INDEX_HOSTS:-}")
+  if [ "$1" = herd ]; then herd_args+=(--shared-host "${SHARED_HOST:-}" --restart-after "${RESTART_AFTER:-5}"); fi
+}
+
+# The hosts running a tracker, as an agent dials them: TRACKER_HOSTS, else HERD_HOSTS, else HERD_HOST.
+tracker_hosts() {
+  local hosts=${TRACKER_HOSTS:-${HERD_HOSTS:-$HERD_HOST}}
+  echo "${hosts//,/ }"
+}
+
 # The devcluster supervisor's arguments for ROLE of the multi-host deployment, in $role_args.
 set_role_args() {  # ROLE
   role_args=(--role "$1" --config-name multihost --config-dir "$KRAKEN_ROOT/examples/multihost/config"

@@ -12,19 +12,24 @@ if [ "${1:-}" = --stop ]; then stop_role agent; exit 0; fi
 [ $# -ge 2 ] || die "usage: $0 <HERD_IP> <AGENT_IP> [--docker|--native] [--tls-dir DIR] | --stop"
 agent_addresses "$1" "$2"; shift 2
 parse_options "$@"
+[ -z "$HERD_HOSTS" ] || [ "$mode" = native ] || die "HERD_HOSTS (a herd on several hosts) runs as local processes: use --native"
 tls_options
-rc=0
-curl -fsS -o /dev/null --noproxy '*' "${curl_tls[@]}" "$herd_scheme://$HERD_HOST:15003/health" 2>/dev/null || rc=$?
+# One tracker answering is enough (with several, the agent fails over between them).
+for tracker in $(tracker_hosts); do
+  rc=0
+  curl -fsS -o /dev/null --noproxy '*' "${curl_tls[@]}" "$herd_scheme://$tracker:15003/health" 2>/dev/null || rc=$?
+  [ "$rc" != 0 ] || break
+done
 case "$herd_scheme:$rc" in
   *:0) ;;
   https:35|https:51|https:60)
-    die "no TLS connection to the herd's tracker at $HERD_HOST:15003: the herd runs without --tls-dir, or
+    die "no TLS connection to the herd's tracker at $tracker:15003: the herd runs without --tls-dir, or
 its certificate is one $KRAKEN_TLS_DIR/ca.pem does not accept (another CA, or not naming $HERD_HOST:
 make the certificates with --hosts $HERD_HOST and copy them)" ;;
   http:52|http:56)
-    die "the herd's tracker at $HERD_HOST:15003 does not speak plain HTTP: the herd runs with TLS, deploy
+    die "the herd's tracker at $tracker:15003 does not speak plain HTTP: the herd runs with TLS, deploy
 this agent with --tls-dir (the CA and client certificate from the herd's directory)" ;;
-  *) die "the herd's tracker does not answer at $HERD_HOST:15003 (is the herd up, is the port open?)" ;;
+  *) die "the herd's tracker does not answer at $tracker:15003 (is the herd up, is the port open?)" ;;
 esac
 
 if [ "$mode" = docker ]; then

@@ -12,6 +12,7 @@ if [ "${1:-}" = --stop ]; then stop_role herd; exit 0; fi
 [ $# -ge 1 ] || die "usage: $0 <HERD_IP> [--docker|--native] [--tls-dir DIR] | --stop"
 herd_address "$1"; shift
 parse_options "$@"
+[ -z "$HERD_HOSTS" ] || [ "$mode" = native ] || die "HERD_HOSTS (a herd on several hosts) runs as local processes: use --native"
 
 if [ "$mode" = docker ]; then
   "$here/../herd_start_container.sh" "$HERD_HOST_IP"

@@ -123,10 +123,14 @@ class TagStore:
         writeback = self._writeback
         if writeback is not None and not writeback.write_through:
             self._router.for_namespace(tag.repo)  # no backend for the repository: refused now
+            if writeback.full(tag):
+                raise BackendError(f"{len(writeback.pending)} tags already wait for their write-back; "
+                                   f"the tag backend must catch up first")
             async with self._lock(tag):
                 await writeback.pending.put(tag, digest)
                 self._generation[tag] = self._generation.get(tag, 0) + 1
-            await writeback.enqueue(tag, digest)
+                # Shielded: a PUT cancelled here must not leave a pending tag without its task.
+                await asyncio.shield(writeback.enqueue(tag, digest))
             log.info("tag stored, write-back queued", tag=tag, digest=digest)
             return
         backend = self._router.for_namespace(tag.repo)

@@ -121,6 +121,11 @@ def _key(tag: Tag, digest: Digest) -> str:
     return json.dumps([str(tag), str(digest)])
 
 
+#: Tags pending write-back at most: beyond it a tag PUT is refused (503), as it would be with
+#: write-through while the backend is down, instead of growing the pending set without bound.
+MAX_PENDING = 100_000
+
+
 class TagWriteBack:
     """The pending tags, their queue and the worker that drains it; metrics: pending
     write-backs (gauge), failed attempts and completed write-backs (counters)."""
@@ -150,6 +155,10 @@ class TagWriteBack:
             log.info("tags pending write-back", count=len(self.pending))
         self._pending_gauge.set(await self._queue.count())
         self.worker.start(owner)
+
+    def full(self, tag: Tag) -> bool:
+        """Whether a PUT of ``tag`` would add one pending tag beyond :data:`MAX_PENDING`."""
+        return len(self.pending) >= MAX_PENDING and self.pending.get(tag) is None
 
     async def enqueue(self, tag: Tag, digest: Digest) -> None:
         await self.worker.add(_key(tag, digest), {"tag": str(tag), "digest": str(digest)})

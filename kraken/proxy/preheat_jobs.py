@@ -49,6 +49,8 @@ log = get_logger("proxy")
 MAX_ERRORS = 20
 #: Index nesting followed (an index naming indexes naming manifests is already unusual).
 MAX_DEPTH = 3
+#: Blobs and manifests one job may reach in all (nested indexes multiply the per-manifest cap).
+MAX_BLOBS = 10_000
 #: Pauses between a blob's prefetch polls grow from the first to the last.
 POLL_FIRST, POLL_MAX = 0.05, 2.0
 MANIFEST_CHUNK = 64 << 10
@@ -235,6 +237,8 @@ class PreheatJobs:
         for ref in manifest.references:
             if ref.digest in found:
                 continue
+            if len(found) >= MAX_BLOBS:
+                raise PrefetchFailed(f"the image reaches more than {MAX_BLOBS} blobs and manifests")
             found[ref.digest] = ref.size
             if ref.is_manifest:
                 if depth + 1 >= MAX_DEPTH:

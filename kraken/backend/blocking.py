@@ -34,11 +34,36 @@ class BlockingPool:
         self.workers = workers
         self._executor = ThreadPoolExecutor(max_workers=workers, thread_name_prefix=name)
         self._running: set[threading.Event] = set()
+        self._lock = threading.Lock()
+        self._queued = 0
+
+    @property
+    def queued(self) -> int:
+        """Calls submitted that no thread has started yet (they wait for a free one)."""
+        return self._queued
+
+    def _submit(self, fn: Callable[[], T]) -> Future[T]:
+        """``fn`` on the executor, counted in :attr:`queued` until a thread starts it."""
+        def started() -> T:
+            with self._lock:
+                self._queued -= 1
+            return fn()
+
+        with self._lock:
+            self._queued += 1
+        future = self._executor.submit(started)
+        future.add_done_callback(self._dropped)
+        return future
+
+    def _dropped(self, future: Future[Any]) -> None:
+        if future.cancelled():  # never started: no thread took it off the count
+            with self._lock:
+                self._queued -= 1
 
     async def call(self, fn: Callable[..., T], /, *args: Any, **kwargs: Any) -> T:
         """``fn(*args, **kwargs)`` on a thread. If the caller is cancelled before it starts, it
         never does; once started it runs to its end on its own."""
-        return await asyncio.wrap_future(self._executor.submit(partial(fn, *args, **kwargs)))
+        return await asyncio.wrap_future(self._submit(partial(fn, *args, **kwargs)))
 
     async def call_stoppable(self, fn: Callable[[threading.Event], T], wait_on_cancel: bool = False) -> T:
         """``fn(stop)`` on a thread. If the caller is cancelled, ``stop`` is set (a queued call
@@ -47,7 +72,7 @@ class BlockingPool:
         download's temporary file) does not race it."""
         stop = threading.Event()
         self._running.add(stop)
-        future: Future[T] = self._executor.submit(fn, stop)
+        future: Future[T] = self._submit(partial(fn, stop))
         try:
             return await asyncio.wrap_future(future)
         except asyncio.CancelledError:
@@ -65,7 +90,6 @@ class BlockingPool:
         part must not land after its upload was aborted), then the failure is raised. If the
         caller is cancelled, running jobs finish on their own in the pool.
         """
-        loop = asyncio.get_running_loop()
         results: list[Any] = [None] * len(jobs)
         running: dict[asyncio.Future[T], int] = {}
         queue = iter(enumerate(jobs))
@@ -73,7 +97,7 @@ class BlockingPool:
         try:
             while True:
                 while error is None and len(running) < limit and (item := next(queue, None)) is not None:
-                    running[loop.run_in_executor(self._executor, item[1])] = item[0]
+                    running[asyncio.wrap_future(self._submit(item[1]))] = item[0]
                 if not running:
                     break
                 done, _ = await asyncio.wait(running, return_when=asyncio.FIRST_COMPLETED)

@@ -179,7 +179,7 @@ async def test_readiness_answers_while_every_transfer_thread_is_busy(
     with stalled_file(tmp_path / "slow") as stall:
         uploads = [asyncio.create_task(backend.upload("ns", f"o{i}", stall.path)) for i in range(2)]
         await until(lambda: pool_threads(f"gcs-{bucket}") == 1, 10, "the upload holding the transfer thread")
-        await asyncio.sleep(0.2)  # time for the second upload to queue behind it (nothing to poll)
+        await until(lambda: backend._transfers.queued == 1, 10, "the second upload queued behind it")
         try:
             await asyncio.wait_for(backend.ready(), 5)
             assert await asyncio.wait_for(backend.stat("ns", "o0"), 5) is None
@@ -205,7 +205,7 @@ async def test_loop_stays_responsive_during_a_large_transfer(
     async def ticker(done: asyncio.Event) -> None:
         while not done.is_set():
             started = time.monotonic()
-            await asyncio.sleep(0.01)
+            await asyncio.sleep(0.01)  # the thing measured: how late a 10 ms timer fires
             lags.append(time.monotonic() - started - 0.01)
 
     async def statter(done: asyncio.Event) -> None:
@@ -213,7 +213,7 @@ async def test_loop_stays_responsive_during_a_large_transfer(
             started = time.monotonic()
             assert await backend.stat("ns", "small") is not None
             stat_times.append(time.monotonic() - started)
-            await asyncio.sleep(0.2)
+            await asyncio.sleep(0.2)  # pacing: a stat every 0.2 s, as a readiness probe would
 
     async def transfer() -> tuple[float, float]:
         started = time.monotonic()

@@ -305,7 +305,7 @@ async def test_readiness_answers_while_every_transfer_thread_is_busy(
         with stalled_file(tmp_path / "slow") as stall:
             uploads = [asyncio.create_task(backend.upload(NS, f"b{i}", stall.path)) for i in range(3)]
             await until(lambda: pool_threads(f"s3-{bucket}") == 2, 10, "uploads holding the transfer threads")
-            await asyncio.sleep(0.2)  # time for the third upload to queue behind them (nothing to poll)
+            await until(lambda: backend._transfers.queued == 1, 10, "the third upload queued behind them")
             try:
                 await asyncio.wait_for(backend.ready(), 5)
                 assert await asyncio.wait_for(backend.list(""), 5) == []
@@ -329,7 +329,7 @@ async def test_event_loop_stays_responsive_during_a_large_transfer(moto: MotoSer
     async def ticker() -> None:
         while True:
             before = time.monotonic()
-            await asyncio.sleep(0.01)
+            await asyncio.sleep(0.01)  # the thing measured: how late a 10 ms timer fires
             lags.append(time.monotonic() - before - 0.01)
 
     tick = asyncio.create_task(ticker())

@@ -50,7 +50,11 @@ class Tracker:
     body: bytes = b"d8:intervali5e5:peers0:e"
     status: int = 200
     #: Stops listening: connections to ``addr`` are then refused.
-    stop: Callable[[], Awaitable[None]] = field(default=lambda: asyncio.sleep(0))
+    stop: Callable[[], Awaitable[None]] = field(default=lambda: _not_listening())
+
+
+async def _not_listening() -> None:
+    """``stop`` of a tracker that never listened: nothing to stop."""
 
 
 @asynccontextmanager

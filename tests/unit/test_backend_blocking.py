@@ -9,6 +9,7 @@ import time
 import pytest
 
 from kraken.backend.blocking import BlockingPool
+from tests.support.waiting import until
 
 
 async def test_call_runs_on_a_named_thread() -> None:
@@ -94,3 +95,17 @@ async def test_close_stops_running_calls() -> None:
     await asyncio.to_thread(entered.wait, 5)
     await asyncio.wait_for(pool.close(), 2)
     assert await task is True
+
+
+async def test_queued_counts_calls_no_thread_has_started() -> None:
+    pool = BlockingPool(1, "queued-test")
+    gate = threading.Event()
+    try:
+        first = asyncio.create_task(pool.call(gate.wait, 10))
+        second = asyncio.create_task(pool.call(lambda: "done"))
+        await until(lambda: pool.queued == 1, 10, "the second call waiting for the thread")
+        gate.set()
+        assert await second == "done" and await first
+        assert pool.queued == 0
+    finally:
+        await pool.close()

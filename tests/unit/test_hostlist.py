@@ -11,6 +11,7 @@ from kraken.http import hostlist as hostlist_module
 from kraken.http.addresses import IPAddress
 from kraken.http.hostlist import DOWN_MIN, HostList, HostListConfig
 from tests.support.clock import Clock, patch_clock
+from tests.support.waiting import until
 
 
 @pytest.fixture
@@ -31,15 +32,19 @@ def test_config_precedence_and_the_one_conflict() -> None:
 async def test_dns_is_looked_up_on_use_once_per_ttl_one_lookup_at_a_time(clock: Clock) -> None:
     asked: list[str] = []
     answers: list[list[IPAddress] | None] = [[ipaddress.ip_address("10.0.0.2")], None]
+    slow_lookup = asyncio.Event()
 
     async def resolver(host: str, timeout: float) -> list[IPAddress] | None:
         asked.append(host)
-        await asyncio.sleep(0.01)
+        await slow_lookup.wait()
         return answers.pop(0) if answers else [ipaddress.ip_address("10.0.0.1"), ipaddress.ip_address("::1")]
 
     hosts = HostList(HostListConfig(dns="idx.example:80", dns_ttl=5), "test", resolver)
     assert hosts.addrs == ("idx.example:80",)  # the name itself until it first resolves
-    assert await asyncio.gather(*(hosts.refresh() for _ in range(3))) == [True, False, False]
+    refreshes = [asyncio.create_task(hosts.refresh()) for _ in range(3)]
+    await until(lambda: asked == ["idx.example"], 10, "the first lookup under way")
+    slow_lookup.set()
+    assert await asyncio.gather(*refreshes) == [True, False, False]
     assert asked == ["idx.example"] and hosts.addrs == ("10.0.0.2:80",)
     clock.now += 5
     assert not await hosts.refresh() and hosts.addrs == ("10.0.0.2:80",)  # failed: the last answer kept

@@ -25,6 +25,7 @@ from kraken.metrics import Metrics
 from kraken.origin.config import OriginConfig
 from kraken.p2p.trackers import TrackerList, TrackersConfig
 from tests.support.clock import Clock, patch_clock
+from tests.support.waiting import until
 
 DIGEST = Digest.of_bytes(b"blob")
 
@@ -155,7 +156,7 @@ async def test_a_budget_is_shared_between_the_attempts() -> None:
 
     async def attempt(addr: str) -> str:
         if addr == hung:
-            await asyncio.sleep(60)
+            await asyncio.Event().wait()  # hangs: the budget's share is what ends it
         return addr
 
     loop = asyncio.get_running_loop()
@@ -286,15 +287,17 @@ async def test_requests_failing_together_count_as_one_failure_of_the_tracker(clo
     trackers = listed("t1:1", "t2:1", metrics=metrics)
     dead = trackers.order()[0]
     gate = asyncio.Event()
+    waiting: list[str] = []
 
     async def attempt(addr: str) -> str:
         if addr == dead:
+            waiting.append(addr)
             await gate.wait()
             raise ConnectionResetError(addr)
         return addr
 
     calls = [asyncio.create_task(trackers.call(attempt)) for _ in range(5)]
-    await asyncio.sleep(0)
+    await until(lambda: len(waiting) == 5, 10, "every call at the dead tracker")
     gate.set()
     assert {await c for c in calls} == {trackers.order()[0]}
     assert trackers.hosts._down[dead][1] == DOWN_MIN

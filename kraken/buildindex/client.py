@@ -17,6 +17,7 @@ import asyncio
 import json
 import random
 from collections.abc import Sequence
+from typing import Any
 from urllib.parse import quote
 
 import aiohttp
@@ -26,7 +27,7 @@ from kraken.buildindex.hosts import BuildIndexHostsConfig
 from kraken.core.digest import Digest
 from kraken.http.client import RETRY_STATUSES, HttpClient, HTTPStatusError
 from kraken.http.errors import error_extra, error_message
-from kraken.http.health import PROBE_TIMEOUT, check_any
+from kraken.http.health import PROBE_TIMEOUT, check_any, probe_timeout
 from kraken.http.hostlist import HostList
 from kraken.log import get_logger
 from kraken.metrics import Metrics
@@ -82,15 +83,17 @@ class BuildIndexClient:
         await self.hosts.refresh()
         return self.hosts.order()
 
-    async def _request(self, method: str, path: str, ok: tuple[int, ...] = (200,)) -> aiohttp.ClientResponse:
-        """The first answer in ``ok`` from a build-index, failing over as the module says."""
+    async def _request(self, method: str, path: str, ok: tuple[int, ...] = (200,), *, once: bool = False,
+                       **kwargs: Any) -> aiohttp.ClientResponse:
+        """The first answer in ``ok`` from a build-index, failing over as the module says;
+        ``once``: one round over the build-indexes, no retries after it."""
         config = self.http.config
-        rounds = 1 + config.retries
+        rounds = 1 if once else 1 + config.retries
         for round_ in range(rounds):
             addrs = await self._order()
             for i, addr in enumerate(addrs):
                 try:
-                    resp = await self.http.request(method, self.http.url(addr, path), ok=ok, retry=False)
+                    resp = await self.http.request(method, self.http.url(addr, path), ok=ok, retry=False, **kwargs)
                 except (TimeoutError, aiohttp.ClientConnectionError, HTTPStatusError) as e:
                     if isinstance(e, HTTPStatusError) and e.status not in RETRY_STATUSES:
                         self.hosts.answered(addr)
@@ -131,6 +134,26 @@ class BuildIndexClient:
             if e.status != 400:
                 raise
             raise _reference_error(e.body) from None
+        resp.release()
+
+    async def origin(self) -> list[str]:
+        """The origins of this build-index's cluster (``GET /origin``), for cross-cluster
+        replication (kraken.buildindex.remotes)."""
+        resp = await self._request("GET", "/origin")
+        try:
+            hosts = [h.strip() for h in (await resp.text()).split(",") if h.strip()]
+        finally:
+            resp.release()
+        if not hosts:
+            raise LookupError(f"build-index {self.hosts.config.describe()} names no origin")
+        return hosts
+
+    async def duplicate_replicate(self, tag: str, digest: Digest, delay: float, timeout: float) -> None:
+        """Hand a neighbour ``tag``'s replication, ``delay`` seconds later: one try per
+        build-index, each at most ``timeout`` seconds (a tag PUT waits for it)."""
+        path = f"/internal/duplicate/remotes/tags/{quote(tag, safe=':')}/digest/{digest}"
+        resp = await self._request("POST", path, once=True, json={"delay": delay},
+                                   timeout=probe_timeout(self.http, timeout))
         resp.release()
 
     async def get_tag(self, tag: str) -> Digest | None:

@@ -26,15 +26,15 @@ import json
 import re
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
-from urllib.parse import quote
 
 import aiohttp
 
+from kraken.buildindex.client import BuildIndexClient, TagReferenceError
 from kraken.buildindex.tags import Tag, parse_tag
 from kraken.config import ConfigError, Duration
 from kraken.core.digest import Digest
+from kraken.http.addresses import split_host_port
 from kraken.http.client import HttpClient, HTTPStatusError
-from kraken.http.health import probe_timeout
 from kraken.log import get_logger
 from kraken.metrics import Metrics
 from kraken.origin.client import BlobNotFound, BlobNotReady, OriginCluster
@@ -92,8 +92,10 @@ def build_remotes(config: dict[str, list[str]]) -> list[Remote]:
     """``remotes:`` -> matchers; a bad address or regex is a config error at start."""
     remotes = []
     for addr, patterns in config.items():
-        if addr.count(":") != 1 or not addr.rsplit(":", 1)[1].isdigit():
-            raise ConfigError(f"remotes: {addr!r} is not host:port")
+        try:
+            split_host_port(addr)
+        except ValueError as e:
+            raise ConfigError(f"remotes: {e}") from None
         for pattern in patterns:
             try:
                 remotes.append(Remote(addr, re.compile(pattern)))
@@ -166,7 +168,7 @@ class TagReplicator:
         try:
             copied = await self._replicate(tag, digest, [Digest.parse(d) for d in task.payload["dependencies"]], dest)
         except (aiohttp.ClientError, TimeoutError, ConnectionError, HTTPStatusError, LookupError, BlobNotFound,
-                BlobNotReady) as e:
+                BlobNotReady, TagReferenceError) as e:
             self._failures.inc()
             if _permanent(e) and task.attempts + 1 >= MAX_PERMANENT_FAILURES:
                 self._done.labels("dropped").inc()
@@ -180,58 +182,19 @@ class TagReplicator:
 
     async def _replicate(self, tag: Tag, digest: Digest, dependencies: list[Digest], dest: str) -> bool:
         """False if the remote had the tag already, True once blobs and tag are copied."""
-        remote = RemoteBuildIndex(dest, self._http)
-        if await remote.get_tag(tag) == digest:
+        remote = BuildIndexClient(dest, self._http)
+        if await remote.get_tag(str(tag)) == digest:
             log.info("tag replication not needed, remote has the tag", tag=tag, digest=digest, remote=dest)
             return False
         cluster = await remote.origin()
         for dep in dependencies:
             await self._origins.replicate_to_remote(tag.repo, dep, cluster)
-        await remote.put_tag(tag, digest)
+        await remote.put_tag(str(tag), digest, replicate=True)
         log.info("tag replicated", tag=tag, digest=digest, remote=dest, blobs=len(dependencies))
         return True
 
 
 def _permanent(error: BaseException) -> bool:
     """An error that retrying will not fix: refused by the remote (4xx), or a blob no origin has."""
-    return isinstance(error, BlobNotFound) or (isinstance(error, HTTPStatusError) and 400 <= error.status < 500)
-
-
-class RemoteBuildIndex:
-    """The calls replication makes to another cluster's build-index (or a neighbour)."""
-
-    def __init__(self, addr: str, http: HttpClient) -> None:
-        self._addr = addr
-        self._http = http
-
-    def _url(self, path: str) -> str:
-        return self._http.url(self._addr, path)
-
-    async def get_tag(self, tag: Tag) -> Digest | None:
-        resp = await self._http.request("GET", self._url(f"/tags/{quote(str(tag), safe=':')}"), ok=(200, 404))
-        try:
-            return None if resp.status == 404 else Digest.parse((await resp.text()).strip())
-        finally:
-            resp.release()
-
-    async def origin(self) -> list[str]:
-        """The remote cluster's origins (its ``GET /origin``)."""
-        resp = await self._http.request("GET", self._url("/origin"))
-        try:
-            hosts = [h.strip() for h in (await resp.text()).split(",") if h.strip()]
-        finally:
-            resp.release()
-        if not hosts:
-            raise LookupError(f"build-index {self._addr} names no origin")
-        return hosts
-
-    async def put_tag(self, tag: Tag, digest: Digest) -> None:
-        url = self._url(f"/tags/{quote(str(tag), safe=':')}/digest/{digest}")
-        (await self._http.request("PUT", url, params={"replicate": "true"})).release()
-
-    async def duplicate_replicate(self, tag: Tag, digest: Digest, delay: float) -> None:
-        """Hand a neighbour this tag's replication, ``delay`` seconds later: one try, bounded."""
-        url = self._url(f"/internal/duplicate/remotes/tags/{quote(str(tag), safe=':')}/digest/{digest}")
-        resp = await self._http.request("POST", url, json={"delay": delay}, retry=False,
-                                        timeout=probe_timeout(self._http, NEIGHBOUR_TIMEOUT))
-        resp.release()
+    return isinstance(error, (BlobNotFound, TagReferenceError)) or (
+        isinstance(error, HTTPStatusError) and 400 <= error.status < 500)

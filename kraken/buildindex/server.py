@@ -28,9 +28,10 @@ import aiohttp
 from aiohttp import web
 
 from kraken.backend import BackendError, BackendRouter, ReadOnlyBackend, build_router
+from kraken.buildindex.client import BuildIndexClient
 from kraken.buildindex.config import BuildIndexConfig
 from kraken.buildindex.referrer_routes import add_referrer_routes
-from kraken.buildindex.remotes import RemoteBuildIndex, TagReplicator, build_remotes
+from kraken.buildindex.remotes import NEIGHBOUR_TIMEOUT, TagReplicator, build_remotes
 from kraken.buildindex.tags import Tag, TagError, parse_tag, validate_repo
 from kraken.buildindex.tagstore import TagStore
 from kraken.buildindex.tagwriteback import PendingTags, TagWriteBack
@@ -249,7 +250,8 @@ class BuildIndex:
     async def _hand_to_neighbour(self, neighbour: str, tag: Tag, digest: Digest, delay: float) -> None:
         """One try, bounded like a probe: a dead neighbour costs this PUT at most that."""
         try:
-            await RemoteBuildIndex(neighbour, self.running.http).duplicate_replicate(tag, digest, delay)
+            await BuildIndexClient(neighbour, self.running.http).duplicate_replicate(
+                str(tag), digest, delay, NEIGHBOUR_TIMEOUT)
         except (aiohttp.ClientError, TimeoutError, ConnectionError, HTTPStatusError) as e:
             log.warning("duplicate replication not handed to neighbour", tag=tag, neighbour=neighbour,
                         error=f"{type(e).__name__}: {e}")

@@ -27,6 +27,7 @@ from pathlib import Path
 import aiohttp
 
 from kraken.core.digest import Digest
+from kraken.http.addresses import split_host_port
 from kraken.http.client import HttpClient, HTTPStatusError
 from kraken.log import get_logger
 from kraken.origin.client import OriginClient
@@ -50,8 +51,10 @@ class RemoteUnavailable(Exception):
 def parse_remote(remote: str) -> list[str]:
     """``host:port[,host:port...]`` -> the addresses; ValueError for anything else."""
     hosts = [h.strip() for h in remote.split(",") if h.strip()]
-    if not hosts or len(hosts) > 64 or any(h.count(":") != 1 or not h.rsplit(":", 1)[1].isdigit() for h in hosts):
+    if not hosts or len(hosts) > 64:
         raise ValueError(f"remote must be host:port[,host:port...], got {remote!r}")
+    for host in hosts:
+        split_host_port(host)  # ValueError naming the bad entry
     return hosts
 
 

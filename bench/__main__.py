@@ -32,6 +32,10 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--agents", type=int, default=8, help="fanout: agent processes pulling at once")
     parser.add_argument("--fanout-size-mb", type=int, default=1024, help="fanout, agentpull: blob size")
     parser.add_argument("--fanout-reps", type=int, default=3, help="fanout: runs of the N pulls")
+    parser.add_argument("--grid", choices=("reduced", "full", "point"), default="reduced",
+                        help="fanout: the reduced grid (N 4, 8; S 256 MiB; R 20, 40), issue 14's full grid "
+                             "(N 4, 8, 16; S 256, 1024 MiB; R 10, 20, 40), or the one point --agents, "
+                             "--fanout-size-mb, --rate-mb (with --fanout-reps and the distribution baseline)")
     parser.add_argument(
         "--rate-mb", type=int, default=20, help="fanout: upload cap of the origin and of each agent, MiB/s"
     )

@@ -40,7 +40,7 @@ from kraken.core.metainfo import info_hash as metainfo_info_hash
 from kraken.log import get_logger
 from kraken.metrics import Metrics
 from kraken.p2p import DownloadResult, P2PError, P2PSession
-from kraken.p2p.pieces import staggered_priorities
+from kraken.p2p.shares import ShareSteering
 from kraken.store.cas import CAStore, file_key
 from kraken.tasks import SingleFlight, TaskOwner
 
@@ -206,10 +206,13 @@ class AgentBlobs:
     async def _p2p(self, metainfo: Metainfo, facts: TorrentFacts) -> DownloadResult | None:
         """The P2P download; ``None`` if it received nothing for ``fallback.after`` (then it is
         dropped, its partial file removed)."""
+        steering = ShareSteering(facts.num_pieces, metainfo.slot)
         download = asyncio.ensure_future(self.session.download(
             metainfo.data, self.staging, self.tracker.announce_url, timeout=self.download_timeout,
-            piece_priorities=staggered_priorities(facts.num_pieces, metainfo.slot),
+            piece_priorities=steering.initial(),
         ))
+        steer = asyncio.ensure_future(steering.run(lambda: self.session.handle(facts.info_hash)))
+        download.add_done_callback(lambda _: steer.cancel())
         if self.fallback is None or self.fallback.after <= 0:
             return await download
         try:

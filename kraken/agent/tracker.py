@@ -47,7 +47,7 @@ class MetainfoNotReady(TimeoutError):
 @dataclass(frozen=True)
 class Metainfo:
     """A blob's torrent, and this agent's swarm slot for it (which pieces it asks for first:
-    :mod:`kraken.p2p.pieces`; 0 when the tracker gives none)."""
+    :mod:`kraken.p2p.shares`; 0 when the tracker gives none)."""
 
     data: bytes
     slot: int = 0

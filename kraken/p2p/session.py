@@ -205,6 +205,11 @@ class P2PSession:
         """P2P ``ip:port`` addresses of the origins, for attributing downloaded bytes."""
         self._stats.set_origin_addresses(addresses)
 
+    def handle(self, info_hash: str) -> lt.torrent_handle | None:
+        """libtorrent's handle of a torrent in the session (:mod:`kraken.p2p.shares` steers it)."""
+        rec = self._torrents.get(info_hash)
+        return rec.handle if rec is not None else None
+
     def downloaded(self, info_hash: str) -> int | None:
         """Payload bytes a download in progress has received (as last sampled, so it moves in
         steps of ``stats_interval`` at most); ``None`` if it is not downloading here."""
@@ -226,7 +231,7 @@ class P2PSession:
         """Download the torrent into ``save_dir`` and keep seeding it (see the module docstring).
 
         ``piece_priorities`` (libtorrent's 1..7, one per piece) orders which pieces are asked
-        for first (:mod:`kraken.p2p.pieces`); a torrent already downloading keeps its order."""
+        for first (:mod:`kraken.p2p.shares`); a torrent already downloading keeps its order."""
         self._check_open()
         ti = await asyncio.to_thread(parse_metainfo, metainfo)
         self._check_open()

@@ -7,6 +7,6 @@ agent; tests/unit/test_boundaries.py enforces it. Only names that appear on the 
 from __future__ import annotations
 
 #: Response header of ``GET /namespace/<ns>/blobs/<digest>/metainfo``: the asking agent's swarm
-#: slot, 0, 1, 2, ... (:mod:`kraken.tracker.slots` counts them; :mod:`kraken.p2p.pieces` turns a
+#: slot, 0, 1, 2, ... (:mod:`kraken.tracker.slots` counts them; :mod:`kraken.p2p.shares` turns a
 #: slot into the part of the blob the agent asks for first).
 SLOT_HEADER = "Kraken-Swarm-Slot"

@@ -1,7 +1,7 @@
 """Swarm slots: the tracker numbers the agents that ask for a blob's metainfo, 0, 1, 2, ...
 
 An agent turns its slot into the part of the blob it asks for first
-(:mod:`kraken.p2p.pieces`), so agents starting together ask the origin for different pieces.
+(:mod:`kraken.p2p.shares`), so agents starting together ask the origin for different pieces.
 A blob nobody asked about for ``idle`` seconds starts again at 0 (the next wave of pulls);
 at most ``max_entries`` blobs are remembered, least recently asked out first. Each tracker
 counts on its own: with several trackers the spread is per tracker, which is still far from

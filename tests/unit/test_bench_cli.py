@@ -23,3 +23,13 @@ def test_an_unknown_name_is_refused(capsys: pytest.CaptureFixture[str]) -> None:
     with pytest.raises(SystemExit):
         choose("push", "nosuch")
     assert "unknown benchmark 'nosuch'" in capsys.readouterr().err
+
+
+def test_fanout_runs_the_reduced_grid_by_default() -> None:
+    from bench.fanout import GRIDS
+
+    parser = build_parser()
+    assert parser.parse_args(["fanout"]).grid == "reduced"
+    assert len(GRIDS["full"]) == 18
+    assert {(p.agents, p.size_mb, p.rate_mb) for p in GRIDS["reduced"]} <= {
+        (p.agents, p.size_mb, p.rate_mb) for p in GRIDS["full"]}

@@ -6,8 +6,10 @@ concurrent callers share it):
 1. its metainfo comes from the tracker (``namespace`` = repository), which also tells the
    tracker which origins own the torrent, so the announce that follows gets them as seeders;
 2. libtorrent downloads it into ``<store.root>/download/<hex>`` (each piece SHA-1 checked);
-   A download that receives nothing for ``download.fallback_after`` is dropped and the blob
-   read over HTTP from its owning origin instead (:mod:`kraken.agent.fallback`);
+   a blob of at most ``download.small_blob_max`` bytes is read over HTTP from its owning
+   origin instead (sha256-verified on the way into the cache, then seeded: see
+   :mod:`kraken.agent.fallback`). A P2P download that receives nothing for
+   ``download.fallback_after`` is dropped and the blob read over HTTP the same way;
 3. the whole file's sha256 is computed in a worker thread and must equal the digest (the
    torrent only proves the bytes match the metainfo, and the metainfo could belong to other
    bytes): a mismatch removes the torrent and its file, so nothing of it reaches the cache;
@@ -27,8 +29,10 @@ from __future__ import annotations
 import asyncio
 import shutil
 import time
+from collections import OrderedDict
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Literal
 
 import aiohttp
 import libtorrent as lt
@@ -48,6 +52,11 @@ log = get_logger("agent")
 
 EMPTY_SHA256 = Digest.of_bytes(b"")
 METAINFO_META = "metainfo"
+#: How many metainfos a HEAD (or a manifest's size check) keeps for the download that usually
+#: follows at once, and for how long: it saves that download a second round trip to the
+#: tracker and the origin. A digest's metainfo never changes, so a stale one is never wrong.
+METAINFO_MEMO_ENTRIES = 256
+METAINFO_MEMO_SECONDS = 10.0
 
 
 class BlobUnavailable(Exception):
@@ -90,9 +99,12 @@ class AgentBlobs:
         download_timeout: float,
         metrics: Metrics,
         fallback: HttpFallback | None = None,
+        small_blob_max: int = 0,
     ) -> None:
         self.cas = cas
         self.fallback = fallback
+        self.small_blob_max = small_blob_max if fallback is not None else 0
+        self._metainfo_memo: OrderedDict[Digest, tuple[float, Metainfo, TorrentFacts]] = OrderedDict()
         self.staging = staging
         self.session = session
         self.tracker = tracker
@@ -115,13 +127,13 @@ class AgentBlobs:
     @staticmethod
     async def create(
         cas: CAStore, staging: Path, session: P2PSession, tracker: TrackerClient, download_timeout: float,
-        metrics: Metrics, fallback: HttpFallback | None = None,
+        metrics: Metrics, fallback: HttpFallback | None = None, small_blob_max: int = 0,
     ) -> AgentBlobs:
         """Empty the staging dir and the store's upload dir first: files there are partial
         downloads (P2P, HTTP fallback) of a previous run."""
         await asyncio.to_thread(_reset_dir, staging)
         await asyncio.to_thread(cas.clear_uploads)
-        return AgentBlobs(cas, staging, session, tracker, download_timeout, metrics, fallback)
+        return AgentBlobs(cas, staging, session, tracker, download_timeout, metrics, fallback, small_blob_max)
 
     async def close(self) -> None:
         """Cancel downloads in flight (the session removes their torrents and partial files)."""
@@ -140,12 +152,27 @@ class AgentBlobs:
         if size is not None:
             return size
         try:
-            metainfo = await self.tracker.get_metainfo(namespace, digest)
+            found = await self._metainfo(namespace, digest)
         except EmptyBlob:
             return 0 if digest == EMPTY_SHA256 else None
+        if found is None:
+            return None
+        metainfo, facts = found
+        self._metainfo_memo[digest] = (time.monotonic() + METAINFO_MEMO_SECONDS, metainfo, facts)
+        while len(self._metainfo_memo) > METAINFO_MEMO_ENTRIES:
+            self._metainfo_memo.popitem(last=False)
+        return facts.size
+
+    async def _metainfo(self, namespace: str, digest: Digest) -> tuple[Metainfo, TorrentFacts] | None:
+        """The blob's metainfo and what it says (``None``: no origin has the blob); the one a
+        recent :meth:`size` call fetched, if any."""
+        memo = self._metainfo_memo.pop(digest, None)
+        if memo is not None and memo[0] > time.monotonic():
+            return memo[1], memo[2]
+        metainfo = await self.tracker.get_metainfo(namespace, digest)
         if metainfo is None:
             return None
-        return (await asyncio.to_thread(parse_metainfo, metainfo.data, digest)).size
+        return metainfo, await asyncio.to_thread(parse_metainfo, metainfo.data, digest)
 
     async def fetch(self, namespace: str, digest: Digest) -> Path | None:
         """The cached blob's path, downloading it first if needed; ``None`` if no origin has it.
@@ -175,16 +202,18 @@ class AgentBlobs:
     async def _download(self, namespace: str, digest: Digest) -> Path | None:
         start = time.monotonic()
         try:
-            metainfo = await self.tracker.get_metainfo(namespace, digest)
+            found = await self._metainfo(namespace, digest)
         except EmptyBlob:
             if digest != EMPTY_SHA256:
                 raise BlobUnavailable(
                     f"the origin says {digest} is empty, but that is not the digest of no bytes") from None
             return await self.cas.put_bytes(digest, b"")
-        if metainfo is None:
+        if found is None:
             log.info("blob not found", namespace=namespace, digest=digest)
             return None
-        facts = await asyncio.to_thread(parse_metainfo, metainfo.data, digest)
+        metainfo, facts = found
+        if facts.size <= self.small_blob_max:
+            return await self._over_http(namespace, digest, metainfo.data, start, why="small")
         log.info("blob download started", namespace=namespace, digest=digest, size=facts.size,
                  pieces=facts.num_pieces, swarm_slot=metainfo.slot)
         try:
@@ -193,7 +222,7 @@ class AgentBlobs:
             log.error("blob download failed", namespace=namespace, digest=digest, error=str(e))
             raise BlobUnavailable(f"download of {digest} failed: {e}") from None
         if result is None:
-            return await self._over_http(namespace, digest, metainfo.data, start)
+            return await self._over_http(namespace, digest, metainfo.data, start, why="fallback")
         try:
             path = await self._verify_and_cache(namespace, digest, facts, result.path, metainfo.data)
         except OSError as e:
@@ -229,19 +258,25 @@ class AgentBlobs:
             download.cancel()
             raise
 
-    async def _over_http(self, namespace: str, digest: Digest, metainfo: bytes, start: float) -> Path:
-        """The fallback: the blob from its owning origin over HTTP, then seeded like a download."""
+    async def _over_http(
+        self, namespace: str, digest: Digest, metainfo: bytes, start: float, why: Literal["fallback", "small"],
+    ) -> Path:
+        """The blob from its owning origin over HTTP (a small blob, or the fallback of a P2P
+        download that made no progress), then seeded like a download."""
         assert self.fallback is not None
-        log.warning("P2P download made no progress; fetching the blob from its origin over HTTP",
-                    namespace=namespace, digest=digest, after=self.fallback.after)
+        if why == "fallback":
+            log.warning("P2P download made no progress; fetching the blob from its origin over HTTP",
+                        namespace=namespace, digest=digest, after=self.fallback.after)
         try:
-            path = await self.fallback.fetch(namespace, digest)
+            path = await self.fallback.fetch(namespace, digest, why)
         except (FallbackFailed, ConnectionError, TimeoutError, aiohttp.ClientError, OSError) as e:
-            log.error("HTTP fallback failed", namespace=namespace, digest=digest, error=str(e))
-            raise BlobUnavailable(f"{digest}: P2P made no progress and the origin failed too: {e}") from None
+            log.error("HTTP read from the origin failed", namespace=namespace, digest=digest, why=why, error=str(e))
+            what = "P2P made no progress and the origin failed too" if why == "fallback" else "the origin failed"
+            raise BlobUnavailable(f"{digest}: {what}: {e}") from None
         await self.cas.write_meta(digest, METAINFO_META, metainfo)
         self._seed_again(digest)
-        log.info("blob cached", namespace=namespace, digest=digest, size=path.stat().st_size, via="http",
+        log.info("blob cached", namespace=namespace, digest=digest, size=path.stat().st_size,
+                 via="http" if why == "fallback" else "http-small",
                  seconds=round(time.monotonic() - start, 3), path=path)
         return path
 

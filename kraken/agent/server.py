@@ -129,13 +129,13 @@ class Agent:
             stack.push_async_callback(session.close)
             tracker = TrackerClient(trackers, http, config.download.metainfo_timeout, announce)
             fallback = None
-            if config.origins.hosts and config.download.fallback_after > 0:
+            if config.origins.hosts:
                 origins = OriginCluster(config.origins, http, metrics=RingMetrics(metrics))
                 origins.start()
                 stack.push_async_callback(origins.close)
                 fallback = HttpFallback(origins, cas, config.download.fallback_after, metrics)
             blobs = await AgentBlobs.create(cas, root / "download", session, tracker, config.download.timeout,
-                                            metrics, fallback)
+                                            metrics, fallback, config.download.small_blob_max)
             stack.push_async_callback(blobs.close)
             tasks = TaskOwner("agent")
             stack.push_async_callback(tasks.close)

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import ipaddress
 import math
+from socket import AF_INET, AF_INET6, inet_pton
 from dataclasses import dataclass
 from urllib.parse import unquote, unquote_to_bytes
 
@@ -112,13 +113,18 @@ def peer_ip(remote: str | None, claimed: str | None, trust_claimed: bool) -> str
 
 
 def compact(peers: list[PeerAddr]) -> tuple[bytes, bytes]:
-    """(``peers``: 6 bytes per IPv4 peer, ``peers6``: 18 bytes per IPv6 peer)."""
-    v4, v6 = bytearray(), bytearray()
+    """(``peers``: 6 bytes per IPv4 peer, ``peers6``: 18 bytes per IPv6 peer). Addresses are
+    packed with ``inet_pton``, not :mod:`ipaddress` (ten times slower, and an answer packs up
+    to ``max_peers_returned`` of them); the store holds only addresses :func:`peer_ip` or an
+    origin's resolution produced, so every one packs."""
+    v4, v6 = [], []
     for peer in peers:
-        ip = ipaddress.ip_address(peer.ip)
-        out = v4 if ip.version == 4 else v6
-        out += ip.packed + peer.port.to_bytes(2, "big")
-    return bytes(v4), bytes(v6)
+        port = peer.port.to_bytes(2, "big")
+        try:
+            v4.append(inet_pton(AF_INET, peer.ip) + port)
+        except OSError:
+            v6.append(inet_pton(AF_INET6, peer.ip) + port)
+    return b"".join(v4), b"".join(v6)
 
 
 def encode_peers(interval: float, seeders: int, leechers: int, peers: list[PeerAddr]) -> bytes:

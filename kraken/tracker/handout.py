@@ -8,7 +8,9 @@ announce ``left=0`` from a closed port.
 
 While the announcer is incomplete, the origins are always in the answer: their room is
 reserved before any agent's, so no number of seeders (fake or real) can push them out of a
-``limit``-sized answer. Order within a class is random, so load spreads over the class. The
+``limit``-sized answer. Order within a class is random, so load spreads over the class (the
+store's samples come in random order, see :class:`~kraken.tracker.peerstore.Swarm`; only the
+origins are shuffled here). The
 announcer itself is never handed out, nor a stale entry of it under another port (same
 peer_id), and an origin that also announces appears once, as an origin.
 """
@@ -50,12 +52,13 @@ def handout(
     out = Handout()
     if not requester.complete:
         out.origins = pick(others, limit)
-    out.seeders = pick([s for s in seeders if confirmed(s)], limit - len(out.origins))
+    out.seeders = [s for s in seeders if confirmed(s)][:max(0, limit - len(out.origins))]
     if requester.complete:
         out.origins = pick(others, limit - len(out.seeders))
-    room = limit - len(out.seeders) - len(out.origins)
-    out.leechers = pick(agents(swarm.leechers), room)
-    out.unconfirmed = pick([s for s in seeders if not confirmed(s)], room - len(out.leechers))
+    room = max(0, limit - len(out.seeders) - len(out.origins))
+    out.leechers = agents(swarm.leechers)[:room]
+    if room > len(out.leechers):
+        out.unconfirmed = [s for s in seeders if not confirmed(s)][:room - len(out.leechers)]
     return out
 
 

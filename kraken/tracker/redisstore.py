@@ -25,6 +25,7 @@ for vanishes whole after one peer TTL. ``ZRANDMEMBER`` needs Redis >= 6.2.
 """
 from __future__ import annotations
 
+import random
 from typing import Any
 
 import redis.asyncio as aioredis
@@ -129,22 +130,26 @@ def _member(addr: PeerAddr) -> str:
 
 
 def _peers(flat: list[bytes], complete: bool) -> list[Peer]:
-    """``[member, peer_id, member, peer_id, ...]`` from the script -> peers."""
+    """``[member, peer_id, member, peer_id, ...]`` from the script -> peers, shuffled:
+    ``ZRANDMEMBER`` picks at random but does not answer in random order."""
     peers = []
     for member, peer_id in zip(flat[::2], flat[1::2], strict=True):
         ip, _, port = member.decode().rpartition("/")
         peers.append(Peer(PeerAddr(ip, int(port)), peer_id, complete))
+    random.shuffle(peers)
     return peers
 
 
 class RedisPeerStore(PeerStore):
     def __init__(self, config: RedisConfig, ttl: float, limits: LimitsConfig | None = None) -> None:
         host, port = split_host_port(config.addr)
-        self._client = aioredis.Redis(
+        pool = aioredis.BlockingConnectionPool(
+            max_connections=config.max_connections, timeout=config.timeout,
             host=host, port=port, db=config.db, password=config.password or None,
             socket_timeout=config.timeout, socket_connect_timeout=config.timeout,
             retry=Retry(ExponentialBackoff(cap=0.5, base=0.05), retries=2),
         )
+        self._client: aioredis.Redis = aioredis.Redis.from_pool(pool)
         self._prefix = config.key_prefix
         self._ttl_ms = max(1, int(ttl * 1000))
         self._limits = limits or LimitsConfig()

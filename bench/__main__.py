@@ -1,5 +1,5 @@
-"""``python -m bench [push] [push-tls] [fanout] [agentpull] [slowreaders] [backends] [failover] [tracker] [options]``: run the
-benchmarks and print their tables. ``push-tls`` is ``push --tls``, so that ``make bench`` measures
+"""``python -m bench [push] [push-tls] [fanout] [agentpull] [slowreaders] [backends] [failover] [tracker]
+[options]``: run the benchmarks and print their tables. ``push-tls`` is ``push --tls``, so that ``make bench`` measures
 the push with and without TLS."""
 
 from __future__ import annotations
@@ -16,7 +16,8 @@ def push_tls(args: argparse.Namespace) -> str:
 
 
 BENCHMARKS = {"push": push.run, "push-tls": push_tls, "fanout": fanout.run, "agentpull": agentpull.run,
-              "slowreaders": slowreaders.run, "backends": backends.run, "failover": failover.run, "tracker": tracker.run}
+              "slowreaders": slowreaders.run, "backends": backends.run, "failover": failover.run,
+              "tracker": tracker.run}
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -135,6 +135,11 @@ class WrkResult:
         return "ok"
 
 
+def loadavg() -> str:
+    """The 1-minute load average, printed with the figures: the machine may be shared."""
+    return Path("/proc/loadavg").read_text().split()[0]
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -257,7 +262,7 @@ def run(args: argparse.Namespace) -> str:
     script.write_text(LUA)
     seconds = args.tracker_seconds
     lines = [f"## tracker (wrk -t{THREADS} -c{CONNECTIONS}, {seconds:.0f} s each, {INFO_HASHES} torrents, "
-             f"load {open('/proc/loadavg').read().split()[0]} at start)",
+             f"load {loadavg()} at start)",
              "| store | announces/s | goal | p50 ms | p99 ms | tracker RSS MiB | answers |",
              "|---|---|---|---|---|---|---|"]
     for redis, goal in ((False, GOAL_MEMORY), (True, GOAL_REDIS)):
@@ -268,7 +273,7 @@ def run(args: argparse.Namespace) -> str:
     target = args.tracker_agents / ANNOUNCE_INTERVAL / 2
     lines += ["", f"{args.tracker_agents} agents, one announce each per {ANNOUNCE_INTERVAL:.0f} s, two trackers "
               f"sharing one redis-server, {agent_seconds:.0f} s (wrk -c{AGENT_CONNECTIONS} per tracker, "
-              f"load {open('/proc/loadavg').read().split()[0]} at start)",
+              f"load {loadavg()} at start)",
               "| tracker | announces/s (target) | p50 ms | p99 ms | RSS MiB (peak) | answers |",
               "|---|---|---|---|---|---|"]
     started = time.monotonic()

@@ -16,8 +16,8 @@ from __future__ import annotations
 
 import ipaddress
 import math
-from socket import AF_INET, AF_INET6, inet_pton
 from dataclasses import dataclass
+from socket import AF_INET, AF_INET6, inet_pton
 from urllib.parse import unquote, unquote_to_bytes
 
 from kraken.core.bencode import Bencodable, bencode
@@ -47,18 +47,25 @@ class AnnounceRequest:
         return self.left == 0
 
 
-def parse_query(query_string: str) -> dict[str, bytes]:
-    """Query parameters as raw bytes; the first of repeated names wins."""
+#: The parameters an announce is read for; the others are not even decoded.
+USED = frozenset({"info_hash", "peer_id", "port", "left", "event", "numwant", "ip"})
+
+
+def parse_query(query_string: str, names: frozenset[str] | None = None) -> dict[str, bytes]:
+    """Query parameters (only ``names``, if given) as raw bytes; the first of repeated names wins."""
     params: dict[str, bytes] = {}
     for part in query_string.split("&"):
         if part:
             name, _, value = part.partition("=")
-            params.setdefault(unquote(name), unquote_to_bytes(value))
+            if "%" in name:
+                name = unquote(name)
+            if (names is None or name in names) and name not in params:
+                params[name] = unquote_to_bytes(value)
     return params
 
 
 def parse_announce(query_string: str) -> AnnounceRequest:
-    params = parse_query(query_string)
+    params = parse_query(query_string, USED)
     info_hash = _required(params, "info_hash")
     peer_id = _required(params, "peer_id")
     if len(info_hash) != HASH_LEN:

@@ -40,25 +40,30 @@ def handout(
 ) -> Handout:
     """At most ``limit`` peers: confirmed seeders, ``origins``, leechers, unconfirmed seeders."""
     origin_set = set(origins)
-
-    def agents(peers: list[Peer]) -> list[PeerAddr]:
-        return [
-            p.addr for p in peers
-            if p.addr != requester.addr and p.peer_id != requester.peer_id and p.addr not in origin_set
-        ]
-
-    seeders = agents(swarm.seeders)
-    others = [o for o in dict.fromkeys(origins) if o != requester.addr]
+    me, my_id = requester.addr, requester.peer_id
+    others = [o for o in dict.fromkeys(origins) if o != me]
     out = Handout()
     if not requester.complete:
         out.origins = pick(others, limit)
-    out.seeders = [s for s in seeders if confirmed(s)][:max(0, limit - len(out.origins))]
+    room = limit - len(out.origins)
+    unconfirmed: list[PeerAddr] = []
+    for p in swarm.seeders:
+        if p.addr == me or p.peer_id == my_id or p.addr in origin_set:
+            continue
+        if confirmed(p.addr):
+            if len(out.seeders) < room:
+                out.seeders.append(p.addr)
+        elif len(unconfirmed) < limit:
+            unconfirmed.append(p.addr)
     if requester.complete:
         out.origins = pick(others, limit - len(out.seeders))
-    room = max(0, limit - len(out.seeders) - len(out.origins))
-    out.leechers = agents(swarm.leechers)[:room]
-    if room > len(out.leechers):
-        out.unconfirmed = [s for s in seeders if not confirmed(s)][:room - len(out.leechers)]
+    room = limit - len(out.seeders) - len(out.origins)
+    for p in swarm.leechers:
+        if len(out.leechers) >= room:
+            break
+        if p.addr != me and p.peer_id != my_id and p.addr not in origin_set:
+            out.leechers.append(p.addr)
+    out.unconfirmed = unconfirmed[:max(0, room - len(out.leechers))]
     return out
 
 

@@ -26,12 +26,6 @@ MAX_SWEEP_INTERVAL = 60.0
 
 
 @dataclass
-class _Entry:
-    peer: Peer
-    seen: float
-
-
-@dataclass
 class _Mapping:
     digest: Digest
     expires: float
@@ -60,50 +54,52 @@ class _Recent:
 
 class _PeerClass:
     """The seeders or the leechers of one torrent: by last announce, oldest first, and in a
-    list (with each address's index) that a sample draws from in O(sample) and a removal
-    keeps dense by moving the last address into the hole."""
+    list of peers (with each address's index) that a sample draws from in O(sample) and a
+    removal keeps dense by moving the last peer into the hole."""
 
     def __init__(self) -> None:
-        self.entries: OrderedDict[PeerAddr, _Entry] = OrderedDict()
-        self._order: list[PeerAddr] = []
+        self.seen: OrderedDict[PeerAddr, float] = OrderedDict()
+        self._peers: list[Peer] = []
         self._index: dict[PeerAddr, int] = {}
 
     def __len__(self) -> int:
-        return len(self._order)
+        return len(self._peers)
 
-    def put(self, entry: _Entry) -> None:
-        addr = entry.peer.addr
-        if addr in self.entries:
-            self.entries.move_to_end(addr)
+    def put(self, peer: Peer, now: float) -> None:
+        addr = peer.addr
+        index = self._index.get(addr)
+        if index is None:
+            self._index[addr] = len(self._peers)
+            self._peers.append(peer)
         else:
-            self._index[addr] = len(self._order)
-            self._order.append(addr)
-        self.entries[addr] = entry
+            self._peers[index] = peer
+            self.seen.move_to_end(addr)
+        self.seen[addr] = now
 
     def remove(self, addr: PeerAddr) -> bool:
-        if self.entries.pop(addr, None) is None:
+        index = self._index.pop(addr, None)
+        if index is None:
             return False
-        index = self._index.pop(addr)
-        last = self._order.pop()
-        if last != addr:
-            self._order[index] = last
-            self._index[last] = index
+        del self.seen[addr]
+        last = self._peers.pop()
+        if last.addr != addr:
+            self._peers[index] = last
+            self._index[last.addr] = index
         return True
 
     def expired(self, cutoff: float) -> list[PeerAddr]:
-        """Remove the entries last seen before ``cutoff`` and return their addresses."""
+        """Remove the peers last seen before ``cutoff`` and return their addresses."""
         gone = []
-        while self.entries:
-            addr, entry = next(iter(self.entries.items()))
-            if entry.seen >= cutoff:
+        while self.seen:
+            addr, seen = next(iter(self.seen.items()))
+            if seen >= cutoff:
                 break
             self.remove(addr)
             gone.append(addr)
         return gone
 
     def sample(self, k: int) -> list[Peer]:
-        entries = self.entries
-        return [entries[a].peer for a in random.sample(self._order, min(k, len(self._order)))]
+        return random.sample(self._peers, min(k, len(self._peers)))
 
 
 @dataclass
@@ -116,11 +112,11 @@ class _Torrent:
     def __bool__(self) -> bool:
         return bool(self.seeders) or bool(self.leechers)
 
-    def put(self, entry: _Entry) -> None:
-        addr = entry.peer.addr
-        mine, other = (self.seeders, self.leechers) if entry.peer.complete else (self.leechers, self.seeders)
+    def put(self, peer: Peer, now: float) -> None:
+        addr = peer.addr
+        mine, other = (self.seeders, self.leechers) if peer.complete else (self.leechers, self.seeders)
         other.remove(addr)
-        mine.put(entry)
+        mine.put(peer, now)
         here = self.by_ip.setdefault(addr.ip, OrderedDict())
         here[addr] = None
         here.move_to_end(addr)
@@ -168,7 +164,7 @@ class MemoryPeerStore(PeerStore):
         torrent = self._torrents.get(info_hash)
         if torrent is None:
             torrent = self._torrents[info_hash] = _Torrent()
-        torrent.put(_Entry(peer, now))
+        torrent.put(peer, now)
         if not exempt:
             torrent.cap(peer.addr.ip, self._limits.peers_per_ip)
         mapping = self._digests.get(info_hash)

@@ -18,9 +18,8 @@ of non-2xx answers and the script's count of bad bodies are printed and must be 
    the target). p50/p99 are wrk's latency distribution; RSS is each tracker's ``VmRSS`` at the
    end and ``VmHWM`` (peak).
 
-The tracker, wrk and redis-server share the machine's cores: on a 2-core box wrk takes about a
-third of one (see docs/BENCHMARKS.md, "Tracker at scale").
-"""
+The tracker, wrk and redis-server share the machine's cores (see docs/BENCHMARKS.md, "Tracker
+at scale")."""
 from __future__ import annotations
 
 import argparse

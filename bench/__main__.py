@@ -1,5 +1,5 @@
-"""``python -m bench [push] [push-tls] [fanout] [agentpull] [slowreaders] [backends] [failover] [options]``: run the
-benchmarks and print their tables. ``push-tls`` is ``push --tls``, so that ``make bench`` measures
+"""``python -m bench [push] [push-tls] [fanout] [agentpull] [slowreaders] [backends] [failover] [tracker]
+[options]``: run the benchmarks and print their tables. ``push-tls`` is ``push --tls``, so that ``make bench`` measures
 the push with and without TLS."""
 
 from __future__ import annotations
@@ -8,7 +8,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from bench import agentpull, backends, failover, fanout, push, slowreaders
+from bench import agentpull, backends, failover, fanout, push, slowreaders, tracker
 
 
 def push_tls(args: argparse.Namespace) -> str:
@@ -16,7 +16,8 @@ def push_tls(args: argparse.Namespace) -> str:
 
 
 BENCHMARKS = {"push": push.run, "push-tls": push_tls, "fanout": fanout.run, "agentpull": agentpull.run,
-              "slowreaders": slowreaders.run, "backends": backends.run, "failover": failover.run}
+              "slowreaders": slowreaders.run, "backends": backends.run, "failover": failover.run,
+              "tracker": tracker.run}
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -50,6 +51,10 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--repair-blobs", type=int, default=24,
                         help="failover: blobs pushed while their owner is down (repaired on its return)")
     parser.add_argument("--repair-blob-mb", type=int, default=32, help="failover: size of each of them")
+    parser.add_argument("--tracker-seconds", type=float, default=15, help="tracker: wrk run per peer store")
+    parser.add_argument("--tracker-agents", type=int, default=10_000,
+                        help="tracker: agents announcing at the interval to two trackers sharing Redis")
+    parser.add_argument("--tracker-agent-seconds", type=float, default=30, help="tracker: length of the agents run")
     parser.add_argument("--workdir", type=Path, default=Path("/tmp/kraken-bench"))
     return parser
 

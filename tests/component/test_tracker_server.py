@@ -18,6 +18,7 @@ from typing import Any
 import aiohttp
 import libtorrent as lt
 import pytest
+import redis
 from aiohttp import web
 from aiohttp.test_utils import TestServer
 from yarl import URL
@@ -318,6 +319,51 @@ async def test_redis_store_down_raises_store_errors() -> None:
             await store.announce(random_hash(), agent(1), 10)
         with pytest.raises(PeerStoreError):
             await store.set_digest(random_hash(), Digest.of_bytes(b"x"))
+    finally:
+        await store.close()
+
+
+def _script_calls(addr: str) -> int:
+    """EVAL/EVALSHA commands the redis-server at ``addr`` has run so far."""
+    host, port = addr.rsplit(":", 1)
+    with redis.Redis(host=host, port=int(port)) as client:
+        stats = client.info("commandstats")
+    return sum(int(stats.get(f"cmdstat_{c}", {}).get("calls", 0)) for c in ("eval", "evalsha"))
+
+
+async def test_redis_store_re_announce_is_one_round_trip(redis_addr: str) -> None:
+    """The limits script runs for an (address, torrent) the tracker has not admitted lately;
+    a refused one is asked again."""
+    prefix = f"t:{uuid.uuid4().hex}:"
+    config = build(TrackerConfig, {"store": "redis", "redis": {"addr": redis_addr, "key_prefix": prefix},
+                                   "limits": {"torrents_per_ip": 1}})
+    store = open_store(config)
+    try:
+        first, second = random_hash(), random_hash()
+        await store.announce(first, agent(1), 10)
+        before = _script_calls(redis_addr)
+        await store.announce(first, agent(1), 10)
+        await store.announce(first, agent(2), 10)  # same address and torrent: admitted already
+        assert _script_calls(redis_addr) - before == 2
+        for _ in range(2):
+            with pytest.raises(AnnounceRefused):
+                await store.announce(second, agent(1), 10)
+        assert _script_calls(redis_addr) - before == 4
+    finally:
+        await store.close()
+
+
+async def test_redis_store_queues_announces_beyond_its_connections(redis_addr: str) -> None:
+    """More announces in flight than ``redis.max_connections`` wait for a connection (redis-py's
+    own pool refused them beyond 100 with MaxConnectionsError)."""
+    prefix = f"t:{uuid.uuid4().hex}:"
+    config = build(TrackerConfig, {"store": "redis",
+                                   "redis": {"addr": redis_addr, "key_prefix": prefix, "max_connections": 4}})
+    store = open_store(config)
+    try:
+        ih = random_hash()
+        swarms = await asyncio.gather(*(store.announce(ih, agent(n, ip=f"127.0.1.{n % 250}"), 1) for n in range(300)))
+        assert max(s.num_leechers for s in swarms) == 300
     finally:
         await store.close()
 

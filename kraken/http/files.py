@@ -148,8 +148,13 @@ def _burst(file_fd: int, sock_fd: int, offset: int, end: int) -> tuple[int, bool
 
 async def _writable(loop: asyncio.AbstractEventLoop, fd: int) -> None:
     """Until the socket ``fd`` takes more bytes (or failed: the next write says how)."""
-    ready = loop.create_future()
-    loop.add_writer(fd, lambda: ready.done() or ready.set_result(None))
+    ready: asyncio.Future[None] = loop.create_future()
+
+    def wake() -> None:
+        if not ready.done():
+            ready.set_result(None)
+
+    loop.add_writer(fd, wake)
     try:
         await ready
     finally:

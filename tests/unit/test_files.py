@@ -65,10 +65,10 @@ async def test_the_body_is_the_file(server: TestServer, blobs: dict[str, bytes],
 
 async def test_a_large_range_is_copied_exactly(server: TestServer, blobs: dict[str, bytes]) -> None:
     start, end = 1000, COPY_MIN * 2 + 7
-    async with aiohttp.ClientSession() as session:
-        async with session.get(server.make_url("/fr/large"), headers={"Range": f"bytes={start}-{end}"}) as resp:
-            assert resp.status == 206
-            assert await resp.read() == blobs["large"][start:end + 1]
+    async with (aiohttp.ClientSession() as session,
+                session.get(server.make_url("/fr/large"), headers={"Range": f"bytes={start}-{end}"}) as resp):
+        assert resp.status == 206
+        assert await resp.read() == blobs["large"][start:end + 1]
 
 
 async def test_a_large_body_is_copied_not_sendfiled(server: TestServer, monkeypatch: pytest.MonkeyPatch) -> None:

@@ -11,7 +11,7 @@ Two ways, both bounded in memory whatever the file's size or the number of clien
   receiver copies straight from the page cache, and a client on the same host (curl, a
   container runtime behind the agent) becomes the bottleneck; with the copy here its reads
   come from freshly written socket buffers. Measured on loopback with curl: a cached 1 GiB
-  blob 15-25 % faster than ``sendfile`` (docs/BENCHMARKS.md, "Warm pulls"). A client that
+  blob in 0.39 s instead of 0.56 s through the agent (docs/BENCHMARKS.md, "Warm pulls"). A client that
   reads slowly, or not at all, holds no thread and no buffer: only the loop waits for it.
 
 The kernel's queue is where a stalled reader shows either way (the write timeout of

@@ -42,6 +42,7 @@ from kraken.http.allow import AllowList, guard
 from kraken.http.app import create_app
 from kraken.http.client import HttpClient, HTTPStatusError, create_client
 from kraken.http.errors import ErrorTable, JsonError, json_error
+from kraken.http.files import FileResponse
 from kraken.http.healthcheck import RingMetrics
 from kraken.http.names import check_namespace
 from kraken.http.server import Site, site
@@ -205,7 +206,7 @@ class Agent:
             return _unavailable("blob", e)
         if path is None:
             return json_error(404, f"blob {digest} not found")
-        return web.FileResponse(path, headers={"Content-Type": "application/octet-stream"})
+        return FileResponse(path, headers={"Content-Type": "application/octet-stream"})
 
     async def _preload(self, request: web.Request) -> web.Response:
         tag = request.match_info["tag"]

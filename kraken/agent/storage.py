@@ -63,12 +63,21 @@ class AgentStorage(RegistryStorage):
         return None if path is None else FileBlobReader(path, byte_range)
 
     async def open_manifest(self, repo: str, digest: Digest, max_size: int) -> BinaryIO | None:
-        """Stat first, so a layer asked for as a manifest is refused without a download."""
-        size = await self.stat_blob(repo, digest)
+        """Stat first, so a layer asked for as a manifest is refused without a download.
+
+        A cached manifest is opened on the loop: its path was just looked up (stat, verified
+        read), so the open finds it in memory and costs what that stat did, where a worker
+        thread would add a hop to every warm GET. A downloaded one is opened in a thread."""
+        size = self.blobs.cached_size(digest)
+        cached = size is not None
+        if size is None:
+            size = await self.stat_blob(repo, digest)
         if size is None or size > max_size:
             return None
         path = await self._unavailable_as_503(self.blobs.fetch(repo, digest))
-        return None if path is None else await asyncio.to_thread(open, path, "rb")
+        if path is None:
+            return None
+        return open(path, "rb") if cached else await asyncio.to_thread(open, path, "rb")
 
     @staticmethod
     async def _unavailable_as_503(call: Awaitable[T]) -> T:

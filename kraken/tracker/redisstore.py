@@ -16,7 +16,8 @@ and, for the torrent limits, in a slot of their own (``{limits}``):
 - ``<prefix>{limits}:torrents``: sorted set of hex info-hashes by last announce;
 - ``<prefix>{limits}:ip:<ip>``: the same, of the torrents announced from that address.
 
-An announce is one or two round trips (Lua scripts). The first counts the torrent against the
+An announce is one or two Lua script calls, sent in one pipeline with those of the other
+announces of the same loop turn (:mod:`kraken.tracker.redisbatch`). The first counts the torrent against the
 limits (or refuses it); it is skipped while this tracker admitted the same address and torrent
 less than a quarter of the TTL ago (:class:`_Admitted`, at most :data:`ADMITTED_SIZE`
 remembered), so a periodic re-announce costs one round trip and still refreshes its torrent's
@@ -42,6 +43,7 @@ from kraken.core.digest import Digest, DigestError
 from kraken.http.addresses import split_host_port
 from kraken.tracker.config import LimitsConfig, RedisConfig
 from kraken.tracker.peerstore import AnnounceRefused, Peer, PeerAddr, PeerStore, PeerStoreError, Swarm
+from kraken.tracker.redisbatch import ScriptBatcher
 
 EXPIRE_BATCH = 1000
 #: (address, torrent) admissions remembered: beyond, the least recently admitted is asked again.
@@ -190,6 +192,7 @@ class RedisPeerStore(PeerStore):
         self._admit = self._client.register_script(_ADMIT)
         self._announce = self._client.register_script(_ANNOUNCE)
         self._leave = self._client.register_script(_LEAVE)
+        self._batcher = ScriptBatcher(self._client)
 
     def _key(self, info_hash: bytes, name: str) -> str:
         return f"{self._prefix}{{{info_hash.hex()}}}:{name}"
@@ -237,11 +240,14 @@ class RedisPeerStore(PeerStore):
             raise PeerStoreError(f"redis: {type(e).__name__}: {e}") from e
 
     async def close(self) -> None:
+        await self._batcher.close()
         await self._client.aclose()
 
     async def _call(self, script: Any, keys: list[str], args: list[Any]) -> Any:
+        """The script's reply; sent in one pipeline with the calls of concurrent announces
+        (:mod:`kraken.tracker.redisbatch`)."""
         try:
-            return await script(keys=keys, args=args)
+            return await self._batcher.call(script, keys, args)
         except (RedisError, OSError) as e:
             raise PeerStoreError(f"redis: {type(e).__name__}: {e}") from e
 

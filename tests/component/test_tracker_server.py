@@ -368,6 +368,40 @@ async def test_redis_store_queues_announces_beyond_its_connections(redis_addr: s
         await store.close()
 
 
+
+
+def _noscript_replies(addr: str, flush: bool = False) -> int:
+    """NOSCRIPT errors the redis-server at ``addr`` has answered so far; with ``flush``, first
+    drop every script it knows, as a restarted server would have."""
+    host, port = addr.rsplit(":", 1)
+    with redis.Redis(host=host, port=int(port)) as client:
+        if flush:
+            client.script_flush()
+        stats = client.info("errorstats")
+    return int(stats.get("errorstat_NOSCRIPT", {}).get("count", 0))
+
+
+async def test_redis_store_announces_in_flight_together_each_get_their_own_swarm(redis_addr: str) -> None:
+    """Announces in flight at once go to Redis in shared pipelines, yet each gets its own
+    swarm; scripts the server lost (as after a restart) are loaded again and those announces
+    still succeed."""
+    prefix = f"t:{uuid.uuid4().hex}:"
+    config = build(TrackerConfig, {"store": "redis", "redis": {"addr": redis_addr, "key_prefix": prefix}})
+    store = open_store(config)
+    try:
+        hashes = [random_hash() for _ in range(40)]
+        first = await asyncio.gather(*(store.announce(h, agent(n), 10) for n, h in enumerate(hashes)))
+        assert [s.num_leechers for s in first] == [1] * len(hashes)
+        second = await asyncio.gather(*(store.announce(h, agent(100 + n), 10) for n, h in enumerate(hashes)))
+        assert [{p.addr for p in s.leechers} for s in second] == [
+            {agent(n).addr, agent(100 + n).addr} for n in range(len(hashes))]
+        missed = _noscript_replies(redis_addr, flush=True)
+        third = await asyncio.gather(*(store.announce(h, agent(200 + n), 10) for n, h in enumerate(hashes)))
+        assert [s.num_leechers for s in third] == [3] * len(hashes)
+        assert _noscript_replies(redis_addr) > missed  # the scripts were really gone
+    finally:
+        await store.close()
+
 # ---- fake origins --------------------------------------------------------------------------
 
 

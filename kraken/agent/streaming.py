@@ -9,29 +9,33 @@ complete the hash is too, a piece later: the cache adopts the file without a sec
 
 Clients (:meth:`LiveBlob.chunks`, any number, joining at any time) get piece after piece as
 the hashing task has read it: from its window, or read again from the torrent if they lag
-behind it. While one streams, the next :data:`WINDOW` pieces get deadlines
-(:meth:`P2PSession.hurry`) so they come in order; without a streaming client the download
-keeps its swarm-slot priorities. The **last piece** is sent only once the whole blob's sha256
-matched and the blob is in the cache (:attr:`LiveBlob.outcome`): a mismatch or any failure
-raises instead, the response is cut short (fewer bytes than its Content-Length) and no client
-ever receives a complete wrong blob. Once the outcome is known, a client still behind reads
-the rest from the cached file. A client going away stops only its own stream: the download
-and hash belong to the agent's download task.
+behind it. While one streams, the next :data:`WINDOW` pieces go first
+(:meth:`P2PSession.hurry`: top priority; the swarm slot's band stays ahead of the rest), so
+they come in order; without a streaming client the download keeps its swarm-slot priorities.
+The **last piece** is sent only once the whole blob's sha256 matched and the blob is in the
+cache (:attr:`LiveBlob.outcome`): a mismatch or any failure raises instead, the response is
+cut short (fewer bytes than its Content-Length) and no client ever receives a complete wrong
+blob. Once the outcome is known, a client still behind reads the rest from the cached file.
+A client going away stops only its own stream: the download and hash belong to the agent's
+download task.
 """
 from __future__ import annotations
 
 import asyncio
 import os
+from collections import deque
 from collections.abc import AsyncGenerator, AsyncIterator
 from pathlib import Path
 
 from kraken.core.digest import Digest
 from kraken.p2p import P2PSession
 
-#: Pieces asked for ahead of the hashing position while a client streams (deadlines).
+#: Pieces asked for first, from the hashing position on, while a client streams.
 WINDOW = 8
 #: Pieces the hashing task keeps for clients just behind it.
 KEEP = 4
+#: Piece reads the hashing task has in flight (libtorrent's disk threads read them at once).
+PREFETCH = 4
 #: Bytes per read of the cached file once the download is over.
 FILE_CHUNK = 1 << 20
 
@@ -54,6 +58,7 @@ class LiveBlob:
         self._kept: dict[int, bytes] = {}
         self._read = 0  # pieces 0.._read-1 read by the hashing task
         self._hurried = 0  # pieces 0.._hurried-1 had deadlines set
+        self._started = False  # the torrent is in the session (hash_pieces runs)
         self._progress = asyncio.Event()  # set (and replaced) each time _read grows
 
     # ------------------------------------------------------------ the download's side
@@ -62,13 +67,17 @@ class LiveBlob:
         """Read every piece in order as it is verified and hash it; the blob's digest.
 
         Started once the torrent is in the session; P2PError if it leaves it."""
+        self._started = True
         hasher = self.digest.hasher()
         hashing: asyncio.Future[None] | None = None
+        reads: deque[asyncio.Future[bytes]] = deque()
         try:
             for index in range(self.num_pieces):
                 if self.streamers:
                     self._hurry(index)
-                data = await self.session.read_piece(self.info_hash, index)
+                while len(reads) < PREFETCH and index + len(reads) < self.num_pieces:
+                    reads.append(asyncio.ensure_future(self.session.read_piece(self.info_hash, index + len(reads))))
+                data = await reads.popleft()
                 self._publish(index, data)
                 if hashing is not None:
                     await hashing
@@ -76,9 +85,11 @@ class LiveBlob:
             if hashing is not None:
                 await hashing
         finally:
-            if hashing is not None and not hashing.done():
-                # The thread runs to its end anyway; the hasher is not used after that.
-                hashing.cancel()
+            # A thread still hashing runs to its end anyway; the hasher is not used after that.
+            for pending in (*reads, hashing):
+                if pending is not None and not pending.done():
+                    pending.cancel()
+            await asyncio.gather(*reads, return_exceptions=True)
         return Digest(self.digest.algorithm, hasher.hexdigest())
 
     def settle(self, path: Path | None, error: BaseException | None = None) -> None:
@@ -93,6 +104,8 @@ class LiveBlob:
         self._wake()
 
     def _hurry(self, index: int) -> None:
+        if not self._started:
+            return  # hash_pieces hurries the first pieces itself when it starts
         end = min(index + WINDOW, self.num_pieces)
         if end > self._hurried:
             self.session.hurry(self.info_hash, range(max(index, self._hurried), end))
@@ -113,8 +126,13 @@ class LiveBlob:
     async def first_piece(self) -> bool:
         """Wait for the first piece or the outcome; True if streaming can start (a piece is
         there and the download has not failed)."""
-        while self._read == 0 and not self.outcome.done():
-            await self._progress.wait()
+        self.streamers += 1  # the first pieces are hurried for this client already
+        try:
+            self._hurry(0)
+            while self._read == 0 and not self.outcome.done():
+                await self._progress.wait()
+        finally:
+            self.streamers -= 1
         return self._read > 0 and not (self.outcome.done() and self.outcome.exception() is not None)
 
     async def chunks(self) -> AsyncGenerator[bytes, None]:

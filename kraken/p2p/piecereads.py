@@ -6,10 +6,13 @@ the metainfo). libtorrent says which pieces are verified with ``piece_finished``
 ``piece_progress``) and hands a piece's bytes over with ``read_piece`` -> ``read_piece_alert``;
 reading the file instead could see bytes still queued in libtorrent's disk thread.
 
-:meth:`PieceReads.hurry` gives the next pieces a reader needs deadlines
-(``set_piece_deadline``): libtorrent then requests them before any other, from the fastest
-peers. Only the reader's window is hurried; the rest keeps its piece priorities (the swarm
-slots of :mod:`kraken.p2p.pieces`), so agents pulling at once still fetch different pieces.
+:meth:`PieceReads.hurry` gives the next pieces a reader needs the top priority (7): libtorrent
+asks for those before any other. The first time, the torrent's own top band (the swarm slot
+of :mod:`kraken.p2p.pieces`) steps down to 6, still far ahead of the rest (libtorrent ranks
+a piece by availability x (8 - priority)): agents pulling at once still fetch different
+pieces once the reader's window is served. Not ``set_piece_deadline``: libtorrent serves
+deadlines from its once-a-second tick (first byte up to a second later), and not
+``sequential_download``: that would order the whole torrent and drop the swarm slot.
 """
 from __future__ import annotations
 
@@ -22,8 +25,10 @@ from kraken.p2p.alerts import AlertHandler
 from kraken.p2p.outcomes import P2PError
 from kraken.p2p.torrents import Torrent, TorrentTable, fail, resolve
 
-#: Milliseconds between the deadlines of consecutive hurried pieces (the first gets 0).
-DEADLINE_STEP_MS = 50
+#: A reader's window.
+HURRIED = 7
+#: The swarm slot's band while a reader's window goes first.
+BAND_WHILE_HURRIED = 6
 
 
 class PieceReads:
@@ -61,12 +66,17 @@ class PieceReads:
                     rec.wanted.discard(index)
 
     def hurry(self, rec: Torrent, pieces: range) -> None:
-        """Ask for ``pieces`` before any other (deadlines 0, 50, 100... ms), those not verified yet."""
+        """Ask for ``pieces`` (those not verified yet) before any other."""
         if rec.seeding:
             return
-        with contextlib.suppress(RuntimeError):  # removed meanwhile
-            for n, index in enumerate(i for i in pieces if i not in rec.have):
-                rec.handle.set_piece_deadline(index, n * DEADLINE_STEP_MS)
+        changes = [(index, HURRIED) for index in pieces if index not in rec.have]
+        if not rec.hurried:
+            rec.hurried = True
+            band = [i for i, p in enumerate(rec.priorities or ()) if p == HURRIED and i not in rec.have]
+            changes = [(i, BAND_WHILE_HURRIED) for i in band if i not in pieces] + changes
+        if changes:
+            with contextlib.suppress(RuntimeError):  # removed meanwhile
+                rec.handle.prioritize_pieces(changes)
 
     def _on_piece_finished(self, alert: lt.piece_finished_alert) -> None:
         rec = self._torrents.of(alert)

@@ -105,6 +105,8 @@ class Torrent:
     move: asyncio.Future | None = None
     move_target: Path | None = None
     pieces: int = 0
+    priorities: list[int] | None = None  # the piece priorities it was added with
+    hurried: bool = False  # a reader's window was given the top priority (kraken.p2p.piecereads)
     have: set[int] = field(default_factory=set)  # pieces verified during this download
     # piece -> the futures of read_piece callers: resolved by read_piece_alert with its bytes
     reads: dict[int, list[asyncio.Future]] = field(default_factory=dict)
@@ -210,6 +212,7 @@ class TorrentTable:
             last_activity=now,
             narrow=narrow,
             pieces=ti.num_pieces(),
+            priorities=piece_priorities,
         )
         if not seed:
             rec.done = self._loop.create_future()

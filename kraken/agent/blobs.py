@@ -261,7 +261,7 @@ class AgentBlobs:
                 await self.session.remove(facts.info_hash, delete_files=True)
                 raise BlobUnavailable(f"could not verify or cache {digest}: {e}") from None
         finally:
-            if hashing is not None and not hashing.done():
+            if hashing is not None:  # its error, if any, is taken here (or by _sha256)
                 hashing.cancel()
                 await asyncio.gather(hashing, return_exceptions=True)
         log.info("blob cached", namespace=namespace, digest=digest, size=facts.size, via="p2p",

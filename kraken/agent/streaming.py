@@ -32,10 +32,11 @@ from kraken.p2p import P2PSession
 
 #: Pieces asked for first, from the hashing position on, while a client streams.
 WINDOW = 8
-#: Pieces the hashing task keeps for clients just behind it.
-KEEP = 4
-#: Piece reads the hashing task has in flight (libtorrent's disk threads read them at once).
-PREFETCH = 4
+#: Bytes of pieces the hashing task keeps for clients just behind it (at least one piece).
+KEEP_BYTES = 16 << 20
+#: Bytes of piece reads the hashing task has in flight (libtorrent's disk threads read them
+#: at once; at least one piece).
+PREFETCH_BYTES = 16 << 20
 #: Bytes per read of the cached file once the download is over.
 FILE_CHUNK = 1 << 20
 
@@ -56,6 +57,8 @@ class LiveBlob:
         self.outcome: asyncio.Future[Path] = asyncio.get_running_loop().create_future()
         self.streamers = 0
         self._kept: dict[int, bytes] = {}
+        self._keep = max(1, KEEP_BYTES // piece_length)
+        self._prefetch = max(1, PREFETCH_BYTES // piece_length)
         self._read = 0  # pieces 0.._read-1 read by the hashing task
         self._hurried = 0  # pieces 0.._hurried-1 had deadlines set
         self._started = False  # the torrent is in the session (hash_pieces runs)
@@ -75,7 +78,7 @@ class LiveBlob:
             for index in range(self.num_pieces):
                 if self.streamers:
                     self._hurry(index)
-                while len(reads) < PREFETCH and index + len(reads) < self.num_pieces:
+                while len(reads) < self._prefetch and index + len(reads) < self.num_pieces:
                     reads.append(asyncio.ensure_future(self.session.read_piece(self.info_hash, index + len(reads))))
                 data = await reads.popleft()
                 self._publish(index, data)
@@ -113,7 +116,7 @@ class LiveBlob:
 
     def _publish(self, index: int, data: bytes) -> None:
         self._kept[index] = data
-        self._kept.pop(index - KEEP, None)
+        self._kept.pop(index - self._keep, None)
         self._read = index + 1
         self._wake()
 

@@ -107,6 +107,7 @@ class Torrent:
     pieces: int = 0
     priorities: list[int] | None = None  # the piece priorities it was added with
     hurried: bool = False  # a reader's window was given the top priority (kraken.p2p.piecereads)
+    swarmed: bool = False  # other agents sent it bytes: no more hurrying
     have: set[int] = field(default_factory=set)  # pieces verified during this download
     # piece -> the futures of read_piece callers: resolved by read_piece_alert with its bytes
     reads: dict[int, list[asyncio.Future]] = field(default_factory=dict)

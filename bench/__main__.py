@@ -1,4 +1,4 @@
-"""``python -m bench [push] [push-tls] [fanout] [agentpull] [slowreaders] [backends] [failover] [tracker]
+"""``python -m bench [push] [push-tls] [fanout] [agentpull] [streaming] [slowreaders] [backends] [failover] [tracker]
 [options]``: run the benchmarks and print their tables. ``push-tls`` is ``push --tls``, so that ``make bench`` measures
 the push with and without TLS."""
 
@@ -8,7 +8,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from bench import agentpull, backends, failover, fanout, push, slowreaders, tracker
+from bench import agentpull, backends, failover, fanout, push, slowreaders, streaming, tracker
 
 
 def push_tls(args: argparse.Namespace) -> str:
@@ -16,8 +16,8 @@ def push_tls(args: argparse.Namespace) -> str:
 
 
 BENCHMARKS = {"push": push.run, "push-tls": push_tls, "fanout": fanout.run, "agentpull": agentpull.run,
-              "slowreaders": slowreaders.run, "backends": backends.run, "failover": failover.run,
-              "tracker": tracker.run}
+              "streaming": streaming.run, "slowreaders": slowreaders.run, "backends": backends.run,
+              "failover": failover.run, "tracker": tracker.run}
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -27,7 +27,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("names", nargs="*", metavar="{" + ",".join(BENCHMARKS) + "}",
                         help="the benchmarks to run (default: all)")
     parser.add_argument("--size-mb", type=int, default=500, help="push: layer size of the pushed image")
-    parser.add_argument("--reps", type=int, default=3, help="push, agentpull, failover: repetitions")
+    parser.add_argument("--reps", type=int, default=3, help="push, agentpull, streaming, failover: repetitions")
     parser.add_argument("--tls", action="store_true",
                         help="push: both registries on HTTPS (distribution's http.tls), the herd's hops on TLS/mTLS")
     parser.add_argument("--agents", type=int, default=8, help="fanout: agent processes pulling at once")
@@ -41,6 +41,7 @@ def build_parser() -> argparse.ArgumentParser:
                         help="fanout: pieces over libtorrent's SSL torrents (p2p.tls on the origin and agents)")
     parser.add_argument("--no-baseline", dest="baseline", action="store_false",
                         help="fanout: skip the capped distribution registry (N*S/R seconds)")
+    parser.add_argument("--stream-size-mb", type=int, default=1024, help="streaming: size of the cold blob")
     parser.add_argument("--readers", type=int, default=200, help="slowreaders: connections that read nothing")
     parser.add_argument("--slow-blob-mb", type=int, default=200, help="slowreaders: size of the blob they ask for")
     parser.add_argument("--backend-size-mb", type=int, default=1024, help="backends: size of the blob moved")

@@ -8,11 +8,16 @@ concurrent callers share it):
 2. libtorrent downloads it into ``<store.root>/download/<hex>`` (each piece SHA-1 checked);
    a blob of at most ``download.small_blob_max`` bytes is read over HTTP from its owning
    origin instead (sha256-verified on the way into the cache, then seeded: see
-   :mod:`kraken.agent.fallback`). A P2P download that receives nothing for
-   ``download.fallback_after`` is dropped and the blob read over HTTP the same way;
-3. the whole file's sha256 is computed in a worker thread and must equal the digest (the
-   torrent only proves the bytes match the metainfo, and the metainfo could belong to other
-   bytes): a mismatch removes the torrent and its file, so nothing of it reaches the cache;
+   :mod:`kraken.agent.fallback`). A blob of more than one piece can be streamed to clients
+   meanwhile, in order (:meth:`AgentBlobs.open`, :mod:`kraken.agent.streaming`). A P2P
+   download that receives nothing for ``download.fallback_after`` is dropped and the blob
+   read over HTTP from its owning origin instead;
+3. the whole file's sha256 must equal the digest (the torrent only proves the bytes match
+   the metainfo, and the metainfo could belong to other bytes): for a blob of several pieces
+   it is computed on the pieces in order as they arrive (:meth:`LiveBlob.hash_pieces`), no
+   second pass; a single piece is hashed from the file in a worker thread. A mismatch
+   removes the torrent and its file, so nothing of it reaches the cache, and cuts short the
+   responses streaming it before their last piece;
 4. libtorrent moves the file into the cache (``cache/sha256/ab/cd/<hex>``, a rename: the
    torrent is named after the digest hex) and keeps seeding it from there, with no window
    without a seed and no re-hashing of pieces.
@@ -30,6 +35,7 @@ import asyncio
 import shutil
 import time
 from collections import OrderedDict
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
@@ -38,6 +44,7 @@ import aiohttp
 import libtorrent as lt
 
 from kraken.agent.fallback import FallbackFailed, HttpFallback
+from kraken.agent.streaming import LiveBlob
 from kraken.agent.tracker import EmptyBlob, Metainfo, TrackerClient
 from kraken.core.digest import Digest, hash_file
 from kraken.core.metainfo import info_hash as metainfo_info_hash
@@ -73,6 +80,7 @@ class TorrentFacts:
     info_hash: str
     size: int
     num_pieces: int
+    piece_length: int
 
 
 def parse_metainfo(metainfo: bytes, digest: Digest) -> TorrentFacts:
@@ -84,7 +92,7 @@ def parse_metainfo(metainfo: bytes, digest: Digest) -> TorrentFacts:
         raise BlobUnavailable(f"metainfo of {digest} does not parse: {e}") from None
     if ti.num_files() != 1 or ti.name() != digest.hex:
         raise BlobUnavailable(f"metainfo of {digest} is not one file named {digest.hex}")
-    return TorrentFacts(str(ti.info_hashes().v1), ti.total_size(), ti.num_pieces())
+    return TorrentFacts(str(ti.info_hashes().v1), ti.total_size(), ti.num_pieces(), ti.piece_length())
 
 
 class AgentBlobs:
@@ -115,6 +123,8 @@ class AgentBlobs:
         self._downloads: SingleFlight[Digest, Path | None] = SingleFlight(
             self._tasks, "download", report_orphans=False)
         self._reseeding: set[Digest] = set()
+        self._live: dict[Digest, LiveBlob] = {}
+        self._live_added = asyncio.Event()  # set (and replaced) when a download adds a LiveBlob
         self._fetches = metrics.counter(
             "kraken_agent_blob_fetches_total",
             "Blob reads by outcome: cache (hit), downloaded, not_found, corrupt (failed sha256), error",
@@ -189,6 +199,27 @@ class AgentBlobs:
             await self._drop_torrent(self.cas.path(digest))
         return await self._downloads.run(digest, lambda: self._counted_download(namespace, digest))
 
+    async def open(self, namespace: str, digest: Digest) -> Path | LiveBlob | None:
+        """:meth:`fetch`, except that a cold blob of several pieces comes as a :class:`LiveBlob`
+        to stream as soon as its first piece is verified (the download goes on; errors before
+        that are raised as by :meth:`fetch`, so the client gets a 503, not a cut response)."""
+        fetch = asyncio.ensure_future(self.fetch(namespace, digest))
+        try:
+            while not fetch.done():
+                live = self._live.get(digest)
+                waiting = asyncio.ensure_future(self._live_added.wait() if live is None else live.first_piece())
+                try:
+                    await asyncio.wait({fetch, waiting}, return_when=asyncio.FIRST_COMPLETED)
+                finally:
+                    waiting.cancel()
+                if live is not None and not fetch.done():
+                    if waiting.done() and not waiting.cancelled() and waiting.result():
+                        return live
+                    break  # the download failed before its first piece: fetch raises it
+            return await fetch
+        finally:
+            fetch.cancel()  # only this wait: the download is the agent's
+
     async def _counted_download(self, namespace: str, digest: Digest) -> Path | None:
         """:meth:`_download`, counted once per download however many callers share it."""
         try:
@@ -216,28 +247,64 @@ class AgentBlobs:
             return await self._over_http(namespace, digest, metainfo.data, start, why="small")
         log.info("blob download started", namespace=namespace, digest=digest, size=facts.size,
                  pieces=facts.num_pieces, swarm_slot=metainfo.slot)
+        if facts.num_pieces < 2:
+            return await self._download_torrent(namespace, digest, metainfo, facts, None, start)
+        live = LiveBlob(self.session, facts.info_hash, digest, facts.size, facts.piece_length, facts.num_pieces)
+        self._live[digest] = live
+        self._live_added.set()
+        self._live_added = asyncio.Event()
         try:
-            result = await self._p2p(metainfo, facts)
-        except P2PError as e:  # DownloadTimeout included
-            log.error("blob download failed", namespace=namespace, digest=digest, error=str(e))
-            raise BlobUnavailable(f"download of {digest} failed: {e}") from None
-        if result is None:
-            return await self._over_http(namespace, digest, metainfo.data, start, why="fallback")
-        try:
-            path = await self._verify_and_cache(namespace, digest, facts, result.path, metainfo.data)
-        except OSError as e:
-            await self.session.remove(facts.info_hash, delete_files=True)
-            raise BlobUnavailable(f"could not verify or cache {digest}: {e}") from None
-        log.info("blob cached", namespace=namespace, digest=digest, size=facts.size, via="p2p",
-                 seconds=round(time.monotonic() - start, 3), path=path)
+            path = await self._download_torrent(namespace, digest, metainfo, facts, live, start)
+        except BaseException as e:
+            live.settle(None, e if isinstance(e, Exception) else BlobUnavailable(f"download of {digest} cancelled"))
+            raise
+        finally:
+            del self._live[digest]
+        live.settle(path)
         return path
 
-    async def _p2p(self, metainfo: Metainfo, facts: TorrentFacts) -> DownloadResult | None:
+    async def _download_torrent(
+        self, namespace: str, digest: Digest, metainfo: Metainfo, facts: TorrentFacts, live: LiveBlob | None,
+        start: float,
+    ) -> Path:
+        """P2P (or the HTTP fallback), the sha256 (in order beside the download with ``live``)
+        and the move into the cache."""
+        hashing: asyncio.Future[Digest] | None = None
+
+        def hash_pieces() -> None:
+            nonlocal hashing
+            if live is not None and hashing is None:
+                hashing = asyncio.ensure_future(live.hash_pieces())
+
+        try:
+            try:
+                result = await self._p2p(metainfo, facts, hash_pieces)
+            except P2PError as e:  # DownloadTimeout included
+                log.error("blob download failed", namespace=namespace, digest=digest, error=str(e))
+                raise BlobUnavailable(f"download of {digest} failed: {e}") from None
+            if result is None:
+                return await self._over_http(namespace, digest, metainfo.data, start, why="fallback")
+            try:
+                path = await self._verify_and_cache(namespace, digest, facts, result.path, metainfo.data, hashing)
+            except OSError as e:
+                await self.session.remove(facts.info_hash, delete_files=True)
+                raise BlobUnavailable(f"could not verify or cache {digest}: {e}") from None
+        finally:
+            if hashing is not None:  # its error, if any, is taken here (or by _sha256)
+                hashing.cancel()
+                await asyncio.gather(hashing, return_exceptions=True)
+        log.info("blob cached", namespace=namespace, digest=digest, size=facts.size, via="p2p",
+                 seconds=round(time.monotonic() - start, 3), path=path, streamed=live is not None)
+        return path
+
+    async def _p2p(
+        self, metainfo: Metainfo, facts: TorrentFacts, on_added: Callable[[], None]
+    ) -> DownloadResult | None:
         """The P2P download; ``None`` if it received nothing for ``fallback.after`` (then it is
-        dropped, its partial file removed)."""
+        dropped, its partial file removed). ``on_added`` runs once the torrent is in the session."""
         download = asyncio.ensure_future(self.session.download(
             metainfo.data, self.staging, self.tracker.announce_url, timeout=self.download_timeout,
-            piece_priorities=staggered_priorities(facts.num_pieces, metainfo.slot),
+            piece_priorities=staggered_priorities(facts.num_pieces, metainfo.slot), on_added=on_added,
         ))
         if self.fallback is None or self.fallback.after <= 0:
             return await download
@@ -281,12 +348,14 @@ class AgentBlobs:
         return path
 
     async def _verify_and_cache(
-        self, namespace: str, digest: Digest, facts: TorrentFacts, downloaded: Path, metainfo: bytes
+        self, namespace: str, digest: Digest, facts: TorrentFacts, downloaded: Path, metainfo: bytes,
+        hashing: asyncio.Future[Digest] | None,
     ) -> Path:
-        """sha256 of the whole file, then the move into the cache (the torrent keeps seeding);
-        the cache takes the file as verified, so its first read does not hash it again."""
+        """sha256 of the whole file (from ``hashing``, the pieces hashed in order, if given),
+        then the move into the cache (the torrent keeps seeding); the cache takes the file as
+        verified, so its first read does not hash it again."""
         key = await asyncio.to_thread(file_key, downloaded)
-        actual = await hash_file(downloaded, digest.algorithm)
+        actual = await self._sha256(digest, downloaded, hashing)
         if actual != digest:
             log.error("downloaded blob does not match its digest; discarded", namespace=namespace,
                       digest=digest, actual=actual, size=facts.size)
@@ -306,6 +375,17 @@ class AgentBlobs:
             raise BlobUnavailable(f"could not move {digest} into the cache: {e}") from None
         await asyncio.to_thread(self.cas.adopt_verified, digest, key)
         return path
+
+    @staticmethod
+    async def _sha256(digest: Digest, downloaded: Path, hashing: asyncio.Future[Digest] | None) -> Digest:
+        """The in-order hash of the pieces, or a pass over the file if there is none (a single
+        piece) or it failed (a piece read refused: the file is complete on disk anyway)."""
+        if hashing is not None:
+            try:
+                return await hashing
+            except P2PError as e:
+                log.warning("hashing the pieces in order failed; hashing the file", digest=digest, error=str(e))
+        return await hash_file(downloaded, digest.algorithm)
 
     def _seed_again(self, digest: Digest) -> None:
         """Seed a cached blob whose torrent left the session (idle, or an agent restart), in

@@ -411,11 +411,13 @@ async def test_tracker_down_is_503_then_pulls_work_once_it_is_back(cluster: Clus
 
 async def test_bytes_that_fail_sha256_never_enter_the_cache(cluster: Cluster, tmp_path: Path) -> None:
     """A tracker hands out metainfo of other bytes under the digest's name; a seeder serves
-    those bytes. Every piece matches the metainfo, only the whole-blob sha256 catches it."""
+    those bytes. Every piece matches the metainfo, only the whole-blob sha256 catches it.
+    One piece: served after the download, so the client gets a 503 (a blob of several pieces
+    streams, and the mismatch cuts the stream: tests/cluster/test_agent_streaming.py)."""
     wanted = Digest.of_bytes(b"the real blob" * 1000)
     bad = tmp_path / wanted.hex
     bad.write_bytes(os.urandom(600_000))
-    metainfo = await asyncio.to_thread(generate_metainfo, bad, wanted.hex, 256 << 10)
+    metainfo = await asyncio.to_thread(generate_metainfo, bad, wanted.hex, 1 << 20)
     async with running_tracker() as fake:
         fake_tracker: AnnounceTrackerForTests = fake
 

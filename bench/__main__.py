@@ -1,5 +1,5 @@
-"""``python -m bench [push] [push-tls] [fanout] [agentpull] [slowreaders] [backends] [failover] [options]``: run the
-benchmarks and print their tables. ``push-tls`` is ``push --tls``, so that ``make bench`` measures
+"""``python -m bench [push] [push-tls] [fanout] [agentpull] [slowreaders] [backends] [failover] [memory]
+[options]``: run the benchmarks and print their tables. ``push-tls`` is ``push --tls``, so that ``make bench`` measures
 the push with and without TLS."""
 
 from __future__ import annotations
@@ -8,7 +8,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from bench import agentpull, backends, failover, fanout, push, slowreaders
+from bench import agentpull, backends, failover, fanout, memory, push, slowreaders
 
 
 def push_tls(args: argparse.Namespace) -> str:
@@ -16,7 +16,8 @@ def push_tls(args: argparse.Namespace) -> str:
 
 
 BENCHMARKS = {"push": push.run, "push-tls": push_tls, "fanout": fanout.run, "agentpull": agentpull.run,
-              "slowreaders": slowreaders.run, "backends": backends.run, "failover": failover.run}
+              "slowreaders": slowreaders.run, "backends": backends.run, "failover": failover.run,
+              "memory": memory.run}
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -50,6 +51,11 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--repair-blobs", type=int, default=24,
                         help="failover: blobs pushed while their owner is down (repaired on its return)")
     parser.add_argument("--repair-blob-mb", type=int, default=32, help="failover: size of each of them")
+    parser.add_argument("--memory-blob-mb", type=int, default=1024, help="memory: blob the agent pulls")
+    parser.add_argument("--pushes", type=int, default=50, help="memory: blobs pushed at once through the proxy")
+    parser.add_argument("--push-blob-mb", type=int, default=16, help="memory: size of each of them")
+    parser.add_argument("--announces", type=int, default=5000, help="memory: announces sent to the tracker")
+    parser.add_argument("--tags", type=int, default=1000, help="memory: tags put into and read from build-index")
     parser.add_argument("--workdir", type=Path, default=Path("/tmp/kraken-bench"))
     return parser
 

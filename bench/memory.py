@@ -23,6 +23,7 @@ import argparse
 import asyncio
 import hashlib
 import os
+import shutil
 import threading
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
@@ -209,7 +210,7 @@ def run(args: argparse.Namespace) -> str:
         rows.append(("build-index", "tags", peak.of(_pid(index))))
     finally:
         herd.stop()
-        blob.unlink()
+        shutil.rmtree(workdir, ignore_errors=True)  # ~3 GiB: the blob, its copies, the pushes
     return _report(args, rows, timings)
 
 

@@ -46,7 +46,7 @@ from kraken.log import get_logger
 from kraken.store.flush import EarlyFlush
 from kraken.tasks import SingleFlight
 
-WRITE_BATCH = 4 << 20
+WRITE_BATCH = 1 << 20
 
 #: How many quarantined files are kept for inspection; older ones are deleted.
 QUARANTINE_KEEP = 8

@@ -5,14 +5,14 @@ thread that allocates) and returns it only when the free space sits at a heap's 
 transfer frees plenty from the middle: libtorrent's 16 KiB disk and receive buffers, from
 its network and disk threads, aiohttp's and the hashers' chunks. A 1 GiB pull left an agent at
 105-134 MiB resident, of which ``malloc_trim(0)`` gave back 37-66 MiB at once (measured through
-gdb; bench/memory.py). Capping the arenas (``MALLOC_ARENA_MAX=2``) did not move the figure.
+gdb; bench/memory.py). Capping the arenas (``MALLOC_ARENA_MAX=2``) did not move the figure;
+keeping glibc's mmap threshold fixed (:data:`MMAP_THRESHOLD`) and trimming brought it to 68.
 
 :func:`trimming` runs beside a component's servers (:func:`kraken.cli.run`): every
 :data:`CHECK_INTERVAL` it reads the process's resident size and, when that has grown by
 :data:`GROWTH` since the last trim, trims in a worker thread (the call walks every arena),
 and again while it shrinks after that. An idle process is not trimmed at all; a busy one at
-most once a second.
-Elsewhere than glibc (musl, macOS) there is no ``malloc_trim`` and this does nothing.
+most once a second. Elsewhere than glibc (musl, macOS) there is no ``malloc_trim`` and this does nothing.
 """
 from __future__ import annotations
 
@@ -40,9 +40,9 @@ SETTLED = 1 << 20
 _PAGE = os.sysconf("SC_PAGE_SIZE")
 
 
-def malloc_trim() -> Callable[[], int] | None:
-    """glibc's ``malloc_trim(0)``, or None where the C library has none. Fixes glibc's mmap
-    threshold at its initial 128 KiB first (:data:`MMAP_THRESHOLD`)."""
+def tune_glibc() -> Callable[[], int] | None:
+    """Fix glibc's mmap threshold at :data:`MMAP_THRESHOLD` and return its ``malloc_trim(0)``;
+    None, and nothing changed, where the C library is not glibc."""
     try:
         libc = ctypes.CDLL("libc.so.6")
         trim = libc.malloc_trim
@@ -82,7 +82,7 @@ async def _trim_on_growth(trim: Callable[[], int], interval: float, growth: int)
 @contextlib.asynccontextmanager
 async def trimming(interval: float = CHECK_INTERVAL, growth: int = GROWTH) -> AsyncIterator[None]:
     """Trim the heap whenever the resident size grew by ``growth``, while the block runs."""
-    trim = malloc_trim()
+    trim = tune_glibc()
     if trim is None or not os.path.exists("/proc/self/statm"):
         yield
         return

@@ -1,6 +1,6 @@
-"""``python -m bench [push] [push-tls] [fanout] [agentpull] [streaming] [slowreaders] [backends] [failover] [tracker]
-[options]``: run the benchmarks and print their tables. ``push-tls`` is ``push --tls``, so that ``make bench`` measures
-the push with and without TLS."""
+"""``python -m bench [NAME ...] [options]``: run the benchmarks and print their tables.
+
+``push-tls`` is ``push --tls``, so that ``make bench`` measures the push with and without TLS."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from bench import agentpull, backends, failover, fanout, push, slowreaders, streaming, tracker
+from bench import agentpull, backends, failover, fanout, memory, push, slowreaders, streaming, tracker
 
 
 def push_tls(args: argparse.Namespace) -> str:
@@ -17,7 +17,7 @@ def push_tls(args: argparse.Namespace) -> str:
 
 BENCHMARKS = {"push": push.run, "push-tls": push_tls, "fanout": fanout.run, "agentpull": agentpull.run,
               "streaming": streaming.run, "slowreaders": slowreaders.run, "backends": backends.run,
-              "failover": failover.run, "tracker": tracker.run}
+              "failover": failover.run, "tracker": tracker.run, "memory": memory.run}
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -56,6 +56,11 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--tracker-agents", type=int, default=10_000,
                         help="tracker: agents announcing at the interval to two trackers sharing Redis")
     parser.add_argument("--tracker-agent-seconds", type=float, default=30, help="tracker: length of the agents run")
+    parser.add_argument("--memory-blob-mb", type=int, default=1024, help="memory: blob the agent pulls")
+    parser.add_argument("--pushes", type=int, default=50, help="memory: blobs pushed at once through the proxy")
+    parser.add_argument("--push-blob-mb", type=int, default=16, help="memory: size of each of them")
+    parser.add_argument("--announces", type=int, default=5000, help="memory: announces sent to the tracker")
+    parser.add_argument("--tags", type=int, default=1000, help="memory: tags put into and read from build-index")
     parser.add_argument("--workdir", type=Path, default=Path("/tmp/kraken-bench"))
     return parser
 

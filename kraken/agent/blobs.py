@@ -123,6 +123,9 @@ class AgentBlobs:
         self._downloads: SingleFlight[Digest, Path | None] = SingleFlight(
             self._tasks, "download", report_orphans=False)
         self._reseeding: set[Digest] = set()
+        # The info-hash each cached blob was last seeded under, so that a read of a blob still
+        # seeded checks the session without reading its metainfo (at most one per cached blob).
+        self._info_hashes: dict[Digest, str] = {}
         self._live: dict[Digest, LiveBlob] = {}
         self._live_added = asyncio.Event()  # set (and replaced) when a download adds a LiveBlob
         self._fetches = metrics.counter(
@@ -374,6 +377,7 @@ class AgentBlobs:
             await asyncio.to_thread(self.cas.delete, digest)
             raise BlobUnavailable(f"could not move {digest} into the cache: {e}") from None
         await asyncio.to_thread(self.cas.adopt_verified, digest, key)
+        self._info_hashes[digest] = facts.info_hash
         return path
 
     @staticmethod
@@ -390,7 +394,8 @@ class AgentBlobs:
     def _seed_again(self, digest: Digest) -> None:
         """Seed a cached blob whose torrent left the session (idle, or an agent restart), in
         the background: a blob being pulled here is wanted, and its peers may need it too."""
-        if digest in self._reseeding:
+        info_hash = self._info_hashes.get(digest)
+        if digest in self._reseeding or (info_hash is not None and self.session.has(info_hash)):
             return
         self._reseeding.add(digest)
         task = self._tasks.spawn(self._reseed(digest), f"reseed:{digest.hex[:12]}")
@@ -401,7 +406,8 @@ class AgentBlobs:
         if metainfo is None:
             return
         info_hash = await asyncio.to_thread(metainfo_info_hash, metainfo)
-        if info_hash in self.session.torrents():
+        self._info_hashes[digest] = info_hash
+        if self.session.has(info_hash):
             return
         try:
             await self.session.seed(metainfo, self.cas.path(digest), self.tracker.announce_url)
@@ -427,6 +433,7 @@ class AgentBlobs:
 
     async def delete(self, digest: Digest) -> bool:
         """Stop seeding the blob and remove it from the cache; False if it was not cached."""
+        self._info_hashes.pop(digest, None)
         metainfo = await self.cas.read_meta(digest, METAINFO_META)
         if metainfo is not None:
             await self.session.remove(await asyncio.to_thread(metainfo_info_hash, metainfo))

@@ -220,6 +220,10 @@ class P2PSession:
             return None
         return sum(rec.attribution.by_source.values())
 
+    def has(self, info_hash: str) -> bool:
+        """Whether the torrent is in the session (downloading or seeding)."""
+        return self._torrents.get(info_hash) is not None
+
     def torrents(self) -> dict[str, Path]:
         """Info-hash -> file path of every torrent in the session."""
         return {rec.info_hash: rec.path for rec in self._torrents.records()}

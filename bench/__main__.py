@@ -1,6 +1,6 @@
-"""``python -m bench [push] [push-tls] [fanout] [agentpull] [slowreaders] [backends] [failover] [options]``: run the
-benchmarks and print their tables. ``push-tls`` is ``push --tls``, so that ``make bench`` measures
-the push with and without TLS."""
+"""``python -m bench [NAME ...] [options]``: run the benchmarks and print their tables.
+
+``push-tls`` is ``push --tls``, so that ``make bench`` measures the push with and without TLS."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from bench import agentpull, backends, failover, fanout, push, slowreaders
+from bench import agentpull, backends, failover, fanout, memory, push, slowreaders, streaming, tracker
 
 
 def push_tls(args: argparse.Namespace) -> str:
@@ -16,7 +16,8 @@ def push_tls(args: argparse.Namespace) -> str:
 
 
 BENCHMARKS = {"push": push.run, "push-tls": push_tls, "fanout": fanout.run, "agentpull": agentpull.run,
-              "slowreaders": slowreaders.run, "backends": backends.run, "failover": failover.run}
+              "streaming": streaming.run, "slowreaders": slowreaders.run, "backends": backends.run,
+              "failover": failover.run, "tracker": tracker.run, "memory": memory.run}
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -26,7 +27,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("names", nargs="*", metavar="{" + ",".join(BENCHMARKS) + "}",
                         help="the benchmarks to run (default: all)")
     parser.add_argument("--size-mb", type=int, default=500, help="push: layer size of the pushed image")
-    parser.add_argument("--reps", type=int, default=3, help="push, agentpull, failover: repetitions")
+    parser.add_argument("--reps", type=int, default=3, help="push, agentpull, streaming, failover: repetitions")
     parser.add_argument("--tls", action="store_true",
                         help="push: both registries on HTTPS (distribution's http.tls), the herd's hops on TLS/mTLS")
     parser.add_argument("--agents", type=int, default=8, help="fanout: agent processes pulling at once")
@@ -44,6 +45,7 @@ def build_parser() -> argparse.ArgumentParser:
                         help="fanout: pieces over libtorrent's SSL torrents (p2p.tls on the origin and agents)")
     parser.add_argument("--no-baseline", dest="baseline", action="store_false",
                         help="fanout: skip the capped distribution registry (N*S/R seconds)")
+    parser.add_argument("--stream-size-mb", type=int, default=1024, help="streaming: size of the cold blob")
     parser.add_argument("--readers", type=int, default=200, help="slowreaders: connections that read nothing")
     parser.add_argument("--slow-blob-mb", type=int, default=200, help="slowreaders: size of the blob they ask for")
     parser.add_argument("--backend-size-mb", type=int, default=1024, help="backends: size of the blob moved")
@@ -54,6 +56,15 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--repair-blobs", type=int, default=24,
                         help="failover: blobs pushed while their owner is down (repaired on its return)")
     parser.add_argument("--repair-blob-mb", type=int, default=32, help="failover: size of each of them")
+    parser.add_argument("--tracker-seconds", type=float, default=15, help="tracker: wrk run per peer store")
+    parser.add_argument("--tracker-agents", type=int, default=10_000,
+                        help="tracker: agents announcing at the interval to two trackers sharing Redis")
+    parser.add_argument("--tracker-agent-seconds", type=float, default=30, help="tracker: length of the agents run")
+    parser.add_argument("--memory-blob-mb", type=int, default=1024, help="memory: blob the agent pulls")
+    parser.add_argument("--pushes", type=int, default=50, help="memory: blobs pushed at once through the proxy")
+    parser.add_argument("--push-blob-mb", type=int, default=16, help="memory: size of each of them")
+    parser.add_argument("--announces", type=int, default=5000, help="memory: announces sent to the tracker")
+    parser.add_argument("--tags", type=int, default=1000, help="memory: tags put into and read from build-index")
     parser.add_argument("--workdir", type=Path, default=Path("/tmp/kraken-bench"))
     return parser
 

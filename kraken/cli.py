@@ -22,6 +22,7 @@ from types import ModuleType
 from typing import Any, TypeVar
 
 from kraken.config import ConfigError, apply_listen_overrides, load_config
+from kraken.heap import trimming
 from kraken.http.server import serve
 from kraken.log import setup_logging
 
@@ -95,8 +96,10 @@ def main(argv: list[str] | None = None) -> int:
 
 async def run(server: ModuleType, config: Any) -> None:
     """Every component runs this way: the apps of its ``server.sites(config)``, served until
-    SIGINT/SIGTERM (made inside the loop, which their parts may need)."""
-    await serve(server.sites(config), server.COMPONENT, config.http)
+    SIGINT/SIGTERM (made inside the loop, which their parts may need), with the heap given back
+    to the system as it grows (:mod:`kraken.heap`)."""
+    async with trimming():
+        await serve(server.sites(config), server.COMPONENT, config.http)
 
 
 def load_component_config(cls: type[T], args: argparse.Namespace, example: str | None = None) -> T:

@@ -34,6 +34,7 @@ PACKAGES=(
   iptables         # partitions in network namespaces
   debootstrap      # make base-image: a Debian base image without a public image registry
   iputils-ping     # ping between test hosts in network namespaces
+  wrk              # HTTP load generator of the tracker benchmark (bench/tracker.py)
 )
 
 log() { printf 'install-system-deps: %s\n' "$*"; }

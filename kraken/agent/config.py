@@ -39,12 +39,18 @@ class DownloadConfig:
     # A P2P download that receives nothing for this long is dropped and the blob fetched over
     # HTTP from its owning origin instead (needs `origins`; 0: never).
     fallback_after: Duration = 30.0
+    # Blobs of at most this many bytes (manifests, image configs) are read over HTTP from their
+    # owning origin instead of P2P, then seeded (needs `origins`; 0: always P2P). Setting up a
+    # BitTorrent connection costs tens of ms, which is the whole time of a small blob.
+    small_blob_max: ByteSize = 256 << 10
 
     def __post_init__(self) -> None:
         if self.timeout <= 0 or self.metainfo_timeout <= 0:
             raise ValueError("download timeouts must be positive")
         if self.fallback_after < 0:
             raise ValueError("download.fallback_after must be >= 0 (0 = never)")
+        if self.small_blob_max < 0:
+            raise ValueError("download.small_blob_max must be >= 0 (0 = always P2P)")
 
 
 @dataclass
@@ -91,8 +97,8 @@ class AgentConfig:
     p2p: P2PConfig = field(default_factory=P2PConfig)
     tracker: TrackersConfig = field(default_factory=lambda: TrackersConfig("localhost:15003"))
     build_index: BuildIndexHostsConfig = field(default_factory=BuildIndexHostsConfig)
-    # The origins' ring, for fetching a blob over HTTP when P2P makes no progress
-    # (`download.fallback_after`); empty hosts: no fallback.
+    # The origins' ring, for reading small blobs (`download.small_blob_max`) and blobs whose P2P
+    # download makes no progress (`download.fallback_after`) over HTTP; empty hosts: P2P only.
     origins: RingConfig = field(default_factory=RingConfig)
     download: DownloadConfig = field(default_factory=DownloadConfig)
     cleanup: CleanupConfig = field(default_factory=CleanupConfig)

@@ -1,4 +1,10 @@
-"""Fetching a blob over HTTP from its owning origin, when P2P makes no progress.
+"""Reading a blob over HTTP from its owning origin: small blobs, and when P2P makes no progress.
+
+Small blobs (``download.small_blob_max``: manifests, image configs) always come this way: a
+BitTorrent connection's set-up (handshake, bitfield, interest, unchoke, each a round trip,
+and a ~40 ms Nagle/delayed-ACK stall since libtorrent never sets ``TCP_NODELAY``) costs
+several times what the bytes do, while one HTTP GET to an origin takes a few ms. The agent
+seeds the blob afterwards, so later peers can still take it from the swarm.
 
 A P2P download can stall for reasons the agent cannot fix: peers and origins announced at
 addresses this host cannot reach (the classic "announced as localhost" mistake), a firewall
@@ -10,6 +16,7 @@ through the CAS upload path, so the sha256 is checked before anything reaches th
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Literal
 
 from kraken.core.digest import Digest
 from kraken.metrics import Metrics
@@ -34,11 +41,18 @@ class HttpFallback:
             "from an origin instead, by result",
             ["result"],
         )
+        self.small = metrics.counter(
+            "kraken_agent_small_blob_reads_total",
+            "Blobs of at most download.small_blob_max read over HTTP from an origin instead of P2P, by result",
+            ["result"],
+        )
         for result in ("ok", "failed"):
             self.fetches.labels(result)
+            self.small.labels(result)
 
-    async def fetch(self, namespace: str, digest: Digest) -> Path:
-        """The blob, read from its owning origin into the cache (verified)."""
+    async def fetch(self, namespace: str, digest: Digest, why: Literal["fallback", "small"] = "fallback") -> Path:
+        """The blob, read from its owning origin into the cache (verified); counted by ``why``."""
+        counter = self.small if why == "small" else self.fetches
         uid = self.cas.create_upload()
         try:
             resp = await self.origins.open(namespace, digest)
@@ -49,13 +63,13 @@ class HttpFallback:
             path = await self.cas.commit(uid, digest)
         except (BlobNotFound, BlobNotReady, ValueError) as e:  # ValueError: the CAS's digest checks
             await self._discard(uid)
-            self.fetches.labels("failed").inc()
+            counter.labels("failed").inc()
             raise FallbackFailed(f"{type(e).__name__}: {e}") from None
         except BaseException:
             await self._discard(uid)
-            self.fetches.labels("failed").inc()
+            counter.labels("failed").inc()
             raise
-        self.fetches.labels("ok").inc()
+        counter.labels("ok").inc()
         return path
 
     async def _discard(self, uid: str) -> None:

@@ -3,8 +3,9 @@
 - the registry (``listen``, 16000): the shared read-only registry v2 routes over
   :class:`~kraken.agent.storage.AgentStorage`;
 - the agent server (``server``, 16002): ``/health``, ``/readiness`` (tracker and build-index
-  answer), ``GET /tags/{repo:tag}``, ``GET /namespace/{ns}/blobs/{d}`` (cache or P2P, then
-  the file, Range supported), ``DELETE /blobs/{d}``, ``POST /preload/tags/{repo:tag}``,
+  answer), ``GET /tags/{repo:tag}``, ``GET /namespace/{ns}/blobs/{d}`` (the cached file, Range
+  supported; a cold blob is streamed while it downloads, :mod:`kraken.agent.streaming`),
+  ``DELETE /blobs/{d}``, ``POST /preload/tags/{repo:tag}``,
   ``/metrics``.
 
 Both ports answer only callers in ``allowed_cidrs`` (:mod:`kraken.http.allow`; 403 ``DENIED``
@@ -34,6 +35,7 @@ from kraken.agent.config import AgentConfig
 from kraken.agent.fallback import HttpFallback
 from kraken.agent.preload import RETRY_AFTER, RUNTIMES, PreloadBusy, Preloader, PreloadError
 from kraken.agent.storage import AgentStorage
+from kraken.agent.streaming import LiveBlob
 from kraken.agent.tracker import TrackerClient
 from kraken.buildindex.client import BuildIndexClient, failover_counter
 from kraken.buildindex.tags import TagError, parse_tag
@@ -42,6 +44,7 @@ from kraken.http.allow import AllowList, guard
 from kraken.http.app import create_app
 from kraken.http.client import HttpClient, HTTPStatusError, create_client
 from kraken.http.errors import ErrorTable, JsonError, json_error
+from kraken.http.files import FileResponse
 from kraken.http.healthcheck import RingMetrics
 from kraken.http.names import check_namespace
 from kraken.http.server import Site, site
@@ -49,7 +52,7 @@ from kraken.http.tls import ClientAuth
 from kraken.log import get_logger
 from kraken.metrics import Metrics
 from kraken.origin.client import OriginCluster
-from kraken.p2p import P2PSession
+from kraken.p2p import P2PError, P2PSession
 from kraken.p2p.announcerelay import announce_url
 from kraken.p2p.trackers import TrackerList
 from kraken.registry.app import add_registry_routes
@@ -129,13 +132,13 @@ class Agent:
             stack.push_async_callback(session.close)
             tracker = TrackerClient(trackers, http, config.download.metainfo_timeout, announce)
             fallback = None
-            if config.origins.hosts and config.download.fallback_after > 0:
+            if config.origins.hosts:
                 origins = OriginCluster(config.origins, http, metrics=RingMetrics(metrics))
                 origins.start()
                 stack.push_async_callback(origins.close)
                 fallback = HttpFallback(origins, cas, config.download.fallback_after, metrics)
             blobs = await AgentBlobs.create(cas, root / "download", session, tracker, config.download.timeout,
-                                            metrics, fallback)
+                                            metrics, fallback, config.download.small_blob_max)
             stack.push_async_callback(blobs.close)
             tasks = TaskOwner("agent")
             stack.push_async_callback(tasks.close)
@@ -198,14 +201,21 @@ class Agent:
         return web.Response(headers={"Content-Length": str(size), "Content-Type": "application/octet-stream"})
 
     async def _get_blob(self, request: web.Request) -> web.StreamResponse:
+        """The cached file (ranges included); a whole cold blob streams while it downloads."""
         digest = Digest.parse(request.match_info["digest"])
+        namespace = request.match_info["ns"]
         try:
-            path = await self.blobs.fetch(request.match_info["ns"], digest)
+            if "Range" in request.headers:  # a range is served from the verified file only
+                blob: Path | LiveBlob | None = await self.blobs.fetch(namespace, digest)
+            else:
+                blob = await self.blobs.open(namespace, digest)
         except _BLOB_ERRORS as e:
             return _unavailable("blob", e)
-        if path is None:
+        if blob is None:
             return json_error(404, f"blob {digest} not found")
-        return web.FileResponse(path, headers={"Content-Type": "application/octet-stream"})
+        if isinstance(blob, LiveBlob):
+            return await _stream_live(request, blob)
+        return FileResponse(blob, headers={"Content-Type": "application/octet-stream"})
 
     async def _preload(self, request: web.Request) -> web.Response:
         tag = request.match_info["tag"]
@@ -248,6 +258,25 @@ def _registry_denied(address: str) -> Exception:
 
 def _server_denied(address: str) -> Exception:
     return JsonError(403, f"{address} is not in the agent's allowed_cidrs")
+
+
+async def _stream_live(request: web.Request, blob: LiveBlob) -> web.StreamResponse:
+    """Send a blob as it downloads. Its headers are out before it is verified, so a failure
+    (a sha256 mismatch, a failed download) closes the connection before the last piece: the
+    client sees fewer bytes than the Content-Length, never a complete wrong blob."""
+    response = web.StreamResponse(headers={"Content-Type": "application/octet-stream"})
+    response.content_length = blob.size
+    await response.prepare(request)
+    try:
+        async with contextlib.aclosing(blob.chunks()) as chunks:
+            async for chunk in chunks:
+                await response.write(chunk)
+        await response.write_eof()
+    except (*_BLOB_ERRORS, P2PError) as e:
+        log.warning("blob stream aborted", digest=blob.digest, error=str(e))
+        if request.transport is not None:
+            request.transport.close()
+    return response
 
 
 def _unavailable(what: str, error: Exception) -> web.Response:

@@ -12,12 +12,13 @@ from collections.abc import Awaitable
 from typing import BinaryIO, Protocol, TypeVar
 
 from kraken.agent.blobs import AgentBlobs, BlobUnavailable
+from kraken.agent.streaming import LiveBlob
 from kraken.buildindex.client import BuildIndexClient
 from kraken.core.digest import Digest
 from kraken.registry.errors import RegistryError
 from kraken.registry.ranges import ByteRange
 from kraken.registry.referrer_index import ReferrerDescriptor
-from kraken.registry.storage import BlobReader, FileBlobReader, RegistryStorage
+from kraken.registry.storage import BlobReader, FileBlobReader, RegistryStorage, StreamBlobReader
 
 T = TypeVar("T")
 
@@ -59,16 +60,33 @@ class AgentStorage(RegistryStorage):
         return await self._unavailable_as_503(self.blobs.size(repo, digest))
 
     async def open_blob(self, repo: str, digest: Digest, byte_range: ByteRange | None) -> BlobReader | None:
-        path = await self._unavailable_as_503(self.blobs.fetch(repo, digest))
-        return None if path is None else FileBlobReader(path, byte_range)
+        """The cached file; a whole cold blob streams while it downloads (a range waits for
+        the verified file). A stream that fails is cut short by the blob route."""
+        if byte_range is not None:
+            path = await self._unavailable_as_503(self.blobs.fetch(repo, digest))
+            return None if path is None else FileBlobReader(path, byte_range)
+        blob = await self._unavailable_as_503(self.blobs.open(repo, digest))
+        if isinstance(blob, LiveBlob):
+            chunks = blob.chunks()
+            return StreamBlobReader(chunks, chunks.aclose)
+        return None if blob is None else FileBlobReader(blob)
 
     async def open_manifest(self, repo: str, digest: Digest, max_size: int) -> BinaryIO | None:
-        """Stat first, so a layer asked for as a manifest is refused without a download."""
-        size = await self.stat_blob(repo, digest)
+        """Stat first, so a layer asked for as a manifest is refused without a download.
+
+        A cached manifest is opened on the loop: its path was just looked up (stat, verified
+        read), so the open finds it in memory and costs what that stat did, where a worker
+        thread would add a hop to every warm GET. A downloaded one is opened in a thread."""
+        size = self.blobs.cached_size(digest)
+        cached = size is not None
+        if size is None:
+            size = await self.stat_blob(repo, digest)
         if size is None or size > max_size:
             return None
         path = await self._unavailable_as_503(self.blobs.fetch(repo, digest))
-        return None if path is None else await asyncio.to_thread(open, path, "rb")
+        if path is None:
+            return None
+        return open(path, "rb") if cached else await asyncio.to_thread(open, path, "rb")
 
     @staticmethod
     async def _unavailable_as_503(call: Awaitable[T]) -> T:

@@ -3,7 +3,9 @@
 Config parsing (``backend: {<name>: {...}}``, the ``auth:`` section), the router and the
 configdoc tool all find backends here, so a new backend is its own module (its config
 dataclass and its :class:`~kraken.backend.base.Backend`) plus one ``register`` line below.
-The order of registration is the order names are listed in messages and docs.
+The order of registration is the order names are listed in messages and docs. The cloud
+backends' modules are imported by their factories, when one is built: google-cloud-storage and
+boto3 cost a component 20-30 MiB resident that only those using them should pay.
 """
 from __future__ import annotations
 
@@ -13,9 +15,8 @@ from typing import Any, TypeVar
 
 from kraken.backend.base import Backend, BackendContext
 from kraken.backend.file import FileBackend, FileBackendConfig
-from kraken.backend.gcs import GcsBackend, GcsBackendConfig
+from kraken.backend.gcsconfig import GcsBackendConfig
 from kraken.backend.http import HttpBackend, HttpBackendConfig
-from kraken.backend.s3 import S3Backend
 from kraken.backend.s3config import S3BackendConfig
 from kraken.backend.testfs import TestfsBackend, TestfsBackendConfig
 from kraken.backend.upstream import RegistryBackendConfig, RegistryBlobBackend, RegistryTagBackend
@@ -79,12 +80,27 @@ class BackendRegistry:
             raise ConfigError(f"unknown backend {name!r} (registered: {', '.join(self._kinds)})") from None
 
 
+def _gcs(config: GcsBackendConfig, context: BackendContext) -> Backend:
+    """google-cloud-storage is imported when a ``gcs`` backend is built, not with the table:
+    the components that have none (most) do not carry it."""
+    from kraken.backend.gcs import GcsBackend
+
+    return GcsBackend(config, context)
+
+
+def _s3(config: S3BackendConfig, context: BackendContext) -> Backend:
+    """boto3 and botocore likewise, for ``s3``."""
+    from kraken.backend.s3 import S3Backend
+
+    return S3Backend(config, context)
+
+
 BACKENDS = BackendRegistry()
 BACKENDS.register("testfs", TestfsBackendConfig,
                   lambda config, context: TestfsBackend(config, context.http_client, context.tls))
 BACKENDS.register("file", FileBackendConfig, lambda config, context: FileBackend(config))
-BACKENDS.register("gcs", GcsBackendConfig, GcsBackend)
-BACKENDS.register("s3", S3BackendConfig, S3Backend)
+BACKENDS.register("gcs", GcsBackendConfig, _gcs)
+BACKENDS.register("s3", S3BackendConfig, _s3)
 BACKENDS.register("http", HttpBackendConfig, HttpBackend)
 BACKENDS.register("registry_blob", RegistryBackendConfig, RegistryBlobBackend)
 BACKENDS.register("registry_tag", RegistryBackendConfig, RegistryTagBackend)

@@ -18,9 +18,6 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
-import boto3
-from botocore.config import Config as BotoConfig
-
 from kraken.backend.base import Credentials
 from kraken.backend.namepath import NamePathKind, ObjectLayout
 from kraken.config import ByteSize, ConfigError
@@ -109,7 +106,12 @@ def static_credentials(config: S3BackendConfig, credentials: Mapping[str, Creden
 
 def make_client(config: S3BackendConfig, credentials: dict[str, str] | None, http: HttpClientConfig,
                 max_connections: int) -> Any:
-    """A botocore S3 client (thread-safe; its calls block: run them in worker threads)."""
+    """A botocore S3 client (thread-safe; its calls block: run them in worker threads).
+    boto3 is imported here, not with the config: a component without an ``s3`` backend never
+    loads it (about 20 MiB resident)."""
+    import boto3
+    from botocore.config import Config as BotoConfig
+
     session = boto3.session.Session(region_name=config.region, **(credentials or {}))
     boto_config = BotoConfig(
         connect_timeout=http.connect_timeout,

@@ -36,6 +36,10 @@ API (coroutine methods run on the loop that called :meth:`P2PSession.start`):
 - ``remove(info_hash, *, delete_files=False)``: drops the torrent (announces ``stopped``).
   Complete torrents are also removed automatically once they have uploaded nothing for
   ``seed_idle_time``; the file is left alone (it belongs to the caller's cache).
+- ``read_piece(info_hash, index) -> bytes``: a piece's bytes once libtorrent verified it,
+  while the torrent downloads (``hurry(info_hash, pieces)`` asks for those first); for
+  streaming a blob as it arrives (:mod:`~kraken.p2p.piecereads`). ``download(...,
+  on_added=...)`` is called once the torrent is in the session, so reads can start.
 - ``set_origin_addresses({"ip:port", ...})``, ``torrents()``, ``listen_port``, ``tls_root``, ``close()``.
 
 With ``p2p.tls`` (:mod:`kraken.p2p.tls`) the session listens for peers over TLS only, adds
@@ -87,6 +91,7 @@ from kraken.p2p.completion import Completion
 from kraken.p2p.config import P2PConfig
 from kraken.p2p.events import EventLog
 from kraken.p2p.outcomes import DownloadError, DownloadResult, DownloadTimeout, P2PError
+from kraken.p2p.piecereads import PieceReads
 from kraken.p2p.settings import ORIGIN_PEER_ID_PREFIX, NativeSession, Role, create_session
 from kraken.p2p.shutdown import StopAnnouncer
 from kraken.p2p.stats import P2PMetrics, Stats
@@ -121,8 +126,10 @@ class P2PSession:
         self._stats = Stats(config, p2p_metrics, self._torrents, self._tasks, self._log)
         self._completion = Completion(config, self._torrents, self._stats, self._tasks, self._log)
         self._shutdown = StopAnnouncer(native, self._log)
+        self._pieces = PieceReads(self._torrents)
         for part in (
-            self._torrents, self._stats, self._completion, self._shutdown, EventLog(self._torrents, self._log)
+            self._torrents, self._stats, self._completion, self._shutdown, self._pieces,
+            EventLog(self._torrents, self._log),
         ):
             pump.subscribe(part.alert_handlers())
 
@@ -206,9 +213,13 @@ class P2PSession:
         self._stats.set_origin_addresses(addresses)
 
     def handle(self, info_hash: str) -> lt.torrent_handle | None:
-        """libtorrent's handle of a torrent in the session (:mod:`kraken.p2p.shares` steers it)."""
+        """libtorrent's handle of a torrent in the session, for :mod:`kraken.p2p.shares` to
+        steer; ``None`` while a reader's window is hurried (:mod:`kraken.p2p.piecereads` owns
+        the priorities until other agents send pieces)."""
         rec = self._torrents.get(info_hash)
-        return rec.handle if rec is not None else None
+        if rec is None or (rec.hurried and not rec.swarmed):
+            return None
+        return rec.handle
 
     def downloaded(self, info_hash: str) -> int | None:
         """Payload bytes a download in progress has received (as last sampled, so it moves in
@@ -218,6 +229,10 @@ class P2PSession:
             return None
         return sum(rec.attribution.by_source.values())
 
+    def has(self, info_hash: str) -> bool:
+        """Whether the torrent is in the session (downloading or seeding)."""
+        return self._torrents.get(info_hash) is not None
+
     def torrents(self) -> dict[str, Path]:
         """Info-hash -> file path of every torrent in the session."""
         return {rec.info_hash: rec.path for rec in self._torrents.records()}
@@ -226,12 +241,14 @@ class P2PSession:
 
     async def download(
         self, metainfo: bytes, save_dir: Path, tracker_url: str, *, timeout: float,
-        piece_priorities: list[int] | None = None,
+        piece_priorities: list[int] | None = None, on_added: Callable[[], None] | None = None,
     ) -> DownloadResult:
         """Download the torrent into ``save_dir`` and keep seeding it (see the module docstring).
 
         ``piece_priorities`` (libtorrent's 1..7, one per piece) orders which pieces are asked
-        for first (:mod:`kraken.p2p.shares`); a torrent already downloading keeps its order."""
+        for first (:mod:`kraken.p2p.shares`); a torrent already downloading keeps its order.
+        ``on_added`` is called once the torrent is in the session (new or joined), before
+        waiting for it: :meth:`read_piece` can be used from then on."""
         self._check_open()
         ti = await asyncio.to_thread(parse_metainfo, metainfo)
         self._check_open()
@@ -245,6 +262,8 @@ class P2PSession:
             rec.last_activity = time.monotonic()
             return DownloadResult(info_hash, rec.path, rec.size, 0.0, 0, 0, dict.fromkeys(SOURCES, 0), 0)
         assert rec.done is not None
+        if on_added is not None:
+            on_added()
         rec.waiters += 1
         try:
             return await asyncio.wait_for(asyncio.shield(rec.done), timeout)
@@ -268,6 +287,17 @@ class P2PSession:
             raise
         finally:
             rec.waiters -= 1
+
+    async def read_piece(self, info_hash: str, index: int) -> bytes:
+        """Piece ``index`` of the torrent, once verified (at once if it is); P2PError if the
+        torrent is not in the session or leaves it meanwhile."""
+        return await self._pieces.read(self._torrents.require(info_hash), index)
+
+    def hurry(self, info_hash: str, pieces: range) -> None:
+        """Request ``pieces`` of a download before any other (a streaming reader's window)."""
+        rec = self._torrents.get(info_hash)
+        if rec is not None:
+            self._pieces.hurry(rec, pieces)
 
     async def seed(self, metainfo: bytes, path: Path, tracker_url: str) -> str:
         """Seed the complete file at ``path`` without hashing it first; returns the info-hash."""

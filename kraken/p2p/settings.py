@@ -39,6 +39,7 @@ _ALERT_MASK = (
     | _CATEGORY.connect_notification
     | _CATEGORY.peer_notification
     | _CATEGORY.storage_notification
+    | _CATEGORY.piece_progress_notification  # piece_finished: kraken.p2p.piecereads
 )
 #: How long close() lets "stopped" announces take: best effort, the tracker expires peers anyway.
 STOP_TRACKER_TIMEOUT = 2

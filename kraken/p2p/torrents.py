@@ -55,6 +55,15 @@ def fail(fut: asyncio.Future | None, exc: BaseException) -> None:
         fut.exception()
 
 
+def fail_reads(rec: Torrent, reason: str) -> None:
+    """Fail every piece read pending on the torrent (it is going away)."""
+    for waiting in rec.reads.values():
+        for fut in waiting:
+            fail(fut, P2PError(reason))
+    rec.reads.clear()
+    rec.wanted.clear()
+
+
 def parse_metainfo(metainfo: bytes) -> lt.torrent_info:
     """The blob torrent in ``metainfo`` (worker thread): ValueError unless it has one file."""
     try:
@@ -95,6 +104,14 @@ class Torrent:
     removal: asyncio.Future | None = None
     move: asyncio.Future | None = None
     move_target: Path | None = None
+    pieces: int = 0
+    priorities: list[int] | None = None  # the piece priorities it was added with
+    hurried: bool = False  # a reader's window was given the top priority (kraken.p2p.piecereads)
+    swarmed: bool = False  # other agents sent it bytes: no more hurrying
+    have: set[int] = field(default_factory=set)  # pieces verified during this download
+    # piece -> the futures of read_piece callers: resolved by read_piece_alert with its bytes
+    reads: dict[int, list[asyncio.Future]] = field(default_factory=dict)
+    wanted: set[int] = field(default_factory=set)  # pieces to read as soon as they are verified
 
     @property
     def path(self) -> Path:
@@ -195,6 +212,8 @@ class TorrentTable:
             seeding=seed,
             last_activity=now,
             narrow=narrow,
+            pieces=ti.num_pieces(),
+            priorities=piece_priorities,
         )
         if not seed:
             rec.done = self._loop.create_future()
@@ -221,6 +240,7 @@ class TorrentTable:
         if not rec.seeding:
             fail(rec.done, DownloadError(f"torrent {rec.name} ({rec.info_hash}) removed: {reason}"))
         fail(rec.move, P2PError(f"torrent {rec.name} removed while moving: {reason}"))
+        fail_reads(rec, f"torrent {rec.name} removed: {reason}")
         fut = self._loop.create_future()
         (self._deleted if delete_files else self._removed).setdefault(rec.info_hash, deque()).append(fut)
         rec.removal = fut
@@ -252,6 +272,7 @@ class TorrentTable:
         for rec in self._by_hash.values():
             fail(rec.done, DownloadError("P2P session closed"))
             fail(rec.move, P2PError("P2P session closed"))
+            fail_reads(rec, "P2P session closed")
         for waiting in (*self._removed.values(), *self._deleted.values()):
             for fut in waiting:
                 resolve(fut)

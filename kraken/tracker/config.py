@@ -33,6 +33,9 @@ class RedisConfig:
     password: str = ""
     # Connect and per-command timeout.
     timeout: Duration = 2.0
+    # Connections to Redis at most; announces beyond wait for one (up to ``timeout``), where
+    # an unbounded pool would open one per announce in flight and fail beyond redis-py's cap.
+    max_connections: int = 32
     # Every key starts with this, so several clusters can share one Redis.
     key_prefix: str = "kraken:tracker:"
 
@@ -40,6 +43,8 @@ class RedisConfig:
         split_host_port(self.addr)
         if self.timeout <= 0:
             raise ValueError("redis.timeout must be positive")
+        if self.max_connections < 1:
+            raise ValueError("redis.max_connections must be >= 1")
 
 
 @dataclass

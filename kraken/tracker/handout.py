@@ -8,7 +8,9 @@ announce ``left=0`` from a closed port.
 
 While the announcer is incomplete, the origins are always in the answer: their room is
 reserved before any agent's, so no number of seeders (fake or real) can push them out of a
-``limit``-sized answer. Order within a class is random, so load spreads over the class. The
+``limit``-sized answer. Order within a class is random, so load spreads over the class (the
+store's samples come in random order, see :class:`~kraken.tracker.peerstore.Swarm`; only the
+origins are shuffled here). The
 announcer itself is never handed out, nor a stale entry of it under another port (same
 peer_id), and an origin that also announces appears once, as an origin.
 """
@@ -38,24 +40,30 @@ def handout(
 ) -> Handout:
     """At most ``limit`` peers: confirmed seeders, ``origins``, leechers, unconfirmed seeders."""
     origin_set = set(origins)
-
-    def agents(peers: list[Peer]) -> list[PeerAddr]:
-        return [
-            p.addr for p in peers
-            if p.addr != requester.addr and p.peer_id != requester.peer_id and p.addr not in origin_set
-        ]
-
-    seeders = agents(swarm.seeders)
-    others = [o for o in dict.fromkeys(origins) if o != requester.addr]
+    me, my_id = requester.addr, requester.peer_id
+    others = [o for o in dict.fromkeys(origins) if o != me]
     out = Handout()
     if not requester.complete:
         out.origins = pick(others, limit)
-    out.seeders = pick([s for s in seeders if confirmed(s)], limit - len(out.origins))
+    room = limit - len(out.origins)
+    unconfirmed: list[PeerAddr] = []
+    for p in swarm.seeders:
+        if p.addr == me or p.peer_id == my_id or p.addr in origin_set:
+            continue
+        if confirmed(p.addr):
+            if len(out.seeders) < room:
+                out.seeders.append(p.addr)
+        elif len(unconfirmed) < limit:
+            unconfirmed.append(p.addr)
     if requester.complete:
         out.origins = pick(others, limit - len(out.seeders))
     room = limit - len(out.seeders) - len(out.origins)
-    out.leechers = pick(agents(swarm.leechers), room)
-    out.unconfirmed = pick([s for s in seeders if not confirmed(s)], room - len(out.leechers))
+    for p in swarm.leechers:
+        if len(out.leechers) >= room:
+            break
+        if p.addr != me and p.peer_id != my_id and p.addr not in origin_set:
+            out.leechers.append(p.addr)
+    out.unconfirmed = unconfirmed[:max(0, room - len(out.leechers))]
     return out
 
 

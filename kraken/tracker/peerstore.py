@@ -21,13 +21,15 @@ from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
-from typing import Literal
+from typing import Literal, NamedTuple
 
 from kraken.core.digest import Digest
 
 
-@dataclass(frozen=True)
-class PeerAddr:
+class PeerAddr(NamedTuple):
+    """A tuple, not a dataclass: an announce hashes and compares a hundred or so of them
+    (samples, handout exclusions), and a tuple does that in C."""
+
     ip: str
     port: int
 
@@ -43,7 +45,9 @@ class Peer:
 class Swarm:
     """A random sample of a torrent's live peers by class, the class sizes, and its blob.
 
-    The samples may include the announcing peer itself; the handout drops it.
+    Each sample is in random order (the handout keeps that order, so load spreads over a
+    class without a second shuffle) and may include the announcing peer itself; the handout
+    drops it.
     """
 
     seeders: list[Peer] = field(default_factory=list)

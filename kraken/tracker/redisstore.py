@@ -16,8 +16,12 @@ and, for the torrent limits, in a slot of their own (``{limits}``):
 - ``<prefix>{limits}:torrents``: sorted set of hex info-hashes by last announce;
 - ``<prefix>{limits}:ip:<ip>``: the same, of the torrents announced from that address.
 
-Each announce is two round trips (Lua scripts): the first counts the torrent against the limits
-(or refuses it), the second moves the peer into its class, evicts that address's least
+An announce is one or two Lua script calls, sent in one pipeline with those of the other
+announces of the same loop turn (:mod:`kraken.tracker.redisbatch`). The first counts the torrent against the
+limits (or refuses it); it is skipped while this tracker admitted the same address and torrent
+less than a quarter of the TTL ago (:class:`_Admitted`, at most :data:`ADMITTED_SIZE`
+remembered), so a periodic re-announce costs one round trip and still refreshes its torrent's
+count long before it would expire. The second moves the peer into its class, evicts that address's least
 recently seen peers beyond ``peers_per_ip``, drops up to
 :data:`EXPIRE_BATCH` expired entries per class, samples with ``ZRANDMEMBER`` (filtering any
 expired entry still there), and pushes every key's TTL out, so a torrent nobody announces
@@ -25,6 +29,9 @@ for vanishes whole after one peer TTL. ``ZRANDMEMBER`` needs Redis >= 6.2.
 """
 from __future__ import annotations
 
+import random
+import time
+from collections import OrderedDict
 from typing import Any
 
 import redis.asyncio as aioredis
@@ -36,8 +43,11 @@ from kraken.core.digest import Digest, DigestError
 from kraken.http.addresses import split_host_port
 from kraken.tracker.config import LimitsConfig, RedisConfig
 from kraken.tracker.peerstore import AnnounceRefused, Peer, PeerAddr, PeerStore, PeerStoreError, Swarm
+from kraken.tracker.redisbatch import ScriptBatcher
 
 EXPIRE_BATCH = 1000
+#: (address, torrent) admissions remembered: beyond, the least recently admitted is asked again.
+ADMITTED_SIZE = 100_000
 
 _NOW = """
 local t = redis.call("TIME")
@@ -103,11 +113,12 @@ for i, key in ipairs({seeders, leechers}) do
     if #picked > 0 then
       local peer_ids = redis.call("HMGET", ids, unpack(picked))
       for j, m in ipairs(picked) do
-        table.insert(result[i + 3], m)
-        table.insert(result[i + 3], peer_ids[j] or "")
+        local id = peer_ids[j] or ""
+        table.insert(result[i + 3], string.char(#m) .. m .. string.char(#id) .. id)
       end
     end
   end
+  result[i + 3] = table.concat(result[i + 3])
 end
 redis.call("PEXPIRE", ids, ARGV[1])
 if result[3] then redis.call("PEXPIRE", digest, ARGV[1]) end
@@ -124,47 +135,81 @@ return {redis.call("ZCOUNT", KEYS[1], cutoff, "+inf"), redis.call("ZCOUNT", KEYS
 """
 
 
+class _Admitted:
+    """Admissions this tracker got recently, by (info_hash, ip, exempt), oldest first. Only
+    admissions are remembered: a refused announce asks Redis again next time."""
+
+    def __init__(self, fresh_for: float) -> None:
+        self._fresh_for = fresh_for
+        self._at: OrderedDict[tuple[bytes, str, bool], float] = OrderedDict()
+
+    def fresh(self, key: tuple[bytes, str, bool], now: float) -> bool:
+        at = self._at.get(key)
+        return at is not None and now - at < self._fresh_for
+
+    def add(self, key: tuple[bytes, str, bool], now: float) -> None:
+        self._at[key] = now
+        self._at.move_to_end(key)
+        while len(self._at) > ADMITTED_SIZE:
+            self._at.popitem(last=False)
+
+
 def _member(addr: PeerAddr) -> str:
     return f"{addr.ip}/{addr.port}"
 
 
-def _peers(flat: list[bytes], complete: bool) -> list[Peer]:
-    """``[member, peer_id, member, peer_id, ...]`` from the script -> peers."""
+def _peers(packed: bytes, complete: bool) -> list[Peer]:
+    """The script's sample (``len member len peer_id`` per peer, one byte per length: one
+    string, because redis-py parses a reply element by element in Python) -> peers, shuffled:
+    ``ZRANDMEMBER`` picks at random but does not answer in random order."""
     peers = []
-    for member, peer_id in zip(flat[::2], flat[1::2], strict=True):
-        ip, _, port = member.decode().rpartition("/")
-        peers.append(Peer(PeerAddr(ip, int(port)), peer_id, complete))
+    at, end = 0, len(packed)
+    while at < end:
+        size = packed[at]
+        ip, _, port = packed[at + 1:at + 1 + size].decode().rpartition("/")
+        at += 1 + size
+        size = packed[at]
+        peers.append(Peer(PeerAddr(ip, int(port)), packed[at + 1:at + 1 + size], complete))
+        at += 1 + size
+    random.shuffle(peers)
     return peers
 
 
 class RedisPeerStore(PeerStore):
     def __init__(self, config: RedisConfig, ttl: float, limits: LimitsConfig | None = None) -> None:
         host, port = split_host_port(config.addr)
-        self._client = aioredis.Redis(
+        pool = aioredis.BlockingConnectionPool(
+            max_connections=config.max_connections, timeout=config.timeout,
             host=host, port=port, db=config.db, password=config.password or None,
             socket_timeout=config.timeout, socket_connect_timeout=config.timeout,
             retry=Retry(ExponentialBackoff(cap=0.5, base=0.05), retries=2),
         )
+        self._client: aioredis.Redis = aioredis.Redis.from_pool(pool)
         self._prefix = config.key_prefix
         self._ttl_ms = max(1, int(ttl * 1000))
         self._limits = limits or LimitsConfig()
+        self._admitted = _Admitted(ttl / 4)
         self._admit = self._client.register_script(_ADMIT)
         self._announce = self._client.register_script(_ANNOUNCE)
         self._leave = self._client.register_script(_LEAVE)
+        self._batcher = ScriptBatcher(self._client)
 
     def _key(self, info_hash: bytes, name: str) -> str:
         return f"{self._prefix}{{{info_hash.hex()}}}:{name}"
 
     async def announce(self, info_hash: bytes, peer: Peer, sample: int, *, exempt: bool = False) -> Swarm:
         limits = self._limits
-        admitted = await self._call(
-            self._admit, [f"{self._prefix}{{limits}}:torrents", f"{self._prefix}{{limits}}:ip:{peer.addr.ip}"],
-            [self._ttl_ms, info_hash.hex(), 0 if exempt else limits.torrents_per_ip, limits.torrents],
-        )
-        if admitted != b"ok":
-            if admitted == b"ip":
-                raise AnnounceRefused("ip", limits.torrents_per_ip)
-            raise AnnounceRefused("total", limits.torrents)
+        key, now = (info_hash, peer.addr.ip, exempt), time.monotonic()
+        if not self._admitted.fresh(key, now):
+            admitted = await self._call(
+                self._admit, [f"{self._prefix}{{limits}}:torrents", f"{self._prefix}{{limits}}:ip:{peer.addr.ip}"],
+                [self._ttl_ms, info_hash.hex(), 0 if exempt else limits.torrents_per_ip, limits.torrents],
+            )
+            if admitted != b"ok":
+                if admitted == b"ip":
+                    raise AnnounceRefused("ip", limits.torrents_per_ip)
+                raise AnnounceRefused("total", limits.torrents)
+            self._admitted.add(key, now)
         keys = [self._key(info_hash, k) for k in ("seeders", "leechers", "ids", "digest", f"ip:{peer.addr.ip}")]
         args = [self._ttl_ms, _member(peer.addr), peer.peer_id, "1" if peer.complete else "0", sample,
                 0 if exempt else limits.peers_per_ip]
@@ -195,11 +240,14 @@ class RedisPeerStore(PeerStore):
             raise PeerStoreError(f"redis: {type(e).__name__}: {e}") from e
 
     async def close(self) -> None:
+        await self._batcher.close()
         await self._client.aclose()
 
     async def _call(self, script: Any, keys: list[str], args: list[Any]) -> Any:
+        """The script's reply; sent in one pipeline with the calls of concurrent announces
+        (:mod:`kraken.tracker.redisbatch`)."""
         try:
-            return await script(keys=keys, args=args)
+            return await self._batcher.call(script, keys, args)
         except (RedisError, OSError) as e:
             raise PeerStoreError(f"redis: {type(e).__name__}: {e}") from e
 

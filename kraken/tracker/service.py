@@ -10,6 +10,7 @@ in practice every swarm has its origins.
 """
 from __future__ import annotations
 
+import logging
 from collections.abc import AsyncIterator
 from contextlib import AsyncExitStack
 from dataclasses import dataclass
@@ -22,7 +23,7 @@ from kraken.http.health import check_any
 from kraken.log import get_logger
 from kraken.origin.client import OriginCluster
 from kraken.tasks import TaskOwner
-from kraken.tracker.announce import AnnounceRequest, encode_peers
+from kraken.tracker.announce import EVENTS, AnnounceRequest, encode_peers
 from kraken.tracker.config import TrackerConfig
 from kraken.tracker.handout import handout
 from kraken.tracker.memstore import MemoryPeerStore
@@ -62,6 +63,9 @@ class TrackerService:
     def __init__(self, config: TrackerConfig, metrics: TrackerMetrics) -> None:
         self.config = config
         self._metrics = metrics
+        # Metric children by label, looked up once: labels() costs more than the rest of a count.
+        self._announced = {e or "none": metrics.announces.labels(e or "none") for e in EVENTS}
+        self._returned = {c: metrics.peers_returned.labels(c) for c in ("seeder", "origin", "leecher", "unconfirmed")}
         self._origin_peers = OriginPeers(config.origin_p2p)
         self._running: _Running | None = None
         self.swarm_slots = SwarmSlots()
@@ -106,14 +110,14 @@ class TrackerService:
         me = Peer(PeerAddr(ip, request.port), request.peer_id, request.complete)
         if request.event == "stopped":
             swarm = await self.store.leave(request.info_hash, me.addr)
-            self._metrics.announces.labels("stopped").inc()
+            self._announced["stopped"].inc()
             return encode_peers(self.config.announce_interval, swarm.num_seeders, swarm.num_leechers, [])
         wanted = request.numwant if request.numwant is not None else self.config.max_peers_returned
         limit = min(self.config.max_peers_returned, wanted)
         # One extra of each class, in case the sample holds the announcer itself.
         is_origin = me.addr in await self._origin_peers.peers(self.config.origins.hosts)
         swarm = await self.store.announce(request.info_hash, me, limit + 1, exempt=is_origin)
-        self._metrics.announces.labels(request.event or "none").inc()
+        self._announced[request.event or "none"].inc()
         if me.complete and not is_origin:
             probe.check(me.addr)
         origins = await self._owning_origins(swarm.digest)
@@ -121,12 +125,16 @@ class TrackerService:
         for name, peers in (("seeder", chosen.seeders), ("origin", chosen.origins), ("leecher", chosen.leechers),
                             ("unconfirmed", chosen.unconfirmed)):
             if peers:
-                self._metrics.peers_returned.labels(name).inc(len(peers))
+                self._returned[name].inc(len(peers))
         # Origins are seeders too; one that also announces is counted once (if it was sampled).
-        seeders = swarm.num_seeders + len(set(origins) - {p.addr for p in swarm.seeders})
-        log.debug("announce", info_hash=request.info_hash.hex(), peer=f"{ip}:{request.port}",
-                  event=request.event or "none", left=request.left, returned=len(chosen.ordered()))
-        return encode_peers(self.config.announce_interval, seeders, swarm.num_leechers, chosen.ordered())
+        seeders = swarm.num_seeders
+        if origins:
+            seeders += len(set(origins) - {p.addr for p in swarm.seeders})
+        ordered = chosen.ordered()
+        if log.isEnabledFor(logging.DEBUG):
+            log.debug("announce", info_hash=request.info_hash.hex(), peer=f"{ip}:{request.port}",
+                      event=request.event or "none", left=request.left, returned=len(ordered))
+        return encode_peers(self.config.announce_interval, seeders, swarm.num_leechers, ordered)
 
     async def _owning_origins(self, digest: Digest | None) -> list[PeerAddr]:
         if digest is None:

@@ -411,11 +411,13 @@ async def test_tracker_down_is_503_then_pulls_work_once_it_is_back(cluster: Clus
 
 async def test_bytes_that_fail_sha256_never_enter_the_cache(cluster: Cluster, tmp_path: Path) -> None:
     """A tracker hands out metainfo of other bytes under the digest's name; a seeder serves
-    those bytes. Every piece matches the metainfo, only the whole-blob sha256 catches it."""
+    those bytes. Every piece matches the metainfo, only the whole-blob sha256 catches it.
+    One piece: served after the download, so the client gets a 503 (a blob of several pieces
+    streams, and the mismatch cuts the stream: tests/cluster/test_agent_streaming.py)."""
     wanted = Digest.of_bytes(b"the real blob" * 1000)
     bad = tmp_path / wanted.hex
     bad.write_bytes(os.urandom(600_000))
-    metainfo = await asyncio.to_thread(generate_metainfo, bad, wanted.hex, 256 << 10)
+    metainfo = await asyncio.to_thread(generate_metainfo, bad, wanted.hex, 1 << 20)
     async with running_tracker() as fake:
         fake_tracker: AnnounceTrackerForTests = fake
 
@@ -544,3 +546,30 @@ async def test_a_download_that_makes_no_progress_falls_back_to_http_from_the_ori
         await until(seeding, DEADLINE, what="the fallen-back blob to be seeded")
     finally:
         await asyncio.to_thread(cluster.supervisor.stop, "agent-fallback")
+
+
+async def test_a_small_blob_is_read_over_http_from_its_origin_then_seeded(cluster: Cluster) -> None:
+    """A blob of at most download.small_blob_max bytes (a manifest, a config) comes over HTTP
+    from its owning origin at once, not through P2P: nothing seeds this one on the P2P side, so
+    only that path can deliver it before the fallback's 30 s. It is seeded afterwards."""
+    repo = "test/agent-small"
+    data = os.urandom(1000)
+    digest = await cluster.push_blob(repo, data)  # pushed, never seeded
+    agent = await asyncio.to_thread(cluster.start_agent, "agent-small", cluster.tracker.addr, {
+        "origins": {"hosts": [cluster.herd.origin.addr]},
+    })
+    try:
+        status, body, _ = await asyncio.wait_for(
+            get(cluster.http, f"{agent.registry}/v2/{repo}/blobs/{digest}"), timeout=10)
+        assert status == 200 and body == data
+        assert agent.cached(digest).read_bytes() == data
+        assert await cluster.metric(agent, "kraken_agent_small_blob_reads_total", result="ok") == 1
+        assert await cluster.metric(agent, "kraken_agent_http_fallbacks_total", result="ok") == 0
+        assert "via=http-small" in agent.log() and "P2P download made no progress" not in agent.log()
+
+        async def seeding() -> bool:
+            return f"seeding cached blob again digest={digest}" in agent.log()
+
+        await until(seeding, DEADLINE, what="the small blob to be seeded")
+    finally:
+        await asyncio.to_thread(cluster.supervisor.stop, "agent-small")

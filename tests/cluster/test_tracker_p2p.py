@@ -38,7 +38,8 @@ TORRENTS_PER_IP = 50
 OVERRIDES = {
     "tracker": {"limits": {"peers_per_ip": PEERS_PER_IP, "torrents_per_ip": TORRENTS_PER_IP}},
     "origin": {"p2p": {"stats_interval": "200ms"}},
-    "agent": {"download": {"fallback_after": 0}, "p2p": {"stats_interval": "200ms"}},
+    # Every blob through P2P, small ones too (download.small_blob_max: 0): that is what is tested.
+    "agent": {"download": {"fallback_after": 0, "small_blob_max": 0}, "p2p": {"stats_interval": "200ms"}},
 }
 
 

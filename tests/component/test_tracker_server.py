@@ -18,6 +18,7 @@ from typing import Any
 import aiohttp
 import libtorrent as lt
 import pytest
+import redis
 from aiohttp import web
 from aiohttp.test_utils import TestServer
 from yarl import URL
@@ -321,6 +322,85 @@ async def test_redis_store_down_raises_store_errors() -> None:
     finally:
         await store.close()
 
+
+def _script_calls(addr: str) -> int:
+    """EVAL/EVALSHA commands the redis-server at ``addr`` has run so far."""
+    host, port = addr.rsplit(":", 1)
+    with redis.Redis(host=host, port=int(port)) as client:
+        stats = client.info("commandstats")
+    return sum(int(stats.get(f"cmdstat_{c}", {}).get("calls", 0)) for c in ("eval", "evalsha"))
+
+
+async def test_redis_store_re_announce_is_one_round_trip(redis_addr: str) -> None:
+    """The limits script runs for an (address, torrent) the tracker has not admitted lately;
+    a refused one is asked again."""
+    prefix = f"t:{uuid.uuid4().hex}:"
+    config = build(TrackerConfig, {"store": "redis", "redis": {"addr": redis_addr, "key_prefix": prefix},
+                                   "limits": {"torrents_per_ip": 1}})
+    store = open_store(config)
+    try:
+        first, second = random_hash(), random_hash()
+        await store.announce(first, agent(1), 10)
+        before = _script_calls(redis_addr)
+        await store.announce(first, agent(1), 10)
+        await store.announce(first, agent(2), 10)  # same address and torrent: admitted already
+        assert _script_calls(redis_addr) - before == 2
+        for _ in range(2):
+            with pytest.raises(AnnounceRefused):
+                await store.announce(second, agent(1), 10)
+        assert _script_calls(redis_addr) - before == 4
+    finally:
+        await store.close()
+
+
+async def test_redis_store_queues_announces_beyond_its_connections(redis_addr: str) -> None:
+    """More announces in flight than ``redis.max_connections`` wait for a connection (redis-py's
+    own pool refused them beyond 100 with MaxConnectionsError)."""
+    prefix = f"t:{uuid.uuid4().hex}:"
+    config = build(TrackerConfig, {"store": "redis",
+                                   "redis": {"addr": redis_addr, "key_prefix": prefix, "max_connections": 4}})
+    store = open_store(config)
+    try:
+        ih = random_hash()
+        swarms = await asyncio.gather(*(store.announce(ih, agent(n, ip=f"127.0.1.{n % 250}"), 1) for n in range(300)))
+        assert max(s.num_leechers for s in swarms) == 300
+    finally:
+        await store.close()
+
+
+
+
+def _noscript_replies(addr: str, flush: bool = False) -> int:
+    """NOSCRIPT errors the redis-server at ``addr`` has answered so far; with ``flush``, first
+    drop every script it knows, as a restarted server would have."""
+    host, port = addr.rsplit(":", 1)
+    with redis.Redis(host=host, port=int(port)) as client:
+        if flush:
+            client.script_flush()
+        stats = client.info("errorstats")
+    return int(stats.get("errorstat_NOSCRIPT", {}).get("count", 0))
+
+
+async def test_redis_store_announces_in_flight_together_each_get_their_own_swarm(redis_addr: str) -> None:
+    """Announces in flight at once go to Redis in shared pipelines, yet each gets its own
+    swarm; scripts the server lost (as after a restart) are loaded again and those announces
+    still succeed."""
+    prefix = f"t:{uuid.uuid4().hex}:"
+    config = build(TrackerConfig, {"store": "redis", "redis": {"addr": redis_addr, "key_prefix": prefix}})
+    store = open_store(config)
+    try:
+        hashes = [random_hash() for _ in range(40)]
+        first = await asyncio.gather(*(store.announce(h, agent(n), 10) for n, h in enumerate(hashes)))
+        assert [s.num_leechers for s in first] == [1] * len(hashes)
+        second = await asyncio.gather(*(store.announce(h, agent(100 + n), 10) for n, h in enumerate(hashes)))
+        assert [{p.addr for p in s.leechers} for s in second] == [
+            {agent(n).addr, agent(100 + n).addr} for n in range(len(hashes))]
+        missed = _noscript_replies(redis_addr, flush=True)
+        third = await asyncio.gather(*(store.announce(h, agent(200 + n), 10) for n, h in enumerate(hashes)))
+        assert [s.num_leechers for s in third] == [3] * len(hashes)
+        assert _noscript_replies(redis_addr) > missed  # the scripts were really gone
+    finally:
+        await store.close()
 
 # ---- fake origins --------------------------------------------------------------------------
 

@@ -26,7 +26,7 @@ KRAKEN = ROOT / "kraken"
 COMPONENTS = {"agent", "origin", "tracker", "proxy", "buildindex", "testfs"}
 SHARED = {
     "core", "http", "store", "registry", "backend", "p2p",
-    "config", "log", "metrics", "ring", "tasks", "persisted",
+    "config", "log", "metrics", "ring", "tasks", "persisted", "heap",
     # The command line: components import it for their entry point; it finds them by name
     # (importlib), never by an import statement.
     "cli",

@@ -15,6 +15,7 @@ from kraken.http.addresses import split_host_port
 from kraken.tracker.announce import AnnounceError, compact, encode_peers, parse_announce, peer_ip
 from kraken.tracker.config import TrackerConfig
 from kraken.tracker.handout import handout
+from kraken.tracker.memstore import MemoryPeerStore
 from kraken.tracker.metainfo import MetainfoCache
 from kraken.tracker.peerstore import Peer, PeerAddr, Swarm
 from tests.support.waiting import until
@@ -151,10 +152,19 @@ def test_origins_have_room_however_many_seeders_and_unconfirmed_seeders_come_las
     assert handout(swarm, origins, seeder, 2, confirmed=confirmed).origins == []
 
 
-def test_handout_is_random_within_a_class() -> None:
-    seeders = [peer(n, True) for n in range(1, 30)]
-    orders = {tuple(handout(Swarm(seeders=seeders), [], peer(0, False), 50).seeders) for _ in range(20)}
+async def test_handout_is_random_within_a_class() -> None:
+    """The store's samples come in random order and the handout keeps it."""
+    store = MemoryPeerStore(ttl=60)
+    info_hash = b"h" * 20
+    for n in range(1, 30):
+        await store.announce(info_hash, peer(n, True), 0)
+    orders = set()
+    for _ in range(20):
+        swarm = await store.announce(info_hash, peer(0, False), 51)
+        orders.add(tuple(handout(swarm, [], peer(0, False), 50).seeders))
     assert len(orders) > 1
+    seeders = [peer(n, True) for n in range(1, 30)]
+    assert handout(Swarm(seeders=seeders), [], peer(0, False), 50).seeders == [s.addr for s in seeders]
 
 
 def test_an_origin_is_not_handed_itself() -> None:

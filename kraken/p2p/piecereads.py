@@ -8,7 +8,7 @@ reading the file instead could see bytes still queued in libtorrent's disk threa
 
 :meth:`PieceReads.hurry` gives the next pieces a reader needs the top priority (7): libtorrent
 asks for those before any other. The first time, the torrent's own top band (the swarm slot
-of :mod:`kraken.p2p.pieces`) steps down to 6, still far ahead of the rest (libtorrent ranks
+of :mod:`kraken.p2p.shares`) steps down to 6, still far ahead of the rest (libtorrent ranks
 a piece by availability x (8 - priority)): agents pulling at once still fetch different
 pieces once the reader's window is served. Hurrying stops, and the torrent's own priorities
 come back, once another agent has sent it bytes (the per-source attribution of

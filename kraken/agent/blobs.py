@@ -310,7 +310,10 @@ class AgentBlobs:
             metainfo.data, self.staging, self.tracker.announce_url, timeout=self.download_timeout,
             piece_priorities=steering.initial(), on_added=on_added,
         ))
-        steer = asyncio.ensure_future(steering.run(lambda: self.session.handle(facts.info_hash)))
+        info_hash = facts.info_hash
+        steer = asyncio.ensure_future(steering.run(
+            lambda: self.session.handle(info_hash), lambda: self.session.hurrying(info_hash),
+            lambda: self.session.shared(info_hash)))
         download.add_done_callback(lambda _: steer.cancel())
         if self.fallback is None or self.fallback.after <= 0:
             return await download

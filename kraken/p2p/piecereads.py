@@ -11,9 +11,11 @@ asks for those before any other. The first time, the torrent's own top band (the
 of :mod:`kraken.p2p.shares`) steps down to 6, still far ahead of the rest (libtorrent ranks
 a piece by availability x (8 - priority)): agents pulling at once still fetch different
 pieces once the reader's window is served. Hurrying stops, and the torrent's own priorities
-come back, once another agent has sent it bytes (the per-source attribution of
-:mod:`kraken.p2p.stats`, sampled each ``stats_interval``): agents pulling together would all
-ask the origin for the same window, and hold the same pieces, with nothing to trade
+come back, as soon as the agent sees another agent downloading the same torrent (its
+steering, :mod:`kraken.p2p.shares`, calls :meth:`PieceReads.swarmed`) or another agent has
+sent it bytes (the per-source attribution of :mod:`kraken.p2p.stats`, sampled each
+``stats_interval``): agents pulling together would all ask the origin for the same window,
+and hold the same pieces, with nothing to trade
 (``bench/fanout.py``, 4 agents, 256 MiB at 20 MiB/s: 2.44 x T_min and 2.47 origin copies
 with the window kept, against 1.45 and 1.44 without). Not ``set_piece_deadline``: libtorrent serves
 deadlines from its once-a-second tick (first byte up to a second later), and not
@@ -78,7 +80,7 @@ class PieceReads:
         if rec.seeding or rec.swarmed:
             return
         if rec.attribution.by_source[PEER]:
-            self._swarmed(rec)
+            self.swarmed(rec)
             return
         changes = [(index, HURRIED) for index in pieces if index not in rec.have]
         if not rec.hurried:
@@ -90,7 +92,7 @@ class PieceReads:
                 rec.handle.prioritize_pieces(changes)
 
     @staticmethod
-    def _swarmed(rec: Torrent) -> None:
+    def swarmed(rec: Torrent) -> None:
         """Other agents share this download: its own priorities again, no more hurrying."""
         rec.swarmed = True
         if not rec.hurried:

@@ -214,12 +214,22 @@ class P2PSession:
 
     def handle(self, info_hash: str) -> lt.torrent_handle | None:
         """libtorrent's handle of a torrent in the session, for :mod:`kraken.p2p.shares` to
-        steer; ``None`` while a reader's window is hurried (:mod:`kraken.p2p.piecereads` owns
-        the priorities until other agents send pieces)."""
+        look at and steer; ``None`` once it left the session."""
         rec = self._torrents.get(info_hash)
-        if rec is None or (rec.hurried and not rec.swarmed):
-            return None
-        return rec.handle
+        return None if rec is None else rec.handle
+
+    def hurrying(self, info_hash: str) -> bool:
+        """Whether a streaming reader's window owns the download's priorities
+        (:mod:`kraken.p2p.piecereads`): steering must not change them meanwhile."""
+        rec = self._torrents.get(info_hash)
+        return rec is not None and rec.hurried and not rec.swarmed
+
+    def shared(self, info_hash: str) -> None:
+        """Other agents download the same torrent: no more hurrying a reader's window, the
+        swarm's priorities (:mod:`kraken.p2p.shares`) again."""
+        rec = self._torrents.get(info_hash)
+        if rec is not None:
+            self._pieces.swarmed(rec)
 
     def downloaded(self, info_hash: str) -> int | None:
         """Payload bytes a download in progress has received (as last sampled, so it moves in

@@ -25,6 +25,12 @@ priorities 4-6), the priority only breaking ties; priority 7 ignores availabilit
 share always comes first, and the rest stays rarest-first among the peers that have it.
 (:data:`SWARM_PRIORITY` 2 instead of 6 measured no better.)
 
+A streaming reader's window (:mod:`kraken.p2p.piecereads`) owns the priorities only while the
+agent knows of no other downloader: the step still looks at the swarm then, but changes
+nothing, and the first time it sees another downloader it ends the hurrying (``on_shared``)
+and applies the share. Agents pulling one blob together thus never all ask the origin for
+the same first pieces for longer than it takes them to connect.
+
 Nothing gets priority 0: libtorrent calls a torrent whose wanted pieces are all present
 finished, and the agent would then verify a partial file. The priorities only order the work;
 a share whose agent left is fetched by the others once their own share is done.
@@ -116,24 +122,42 @@ class ShareSteering:
         self._applied = share_priorities(self._slot, self._swarm, view)
         return self._applied
 
-    def step(self, handle: lt.torrent_handle) -> None:
-        """Look at the swarm and apply new priorities if they changed (worker thread only)."""
+    @property
+    def alone(self) -> bool:
+        """No other downloader of this torrent seen so far."""
+        return not self._seen
+
+    def step(self, handle: lt.torrent_handle, apply: bool = True) -> None:
+        """Look at the swarm and, with ``apply``, set new priorities if they changed (worker
+        thread only)."""
         view, downloaders = observe(handle, self._num_pieces)
         if all(view.have):
             return
         self._seen |= downloaders
         self._swarm = max(self._swarm, 1 + len(self._seen))
+        if not apply:
+            self._applied = None  # someone else set them: apply ours again when allowed
+            return
         priorities = share_priorities(self._slot, self._swarm, view)
         if priorities != self._applied:
             handle.prioritize_pieces(priorities)
             self._applied = priorities
 
-    async def run(self, lookup: Callable[[], lt.torrent_handle | None]) -> None:
+    async def run(
+        self, lookup: Callable[[], lt.torrent_handle | None], hurrying: Callable[[], bool],
+        on_shared: Callable[[], None],
+    ) -> None:
         """Steer the torrent ``lookup`` finds until cancelled (the download is over) or it
-        leaves the session."""
+        leaves the session. While ``hurrying()`` (a reader's window owns the priorities) it
+        only looks, until it sees another downloader: then ``on_shared()`` ends the hurry."""
         with contextlib.suppress(RuntimeError):  # the torrent was removed
             while True:
                 await asyncio.sleep(POLL_INTERVAL)
                 handle = lookup()
-                if handle is not None:
+                if handle is None:
+                    continue
+                held = hurrying()
+                await asyncio.to_thread(self.step, handle, not held)
+                if held and not self.alone:
+                    on_shared()
                     await asyncio.to_thread(self.step, handle)

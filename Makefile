@@ -81,7 +81,8 @@ base-image:
 docker_stop:
 	@$(if $(wildcard $(PY)),$(PY),$(PYTHON)) -m kraken.devcluster stop --docker --workdir $(DEVCLUSTER_DIR)
 
-# BENCH_ARGS: benchmark names and options, e.g. make bench BENCH_ARGS="push-tls" (push over TLS; all by default)
+# BENCH_ARGS: benchmark names and options, e.g. make bench BENCH_ARGS="push-tls" (push over TLS); by default the
+# reduced set (under 10 minutes), BENCH_ARGS=--full for every benchmark at full size and the fan-out's full grid
 bench: install system-deps
 	$(PY) -m bench $(BENCH_ARGS)
 

@@ -1,6 +1,9 @@
-"""``python -m bench [NAME ...] [options]``: run the benchmarks and print their tables.
+"""``python -m bench [NAME ...] [--full] [options]``: run the benchmarks and print their tables.
 
-``push-tls`` is ``push --tls``, so that ``make bench`` measures the push with and without TLS."""
+With no name, ``make bench``'s reduced set runs (:data:`REDUCED`, under ten minutes on the
+2-core machines: a benchmark per goal of issue 14 and the push, at reduced sizes); ``--full``
+runs every benchmark at full size and the fan-out's full grid (about an hour). ``push-tls``
+is ``push --tls``, so that the push is measured with and without TLS."""
 
 from __future__ import annotations
 
@@ -15,6 +18,9 @@ def push_tls(args: argparse.Namespace) -> str:
     return push.run(argparse.Namespace(**{**vars(args), "tls": True}))
 
 
+#: ``make bench``: the push (issue 2's goal), then issue 14's goals at reduced sizes.
+REDUCED = ["push", "push-tls", "agentpull", "streaming", "fanout", "tracker", "memory"]
+
 BENCHMARKS = {"push": push.run, "push-tls": push_tls, "fanout": fanout.run, "agentpull": agentpull.run,
               "streaming": streaming.run, "slowreaders": slowreaders.run, "backends": backends.run,
               "failover": failover.run, "tracker": tracker.run, "memory": memory.run}
@@ -25,15 +31,18 @@ def build_parser() -> argparse.ArgumentParser:
     # Names are checked by :func:`selected`, not ``choices``: argparse (3.11) checks the empty
     # list of an optional positional against ``choices`` as one value and refuses it.
     parser.add_argument("names", nargs="*", metavar="{" + ",".join(BENCHMARKS) + "}",
-                        help="the benchmarks to run (default: all)")
-    parser.add_argument("--size-mb", type=int, default=500, help="push: layer size of the pushed image")
+                        help=f"the benchmarks to run (default: {' '.join(REDUCED)}; with --full: all)")
+    parser.add_argument("--full", action="store_true",
+                        help="every benchmark (default: the reduced set), the push at 500 MiB, the fan-out's full grid")
+    parser.add_argument("--size-mb", type=int, default=None, help="push: layer size of the pushed image "
+                        "(default 200, 500 with --full)")
     parser.add_argument("--reps", type=int, default=3, help="push, agentpull, streaming, failover: repetitions")
     parser.add_argument("--tls", action="store_true",
                         help="push: both registries on HTTPS (distribution's http.tls), the herd's hops on TLS/mTLS")
     parser.add_argument("--agents", type=int, default=8, help="fanout: agent processes pulling at once")
     parser.add_argument("--fanout-size-mb", type=int, default=1024, help="fanout, agentpull: blob size")
     parser.add_argument("--fanout-reps", type=int, default=3, help="fanout: runs of the N pulls")
-    parser.add_argument("--grid", choices=("reduced", "full", "point"), default="reduced",
+    parser.add_argument("--grid", choices=("reduced", "full", "point"), default=None,
                         help="fanout: the reduced grid (N 4, 8; S 256 MiB; R 20, 40), issue 14's full grid "
                              "(N 4, 8, 16; S 256, 1024 MiB; R 10, 20, 40), or the one point --agents, "
                              "--fanout-size-mb, --rate-mb (with --fanout-reps and the distribution baseline)")
@@ -70,16 +79,26 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def selected(parser: argparse.ArgumentParser, args: argparse.Namespace) -> list[str]:
-    """The benchmarks named on the command line, in the order given, or all of them."""
+    """The benchmarks named on the command line, in the order given; else the reduced set, or
+    all of them with ``--full``."""
     unknown = [name for name in args.names if name not in BENCHMARKS]
     if unknown:
         parser.error(f"unknown benchmark {unknown[0]!r} (choose from {', '.join(BENCHMARKS)})")
-    return list(args.names) or list(BENCHMARKS)
+    return list(args.names) or (list(BENCHMARKS) if args.full else list(REDUCED))
+
+
+def resolve_sizes(args: argparse.Namespace) -> None:
+    """The defaults that depend on ``--full``: the push's layer and the fan-out's grid."""
+    if args.size_mb is None:
+        args.size_mb = 500 if args.full else 200
+    if args.grid is None:
+        args.grid = "full" if args.full else "reduced"
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
+    resolve_sizes(args)
     for name in selected(parser, args):
         print(BENCHMARKS[name](args), flush=True)
     return 0

@@ -28,6 +28,7 @@ import pytest
 import yaml
 from cryptography import x509
 
+from kraken.agent.config import DownloadConfig
 from kraken.devcluster import REPO_ROOT, port_free
 from kraken.devcluster.docker import IMAGE_TLS_DIR
 from kraken.devcluster.tls import DevPki
@@ -131,12 +132,15 @@ def test_devcluster_in_docker_push_pull_stop(devcluster: subprocess.CompletedPro
     _pull(dockerd, "localhost:16000/test/codelab:v1", image, digest)
     _pull(dockerd, "localhost:17000/test/codelab:v1", image, digest)
 
-    # P2P: agent-two, pulling after agent-one completed, took bytes from agent-one, and its log
-    # (docker logs) has the "Torrent complete" lines the codelab greps for.
+    # P2P: agent-two downloaded the layers over BitTorrent (from agent-one and the origin, both
+    # seeding it by then), and its log (docker logs) has the "Torrent complete" lines the
+    # codelab greps for. Layers up to download.small_blob_max, the manifest and the config
+    # come over HTTP from the origin. Which seed sends the 24 MB layer on loopback is a race
+    # the origin often wins outright; agents trading pieces is asserted where uploads are
+    # capped (tests/cluster/test_agent_swarm.py, the multi-host tests).
     metrics = _metrics(17002)
-    from_peers = metric(metrics, "kraken_p2p_download_bytes_total", 0.0, source="peer")
-    total = from_peers + metric(metrics, "kraken_p2p_download_bytes_total", 0.0, source="origin")
-    assert from_peers > 0 and total >= sum(image.layer_sizes), metrics
+    total = sum(metric(metrics, "kraken_p2p_download_bytes_total", 0.0, source=s) for s in ("peer", "origin"))
+    assert total >= image.p2p_layer_bytes(DownloadConfig().small_blob_max), metrics
     log = dockerd.run("logs", "kraken-agent-two").stdout
     completes = [dict(f.split("=", 1) for f in line.split() if "=" in f)
                  for line in log.splitlines() if " Torrent complete " in line]

@@ -166,6 +166,11 @@ class GeneratedImage:
         """Config digest followed by the layer digests (all blobs the manifest references)."""
         return [self.config_digest, *self.layer_digests]
 
+    def p2p_layer_bytes(self, small_blob_max: int) -> int:
+        """Bytes of the layers an agent downloads over P2P: those larger than its
+        ``download.small_blob_max`` (smaller blobs come over HTTP from an origin)."""
+        return sum(size for size in self.layer_sizes if size > small_blob_max)
+
     @property
     def total_size(self) -> int:
         """Bytes a client must transfer for manifest + config + layers."""

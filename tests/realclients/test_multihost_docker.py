@@ -382,7 +382,16 @@ def test_devcluster_bridge_network(dev_host: DevHost, tmp_path: Path) -> None:
         wanted = image.p2p_layer_bytes(DownloadConfig().small_blob_max)
         return (peer, origin) if peer + origin >= wanted else None
 
-    peer, origin = wait_until(counted, 15, 0.2, message="agent-two's metrics to count the image's layers")
+    def seen() -> str:  # what the counters held when the wait gave up
+        text = dev_host.curl("http://127.0.0.1:17002/metrics")
+        return (f"wanted {image.p2p_layer_bytes(DownloadConfig().small_blob_max)} P2P bytes (layers "
+                f"{image.layer_sizes}); " + "; ".join(
+                    line for line in text.splitlines()
+                    if line.startswith(("kraken_p2p_download_bytes_total", "kraken_agent_blob_fetches_total",
+                                        "kraken_agent_small_blob_reads_total", "kraken_agent_http_fallbacks_total"))))
+
+    peer, origin = wait_until(counted, 15, 0.2, message="agent-two's metrics to count the image's layers",
+                              details=seen)
     OBSERVED["bridge agent-two MiB from peers/origin"] = f"{peer / MiB:.1f}/{origin / MiB:.1f}"
     assert peer > 0, f"agent-two took nothing from agent-one ({OBSERVED['bridge agent-two MiB from peers/origin']})"
     # The tracker announced agent-one at its address on the bridge network (nothing else reaches it).

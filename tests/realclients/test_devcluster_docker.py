@@ -138,9 +138,15 @@ def test_devcluster_in_docker_push_pull_stop(devcluster: subprocess.CompletedPro
     # come over HTTP from the origin. Which seed sends the 24 MB layer on loopback is a race
     # the origin often wins outright; agents trading pieces is asserted where uploads are
     # capped (tests/cluster/test_agent_swarm.py, the multi-host tests).
-    metrics = _metrics(17002)
-    total = sum(metric(metrics, "kraken_p2p_download_bytes_total", 0.0, source=s) for s in ("peer", "origin"))
-    assert total >= image.p2p_layer_bytes(DownloadConfig().small_blob_max), metrics
+    wanted = image.p2p_layer_bytes(DownloadConfig().small_blob_max)
+
+    def counted() -> bool:  # the counters refresh every stats interval
+        metrics = _metrics(17002)
+        return sum(metric(metrics, "kraken_p2p_download_bytes_total", 0.0, source=s)
+                   for s in ("peer", "origin")) >= wanted
+
+    wait_until(counted, 15, 0.2, message=f"agent-two's P2P counters to reach the layers' {wanted} bytes",
+               details=lambda: _metrics(17002))
     log = dockerd.run("logs", "kraken-agent-two").stdout
     completes = [dict(f.split("=", 1) for f in line.split() if "=" in f)
                  for line in log.splitlines() if " Torrent complete " in line]

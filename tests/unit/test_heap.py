@@ -3,11 +3,11 @@ trim gives freed memory back."""
 from __future__ import annotations
 
 import asyncio
-import time
 
 import pytest
 
 from kraken import heap
+from tests.support.waiting import until
 
 MiB = 1 << 20
 
@@ -43,11 +43,10 @@ class FakeProcess:
 async def _run(proc: FakeProcess, checks: int, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(heap, "resident_bytes", proc.resident)
     task = asyncio.create_task(heap._trim_on_growth(proc.trim, 0.001, 16 * MiB))
-    deadline = time.monotonic() + 10
-    while proc.checks < checks and time.monotonic() < deadline:
-        await asyncio.sleep(0.001)
-    task.cancel()
-    assert proc.checks >= checks
+    try:
+        await until(lambda: proc.checks >= checks, 10, f"{checks} checks of the resident size", interval=0.001)
+    finally:
+        task.cancel()
 
 
 async def test_an_idle_process_is_never_trimmed(monkeypatch: pytest.MonkeyPatch) -> None:
